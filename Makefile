@@ -1,0 +1,64 @@
+# The two commands of the README: `make run` starts the platform, `make test` runs every check.
+# Both create .venv and install what they need first.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+PACKAGES := libs/api libs/common gateway services/anomaly
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test install protos check-protos lint lint-protos breaking format typecheck unit integration bench clean
+
+run: install
+	$(BIN)/nexus up
+
+test: install lint check-protos
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+# torch first, pinned to the CPU build that this platform's machines carry; an unpinned torch
+# would pull a multi-GB CUDA build. Then every package, editable, and the dev tools.
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PACKAGES))
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet $(addprefix -e ,$(PACKAGES)) --group dev
+	touch $@
+
+protos: install
+	$(PY) scripts/gen_protos.py
+
+check-protos: install
+	$(PY) scripts/gen_protos.py --check
+
+lint: install lint-protos
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy libs/common/src gateway/src services/anomaly/src scripts bench
+
+lint-protos: install
+	$(BIN)/buf lint
+
+# Against main: a proto change must not break the wire or JSON format of what has landed.
+breaking: install
+	$(BIN)/buf breaking --against '.git#branch=main'
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+unit: install
+	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+
+integration: install
+	$(BIN)/pytest -m integration $(PYTEST_ARGS)
+
+bench: install
+	$(PY) bench/anomaly_odds.py
+	$(PY) bench/anomaly_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Generated from protos/nexus/anomaly. Do not edit: run `make protos`."""

@@ -1,0 +1,1 @@
+"""Generated from protos/nexus/common. Do not edit: run `make protos`."""

@@ -1,0 +1,1 @@
+"""Generated from protos/nexus/models. Do not edit: run `make protos`."""

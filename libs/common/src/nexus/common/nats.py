@@ -1,0 +1,52 @@
+"""One way to connect to NATS: reconnecting forever, with logged state changes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats
+from nats.aio.client import Client
+
+from nexus.common.errors import Unavailable
+from nexus.common.settings import NexusSettings
+
+log = logging.getLogger(__name__)
+
+
+async def connect(settings: NexusSettings, name: str) -> Client:
+    """Connects to NATS and keeps reconnecting (forever) after the first connection.
+
+    Args:
+        settings: Shared settings (URL, first-connect timeout).
+        name: Client name shown by the server (the service's name).
+
+    Raises:
+        Unavailable: When no server answers within the connect timeout.
+    """
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected", extra={"client": name})
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected", extra={"client": name})
+
+    async def on_error(err: Exception) -> None:
+        log.warning("nats error: %s", err, extra={"client": name})
+
+    try:
+        # Reconnects are infinite, which nats-py applies to the first connection too: bound it.
+        connecting = nats.connect(
+            servers=[s.strip() for s in settings.nats_url.split(",")],
+            name=name,
+            connect_timeout=settings.nats_connect_timeout_s,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            allow_reconnect=True,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            error_cb=on_error,
+        )
+        return await asyncio.wait_for(connecting, settings.nats_connect_timeout_s)
+    except Exception as err:  # nats raises several unrelated types for "no server"
+        raise Unavailable(f"cannot connect to NATS at {settings.nats_url}") from err

@@ -1,0 +1,69 @@
+"""Typed settings: one pydantic-settings class per scope, a docstring under each field.
+
+`NexusSettings` holds what every process shares (env prefix `NEXUS_`); each service subclasses
+`ServiceSettings` with its own prefix (`NEXUS_ANOMALY_`) for its ports and its own knobs. Nothing
+else in the code base reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class NexusSettings(BaseSettings):
+    """Settings shared by every Nexus process (env prefix `NEXUS_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="NEXUS_", extra="ignore")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    """NATS server URL(s), comma separated; JetStream must be enabled."""
+
+    nats_connect_timeout_s: float = Field(default=5.0, gt=0)
+    """Seconds to wait for the first NATS connection before giving up."""
+
+    otlp_endpoint: str = ""
+    """OTLP/gRPC endpoint for traces (http://collector:4317); empty: traces are not exported."""
+
+    log_level: str = "INFO"
+    """Root log level."""
+
+    log_json: bool = True
+    """Structured JSON logs (with trace ids); false for plain text."""
+
+    auth_enabled: bool = True
+    """Check API keys on every RPC. Turn off only inside a trusted network."""
+
+    registry_signing_key: SecretStr = SecretStr("")
+    """HMAC key with which the model registry signs the pickles it writes. Every replica needs the
+    same key; a pickle whose signature does not verify is never loaded."""
+
+    environment: str = "development"
+    """Name of the deployment, recorded on traces and metrics."""
+
+
+class ServiceSettings(BaseSettings):
+    """Per-service settings; subclasses set `env_prefix` to `NEXUS_<NAME>_`."""
+
+    model_config = SettingsConfigDict(env_prefix="NEXUS_SERVICE_", extra="ignore")
+
+    grpc_host: str = "127.0.0.1"
+    """Interface the gRPC server binds to (0.0.0.0 in containers)."""
+
+    grpc_port: int = Field(default=0, ge=0, le=65535)
+    """gRPC port; 0 picks a free one (tests)."""
+
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Prometheus metrics port; 0 disables the metrics endpoint."""
+
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    """Largest gRPC message accepted or sent, in bytes."""
+
+    max_concurrent_rpcs: int = Field(default=256, gt=0)
+    """RPCs in flight before new ones are refused with RESOURCE_EXHAUSTED."""
+
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    """Seconds in-flight RPCs get to finish after SIGTERM."""
+
+    workers: int = Field(default=2, gt=0)
+    """Threads for CPU-heavy work (kept off the event loop)."""
