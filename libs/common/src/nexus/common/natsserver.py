@@ -60,7 +60,16 @@ class NatsServer:
     def start(self, timeout_s: float = 10.0) -> None:
         """Starts the server and waits until it accepts connections."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [find_binary(), "-js", "-a", self.host, "-p", str(self.port), "-sd", str(self.store_dir)]
+        cmd = [
+            find_binary(),
+            "-js",
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
+            "-sd",
+            str(self.store_dir),
+        ]
         with self._log_path.open("ab") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         self._wait_until_listening(timeout_s)
@@ -92,7 +101,10 @@ class NatsServer:
         while time.monotonic() < deadline:
             if not self.running:
                 raise Unavailable(f"nats-server exited at start; see {self._log_path}")
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), 0.2),
+            ):
                 return
             time.sleep(0.05)
         self.stop()

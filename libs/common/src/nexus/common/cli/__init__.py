@@ -11,7 +11,8 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from nexus.common.cli import keys, up
+from nexus.common.cli import keys as keys
+from nexus.common.cli import up as up
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,7 +64,9 @@ class InvalidArgument(NexusError):
     @classmethod
     def for_field(cls, field_path: str, description: str) -> InvalidArgument:
         """One violation whose description is also the message."""
-        return cls(f"{field_path}: {description}", violations=[FieldViolation(field_path, description)])
+        return cls(
+            f"{field_path}: {description}", violations=[FieldViolation(field_path, description)]
+        )
 
 
 @dataclass

@@ -83,7 +83,7 @@ def nexus_settings(nats_endpoint: NatsEndpoint) -> NexusSettings:
     """Shared settings pointing at the session's NATS, with a test signing key."""
     return NexusSettings(
         nats_url=nats_endpoint.url,
-        registry_signing_key="test-signing-key",  # type: ignore[arg-type]
+        registry_signing_key="test-signing-key",
         log_json=False,
     )
 

@@ -1,0 +1,145 @@
+"""Prometheus metrics: defined once here, in the default registry, and served on a port.
+
+Every service exports the same names, so one dashboard serves them all; the `service` label says
+which one. Label values stay low-cardinality: method names, model names and versions, cache
+names, never request data.
+"""
+
+# grpc ships no type stubs: its classes are `Any` to mypy, so subclassing them is allowed here.
+# mypy: allow-subclassing-any
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from nexus.common.grpc_handlers import Context, status_of, wrap_handler
+
+RPC_REQUESTS = Counter(
+    "nexus_rpc_requests_total",
+    "gRPC calls handled, by final status code.",
+    ["service", "method", "code"],
+)
+RPC_DURATION = Histogram(
+    "nexus_rpc_duration_seconds",
+    "Time from the call reaching the handler to its last response.",
+    ["service", "method"],
+    # Up to two minutes: LLM generations and training calls are slow by nature.
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+RPC_IN_FLIGHT = Gauge(
+    "nexus_rpc_in_flight",
+    "gRPC calls being handled right now.",
+    ["service", "method"],
+)
+PREDICTIONS = Counter(
+    "nexus_predictions_total",
+    "Predictions served (one per scored item), by the model version that served them.",
+    ["service", "model", "version"],
+)
+BATCH_SIZE = Histogram(
+    "nexus_batch_size",
+    "Items per micro-batch handed to a model.",
+    ["service", "batcher"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+CACHE_REQUESTS = Counter(
+    "nexus_cache_requests_total",
+    "Cache look-ups, by result (hit or miss).",
+    ["cache", "result"],
+)
+EVENTS = Counter(
+    "nexus_events_total",
+    "NATS events handled, by subject and result (ok, error, retry, ...).",
+    ["subject", "result"],
+)
+
+FREE_PORT = -1
+"""Pass to `start_metrics_server` to serve on a free port (tests)."""
+
+
+def record_predictions(service: str, model: str, version: str, n: int = 1) -> None:
+    """Counts `n` predictions served by one model version."""
+    PREDICTIONS.labels(service=service, model=model, version=version).inc(n)
+
+
+def observe_batch(service: str, batcher: str, size: int) -> None:
+    """Records the size of one micro-batch."""
+    BATCH_SIZE.labels(service=service, batcher=batcher).observe(size)
+
+
+def record_cache_request(cache: str, hit: bool) -> None:
+    """Counts one cache look-up."""
+    CACHE_REQUESTS.labels(cache=cache, result="hit" if hit else "miss").inc()
+
+
+def record_event(subject: str, result: str) -> None:
+    """Counts one handled event; `result` is a short word such as "ok" or "error"."""
+    EVENTS.labels(subject=subject, result=result).inc()
+
+
+def start_metrics_server(port: int, addr: str = "0.0.0.0") -> int:
+    """Serves `/metrics` from a background thread.
+
+    Args:
+        port: The port; 0 disables the endpoint; `FREE_PORT` (-1) picks a free one.
+        addr: The interface to bind.
+
+    Returns:
+        The port it serves on, or 0 when disabled.
+    """
+    if port == 0:
+        return 0
+    server, _ = start_http_server(max(port, 0), addr=addr)
+    return int(server.server_port)
+
+
+def method_label(full_method: str) -> str:
+    """The `method` label: the full method without its leading slash (`pkg.Service/Method`)."""
+    return full_method.lstrip("/")
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts, times and gauges every call of a server.
+
+    Args:
+        service: The `service` label: the service's short name ("anomaly").
+    """
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[Any], Awaitable[Any]],
+        handler_call_details: Any,
+    ) -> Any:
+        """Wraps the method's handler so that each call is measured."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = method_label(handler_call_details.method)
+        return wrap_handler(handler, lambda context: self._measure(method, context))
+
+    @asynccontextmanager
+    async def _measure(self, method: str, context: Context) -> AsyncIterator[None]:
+        in_flight = RPC_IN_FLIGHT.labels(service=self._service, method=method)
+        in_flight.inc()
+        start = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            yield
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            in_flight.dec()
+            elapsed = time.perf_counter() - start
+            RPC_DURATION.labels(service=self._service, method=method).observe(elapsed)
+            code = status_of(error, context).name
+            RPC_REQUESTS.labels(service=self._service, method=method, code=code).inc()
