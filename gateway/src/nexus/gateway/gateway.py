@@ -1,0 +1,270 @@
+"""The request pipeline: route -> authorize -> rate limit -> read body -> transcode -> call.
+
+One generic handler serves every binding; nothing in it knows an endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+from urllib.parse import quote
+
+import grpc
+from google.protobuf.message import Message
+from opentelemetry import trace
+from opentelemetry.trace import Span
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import Response
+
+from nexus.common.errors import REQUEST_TOO_LARGE, NexusError
+from nexus.gateway import tracing
+from nexus.gateway.backends import BACKEND_NOT_FOUND, BackendPool
+from nexus.gateway.descriptors import HttpBinding
+from nexus.gateway.errors import (
+    GatewayError,
+    from_nexus_error,
+    from_rpc_error,
+    internal,
+    not_found,
+    retry_after_seconds,
+)
+from nexus.gateway.keys import ApiKeyLike, Authorizer, raw_key
+from nexus.gateway.ratelimit import RateLimiter
+from nexus.gateway.routing import Router
+from nexus.gateway.settings import GatewaySettings
+from nexus.gateway.sse import EventStream
+from nexus.gateway.transcode import PathValues, build_request, dumps, field_value, response_json
+
+log = logging.getLogger(__name__)
+
+RATE_LIMITED = "RATE_LIMITED"
+_GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
+_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+class Gateway:
+    """Serves every binding over one generic handler.
+
+    Args:
+        settings: Limits, timeouts, rate limits.
+        router: The routes.
+        pool: Channels to the backends.
+        keys: The API-key store; None when auth is off.
+    """
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        router: Router,
+        pool: BackendPool,
+        keys: Authorizer | None,
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.pool = pool
+        self.keys = keys
+        self.limiter = RateLimiter(
+            burst=settings.rate_limit_burst, max_keys=settings.rate_limit_max_keys
+        )
+
+    async def handle(self, request: Request) -> Response:
+        """The Starlette endpoint for every proto route."""
+        path = raw_path(request)
+        span = tracing.start_server_span(request.method, path, request.headers)
+        with trace.use_span(span, end_on_exit=False):
+            response = await self._respond(request, path, span)
+        if not isinstance(response, EventStream):  # a stream ends its span when it closes
+            tracing.finish(span, response.status_code)
+        return response
+
+    async def _respond(self, request: Request, path: str, span: Span) -> Response:
+        try:
+            binding, values = self.router.match(request.method, path)
+            tracing.name_route(span, request.method, binding.template.template, binding.full_method)
+            return await self._serve(binding, values, request, span)
+        except GatewayError as err:
+            return err.response()
+        except Exception as err:  # details to the log and the trace, never to the client
+            log.exception("gateway error on %s %s", request.method, path)
+            span.record_exception(err)
+            return internal().response()
+
+    async def _serve(
+        self, binding: HttpBinding, values: PathValues, request: Request, span: Span
+    ) -> Response:
+        key = raw_key(request.headers)
+        await self._admit(binding, key, request)
+        body = await read_body(request, self.settings.max_body_bytes)
+        message = build_request(binding, values, request.query_params.multi_items(), body)
+        backend = self._backend(binding, message)
+        metadata = _metadata(key)
+        deadline_s = deadline(request.headers, binding.server_streaming, self.settings)
+        if binding.server_streaming:
+            return await self._stream(binding, backend, message, metadata, deadline_s, span)
+        return await self._unary(binding, backend, message, metadata, deadline_s)
+
+    async def _admit(self, binding: HttpBinding, key: str | None, request: Request) -> None:
+        """Authorizes the caller (when auth is on), then takes a rate-limit token."""
+        api_key: ApiKeyLike | None = None
+        if self.keys is not None:
+            try:
+                api_key = await self.keys.authorize(key, binding.scope)
+            except NexusError as err:
+                raise from_nexus_error(err) from err
+        self._rate_limit(api_key, request)
+
+    def _rate_limit(self, api_key: ApiKeyLike | None, request: Request) -> None:
+        rate = self.settings.rate_limit_per_minute
+        if api_key is not None:
+            bucket, rate = f"key:{api_key.id}", api_key.rate_limit_per_minute or rate
+        else:  # auth off: the client's address stands in for the key
+            bucket = f"addr:{request.client.host if request.client else ''}"
+        wait_s = self.limiter.acquire(bucket, rate)
+        if wait_s > 0:
+            raise GatewayError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"rate limit of {rate} requests per minute exceeded",
+                reason=RATE_LIMITED,
+                headers={"Retry-After": str(retry_after_seconds(wait_s))},
+            )
+
+    def _backend(self, binding: HttpBinding, message: Message) -> str:
+        if not binding.route_field:
+            return binding.backend
+        backend = str(field_value(message, tuple(binding.route_field.split("."))))
+        if backend not in self.pool:
+            raise not_found(f"no service {backend!r} in this deployment", BACKEND_NOT_FOUND)
+        return backend
+
+    async def _unary(
+        self,
+        binding: HttpBinding,
+        backend: str,
+        message: Message,
+        metadata: list[tuple[str, str]],
+        deadline_s: float,
+    ) -> Response:
+        call = self.pool.unary(backend, binding)
+        try:
+            reply = await call(message, timeout=deadline_s, metadata=metadata, wait_for_ready=False)
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err, backend) from err
+        return Response(dumps(response_json(binding, reply)), media_type="application/json")
+
+    async def _stream(
+        self,
+        binding: HttpBinding,
+        backend: str,
+        message: Message,
+        metadata: list[tuple[str, str]],
+        deadline_s: float,
+        span: Span,
+    ) -> Response:
+        call = self.pool.stream(backend, binding)(
+            message, timeout=deadline_s, metadata=metadata, wait_for_ready=False
+        )
+        return EventStream(
+            call,
+            await self._first_read(call, backend),
+            render=lambda reply: dumps(response_json(binding, reply)),
+            error_of=lambda err: from_rpc_error(err, backend),
+            keepalive_s=self.settings.sse_keepalive_s,
+            on_close=lambda status: tracing.finish(span, status),
+        )
+
+    async def _first_read(
+        self, call: grpc.aio.UnaryStreamCall[Any, Any], backend: str
+    ) -> asyncio.Future[Any]:
+        """Starts reading the stream, waiting briefly for the first message: an error that comes
+        at once gets its real HTTP status rather than a 200 stream that ends in an error event.
+        """
+        first: asyncio.Future[Any] = asyncio.ensure_future(call.read())
+        try:
+            await asyncio.wait({first}, timeout=self.settings.sse_first_message_wait_s)
+        except BaseException:  # cancelled meanwhile: do not leave the call running
+            call.cancel()
+            raise
+        failure = first.exception() if first.done() else None
+        if isinstance(failure, grpc.aio.AioRpcError):
+            call.cancel()
+            raise from_rpc_error(failure, backend)
+        return first
+
+
+def raw_path(request: Request) -> str:
+    """The request path still percent-encoded, as path templates match it."""
+    raw = request.scope.get("raw_path")
+    if isinstance(raw, bytes) and raw:
+        return raw.decode("latin-1").split("?", 1)[0]
+    return quote(request.url.path)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes.
+
+    Content-Length is checked first, and the bytes are counted too (a chunked body has no
+    length, and a length may lie).
+    """
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"the request body is larger than the limit of {limit} bytes",
+        reason=REQUEST_TOO_LARGE,
+    )
+
+
+def deadline(headers: Headers, streaming: bool, settings: GatewaySettings) -> float:
+    """Seconds the backend call may take: what the client asks for, capped.
+
+    The client asks with `X-Nexus-Timeout: <seconds>` or gRPC's `grpc-timeout: <n><unit>`.
+    """
+    if streaming:
+        default, cap = settings.stream_timeout_s, settings.stream_timeout_s
+    else:
+        default, cap = settings.default_timeout_s, settings.max_timeout_s
+    asked = _asked_timeout(headers)
+    return min(asked if asked is not None else default, cap)
+
+
+def _asked_timeout(headers: Headers) -> float | None:
+    if value := headers.get("x-nexus-timeout"):
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not 0 < seconds < float("inf"):
+            raise GatewayError.bad_field(
+                "X-Nexus-Timeout", f"not a positive number of seconds: {value!r}"
+            )
+        return seconds
+    if value := headers.get("grpc-timeout"):
+        parsed = _GRPC_TIMEOUT.match(value)
+        if parsed is None or int(parsed[1]) == 0:
+            raise GatewayError.bad_field("grpc-timeout", f"not a gRPC timeout: {value!r}")
+        return int(parsed[1]) * _GRPC_UNITS[parsed[2]]
+    return None
+
+
+def _metadata(key: str | None) -> list[tuple[str, str]]:
+    """gRPC metadata for a backend call: the caller's key (services check it again) and the
+    trace context."""
+    metadata = tracing.outgoing_metadata()
+    # gRPC metadata must be printable ASCII; no valid key is anything else.
+    if key and key.isascii() and key.isprintable():
+        metadata.append(("authorization", f"Bearer {key}"))
+    return metadata

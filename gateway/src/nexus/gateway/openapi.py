@@ -1,0 +1,314 @@
+"""The OpenAPI 3.1 document, generated from the same bindings that route requests.
+
+Messages become `components/schemas` (recursively, by full proto name), following proto3 JSON:
+64-bit integers are strings, bytes are base64 strings, enums are string enums, Timestamps are
+date-time strings, maps are objects with `additionalProperties`. Property names are the proto
+names, as responses use them (requests accept the lowerCamel JSON names too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+
+from nexus.api.common.v1 import common_pb2
+from nexus.gateway.descriptors import HttpBinding, resolve_field
+from nexus.gateway.transcode import QUERY_WELL_KNOWN
+
+Schema = dict[str, Any]
+
+_ERROR_CODES = ("400", "401", "403", "404", "413", "429", "500", "503", "504")
+_ERROR_TEXT = {
+    "400": "Invalid request: bad JSON, a bad field (see field_violations), a failed precondition.",
+    "401": "Missing or invalid API key.",
+    "403": "The API key lacks the scope this operation needs.",
+    "404": "No such route, resource or service.",
+    "413": "Request body (or a batch in it) too large.",
+    "429": "Rate limit exceeded; see the Retry-After header.",
+    "500": "Internal error.",
+    "503": "Backend unavailable or not ready.",
+    "504": "The backend did not answer within the deadline.",
+}
+_MAX_QUERY_DEPTH = 3
+
+_T = FieldDescriptor
+_SCALARS: dict[int, Schema] = {
+    _T.TYPE_DOUBLE: {"type": "number", "format": "double"},
+    _T.TYPE_FLOAT: {"type": "number", "format": "float"},
+    _T.TYPE_INT64: {"type": "string", "format": "int64"},
+    _T.TYPE_SINT64: {"type": "string", "format": "int64"},
+    _T.TYPE_SFIXED64: {"type": "string", "format": "int64"},
+    _T.TYPE_UINT64: {"type": "string", "format": "uint64"},
+    _T.TYPE_FIXED64: {"type": "string", "format": "uint64"},
+    _T.TYPE_INT32: {"type": "integer", "format": "int32"},
+    _T.TYPE_SINT32: {"type": "integer", "format": "int32"},
+    _T.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
+    _T.TYPE_UINT32: {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**32 - 1},
+    _T.TYPE_FIXED32: {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**32 - 1},
+    _T.TYPE_BOOL: {"type": "boolean"},
+    _T.TYPE_STRING: {"type": "string"},
+    _T.TYPE_BYTES: {"type": "string", "format": "byte", "contentEncoding": "base64"},
+}
+
+_WRAPPERS = {
+    "google.protobuf.DoubleValue": _T.TYPE_DOUBLE,
+    "google.protobuf.FloatValue": _T.TYPE_FLOAT,
+    "google.protobuf.Int64Value": _T.TYPE_INT64,
+    "google.protobuf.UInt64Value": _T.TYPE_UINT64,
+    "google.protobuf.Int32Value": _T.TYPE_INT32,
+    "google.protobuf.UInt32Value": _T.TYPE_UINT32,
+    "google.protobuf.BoolValue": _T.TYPE_BOOL,
+    "google.protobuf.StringValue": _T.TYPE_STRING,
+    "google.protobuf.BytesValue": _T.TYPE_BYTES,
+}
+_WELL_KNOWN: dict[str, Schema] = {
+    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
+    "google.protobuf.Duration": {"type": "string", "pattern": r"^-?\d+(\.\d+)?s$"},
+    "google.protobuf.FieldMask": {"type": "string", "description": "Comma-separated paths."},
+    "google.protobuf.Empty": {"type": "object"},
+    "google.protobuf.Struct": {"type": "object", "additionalProperties": True},
+    "google.protobuf.Value": {},
+    "google.protobuf.ListValue": {"type": "array", "items": {}},
+    "google.protobuf.Any": {
+        "type": "object",
+        "properties": {"@type": {"type": "string"}},
+        "additionalProperties": True,
+    },
+}
+
+
+class Schemas:
+    """Builds `components/schemas`: a named schema per message and enum reached."""
+
+    def __init__(self) -> None:
+        self.components: dict[str, Schema] = {}
+
+    def message(self, message: Descriptor) -> Schema:
+        """The schema of a message: inline for well-known types, else a `$ref`."""
+        if inline := _well_known(message):
+            return inline
+        name = message.full_name
+        if name not in self.components:
+            self.components[name] = {}  # placeholder first: messages may be recursive
+            self.components[name] = self._object(message)
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def _object(self, message: Descriptor) -> Schema:
+        properties = {f.name: self.field(f) for f in message.fields}
+        return {"type": "object", "title": message.name, "properties": properties}
+
+    def field(self, field: FieldDescriptor) -> Schema:
+        """The schema of a field: repeated fields are arrays, maps are objects."""
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value = field.message_type.fields_by_name["value"]
+            return {"type": "object", "additionalProperties": self.single(value)}
+        if field.is_repeated:
+            return {"type": "array", "items": self.single(field)}
+        return self.single(field)
+
+    def single(self, field: FieldDescriptor) -> Schema:
+        """The schema of one value of a field."""
+        if field.message_type is not None:
+            return self.message(field.message_type)
+        if field.enum_type is not None:
+            return self.enum(field.enum_type)
+        return dict(_SCALARS[field.type])
+
+    def enum(self, enum: EnumDescriptor) -> Schema:
+        """A string enum of the value names (as responses print them)."""
+        name = enum.full_name
+        if name not in self.components:
+            values = [v.name for v in enum.values]
+            self.components[name] = {"type": "string", "title": enum.name, "enum": values}
+        return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _well_known(message: Descriptor) -> Schema | None:
+    if message.full_name in _WRAPPERS:
+        scalar = dict(_SCALARS[_WRAPPERS[message.full_name]])
+        scalar["type"] = [scalar["type"], "null"]
+        return scalar
+    schema = _WELL_KNOWN.get(message.full_name)
+    return dict(schema) if schema is not None else None
+
+
+def build_openapi(
+    bindings: Iterable[HttpBinding],
+    *,
+    secured: bool = True,
+    title: str = "Nexus API",
+    version: str = "1.0.0",
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the bindings (plus the gateway's own health endpoints).
+
+    Args:
+        bindings: The routes.
+        secured: Whether operations need an API key (auth on).
+        title: The document's title.
+        version: The API's version.
+    """
+    schemas = Schemas()
+    error_ref = schemas.message(common_pb2.ErrorResponse.DESCRIPTOR)
+    paths: dict[str, dict[str, Any]] = _health_paths()
+    for binding in bindings:
+        item = paths.setdefault(binding.template.openapi_path(), {})
+        item[binding.http_method.lower()] = _operation(binding, schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version, "description": _DESCRIPTION},
+        "paths": paths,
+        "components": {
+            "schemas": dict(sorted(schemas.components.items())),
+            "responses": {"Error": _error_response(error_ref)},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "Nexus API key."},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+        },
+        "security": [{"bearer": []}, {"apiKey": []}] if secured else [],
+    }
+
+
+_DESCRIPTION = (
+    "Generated from the protos' google.api.http annotations. Errors share one body "
+    "(ErrorResponse). Send `X-Nexus-Timeout: <seconds>` to shorten a call's deadline."
+)
+
+
+def _error_response(error_ref: Schema) -> Schema:
+    return {
+        "description": "An error, in the one error body.",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying (429, sometimes 503).",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+        "content": {"application/json": {"schema": error_ref}},
+    }
+
+
+def _operation(binding: HttpBinding, schemas: Schemas) -> dict[str, Any]:
+    service = binding.method.containing_service
+    operation: dict[str, Any] = {
+        "operationId": binding.operation_id,
+        "summary": f"{service.name}.{binding.method.name}",
+        "tags": [service.full_name],
+        "parameters": _path_parameters(binding, schemas) + _query_parameters(binding, schemas),
+        "responses": _responses(binding, schemas),
+    }
+    if binding.scope:
+        operation["description"] = f"Needs an API key with the scope `{binding.scope}`."
+        operation["x-nexus-scope"] = binding.scope
+    if binding.body:
+        operation["requestBody"] = _request_body(binding, schemas)
+    return operation
+
+
+def _request_body(binding: HttpBinding, schemas: Schemas) -> dict[str, Any]:
+    request = binding.method.input_type
+    if binding.body == "*":
+        schema = schemas.message(request)
+        note = "The request; path parameters override the fields of the same name."
+    else:
+        schema = schemas.field(request.fields_by_name[binding.body])
+        note = f"The request's `{binding.body}` field."
+    return {
+        "required": True,
+        "description": note,
+        "content": {"application/json": {"schema": schema}},
+    }
+
+
+def _responses(binding: HttpBinding, schemas: Schemas) -> dict[str, Any]:
+    output = binding.method.output_type
+    if binding.response_body:
+        schema = schemas.field(output.fields_by_name[binding.response_body])
+    else:
+        schema = schemas.message(output)
+    ok: dict[str, Any] = {
+        "description": "Success.",
+        "content": {"application/json": {"schema": schema}},
+    }
+    if binding.server_streaming:
+        ok = _event_stream(schema)
+    errors = {c: {"$ref": "#/components/responses/Error"} for c in _ERROR_CODES}
+    return {"200": ok, **errors}
+
+
+def _event_stream(schema: Schema) -> dict[str, Any]:
+    return {
+        "description": (
+            "Server-Sent Events: each message is `data: <JSON of x-event-schema>`; an error ends "
+            "the stream with `event: error` and `data: <ErrorResponse JSON>`."
+        ),
+        "content": {
+            "text/event-stream": {
+                "schema": {"type": "string", "x-event-schema": schema},
+            }
+        },
+    }
+
+
+def _path_parameters(binding: HttpBinding, schemas: Schemas) -> list[dict[str, Any]]:
+    request = binding.method.input_type
+    parameters = []
+    for variable in binding.template.variables:
+        holders = resolve_field(request, variable.field_path)
+        field = holders[-1].fields_by_name[variable.field_path[-1]]
+        parameters.append(
+            {"name": variable.name, "in": "path", "required": True, "schema": schemas.field(field)}
+        )
+    return parameters
+
+
+def _query_parameters(binding: HttpBinding, schemas: Schemas) -> list[dict[str, Any]]:
+    """Fields bound neither by the path nor by the body, flattened with dotted names."""
+    if binding.body == "*":
+        return []
+    bound = {v.name for v in binding.template.variables} | {binding.body}
+    fields = _query_fields(binding.method.input_type, "", 0)
+    return [
+        {"name": name, "in": "query", "required": False, "schema": schemas.field(field)}
+        for name, field in fields
+        if name not in bound and name.split(".")[0] not in bound
+    ]
+
+
+def _query_fields(
+    message: Descriptor, prefix: str, depth: int
+) -> list[tuple[str, FieldDescriptor]]:
+    found: list[tuple[str, FieldDescriptor]] = []
+    for field in message.fields:
+        name = f"{prefix}{field.name}"
+        nested = field.message_type
+        if nested is None or nested.full_name in QUERY_WELL_KNOWN:
+            found.append((name, field))
+        elif (
+            not nested.GetOptions().map_entry and not field.is_repeated and depth < _MAX_QUERY_DEPTH
+        ):
+            found += _query_fields(nested, f"{name}.", depth + 1)
+    return found
+
+
+def _health_paths() -> dict[str, dict[str, Any]]:
+    def probe(summary: str, ok: str) -> dict[str, Any]:
+        return {
+            "get": {
+                "operationId": summary.replace(" ", "_"),
+                "summary": summary,
+                "tags": ["gateway"],
+                "security": [],
+                "responses": {
+                    "200": {"description": ok},
+                    "503": {"$ref": "#/components/responses/Error"},
+                },
+            }
+        }
+
+    return {
+        "/healthz": probe("Gateway liveness", "The gateway process is alive."),
+        "/readyz": probe("Gateway readiness", "Every backend answers its health check SERVING."),
+    }

@@ -1,0 +1,226 @@
+"""HTTP request -> protobuf request, protobuf response -> JSON, per `google.api.http` rules.
+
+- `body: "*"`: the JSON body is the whole request; path variables then fill (override) fields.
+- `body: "field"`: the JSON body is that field; query parameters fill the others.
+- no body: query parameters fill fields; repeated fields by repeating the key (`?tag=a&tag=b`),
+  nested fields by dots (`?page.size=10`).
+
+JSON goes through `google.protobuf.json_format`, so proto3 JSON rules hold: unknown fields are
+errors, bytes are base64, 64-bit integers are strings on output. Responses keep the proto field
+names (snake_case) and print fields that hold their zero value.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from nexus.gateway.descriptors import HttpBinding
+from nexus.gateway.errors import GatewayError
+
+# Well-known types whose JSON form is a string or a scalar, so a query parameter can carry them.
+QUERY_WELL_KNOWN = {
+    "google.protobuf.Timestamp",
+    "google.protobuf.Duration",
+    "google.protobuf.FieldMask",
+    "google.protobuf.StringValue",
+    "google.protobuf.BytesValue",
+    "google.protobuf.Int64Value",
+    "google.protobuf.UInt64Value",
+    "google.protobuf.Int32Value",
+    "google.protobuf.UInt32Value",
+    "google.protobuf.DoubleValue",
+    "google.protobuf.FloatValue",
+    "google.protobuf.BoolValue",
+}
+_TRUE, _FALSE = {"true", "1"}, {"false", "0"}
+_AT_PATH = re.compile(r" at [A-Za-z_]\w*\.(?P<path>[\w.\[\]]+?)\.*$")
+_NO_FIELD = re.compile(
+    r'has no field named "(?P<name>[^"]+)"(?: at "[A-Za-z_]\w*\.?(?P<at>[^"]*)")?'
+)
+_FAILED_FIELD = re.compile(r"^Failed to parse (?P<path>\w+) field")
+
+PathValues = dict[tuple[str, ...], str]
+
+
+def build_request(
+    binding: HttpBinding, path: PathValues, query: Iterable[tuple[str, str]], body: bytes
+) -> Message:
+    """The request message of one HTTP request.
+
+    Args:
+        binding: The route.
+        path: Values of the path variables, by field path.
+        query: Query parameters, in order (a key may repeat).
+        body: The raw request body.
+
+    Raises:
+        GatewayError: INVALID_ARGUMENT, naming the bad field, for bad JSON or a bad value.
+    """
+    request = binding.request_class()
+    query = list(query)
+    if binding.body == "*":
+        _reject_query(query)
+        _parse_into(request, _load_json(body, object_required=True))
+    elif binding.body:
+        _parse_into(request, {binding.body: _load_json(body, object_required=False)})
+    elif body.strip():
+        raise GatewayError.bad_field(
+            "", f"{binding.http_method} {binding.template.template} takes no body"
+        )
+    if query:
+        _parse_into(request, _query_tree(binding.method.input_type, query), query_names=True)
+    _parse_into(request, _nest(path))
+    return request
+
+
+def field_value(message: Message, path: tuple[str, ...]) -> Any:
+    """The value of a (possibly nested) field: `("model", "name")`."""
+    value: Any = message
+    for name in path:
+        value = getattr(value, name)
+    return value
+
+
+def response_json(binding: HttpBinding, response: Message) -> Any:
+    """The JSON-ready form of a response (or of its `response_body` field)."""
+    rendered = message_dict(response)
+    return rendered[binding.response_body] if binding.response_body else rendered
+
+
+def message_dict(message: Message) -> dict[str, Any]:
+    """Proto3 JSON of a message with snake_case names and zero values shown."""
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON on one line (as SSE `data:` needs)."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=True)
+
+
+def _load_json(body: bytes, *, object_required: bool) -> Any:
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError) as err:
+        raise GatewayError.bad_field("", f"the body is not valid JSON: {err}") from err
+    if object_required and not isinstance(value, dict):
+        raise GatewayError.bad_field("", "the body must be a JSON object")
+    return value
+
+
+def _reject_query(query: list[tuple[str, str]]) -> None:
+    if query:
+        names = ", ".join(sorted({k for k, _ in query}))
+        raise GatewayError.bad_field(
+            query[0][0], f"query parameters ({names}) are not accepted: the body is the request"
+        )
+
+
+def _parse_into(message: Message, tree: dict[str, Any], *, query_names: bool = False) -> None:
+    """Merges a JSON tree into `message`, turning parse errors into 400s naming the field."""
+    try:
+        json_format.ParseDict(tree, message, ignore_unknown_fields=False)
+    except json_format.ParseError as err:
+        text = str(err).split("\n")[0]
+        raise GatewayError.bad_field(_field_of(text), text) from err
+    except (TypeError, ValueError, AttributeError, RecursionError) as err:
+        # json_format lets a few of these through for values of the wrong shape.
+        raise GatewayError.bad_field(_first_key(tree) if query_names else "", str(err)) from err
+
+
+def _field_of(text: str) -> str:
+    """The field a json_format error message is about, as precisely as the text says."""
+    if unknown := _NO_FIELD.search(text):
+        return ".".join(p for p in (unknown["at"], unknown["name"]) if p)
+    for pattern in (_AT_PATH, _FAILED_FIELD):
+        found = pattern.search(text)
+        if found and found["path"]:
+            return found["path"].rstrip(".")
+    return ""
+
+
+def _first_key(tree: dict[str, Any]) -> str:
+    return next(iter(tree), "")
+
+
+def _nest(values: PathValues) -> dict[str, Any]:
+    """{("a", "b"): v} -> {"a": {"b": v}}."""
+    tree: dict[str, Any] = {}
+    for path, value in values.items():
+        node = tree
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+        node[path[-1]] = value
+    return tree
+
+
+def _query_tree(message: Descriptor, query: list[tuple[str, str]]) -> dict[str, Any]:
+    """Query parameters as a JSON tree over proto field names, values typed for json_format."""
+    tree: dict[str, Any] = {}
+    for key, raw in query:
+        holders, field = _query_field(message, key)
+        node = tree
+        for name in holders:
+            node = node.setdefault(name, {})
+        value = _query_value(key, field, raw)
+        if field.is_repeated:
+            node.setdefault(field.name, []).append(value)
+        else:
+            node[field.name] = value  # the last of repeated keys wins
+    return tree
+
+
+def _query_field(message: Descriptor, key: str) -> tuple[list[str], FieldDescriptor]:
+    """The field a query key names (proto or JSON names, dotted), and the names leading to it."""
+    holders: list[str] = []
+    descriptor = message
+    parts = key.split(".")
+    for index, part in enumerate(parts):
+        field = descriptor.fields_by_name.get(part) or _by_json_name(descriptor, part)
+        if field is None:
+            raise GatewayError.bad_field(key, f"{descriptor.full_name} has no field {part!r}")
+        if index == len(parts) - 1:
+            return holders, field
+        if field.message_type is None or field.is_repeated:
+            raise GatewayError.bad_field(key, f"{part!r} is not a singular message field")
+        holders.append(field.name)
+        descriptor = field.message_type
+    raise GatewayError.bad_field(key, "empty query parameter name")
+
+
+def _by_json_name(message: Descriptor, name: str) -> FieldDescriptor | None:
+    return next((f for f in message.fields if f.json_name == name), None)
+
+
+def _query_value(key: str, field: FieldDescriptor, raw: str) -> Any:
+    """A query string value in the form json_format wants for the field's type."""
+    if field.message_type is not None:
+        if (
+            field.message_type.GetOptions().map_entry
+            or field.message_type.full_name not in QUERY_WELL_KNOWN
+        ):
+            raise GatewayError.bad_field(key, "this field cannot be set from the query string")
+        if field.message_type.full_name == "google.protobuf.BoolValue":
+            return _bool(key, raw)
+        return raw
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return _bool(key, raw)
+    return raw
+
+
+def _bool(key: str, raw: str) -> bool:
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise GatewayError.bad_field(key, f"expected true or false, got {raw!r}")
