@@ -1,0 +1,302 @@
+"""EventBus: publish CloudEvents to JetStream, consume them durably or watch them live."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+from nats.aio.client import Client
+from nats.errors import ConnectionReconnectingError, NoRespondersError, OutboundBufferLimitError
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import api
+from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
+from nats.js.errors import ServiceUnavailableError as JsUnavailable
+from opentelemetry import propagate, trace
+
+from nexus.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from nexus.common.events._consumer import Consumer, Handler, WatchConsumer, WorkConsumer
+from nexus.common.events._envelope import M, build_headers, new_event_id
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("nexus.events")
+
+STREAMS: dict[str, list[str]] = {
+    "METRICS": ["nexus.metrics.>"],
+    "ANOMALY": ["nexus.anomaly.>"],
+    "MODELS": ["nexus.models.>"],
+}
+"""One JetStream stream per area of events: its name and the subjects it stores."""
+
+DUPLICATE_WINDOW_S = 120.0
+"""A re-published event (same id) within this window is stored once."""
+
+_GIB = 1024**3
+_DAY_S = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """Retention of one stream; the oldest messages go first when a limit is reached."""
+
+    max_age_s: float
+    max_bytes: int
+    max_msg_bytes: int = 1024 * 1024
+
+
+STREAM_LIMITS: dict[str, StreamLimits] = {
+    # Raw input, re-sent by its producers if it matters: a day is plenty to catch up.
+    "METRICS": StreamLimits(max_age_s=_DAY_S, max_bytes=_GIB),
+    # Findings that workflows act upon: a week covers a long outage of a consumer.
+    "ANOMALY": StreamLimits(max_age_s=7 * _DAY_S, max_bytes=_GIB),
+    # Rare, small notifications; the registry's KV bucket is the source of truth anyway.
+    "MODELS": StreamLimits(max_age_s=30 * _DAY_S, max_bytes=_GIB // 4),
+}
+
+_RETRYABLE = (
+    NatsTimeoutError,  # no ack in time: the server is restarting or the connection is down
+    TimeoutError,
+    NoRespondersError,
+    NoStreamResponseError,  # JetStream not (yet) up after a restart
+    JsUnavailable,
+    ConnectionReconnectingError,
+    OutboundBufferLimitError,
+)
+
+
+class EventBus:
+    """Publishes and consumes the platform's events on NATS JetStream.
+
+    Events are CloudEvents 1.0 in binary mode: `ce-*` headers around a protobuf payload, with
+    `Nats-Msg-Id` set to the event id so that JetStream stores a re-published event once, and W3C
+    `traceparent` so that one trace crosses NATS.
+
+    Args:
+        nc: A connected client (`nexus.common.nats.connect`), reconnecting by itself.
+        source: The CloudEvents source of what this bus publishes, such as "nexus/anomaly".
+    """
+
+    def __init__(self, nc: Client, source: str) -> None:
+        self._nc = nc
+        self._source = source
+        self._js = nc.jetstream()
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context, for KV buckets and object stores."""
+        return self._js
+
+    @property
+    def nc(self) -> Client:
+        """The NATS connection."""
+        return self._nc
+
+    @property
+    def source(self) -> str:
+        """The CloudEvents source of published events."""
+        return self._source
+
+    async def ensure_streams(self, *names: str) -> None:
+        """Creates the named streams of `STREAMS` (all of them when none is named), or updates
+        their configuration to this version's.
+
+        Raises:
+            InvalidArgument: For a name that is not in `STREAMS`.
+        """
+        for name in names or tuple(STREAMS):
+            if name not in STREAMS:
+                raise InvalidArgument.for_field("stream", f"unknown stream {name!r}")
+            await self._ensure_stream(stream_config(name))
+
+    async def _ensure_stream(self, config: api.StreamConfig) -> None:
+        try:
+            await self._js.add_stream(config)
+        except BadRequestError:  # exists with another configuration: bring it up to date
+            await self._js.update_stream(config)
+
+    async def publish(
+        self,
+        subject: str,
+        message: Message,
+        *,
+        event_id: str | None = None,
+        subject_hint: str | None = None,
+        timeout_s: float = 5.0,
+        retries: int = 6,
+    ) -> str:
+        """Publishes `message` as a CloudEvent and waits until JetStream stored it.
+
+        Args:
+            subject: NATS subject, `nexus.<area>.<event>`.
+            message: The payload; its protobuf full name becomes `ce-type`.
+            event_id: The event id; a fresh uuid4 unless given (give the same id to publish the
+                same event again: JetStream stores it once within its duplicate window).
+            subject_hint: The CloudEvents `ce-subject`: what the event is about.
+            timeout_s: How long one attempt waits for JetStream's acknowledgement.
+            retries: Attempts after the first one, with backoff, on timeouts and no responders.
+
+        Returns:
+            The event id.
+
+        Raises:
+            Unavailable: When every attempt failed.
+        """
+        event_id = event_id or new_event_id()
+        headers = build_headers(
+            message, event_id=event_id, source=self._source, subject_hint=subject_hint
+        )
+        attributes = {"messaging.system": "nats", "messaging.message.id": event_id}
+        with _tracer.start_as_current_span(
+            f"publish {subject}", kind=trace.SpanKind.PRODUCER, attributes=attributes
+        ):
+            propagate.inject(headers)
+            payload = message.SerializeToString()
+            await self._publish_retrying(subject, payload, headers, timeout_s, retries)
+        return event_id
+
+    async def _publish_retrying(
+        self, subject: str, payload: bytes, headers: dict[str, str], timeout_s: float, retries: int
+    ) -> None:
+        last: Exception | None = None
+        for attempt in range(retries + 1):
+            if attempt:
+                await asyncio.sleep(publish_backoff_s(attempt))
+            try:
+                await self._js.publish(subject, payload, timeout=timeout_s, headers=dict(headers))
+                return
+            except _RETRYABLE as err:
+                last = err
+                log.debug("publish to %s failed (%r), attempt %d", subject, err, attempt + 1)
+        raise Unavailable(
+            f"could not publish to {subject} after {retries + 1} attempts: {last!r}"
+        ) from last
+
+    async def consume(
+        self,
+        subject: str,
+        message_type: type[M],
+        handler: Handler[M],
+        *,
+        durable: str,
+        stream: str,
+        batch: int = 64,
+        max_deliver: int = 5,
+        ack_wait_s: float = 30.0,
+    ) -> Consumer:
+        """Starts a durable pull consumer; replicas using the same `durable` share its events.
+
+        Each event is acknowledged after `handler` returned. When the handler raises, the event
+        is redelivered after a short delay, up to `max_deliver` deliveries in all; then it is
+        terminated with an error log, as is a message that is not a valid event (poison). A new
+        durable starts at the oldest event its stream still holds.
+
+        Idempotency: the consumer remembers the ids of the events it processed (a bounded LRU)
+        and acknowledges a redelivered one without calling the handler. Across processes, the
+        publisher's `Nats-Msg-Id` de-duplication stores an event once; handlers should still be
+        idempotent by event id, since a process may stop between its work and its ack.
+
+        Args:
+            subject: Subject filter (`nexus.metrics.>`).
+            message_type: The protobuf class of the payloads.
+            handler: Awaited on the event loop for each event; offload CPU-heavy work yourself.
+            durable: The consumer's durable name, shared by the replicas.
+            stream: The stream holding `subject` (a key of `STREAMS`).
+            batch: Messages fetched per request.
+            max_deliver: Deliveries of one event before it is given up.
+            ack_wait_s: Seconds before an unacknowledged event is redelivered.
+
+        Raises:
+            FailedPrecondition: When the stream does not exist.
+        """
+        config = api.ConsumerConfig(
+            name=durable,
+            durable_name=durable,
+            filter_subject=subject,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=ack_wait_s,
+            max_deliver=max_deliver,
+            max_ack_pending=max(1000, batch * 4),
+        )
+        consumer = WorkConsumer(self._nc, stream, config, batch, message_type, handler)
+        return await _started(consumer, stream)
+
+    async def watch(
+        self, subject: str, message_type: type[M], handler: Handler[M], *, stream: str = ""
+    ) -> Consumer:
+        """Starts a live feed of events published from now on; every watcher gets every event.
+
+        For notifications and Watch RPCs: no acknowledgements, no redelivery; a handler that
+        raises is logged and the feed goes on. After a server restart the feed resumes after the
+        last event it delivered.
+
+        Args:
+            subject: Subject filter (`nexus.models.anomaly.>`).
+            message_type: The protobuf class of the payloads.
+            handler: Awaited on the event loop for each event.
+            stream: The stream holding `subject`; found from `STREAMS` when empty.
+
+        Raises:
+            FailedPrecondition: When no stream holds `subject`.
+        """
+        stream = stream or stream_of(subject)
+        watcher = WatchConsumer(self._nc, stream, subject, message_type, handler)
+        return await _started(watcher, stream)
+
+
+async def _started(consumer: Consumer, stream: str) -> Consumer:
+    try:
+        await consumer.start()
+    except NotFoundError as err:
+        raise FailedPrecondition(f"stream {stream} does not exist; ensure_streams first") from err
+    except (NatsError, TimeoutError) as err:
+        raise Unavailable(f"cannot create a consumer on stream {stream}: {err!r}") from err
+    return consumer
+
+
+def stream_config(name: str) -> api.StreamConfig:
+    """The configuration of one of `STREAMS`: file storage, limits, 2-minute duplicate window."""
+    limits = STREAM_LIMITS[name]
+    return api.StreamConfig(
+        name=name,
+        subjects=STREAMS[name],
+        storage=api.StorageType.FILE,
+        retention=api.RetentionPolicy.LIMITS,
+        discard=api.DiscardPolicy.OLD,
+        max_age=limits.max_age_s,
+        max_bytes=limits.max_bytes,
+        max_msg_size=limits.max_msg_bytes,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=1,
+    )
+
+
+def stream_of(subject: str) -> str:
+    """The stream of `STREAMS` whose subjects cover `subject`.
+
+    Raises:
+        FailedPrecondition: When none does.
+    """
+    for name, patterns in STREAMS.items():
+        if any(_matches(pattern, subject) for pattern in patterns):
+            return name
+    raise FailedPrecondition(f"no stream holds subject {subject}")
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard match; `subject` may itself hold wildcards (a filter), checked token-wise."""
+    want, have = pattern.split("."), subject.split(".")
+    for index, token in enumerate(want):
+        if token == ">":
+            return len(have) > index
+        if index >= len(have) or (token != "*" and token != have[index]):
+            return False
+    return len(want) == len(have)
+
+
+def publish_backoff_s(attempt: int) -> float:
+    """Seconds before publish attempt `attempt` + 1: 0.1 s, doubling, at most 2 s."""
+    return float(min(0.1 * 2 ** (attempt - 1), 2.0))

@@ -1,0 +1,136 @@
+"""The CloudEvents 1.0 envelope in binary mode: `ce-*` NATS headers around a protobuf payload."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+from google.protobuf.message import DecodeError, Message
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+
+from nexus.common.errors import InvalidArgument
+
+M = TypeVar("M", bound=Message)
+
+SPEC_VERSION = "1.0"
+CONTENT_TYPE = "application/protobuf"
+MSG_ID_HEADER = "Nats-Msg-Id"
+"""JetStream drops a message whose id it saw within the stream's duplicate window."""
+
+
+@dataclass(frozen=True)
+class Event(Generic[M]):
+    """One event as a handler receives it.
+
+    Attributes:
+        id: The CloudEvents id (also the JetStream de-duplication id).
+        type: The protobuf full name of the payload (`nexus.anomaly.v1.AnomalyDetected`).
+        source: Who published it (`nexus/anomaly`).
+        subject: The NATS subject it was published on (`nexus.metrics.cpu`).
+        time: When it was published.
+        data: The decoded payload.
+        headers: Every header of the NATS message, `traceparent` included.
+        delivery: Attempt number: 1 on the first delivery, 2 on the first redelivery, ...
+        subject_hint: The CloudEvents subject (`ce-subject`): what the event is about, as the
+            publisher's `subject_hint` said; empty when it gave none.
+    """
+
+    id: str
+    type: str
+    source: str
+    subject: str
+    time: datetime
+    data: M
+    headers: Mapping[str, str]
+    delivery: int
+    subject_hint: str = ""
+
+
+def new_event_id() -> str:
+    """A fresh event id: a uuid4 in hex."""
+    return uuid.uuid4().hex
+
+
+def build_headers(
+    message: Message, *, event_id: str, source: str, subject_hint: str | None
+) -> dict[str, str]:
+    """The binary-mode CloudEvents headers of `message`, with the JetStream de-duplication id."""
+    headers = {
+        "ce-specversion": SPEC_VERSION,
+        "ce-id": event_id,
+        "ce-source": source,
+        "ce-type": message.DESCRIPTOR.full_name,
+        "ce-time": format_time(datetime.now(UTC)),
+        "content-type": CONTENT_TYPE,
+        MSG_ID_HEADER: event_id,
+    }
+    if subject_hint:
+        headers["ce-subject"] = subject_hint
+    return headers
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with milliseconds: `2025-01-31T12:00:00.123Z`."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_event(msg: Msg, message_type: type[M]) -> Event[M]:
+    """Decodes a NATS message that carries a CloudEvent of `message_type`.
+
+    Args:
+        msg: The message as NATS delivered it (JetStream or core NATS).
+        message_type: The protobuf class the payload must be.
+
+    Raises:
+        InvalidArgument: When a required `ce-*` header is missing, the type is another one, or
+            the payload does not decode.
+    """
+    headers = dict(msg.headers or {})
+    expected = message_type.DESCRIPTOR.full_name
+    if headers.get("ce-type") != expected:
+        got = headers.get("ce-type") or "no ce-type header"
+        raise InvalidArgument.for_field("ce-type", f"expected {expected}, got {got}")
+    for name in ("ce-specversion", "ce-id", "ce-source"):
+        if not headers.get(name):
+            raise InvalidArgument.for_field(name, "missing")
+    return Event(
+        id=headers["ce-id"],
+        type=expected,
+        source=headers["ce-source"],
+        subject=msg.subject,
+        time=_parse_time(headers.get("ce-time")),
+        data=_decode(msg.data, message_type),
+        headers=headers,
+        delivery=_delivery(msg),
+        subject_hint=headers.get("ce-subject", ""),
+    )
+
+
+def _decode(payload: bytes, message_type: type[M]) -> M:
+    message = message_type()
+    try:
+        message.ParseFromString(payload)
+    except DecodeError as err:
+        raise InvalidArgument.for_field("data", f"not a valid {message_type.__name__}") from err
+    return message
+
+
+def _parse_time(text: str | None) -> datetime:
+    if not text:  # ce-time is optional in CloudEvents
+        return datetime.now(UTC)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as err:
+        raise InvalidArgument.for_field("ce-time", f"not RFC 3339: {text!r}") from err
+
+
+def _delivery(msg: Msg) -> int:
+    # Core NATS messages (not from a JetStream consumer) have no delivery count: first delivery.
+    try:
+        return msg.metadata.num_delivered
+    except NatsError:
+        return 1

@@ -1,0 +1,40 @@
+"""The model registry every AI service mounts: versions, aliases and A/B splits on JetStream.
+
+See docs/adr/0005-model-registry.md. The gRPC face is `nexus.common.registry.servicer`.
+"""
+
+from nexus.common.registry._records import ARTIFACTS, BUCKET, NAME_PATTERN
+from nexus.common.registry._registry import (
+    MAX_METADATA_BYTES,
+    PROMOTED_WEIGHT,
+    SIGNED_FRAMEWORKS,
+    ChangeCallback,
+    ModelRegistry,
+)
+from nexus.common.registry._signing import MAGIC
+from nexus.common.registry._types import (
+    DEFAULT_ALIAS,
+    AliasInfo,
+    ModelChange,
+    ModelInfo,
+    ModelVersionInfo,
+    Resolved,
+)
+
+__all__ = [
+    "ARTIFACTS",
+    "BUCKET",
+    "DEFAULT_ALIAS",
+    "MAGIC",
+    "MAX_METADATA_BYTES",
+    "NAME_PATTERN",
+    "PROMOTED_WEIGHT",
+    "SIGNED_FRAMEWORKS",
+    "AliasInfo",
+    "ChangeCallback",
+    "ModelChange",
+    "ModelInfo",
+    "ModelRegistry",
+    "ModelVersionInfo",
+    "Resolved",
+]

@@ -1,0 +1,336 @@
+"""EventBus: CloudEvents over JetStream, durable work sharing, watches, restarts, traces."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected, MetricPoint
+from nexus.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from nexus.common.events import STREAMS, Consumer, Event, EventBus, parse_event, stream_of
+from nexus.common.nats import connect
+from nexus.common.natsserver import NatsServer
+from nexus.common.settings import NexusSettings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def bus(nats_client: Client) -> EventBus:
+    bus = EventBus(nats_client, "nexus/test")
+    await bus.ensure_streams()
+    return bus
+
+
+@pytest.fixture
+def subject() -> str:
+    """A subject of the ANOMALY stream that no other test uses."""
+    return f"nexus.anomaly.t{uuid.uuid4().hex}"
+
+
+def durable() -> str:
+    return f"test_{uuid.uuid4().hex}"
+
+
+def anomaly(point_id: str) -> AnomalyDetected:
+    return AnomalyDetected(source="cpu", point_id=point_id, score=0.9, threshold=0.5)
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Waits until `check()` holds."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+class Recorder:
+    """A handler that records events and can fail on demand."""
+
+    def __init__(self, fail: Callable[[Event[AnomalyDetected]], bool] = lambda _: False) -> None:
+        self.events: list[Event[AnomalyDetected]] = []
+        self.calls = 0
+        self._fail = fail
+
+    async def __call__(self, event: Event[AnomalyDetected]) -> None:
+        self.calls += 1
+        if self._fail(event):
+            raise RuntimeError("handler failed on purpose")
+        self.events.append(event)
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.id for e in self.events]
+
+
+async def consume(
+    bus: EventBus, subject: str, handler: Recorder, name: str = "", **kwargs: Any
+) -> Consumer:
+    return await bus.consume(
+        subject, AnomalyDetected, handler, durable=name or durable(), stream="ANOMALY", **kwargs
+    )
+
+
+async def test_publish_then_consume_delivers_a_cloud_event(bus: EventBus, subject: str) -> None:
+    seen = Recorder()
+    event_id = await bus.publish(subject, anomaly("p1"), subject_hint="cpu")
+    consumer = await consume(bus, subject, seen)
+    await eventually(lambda: len(seen.events) == 1)
+    await consumer.stop()
+
+    event = seen.events[0]
+    assert (event.id, event.type, event.source) == (
+        event_id,
+        "nexus.anomaly.v1.AnomalyDetected",
+        "nexus/test",
+    )
+    assert (event.subject, event.subject_hint) == (subject, "cpu")
+    assert (event.data.point_id, event.delivery) == ("p1", 1)
+    assert abs(datetime.now(UTC) - event.time) < timedelta(seconds=10)
+    assert event.headers["ce-specversion"] == "1.0"
+    assert event.headers["content-type"] == "application/protobuf"
+    assert event.headers["Nats-Msg-Id"] == event_id
+    assert consumer.processed == 1
+
+
+async def test_republished_event_is_stored_once(bus: EventBus, subject: str) -> None:
+    seen = Recorder()
+    first = await bus.publish(subject, anomaly("p1"), event_id="fixed-" + uuid.uuid4().hex)
+    await bus.publish(subject, anomaly("p1"), event_id=first)
+    second = await bus.publish(subject, anomaly("p2"))
+    consumer = await consume(bus, subject, seen)
+    await eventually(lambda: second in seen.ids)
+    await consumer.stop()
+    assert seen.ids == [first, second]
+    assert consumer.duplicates == 0  # JetStream dropped the copy: it never reached us
+
+
+async def test_failed_handler_gets_a_redelivery(bus: EventBus, subject: str) -> None:
+    seen = Recorder(fail=lambda e: e.delivery == 1)
+    await bus.publish(subject, anomaly("p1"))
+    consumer = await consume(bus, subject, seen)
+    await eventually(lambda: len(seen.events) == 1)
+    await consumer.stop()
+    assert seen.events[0].delivery == 2
+    assert (consumer.failed, consumer.processed, consumer.terminated) == (1, 1, 0)
+
+
+async def test_event_failing_max_deliver_times_is_terminated(bus: EventBus, subject: str) -> None:
+    seen = Recorder(fail=lambda e: e.data.point_id == "bad")
+    await bus.publish(subject, anomaly("bad"))
+    await bus.publish(subject, anomaly("good"))
+    consumer = await consume(bus, subject, seen, max_deliver=2)
+    await eventually(lambda: consumer.terminated == 1 and len(seen.events) == 1)
+    await asyncio.sleep(0.6)  # a third delivery would have come by now
+    await consumer.stop()
+    assert seen.calls == 3  # bad twice, good once
+    assert [e.data.point_id for e in seen.events] == ["good"]
+
+
+async def test_poison_message_is_terminated_without_the_handler(
+    bus: EventBus, subject: str
+) -> None:
+    seen = Recorder()
+    await bus.js.publish(subject, b"not an event")
+    await bus.js.publish(subject, b"", headers={"ce-type": "nexus.other.v1.Thing", "ce-id": "x"})
+    good = await bus.publish(subject, anomaly("p1"))
+    consumer = await consume(bus, subject, seen)
+    await eventually(lambda: seen.ids == [good] and consumer.terminated == 2)
+    await consumer.stop()
+    assert seen.calls == 1
+
+
+async def test_replicas_with_one_durable_share_the_work(
+    bus: EventBus, subject: str, nexus_settings: NexusSettings
+) -> None:
+    other_nc = await connect(nexus_settings, "replica-2")
+    name, first, second = durable(), Recorder(), Recorder()
+    consumers = [
+        await consume(bus, subject, first, name, batch=2),
+        await consume(EventBus(other_nc, "nexus/test"), subject, second, name, batch=2),
+    ]
+    ids = {await bus.publish(subject, anomaly(str(i))) for i in range(40)}
+    await eventually(lambda: len(first.ids) + len(second.ids) == len(ids))
+    await asyncio.sleep(0.1)
+    for consumer in consumers:
+        await consumer.stop()
+    await other_nc.close()
+    assert sorted(first.ids + second.ids) == sorted(ids)
+
+
+async def test_every_watcher_gets_every_new_event(bus: EventBus, subject: str) -> None:
+    await bus.publish(subject, anomaly("old"))
+    first, second = Recorder(), Recorder()
+    watchers = [
+        await bus.watch(subject, AnomalyDetected, first),
+        await bus.watch(subject, AnomalyDetected, second),
+    ]
+    new = [await bus.publish(subject, anomaly(str(i))) for i in range(3)]
+    await eventually(lambda: first.ids == new and second.ids == new)
+    for watcher in watchers:
+        await watcher.stop()
+    assert not watchers[0].running
+
+
+async def test_watch_recovers_a_message_lost_on_the_way(bus: EventBus, subject: str) -> None:
+    seen = Recorder()
+    watcher = await bus.watch(subject, AnomalyDetected, seen)
+    sub = watcher._sub  # the pull subscription of its first consumer
+    assert sub is not None
+    real_fetch, dropped = sub.fetch, list[Msg]()
+
+    async def lossy_fetch(*args: Any, **kwargs: Any) -> list[Msg]:
+        msgs = await real_fetch(*args, **kwargs)
+        if msgs and not dropped:  # as nats-py drops what a fetch got when it fails half-way
+            dropped.append(msgs.pop(0))
+        return msgs
+
+    sub.fetch = lossy_fetch  # type: ignore[method-assign]
+    first = await bus.publish(subject, anomaly("1"))
+    second = await bus.publish(subject, anomaly("2"))
+    await eventually(lambda: seen.ids == [first, second])
+    await watcher.stop()
+    assert dropped
+
+
+async def test_a_failing_watch_handler_does_not_stop_the_watch(bus: EventBus, subject: str) -> None:
+    seen = Recorder(fail=lambda e: e.data.point_id == "bad")
+    watcher = await bus.watch(subject, AnomalyDetected, seen)
+    await bus.publish(subject, anomaly("bad"))
+    good = await bus.publish(subject, anomaly("good"))
+    await eventually(lambda: seen.ids == [good])
+    await watcher.stop()
+    assert (watcher.failed, watcher.processed) == (1, 1)
+
+
+async def test_trace_context_crosses_nats(bus: EventBus, subject: str) -> None:
+    parent = SpanContext(
+        trace_id=0x0AF7651916CD43DD8448EB211C80319C,
+        span_id=0xB7AD6B7169203331,
+        is_remote=False,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    trace_ids: list[int] = []
+
+    async def handler(event: Event[AnomalyDetected]) -> None:
+        trace_ids.append(trace.get_current_span().get_span_context().trace_id)
+
+    consumer = await consume(bus, subject, handler)  # type: ignore[arg-type]
+    with trace.use_span(NonRecordingSpan(parent)):
+        await bus.publish(subject, anomaly("p1"))
+    await eventually(lambda: len(trace_ids) == 1)
+    await consumer.stop()
+    assert trace_ids == [parent.trace_id]
+
+
+async def test_work_consumer_survives_a_server_restart(nats_server: NatsServer) -> None:
+    nc = await connect(NexusSettings(nats_url=nats_server.url), "restart")
+    bus = EventBus(nc, "nexus/test")
+    await bus.ensure_streams("ANOMALY")
+    seen = Recorder()
+    # Messages in flight when the server went away come again after ack_wait: keep it short.
+    consumer = await consume(bus, "nexus.anomaly.>", seen, batch=4, ack_wait_s=1.5)
+
+    async def publish(count: int) -> list[str]:
+        subject = "nexus.anomaly.x"
+        return [await bus.publish(subject, anomaly(str(i)), timeout_s=1) for i in range(count)]
+
+    ids = await publish(20)
+    restarting = asyncio.create_task(asyncio.to_thread(nats_server.restart))
+    while not restarting.done():
+        ids += await publish(1)  # retries until the server is back
+    ids += await publish(20)
+    await eventually(lambda: len(seen.ids) >= len(ids), timeout_s=15)
+    await asyncio.sleep(2)  # time for lost acks to cause redeliveries, which must be absorbed
+    await consumer.stop()
+    await nc.close()
+    assert sorted(seen.ids) == sorted(ids)  # all of them, each exactly once
+
+
+async def test_watch_resumes_after_a_server_restart(nats_server: NatsServer) -> None:
+    nc = await connect(NexusSettings(nats_url=nats_server.url), "restart")
+    bus = EventBus(nc, "nexus/test")
+    await bus.ensure_streams("ANOMALY")
+    for subject in ("nexus.anomaly.a", "nexus.anomaly.b"):
+        await bus.publish(subject, anomaly("old"))
+    quiet, busy = Recorder(), Recorder()  # quiet sees nothing before the restart, busy one event
+    watchers = [
+        await bus.watch("nexus.anomaly.a", AnomalyDetected, quiet),
+        await bus.watch("nexus.anomaly.b", AnomalyDetected, busy),
+    ]
+    before = await bus.publish("nexus.anomaly.b", anomaly("before"))
+    await eventually(lambda: busy.ids == [before])
+    await asyncio.to_thread(nats_server.restart)
+    after_a = await bus.publish("nexus.anomaly.a", anomaly("after"))
+    after_b = await bus.publish("nexus.anomaly.b", anomaly("after"))
+    # Resumed where each left off: nothing replayed, nothing missed.
+    await eventually(lambda: quiet.ids == [after_a] and busy.ids == [before, after_b], 15)
+    for watcher in watchers:
+        await watcher.stop()
+    await nc.close()
+
+
+async def test_a_deleted_durable_is_created_again(bus: EventBus, subject: str) -> None:
+    seen = Recorder()
+    consumer = await consume(bus, subject, seen)
+    await bus.js.delete_consumer("ANOMALY", consumer.name)
+    event_id = await bus.publish(subject, anomaly("p1"))
+    await eventually(lambda: seen.ids == [event_id], timeout_s=10)
+    await consumer.stop()
+
+
+async def test_publish_gives_up_with_unavailable(bus: EventBus) -> None:
+    with pytest.raises(Unavailable, match="could not publish"):
+        await bus.publish(f"nowhere.{uuid.uuid4().hex}", anomaly("p"), timeout_s=0.2, retries=1)
+
+
+async def test_consume_on_missing_stream_is_a_failed_precondition(bus: EventBus) -> None:
+    with pytest.raises(FailedPrecondition, match="does not exist"):
+        await bus.consume(
+            "nexus.x.y", AnomalyDetected, Recorder(), durable=durable(), stream="NO_SUCH"
+        )
+
+
+async def test_ensure_streams_is_idempotent_and_checks_names(bus: EventBus) -> None:
+    await bus.ensure_streams("MODELS", "METRICS")
+    info = await bus.js.stream_info("MODELS")
+    assert info.config.subjects == STREAMS["MODELS"]
+    assert info.config.duplicate_window == 120
+    with pytest.raises(InvalidArgument):
+        await bus.ensure_streams("NOPE")
+
+
+def test_stream_of_finds_the_area_stream() -> None:
+    assert stream_of("nexus.models.anomaly.promoted") == "MODELS"
+    assert stream_of("nexus.metrics.>") == "METRICS"
+    with pytest.raises(FailedPrecondition):
+        stream_of("nexus.nothing.here")
+
+
+class _FakeMsg(Msg):
+    def __init__(self, headers: dict[str, str], data: bytes) -> None:
+        self.headers, self.data, self.reply, self.subject = headers, data, "", "s"
+
+
+def test_parse_event_checks_the_type_and_headers() -> None:
+    headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s"}
+    data = MetricPoint(source="cpu").SerializeToString()
+    typed = {**headers, "ce-type": "nexus.anomaly.v1.MetricPoint"}
+    assert parse_event(_FakeMsg(typed, data), MetricPoint).data.source == "cpu"
+    with pytest.raises(InvalidArgument, match=r"expected nexus\.anomaly\.v1\.AnomalyDetected"):
+        parse_event(_FakeMsg(typed, data), AnomalyDetected)
+    with pytest.raises(InvalidArgument, match="ce-type"):
+        parse_event(_FakeMsg(headers, data), MetricPoint)
+    with pytest.raises(InvalidArgument, match="ce-id"):
+        parse_event(_FakeMsg({**typed, "ce-id": ""}, data), MetricPoint)
+    with pytest.raises(InvalidArgument, match="data"):
+        parse_event(_FakeMsg(typed, b"\xff\xff"), MetricPoint)
