@@ -38,6 +38,7 @@ lint: install lint-protos
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy libs/common/src gateway/src services/anomaly/src scripts bench
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 lint-protos: install
 	$(BIN)/buf lint

@@ -254,7 +254,7 @@ class TrainDetectorRequest(_message.Message):
     contamination: _builtins.float
     """Expected fraction of anomalies in the data, 0 < c <= 0.5 (default 0.1): sets the threshold."""
     validation_fraction: _builtins.float
-    """Fraction of rows held out for validation metrics (default 0.2; 0 to train on all)."""
+    """Fraction of rows held out for validation metrics, 0 <= f < 1 (unset: 0.2; 0: train on all)."""
     promote_to: _builtins.str
     """An alias to point at the new version at once, such as "production" (optional)."""
     seed: _builtins.int
@@ -287,17 +287,19 @@ class TrainDetectorRequest(_message.Message):
         feature_names: _abc.Iterable[_builtins.str] | None = ...,
         contamination: _builtins.float = ...,
         parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
-        validation_fraction: _builtins.float = ...,
+        validation_fraction: _builtins.float | None = ...,
         labels: _abc.Iterable[_builtins.bool] | None = ...,
         promote_to: _builtins.str = ...,
         seed: _builtins.int = ...,
         description: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction", "validation_fraction", b"validation_fraction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "contamination", b"contamination", "dataset_id", b"dataset_id", "description", b"description", "feature_names", b"feature_names", "labels", b"labels", "name", b"name", "parameters", b"parameters", "points", b"points", "promote_to", b"promote_to", "seed", b"seed", "validation_fraction", b"validation_fraction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction", "algorithm", b"algorithm", "contamination", b"contamination", "dataset_id", b"dataset_id", "description", b"description", "feature_names", b"feature_names", "labels", b"labels", "name", b"name", "parameters", b"parameters", "points", b"points", "promote_to", b"promote_to", "seed", b"seed", "validation_fraction", b"validation_fraction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__validation_fraction: _TypeAlias = _typing.Literal["validation_fraction"]  # noqa: Y015
+    _WhichOneofArgType__validation_fraction: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__validation_fraction) -> _WhichOneofReturnType__validation_fraction | None: ...
 
 Global___TrainDetectorRequest: _TypeAlias = TrainDetectorRequest  # noqa: Y015
 

@@ -1,0 +1,273 @@
+"""Anomaly detector accuracy on the ODDS benchmark sets, beside PyOD's published ROC-AUC.
+
+The protocol is PyOD's benchmark (`notebooks/benchmark.py`): for each set and each run, a random
+60/40 train/test split (seed = run index), the detector fitted on the training split, outliers
+included and labels unused, and the ROC-AUC of its scores on the test split, averaged over runs.
+Standardisation with the training split's mean and deviation is done by `AnomalyModel` itself,
+so the code measured is the code the service runs, defaults included.
+
+The published figures are PyOD's `roc.csv` (IForest, LOF and OCSVM columns), kept beside the
+data. The autoencoder and the ensemble have no published column. The targets: each single
+detector within 0.01 of its published figure on average, and the ensemble at least as good on
+average as the best published single detector.
+
+Usage: python bench/anomaly_odds.py [--runs 10] [--datasets cardio,glass]
+    [--detectors isolation_forest,ensemble] [--max-train N]
+Writes bench/results/anomaly_odds.json. Data: ../shared/data/anomaly/odds/ beside the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.io import loadmat
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+
+from nexus.anomaly.detectors import Algorithm, AnomalyModel
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared/data/anomaly/odds"
+RESULTS = Path(__file__).resolve().parent / "results" / "anomaly_odds.json"
+PUBLISHED_COLUMN = {
+    Algorithm.ISOLATION_FOREST: "IForest",
+    Algorithm.LOCAL_OUTLIER_FACTOR: "LOF",
+    Algorithm.ONE_CLASS_SVM: "OCSVM",
+}
+SINGLE = list(PUBLISHED_COLUMN)
+TOLERANCE = 0.01
+TEST_SIZE = 0.4
+
+
+@dataclass
+class SetResult:
+    """One dataset: mean AUC and seconds (fit + score) per detector."""
+
+    dataset: str
+    rows: int
+    features: int
+    outlier_share: float
+    auc: dict[str, float] = field(default_factory=dict)
+    auc_runs: dict[str, list[float]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    published: dict[str, float] = field(default_factory=dict)
+
+
+def main() -> int:
+    """Runs the benchmark, prints the table and the summary, writes the JSON; 1 if no data."""
+    args = _arguments()
+    if not DATA.is_dir():
+        print(f"ODDS data not found at {DATA}; nothing to benchmark.", file=sys.stderr)
+        return 1
+    published = _published(DATA / "roc.csv")
+    names = args.datasets or sorted(p.stem for p in DATA.glob("*.mat"))
+    results = [_bench_set(name, args, published.get(name, {})) for name in names]
+    summary = _summary(results, args.detectors, published)
+    _print_table(results, args.detectors)
+    _print_summary(summary)
+    _write(results, summary, args)
+    return 0
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=10, help="random splits per set")
+    parser.add_argument("--datasets", type=_names, default=[], help="comma-separated set names")
+    parser.add_argument(
+        "--detectors",
+        type=lambda text: [Algorithm.parse(n) for n in _names(text)],
+        default=list(Algorithm),
+        help="comma-separated algorithms (default: all)",
+    )
+    parser.add_argument(
+        "--max-train", type=int, default=0, help="subsample larger training splits (0: never)"
+    )
+    return parser.parse_args()
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _published(path: Path) -> dict[str, dict[str, float]]:
+    """PyOD's published mean ROC-AUC by set and detector column."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    columns = set(PUBLISHED_COLUMN.values())
+    return {row["Data"]: {c: float(row[c]) for c in columns} for row in rows}
+
+
+def _load(name: str) -> tuple[np.ndarray, np.ndarray]:
+    mat = loadmat(DATA / f"{name}.mat")
+    return np.asarray(mat["X"], dtype=np.float64), np.asarray(mat["y"]).ravel().astype(int)
+
+
+def _bench_set(name: str, args: argparse.Namespace, published: dict[str, float]) -> SetResult:
+    x, y = _load(name)
+    result = SetResult(name, x.shape[0], x.shape[1], float(y.mean()))
+    result.published = {
+        a.value: published[PUBLISHED_COLUMN[a]] for a in args.detectors if a in PUBLISHED_COLUMN
+    }
+    for algorithm in args.detectors:
+        started = time.perf_counter()
+        runs = [_run(algorithm, x, y, run, args.max_train) for run in range(args.runs)]
+        result.auc_runs[algorithm.value] = runs
+        result.auc[algorithm.value] = float(np.mean(runs))
+        result.seconds[algorithm.value] = (time.perf_counter() - started) / args.runs
+        print(
+            f"  {name:<11} {algorithm.value:<21} auc {result.auc[algorithm.value]:.4f}  "
+            f"{result.seconds[algorithm.value]:6.1f}s/run",
+            file=sys.stderr,
+            flush=True,
+        )
+    return result
+
+
+def _run(algorithm: Algorithm, x: np.ndarray, y: np.ndarray, run: int, max_train: int) -> float:
+    """ROC-AUC on the test split of split `run` (PyOD: test_size=0.4, random_state=run)."""
+    x_train, x_test, _, y_test = train_test_split(x, y, test_size=TEST_SIZE, random_state=run)
+    if max_train and x_train.shape[0] > max_train:
+        keep = np.random.default_rng(run).choice(x_train.shape[0], max_train, replace=False)
+        x_train = x_train[keep]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn's convergence chatter on some sets
+        model = AnomalyModel.train(algorithm, x_train, seed=run)
+        scores, _ = model.score(x_test)
+    return float(roc_auc_score(y_test, scores))
+
+
+def _summary(
+    results: list[SetResult], detectors: list[Algorithm], published: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """Means over sets, distances to the published figures, and the ensemble's verdict."""
+    summary: dict[str, Any] = {"tolerance": TOLERANCE, "detectors": {}}
+    for algorithm in detectors:
+        summary["detectors"][algorithm.value] = _detector_summary(results, algorithm)
+    if Algorithm.ENSEMBLE in detectors:
+        summary["ensemble_vs_best_published"] = _ensemble_verdict(results, published)
+    return summary
+
+
+def _detector_summary(results: list[SetResult], algorithm: Algorithm) -> dict[str, Any]:
+    mean = float(np.mean([r.auc[algorithm.value] for r in results]))
+    if algorithm not in PUBLISHED_COLUMN:
+        return {"mean_auc": mean}
+    diffs = [r.auc[algorithm.value] - r.published[algorithm.value] for r in results]
+    published = float(np.mean([r.published[algorithm.value] for r in results]))
+    return {
+        "mean_auc": mean,
+        "published_mean_auc": published,
+        "mean_difference": mean - published,
+        "within_tolerance_on_average": abs(mean - published) <= TOLERANCE,
+        "sets_within_tolerance": [
+            r.dataset for r, d in zip(results, diffs, strict=True) if abs(d) <= TOLERANCE
+        ],
+        "sets_outside_tolerance": {
+            r.dataset: d for r, d in zip(results, diffs, strict=True) if abs(d) > TOLERANCE
+        },
+    }
+
+
+def _ensemble_verdict(
+    results: list[SetResult], table: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """The ensemble's mean against the best published single detector's mean, same sets."""
+    published = {
+        column: float(np.mean([table[r.dataset][column] for r in results]))
+        for column in PUBLISHED_COLUMN.values()
+    }
+    best = max(published, key=lambda k: published[k])
+    mean = float(np.mean([r.auc[Algorithm.ENSEMBLE.value] for r in results]))
+    return {
+        "ensemble_mean_auc": mean,
+        "published_means": published,
+        "best_published": best,
+        "best_published_mean_auc": published[best],
+        "margin": mean - published[best],
+        "ensemble_at_least_best": mean >= published[best],
+    }
+
+
+def _print_table(results: list[SetResult], detectors: list[Algorithm]) -> None:
+    header = f"{'dataset':<11} {'rows':>6} {'dims':>4}"
+    for algorithm in detectors:
+        header += f" | {_short(algorithm):>6} {'pub':>6} {'diff':>7}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        line = f"{r.dataset:<11} {r.rows:>6} {r.features:>4}"
+        for algorithm in detectors:
+            line += " | " + _cells(r, algorithm)
+        print(line)
+
+
+def _cells(r: SetResult, algorithm: Algorithm) -> str:
+    auc = r.auc[algorithm.value]
+    if algorithm.value not in r.published:
+        return f"{auc:>6.4f} {'-':>6} {'-':>7}"
+    published = r.published[algorithm.value]
+    return f"{auc:>6.4f} {published:>6.4f} {auc - published:>+7.4f}"
+
+
+def _short(algorithm: Algorithm) -> str:
+    return {
+        Algorithm.ISOLATION_FOREST: "IForest",
+        Algorithm.ONE_CLASS_SVM: "OCSVM",
+        Algorithm.LOCAL_OUTLIER_FACTOR: "LOF",
+        Algorithm.AUTOENCODER: "AE",
+        Algorithm.ENSEMBLE: "Ens",
+    }[algorithm]
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print("\nMean ROC-AUC over the sets:")
+    for name, s in summary["detectors"].items():
+        if "published_mean_auc" not in s:
+            print(f"  {name:<21} {s['mean_auc']:.4f}  (no published figure)")
+            continue
+        verdict = "within" if s["within_tolerance_on_average"] else "OUTSIDE"
+        print(
+            f"  {name:<21} {s['mean_auc']:.4f}  published {s['published_mean_auc']:.4f}  "
+            f"diff {s['mean_difference']:+.4f}  {verdict} {TOLERANCE} on average; "
+            f"per set within: {len(s['sets_within_tolerance'])}/"
+            f"{len(s['sets_within_tolerance']) + len(s['sets_outside_tolerance'])}"
+        )
+        for dataset, diff in s["sets_outside_tolerance"].items():
+            print(f"      outside on {dataset}: {diff:+.4f}")
+    ensemble = summary.get("ensemble_vs_best_published")
+    if ensemble:
+        ok = "YES" if ensemble["ensemble_at_least_best"] else "NO"
+        print(
+            f"\nEnsemble {ensemble['ensemble_mean_auc']:.4f} vs best published single detector "
+            f"({ensemble['best_published']}) {ensemble['best_published_mean_auc']:.4f}: "
+            f"margin {ensemble['margin']:+.4f} -> at least the best: {ok}"
+        )
+
+
+def _write(results: list[SetResult], summary: dict[str, Any], args: argparse.Namespace) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "protocol": {
+            "runs": args.runs,
+            "test_size": TEST_SIZE,
+            "split_seed": "run index",
+            "max_train": args.max_train or None,
+            "standardisation": "training split mean/std (AnomalyModel)",
+        },
+        "sets": [asdict(r) for r in results],
+        "summary": summary,
+    }
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Server bootstrap: what every service process shares, built one way.
+
+`ServiceHost` owns a service's NATS connection, event bus, API-key store, model registry and
+gRPC server (health, reflection, interceptors built from settings). A service adds its
+servicers, starts, warms its models, then calls `set_serving()`; readiness is SERVING only from
+then on. On SIGTERM it turns NOT_SERVING, stops accepting, drains in-flight RPCs within the grace
+period, then closes what it opened in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client
+
+from nexus.common.auth import AuthInterceptor, KeyStore
+from nexus.common.errors.interceptor import ErrorInterceptor
+from nexus.common.events import EventBus
+from nexus.common.nats import connect
+from nexus.common.registry import ModelRegistry
+from nexus.common.settings import NexusSettings, ServiceSettings
+from nexus.common.telemetry import (
+    MetricsInterceptor,
+    TracingInterceptor,
+    setup_logging,
+    setup_tracing,
+    start_metrics_server,
+)
+
+log = logging.getLogger(__name__)
+
+AddServicer = Callable[[Any, grpc.aio.Server], None]
+Hook = Callable[[], Awaitable[None]]
+
+
+def grpc_options(settings: ServiceSettings) -> list[tuple[str, int]]:
+    """Channel and server options shared by servers and clients: message size limits."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+    ]
+
+
+class ServiceHost:
+    """The plumbing of one service process.
+
+    Args:
+        name: The service's short name ("anomaly"): its NATS client name, metrics label, event
+            source and registry scope.
+        settings: The service's own settings (ports, limits).
+        common: Settings shared by every process.
+    """
+
+    def __init__(self, name: str, settings: ServiceSettings, common: NexusSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.common = common
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self.metrics_port = 0
+        self._service_names: list[str] = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+        self._nc: Client | None = None
+        self._bus: EventBus | None = None
+        self._keys: KeyStore | None = None
+        self._registry: ModelRegistry | None = None
+        self._server: grpc.aio.Server | None = None
+        self._on_stop: list[Hook] = []
+        self._stop_requested = asyncio.Event()
+        self._stopped = False
+
+    @property
+    def nc(self) -> Client:
+        """The NATS connection (after `open`)."""
+        assert self._nc is not None, "open() first"
+        return self._nc
+
+    @property
+    def bus(self) -> EventBus:
+        """The event bus (after `open`)."""
+        assert self._bus is not None, "open() first"
+        return self._bus
+
+    @property
+    def server(self) -> grpc.aio.Server:
+        """The gRPC server (after `open`)."""
+        assert self._server is not None, "open() first"
+        return self._server
+
+    async def open(self) -> None:
+        """Sets up logging and tracing, connects to NATS, builds the server (not started)."""
+        setup_logging(self.common, self.name)
+        setup_tracing(self.name, self.common)
+        self._nc = await connect(self.common, self.name)
+        self._bus = EventBus(self._nc, f"nexus/{self.name}")
+        if self.common.auth_enabled:
+            self._keys = KeyStore(self._nc.jetstream())
+            await self._keys.start()
+        self._server = grpc.aio.server(
+            interceptors=self._interceptors(),
+            options=grpc_options(self.settings),
+            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        # First is outermost: the trace and the metrics see auth failures and mapped errors.
+        chain: list[grpc.aio.ServerInterceptor] = [
+            TracingInterceptor(),
+            MetricsInterceptor(self.name),
+        ]
+        if self._keys is not None:
+            chain.append(AuthInterceptor(self._keys))
+        chain.append(ErrorInterceptor())
+        return chain
+
+    async def registry(self, *, upload_frameworks: Collection[str] = ()) -> ModelRegistry:
+        """The service's model registry, started on first use."""
+        if self._registry is None:
+            key = self.common.registry_signing_key.get_secret_value().encode()
+            self._registry = ModelRegistry(
+                self.bus, self.name, signing_key=key, upload_frameworks=upload_frameworks
+            )
+            await self._registry.start()
+        return self._registry
+
+    def add_servicer(self, add: AddServicer, servicer: object, service_name: str) -> None:
+        """Registers a servicer with its generated `add_..._to_server` function."""
+        add(servicer, self.server)
+        self._service_names.append(service_name)
+
+    def on_stop(self, hook: Hook) -> None:
+        """Runs `hook` at stop, after the server drained (hooks run newest first)."""
+        self._on_stop.append(hook)
+
+    async def start(self) -> int:
+        """Binds and starts the server, NOT_SERVING until `set_serving`; returns the port."""
+        reflection.enable_server_reflection(self._service_names, self.server)
+        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        self.port = self.server.add_insecure_port(address)
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        self.metrics_port = start_metrics_server(self.settings.metrics_port)
+        log.info("%s listening on %s:%d", self.name, self.settings.grpc_host, self.port)
+        return self.port
+
+    async def set_serving(self) -> None:
+        """Marks every service SERVING: call once models are loaded and warmed."""
+        await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+        log.info("%s ready", self.name)
+
+    async def _set_all(self, status: int) -> None:
+        for service in ["", *self._service_names]:
+            await self.health.set(service, status)
+
+    async def stop(self) -> None:
+        """Graceful stop: NOT_SERVING, drain in-flight RPCs, then close in reverse order."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._server is not None:
+            await self._server.stop(self.settings.shutdown_grace_s)
+        for hook in reversed(self._on_stop):
+            await _quietly(hook)
+        for closer in (self._registry, self._keys):
+            if closer is not None:
+                await _quietly(closer.stop)
+        if self._nc is not None:
+            await _quietly(self._nc.drain)
+        log.info("%s stopped", self.name)
+
+    async def wait_for_signal(self) -> None:
+        """Blocks until SIGTERM or SIGINT, then stops gracefully."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopped_by_signal)
+        await self._stop_requested.wait()
+        await self.stop()
+
+    def _stopped_by_signal(self) -> None:
+        log.info("%s: signal received, stopping", self.name)
+        self._stop_requested.set()
+
+
+async def _quietly(hook: Hook) -> None:
+    """Runs a shutdown step; a failure is logged, never stops the rest of the shutdown."""
+    with contextlib.suppress(asyncio.CancelledError):
+        try:
+            await hook()
+        except Exception:
+            log.exception("error during shutdown")

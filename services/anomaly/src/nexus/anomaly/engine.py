@@ -1,0 +1,257 @@
+"""The anomaly service's work, free of gRPC: datasets, training, scoring, explaining.
+
+CPU-heavy steps (fitting, scoring) run in a thread pool, never on the event loop. Trained models
+are stored in the model registry as signed pickles; the versions an alias serves are kept loaded
+and are reloaded when any replica changes the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from nexus.anomaly.datasets import DatasetInfo, DatasetStore, Table
+from nexus.anomaly.detectors import (
+    Algorithm,
+    AnomalyModel,
+    FeatureContribution,
+    validate_matrix,
+    validate_point,
+)
+from nexus.anomaly.settings import AnomalySettings
+from nexus.common.caching import TTLCache
+from nexus.common.errors import InvalidArgument
+from nexus.common.registry import ModelChange, ModelRegistry, ModelVersionInfo, Resolved
+from nexus.common.telemetry import record_predictions
+
+FRAMEWORK = "nexus-anomaly"
+SERVICE = "anomaly"
+DEFAULT_CONTAMINATION = 0.1
+DEFAULT_VALIDATION_FRACTION = 0.2
+MIN_VALIDATION_ROWS = 10
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """What to train: the data (inline table or a dataset id) and how."""
+
+    name: str
+    algorithm: Algorithm = Algorithm.ENSEMBLE
+    table: Table | None = None
+    dataset_id: str = ""
+    contamination: float = DEFAULT_CONTAMINATION
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
+    promote_to: str = ""
+    seed: int = 0
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A registered version and its threshold."""
+
+    version: ModelVersionInfo
+    threshold: float
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Scores of a batch, and the version that served it."""
+
+    scores: np.ndarray
+    is_anomaly: np.ndarray
+    threshold: float
+    model: Resolved
+
+
+@dataclass(frozen=True)
+class Explained:
+    """One point's score and what drove it."""
+
+    score: float
+    is_anomaly: bool
+    threshold: float
+    contributions: list[FeatureContribution]
+    model: Resolved
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which version serves: a pinned version, else the alias's split (sticky per routing key)."""
+
+    alias: str = ""
+    version: str = ""
+    routing_key: str = ""
+
+
+class AnomalyEngine:
+    """Datasets, training and scoring, over the registry and a pool of worker threads."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        datasets: DatasetStore,
+        settings: AnomalySettings,
+        executor: Executor,
+    ) -> None:
+        self.registry = registry
+        self.datasets = datasets
+        self.settings = settings
+        self._executor = executor
+        self._models: TTLCache[tuple[str, str], AnomalyModel] = TTLCache(
+            name="anomaly_models", maxsize=settings.model_cache_size
+        )
+
+    async def start(self) -> None:
+        """Starts the dataset store and follows registry changes to keep served models loaded."""
+        await self.datasets.start()
+        self.registry.on_change(self._on_model_change)
+
+    async def upload_dataset(self, name: str, table: Table) -> DatasetInfo:
+        """Stores a table for later training."""
+        return await self.datasets.put(name, table)
+
+    async def train(self, spec: TrainSpec) -> Trained:
+        """Trains a detector, registers it with its validation metrics, optionally promotes it."""
+        table = spec.table if spec.table is not None else await self.datasets.get(spec.dataset_id)
+        _check_training_rows(table, self.settings.max_train_rows)
+        model, metrics = await self._run(lambda: _fit(spec, table))
+        version = await self.registry.register_object(
+            spec.name,
+            model,
+            framework=FRAMEWORK,
+            metrics=metrics,
+            parameters=_parameters(spec, table),
+            description=spec.description,
+        )
+        if spec.promote_to:
+            await self.registry.promote(spec.name, version.version, spec.promote_to)
+        return Trained(version, model.threshold)
+
+    async def score(self, name: str, rows: np.ndarray, selector: Selector) -> Scored:
+        """Scores a batch with the version the selector resolves to."""
+        resolved, model = await self.model_for(name, selector)
+        _check_width(model, rows, "points")
+        scores, flags = await self._run(lambda: model.score(rows))
+        record_predictions(SERVICE, resolved.name, resolved.version, len(rows))
+        return Scored(scores, flags, model.threshold, resolved)
+
+    async def explain(self, name: str, row: np.ndarray, selector: Selector) -> Explained:
+        """Scores one point and attributes its score to its features."""
+        resolved, model = await self.model_for(name, selector)
+        _check_width(model, row.reshape(1, -1), "point")
+        scores, flags = await self._run(lambda: model.score(row.reshape(1, -1)))
+        contributions = await self._run(lambda: model.explain(row))
+        record_predictions(SERVICE, resolved.name, resolved.version, 1)
+        return Explained(float(scores[0]), bool(flags[0]), model.threshold, contributions, resolved)
+
+    async def model_for(self, name: str, selector: Selector) -> tuple[Resolved, AnomalyModel]:
+        """Resolves the selector and returns that version's model, loading it if needed."""
+        resolved = self.registry.resolve(
+            name, alias=selector.alias, version=selector.version, routing_key=selector.routing_key
+        )
+        return resolved, await self._load(resolved.name, resolved.version)
+
+    def validate_rows(
+        self, rows: list[list[float]], field: str, max_rows: int | None = None
+    ) -> np.ndarray:
+        """Rows as a finite float matrix within the service's limits (default: a scoring batch)."""
+        return validate_matrix(
+            rows,
+            field=field,
+            max_rows=max_rows or self.settings.max_batch_points,
+            max_features=self.settings.max_features,
+        )
+
+    def validate_point(self, values: list[float], field: str) -> np.ndarray:
+        """One point's values as a finite float vector within the service's limits."""
+        return validate_point(values, field=field, max_features=self.settings.max_features)
+
+    async def _load(self, name: str, version: str) -> AnomalyModel:
+        async def load() -> AnomalyModel:
+            model = await self.registry.load_object(name, version)
+            if not isinstance(model, AnomalyModel):
+                raise InvalidArgument(f"model {name} version {version} is not an anomaly detector")
+            return model
+
+        return await self._models.get_or_load((name, version), load)
+
+    async def _on_model_change(self, change: ModelChange) -> None:
+        if change.kind in {"version_deleted", "deleted"}:
+            self._models.clear()
+            return
+        if change.kind in {"promoted", "split"}:
+            await self._warm(change.name)
+
+    async def _warm(self, name: str) -> None:
+        """Loads every version an alias of the model routes to, so the first request is fast."""
+        info = await self.registry.get_model(name)
+        for alias in info.aliases:
+            for version, _ in alias.splits:
+                await self._load(name, version)
+
+    async def _run(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+
+def _check_training_rows(table: Table, max_rows: int) -> None:
+    if table.X.shape[0] > max_rows:
+        raise InvalidArgument.for_field("points", f"{table.X.shape[0]} rows, at most {max_rows}")
+
+
+def _check_width(model: AnomalyModel, rows: np.ndarray, field_name: str) -> None:
+    if rows.shape[1] != model.n_features:
+        raise InvalidArgument.for_field(
+            field_name,
+            f"points have {rows.shape[1]} values; the detector was trained on {model.n_features}",
+        )
+
+
+def _fit(spec: TrainSpec, table: Table) -> tuple[AnomalyModel, dict[str, float]]:
+    """Fits on a training split and measures on the held-out split (CPU; runs in a thread)."""
+    train_rows, val_rows = _split(len(table.X), spec.validation_fraction, spec.seed)
+    started = time.perf_counter()
+    model = AnomalyModel.train(
+        spec.algorithm,
+        table.X[train_rows],
+        params=dict(spec.parameters),
+        contamination=spec.contamination,
+        feature_names=list(table.feature_names),
+        seed=spec.seed,
+    )
+    metrics = {"fit_seconds": time.perf_counter() - started, "train_rows": float(len(train_rows))}
+    if len(val_rows):
+        labels = None if table.y is None else table.y[val_rows]
+        metrics |= model.validation_metrics(table.X[val_rows], labels)
+        metrics["validation_rows"] = float(len(val_rows))
+    return model, metrics
+
+
+def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random train/validation indices; all rows train when validation would be too small."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = round(n * fraction)
+    if n_val < MIN_VALIDATION_ROWS or n - n_val < MIN_VALIDATION_ROWS:
+        return order, order[:0]
+    return order[n_val:], order[:n_val]
+
+
+def _parameters(spec: TrainSpec, table: Table) -> dict[str, str]:
+    return {
+        **spec.parameters,
+        "algorithm": spec.algorithm.value,
+        "contamination": str(spec.contamination),
+        "features": str(table.X.shape[1]),
+        "feature_names": ",".join(table.feature_names),
+        "dataset_id": spec.dataset_id,
+        "seed": str(spec.seed),
+    }

@@ -1,0 +1,60 @@
+"""Builds the anomaly service: engine, stream processor and servicers on the shared host."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from nexus.anomaly.datasets import DatasetStore
+from nexus.anomaly.engine import FRAMEWORK, AnomalyEngine
+from nexus.anomaly.servicer import AnomalyServicer
+from nexus.anomaly.settings import AnomalySettings
+from nexus.anomaly.sources import SourceBindings
+from nexus.anomaly.streaming import StreamProcessor
+from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc
+from nexus.api.models.v1 import model_registry_pb2_grpc
+from nexus.common.registry.servicer import ModelRegistryServicer
+from nexus.common.server import ServiceHost
+from nexus.common.settings import NexusSettings
+
+NAME = "anomaly"
+
+
+async def create(settings: AnomalySettings, common: NexusSettings) -> ServiceHost:
+    """Opens, wires and starts the service; it is SERVING when this returns."""
+    host = ServiceHost(NAME, settings, common)
+    await host.open()
+    executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="anomaly")
+    host.on_stop(lambda: asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True))
+    registry = await host.registry(upload_frameworks=[FRAMEWORK])
+    js = host.nc.jetstream()
+    engine = AnomalyEngine(
+        registry, DatasetStore(js, max_bytes=settings.max_dataset_bytes), settings, executor
+    )
+    bindings = SourceBindings(js)
+    stream = StreamProcessor(host.bus, engine, bindings, settings, executor)
+    host.add_servicer(
+        anomaly_service_pb2_grpc.add_AnomalyServiceServicer_to_server,
+        AnomalyServicer(engine, bindings, stream),
+        "nexus.anomaly.v1.AnomalyService",
+    )
+    host.add_servicer(
+        model_registry_pb2_grpc.add_ModelRegistryServiceServicer_to_server,
+        ModelRegistryServicer(registry),
+        "nexus.models.v1.ModelRegistryService",
+    )
+    await host.start()
+    for part in (engine, bindings, stream):
+        await part.start()
+    host.on_stop(bindings.stop)
+    host.on_stop(stream.stop)
+    await host.set_serving()
+    return host
+
+
+async def serve(
+    settings: AnomalySettings | None = None, common: NexusSettings | None = None
+) -> None:
+    """Runs the service until SIGTERM or SIGINT."""
+    host = await create(settings or AnomalySettings(), common or NexusSettings())
+    await host.wait_for_signal()

@@ -1,0 +1,84 @@
+"""The AnomalyService RPCs: each converts the request, calls the engine, converts the result.
+
+Errors are not handled here: domain exceptions propagate to the error interceptor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from nexus.anomaly import converters
+from nexus.anomaly.engine import AnomalyEngine
+from nexus.anomaly.sources import SourceBindings, check_source
+from nexus.anomaly.streaming import StreamProcessor
+from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
+from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
+from nexus.common.errors import InvalidArgument
+
+Context = Any  # grpc.aio.ServicerContext; unused by these handlers
+
+
+class AnomalyServicer(pb_grpc.AnomalyServiceServicer):
+    """gRPC face of the anomaly engine."""
+
+    def __init__(
+        self, engine: AnomalyEngine, bindings: SourceBindings, stream: StreamProcessor
+    ) -> None:
+        self._engine = engine
+        self._bindings = bindings
+        self._stream = stream
+
+    async def UploadDataset(
+        self, request: pb.UploadDatasetRequest, context: Context
+    ) -> pb.UploadDatasetResponse:
+        table = converters.table_from_upload(request, self._engine)
+        return converters.dataset_to_proto(await self._engine.upload_dataset(request.name, table))
+
+    async def TrainDetector(
+        self, request: pb.TrainDetectorRequest, context: Context
+    ) -> pb.TrainDetectorResponse:
+        spec = converters.train_spec(request, self._engine)
+        return converters.trained_to_proto(await self._engine.train(spec))
+
+    async def ScorePoints(
+        self, request: pb.ScorePointsRequest, context: Context
+    ) -> pb.ScorePointsResponse:
+        rows = self._engine.validate_rows(converters.rows_of(request.points), "points")
+        scored = await self._engine.score(request.name, rows, converters.selector(request))
+        return converters.scored_to_proto(request.points, scored)
+
+    async def ExplainPoint(
+        self, request: pb.ExplainPointRequest, context: Context
+    ) -> pb.ExplainPointResponse:
+        if not request.HasField("point"):
+            raise InvalidArgument.for_field("point", "is required")
+        row = self._engine.validate_point(list(request.point.values), "point.values")
+        explained = await self._engine.explain(request.name, row, converters.selector(request))
+        return converters.explained_to_proto(explained)
+
+    async def BindSource(
+        self, request: pb.BindSourceRequest, context: Context
+    ) -> pb.BindSourceResponse:
+        await self._engine.registry.get_model(request.detector)  # NotFound for an unknown detector
+        binding = await self._bindings.bind(request.source, request.detector, request.alias)
+        return pb.BindSourceResponse(binding=converters.binding_to_proto(binding))
+
+    async def UnbindSource(
+        self, request: pb.UnbindSourceRequest, context: Context
+    ) -> pb.UnbindSourceResponse:
+        await self._bindings.unbind(request.source)
+        return pb.UnbindSourceResponse()
+
+    async def ListSources(
+        self, request: pb.ListSourcesRequest, context: Context
+    ) -> pb.ListSourcesResponse:
+        bindings = [converters.binding_to_proto(b) for b in self._bindings.list()]
+        return pb.ListSourcesResponse(bindings=bindings)
+
+    async def WatchAnomalies(
+        self, request: pb.WatchAnomaliesRequest, context: Context
+    ) -> AsyncIterator[pb.WatchAnomaliesResponse]:
+        source = check_source(request.source) if request.source else ""
+        async for anomaly in self._stream.watch(source):
+            yield pb.WatchAnomaliesResponse(anomaly=anomaly)

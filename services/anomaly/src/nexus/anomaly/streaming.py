@@ -1,0 +1,202 @@
+"""Scoring metric streams as points arrive.
+
+Points published on `nexus.metrics.<source>` are consumed through one durable consumer that the
+replicas share. Each source has a streaming detector (no training needed); a source bound to a
+trained detector is also scored by that model, through a micro-batcher so that many sources'
+points are scored together. Anomalies are published on `nexus.anomaly.detected` with an event id
+derived from the input's, so a redelivered point cannot publish the same anomaly twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from nexus.anomaly.detectors import AnomalyModel, StreamingDetectors
+from nexus.anomaly.engine import AnomalyEngine, Selector
+from nexus.anomaly.settings import AnomalySettings
+from nexus.anomaly.sources import SourceBindings, check_source
+from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected, MetricPoint
+from nexus.common.batching import MicroBatcher
+from nexus.common.errors import InvalidArgument, NexusError
+from nexus.common.events import Consumer, Event, EventBus
+from nexus.common.registry import Resolved
+from nexus.common.telemetry import observe_batch, record_predictions
+
+METRICS_SUBJECT = "nexus.metrics.>"
+DETECTED_SUBJECT = "nexus.anomaly.detected"
+STREAMING = "streaming"
+WATCH_QUEUE = 1024
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detector's verdict that a point is an anomaly."""
+
+    detector: str
+    version: str
+    score: float
+    threshold: float
+
+
+class StreamProcessor:
+    """Consumes metric points, detects anomalies, publishes them, feeds watchers."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        engine: AnomalyEngine,
+        bindings: SourceBindings,
+        settings: AnomalySettings,
+        executor: Executor,
+    ) -> None:
+        self._bus = bus
+        self._engine = engine
+        self._bindings = bindings
+        self._settings = settings
+        self._executor = executor
+        self._detectors = StreamingDetectors(
+            alpha=settings.stream_alpha,
+            threshold=settings.stream_threshold,
+            warmup=settings.stream_warmup,
+        )
+        self._batchers: dict[tuple[str, str], MicroBatcher[np.ndarray, tuple[float, bool]]] = {}
+        self._consumer: Consumer | None = None
+
+    async def start(self) -> None:
+        """Ensures the streams and starts consuming."""
+        await self._bus.ensure_streams("METRICS", "ANOMALY")
+        self._consumer = await self._bus.consume(
+            METRICS_SUBJECT,
+            MetricPoint,
+            self.handle,
+            durable=self._settings.stream_durable,
+            stream="METRICS",
+            batch=self._settings.stream_batch,
+        )
+
+    async def stop(self) -> None:
+        """Stops consuming, then flushes the batchers."""
+        if self._consumer is not None:
+            await self._consumer.stop()
+        for batcher in self._batchers.values():
+            await batcher.close()
+
+    async def handle(self, event: Event[MetricPoint]) -> None:
+        """Scores one point; a malformed point is logged and dropped, never retried."""
+        try:
+            source, values = _point_of(event)
+        except NexusError as err:
+            log.error("dropping metric point %s on %s: %s", event.id, event.subject, err)
+            return
+        detections = [
+            *self._stream_detection(source, values),
+            *await self._model_detection(source, values),
+        ]
+        for detection in detections:
+            await self._publish(event, source, values, detection)
+
+    async def watch(self, source: str) -> AsyncIterator[AnomalyDetected]:
+        """Anomalies as they are published (of one source, or all when empty)."""
+        queue: asyncio.Queue[AnomalyDetected] = asyncio.Queue(WATCH_QUEUE)
+
+        async def enqueue(event: Event[AnomalyDetected]) -> None:
+            if source and event.data.source != source:
+                return
+            if queue.full():
+                log.warning("watcher too slow: dropping anomaly %s", event.id)
+                return
+            queue.put_nowait(event.data)
+
+        watcher = await self._bus.watch(DETECTED_SUBJECT, AnomalyDetected, enqueue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            await watcher.stop()
+
+    def _stream_detection(self, source: str, values: np.ndarray) -> list[Detection]:
+        result = self._detectors.update(source, values)
+        if not result.is_anomaly:
+            return []
+        return [Detection(STREAMING, "", result.score, result.threshold)]
+
+    async def _model_detection(self, source: str, values: np.ndarray) -> list[Detection]:
+        binding = self._bindings.get(source)
+        if binding is None:
+            return []
+        try:
+            selector = Selector(alias=binding.alias, routing_key=source)
+            resolved, model = await self._engine.model_for(binding.detector, selector)
+        except NexusError as err:
+            log.warning("source %s: bound detector unusable: %s", source, err)
+            return []
+        if len(values) != model.n_features:
+            log.warning(
+                "source %s: %d values, detector expects %d", source, len(values), model.n_features
+            )
+            return []
+        score, flagged = await self._batcher(resolved, model).submit(values)
+        record_predictions("anomaly", resolved.name, resolved.version, 1)
+        return (
+            [Detection(resolved.name, resolved.version, score, model.threshold)] if flagged else []
+        )
+
+    def _batcher(
+        self, resolved: Resolved, model: AnomalyModel
+    ) -> MicroBatcher[np.ndarray, tuple[float, bool]]:
+        key = (resolved.name, resolved.version)
+        if key not in self._batchers:
+
+            def score(rows: list[np.ndarray]) -> list[tuple[float, bool]]:
+                scores, flags = model.score(np.vstack(rows))
+                return [(float(s), bool(f)) for s, f in zip(scores, flags, strict=True)]
+
+            self._batchers[key] = MicroBatcher(
+                score,
+                max_batch_size=self._settings.batch_max_size,
+                max_wait_ms=self._settings.batch_max_wait_ms,
+                executor=self._executor,
+                name=f"{resolved.name}:{resolved.version}",
+                on_batch=lambda size: observe_batch("anomaly", "stream", size),
+            )
+        return self._batchers[key]
+
+    async def _publish(
+        self, event: Event[MetricPoint], source: str, values: np.ndarray, detection: Detection
+    ) -> None:
+        point = event.data
+        anomaly = AnomalyDetected(
+            source=source,
+            point_id=point.id or event.id,
+            values=values.tolist(),
+            score=detection.score,
+            threshold=detection.threshold,
+            detector=detection.detector,
+            model_version=detection.version,
+            labels=dict(point.labels),
+        )
+        if point.HasField("time"):
+            anomaly.time.CopyFrom(point.time)
+        event_id = f"{event.id}.{detection.detector}.{detection.version}"
+        await self._bus.publish(DETECTED_SUBJECT, anomaly, event_id=event_id)
+
+
+def _point_of(event: Event[MetricPoint]) -> tuple[str, np.ndarray]:
+    """The source (the subject's last token) and the values of a point, validated."""
+    source = check_source(event.subject.rsplit(".", 1)[-1], "subject")
+    if event.data.source and event.data.source != source:
+        raise InvalidArgument.for_field(
+            "source", f"is {event.data.source!r}, subject says {source!r}"
+        )
+    values = np.asarray(event.data.values, dtype=np.float64)
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        raise InvalidArgument.for_field("values", "must be non-empty and finite")
+    return source, values

@@ -1,0 +1,151 @@
+"""Streaming detection over real NATS: watchers, bound detectors, and a NATS restart mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+import pytest
+from anomaly_testing import Client, StartHost, cloud, points, unique
+from nats.aio.client import Client as Nats
+
+from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
+from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected, MetricPoint
+from nexus.common.events import EventBus
+from nexus.common.nats import connect
+from nexus.common.natsserver import NatsServer
+from nexus.common.settings import NexusSettings
+
+pytestmark = pytest.mark.integration
+
+SPIKE = [50.0, 50.0, 50.0, 50.0]  # extreme on every feature: every detector flags it
+
+
+async def publish(bus: EventBus, source: str, values: list[float], point_id: str) -> None:
+    await bus.publish(
+        f"nexus.metrics.{source}", MetricPoint(source=source, id=point_id, values=values)
+    )
+
+
+async def warm_up(bus: EventBus, source: str, n: int = 20) -> None:
+    for i, row in enumerate(cloud(n, seed=3) * 0.1):
+        await publish(bus, source, row.tolist(), f"warm-{i}")
+
+
+async def first_anomaly(client: Client, source: str, bus: EventBus) -> pb.WatchAnomaliesResponse:
+    """Watches a source while spikes are published until one arrives."""
+    call = client.anomaly.WatchAnomalies(
+        pb.WatchAnomaliesRequest(source=source), metadata=client.metadata
+    )
+
+    async def keep_spiking() -> None:
+        for i in range(100):
+            await publish(bus, source, SPIKE, f"spike-{i}")
+            await asyncio.sleep(0.1)
+
+    spiker = asyncio.create_task(keep_spiking())
+    try:
+        return await asyncio.wait_for(call.read(), 20)  # type: ignore[return-value]
+    finally:
+        spiker.cancel()
+        call.cancel()
+
+
+async def test_a_streamed_anomaly_reaches_a_watcher(client: Client, nats_client: Nats) -> None:
+    bus = EventBus(nats_client, "test")
+    source = unique("src")
+    await warm_up(bus, source)
+    reply = await first_anomaly(client, source, bus)
+    assert reply.anomaly.source == source
+    assert reply.anomaly.detector == "streaming"
+    assert reply.anomaly.point_id.startswith("spike-")
+    assert reply.anomaly.score > reply.anomaly.threshold
+
+
+async def train_and_bind(client: Client, name: str, source: str) -> None:
+    """Trains an Isolation Forest on normal points, promotes it and binds `source` to it."""
+    request = pb.TrainDetectorRequest(
+        name=name,
+        algorithm=pb.ALGORITHM_ISOLATION_FOREST,
+        points=points(cloud()),
+        promote_to="production",
+    )
+    await client.anomaly.TrainDetector(request, metadata=client.metadata)
+    bind = pb.BindSourceRequest(source=source, detector=name)
+    await client.anomaly.BindSource(bind, metadata=client.metadata)
+
+
+async def test_a_bound_detector_scores_its_source(client: Client, nats_client: Nats) -> None:
+    bus = EventBus(nats_client, "test")
+    name, source = unique(), unique("src")
+    await train_and_bind(client, name, source)
+    listed = await client.anomaly.ListSources(pb.ListSourcesRequest(), metadata=client.metadata)
+    assert any(b.source == source and b.detector == name for b in listed.bindings)
+    call = client.anomaly.WatchAnomalies(
+        pb.WatchAnomaliesRequest(source=source), metadata=client.metadata
+    )
+    seen: set[str] = set()
+
+    async def spike_until_model_detects() -> None:
+        for i in range(100):
+            await publish(bus, source, SPIKE, f"spike-{i}")
+            await asyncio.sleep(0.1)
+
+    spiker = asyncio.create_task(spike_until_model_detects())
+    try:
+        async with asyncio.timeout(20):
+            while name not in seen:
+                reply = await call.read()
+                seen.add(reply.anomaly.detector)  # type: ignore[union-attr]
+    finally:
+        spiker.cancel()
+        call.cancel()
+    assert name in seen
+
+
+async def test_binding_an_unknown_detector_is_not_found(client: Client) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.anomaly.BindSource(
+            pb.BindSourceRequest(source="s", detector=unique()), metadata=client.metadata
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_no_point_is_lost_across_a_nats_restart(
+    nats_server: NatsServer, start_anomaly: StartHost
+) -> None:
+    common = NexusSettings(nats_url=nats_server.url, registry_signing_key="k", auth_enabled=False)
+    host = await start_anomaly(common)
+    name, source = unique(), unique("src")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+        await train_and_bind(Client(channel, ""), name, source)
+    nc = await connect(common, "publisher")
+    bus = EventBus(nc, "test")
+    spikes = [f"spike-{i}" for i in range(60)]
+    for point_id in spikes[:30]:
+        await publish(bus, source, SPIKE, point_id)
+    await asyncio.to_thread(nats_server.restart)
+    for point_id in spikes[30:]:
+        await publish(bus, source, SPIKE, point_id)
+    detected = await collect_detected(nc, detector=name, expected=len(spikes))
+    await nc.drain()
+    assert detected == set(spikes)
+
+
+async def collect_detected(
+    nc: Nats, *, detector: str, expected: int, timeout_s: float = 60
+) -> set[str]:
+    """Point ids of `detector`'s anomalies in the ANOMALY stream, until `expected` arrive."""
+    sub = await nc.jetstream().pull_subscribe("nexus.anomaly.detected", stream="ANOMALY")
+    seen: set[str] = set()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            while len(seen) < expected:
+                with contextlib.suppress(Exception):
+                    for msg in await sub.fetch(100, timeout=1):
+                        anomaly = AnomalyDetected.FromString(msg.data)
+                        if anomaly.detector == detector:
+                            seen.add(anomaly.point_id)
+                        await msg.ack()
+    return seen
