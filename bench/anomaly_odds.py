@@ -214,7 +214,12 @@ def _cells(r: SetResult, algorithm: Algorithm) -> str:
     if algorithm.value not in r.published:
         return f"{auc:>6.4f} {'-':>6} {'-':>7}"
     published = r.published[algorithm.value]
-    return f"{auc:>6.4f} {published:>6.4f} {auc - published:>+7.4f}"
+    return f"{auc:>6.4f} {published:>6.4f} {_signed(auc - published):>7}"
+
+
+def _signed(value: float) -> str:
+    """`value` as +0.0000, without the "-0.0000" of a tiny negative difference."""
+    return f"{round(value, 4) + 0.0:+.4f}"
 
 
 def _short(algorithm: Algorithm) -> str:
@@ -236,19 +241,19 @@ def _print_summary(summary: dict[str, Any]) -> None:
         verdict = "within" if s["within_tolerance_on_average"] else "OUTSIDE"
         print(
             f"  {name:<21} {s['mean_auc']:.4f}  published {s['published_mean_auc']:.4f}  "
-            f"diff {s['mean_difference']:+.4f}  {verdict} {TOLERANCE} on average; "
+            f"diff {_signed(s['mean_difference'])}  {verdict} {TOLERANCE} on average; "
             f"per set within: {len(s['sets_within_tolerance'])}/"
             f"{len(s['sets_within_tolerance']) + len(s['sets_outside_tolerance'])}"
         )
         for dataset, diff in s["sets_outside_tolerance"].items():
-            print(f"      outside on {dataset}: {diff:+.4f}")
+            print(f"      outside on {dataset}: {_signed(diff)}")
     ensemble = summary.get("ensemble_vs_best_published")
     if ensemble:
         ok = "YES" if ensemble["ensemble_at_least_best"] else "NO"
         print(
             f"\nEnsemble {ensemble['ensemble_mean_auc']:.4f} vs best published single detector "
             f"({ensemble['best_published']}) {ensemble['best_published_mean_auc']:.4f}: "
-            f"margin {ensemble['margin']:+.4f} -> at least the best: {ok}"
+            f"margin {_signed(ensemble['margin'])} -> at least the best: {ok}"
         )
 
 

@@ -8,7 +8,9 @@ scored per second four ways, each as a ratio to the in-process baseline:
 - gRPC: `ScorePoints` calls of `--batch` points, `--concurrency` in flight;
 - gateway: the same calls as HTTP/JSON through the gateway;
 - stream: points published on `nexus.metrics.<source>`, bound to the model, until every one is
-  acknowledged by the service's consumer.
+  acknowledged by the service's consumer (the Python publisher is part of this path);
+- drain: the service alone on the stream: a backlog published while it is stopped, timed from
+  its restart until it has acknowledged every point.
 
 Usage: python bench/anomaly_throughput.py [--batch 1024] [--seconds 5] [--concurrency 4]
 Writes bench/results/anomaly_throughput.json.
@@ -27,6 +29,7 @@ from pathlib import Path
 import grpc
 import httpx
 import numpy as np
+from nats.js.client import JetStreamContext
 from sklearn.ensemble import IsolationForest
 
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
@@ -118,25 +121,54 @@ async def via_gateway(
         return await _async_rate(call, len(batch), seconds, concurrency)
 
 
+async def publish_points(bus: EventBus, rows: np.ndarray) -> None:
+    """Publishes rows as metric points of SOURCE, 500 acknowledged publishes at a time."""
+    values = rows.tolist()
+    for start in range(0, len(values), 500):
+        chunk = enumerate(values[start : start + 500], start=start)
+        await asyncio.gather(
+            *(
+                bus.publish(
+                    f"nexus.metrics.{SOURCE}", MetricPoint(source=SOURCE, id=str(i), values=v)
+                )
+                for i, v in chunk
+            )
+        )
+
+
+async def acked_through(js: JetStreamContext, last: int) -> None:
+    """Waits until the service's consumer has acknowledged every message up to `last`."""
+    # The state is the server's: polling it is the only way to see it.
+    while (await js.consumer_info("METRICS", "anomaly-stream")).ack_floor.stream_seq < last:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+
+
 async def via_stream(nats_url: str, rows: np.ndarray) -> float:
     """Points/s of the stream: publish every point, wait until the consumer acknowledged all."""
     nc = await connect(NexusSettings(nats_url=nats_url), "bench-publisher")
-    bus = EventBus(nc, "bench")
     js = nc.jetstream()
-    before = await js.stream_info("METRICS")
+    last = (await js.stream_info("METRICS")).state.last_seq + len(rows)
     started = time.perf_counter()
-    acks = [
-        bus.publish(f"nexus.metrics.{SOURCE}", MetricPoint(source=SOURCE, id=str(i), values=row))
-        for i, row in enumerate(rows.tolist())
-    ]
-    for chunk in range(0, len(acks), 500):
-        await asyncio.gather(*acks[chunk : chunk + 500])
-    last = before.state.last_seq + len(rows)
-    while True:
-        info = await js.consumer_info("METRICS", "anomaly-stream")
-        if info.ack_floor.stream_seq >= last:
-            break
-        await asyncio.sleep(0.02)
+    await publish_points(EventBus(nc, "bench"), rows)
+    await acked_through(js, last)
+    elapsed = time.perf_counter() - started
+    await nc.drain()
+    return len(rows) / elapsed
+
+
+async def drain(platform: Platform, nats_url: str, rows: np.ndarray) -> float:
+    """Points/s of the service alone: a backlog waits while it is stopped, then it drains it."""
+    service = platform.children[0]
+    service.process.terminate()
+    service.process.wait(30)
+    platform.children.remove(service)
+    nc = await connect(NexusSettings(nats_url=nats_url), "bench-publisher")
+    js = nc.jetstream()
+    await publish_points(EventBus(nc, "bench"), rows)
+    last = (await js.stream_info("METRICS")).state.last_seq
+    await platform.start_services()  # returns when the service is SERVING
+    started = time.perf_counter()
+    await acked_through(js, last)
     elapsed = time.perf_counter() - started
     await nc.drain()
     return len(rows) / elapsed
@@ -191,6 +223,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                 platform.gateway_url, key, batch, args.seconds, args.concurrency
             )
             results["stream"] = await via_stream(nats_url, data(args.stream_points, 2))
+            results["drain"] = await drain(platform, nats_url, data(args.stream_points, 3))
         finally:
             platform.stop()
     return results

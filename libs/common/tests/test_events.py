@@ -334,3 +334,35 @@ def test_parse_event_checks_the_type_and_headers() -> None:
         parse_event(_FakeMsg({**typed, "ce-id": ""}, data), MetricPoint)
     with pytest.raises(InvalidArgument, match="data"):
         parse_event(_FakeMsg(typed, b"\xff\xff"), MetricPoint)
+
+
+async def test_concurrent_handlers_overlap_and_each_event_is_acked(
+    bus: EventBus, subject: str
+) -> None:
+    in_flight, most, started = 0, 0, []
+
+    async def slow(event: Event[AnomalyDetected]) -> None:
+        nonlocal in_flight, most
+        started.append(event.data.point_id)
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+
+    for i in range(20):
+        await bus.publish(subject, anomaly(f"p{i}"))
+    name = durable()
+    consumer = await bus.consume(
+        subject, AnomalyDetected, slow, durable=name, stream="ANOMALY", batch=20, concurrency=10
+    )
+    await eventually(lambda: consumer.processed == 20)
+    for _ in range(100):  # acks travel after the handlers return
+        info = await bus.js.consumer_info("ANOMALY", name)
+        if info.num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.02)
+    await consumer.stop()
+    assert most > 1
+    assert started == [f"p{i}" for i in range(20)]  # handlers start in delivery order
+    assert info.num_ack_pending == 0
+    assert info.num_pending == 0

@@ -17,6 +17,7 @@ from nexus.anomaly.detectors import (
     AnomalyModel,
     AutoencoderDetector,
     EnsembleDetector,
+    IsolationForestDetector,
     make_detector,
     param_specs,
     validate_labels,
@@ -55,7 +56,9 @@ def outliers(normal: np.ndarray, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     directions = rng.normal(size=(n, normal.shape[1]))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    return normal.mean(axis=0) + directions * rng.uniform(6, 9, size=(n, 1)) * normal.std(axis=0)
+    radii = rng.uniform(6, 9, size=(n, 1))
+    points: np.ndarray = normal.mean(axis=0) + directions * radii * normal.std(axis=0)
+    return points
 
 
 @pytest.fixture(scope="module")
@@ -376,7 +379,9 @@ def test_ensemble_routes_member_parameters(train: np.ndarray) -> None:
     assert list(detector.members) == [Algorithm.ISOLATION_FOREST, Algorithm.LOCAL_OUTLIER_FACTOR]
     assert detector.params["isolation_forest.n_estimators"] == 7
     detector.fit(train)
-    assert len(detector.members[Algorithm.ISOLATION_FOREST]._forest.estimators_) == 7
+    forest = detector.members[Algorithm.ISOLATION_FOREST]
+    assert isinstance(forest, IsolationForestDetector)
+    assert len(forest._forest.estimators_) == 7
 
 
 def test_default_ensemble_has_every_single_detector() -> None:

@@ -101,12 +101,15 @@ class Platform:
 
     async def start_services(self, timeout_s: float = 120.0) -> None:
         """Starts every service and waits until each one reports SERVING."""
-        for name in self.services:
-            port = free_port(self.host)
-            prefix = f"NEXUS_{name.upper()}_"
-            env = {**self.env(), f"{prefix}GRPC_PORT": str(port), f"{prefix}GRPC_HOST": self.host}
-            self.children.append(self._spawn(name, port, env))
-        await asyncio.gather(*(self._wait_serving(c, timeout_s) for c in self.children))
+        started = [self._spawn_service(name) for name in self.services]
+        self.children.extend(started)
+        await asyncio.gather(*(self._wait_serving(c, timeout_s) for c in started))
+
+    def _spawn_service(self, name: str) -> Child:
+        port = free_port(self.host)
+        prefix = f"NEXUS_{name.upper()}_"
+        env = {**self.env(), f"{prefix}GRPC_PORT": str(port), f"{prefix}GRPC_HOST": self.host}
+        return self._spawn(name, port, env)
 
     async def start_gateway(self, timeout_s: float = 60.0) -> None:
         """Starts the gateway in front of the services and waits until it is ready."""

@@ -26,7 +26,8 @@ async def connect(settings: NexusSettings, name: str) -> Client:
     """
 
     async def on_disconnect() -> None:
-        log.warning("nats disconnected", extra={"client": name})
+        # Also called on a deliberate close; an unwanted one shows up in on_error too.
+        log.info("nats disconnected", extra={"client": name})
 
     async def on_reconnect() -> None:
         log.info("nats reconnected", extra={"client": name})

@@ -34,6 +34,9 @@ class AnomalySettings(ServiceSettings):
     stream_batch: int = Field(default=256, gt=0)
     """Metric points fetched from the stream at a time."""
 
+    stream_concurrency: int = Field(default=256, gt=0)
+    """Metric points of a fetched batch handled at once, so bound models score them together."""
+
     stream_alpha: float = Field(default=0.05, gt=0, lt=1)
     """Smoothing of the per-source streaming detector's running mean and variance."""
 

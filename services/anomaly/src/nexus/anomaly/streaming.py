@@ -80,6 +80,7 @@ class StreamProcessor:
             durable=self._settings.stream_durable,
             stream="METRICS",
             batch=self._settings.stream_batch,
+            concurrency=self._settings.stream_concurrency,
         )
 
     async def stop(self) -> None:

@@ -185,6 +185,7 @@ class EventBus:
         batch: int = 64,
         max_deliver: int = 5,
         ack_wait_s: float = 30.0,
+        concurrency: int = 1,
     ) -> Consumer:
         """Starts a durable pull consumer; replicas using the same `durable` share its events.
 
@@ -207,6 +208,8 @@ class EventBus:
             batch: Messages fetched per request.
             max_deliver: Deliveries of one event before it is given up.
             ack_wait_s: Seconds before an unacknowledged event is redelivered.
+            concurrency: Events of a batch handled at once (1: one after the other). They start
+                in delivery order; each is acknowledged after its own handler returned.
 
         Raises:
             FailedPrecondition: When the stream does not exist.
@@ -221,7 +224,7 @@ class EventBus:
             max_deliver=max_deliver,
             max_ack_pending=max(1000, batch * 4),
         )
-        consumer = WorkConsumer(self._nc, stream, config, batch, message_type, handler)
+        consumer = WorkConsumer(self._nc, stream, config, batch, message_type, handler, concurrency)
         return await _started(consumer, stream)
 
     async def watch(

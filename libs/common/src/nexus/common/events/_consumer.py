@@ -197,17 +197,19 @@ class WorkConsumer(Consumer, Generic[M]):
         batch: int,
         message_type: type[M],
         handler: Handler[M],
+        concurrency: int = 1,
     ) -> None:
         super().__init__(nc, stream, config, batch)
         self._type = message_type
         self._handler = handler
+        self._concurrency = max(1, concurrency)
         self._max_deliver = config.max_deliver or 1
         self._ack_wait_s = config.ack_wait or 30.0
         self._seen = _LruSet(DEDUPE_CAPACITY)
 
     async def _handle_batch(self, msgs: Sequence[Msg]) -> None:
         touched = time.monotonic()
-        for index, msg in enumerate(msgs):
+        for index in range(0, len(msgs), self._concurrency):
             if self._stopping:
                 await self._release(msgs[index:])
                 return
@@ -215,7 +217,10 @@ class WorkConsumer(Consumer, Generic[M]):
                 # The rest of the batch waits on slow handlers: keep it from being redelivered.
                 await _settle(*(m.in_progress for m in msgs[index:]))
                 touched = time.monotonic()
-            await self._handle(msg)
+            # Handlers of a group start in delivery order and run together, so a handler that
+            # waits (on a micro-batcher, a publish) does not hold up the others.
+            group = msgs[index : index + self._concurrency]
+            await asyncio.gather(*(self._handle(msg) for msg in group))
 
     async def _handle(self, msg: Msg) -> None:
         try:

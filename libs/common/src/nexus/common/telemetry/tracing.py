@@ -54,9 +54,10 @@ def setup_tracing(
 ) -> None:
     """Installs the process's tracer provider; safe to call again.
 
-    The first call sets the global provider (resource `service.name`, `deployment.environment`),
-    exporting in batches over OTLP/gRPC when `settings.otlp_endpoint` is set. OpenTelemetry
-    allows one global provider per process, so a later call only adds `exporter`.
+    The first call that has somewhere to send spans (`settings.otlp_endpoint`, or `exporter`)
+    sets the global provider (resource `service.name`, `deployment.environment`), exporting in
+    batches over OTLP/gRPC when the endpoint is set; without either, spans stay no-ops.
+    OpenTelemetry allows one global provider per process, so a later call only adds `exporter`.
 
     Args:
         service_name: The `service.name` resource attribute.
@@ -64,6 +65,10 @@ def setup_tracing(
         exporter: An extra exporter fed span by span, such as the SDK's InMemorySpanExporter in
             tests. Added once however often it is passed.
     """
+    if exporter is None and not settings.otlp_endpoint:
+        # Nowhere to send spans: keep OpenTelemetry's no-op tracer, which still carries the
+        # caller's trace context on to gRPC calls and NATS events, at a fraction of the cost.
+        return
     with _lock:
         provider = trace.get_tracer_provider()
         if not isinstance(provider, TracerProvider):

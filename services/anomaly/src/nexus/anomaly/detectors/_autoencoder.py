@@ -43,7 +43,7 @@ class AutoencoderDetector(Detector):
         ParamSpec("learning_rate", 1e-3, number(0.0, 1.0, open_below=True), "Adam step size"),
         ParamSpec("weight_decay", 1e-5, number(0.0, 1.0), "Adam L2 penalty"),
         ParamSpec("device", "cpu", choice("cpu", "cuda", "auto"), "'auto' = cuda when present"),
-        ParamSpec("threads", 2, integer(1, 256), "torch CPU threads while training"),
+        ParamSpec("threads", 1, integer(1, 256), "torch CPU threads while training"),
     )
 
     def fit(self, x: FloatArray) -> None:

@@ -1,0 +1,121 @@
+"""ServiceHost and the error interceptor over a real gRPC server: statuses, readiness, drain."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
+from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
+from nexus.common.errors import InvalidArgument, NotFound, ResourceExhausted
+from nexus.common.errors.interceptor import INTERNAL_MESSAGE
+from nexus.common.server import ServiceHost
+from nexus.common.settings import NexusSettings, ServiceSettings
+
+pytestmark = pytest.mark.integration
+
+
+class Scripted(pb_grpc.AnomalyServiceServicer):
+    """A servicer whose ScorePoints behaves as the detector name says."""
+
+    async def ScorePoints(self, request: pb.ScorePointsRequest, context: Any) -> Any:
+        if request.name == "bad":
+            raise InvalidArgument.for_field("points[0].values", "contains NaN")
+        if request.name == "missing":
+            raise NotFound("detector 'missing' does not exist")
+        if request.name == "big":
+            raise ResourceExhausted.too_large("points", 20, 10)
+        if request.name == "bug":
+            raise RuntimeError("secret internal detail: password=hunter2")
+        if request.name == "slow":
+            await asyncio.sleep(0.5)
+        return pb.ScorePointsResponse(threshold=1.0)
+
+    async def WatchAnomalies(self, request: pb.WatchAnomaliesRequest, context: Any) -> Any:
+        yield pb.WatchAnomaliesResponse()
+        raise NotFound("the stream ended badly")
+
+
+@pytest.fixture
+async def host(nexus_settings: NexusSettings) -> AsyncIterator[ServiceHost]:
+    common = nexus_settings.model_copy(update={"auth_enabled": False})
+    host = ServiceHost("test", ServiceSettings(shutdown_grace_s=2.0), common)
+    await host.open()
+    host.add_servicer(pb_grpc.add_AnomalyServiceServicer_to_server, Scripted(), "test.Scripted")
+    await host.start()
+    yield host
+    await host.stop()
+
+
+@pytest.fixture
+async def stub(host: ServiceHost) -> AsyncIterator[pb_grpc.AnomalyServiceStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+        yield pb_grpc.AnomalyServiceStub(channel)
+
+
+async def status_of(stub: pb_grpc.AnomalyServiceStub, name: str) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ScorePoints(pb.ScorePointsRequest(name=name))
+    return caught.value
+
+
+async def test_bad_input_carries_field_violations(stub: pb_grpc.AnomalyServiceStub) -> None:
+    err = await status_of(stub, "bad")
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(err)
+    bad = error_details_pb2.BadRequest()
+    assert status is not None
+    assert status.details[0].Unpack(bad)
+    assert [(v.field, v.description) for v in bad.field_violations] == [
+        ("points[0].values", "contains NaN")
+    ]
+
+
+async def test_domain_errors_map_to_their_codes(stub: pb_grpc.AnomalyServiceStub) -> None:
+    assert (await status_of(stub, "missing")).code() == grpc.StatusCode.NOT_FOUND
+    big = await status_of(stub, "big")
+    assert big.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_details_pb2.ErrorInfo()
+    status = rpc_status.from_call(big)
+    assert status is not None
+    assert status.details[0].Unpack(info)
+    assert info.reason == "REQUEST_TOO_LARGE"
+
+
+async def test_an_unexpected_error_is_internal_and_says_nothing(
+    stub: pb_grpc.AnomalyServiceStub,
+) -> None:
+    err = await status_of(stub, "bug")
+    assert err.code() == grpc.StatusCode.INTERNAL
+    assert err.details() == INTERNAL_MESSAGE
+    assert "hunter2" not in str(err.debug_error_string())
+
+
+async def test_a_stream_error_after_a_message_keeps_its_code(
+    stub: pb_grpc.AnomalyServiceStub,
+) -> None:
+    call = stub.WatchAnomalies(pb.WatchAnomaliesRequest())
+    assert await call.read() == pb.WatchAnomaliesResponse()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_readiness_follows_the_lifecycle_and_stop_drains(host: ServiceHost) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        check = health_pb2.HealthCheckRequest()
+        assert (await health.Check(check)).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        await host.set_serving()
+        assert (await health.Check(check)).status == health_pb2.HealthCheckResponse.SERVING
+        slow = pb_grpc.AnomalyServiceStub(channel).ScorePoints(pb.ScorePointsRequest(name="slow"))
+        await asyncio.sleep(0.1)
+        await host.stop()
+        assert (await slow).threshold == 1.0  # the in-flight call finished within the grace
