@@ -33,18 +33,19 @@ async def warm_up(bus: EventBus, source: str, n: int = 20) -> None:
         await publish(bus, source, row.tolist(), f"warm-{i}")
 
 
+async def keep_spiking(bus: EventBus, source: str) -> None:
+    """Publishes a spike every 0.1 s (at most 100): a watcher started at any time sees one."""
+    for i in range(100):
+        await publish(bus, source, SPIKE, f"spike-{i}")
+        await asyncio.sleep(0.1)
+
+
 async def first_anomaly(client: Client, source: str, bus: EventBus) -> pb.WatchAnomaliesResponse:
     """Watches a source while spikes are published until one arrives."""
     call = client.anomaly.WatchAnomalies(
         pb.WatchAnomaliesRequest(source=source), metadata=client.metadata
     )
-
-    async def keep_spiking() -> None:
-        for i in range(100):
-            await publish(bus, source, SPIKE, f"spike-{i}")
-            await asyncio.sleep(0.1)
-
-    spiker = asyncio.create_task(keep_spiking())
+    spiker = asyncio.create_task(keep_spiking(bus, source))
     try:
         return await asyncio.wait_for(call.read(), 20)  # type: ignore[return-value]
     finally:
@@ -86,13 +87,7 @@ async def test_a_bound_detector_scores_its_source(client: Client, nats_client: N
         pb.WatchAnomaliesRequest(source=source), metadata=client.metadata
     )
     seen: set[str] = set()
-
-    async def spike_until_model_detects() -> None:
-        for i in range(100):
-            await publish(bus, source, SPIKE, f"spike-{i}")
-            await asyncio.sleep(0.1)
-
-    spiker = asyncio.create_task(spike_until_model_detects())
+    spiker = asyncio.create_task(keep_spiking(bus, source))
     try:
         async with asyncio.timeout(20):
             while name not in seen:
