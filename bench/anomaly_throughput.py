@@ -179,7 +179,7 @@ async def admin_key(nats_url: str) -> str:
     nc = await connect(NexusSettings(nats_url=nats_url), "bench-keys")
     keys = KeyStore(nc.jetstream())
     await keys.start()
-    _, secret = await keys.create("bench", ["*"])
+    _, secret = await keys.create("bench", ["*"], rate_limit_per_minute=10_000_000)
     await keys.stop()
     await nc.drain()
     return secret

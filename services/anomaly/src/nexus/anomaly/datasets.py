@@ -64,7 +64,9 @@ def parse_csv(data: bytes, *, label_column: str = "", max_rows: int, max_feature
         raise InvalidArgument.for_field("csv", "must be UTF-8 CSV with a header row") from err
     label_at = _label_index(header, label_column)
     values = [_parse_row(row, line) for line, row in enumerate(reader, start=2) if row]
-    matrix = validate_matrix(values, field="csv", max_rows=max_rows, max_features=max_features + 1)
+    matrix = validate_matrix(
+        values, field="csv", max_rows=max_rows, max_features=max_features + 1, row_field=""
+    )
     if matrix.shape[1] != len(header):
         raise InvalidArgument.for_field(
             "csv", f"rows have {matrix.shape[1]} values, header has {len(header)}"
