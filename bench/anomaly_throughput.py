@@ -35,7 +35,7 @@ from sklearn.ensemble import IsolationForest
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
 from nexus.api.anomaly.v1.events_pb2 import MetricPoint
-from nexus.common.auth import KeyStore
+from nexus.common.auth import open_key_store
 from nexus.common.events import EventBus
 from nexus.common.launcher import Platform
 from nexus.common.nats import connect
@@ -176,12 +176,8 @@ async def drain(platform: Platform, nats_url: str, rows: np.ndarray) -> float:
 
 async def admin_key(nats_url: str) -> str:
     """A fresh key with every scope."""
-    nc = await connect(NexusSettings(nats_url=nats_url), "bench-keys")
-    keys = KeyStore(nc.jetstream())
-    await keys.start()
-    _, secret = await keys.create("bench", ["*"], rate_limit_per_minute=10_000_000)
-    await keys.stop()
-    await nc.drain()
+    async with open_key_store(NexusSettings(nats_url=nats_url), "bench-keys") as keys:
+        _, secret = await keys.create("bench", ["*"], rate_limit_per_minute=10_000_000)
     return secret
 
 

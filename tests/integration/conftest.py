@@ -10,8 +10,7 @@ from anomaly_testing import make_key
 
 from nexus.anomaly.server import create
 from nexus.anomaly.settings import AnomalySettings
-from nexus.common.auth import KeyStore
-from nexus.common.nats import connect
+from nexus.common.auth import open_key_store
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 from nexus.gateway import GatewayServer, GatewaySettings, build_app
@@ -30,17 +29,13 @@ async def gateway_url(
     anomaly_service: ServiceHost, nexus_settings: NexusSettings
 ) -> AsyncIterator[str]:
     """A gateway with real auth in front of the anomaly service; yields its base URL."""
-    nc = await connect(nexus_settings, "test-gateway")
-    keys = KeyStore(nc.jetstream())
-    await keys.start()
     settings = GatewaySettings(
         port=0, backends={"anomaly": f"127.0.0.1:{anomaly_service.port}"}, rate_limit_per_minute=0
     )
-    server = GatewayServer(build_app(settings, keys=keys), settings)
-    yield await server.start()
-    await server.stop()
-    await keys.stop()
-    await nc.drain()
+    async with open_key_store(nexus_settings, "test-gateway") as keys:
+        server = GatewayServer(build_app(settings, keys=keys), settings)
+        yield await server.start()
+        await server.stop()
 
 
 @pytest.fixture

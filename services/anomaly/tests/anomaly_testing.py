@@ -12,8 +12,7 @@ import numpy as np
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
 from nexus.api.models.v1 import model_registry_pb2_grpc as models_grpc
-from nexus.common.auth import KeyStore
-from nexus.common.nats import connect
+from nexus.common.auth import open_key_store
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 
@@ -23,12 +22,8 @@ StartHost = Callable[..., Coroutine[Any, Any, ServiceHost]]
 
 async def make_key(settings: NexusSettings, *scopes: str) -> str:
     """Creates a real API key with the given scopes; returns its plaintext."""
-    nc = await connect(settings, "test-keys")
-    store = KeyStore(nc.jetstream())
-    await store.start()
-    _, secret = await store.create(f"test-{uuid.uuid4().hex[:6]}", scopes)
-    await store.stop()
-    await nc.drain()
+    async with open_key_store(settings, "test-keys") as store:
+        _, secret = await store.create(f"test-{uuid.uuid4().hex[:6]}", scopes)
     return secret
 
 

@@ -7,8 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from nexus.common.auth import KeyStore
-from nexus.common.nats import connect
+from nexus.common.auth import KeyStore, open_key_store
 from nexus.common.settings import NexusSettings
 from nexus.common.telemetry import setup_logging, setup_tracing
 from nexus.gateway.app import build_app
@@ -43,14 +42,8 @@ async def key_store(common: NexusSettings) -> AsyncIterator[KeyStore | None]:
         log.warning("auth is off: the gateway accepts every caller")
         yield None
         return
-    nc = await connect(common, SERVICE_NAME)
-    keys = KeyStore(nc.jetstream())
-    try:
-        await keys.start()
+    async with open_key_store(common, SERVICE_NAME) as keys:
         yield keys
-    finally:
-        await keys.stop()
-        await nc.drain()
 
 
 def main() -> None:

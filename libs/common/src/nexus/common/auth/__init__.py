@@ -18,7 +18,7 @@ from nexus.common.auth._scopes import (
     scope_allows,
     validate_scopes,
 )
-from nexus.common.auth._store import BUCKET, KeyStore
+from nexus.common.auth._store import BUCKET, KeyStore, open_key_store
 
 __all__ = [
     "BUCKET",
@@ -30,6 +30,7 @@ __all__ = [
     "current_api_key",
     "hash_key",
     "load_api_descriptors",
+    "open_key_store",
     "required_scope",
     "scope_allows",
     "validate_scopes",

@@ -12,7 +12,7 @@ import builtins
 import contextlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 
 import nats.errors
@@ -39,6 +39,8 @@ from nexus.common.errors import (
     Unauthenticated,
     Unavailable,
 )
+from nexus.common.nats import connect
+from nexus.common.settings import NexusSettings
 
 log = logging.getLogger(__name__)
 
@@ -247,3 +249,19 @@ def _check_new_key(name: str, scopes: list[str], rate_limit_per_minute: int) -> 
     if rate_limit_per_minute < 0:
         raise InvalidArgument.for_field("rate_limit_per_minute", "must be 0 (default) or more")
     validate_scopes(scopes)
+
+
+@contextlib.asynccontextmanager
+async def open_key_store(settings: NexusSettings, client_name: str) -> AsyncIterator[KeyStore]:
+    """A started key store on its own NATS connection, closed (both) on exit.
+
+    For processes that need keys but no other NATS work: the gateway, the CLI, `nexus up`.
+    """
+    nc = await connect(settings, client_name)
+    keys = KeyStore(nc.jetstream())
+    try:
+        await keys.start()
+        yield keys
+    finally:
+        await keys.stop()
+        await nc.drain()

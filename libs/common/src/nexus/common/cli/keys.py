@@ -17,9 +17,8 @@ from typing import Any
 
 import nats.errors
 
-from nexus.common.auth import ApiKey, KeyStore
+from nexus.common.auth import ApiKey, KeyStore, open_key_store
 from nexus.common.errors import NexusError
-from nexus.common.nats import connect
 from nexus.common.settings import NexusSettings
 
 Command = Callable[[KeyStore, argparse.Namespace], Awaitable[None]]
@@ -79,14 +78,8 @@ async def _key_store(args: argparse.Namespace) -> AsyncIterator[KeyStore]:
     settings = NexusSettings()
     if getattr(args, "nats_url", None):
         settings = settings.model_copy(update={"nats_url": args.nats_url})
-    nc = await connect(settings, "nexus-cli")
-    keys = KeyStore(nc.jetstream())
-    try:
-        await keys.start()
+    async with open_key_store(settings, "nexus-cli") as keys:
         yield keys
-    finally:
-        await keys.stop()
-        await nc.close()
 
 
 async def _create(keys: KeyStore, args: argparse.Namespace) -> None:

@@ -9,10 +9,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from nexus.common.auth import KeyStore
+from nexus.common.auth import open_key_store
 from nexus.common.errors import NexusError, Unavailable
 from nexus.common.launcher import Platform, gateway_installed, installed_services
-from nexus.common.nats import connect
 from nexus.common.settings import NexusSettings
 
 
@@ -62,14 +61,8 @@ async def _start(platform: Platform) -> None:
 
 
 async def _ensure_admin(nats_url: str) -> str | None:
-    nc = await connect(NexusSettings(nats_url=nats_url), "nexus-up")
-    keys = KeyStore(nc.jetstream())
-    await keys.start()
-    try:
+    async with open_key_store(NexusSettings(nats_url=nats_url), "nexus-up") as keys:
         return await keys.ensure_admin()
-    finally:
-        await keys.stop()
-        await nc.drain()
 
 
 def _announce(platform: Platform, admin_key: str | None) -> None:
