@@ -189,3 +189,18 @@ async def test_registry_is_scoped_to_the_service(client: Client) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await client.models.ListModels(request, metadata=client.metadata)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_an_oversized_csv_is_refused_as_too_large(
+    start_anomaly: StartHost, admin_key: str
+) -> None:
+    host = await start_anomaly(max_dataset_bytes=100)
+    csv = ("a,b\n" + "1.0,2.0\n" * 50).encode()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+        client = Client(channel, admin_key)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.anomaly.UploadDataset(
+                pb.UploadDatasetRequest(name="big", csv=csv), metadata=client.metadata
+            )
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "csv (bytes)" in (caught.value.details() or "")

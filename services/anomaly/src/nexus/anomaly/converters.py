@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from nexus.anomaly.datasets import DatasetInfo, Table, parse_csv
+from nexus.anomaly.datasets import CsvUpload, DatasetInfo, Table
 from nexus.anomaly.detectors import Algorithm
 from nexus.anomaly.engine import (
     DEFAULT_CONTAMINATION,
@@ -41,20 +41,12 @@ def rows_of(points: Sequence[pb.Point]) -> list[list[float]]:
     return [list(point.values) for point in points]
 
 
-def table_from_upload(request: pb.UploadDatasetRequest, engine: AnomalyEngine) -> Table:
-    """The rows of an upload: its CSV, or its points; exactly one of them."""
+def upload_data(request: pb.UploadDatasetRequest, engine: AnomalyEngine) -> Table | CsvUpload:
+    """What an upload carries: its CSV, or its points; exactly one of them."""
     if bool(request.csv) == bool(request.points):
         raise InvalidArgument.for_field("csv", "give either csv or points, not both or neither")
-    limits = engine.settings
     if request.csv:
-        if len(request.csv) > limits.max_dataset_bytes:
-            raise InvalidArgument.for_field("csv", f"larger than {limits.max_dataset_bytes} bytes")
-        return parse_csv(
-            request.csv,
-            label_column=request.label_column,
-            max_rows=limits.max_train_rows,
-            max_features=limits.max_features,
-        )
+        return CsvUpload(request.csv, request.label_column)
     return _inline_table(request.points, request.feature_names, [], engine)
 
 

@@ -50,6 +50,14 @@ class Table:
     y: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class CsvUpload:
+    """CSV text to parse into a table (on a worker thread: it may be megabytes)."""
+
+    data: bytes
+    label_column: str = ""
+
+
 def parse_csv(data: bytes, *, label_column: str = "", max_rows: int, max_features: int) -> Table:
     """Parses CSV text with a header row into a table; every value must be a number.
 

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from nexus.anomaly.datasets import DatasetInfo, DatasetStore, Table
+from nexus.anomaly.datasets import CsvUpload, DatasetInfo, DatasetStore, Table, parse_csv
 from nexus.anomaly.detectors import (
     Algorithm,
     AnomalyModel,
@@ -26,7 +26,7 @@ from nexus.anomaly.detectors import (
 )
 from nexus.anomaly.settings import AnomalySettings
 from nexus.common.caching import TTLCache
-from nexus.common.errors import InvalidArgument
+from nexus.common.errors import InvalidArgument, ResourceExhausted
 from nexus.common.registry import ModelChange, ModelRegistry, ModelVersionInfo, Resolved
 from nexus.common.telemetry import record_predictions
 
@@ -116,9 +116,21 @@ class AnomalyEngine:
         await self.datasets.start()
         self.registry.on_change(self._on_model_change)
 
-    async def upload_dataset(self, name: str, table: Table) -> DatasetInfo:
-        """Stores a table for later training."""
+    async def upload_dataset(self, name: str, data: Table | CsvUpload) -> DatasetInfo:
+        """Stores a table (or CSV, parsed on a worker thread) for later training."""
+        table = data if isinstance(data, Table) else await self._run(lambda: self._parse(data))
         return await self.datasets.put(name, table)
+
+    def _parse(self, upload: CsvUpload) -> Table:
+        limit = self.settings.max_dataset_bytes
+        if len(upload.data) > limit:
+            raise ResourceExhausted.too_large("csv (bytes)", len(upload.data), limit)
+        return parse_csv(
+            upload.data,
+            label_column=upload.label_column,
+            max_rows=self.settings.max_train_rows,
+            max_features=self.settings.max_features,
+        )
 
     async def train(self, spec: TrainSpec) -> Trained:
         """Trains a detector, registers it with its validation metrics, optionally promotes it."""

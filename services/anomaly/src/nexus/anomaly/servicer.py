@@ -32,8 +32,8 @@ class AnomalyServicer(pb_grpc.AnomalyServiceServicer):
     async def UploadDataset(
         self, request: pb.UploadDatasetRequest, context: Context
     ) -> pb.UploadDatasetResponse:
-        table = converters.table_from_upload(request, self._engine)
-        return converters.dataset_to_proto(await self._engine.upload_dataset(request.name, table))
+        data = converters.upload_data(request, self._engine)
+        return converters.dataset_to_proto(await self._engine.upload_dataset(request.name, data))
 
     async def TrainDetector(
         self, request: pb.TrainDetectorRequest, context: Context
@@ -60,7 +60,6 @@ class AnomalyServicer(pb_grpc.AnomalyServiceServicer):
     async def BindSource(
         self, request: pb.BindSourceRequest, context: Context
     ) -> pb.BindSourceResponse:
-        await self._engine.registry.get_model(request.detector)  # NotFound for an unknown detector
         binding = await self._bindings.bind(request.source, request.detector, request.alias)
         return pb.BindSourceResponse(binding=converters.binding_to_proto(binding))
 

@@ -20,6 +20,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from nexus.common.errors import InvalidArgument, NotFound
+from nexus.common.registry import ModelRegistry
 
 BUCKET = "nexus_anomaly_sources"
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -48,8 +49,9 @@ def check_source(source: str, field: str = "source") -> str:
 class SourceBindings:
     """The bindings, in KV and mirrored in memory."""
 
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, registry: ModelRegistry) -> None:
         self._js = js
+        self._registry = registry
         self._kv: KeyValue | None = None
         self._mirror: dict[str, Binding] = {}
         self._task: asyncio.Task[None] | None = None
@@ -77,7 +79,8 @@ class SourceBindings:
         return [self._mirror[s] for s in sorted(self._mirror)]
 
     async def bind(self, source: str, detector: str, alias: str = "") -> Binding:
-        """Binds (or rebinds) a source to a detector."""
+        """Binds (or rebinds) a source to a detector; NotFound if there is no such detector."""
+        await self._registry.get_model(detector)
         binding = Binding(check_source(source), detector, alias or DEFAULT_ALIAS, datetime.now(UTC))
         record = {
             "detector": binding.detector,
