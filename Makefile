@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-PACKAGES := libs/api libs/common gateway services/anomaly
+PACKAGES := libs/api libs/common gateway services/anomaly services/llm
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
@@ -39,7 +39,7 @@ check-protos: install
 lint: install lint-protos
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy libs/common/src gateway/src services/anomaly/src scripts bench
+	$(BIN)/mypy libs/common/src gateway/src services/anomaly/src services/llm/src scripts bench
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 lint-protos: install

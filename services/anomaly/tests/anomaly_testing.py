@@ -12,19 +12,13 @@ import numpy as np
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
 from nexus.api.models.v1 import model_registry_pb2_grpc as models_grpc
-from nexus.common.auth import open_key_store
 from nexus.common.server import ServiceHost
-from nexus.common.settings import NexusSettings
+from nexus.common.testing.keys import make_key
+
+__all__ = ["Client", "StartHost", "cloud", "make_key", "points", "unique"]
 
 StartHost = Callable[..., Coroutine[Any, Any, ServiceHost]]
 """Starts an anomaly service replica with setting overrides (the `start_anomaly` fixture)."""
-
-
-async def make_key(settings: NexusSettings, *scopes: str) -> str:
-    """Creates a real API key with the given scopes; returns its plaintext."""
-    async with open_key_store(settings, "test-keys") as store:
-        _, secret = await store.create(f"test-{uuid.uuid4().hex[:6]}", scopes)
-    return secret
 
 
 class Client:

@@ -1,5 +1,5 @@
-"""The Starlette application: probes, the OpenAPI document, and one catch-all route that the
-generic gateway handler serves."""
+"""The Starlette application: probes, the OpenAPI document, the OpenAI-compatible routes, and
+one catch-all route that the generic gateway handler serves."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from nexus.gateway.descriptors import HttpBinding, discover
 from nexus.gateway.errors import GatewayError
 from nexus.gateway.gateway import Gateway
 from nexus.gateway.keys import Authorizer
+from nexus.gateway.openai import BACKEND as OPENAI_BACKEND
+from nexus.gateway.openai import add_openai, openai_routes
 from nexus.gateway.openapi import build_openapi
 from nexus.gateway.routing import Router
 from nexus.gateway.settings import GatewaySettings
@@ -52,6 +54,8 @@ def build_app(
     pool = BackendPool(settings.backends, max_message_bytes=settings.max_message_bytes)
     gateway = Gateway(settings, router, pool, keys)
     document = build_openapi(router.bindings, secured=keys is not None)
+    if OPENAI_BACKEND in pool:
+        add_openai(document)
 
     async def openapi(_: Request) -> Response:
         return JSONResponse(document)
@@ -70,6 +74,7 @@ def build_app(
             Route("/healthz", _get_only(_healthz), methods=methods),
             Route("/readyz", _get_only(readyz), methods=methods),
             Route("/openapi.json", _get_only(openapi), methods=methods),
+            *openai_routes(gateway),  # OpenAI-compatible paths, before the catch-all
             Route("/{path:path}", gateway.handle, methods=methods),
         ],
         middleware=_middleware(settings),

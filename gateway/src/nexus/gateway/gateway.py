@@ -96,22 +96,26 @@ class Gateway:
         self, binding: HttpBinding, values: PathValues, request: Request, span: Span
     ) -> Response:
         key = raw_key(request.headers)
-        await self._admit(binding, key, request)
+        await self.admit(binding.scope, key, request)
         body = await read_body(request, self.settings.max_body_bytes)
         message = build_request(binding, values, request.query_params.multi_items(), body)
         backend = self._backend(binding, message)
-        metadata = _metadata(key)
+        metadata = call_metadata(key)
         deadline_s = deadline(request.headers, binding.server_streaming, self.settings)
         if binding.server_streaming:
             return await self._stream(binding, backend, message, metadata, deadline_s, span)
         return await self._unary(binding, backend, message, metadata, deadline_s)
 
-    async def _admit(self, binding: HttpBinding, key: str | None, request: Request) -> None:
-        """Authorizes the caller (when auth is on), then takes a rate-limit token."""
+    async def admit(self, scope: str, key: str | None, request: Request) -> None:
+        """Authorizes the caller for `scope` (when auth is on), then takes a rate-limit token.
+
+        Raises:
+            GatewayError: 401 or 403 for the key, 429 over the rate limit.
+        """
         api_key: ApiKeyLike | None = None
         if self.keys is not None:
             try:
-                api_key = await self.keys.authorize(key, binding.scope)
+                api_key = await self.keys.authorize(key, scope)
             except NexusError as err:
                 raise from_nexus_error(err) from err
         self._rate_limit(api_key, request)
@@ -260,7 +264,7 @@ def _asked_timeout(headers: Headers) -> float | None:
     return None
 
 
-def _metadata(key: str | None) -> list[tuple[str, str]]:
+def call_metadata(key: str | None) -> list[tuple[str, str]]:
     """gRPC metadata for a backend call: the caller's key (services check it again) and the
     trace context."""
     metadata = tracing.outgoing_metadata()

@@ -107,7 +107,7 @@ def status_of(exc: BaseException | None, context: Context) -> grpc.StatusCode:
     interceptor mapped carries its own; any other exception counts as INTERNAL, which is what
     the platform's error interceptor turns it into.
     """
-    if isinstance(exc, asyncio.CancelledError):
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):  # GeneratorExit: client left
         return grpc.StatusCode.CANCELLED
     if isinstance(exc, NexusError):
         return grpc.StatusCode[exc.code.name]

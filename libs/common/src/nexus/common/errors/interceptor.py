@@ -81,8 +81,9 @@ def _method(context: Context) -> str:
 
 
 def _passes_through(err: BaseException) -> bool:
-    """Aborts that a handler made itself, and cancellations, are not errors to map."""
-    return isinstance(err, grpc.aio.AbortError | asyncio.CancelledError)
+    """Aborts that a handler made itself, cancellations, and the closing of a streaming
+    handler whose client left (GeneratorExit) are not errors to map."""
+    return isinstance(err, grpc.aio.AbortError | asyncio.CancelledError | GeneratorExit)
 
 
 @contextlib.asynccontextmanager

@@ -28,6 +28,7 @@ STREAMS: dict[str, list[str]] = {
     "METRICS": ["nexus.metrics.>"],
     "ANOMALY": ["nexus.anomaly.>"],
     "MODELS": ["nexus.models.>"],
+    "LLM": ["nexus.llm.>"],
 }
 """One JetStream stream per area of events: its name and the subjects it stores."""
 
@@ -54,6 +55,8 @@ STREAM_LIMITS: dict[str, StreamLimits] = {
     "ANOMALY": StreamLimits(max_age_s=7 * _DAY_S, max_bytes=_GIB),
     # Rare, small notifications; the registry's KV bucket is the source of truth anyway.
     "MODELS": StreamLimits(max_age_s=30 * _DAY_S, max_bytes=_GIB // 4),
+    # One small usage event per LLM call, for billing exports; the usage KV totals answer queries.
+    "LLM": StreamLimits(max_age_s=7 * _DAY_S, max_bytes=_GIB),
 }
 
 _RETRYABLE = (

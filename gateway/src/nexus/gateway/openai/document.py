@@ -1,0 +1,440 @@
+"""The OpenAI-compatible paths in the gateway's OpenAPI document.
+
+The schemas are the subset of OpenAI's (`CreateChatCompletionRequest`, ...) that Nexus serves,
+under `openai.*` names beside the proto-generated ones; errors use OpenAI's `ErrorResponse`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nexus.gateway.openai.requests import CACHE_HEADER, MAX_EMBEDDING_INPUTS, MAX_STOP, ROLES
+from nexus.gateway.openai.responses import CACHED_HEADER, FINISH_REASONS
+from nexus.gateway.openai.routes import CHAT_PATH, EMBEDDINGS_PATH, MODEL_PATH, MODELS_PATH
+
+Schema = dict[str, Any]
+
+SCOPE = "llm:invoke"
+_ERROR_CODES = ("400", "401", "403", "404", "413", "429", "500", "503", "504")
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/openai.{name}"}
+
+
+def _object(properties: Schema, *required: str) -> Schema:
+    schema: Schema = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+def _number(low: float, high: float) -> Schema:
+    return {"type": ["number", "null"], "minimum": low, "maximum": high}
+
+
+_TEXT_PART = _object(
+    {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}, "type", "text"
+)
+_TOOL_CALL = _object(
+    {
+        "id": {"type": "string"},
+        "type": {"type": "string", "enum": ["function"]},
+        "function": _object(
+            {"name": {"type": "string"}, "arguments": {"type": "string"}}, "name", "arguments"
+        ),
+    },
+    "id",
+    "type",
+    "function",
+)
+_USAGE = _object(
+    {
+        "prompt_tokens": {"type": "integer"},
+        "completion_tokens": {"type": "integer"},
+        "total_tokens": {"type": "integer"},
+    },
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+)
+
+SCHEMAS: dict[str, Schema] = {
+    "openai.ChatMessage": _object(
+        {
+            "role": {"type": "string", "enum": list(ROLES)},
+            "content": {
+                "oneOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": _TEXT_PART},
+                    {"type": "null"},
+                ]
+            },
+            "name": {"type": "string"},
+            "tool_calls": {"type": "array", "items": _TOOL_CALL},
+            "tool_call_id": {"type": "string"},
+        },
+        "role",
+    ),
+    "openai.CreateChatCompletionRequest": _object(
+        {
+            "model": {"type": "string"},
+            "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")},
+            "temperature": _number(0, 2),
+            "top_p": _number(0, 1),
+            "presence_penalty": _number(-2, 2),
+            "frequency_penalty": _number(-2, 2),
+            "n": {"type": ["integer", "null"], "enum": [1, None]},
+            "stop": {
+                "oneOf": [
+                    {"type": "string"},
+                    {"type": "array", "maxItems": MAX_STOP, "items": {"type": "string"}},
+                    {"type": "null"},
+                ]
+            },
+            "max_tokens": {"type": ["integer", "null"], "minimum": 1},
+            "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+            "seed": {"type": ["integer", "null"]},
+            "response_format": _object(
+                {
+                    "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+                    "json_schema": _object(
+                        {
+                            "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                            "schema": {"type": "object", "additionalProperties": True},
+                            "strict": {"type": ["boolean", "null"]},
+                        },
+                        "name",
+                    ),
+                },
+                "type",
+            ),
+            "tools": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "type": {"type": "string", "enum": ["function"]},
+                        "function": _object(
+                            {
+                                "name": {"type": "string"},
+                                "description": {"type": "string"},
+                                "parameters": {"type": "object", "additionalProperties": True},
+                                "strict": {"type": ["boolean", "null"]},
+                            },
+                            "name",
+                        ),
+                    },
+                    "type",
+                    "function",
+                ),
+            },
+            "tool_choice": {
+                "oneOf": [
+                    {"type": "string", "enum": ["none", "auto", "required"]},
+                    _object(
+                        {
+                            "type": {"type": "string", "enum": ["function"]},
+                            "function": _object({"name": {"type": "string"}}, "name"),
+                        },
+                        "type",
+                        "function",
+                    ),
+                ]
+            },
+            "user": {"type": "string"},
+            "stream": {"type": ["boolean", "null"]},
+            "stream_options": _object({"include_usage": {"type": "boolean"}}),
+        },
+        "model",
+        "messages",
+    ),
+    "openai.CreateChatCompletionResponse": _object(
+        {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["chat.completion"]},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "index": {"type": "integer"},
+                        "message": _object(
+                            {
+                                "role": {"type": "string", "enum": ["assistant"]},
+                                "content": {"type": ["string", "null"]},
+                                "refusal": {"type": "null"},
+                                "tool_calls": {"type": "array", "items": _TOOL_CALL},
+                            },
+                            "role",
+                            "content",
+                        ),
+                        "logprobs": {"type": "null"},
+                        "finish_reason": {"type": "string", "enum": list(FINISH_REASONS)},
+                    },
+                    "index",
+                    "message",
+                    "finish_reason",
+                ),
+            },
+            "usage": _USAGE,
+        },
+        "id",
+        "object",
+        "created",
+        "model",
+        "choices",
+    ),
+    "openai.CreateChatCompletionStreamResponse": _object(
+        {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["chat.completion.chunk"]},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "index": {"type": "integer"},
+                        "delta": _object(
+                            {
+                                "role": {"type": "string"},
+                                "content": {"type": "string"},
+                                "tool_calls": {"type": "array", "items": {"type": "object"}},
+                            }
+                        ),
+                        "finish_reason": {"type": ["string", "null"]},
+                    },
+                    "index",
+                    "delta",
+                    "finish_reason",
+                ),
+            },
+            "usage": {"oneOf": [_USAGE, {"type": "null"}]},
+        },
+        "id",
+        "object",
+        "created",
+        "model",
+        "choices",
+    ),
+    "openai.CreateEmbeddingRequest": _object(
+        {
+            "model": {"type": "string"},
+            "input": {
+                "oneOf": [
+                    {"type": "string", "minLength": 1},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_EMBEDDING_INPUTS,
+                        "items": {"type": "string", "minLength": 1},
+                    },
+                ]
+            },
+            "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+            "dimensions": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Only the model's own vector length.",
+            },
+            "user": {"type": "string"},
+        },
+        "model",
+        "input",
+    ),
+    "openai.CreateEmbeddingResponse": _object(
+        {
+            "object": {"type": "string", "enum": ["list"]},
+            "model": {"type": "string"},
+            "data": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "object": {"type": "string", "enum": ["embedding"]},
+                        "index": {"type": "integer"},
+                        "embedding": {
+                            "oneOf": [
+                                {"type": "array", "items": {"type": "number"}},
+                                {"type": "string", "contentEncoding": "base64"},
+                            ]
+                        },
+                    },
+                    "object",
+                    "index",
+                    "embedding",
+                ),
+            },
+            "usage": _object(
+                {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
+                "prompt_tokens",
+                "total_tokens",
+            ),
+        },
+        "object",
+        "model",
+        "data",
+        "usage",
+    ),
+    "openai.Model": _object(
+        {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["model"]},
+            "created": {"type": "integer"},
+            "owned_by": {"type": "string"},
+            "kind": {"type": "string", "enum": ["chat", "embedding", "unknown"]},
+            "providers": {"type": "array", "items": {"type": "string"}},
+            "context_window": {"type": "integer"},
+            "max_output_tokens": {"type": "integer"},
+            "dimensions": {"type": "integer"},
+        },
+        "id",
+        "object",
+        "created",
+        "owned_by",
+    ),
+    "openai.ListModelsResponse": _object(
+        {
+            "object": {"type": "string", "enum": ["list"]},
+            "data": {"type": "array", "items": _ref("Model")},
+        },
+        "object",
+        "data",
+    ),
+    "openai.ErrorResponse": _object(
+        {
+            "error": _object(
+                {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]},
+                    "code": {"type": ["string", "null"]},
+                },
+                "message",
+                "type",
+                "param",
+                "code",
+            )
+        },
+        "error",
+    ),
+}
+
+_CACHED = {
+    CACHED_HEADER: {
+        "description": "Whether the completion was served from the response cache.",
+        "schema": {"type": "string", "enum": ["true", "false"]},
+    }
+}
+
+
+def _operation(operation_id: str, summary: str, ok: Schema) -> Schema:
+    errors = {code: {"$ref": "#/components/responses/openai.Error"} for code in _ERROR_CODES}
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": ["openai"],
+        "description": f"OpenAI-compatible. Needs an API key with the scope `{SCOPE}`.",
+        "x-nexus-scope": SCOPE,
+        "parameters": [],
+        "responses": {"200": ok, **errors},
+    }
+
+
+def _json_body(name: str) -> Schema:
+    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _chat() -> Schema:
+    operation = _operation(
+        "OpenAI_CreateChatCompletion",
+        "Chat completion (OpenAI's API)",
+        {
+            "description": (
+                "A chat completion; with `stream: true`, Server-Sent Events of "
+                "`chat.completion.chunk` objects ending with `data: [DONE]`."
+            ),
+            "headers": _CACHED,
+            "content": {
+                "application/json": {"schema": _ref("CreateChatCompletionResponse")},
+                "text/event-stream": {
+                    "schema": {
+                        "type": "string",
+                        "x-event-schema": _ref("CreateChatCompletionStreamResponse"),
+                    }
+                },
+            },
+        },
+    )
+    operation["parameters"] = [
+        {
+            "name": CACHE_HEADER,
+            "in": "header",
+            "required": False,
+            "description": "Response-cache use for this request.",
+            "schema": {"type": "string", "enum": ["default", "disabled", "refresh"]},
+        }
+    ]
+    operation["requestBody"] = _json_body("CreateChatCompletionRequest")
+    return operation
+
+
+def _embeddings() -> Schema:
+    operation = _operation(
+        "OpenAI_CreateEmbedding",
+        "Embeddings (OpenAI's API)",
+        {
+            "description": "The embeddings.",
+            "content": {"application/json": {"schema": _ref("CreateEmbeddingResponse")}},
+        },
+    )
+    operation["requestBody"] = _json_body("CreateEmbeddingRequest")
+    return operation
+
+
+def _models() -> Schema:
+    return _operation(
+        "OpenAI_ListModels",
+        "Models (OpenAI's API)",
+        {
+            "description": "The chat and embedding models.",
+            "content": {"application/json": {"schema": _ref("ListModelsResponse")}},
+        },
+    )
+
+
+def _model() -> Schema:
+    operation = _operation(
+        "OpenAI_RetrieveModel",
+        "One model (OpenAI's API)",
+        {"description": "The model.", "content": {"application/json": {"schema": _ref("Model")}}},
+    )
+    operation["parameters"] = [
+        {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+    ]
+    return operation
+
+
+def add_openai(document: dict[str, Any]) -> None:
+    """Adds the OpenAI-compatible paths, schemas and error response to an OpenAPI document
+    built by `nexus.gateway.openapi.build_openapi`."""
+    document["paths"].update(
+        {
+            CHAT_PATH: {"post": _chat()},
+            EMBEDDINGS_PATH: {"post": _embeddings()},
+            MODELS_PATH: {"get": _models()},
+            MODEL_PATH: {"get": _model()},
+        }
+    )
+    components = document["components"]
+    components["schemas"] = dict(sorted({**components["schemas"], **SCHEMAS}.items()))
+    components["responses"]["openai.Error"] = {
+        "description": "An error, in OpenAI's error body.",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying (429).",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+        "content": {"application/json": {"schema": _ref("ErrorResponse")}},
+    }

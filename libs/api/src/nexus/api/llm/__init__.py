@@ -1,0 +1,1 @@
+"""Generated from protos/nexus/llm. Do not edit: run `make protos`."""

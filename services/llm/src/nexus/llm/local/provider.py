@@ -1,0 +1,366 @@
+"""The local models as a litellm provider, so that the Router retries, falls back and cools down
+on them like on any other deployment.
+
+A deployment `{"model_name": "tiny", "litellm_params": {"model": "nexus-local/tiny"}}` routes to
+`LocalModels.get("tiny")` once `register_provider` installed the handler.
+
+How litellm drives a custom provider, and what follows from it:
+
+- `acompletion` (not streaming) is awaited on the event loop; the generation runs on one of the
+  models' worker threads, and a cancelled caller (or a timeout) sets the cancel event.
+- For `stream=True` litellm calls `astreaming` inside its synchronous `completion`, which it runs
+  in a thread, and wraps what it returns in a `CustomStreamWrapper`. `astreaming` here is a plain
+  method that checks and renders the request right away, so that bad requests and prompts too
+  long for the context window fail at call time (where the Router's retry, fallback and
+  context-window fallback logic sees them), and returns an async generator of
+  `GenericStreamingChunk`s. The wrapper iterates that generator directly in its `__anext__`, so
+  cancelling the consumer's task raises CancelledError inside the generator, and closing the
+  stream (`aclose`, as the Router does when a consumer goes away) closes it: either way its
+  `finally` sets the cancel event and the worker stops before the next token.
+- The last chunk carries the usage. litellm strips usage from the chunks it hands out unless the
+  caller asks for `stream_options={"include_usage": True}` (OpenAI's rule); either way the
+  wrapper keeps it for its own accounting.
+- Errors are raised as litellm's exception types (which litellm passes through unchanged), with
+  the `nexus.common.errors` exception as `__cause__`.
+- Tools are rendered into the prompt by the model's chat template, but the output is not parsed
+  into tool calls: a local model answers in text. `response_format` (JSON mode) is accepted and
+  ignored: a small local model cannot be held to JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from nexus.common.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NexusError,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from nexus.llm._litellm import litellm
+from nexus.llm.local.model import CONTEXT_WINDOW_EXCEEDED, Generation, LocalModel
+from nexus.llm.local.models import LocalModels
+from nexus.llm.types import Message
+
+PROVIDER = "nexus-local"
+"""The litellm provider of local models: deployments name them "nexus-local/<name>"."""
+BUFFERED_PIECES = 64
+"""Text pieces a generation runs ahead of its stream's reader before it waits."""
+_POLL_S = 0.05
+
+
+class NexusLocalProvider(litellm.llms.custom_llm.CustomLLM):
+    """litellm's handler of "nexus-local/<name>" models.
+
+    litellm calls the handler methods with keyword arguments only; each method names the ones it
+    reads and takes the rest as `**_` (hence the `override` ignores). `astreaming` is a plain
+    method returning an async generator, where litellm's base class declares a coroutine: the
+    stream wrapper iterates what it gets and would not await a coroutine (see the module doc).
+
+    Args:
+        models: The loaded local models (their executor runs the generations).
+    """
+
+    def __init__(self, models: LocalModels) -> None:
+        super().__init__()
+        self._models = models
+
+    def completion(  # type: ignore[override]
+        self,
+        *,
+        model: str,
+        messages: list[Message],
+        model_response: Any,
+        optional_params: dict[str, Any],
+        **_: Any,
+    ) -> Any:
+        """A whole completion, generated on the calling thread (litellm's synchronous path)."""
+        cancel = threading.Event()
+        with _litellm_errors(model):
+            generation = self._local(model).generate(messages, optional_params, cancel)
+            text = "".join(generation)
+        return _response(model_response, model, text, generation)
+
+    async def acompletion(  # type: ignore[override]
+        self,
+        *,
+        model: str,
+        messages: list[Message],
+        model_response: Any,
+        optional_params: dict[str, Any],
+        **kwargs: Any,
+    ) -> Any:
+        """A whole completion, generated on a worker thread; stops when the caller goes away.
+
+        Raises:
+            litellm.Timeout: When it takes longer than `timeout` seconds.
+            litellm.BadRequestError, NotFoundError, ContextWindowExceededError, ...: See
+                `_litellm_error`.
+        """
+        timeout = _seconds(kwargs.get("timeout"))
+        cancel = threading.Event()
+        loop = asyncio.get_running_loop()
+        with _litellm_errors(model):
+            local = self._local(model)
+            work = loop.run_in_executor(
+                self._models.executor, _complete, local, messages, optional_params, cancel
+            )
+            try:
+                text, generation = await asyncio.wait_for(work, timeout)
+            except TimeoutError as err:
+                raise litellm.exceptions.Timeout(
+                    f"local model {model!r} did not finish in {timeout} s",
+                    model=model,
+                    llm_provider=PROVIDER,
+                ) from err
+            finally:
+                cancel.set()
+        return _response(model_response, model, text, generation)
+
+    def astreaming(  # type: ignore[override]
+        self,
+        *,
+        model: str,
+        messages: list[Message],
+        optional_params: dict[str, Any],
+        **_: Any,
+    ) -> AsyncIterator[Any]:
+        """Checks and renders the request now (litellm calls this on a worker thread), and
+        returns the stream of `GenericStreamingChunk`s, generated on a worker thread.
+
+        Raises:
+            litellm.BadRequestError, NotFoundError, ContextWindowExceededError: At once.
+        """
+        cancel = threading.Event()
+        with _litellm_errors(model):
+            generation = self._local(model).generate(messages, optional_params, cancel)
+        return self._chunks(model, generation, cancel)
+
+    def streaming(  # type: ignore[override]
+        self,
+        *,
+        model: str,
+        messages: list[Message],
+        optional_params: dict[str, Any],
+        **_: Any,
+    ) -> Any:
+        """The stream on the calling thread (litellm's synchronous path)."""
+        cancel = threading.Event()
+        with _litellm_errors(model):
+            generation = self._local(model).generate(messages, optional_params, cancel)
+        return _sync_chunks(model, generation, cancel)
+
+    async def _chunks(
+        self, model: str, generation: Generation, cancel: threading.Event
+    ) -> AsyncIterator[Any]:
+        """The text pieces as chunks, then a last chunk with finish reason and usage."""
+        try:
+            pieces = _pieces(generation, cancel, self._models)
+            with _litellm_errors(model):
+                async with contextlib.aclosing(pieces):
+                    async for piece in pieces:
+                        yield _chunk(piece)
+            yield _last_chunk(generation)
+        finally:
+            cancel.set()
+
+    def _local(self, model: str) -> LocalModel:
+        return self._models.get(model.removeprefix(f"{PROVIDER}/"))
+
+
+def register_provider(models: LocalModels) -> None:
+    """Installs the "nexus-local" provider in litellm (again: replaces the previous handler).
+
+    Call it before building a Router whose deployments name "nexus-local/..." models.
+    """
+    handler = NexusLocalProvider(models)
+    others = [item for item in litellm.custom_provider_map if item["provider"] != PROVIDER]
+    litellm.custom_provider_map = [*others, {"provider": PROVIDER, "custom_handler": handler}]
+    litellm.utils.custom_llm_setup()  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True)
+class _End:
+    """The worker's last word: done, or the error it raised."""
+
+    error: BaseException | None = None
+
+
+async def _pieces(
+    generation: Generation, cancel: threading.Event, models: LocalModels
+) -> AsyncGenerator[str, None]:
+    """Iterates `generation` on a worker thread, handing its pieces to the event loop.
+
+    The worker runs at most BUFFERED_PIECES ahead of the reader. Leaving the iteration early
+    (the reader's task cancelled, or the stream closed) sets `cancel`, which ends the worker. A
+    reader that holds the stream but takes nothing for `models.stall_timeout_s` loses it: the
+    worker stops, and the reader gets DeadlineExceeded after the pieces already handed over.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | _End] = asyncio.Queue()
+    room = threading.Semaphore(BUFFERED_PIECES)
+
+    def hand(item: str | _End) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody reads any more
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def work() -> None:
+        error: BaseException | None = None
+        try:
+            with contextlib.closing(generation):
+                for piece in generation:
+                    if not _wait_for_room(room, generation, models.stall_timeout_s):
+                        error = _stalled(generation, models.stall_timeout_s)
+                        break
+                    hand(piece)
+            if error is None and generation.finish_reason == "cancelled":
+                error = Unavailable("the local model was unloaded during the generation")
+        except BaseException as err:
+            error = err
+        hand(_End(error))
+
+    loop.run_in_executor(models.executor, work)
+    try:
+        while True:
+            item = await queue.get()
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+            room.release()
+            yield item
+    finally:
+        cancel.set()
+
+
+def _wait_for_room(room: threading.Semaphore, generation: Generation, stall_s: float) -> bool:
+    """Waits until the reader took a piece; False when the generation stopped meanwhile or
+    the reader stalled for `stall_s`."""
+    deadline = time.monotonic() + stall_s
+    while not room.acquire(timeout=_POLL_S):
+        if generation.stopped or time.monotonic() > deadline:
+            return False
+    return True
+
+
+def _stalled(generation: Generation, stall_s: float) -> NexusError:
+    """Why the worker gave up waiting for the reader."""
+    if generation.stopped:
+        return Unavailable("the local model was unloaded during the generation")
+    return DeadlineExceeded(f"the stream's reader took nothing for {stall_s:g} s")
+
+
+def _complete(
+    model: LocalModel, messages: list[Message], params: dict[str, Any], cancel: threading.Event
+) -> tuple[str, Generation]:
+    """Runs a whole generation (on a worker thread).
+
+    Raises:
+        Unavailable: The model was unloaded before the generation finished.
+    """
+    generation = model.generate(messages, params, cancel)
+    with contextlib.closing(generation):
+        text = "".join(generation)
+    if generation.finish_reason == "cancelled" and not cancel.is_set():
+        raise Unavailable("the local model was unloaded during the generation")
+    return text, generation
+
+
+def _sync_chunks(
+    model: str, generation: Generation, cancel: threading.Event
+) -> Iterator[dict[str, Any]]:
+    try:
+        with _litellm_errors(model), contextlib.closing(generation):
+            for piece in generation:
+                yield _chunk(piece)
+        yield _last_chunk(generation)
+    finally:
+        cancel.set()
+
+
+def _chunk(text: str) -> dict[str, Any]:
+    """A GenericStreamingChunk of text."""
+    return {
+        "text": text,
+        "tool_use": None,
+        "is_finished": False,
+        "finish_reason": "",
+        "usage": None,
+        "index": 0,
+    }
+
+
+def _last_chunk(generation: Generation) -> dict[str, Any]:
+    """The GenericStreamingChunk that ends a stream: finish reason and usage."""
+    return {
+        "text": "",
+        "tool_use": None,
+        "is_finished": True,
+        "finish_reason": generation.finish_reason or "stop",
+        "usage": _usage(generation),
+        "index": 0,
+    }
+
+
+def _usage(generation: Generation) -> dict[str, int]:
+    return {
+        "prompt_tokens": generation.prompt_tokens,
+        "completion_tokens": generation.completion_tokens,
+        "total_tokens": generation.prompt_tokens + generation.completion_tokens,
+    }
+
+
+def _response(model_response: Any, model: str, text: str, generation: Generation) -> Any:
+    """Fills litellm's ModelResponse like any provider's: content, finish reason, usage."""
+    choice = model_response.choices[0]
+    choice.message.content = text
+    choice.finish_reason = generation.finish_reason or "stop"
+    model_response.model = model
+    model_response.created = int(time.time())
+    model_response.usage = litellm.Usage(**_usage(generation))
+    return model_response
+
+
+def _seconds(timeout: Any) -> float | None:
+    """A timeout as seconds: a number, an httpx.Timeout (its read timeout), or None."""
+    if isinstance(timeout, int | float) and not isinstance(timeout, bool):
+        return float(timeout) if timeout > 0 else None
+    read = getattr(timeout, "read", None)
+    return float(read) if isinstance(read, int | float) and read > 0 else None
+
+
+@contextlib.contextmanager
+def _litellm_errors(model: str) -> Iterator[None]:
+    """Raises the platform's errors as litellm's exception types."""
+    try:
+        yield
+    except NexusError as err:
+        raise _litellm_error(err, model) from err
+
+
+def _litellm_error(err: NexusError, model: str) -> Exception:
+    """The litellm exception the Router treats as it should: no retry for bad requests,
+    context-window fallbacks for prompts too long, retries and cooldowns for the rest."""
+    message = str(err)
+    if isinstance(err, ResourceExhausted) and err.reason == CONTEXT_WINDOW_EXCEEDED:
+        error: Exception = litellm.exceptions.ContextWindowExceededError(message, model, PROVIDER)
+    elif isinstance(err, NotFound):
+        error = litellm.exceptions.NotFoundError(message, model, PROVIDER)
+    elif isinstance(err, InvalidArgument | ResourceExhausted):
+        error = litellm.exceptions.BadRequestError(message, model, PROVIDER)
+    elif isinstance(err, DeadlineExceeded):
+        error = litellm.exceptions.Timeout(message, model, PROVIDER)
+    elif isinstance(err, FailedPrecondition | Unavailable):
+        error = litellm.exceptions.ServiceUnavailableError(message, PROVIDER, model)
+    else:
+        error = litellm.exceptions.InternalServerError(message, PROVIDER, model)
+    return error

@@ -1,0 +1,135 @@
+"""Builds the llm service: models, stores, engine and servicers on the shared host."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from nexus.api.llm.v1 import llm_service_pb2_grpc as pb_grpc
+from nexus.api.models.v1 import model_registry_pb2_grpc
+from nexus.common.registry.servicer import ModelRegistryServicer
+from nexus.common.server import ServiceHost
+from nexus.common.settings import NexusSettings
+from nexus.llm.analysis import SentimentAnalyzer
+from nexus.llm.budgets import BudgetStore
+from nexus.llm.cache import ResponseCache, SemanticCache
+from nexus.llm.config import load_config
+from nexus.llm.conversations import ConversationStore
+from nexus.llm.embedding_path import EmbeddingPath
+from nexus.llm.embeddings import EmbeddingModels
+from nexus.llm.engine import ChatEngine
+from nexus.llm.local import FRAMEWORK, LocalModels
+from nexus.llm.router import ProviderRouter
+from nexus.llm.search import CollectionStore
+from nexus.llm.servicer import (
+    ConversationServicer,
+    LlmServicer,
+    SearchServicer,
+    UsageServicer,
+)
+from nexus.llm.settings import LlmSettings
+from nexus.llm.usage import UsageLedger
+
+NAME = "llm"
+
+
+async def create(settings: LlmSettings, common: NexusSettings) -> ServiceHost:
+    """Opens, wires and starts the service; it is SERVING when this returns."""
+    config = load_config(settings.config_path)  # a bad file fails before anything starts
+    host = ServiceHost(NAME, settings, common)
+    await host.open()
+    executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="llm")
+    host.on_stop(lambda: asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True))
+    registry = await host.registry(upload_frameworks=[FRAMEWORK])
+    local = LocalModels(
+        config.local_models,
+        device=settings.device,
+        registry=registry,
+        cache_dir=settings.model_cache_dir,
+    )
+    await local.start()
+    host.on_stop(local.stop)
+    router = ProviderRouter(config, local, timeout_s=settings.request_timeout_s)
+    js = host.nc.jetstream()
+    embeddings = EmbeddingModels(
+        settings,
+        executor,
+        provider_embed=router.embed,
+        provider_models={m.name: m.dimensions for m in router.models() if m.kind == "embedding"},
+    )
+    ledger = UsageLedger(host.bus, js, settings)
+    budgets = BudgetStore(js)
+    conversations = ConversationStore(js, settings)
+    cache = ResponseCache(js, settings)
+    collections = CollectionStore(host.nc, embeddings, settings)
+    for part in (embeddings, ledger, budgets, conversations, cache):
+        await part.start()
+    engine = ChatEngine(
+        router,
+        conversations,
+        cache,
+        _semantic_cache(settings, embeddings),
+        ledger,
+        budgets,
+        settings,
+    )
+    host.add_servicer(
+        pb_grpc.add_LlmServiceServicer_to_server,
+        LlmServicer(
+            engine,
+            router,
+            embeddings,
+            EmbeddingPath(embeddings, router, ledger, budgets),
+            SentimentAnalyzer(settings),
+            settings,
+        ),
+        "nexus.llm.v1.LlmService",
+    )
+    host.add_servicer(
+        pb_grpc.add_ConversationServiceServicer_to_server,
+        ConversationServicer(conversations),
+        "nexus.llm.v1.ConversationService",
+    )
+    host.add_servicer(
+        pb_grpc.add_SearchServiceServicer_to_server,
+        SearchServicer(collections),
+        "nexus.llm.v1.SearchService",
+    )
+    host.add_servicer(
+        pb_grpc.add_UsageServiceServicer_to_server,
+        UsageServicer(ledger, budgets),
+        "nexus.llm.v1.UsageService",
+    )
+    host.add_servicer(
+        model_registry_pb2_grpc.add_ModelRegistryServiceServicer_to_server,
+        ModelRegistryServicer(registry),
+        "nexus.models.v1.ModelRegistryService",
+    )
+    await host.start()
+    await collections.start()
+    host.on_stop(collections.stop)
+    host.on_stop(ledger.stop)
+    host.on_stop(engine.drain)
+    await host.set_serving()
+    return host
+
+
+def _semantic_cache(settings: LlmSettings, embeddings: EmbeddingModels) -> SemanticCache | None:
+    threshold = settings.semantic_cache_threshold
+    if threshold is None:
+        return None
+
+    async def embed(texts: list[str]) -> np.ndarray:
+        return np.asarray((await embeddings.embed("", texts)).vectors)
+
+    return SemanticCache(
+        embed, threshold, max_entries=settings.cache_max_entries, ttl_s=settings.cache_ttl_s
+    )
+
+
+async def serve(settings: LlmSettings | None = None, common: NexusSettings | None = None) -> None:
+    """Runs the service until SIGTERM or SIGINT."""
+    host = await create(settings or LlmSettings(), common or NexusSettings())
+    await host.wait_for_signal()
