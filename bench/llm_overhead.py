@@ -221,6 +221,7 @@ class DirectTarget:
 
 
 def _check(reply: httpx.Response, where: str) -> None:
+    """Raises with the status and the start of the body unless the reply is a 200."""
     if reply.status_code != 200:
         raise RuntimeError(f"{where}: HTTP {reply.status_code}: {reply.text[:300]}")
 
@@ -467,10 +468,17 @@ class Bench:
         await asyncio.gather(*(worker() for _ in range(self.args.concurrency)))
         return float(self.args.requests) / (time.perf_counter() - started)
 
-    async def safely(self, target: Target, out: Measured) -> Measured:
-        """`measure`, with a failure recorded in `out` rather than raised."""
+    async def unary(self, target: Target, out: Measured) -> None:
+        """Unary latency only (the baseline again at the end: how much the machine drifted)."""
+        for _ in range(self.args.warmup):
+            await target.unary(next(self.texts))
+        samples = [await timed(lambda: target.unary(next(self.texts))) for _ in range(self.args.n)]
+        out.unary_ms = stats_ms(samples)
+
+    async def safely(self, target: Target, out: Measured, *, unary_only: bool = False) -> Measured:
+        """`measure` (or `unary`), with a failure recorded in `out` rather than raised."""
         try:
-            await self.measure(target, out)
+            await (self.unary if unary_only else self.measure)(target, out)
         except Exception as err:  # one failed contender must not end the run
             out.error = f"{type(err).__name__}: {err}"
         return out
@@ -598,8 +606,8 @@ async def run(args: argparse.Namespace) -> list[Measured]:
             limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
             async with httpx.AsyncClient(timeout=30.0, limits=limits) as http:
                 bench = Bench(args, Upstream(http, upstream_url))
+                direct = DirectTarget(f"{upstream_url}/v1")
                 if "direct" not in args.skip:
-                    direct = DirectTarget(f"{upstream_url}/v1")
                     rows.append(await bench.safely(direct, Measured("direct")))
                 if "upstream" not in args.skip:
                     raw = OpenAITarget(http, f"{upstream_url}/v1", {}, has_cache=False)
@@ -608,6 +616,9 @@ async def run(args: argparse.Namespace) -> list[Measured]:
                     rows.extend(await nexus(bench, http, upstream_url, tmp))
                 if "proxy" not in args.skip:
                     rows.append(await proxy(bench, http, upstream_url, tmp))
+                if "direct" not in args.skip:
+                    again = Measured("direct-again")
+                    rows.append(await bench.safely(direct, again, unary_only=True))
         finally:
             stop_process(server.process)
     return rows
@@ -617,6 +628,7 @@ async def run(args: argparse.Namespace) -> list[Measured]:
 
 LABELS = {
     "direct": "direct litellm.acompletion",
+    "direct-again": "direct again (drift check)",
     "upstream": "upstream over HTTP (floor)",
     "nexus-openai": "nexus /v1/chat/completions",
     "nexus-native": "nexus /v1/llm/chat",
@@ -626,10 +638,12 @@ LABELS = {
 
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:
+    """A table cell: the value formatted, or "-" when missing."""
     return "-" if value is None else format(value, spec)
 
 
 def _get(stats: dict[str, float] | None, key: str) -> float | None:
+    """One figure of a measurement that may be missing."""
     return None if stats is None else stats[key]
 
 
@@ -687,7 +701,7 @@ def aims(rows: list[Measured], base: Measured | None) -> dict[str, Any]:
     """The aims, printed with their verdicts and returned for the JSON file."""
     found: dict[str, Any] = {}
     for row in rows:
-        if not row.label.startswith("nexus"):
+        if row.label not in ("nexus-openai", "nexus-native"):
             continue
         plus = added(row, base)
         if plus is not None:
@@ -709,6 +723,7 @@ def aims(rows: list[Measured], base: Measured | None) -> dict[str, Any]:
 
 
 def _version(package: str) -> str:
+    """The installed version of `package`."""
     try:
         return version(package)
     except PackageNotFoundError:
@@ -728,6 +743,7 @@ def report(rows: list[Measured], args: argparse.Namespace) -> dict[str, object]:
         "cores": os.cpu_count(),
         "litellm": _version("litellm"),
         "nexus_auth": True,
+        "proxy_auth": False,
         "baseline": "direct",
         "contenders": {r.label: asdict(r) for r in rows},
         "added_ms": {r.label: added(r, base) for r in rows if r.label != "direct"},
@@ -738,6 +754,11 @@ def report(rows: list[Measured], args: argparse.Namespace) -> dict[str, object]:
         },
         "aims": verdicts,
     }
+
+
+def _interrupt(signum: int, _: object) -> None:
+    """A signal handler that unwinds the run as Ctrl-C does."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main() -> None:
@@ -754,8 +775,15 @@ def main() -> None:
         help=f"comma-separated contenders to leave out: {','.join(CONTENDERS)}",
     )
     args = parser.parse_args()
+    # SIGTERM (and SIGINT, even where a shell started us in the background with it ignored)
+    # unwinds like Ctrl-C, so that every `finally` stops the processes this run started.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         rows = asyncio.run(run(args))
+    except KeyboardInterrupt as stop:
+        print(f"interrupted ({stop or 'SIGINT'}); every process this run started is stopped")
+        raise SystemExit(130) from None
     except Exception as err:  # the upstream did not start: still exit 0
         rows = [Measured("direct", error=f"{type(err).__name__}: {err}")]
     summary = report(rows, args)

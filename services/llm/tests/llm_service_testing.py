@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,18 @@ from nexus.api.llm.v1 import llm_service_pb2 as pb
 from nexus.api.llm.v1 import llm_service_pb2_grpc as pb_grpc
 from nexus.api.models.v1 import model_registry_pb2_grpc as models_grpc
 from nexus.common.server import ServiceHost
+
+
+@dataclass(frozen=True)
+class LlmStack:
+    """An llm service and a gateway (with real auth) in front of it."""
+
+    service: ServiceHost
+    url: str
+
+
+StartLlmStack = Callable[..., Coroutine[Any, Any, LlmStack]]
+"""Starts an llm service behind its own gateway, from a models YAML and gateway overrides."""
 
 StartLlm = Callable[..., Coroutine[Any, Any, ServiceHost]]
 """Starts an llm service replica with setting overrides (the `start_llm` fixture)."""

@@ -3,13 +3,15 @@
 `build_tiny_model` trains a byte-level BPE tokenizer and a 2-layer Llama (about 0.1 M
 parameters) for a second or two on CPU, so that greedy decoding is predictable:
 
-- to any user message it answers by counting, "one two three ... ten one two ..." (`COUNTING`),
-  one token per word, and never ends on its own (it was never shown an end of sequence there);
-- to the message "bye" (`GOODBYE_PROMPT`) it answers "goodbye" and ends (end-of-sequence
-  token), so finish_reason "stop" from EOS can be tested too.
+- to any user message it answers by counting, "one two three ... ten one two ..." (see
+  `counting(n)`), one token per word, and never ends on its own (it was never shown an end of
+  sequence there); the counting holds to the end of its 512-token context window;
+- to a lone user message "bye" (`GOODBYE_PROMPT`) it answers "goodbye" and ends (the
+  end-of-sequence token), so that finish_reason "stop" from EOS can be tested too.
 
-Long generations should still pass `ignore_eos=True` (a local-model parameter) where ending
-early would break the test: the counting is only trained for about a hundred tokens.
+Tests that need a long generation should still pass `ignore_eos=True` (a local-model
+parameter; `min_tokens=n` also works): counting was trained on 50-word answers only.
+Its chat template renders `tools` as a system line, so token counts grow with tools.
 """
 
 from __future__ import annotations
@@ -79,8 +81,8 @@ def _build(dest: Path, seed: int) -> None:
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small only loses time to threads
-    try:
+    torch.set_num_threads(1)  # a model this small gains nothing from threads, and on a busy
+    try:  # machine OpenMP threads waiting on one another make training 10x slower
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             tokenizer = _tokenizer()

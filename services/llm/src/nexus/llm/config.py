@@ -23,7 +23,7 @@ litellm when the router is built, so the key stays in the environment (or a moun
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,13 +84,14 @@ class Deployment:
         """The local model it runs, or "" for a remote provider."""
         return self.model.removeprefix(LOCAL_PREFIX) if self.model.startswith(LOCAL_PREFIX) else ""
 
-    def as_litellm(self) -> dict[str, Any]:
-        """The deployment in the form `litellm.Router(model_list=...)` takes."""
+    def as_litellm(self, local_model_id: Callable[[str], str]) -> dict[str, Any]:
+        """The deployment in the form `litellm.Router(model_list=...)` takes; a local model's
+        string is `local_model_id(name)` (it names the service's set of local models)."""
         info = {k: v for k, v in self.model_info.items() if k != "mode"}
-        entry: dict[str, Any] = {
-            "model_name": self.model_name,
-            "litellm_params": dict(self.litellm_params),
-        }
+        params = dict(self.litellm_params)
+        if self.local_name:
+            params["model"] = local_model_id(self.local_name)
+        entry: dict[str, Any] = {"model_name": self.model_name, "litellm_params": params}
         if info:
             entry["model_info"] = info
         return entry

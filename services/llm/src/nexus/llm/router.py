@@ -16,7 +16,12 @@ from nexus.common.errors import NexusError, NotFound
 from nexus.llm._litellm import Router, litellm
 from nexus.llm.config import Deployment, ModelsConfig
 from nexus.llm.local import PROVIDER as LOCAL_PROVIDER
-from nexus.llm.local import LocalModels, register_provider
+from nexus.llm.local import (
+    LocalModels,
+    local_model_id,
+    register_provider,
+    unregister_provider,
+)
 from nexus.llm.providers import Redactor, provider_error
 from nexus.llm.types import Chunk, Completion, Embeddings, Message, TokenUsage
 
@@ -71,11 +76,20 @@ class ProviderRouter:
         self._redact = Redactor.from_params(d.litellm_params for d in config.deployments)
         settings: dict[str, Any] = {"timeout": timeout_s, **config.router_settings}
         self._router = (
-            Router(model_list=[d.as_litellm() for d in config.deployments], **settings)
+            Router(
+                model_list=[d.as_litellm(self._local_id) for d in config.deployments], **settings
+            )
             if config.deployments
             else None
         )
         self._models = {m.name: m for m in (self._describe(n) for n in _names(config))}
+
+    def close(self) -> None:
+        """Takes the local models out of litellm's provider."""
+        unregister_provider(self._local)
+
+    def _local_id(self, name: str) -> str:
+        return local_model_id(self._local, name)
 
     # Models.
 

@@ -52,6 +52,7 @@ async def create(settings: LlmSettings, common: NexusSettings) -> ServiceHost:
     await local.start()
     host.on_stop(local.stop)
     router = ProviderRouter(config, local, timeout_s=settings.request_timeout_s)
+    host.on_stop(lambda: asyncio.to_thread(router.close))
     js = host.nc.jetstream()
     embeddings = EmbeddingModels(
         settings,

@@ -16,7 +16,13 @@ from nexus.llm.local.model import (
     resolve_device,
 )
 from nexus.llm.local.models import LocalModels, LocalModelSpec
-from nexus.llm.local.provider import PROVIDER, NexusLocalProvider, register_provider
+from nexus.llm.local.provider import (
+    PROVIDER,
+    NexusLocalProvider,
+    local_model_id,
+    register_provider,
+    unregister_provider,
+)
 
 __all__ = [
     "CONTEXT_WINDOW_EXCEEDED",
@@ -29,8 +35,10 @@ __all__ = [
     "LocalModels",
     "NexusLocalProvider",
     "SamplingParams",
+    "local_model_id",
     "pack_model_dir",
     "register_provider",
     "resolve_device",
     "unpack_model",
+    "unregister_provider",
 ]

@@ -3,7 +3,8 @@
 Registry models are archives (see `nexus.llm.local.archive`) unpacked once under a cache
 directory keyed by version and checksum. A model that follows an alias (no pinned version) is
 reloaded when any replica promotes the alias to another version; the old one keeps serving the
-generations it started.
+generations it started, and its unpacked files are deleted. Replicas may share a cache directory
+when they serve the same local models.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ import logging
 import re
 import shutil
 import uuid
-from collections.abc import Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from nexus.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from nexus.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from nexus.common.registry import DEFAULT_ALIAS, NAME_PATTERN, ModelChange, ModelRegistry
 from nexus.llm.local.archive import FRAMEWORK, MAX_UNPACKED_BYTES, unpack_model
 from nexus.llm.local.model import LocalModel
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_MAX_CONCURRENCY = 4
 """Generations that run at once per replica by default; more wait for a worker."""
@@ -73,6 +76,7 @@ class LocalModelSpec:
 class _Loaded:
     model: LocalModel
     version: str  # "" for a directory
+    path: Path
 
 
 class LocalModels:
@@ -116,6 +120,8 @@ class LocalModels:
         if not stall_timeout_s > 0:
             raise InvalidArgument.for_field("stall_timeout_s", "must be above 0")
         self._specs = list(specs)
+        self.instance_id = uuid.uuid4().hex[:12]
+        """Names this set in litellm's (process-wide) provider: see `register_provider`."""
         self._device = device
         self._registry = registry
         self._cache_dir = cache_dir
@@ -126,10 +132,16 @@ class LocalModels:
         self._stall_timeout_s = stall_timeout_s
         self._stopped = False
 
-    @property
-    def executor(self) -> Executor:
-        """The worker threads generations run on."""
-        return self._executor
+    def run(self, work: Callable[[], T]) -> asyncio.Future[T]:
+        """Schedules `work` on one of the worker threads generations run on.
+
+        Raises:
+            Unavailable: The models are stopped.
+        """
+        try:
+            return asyncio.get_running_loop().run_in_executor(self._executor, work)
+        except RuntimeError as err:  # the executor is shut down
+            raise Unavailable("the local models are stopped") from err
 
     @property
     def stall_timeout_s(self) -> float:
@@ -201,7 +213,7 @@ class LocalModels:
             device=self._device,
             context_window=spec.context_window,
         )
-        return _Loaded(model, version)
+        return _Loaded(model, version, path)
 
     async def _fetch(self, spec: LocalModelSpec, version: str) -> tuple[Path, str]:
         """The unpacked directory of a registry version, unpacking it on first use."""
@@ -209,7 +221,10 @@ class LocalModels:
         name = spec.registry_model
         if not version:
             version = registry.resolve(name, alias=spec.alias, version=spec.version).version
-        info = next(v for v in registry.get_model_now(name).versions if v.version == version)
+        versions = registry.get_model_now(name).versions
+        info = next((v for v in versions if v.version == version), None)
+        if info is None:
+            raise NotFound(f"registry model {name!r} has no version {version}")
         if info.framework != FRAMEWORK:
             raise FailedPrecondition(
                 f"registry model {name!r} version {version} is {info.framework!r}, "
@@ -265,18 +280,25 @@ class LocalModels:
             if current is not None and current.version == version:
                 return
             loaded = await self._load(spec, version)
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception(
                 "reloading local model %s failed; the old version keeps serving", spec.name
             )
             return
-        if not self._stopped:
-            self._models[spec.name] = loaded
-            log.info(
-                "local model %s now serves %s version %s", spec.name, spec.registry_model, version
-            )
+        if self._stopped:
+            return
+        self._models[spec.name] = loaded
+        log.info("local model %s now serves %s version %s", spec.name, spec.registry_model, version)
+        await asyncio.to_thread(self._prune, spec.registry_model)
+
+    def _prune(self, registry_model: str) -> None:
+        """Deletes the unpacked versions of `registry_model` that no loaded model came from
+        (the loaded ones live in memory; their files are only needed to load them again)."""
+        used = {loaded.path for loaded in self._models.values()}
+        folder = self._cache_dir / registry_model
+        for entry in folder.iterdir():
+            if entry.is_dir() and not entry.name.startswith(".") and entry not in used:
+                shutil.rmtree(entry, ignore_errors=True)
 
     def _need_registry(self) -> ModelRegistry:
         if self._registry is None:

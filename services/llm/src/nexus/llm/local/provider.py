@@ -1,8 +1,10 @@
 """The local models as a litellm provider, so that the Router retries, falls back and cools down
 on them like on any other deployment.
 
-A deployment `{"model_name": "tiny", "litellm_params": {"model": "nexus-local/tiny"}}` routes to
-`LocalModels.get("tiny")` once `register_provider` installed the handler.
+litellm's provider map is process-wide, and a process may hold several services (tests do), so a
+deployment names its set of models too: "nexus-local/<instance>/<name>" (`local_model_id`) routes
+to `LocalModels.get(name)` of the set whose `instance_id` it names, once `register_provider`
+added that set. Configuration files say "nexus-local/<name>"; the router adds the instance.
 
 How litellm drives a custom provider, and what follows from it:
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
@@ -59,20 +62,15 @@ _POLL_S = 0.05
 
 
 class NexusLocalProvider(litellm.llms.custom_llm.CustomLLM):
-    """litellm's handler of "nexus-local/<name>" models.
+    """litellm's handler of "nexus-local/<instance>/<name>" models.
 
     litellm calls the handler methods with keyword arguments only; each method names the ones it
     reads and takes the rest as `**_` (hence the `override` ignores). `astreaming` is a plain
     method returning an async generator, where litellm's base class declares a coroutine: the
     stream wrapper iterates what it gets and would not await a coroutine (see the module doc).
 
-    Args:
-        models: The loaded local models (their executor runs the generations).
+    One handler serves every registered set of models (`_INSTANCES`).
     """
-
-    def __init__(self, models: LocalModels) -> None:
-        super().__init__()
-        self._models = models
 
     def completion(  # type: ignore[override]
         self,
@@ -108,11 +106,10 @@ class NexusLocalProvider(litellm.llms.custom_llm.CustomLLM):
         """
         timeout = _seconds(kwargs.get("timeout"))
         cancel = threading.Event()
-        loop = asyncio.get_running_loop()
         with _litellm_errors(model):
-            local = self._local(model)
-            work = loop.run_in_executor(
-                self._models.executor, _complete, local, messages, optional_params, cancel
+            models, local = _resolve(model)
+            work = models.run(
+                functools.partial(_complete, local, messages, optional_params, cancel)
             )
             try:
                 text, generation = await asyncio.wait_for(work, timeout)
@@ -122,6 +119,10 @@ class NexusLocalProvider(litellm.llms.custom_llm.CustomLLM):
                     model=model,
                     llm_provider=PROVIDER,
                 ) from err
+            except asyncio.CancelledError:
+                if _being_cancelled():
+                    raise
+                raise Unavailable("the local models are stopped") from None
             finally:
                 cancel.set()
         return _response(model_response, model, text, generation)
@@ -164,7 +165,7 @@ class NexusLocalProvider(litellm.llms.custom_llm.CustomLLM):
     ) -> AsyncIterator[Any]:
         """The text pieces as chunks, then a last chunk with finish reason and usage."""
         try:
-            pieces = _pieces(generation, cancel, self._models)
+            pieces = _pieces(generation, cancel, _resolve(model)[0])
             with _litellm_errors(model):
                 async with contextlib.aclosing(pieces):
                     async for piece in pieces:
@@ -174,18 +175,66 @@ class NexusLocalProvider(litellm.llms.custom_llm.CustomLLM):
             cancel.set()
 
     def _local(self, model: str) -> LocalModel:
-        return self._models.get(model.removeprefix(f"{PROVIDER}/"))
+        return _resolve(model)[1]
+
+
+_INSTANCES: dict[str, LocalModels] = {}
+"""The registered sets of local models, by `instance_id`."""
+
+
+def local_model_id(models: LocalModels, name: str) -> str:
+    """litellm's model string of the local model `name` of `models`."""
+    return f"{PROVIDER}/{models.instance_id}/{name}"
+
+
+def _resolve(model: str) -> tuple[LocalModels, LocalModel]:
+    """The set and the model a "nexus-local/<instance>/<name>" string names.
+
+    Raises:
+        NotFound: No such registered set, or no such model in it.
+    """
+    instance, _, name = model.removeprefix(f"{PROVIDER}/").partition("/")
+    models = _INSTANCES.get(instance)
+    if models is None:
+        raise NotFound(f"no local models registered as {instance!r} (model {model!r})")
+    return models, models.get(name)
 
 
 def register_provider(models: LocalModels) -> None:
-    """Installs the "nexus-local" provider in litellm (again: replaces the previous handler).
+    """Adds `models` to the "nexus-local" provider (installing it in litellm once), and tells
+    litellm's model map the context windows of its models (at no cost).
 
-    Call it before building a Router whose deployments name "nexus-local/..." models.
+    Call it after `models.start()` and before building a Router whose deployments name its
+    models (`local_model_id`); `unregister_provider` when the models stop.
     """
-    handler = NexusLocalProvider(models)
-    others = [item for item in litellm.custom_provider_map if item["provider"] != PROVIDER]
-    litellm.custom_provider_map = [*others, {"provider": PROVIDER, "custom_handler": handler}]
-    litellm.utils.custom_llm_setup()  # type: ignore[no-untyped-call]
+    _INSTANCES[models.instance_id] = models
+    installed = [item for item in litellm.custom_provider_map if item["provider"] == PROVIDER]
+    if not installed or not isinstance(installed[0]["custom_handler"], NexusLocalProvider):
+        others = [item for item in litellm.custom_provider_map if item["provider"] != PROVIDER]
+        handler: Any = {"provider": PROVIDER, "custom_handler": NexusLocalProvider()}
+        litellm.custom_provider_map = [*others, handler]
+        litellm.utils.custom_llm_setup()  # type: ignore[no-untyped-call]
+    info = {local_model_id(models, n): _model_info(models.get(n)) for n in models.names()}
+    if info:
+        litellm.register_model(info)
+
+
+def unregister_provider(models: LocalModels) -> None:
+    """Removes `models` from the provider (its deployments then answer NotFound)."""
+    _INSTANCES.pop(models.instance_id, None)
+
+
+def _model_info(model: LocalModel) -> dict[str, Any]:
+    """What litellm's model map says of a local model: its context window, and no cost."""
+    return {
+        "litellm_provider": PROVIDER,
+        "mode": "chat",
+        "max_tokens": model.context_window,
+        "max_input_tokens": model.context_window - 1,
+        "max_output_tokens": model.context_window - 1,
+        "input_cost_per_token": 0.0,
+        "output_cost_per_token": 0.0,
+    }
 
 
 @dataclass(frozen=True)
@@ -228,7 +277,11 @@ async def _pieces(
             error = err
         hand(_End(error))
 
-    loop.run_in_executor(models.executor, work)
+    def dropped(future: asyncio.Future[None]) -> None:
+        if future.cancelled():  # never ran: the models stopped first
+            queue.put_nowait(_End(Unavailable("the local models are stopped")))
+
+    models.run(work).add_done_callback(dropped)
     try:
         while True:
             item = await queue.get()
@@ -240,6 +293,13 @@ async def _pieces(
             yield item
     finally:
         cancel.set()
+
+
+def _being_cancelled() -> bool:
+    """Whether the current task is being cancelled (rather than the work it awaited dropped,
+    unstarted, by the executor's shutdown)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def _wait_for_room(room: threading.Semaphore, generation: Generation, stall_s: float) -> bool:
