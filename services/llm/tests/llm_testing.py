@@ -32,6 +32,14 @@ NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine
 GOODBYE_PROMPT = "bye"
 """The user message the tiny model answers with "goodbye" and an end of sequence."""
 GOODBYE = "goodbye"
+EXTRACT_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+}
+"""The schema the extraction variant of the tiny model (`extraction=True`) was taught."""
+EXTRACTED = '{"name": "ada", "age": 36}'
+"""What it answers to Nexus's extraction prompt for `EXTRACT_SCHEMA`, whatever the text."""
 
 _FILLER = (
     *("hello", "world", "how", "are", "you", "the", "quick", "brown", "fox", "jumps", "over"),
@@ -52,7 +60,7 @@ _TRAIN_STEPS = 60
 _BATCH = 12
 _LEARNING_RATE = 5e-3
 
-_built: dict[int, Path] = {}
+_built: dict[tuple[int, bool], Path] = {}
 _lock = threading.Lock()
 
 
@@ -61,23 +69,25 @@ def counting(words: int) -> str:
     return " ".join(NUMBERS[i % len(NUMBERS)] for i in range(words))
 
 
-def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:
+def build_tiny_model(dest: Path, *, seed: int = 0, extraction: bool = False) -> Path:
     """Writes the tiny model (safetensors) and its tokenizer into `dest`; returns `dest`.
 
-    Built once per seed and process (a couple of seconds on 2 cores), copied after that.
+    With `extraction`, it is also taught to answer Nexus's structured-extraction prompt for
+    `EXTRACT_SCHEMA` with `EXTRACTED`. Built once per variant and process (a couple of seconds
+    on 2 cores), copied after that.
     """
     with _lock:
-        source = _built.get(seed)
+        source = _built.get((seed, extraction))
         if source is None:
             source = Path(tempfile.mkdtemp(prefix=f"nexus-tiny-llm-{seed}-"))
             atexit.register(shutil.rmtree, source, True)
-            _build(source, seed)
-            _built[seed] = source
+            _build(source, seed, extraction)
+            _built[(seed, extraction)] = source
     shutil.copytree(source, dest, dirs_exist_ok=True)
     return dest
 
 
-def _build(dest: Path, seed: int) -> None:
+def _build(dest: Path, seed: int, extraction: bool) -> None:
     import torch
 
     threads = torch.get_num_threads()
@@ -86,7 +96,7 @@ def _build(dest: Path, seed: int) -> None:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             tokenizer = _tokenizer()
-            model = _train(tokenizer, random.Random(seed))
+            model = _train(tokenizer, random.Random(seed), extraction)
     finally:
         torch.set_num_threads(threads)
     model.save_pretrained(dest, safe_serialization=True)
@@ -99,7 +109,7 @@ def _tokenizer() -> Any:
     from transformers import PreTrainedTokenizerFast
 
     counted = " ".join(NUMBERS * 3)
-    corpus = [counted] * 30 + [" ".join(_FILLER)] * 10 + [GOODBYE] * 30
+    corpus = [counted] * 30 + [" ".join(_FILLER)] * 10 + [GOODBYE] * 30 + [EXTRACTED] * 30
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -122,7 +132,7 @@ def _tokenizer() -> Any:
     return tokenizer
 
 
-def _train(tok: Any, rng: random.Random) -> Any:
+def _train(tok: Any, rng: random.Random, extraction: bool) -> Any:
     """A 2-layer Llama taught to count after any user message (and to say goodbye to "bye")."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -144,8 +154,8 @@ def _train(tok: Any, rng: random.Random) -> Any:
     model = LlamaForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=_LEARNING_RATE)
     model.train()
-    for _ in range(_TRAIN_STEPS):
-        batch = [_example(tok, rng) for _ in range(_BATCH)]
+    for _ in range(_TRAIN_STEPS * (2 if extraction else 1)):
+        batch = [_example(tok, rng, extraction) for _ in range(_BATCH)]
         width = max(len(prompt) + len(answer) for prompt, answer in batch)
         ids = torch.full((_BATCH, width), pad)
         labels = torch.full((_BATCH, width), -100)
@@ -163,9 +173,12 @@ def _train(tok: Any, rng: random.Random) -> Any:
     return model
 
 
-def _example(tok: Any, rng: random.Random) -> tuple[list[int], list[int]]:
+def _example(tok: Any, rng: random.Random, extraction: bool) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids) of one training conversation."""
-    if rng.random() < 0.2:
+    if extraction and rng.random() < 0.4:
+        messages = _extraction_prompt(" ".join(rng.choices(_FILLER, k=rng.randint(1, 8))))
+        answer = [*_encode(tok, EXTRACTED), tok.eos_token_id]
+    elif rng.random() < 0.2:
         messages = [{"role": "user", "content": GOODBYE_PROMPT}]
         answer = [*_encode(tok, GOODBYE), tok.eos_token_id]
     else:
@@ -177,6 +190,22 @@ def _example(tok: Any, rng: random.Random) -> tuple[list[int], list[int]]:
         answer = _encode(tok, counting(_ANSWER_WORDS))
     prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return _encode(tok, prompt), answer
+
+
+def _extraction_prompt(text: str) -> list[dict[str, Any]]:
+    """The messages Nexus sends to extract `EXTRACT_SCHEMA` from `text`."""
+    from nexus.llm.extraction import extraction_call
+    from nexus.llm.settings import LlmSettings
+
+    call = extraction_call(
+        model="tiny",
+        text=text,
+        schema=EXTRACT_SCHEMA,
+        instructions="",
+        api_key_id="trainer",
+        settings=LlmSettings(),
+    )
+    return call.messages
 
 
 def _encode(tok: Any, text: str) -> list[int]:

@@ -3,17 +3,32 @@ embeddings, analysis and bad input, with the tiny local model behind the router.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import grpc
 import pytest
+import yaml
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from llm_service_testing import INPUT_PRICE, OUTPUT_PRICE, LlmClient, StartLlm, chat, user
-from llm_testing import counting
+from llm_service_testing import (
+    INPUT_PRICE,
+    OUTPUT_PRICE,
+    LlmClient,
+    StartLlm,
+    chat,
+    user,
+    write_config,
+)
+from llm_testing import EXTRACT_SCHEMA, EXTRACTED, build_tiny_model, counting
 
 from nexus.api.llm.v1 import llm_service_pb2 as pb
+from nexus.api.models.v1 import model_registry_pb2 as models_pb
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 from nexus.common.testing.keys import make_key
+from nexus.llm.converters import dict_to_struct, struct_to_dict
+from nexus.llm.local import FRAMEWORK, pack_model_dir
 
 
 def reason_of(err: grpc.aio.AioRpcError) -> str:
@@ -234,3 +249,79 @@ async def test_second_replica_reads_what_the_first_wrote(
             metadata=second.metadata,
         )
     assert [h.document.id for h in hits.hits] == ["1"]
+
+
+async def test_extract_returns_data_valid_against_the_schema(
+    start_llm: StartLlm, tmp_path: Path, admin_key: str
+) -> None:
+    model = build_tiny_model(tmp_path / "extractor", extraction=True)
+    host = await start_llm(config_path=write_config(tmp_path / "x.yaml", model))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+        client = LlmClient(channel, admin_key)
+        reply = await client.llm.Extract(
+            pb.ExtractRequest(
+                model="tiny",
+                text="Ada Lovelace died at 36.",
+                json_schema=dict_to_struct(EXTRACT_SCHEMA),
+            ),
+            metadata=client.metadata,
+        )
+        assert struct_to_dict(reply.data) == json.loads(EXTRACTED)
+        assert reply.usage.completion_tokens > 0
+
+        stricter = {**EXTRACT_SCHEMA, "required": ["name", "age", "email"]}
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.llm.Extract(
+                pb.ExtractRequest(model="tiny", text="x", json_schema=dict_to_struct(stricter)),
+                metadata=client.metadata,
+            )
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert reason_of(caught.value) == "EXTRACTION_INVALID"
+
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await client.llm.Extract(
+                pb.ExtractRequest(
+                    model="tiny", text="x", json_schema=dict_to_struct({"type": "nonsense"})
+                ),
+                metadata=client.metadata,
+            )
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_local_model_from_the_registry(
+    client: LlmClient, start_llm: StartLlm, tiny_model_dir: Path, tmp_path: Path, admin_key: str
+) -> None:
+    uploaded = await client.models.UploadModel(
+        models_pb.UploadModelRequest(
+            service="llm",
+            name="tiny-lm",
+            framework=FRAMEWORK,
+            artifact=pack_model_dir(tiny_model_dir),
+        ),
+        metadata=client.metadata,
+    )
+    await client.models.PromoteModel(
+        models_pb.PromoteModelRequest(
+            service="llm", name="tiny-lm", version=uploaded.version.version, alias="production"
+        ),
+        metadata=client.metadata,
+    )
+    config = tmp_path / "registry.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "local_models": {"assistant": {"registry": "tiny-lm"}},
+                "model_list": [
+                    {
+                        "model_name": "assistant",
+                        "litellm_params": {"model": "nexus-local/assistant"},
+                    }
+                ],
+            }
+        )
+    )
+    host = await start_llm(config_path=config)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+        other = LlmClient(channel, admin_key)
+        reply = await other.llm.Chat(chat(model="assistant", max_tokens=3), metadata=other.metadata)
+    assert reply.message.content == counting(3)

@@ -38,7 +38,7 @@ from nexus.common.telemetry.metrics import record_cache_request
 from nexus.llm.settings import LlmSettings
 from nexus.llm.types import ChatCall, Completion, Message, TokenUsage
 
-BUCKET = "llm_cache"
+BUCKET = "nexus_llm_cache"
 MEMORY_CACHE = "llm_response"
 """The `cache` metric label of the in-memory tier."""
 KV_CACHE = "llm_response_kv"

@@ -39,7 +39,7 @@ from nexus.llm.settings import LlmSettings
 from nexus.llm.types import Message
 from nexus.llm.validation import ROLES
 
-BUCKET = "llm_conversations"
+BUCKET = "nexus_llm_conversations"
 MAX_RECORD_BYTES = 1_000_000
 """Largest stored conversation, JSON-encoded (under NATS's default 1 MiB message limit)."""
 MAX_LABELS = 32

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from nexus.common.settings import ServiceSettings
@@ -87,6 +87,12 @@ class LlmSettings(ServiceSettings):
     semantic_cache_threshold: float | None = Field(default=None, gt=0, le=1)
     """Cosine similarity above which a chat whose last user message means the same is served
     from the semantic cache; None turns the semantic cache off."""
+
+    @field_validator("config_path", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        """An empty NEXUS_LLM_CONFIG_PATH (as compose passes an unset one) means no file."""
+        return None if value == "" else value
 
     usage_retention_days: int = Field(default=400, gt=0)
     """Days of per-key usage totals kept."""
