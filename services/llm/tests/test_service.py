@@ -325,3 +325,22 @@ async def test_local_model_from_the_registry(
         other = LlmClient(channel, admin_key)
         reply = await other.llm.Chat(chat(model="assistant", max_tokens=3), metadata=other.metadata)
     assert reply.message.content == counting(3)
+
+
+async def test_semantic_cache_serves_a_paraphrase(start_llm: StartLlm, admin_key: str) -> None:
+    host = await start_llm(semantic_cache_threshold=0.85)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+        client = LlmClient(channel, admin_key)
+        first = await client.llm.Chat(
+            chat("What is the capital city of France?", max_tokens=3), metadata=client.metadata
+        )
+        paraphrase = await client.llm.Chat(
+            chat("what's the capital of France", max_tokens=3), metadata=client.metadata
+        )
+        unrelated = await client.llm.Chat(
+            chat("How do I bake sourdough bread?", max_tokens=3), metadata=client.metadata
+        )
+    assert not first.cached
+    assert paraphrase.cached
+    assert paraphrase.message.content == first.message.content
+    assert not unrelated.cached
