@@ -3,7 +3,8 @@ the tests build themselves, and clients with real keys."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,24 @@ from llm_testing import build_tiny_model
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 from nexus.common.testing.keys import make_key
+from nexus.llm.embeddings import LocalModel, load_local_model
 from nexus.llm.server import create
 from nexus.llm.settings import LlmSettings
+
+
+@pytest.fixture(scope="session")
+def local_model() -> LocalModel:
+    """The local model, loaded once per test session (every EmbeddingModels then shares it)."""
+    return load_local_model("cpu")
+
+
+@pytest.fixture(scope="session")
+def executor() -> Iterator[ThreadPoolExecutor]:
+    """The service's executor, one per session as one per process in the service (torch warms
+    up each new thread)."""
+    pool = ThreadPoolExecutor(2, thread_name_prefix="test-llm")
+    yield pool
+    pool.shutdown(wait=True)
 
 
 @pytest.fixture(scope="session")

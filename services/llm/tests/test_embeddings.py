@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,26 +22,10 @@ from nexus.llm.embeddings import (
     LOCAL_PROVIDER,
     EmbeddingModels,
     LocalModel,
-    load_local_model,
 )
 from nexus.llm.settings import LlmSettings
 
 StartModels = Callable[..., Coroutine[Any, Any, EmbeddingModels]]
-
-
-@pytest.fixture(scope="session")
-def local_model() -> LocalModel:
-    """The local model, loaded once per test session (every EmbeddingModels then shares it)."""
-    return load_local_model("cpu")
-
-
-@pytest.fixture(scope="session")
-def executor() -> Iterator[ThreadPoolExecutor]:
-    """The service's executor, one per session as one per process in the service (torch warms
-    up each new thread)."""
-    pool = ThreadPoolExecutor(2, thread_name_prefix="test-llm")
-    yield pool
-    pool.shutdown(wait=True)
 
 
 @pytest.fixture

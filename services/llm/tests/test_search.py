@@ -7,7 +7,7 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,7 +27,7 @@ from nexus.common.errors import (
 from nexus.common.nats import connect
 from nexus.common.natsserver import NatsServer
 from nexus.common.settings import NexusSettings
-from nexus.llm.embeddings import LOCAL_MODEL, EmbeddingModels, LocalModel, load_local_model
+from nexus.llm.embeddings import LOCAL_MODEL, EmbeddingModels, LocalModel
 from nexus.llm.search import BUCKET, CollectionStore, Document, Hit, _store
 from nexus.llm.search._index import VectorIndex, rank
 from nexus.llm.settings import LlmSettings
@@ -51,21 +51,6 @@ CORPUS = [
     ),
 ]
 EVERY_ID = {d.id for d in CORPUS}
-
-
-@pytest.fixture(scope="session")
-def local_model() -> LocalModel:
-    """The local model, loaded once per test session."""
-    return load_local_model("cpu")
-
-
-@pytest.fixture(scope="session")
-def executor() -> Iterator[ThreadPoolExecutor]:
-    """The service's executor, one per session as one per process in the service (torch warms
-    up each new thread)."""
-    pool = ThreadPoolExecutor(2, thread_name_prefix="test-llm")
-    yield pool
-    pool.shutdown(wait=True)
 
 
 @pytest.fixture
