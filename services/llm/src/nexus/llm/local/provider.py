@@ -24,9 +24,14 @@ How litellm drives a custom provider, and what follows from it:
   wrapper keeps it for its own accounting.
 - Errors are raised as litellm's exception types (which litellm passes through unchanged), with
   the `nexus.common.errors` exception as `__cause__`.
-- Tools are rendered into the prompt by the model's chat template, but the output is not parsed
-  into tool calls: a local model answers in text. `response_format` (JSON mode) is accepted and
-  ignored: a small local model cannot be held to JSON.
+- Tools are rendered into the prompt by the model's chat template, and a reply in the Hermes /
+  Qwen format (`<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, one or more) comes
+  back as OpenAI `tool_calls` with empty content and finish reason "tool_calls" (see
+  `nexus.llm.local.tool_calls`; a malformed call stays text). A stream passes text on as it
+  comes, but holds a reply that begins with "<tool_call>" to the end of the generation, then
+  sends each call as one `GenericStreamingChunk` `tool_use` (litellm turns them into
+  `delta.tool_calls`). `response_format` (JSON mode) is accepted and ignored: a small local
+  model cannot be held to JSON.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from nexus.common.errors import (
 from nexus.llm._litellm import litellm
 from nexus.llm.local.model import CONTEXT_WINDOW_EXCEEDED, Generation, LocalModel
 from nexus.llm.local.models import LocalModels
+from nexus.llm.local.tool_calls import ToolCallSplitter, callable_tools, parse_tool_calls
 from nexus.llm.types import Message
 
 PROVIDER = "nexus-local"
@@ -86,7 +92,7 @@ class NexusLocalProvider(litellm.llms.custom_llm.CustomLLM):
         with _litellm_errors(model):
             generation = self._local(model).generate(messages, optional_params, cancel)
             text = "".join(generation)
-        return _response(model_response, model, text, generation)
+        return _response(model_response, model, text, generation, optional_params)
 
     async def acompletion(  # type: ignore[override]
         self,
@@ -125,7 +131,7 @@ class NexusLocalProvider(litellm.llms.custom_llm.CustomLLM):
                 raise Unavailable("the local models are stopped") from None
             finally:
                 cancel.set()
-        return _response(model_response, model, text, generation)
+        return _response(model_response, model, text, generation, optional_params)
 
     def astreaming(  # type: ignore[override]
         self,
@@ -144,7 +150,7 @@ class NexusLocalProvider(litellm.llms.custom_llm.CustomLLM):
         cancel = threading.Event()
         with _litellm_errors(model):
             generation = self._local(model).generate(messages, optional_params, cancel)
-        return self._chunks(model, generation, cancel)
+        return self._chunks(model, generation, cancel, callable_tools(optional_params))
 
     def streaming(  # type: ignore[override]
         self,
@@ -158,19 +164,27 @@ class NexusLocalProvider(litellm.llms.custom_llm.CustomLLM):
         cancel = threading.Event()
         with _litellm_errors(model):
             generation = self._local(model).generate(messages, optional_params, cancel)
-        return _sync_chunks(model, generation, cancel)
+        return _sync_chunks(model, generation, cancel, callable_tools(optional_params))
 
     async def _chunks(
-        self, model: str, generation: Generation, cancel: threading.Event
+        self,
+        model: str,
+        generation: Generation,
+        cancel: threading.Event,
+        tools: frozenset[str] | None,
     ) -> AsyncIterator[Any]:
-        """The text pieces as chunks, then a last chunk with finish reason and usage."""
+        """The text pieces as chunks (or the tool calls, at the end), then a last chunk with
+        finish reason and usage."""
+        splitter = ToolCallSplitter(tools)
         try:
             pieces = _pieces(generation, cancel, _resolve(model)[0])
             with _litellm_errors(model):
                 async with contextlib.aclosing(pieces):
                     async for piece in pieces:
-                        yield _chunk(piece)
-            yield _last_chunk(generation)
+                        if text := splitter.feed(piece):
+                            yield _chunk(text)
+            for chunk in _ending(splitter, generation):
+                yield chunk
         finally:
             cancel.set()
 
@@ -336,15 +350,26 @@ def _complete(
 
 
 def _sync_chunks(
-    model: str, generation: Generation, cancel: threading.Event
+    model: str, generation: Generation, cancel: threading.Event, tools: frozenset[str] | None
 ) -> Iterator[dict[str, Any]]:
+    splitter = ToolCallSplitter(tools)
     try:
         with _litellm_errors(model), contextlib.closing(generation):
             for piece in generation:
-                yield _chunk(piece)
-        yield _last_chunk(generation)
+                if text := splitter.feed(piece):
+                    yield _chunk(text)
+        yield from _ending(splitter, generation)
     finally:
         cancel.set()
+
+
+def _ending(splitter: ToolCallSplitter, generation: Generation) -> list[dict[str, Any]]:
+    """The chunks that end a stream: the text held back or the tool calls (one chunk each),
+    then the last chunk."""
+    text, calls = splitter.finish()
+    chunks = [_chunk(text)] if text else []
+    chunks += [_tool_chunk(index, call) for index, call in enumerate(calls or [])]
+    return [*chunks, _last_chunk(generation, "tool_calls" if calls else None)]
 
 
 def _chunk(text: str) -> dict[str, Any]:
@@ -359,13 +384,25 @@ def _chunk(text: str) -> dict[str, Any]:
     }
 
 
-def _last_chunk(generation: Generation) -> dict[str, Any]:
+def _tool_chunk(index: int, call: dict[str, Any]) -> dict[str, Any]:
+    """A GenericStreamingChunk of one whole tool call (a ChatCompletionToolCallChunk)."""
+    return {
+        "text": "",
+        "tool_use": {**call, "index": index},
+        "is_finished": False,
+        "finish_reason": "",
+        "usage": None,
+        "index": 0,
+    }
+
+
+def _last_chunk(generation: Generation, finish_reason: str | None = None) -> dict[str, Any]:
     """The GenericStreamingChunk that ends a stream: finish reason and usage."""
     return {
         "text": "",
         "tool_use": None,
         "is_finished": True,
-        "finish_reason": generation.finish_reason or "stop",
+        "finish_reason": finish_reason or generation.finish_reason or "stop",
         "usage": _usage(generation),
         "index": 0,
     }
@@ -379,11 +416,20 @@ def _usage(generation: Generation) -> dict[str, int]:
     }
 
 
-def _response(model_response: Any, model: str, text: str, generation: Generation) -> Any:
-    """Fills litellm's ModelResponse like any provider's: content, finish reason, usage."""
+def _response(
+    model_response: Any, model: str, text: str, generation: Generation, params: dict[str, Any]
+) -> Any:
+    """Fills litellm's ModelResponse like any provider's: content (or tool calls), finish
+    reason, usage."""
     choice = model_response.choices[0]
-    choice.message.content = text
-    choice.finish_reason = generation.finish_reason or "stop"
+    tools = callable_tools(params)
+    calls = parse_tool_calls(text, tools) if tools is not None else None
+    if calls is None:
+        choice.message.content = text
+        choice.finish_reason = generation.finish_reason or "stop"
+    else:
+        choice.message = litellm.Message(content=None, role="assistant", tool_calls=calls)
+        choice.finish_reason = "tool_calls"
     model_response.model = model
     model_response.created = int(time.time())
     model_response.usage = litellm.Usage(**_usage(generation))
