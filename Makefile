@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PACKAGES := libs/api libs/common gateway services/anomaly services/llm
 STAMP := $(VENV)/.installed
+BENCH_VENV ?= .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
 PYTEST_ARGS ?=
 
 # lint-protos also runs buf breaking against main: a change must not break the wire or JSON
@@ -57,9 +59,20 @@ unit: install
 integration: install
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
 
-bench: install
+# The LiteLLM proxy that bench/llm_overhead.py measures beside Nexus runs from its own venv: its
+# extras pin versions (rich, ...) and add packages (litellm-enterprise, whose callback check costs
+# every litellm call) that must not enter the platform's .venv. Same litellm version as .venv.
+bench: install $(BENCH_STAMP)
 	$(PY) bench/anomaly_odds.py
 	$(PY) bench/anomaly_throughput.py
+	$(PY) bench/llm_overhead.py --proxy-bin $(BENCH_VENV)/bin/litellm
+
+$(BENCH_STAMP): $(STAMP)
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade "pip>=25.1"
+	$(BENCH_VENV)/bin/python -m pip install --quiet \
+		"litellm[proxy]==$$($(PY) -c 'from importlib.metadata import version; print(version("litellm"))')"
+	touch $@
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache

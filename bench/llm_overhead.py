@@ -1,24 +1,35 @@
 """LLM gateway overhead: litellm in-process vs. Nexus (gateway + llm service) vs. the LiteLLM proxy.
 
 One run starts a minimal OpenAI-compatible upstream on loopback (bench/llm_upstream.py, its own
-process, answering at once) and measures every contender against it, one after the other:
+process, answering at once) and measures every contender against it:
 
 - direct: `litellm.acompletion` in this process (the baseline every ratio is against);
+- router: `litellm.Router.acompletion` in this process, over the deployment the llm service gets
+  (what litellm's Router itself costs over `litellm.acompletion`);
 - upstream: the same requests as HTTP straight to the upstream with the benchmark's HTTP client
   (the cost of one loopback HTTP hop with this client, for reference);
 - nexus-openai: the real platform (embedded NATS, `python -m nexus.llm`, the gateway, each its
   own process as `nexus up` runs them, auth on with a fresh key), `POST /v1/chat/completions`;
 - nexus-native: the same platform, the native routes `POST /v1/llm/chat` and `/v1/llm/chat:stream`;
-- litellm-proxy: `litellm --config` in a subprocess (no database, no master key, local cache).
+- nexus-grpc: the same llm service over gRPC, without the gateway;
+- litellm-proxy: `litellm --config` in a subprocess (no database, no master key, local cache), run
+  from its own virtual environment (`--proxy-bin`; `make bench` creates `.venv-bench` with the
+  same litellm version as `.venv`), so that its extras never enter the platform's environment.
 
-For each: unary latency p50/p99 (concurrency 1, a unique message each time, so never a cache
-hit), time to first token of streams, cache-hit latency (one request repeated; a hit is a request
-that did not reach the upstream, counted by the upstream itself), and optionally requests/s at
-`--concurrency` in flight. Every HTTP contender is called with the same httpx.AsyncClient
-(keep-alive) and the same request bodies. A contender that fails is reported as failed; the run
-still writes its results, exits 0 and stops every process it started.
+Every contender is up at once and they take turns in blocks of `--block` requests, in an order
+that rotates every round: a machine that slows down or speeds up during the run (a shared one
+does) affects every contender alike. For each: unary latency p50/p99 (concurrency 1, a unique
+message each time, so never a cache hit), time to first token of streams, cache-hit latency (one
+request repeated; a hit is a request that did not reach the upstream, counted by the upstream
+itself), CPU time per unary request of this process (the client, or litellm itself for the
+in-process contenders) and of the contender's server processes, and optionally requests/s at
+`--concurrency` in flight (measured one contender after the other). Every HTTP contender is
+called with the same httpx.AsyncClient (keep-alive) and the same request bodies. A contender that
+fails is reported as failed; the run still writes its results, exits 0 and stops every process
+it started.
 
-Usage: python bench/llm_overhead.py [-n 300] [--warmup 30] [--concurrency 16] [--requests 800]
+Usage: python bench/llm_overhead.py [-n 300] [--warmup 30] [--block 10] [--concurrency 16]
+       [--requests 800] [--skip router,proxy] [--proxy-bin .venv-bench/bin/litellm]
 Writes bench/results/llm_overhead.json.
 """
 
@@ -29,15 +40,15 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -54,17 +65,25 @@ from nexus.common.auth import open_key_store
 from nexus.common.launcher import Child, Platform
 from nexus.common.natsserver import free_port
 from nexus.common.settings import NexusSettings
-from nexus.llm._litellm import litellm
+from nexus.llm._litellm import Router, litellm
 
-RESULTS = Path(__file__).resolve().parent / "results" / "llm_overhead.json"
-UPSTREAM_SCRIPT = Path(__file__).resolve().parent / "llm_upstream.py"
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS = BENCH_DIR / "results" / "llm_overhead.json"
+UPSTREAM_SCRIPT = BENCH_DIR / "llm_upstream.py"
+DEFAULT_PROXY_BIN = BENCH_DIR.parent / ".venv-bench" / "bin" / "litellm"
 MODEL = "bench-model"
 UPSTREAM_KEY = "sk-bench"
 SYSTEM = "You are a helpful assistant. Answer in one sentence."
-CONTENDERS = ("direct", "upstream", "nexus", "proxy")
+CONTENDERS = ("direct", "router", "upstream", "nexus", "proxy")
+ROUTER_TIMEOUT_S = 120.0
+"""The Router's timeout: the llm service's default `request_timeout_s`."""
 AIM_ADDED_P50_MS = 2.0
 AIM_CACHE_HIT_MS = 3.0
 LOG_TAIL_CHARS = 1_500
+SETTLE_S = 0.02
+"""Pause after each block: the background work of its calls (litellm's logging, the llm
+service's usage accounting) runs then, and counts toward its contender's CPU time."""
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -161,6 +180,54 @@ class BenchPlatform(Platform):
         )
 
 
+class ProcessSet:
+    """Processes whose CPU time is counted: the given ones and their descendants at the time.
+
+    Args:
+        pids: Processes by name ("llm", "gateway", ...).
+    """
+
+    def __init__(self, pids: dict[str, int] | None = None) -> None:
+        children = _children()
+        self.pids = {name: _with_descendants(pid, children) for name, pid in (pids or {}).items()}
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds (user + system) used so far, by name; a process gone counts as 0."""
+        return {name: sum(_cpu_seconds(pid) for pid in pids) for name, pids in self.pids.items()}
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+
+
+def _children() -> dict[int, list[int]]:
+    """The child processes of every process (from /proc; empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                with open(f"/proc/{entry.name}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry.name))
+    return children
+
+
+def _with_descendants(pid: int, children: dict[int, list[int]]) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
 # --- contenders ------------------------------------------------------------------------------
 
 
@@ -218,6 +285,74 @@ class DirectTarget:
         if not first:
             raise RuntimeError("direct: a stream without content")
         return first
+
+
+class RouterTarget:
+    """`litellm.Router.acompletion` in this process, over the one deployment the llm service gets,
+    with its timeout: what litellm's Router costs over `litellm.acompletion`."""
+
+    has_cache = False
+
+    def __init__(self, upstream_url: str) -> None:
+        os.environ.setdefault("BENCH_UPSTREAM_KEY", UPSTREAM_KEY)
+        self.router: Any = Router(model_list=model_list(upstream_url), timeout=ROUTER_TIMEOUT_S)
+
+    async def unary(self, text: str) -> bool | None:
+        """One `Router.acompletion`."""
+        reply = await self.router.acompletion(model=MODEL, messages=messages(text))
+        if not reply.choices[0].message.content:
+            raise RuntimeError("router: empty reply")
+        return None
+
+    async def stream(self, text: str) -> float:
+        """One streamed `Router.acompletion`."""
+        started, first = time.perf_counter(), 0.0
+        response = await self.router.acompletion(model=MODEL, messages=messages(text), stream=True)
+        async for part in response:
+            if not first and part.choices and part.choices[0].delta.content:
+                first = time.perf_counter() - started
+        if not first:
+            raise RuntimeError("router: a stream without content")
+        return first
+
+
+CALLBACK_LISTS = (
+    "input_callback",
+    "success_callback",
+    "failure_callback",
+    "_async_input_callback",
+    "_async_success_callback",
+    "_async_failure_callback",
+    "callbacks",
+    "service_callback",
+)
+
+
+class CallbackScope:
+    """litellm's process-wide callback lists as they were when this was made.
+
+    A Router adds its own callbacks to litellm's global lists, so in one process the direct
+    contender would run the Router's callbacks on every call too. Each contender's calls run
+    inside the scope taken when its own set-up was done (`with scope():`).
+    """
+
+    def __init__(self) -> None:
+        self.lists = {
+            name: list(value)
+            for name in CALLBACK_LISTS
+            if isinstance(value := getattr(litellm, name, None), list)
+        }
+
+    def apply(self) -> None:
+        """Puts these lists in place."""
+        for name, value in self.lists.items():
+            getattr(litellm, name)[:] = value
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        """These lists in place for the block of calls inside."""
+        self.apply()
+        yield
 
 
 def _check(reply: httpx.Response, where: str) -> None:
@@ -364,7 +499,12 @@ class GrpcTarget:
 
 @dataclass
 class Measured:
-    """What one contender measured (times in ms); `error` says why the rest is missing."""
+    """What one contender measured (times in ms); `error` says why the rest is missing.
+
+    `cpu_client_ms` is this process's CPU time per unary request while the contender ran (the
+    HTTP or gRPC client, or litellm itself for the in-process contenders); `cpu_server_ms` that
+    of each of the contender's server processes.
+    """
 
     label: str
     unary_ms: dict[str, float] | None = None
@@ -372,9 +512,21 @@ class Measured:
     cache_hit_ms: dict[str, float] | None = None
     cache_hit_ratio: float | None = None
     cache_flag_ratio: float | None = None
+    cpu_client_ms: float | None = None
+    cpu_server_ms: dict[str, float] | None = None
     throughput_rps: float | None = None
     note: str = ""
     error: str = ""
+
+
+@dataclass(eq=False)
+class Contender:
+    """A target to measure, with its row, its server processes and its litellm callbacks."""
+
+    row: Measured
+    target: Target
+    processes: ProcessSet = field(default_factory=ProcessSet)
+    scope: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
 
 
 def stats_ms(seconds: list[float]) -> dict[str, float]:
@@ -407,8 +559,22 @@ class Upstream:
         return int((await self.http.get(f"{self.url}/stats")).json()["chat_requests"])
 
 
+@dataclass
+class _Block:
+    """What one block of calls of one contender gave."""
+
+    samples: list[float]
+    client_s: float
+    server_s: dict[str, float]
+    reached: int
+
+
+Call = Callable[[Contender], Awaitable[float]]
+"""One timed call of a contender: its seconds (wall time, or time to first token)."""
+
+
 class Bench:
-    """Runs the measurements of one contender after another with the same settings."""
+    """Measures every contender with the same settings, their calls interleaved in blocks."""
 
     def __init__(self, args: argparse.Namespace, upstream: Upstream) -> None:
         self.args, self.upstream = args, upstream
@@ -417,78 +583,128 @@ class Bench:
             f"Question {i} of run {self.run_id}: why is the sky blue?" for i in itertools.count()
         )
 
-    async def measure(self, target: Target, out: Measured) -> None:
-        """Unary latency, TTFT, cache hits and throughput of `target`, into `out` as it goes."""
-        n, warmup = self.args.n, self.args.warmup
-        for _ in range(warmup):
-            await target.unary(next(self.texts))
-        out.unary_ms = stats_ms(
-            [await timed(lambda: target.unary(next(self.texts))) for _ in range(n)]
-        )
-        for _ in range(warmup):
-            await target.stream(next(self.texts))
-        out.ttft_ms = stats_ms([await target.stream(next(self.texts)) for _ in range(n)])
-        if target.has_cache:
-            await self.cache_hits(target, out)
-        if self.args.concurrency > 0:
-            out.throughput_rps = await self.throughput(target)
+    def _text(self) -> str:
+        return next(self.texts)
 
-    async def cache_hits(self, target: Target, out: Measured) -> None:
+    async def measure(self, contenders: list[Contender]) -> None:
+        """Unary latency (and CPU), TTFT, cache hits and throughput of every contender."""
+        await self.interleaved(contenders, self.args.warmup, self._unary)
+        unary = await self.interleaved(contenders, self.args.n, self._unary)
+        for contender, blocks in unary.items():
+            row, samples = contender.row, [s for b in blocks for s in b.samples]
+            row.unary_ms = stats_ms(samples)
+            row.cpu_client_ms = 1000.0 * sum(b.client_s for b in blocks) / len(samples)
+            if contender.processes.pids:
+                row.cpu_server_ms = {
+                    name: 1000.0 * sum(b.server_s[name] for b in blocks) / len(samples)
+                    for name in contender.processes.pids
+                }
+        await self.interleaved(contenders, self.args.warmup, self._stream)
+        for contender, blocks in (
+            await self.interleaved(contenders, self.args.n, self._stream)
+        ).items():
+            contender.row.ttft_ms = stats_ms([s for b in blocks for s in b.samples])
+        await self.cache_hits([c for c in contenders if c.target.has_cache])
+        if self.args.concurrency > 0:
+            for contender in self._live(contenders):
+                try:
+                    with contender.scope():
+                        contender.row.throughput_rps = await self.throughput(contender.target)
+                except Exception as err:  # one failed contender must not end the run
+                    contender.row.error = f"{type(err).__name__}: {err}"
+
+    async def cache_hits(self, contenders: list[Contender]) -> None:
         """The same request repeated: latency, and how many never reached the upstream."""
-        text = f"The cached question of {out.label} in run {self.run_id}."
-        for _ in range(max(self.args.warmup, 1)):
-            await target.unary(text)
-        before = await self.upstream.served()
-        flags: list[bool | None] = []
-        samples: list[float] = []
-        for _ in range(self.args.n):
+        texts = {
+            c: f"The cached question of {c.row.label} in run {self.run_id}." for c in contenders
+        }
+        flags: dict[Contender, list[bool | None]] = {c: [] for c in contenders}
+
+        async def hit(contender: Contender) -> float:
             started = time.perf_counter()
-            flags.append(await target.unary(text))
-            samples.append(time.perf_counter() - started)
-        reached = await self.upstream.served() - before
-        out.cache_hit_ms = stats_ms(samples)
-        out.cache_hit_ratio = 1.0 - reached / self.args.n
-        if flags[0] is not None:
-            out.cache_flag_ratio = sum(1 for f in flags if f) / len(flags)
-        if out.cache_hit_ratio < 0.99:
-            out.note = f"cache: only {out.cache_hit_ratio:.0%} of repeats were served from cache"
+            flags[contender].append(await contender.target.unary(texts[contender]))
+            return time.perf_counter() - started
+
+        await self.interleaved(contenders, max(self.args.warmup, 1), hit)
+        for values in flags.values():
+            values.clear()
+        found = await self.interleaved(contenders, self.args.n, hit, count_upstream=True)
+        for contender, blocks in found.items():
+            row, samples = contender.row, [s for b in blocks for s in b.samples]
+            row.cache_hit_ms = stats_ms(samples)
+            row.cache_hit_ratio = 1.0 - sum(b.reached for b in blocks) / len(samples)
+            answers = flags[contender]
+            if answers and answers[0] is not None:
+                row.cache_flag_ratio = sum(1 for f in answers if f) / len(answers)
+            if row.cache_hit_ratio < 0.99:
+                row.note = (
+                    f"cache: only {row.cache_hit_ratio:.0%} of repeats were served from cache"
+                )
+
+    async def interleaved(
+        self, contenders: list[Contender], n: int, call: Call, *, count_upstream: bool = False
+    ) -> dict[Contender, list[_Block]]:
+        """`n` calls of each contender, in blocks of `--block` that take turns, the order
+        rotating every round. A contender whose call fails is left out from then on."""
+        size = max(self.args.block, 1)
+        found: dict[Contender, list[_Block]] = {}
+        for round_ in range(math.ceil(n / size)):
+            live = self._live(contenders)
+            shift = round_ % len(live) if live else 0
+            for contender in live[shift:] + live[:shift]:
+                calls = min(size, n - round_ * size)
+                try:
+                    block = await self._block(contender, calls, call, count_upstream)
+                except Exception as err:  # one failed contender must not end the run
+                    contender.row.error = f"{type(err).__name__}: {err}"
+                    found.pop(contender, None)
+                    continue
+                found.setdefault(contender, []).append(block)
+        return found
+
+    async def _block(
+        self, contender: Contender, calls: int, call: Call, count_upstream: bool
+    ) -> _Block:
+        served = await self.upstream.served() if count_upstream else 0
+        with contender.scope():
+            server = contender.processes.cpu()
+            client = time.process_time()
+            samples = [await call(contender) for _ in range(calls)]
+            await asyncio.sleep(SETTLE_S)
+            client = time.process_time() - client
+            after = contender.processes.cpu()
+        reached = await self.upstream.served() - served if count_upstream else 0
+        return _Block(samples, client, {k: after[k] - v for k, v in server.items()}, reached)
+
+    async def _unary(self, contender: Contender) -> float:
+        return await timed(lambda: contender.target.unary(self._text()))
+
+    async def _stream(self, contender: Contender) -> float:
+        return await contender.target.stream(self._text())
+
+    @staticmethod
+    def _live(contenders: list[Contender]) -> list[Contender]:
+        return [c for c in contenders if not c.row.error]
 
     async def throughput(self, target: Target) -> float:
         """Requests/s of unique unary requests, `--concurrency` in flight."""
-        await asyncio.gather(
-            *(target.unary(next(self.texts)) for _ in range(self.args.concurrency))
-        )
+        await asyncio.gather(*(target.unary(self._text()) for _ in range(self.args.concurrency)))
         todo = iter(range(self.args.requests))
 
         async def worker() -> None:
             for _ in todo:
-                await target.unary(next(self.texts))
+                await target.unary(self._text())
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(self.args.concurrency)))
         return float(self.args.requests) / (time.perf_counter() - started)
-
-    async def unary(self, target: Target, out: Measured) -> None:
-        """Unary latency only (the baseline again at the end: how much the machine drifted)."""
-        for _ in range(self.args.warmup):
-            await target.unary(next(self.texts))
-        samples = [await timed(lambda: target.unary(next(self.texts))) for _ in range(self.args.n)]
-        out.unary_ms = stats_ms(samples)
-
-    async def safely(self, target: Target, out: Measured, *, unary_only: bool = False) -> Measured:
-        """`measure` (or `unary`), with a failure recorded in `out` rather than raised."""
-        try:
-            await (self.unary if unary_only else self.measure)(target, out)
-        except Exception as err:  # one failed contender must not end the run
-            out.error = f"{type(err).__name__}: {err}"
-        return out
 
 
 # --- contenders' set-up ----------------------------------------------------------------------
 
 
 def model_list(upstream_url: str) -> list[dict[str, Any]]:
-    """The one deployment, for the llm service and the LiteLLM proxy alike."""
+    """The one deployment, for the llm service, the in-process Router and the LiteLLM proxy."""
     params = {
         "model": f"openai/{MODEL}",
         "api_base": f"{upstream_url}/v1",
@@ -504,52 +720,68 @@ async def admin_key(nats_url: str) -> str:
     return secret
 
 
-async def nexus(
-    bench: Bench, http: httpx.AsyncClient, upstream_url: str, tmp: Path
-) -> list[Measured]:
-    """The platform (NATS, llm service, gateway), measured on both HTTP surfaces and on gRPC
-    without the gateway, then stopped."""
-    rows = [Measured("nexus-openai"), Measured("nexus-native"), Measured("nexus-grpc")]
+NEXUS_LABELS = ("nexus-openai", "nexus-native", "nexus-grpc")
+
+
+async def start_nexus(
+    stack: contextlib.AsyncExitStack, http: httpx.AsyncClient, upstream_url: str, tmp: Path
+) -> tuple[list[Contender], BenchPlatform]:
+    """The platform (NATS, llm service, gateway) as three contenders: both HTTP surfaces, and
+    gRPC without the gateway. It stops with `stack`."""
     config = tmp / "nexus-llm.yaml"
     config.write_text(yaml.safe_dump({"model_list": model_list(upstream_url)}))
     env = {"NEXUS_LLM_CONFIG_PATH": str(config), "BENCH_UPSTREAM_KEY": UPSTREAM_KEY}
     platform = BenchPlatform(
         tmp / "nexus", nats_port=0, gateway_port=0, services=["llm"], extra_env=env
     )
+    stack.callback(platform.stop)
     try:
         nats_url = platform.start_nats()
         await platform.start_services()
         await platform.start_gateway()
         key = await admin_key(nats_url)
-        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-        url = platform.gateway_url
-        surface = OpenAITarget(http, f"{url}/v1", headers, cache_header="x-nexus-cached")
-        await bench.safely(surface, rows[0])
-        await bench.safely(NativeTarget(http, url, headers), rows[1])
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.children[0].port}") as channel:
-            await bench.safely(GrpcTarget(pb_grpc.LlmServiceStub(channel), key), rows[2])
     except Exception as err:  # the platform did not start: say why, go on
+        rows = [Measured(label) for label in NEXUS_LABELS]
         rows[0].error = f"the platform did not start: {type(err).__name__}: {err}"
         for row in rows[1:]:
             row.error = "the platform did not start (see nexus-openai)"
-    finally:
-        failed = [row for row in rows if row.error]
-        dead = [c.name for c in platform.dead_children()]
-        tails = platform.log_tails() if failed else ""
-        platform.stop()
-    if failed:
-        exited = f" (exited: {', '.join(dead)})" if dead else ""
-        failed[0].error += f"{exited}\n{tails}"
-    return rows
+        return [Contender(row, _Failed()) for row in rows], platform
+    pids = {c.name: c.process.pid for c in platform.children}
+    nats = getattr(platform.nats, "_proc", None)  # NatsServer keeps its process to itself
+    if isinstance(nats, subprocess.Popen):
+        pids["nats"] = nats.pid
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    url = platform.gateway_url
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{platform.children[0].port}")
+    stack.push_async_callback(channel.close)
+    surface = OpenAITarget(http, f"{url}/v1", headers, cache_header="x-nexus-cached")
+    service = ProcessSet({name: pid for name, pid in pids.items() if name != "gateway"})
+    contenders = [
+        Contender(Measured(NEXUS_LABELS[0]), surface, ProcessSet(pids)),
+        Contender(Measured(NEXUS_LABELS[1]), NativeTarget(http, url, headers), ProcessSet(pids)),
+        Contender(
+            Measured(NEXUS_LABELS[2]), GrpcTarget(pb_grpc.LlmServiceStub(channel), key), service
+        ),
+    ]
+    return contenders, platform
 
 
-async def proxy(bench: Bench, http: httpx.AsyncClient, upstream_url: str, tmp: Path) -> Measured:
-    """The LiteLLM proxy in a subprocess (local cache, no database, no master key), measured."""
+async def start_proxy(
+    stack: contextlib.AsyncExitStack,
+    http: httpx.AsyncClient,
+    upstream_url: str,
+    tmp: Path,
+    binary: Path,
+) -> Contender:
+    """The LiteLLM proxy in a subprocess (local cache, no database, no master key), run from
+    its own virtual environment. It stops with `stack`."""
     row = Measured("litellm-proxy")
-    binary = Path(sys.executable).parent / "litellm"
-    if not binary.exists() and not shutil.which("litellm"):
-        row.error = "the litellm CLI is not installed (`make bench` installs the bench group)"
-        return row
+    if not os.access(binary, os.X_OK):
+        row.error = (
+            f"no LiteLLM proxy at {binary}: `make bench` installs it in .venv-bench "
+            "(or pass --proxy-bin)"
+        )
+        return Contender(row, _Failed())
     config = tmp / "litellm-proxy.yaml"
     settings = {"cache": True, "cache_params": {"type": "local"}}
     config.write_text(
@@ -569,28 +801,64 @@ async def proxy(bench: Bench, http: httpx.AsyncClient, upstream_url: str, tmp: P
         # No master key, as the brief of this benchmark asks; the proxy refuses that unless told.
         "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
     }
-    command = [
-        str(binary if binary.exists() else shutil.which("litellm")),
-        *("--config", str(config), "--host", "127.0.0.1", "--port", str(port)),
-    ]
+    command = [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
     child = spawn("litellm-proxy", command, env, tmp / "logs")
+    stack.callback(stop_process, child.process)
+    base = f"http://127.0.0.1:{port}"
     try:
-        base = f"http://127.0.0.1:{port}"
         await wait_http(child, f"{base}/health/liveliness", timeout_s=120)
-        target = OpenAITarget(http, f"{base}/v1", {"Content-Type": "application/json"})
-        await bench.safely(target, row)
     except Exception as err:  # the proxy did not start: say why, go on
-        row.error = f"{type(err).__name__}: {err}"
-    finally:
-        stop_process(child.process)
-    if row.error:
-        row.error += f"\n{child.log_tail()}"
-    return row
+        row.error = f"{type(err).__name__}: {err}\n{child.log_tail()}"
+        return Contender(row, _Failed())
+    target = OpenAITarget(http, f"{base}/v1", {"Content-Type": "application/json"})
+    return Contender(row, target, ProcessSet({"proxy": child.process.pid}))
+
+
+class _Failed:
+    """The target of a contender that could not be set up (its row has the error)."""
+
+    has_cache = False
+
+    async def unary(self, text: str) -> bool | None:
+        """Never called."""
+        raise RuntimeError("not set up")
+
+    async def stream(self, text: str) -> float:
+        """Never called."""
+        raise RuntimeError("not set up")
+
+
+async def set_up(
+    args: argparse.Namespace,
+    stack: contextlib.AsyncExitStack,
+    http: httpx.AsyncClient,
+    upstream_url: str,
+    tmp: Path,
+) -> tuple[list[Contender], BenchPlatform | None]:
+    """Every contender not skipped, in the order of the table (and the platform, if started).
+    Each in-process contender runs with the litellm callbacks of its own set-up."""
+    plain = CallbackScope()  # before any Router added its callbacks
+    contenders = [Contender(Measured("direct"), DirectTarget(f"{upstream_url}/v1"), scope=plain)]
+    if "router" not in args.skip:
+        router = RouterTarget(upstream_url)
+        contenders.append(Contender(Measured("router"), router, scope=CallbackScope()))
+        plain.apply()
+    if "upstream" not in args.skip:
+        raw = OpenAITarget(http, f"{upstream_url}/v1", {}, has_cache=False)
+        contenders.append(Contender(Measured("upstream"), raw))
+    platform = None
+    if "nexus" not in args.skip:
+        nexus, platform = await start_nexus(stack, http, upstream_url, tmp)
+        contenders += nexus
+    if "proxy" not in args.skip:
+        contenders.append(await start_proxy(stack, http, upstream_url, tmp, args.proxy_bin))
+    if "direct" in args.skip:
+        contenders = contenders[1:]
+    return contenders, platform
 
 
 async def run(args: argparse.Namespace) -> list[Measured]:
-    """Starts the upstream, measures every contender in turn, stops everything."""
-    rows: list[Measured] = []
+    """Starts the upstream and every contender, measures them, stops everything."""
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         port = free_port()
@@ -604,31 +872,34 @@ async def run(args: argparse.Namespace) -> list[Measured]:
         try:
             await wait_http(server, f"{upstream_url}/v1/models", timeout_s=30)
             limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-            async with httpx.AsyncClient(timeout=30.0, limits=limits) as http:
+            async with (
+                httpx.AsyncClient(timeout=30.0, limits=limits) as http,
+                contextlib.AsyncExitStack() as stack,
+            ):
+                contenders, platform = await set_up(args, stack, http, upstream_url, tmp)
                 bench = Bench(args, Upstream(http, upstream_url))
-                direct = DirectTarget(f"{upstream_url}/v1")
-                if "direct" not in args.skip:
-                    rows.append(await bench.safely(direct, Measured("direct")))
-                if "upstream" not in args.skip:
-                    raw = OpenAITarget(http, f"{upstream_url}/v1", {}, has_cache=False)
-                    rows.append(await bench.safely(raw, Measured("upstream")))
-                if "nexus" not in args.skip:
-                    rows.extend(await nexus(bench, http, upstream_url, tmp))
-                if "proxy" not in args.skip:
-                    rows.append(await proxy(bench, http, upstream_url, tmp))
-                if "direct" not in args.skip:
-                    again = Measured("direct-again")
-                    rows.append(await bench.safely(direct, again, unary_only=True))
+                await bench.measure([c for c in contenders if not c.row.error])
+                if platform is not None:
+                    _add_platform_logs([c.row for c in contenders], platform)
         finally:
             stop_process(server.process)
-    return rows
+    return [c.row for c in contenders]
+
+
+def _add_platform_logs(rows: list[Measured], platform: BenchPlatform) -> None:
+    """The end of every platform log, after the first failed Nexus row's error."""
+    failed = [r for r in rows if r.label in NEXUS_LABELS and r.error]
+    if failed:
+        dead = [c.name for c in platform.dead_children()]
+        exited = f" (exited: {', '.join(dead)})" if dead else ""
+        failed[0].error += f"{exited}\n{platform.log_tails()}"
 
 
 # --- report ----------------------------------------------------------------------------------
 
 LABELS = {
     "direct": "direct litellm.acompletion",
-    "direct-again": "direct again (drift check)",
+    "router": "litellm Router (in-process)",
     "upstream": "upstream over HTTP (floor)",
     "nexus-openai": "nexus /v1/chat/completions",
     "nexus-native": "nexus /v1/llm/chat",
@@ -654,21 +925,28 @@ def added(row: Measured, base: Measured | None) -> dict[str, float] | None:
     return {k: row.unary_ms[k] - base.unary_ms[k] for k in ("p50", "p99")}
 
 
+def _server_cpu(row: Measured) -> float | None:
+    return None if row.cpu_server_ms is None else sum(row.cpu_server_ms.values())
+
+
 def print_table(rows: list[Measured], base: Measured | None, args: argparse.Namespace) -> None:
-    """The table: one line per contender."""
+    """The table: one line per contender, then each one's server CPU by process."""
     head = (
         f"{'contender':<28}{'p50':>8}{'p99':>8}{'+p50':>8}{'+p99':>8}{'x direct':>9}"
         f"{'TTFT50':>8}{'TTFT99':>8}{'hit p50':>9}{'hit p99':>9}{'hits':>6}"
-        f"{'req/s':>8}"
+        f"{'cpu cl':>8}{'cpu srv':>8}{'req/s':>8}"
     )
     print(
-        f"n={args.n} after {args.warmup} warm-up, concurrency 1 for latency "
+        f"n={args.n} after {args.warmup} warm-up, interleaved in blocks of {args.block}, "
+        "concurrency 1 for latency "
         + (
-            f"({args.concurrency} in flight for req/s, {args.requests} requests), "
+            f"({args.concurrency} in flight for req/s, {args.requests} requests, one contender "
+            "after the other), "
             if args.concurrency > 0
             else "(no req/s row), "
         )
-        + f"{os.cpu_count()} cores, litellm {_version('litellm')}; times in ms"
+        + f"{os.cpu_count()} cores, litellm {_version('litellm')}; times in ms; cpu: CPU ms "
+        "per unary request of the client (this process) and of the server processes"
     )
     print(head)
     print("-" * len(head))
@@ -688,8 +966,13 @@ def print_table(rows: list[Measured], base: Measured | None, args: argparse.Name
             f"{_fmt(_get(row.ttft_ms, 'p50')):>8}{_fmt(_get(row.ttft_ms, 'p99')):>8}"
             f"{_fmt(_get(row.cache_hit_ms, 'p50')):>9}{_fmt(_get(row.cache_hit_ms, 'p99')):>9}"
             f"{_fmt(hits, '.0f') + ('%' if hits is not None else ''):>6}"
+            f"{_fmt(row.cpu_client_ms):>8}{_fmt(_server_cpu(row)):>8}"
             f"{_fmt(row.throughput_rps, '.0f'):>8}"
         )
+    for row in rows:
+        if row.cpu_server_ms:
+            parts = ", ".join(f"{name} {ms:.2f}" for name, ms in row.cpu_server_ms.items())
+            print(f"server cpu ms per request, {row.label}: {parts}")
     for row in rows:
         if row.note:
             print(f"note, {row.label}: {row.note}")
@@ -738,10 +1021,12 @@ def report(rows: list[Measured], args: argparse.Namespace) -> dict[str, object]:
     return {
         "n": args.n,
         "warmup": args.warmup,
+        "block": args.block,
         "concurrency": args.concurrency,
         "throughput_requests": args.requests,
         "cores": os.cpu_count(),
         "litellm": _version("litellm"),
+        "proxy_bin": str(args.proxy_bin),
         "nexus_auth": True,
         "proxy_auth": False,
         "baseline": "direct",
@@ -766,6 +1051,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=300, help="timed requests per measurement")
     parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--block", type=int, default=10, help="requests per turn of a contender")
     parser.add_argument("--concurrency", type=int, default=16, help="0: no throughput row")
     parser.add_argument("--requests", type=int, default=800, help="requests of the req/s row")
     parser.add_argument(
@@ -773,6 +1059,12 @@ def main() -> None:
         type=lambda s: set(filter(None, s.split(","))),
         default=set(),
         help=f"comma-separated contenders to leave out: {','.join(CONTENDERS)}",
+    )
+    parser.add_argument(
+        "--proxy-bin",
+        type=Path,
+        default=DEFAULT_PROXY_BIN,
+        help="the `litellm` executable of the proxy's own virtual environment",
     )
     args = parser.parse_args()
     # SIGTERM (and SIGINT, even where a shell started us in the background with it ignored)

@@ -169,9 +169,17 @@ class ResponseCache:
         Memory answers first; on a miss there the shared KV tier does, and fills memory. A KV
         tier that cannot be reached counts as a miss (logged).
         """
-        completion = self._memory.get(key)
+        completion = self.get_local(key)
         if completion is not None:
             return completion
+        return await self.get_shared(key)
+
+    def get_local(self, key: str) -> Completion | None:
+        """`get` from this replica's memory only: no waiting."""
+        return self._memory.get(key)
+
+    async def get_shared(self, key: str) -> Completion | None:
+        """`get` from the shared KV tier only (a hit fills memory)."""
         return await self._get_shared(key)
 
     async def put(self, key: str, completion: Completion) -> None:

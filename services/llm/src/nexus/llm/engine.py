@@ -99,16 +99,18 @@ class ChatEngine:
         """
         started = time.perf_counter()
         plan = await self._plan(call)
-        hit = await self._lookup(plan)
-        if hit is not None:
-            return await self._finish(plan, hit, started, operation)
-        reservation = await self._reserve(plan)
+        found = await self._lookup_or_reserve(plan)
+        if isinstance(found, Completion):
+            return await self._finish(plan, found, started, operation)
+        reservation = found
         try:
             completion = await self._router.complete(plan.model.name, plan.messages, call.params)
         except BaseException:
-            self._background(self._budgets.release(reservation))
+            if reservation.active:
+                self._background(self._budgets.release(reservation))
             raise
-        self._background(self._budgets.settle(reservation, completion.usage.cost_usd))
+        if reservation.active:
+            self._background(self._budgets.settle(reservation, completion.usage.cost_usd))
         await self._store(plan, completion)
         return await self._finish(plan, completion, started, operation)
 
@@ -120,13 +122,13 @@ class ChatEngine:
         """
         started = time.perf_counter()
         plan = await self._plan(call)
-        hit = await self._lookup(plan)
-        if hit is not None:
-            for chunk in _replay(hit):
+        found = await self._lookup_or_reserve(plan)
+        if isinstance(found, Completion):
+            for chunk in _replay(found):
                 yield replace(chunk, conversation_id=call.conversation_id)
-            await self._finish(plan, hit, started, "chat")
+            await self._finish(plan, found, started, "chat")
             return
-        reservation = await self._reserve(plan)
+        reservation = found
         collected = _Collector()
         try:
             async for chunk in self._router.stream(plan.model.name, plan.messages, call.params):
@@ -211,14 +213,57 @@ class ChatEngine:
 
     # Cache.
 
-    async def _lookup(self, plan: _Plan) -> Completion | None:
+    async def _lookup_or_reserve(self, plan: _Plan) -> Completion | Reservation:
+        """The call's cached completion, or else its budget reservation.
+
+        This replica's memory answers first. On a miss there the shared tiers (KV, semantic)
+        and the budget are asked at once: the call waits for one NATS round trip, not two. A
+        reservation made for a call that the shared tiers then answer is released before the
+        hit is served; a reservation that completes after the call was cancelled is released
+        in the background.
+
+        Raises:
+            ResourceExhausted: Over budget, when no cache answers the call.
+        """
         mode = plan.call.cache_mode
         if not self._settings.cache_enabled or mode is not CacheMode.DEFAULT:
-            return None
-        hit = await self._cache.get(plan.key)
+            return await self._reserve(plan)
+        hit = self._cache.get_local(plan.key)
+        if hit is not None:
+            return hit
+        lookup = asyncio.ensure_future(self._lookup_shared(plan))
+        reserve = asyncio.ensure_future(self._reserve(plan))
+        try:
+            await asyncio.wait((lookup, reserve))
+        except BaseException:
+            lookup.cancel()
+            reserve.add_done_callback(self._release_late)
+            raise
+        if lookup.exception() is None and (hit := lookup.result()) is not None:
+            if reserve.exception() is None and reserve.result().active:
+                try:
+                    await self._budgets.release(reserve.result())
+                except Exception:  # the hit is served anyway; the reservation expires
+                    log.exception("releasing the reservation of a cached call failed")
+            return hit
+        if lookup.exception() is not None:
+            self._release_late(reserve)
+        lookup.result()  # raises the lookup's error
+        return reserve.result()
+
+    async def _lookup_shared(self, plan: _Plan) -> Completion | None:
+        """The shared KV tier, then the semantic cache."""
+        hit = await self._cache.get_shared(plan.key)
         if hit is None and self._semantic is not None:
             hit = await self._semantic.get(plan.call, plan.messages)
         return hit
+
+    def _release_late(self, reserve: asyncio.Future[Reservation]) -> None:
+        """Releases, in the background, what a reservation nobody will use holds."""
+        if reserve.cancelled() or reserve.exception() is not None:
+            return
+        if reserve.result().active:
+            self._background(self._budgets.release(reserve.result()))
 
     async def _store(self, plan: _Plan, completion: Completion) -> None:
         if plan.call.conversation_id:

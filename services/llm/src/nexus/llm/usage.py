@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
 import random
 import string
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.errors import Error as NatsError
@@ -38,6 +41,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from nexus.api.llm.v1.events_pb2 import UsageRecorded
 from nexus.common.errors import Aborted, InvalidArgument, ResourceExhausted, Unavailable
@@ -73,6 +77,7 @@ _FETCH_BATCH = 512
 _FETCH_TIMEOUT_S = 5.0
 _SCAN_INACTIVE_S = 30.0
 _MAX_VALUE_BYTES = 1024
+_KNOWN_KEYS = 4_096
 
 REQUESTS = Counter(
     "nexus_llm_requests_total",
@@ -151,6 +156,12 @@ class Counters:
         """Adds `other` to these counters."""
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def plus(self, other: Counters) -> Counters:
+        """These counters and `other`, added into new counters."""
+        total = replace(self)
+        total.add(other)
+        return total
 
     def encode(self) -> bytes:
         """The JSON value stored in KV."""
@@ -293,11 +304,19 @@ def observe(record: UsageRecord) -> None:
     """Counts one call in the Prometheus metrics."""
     key, model, provider = record.api_key_id, record.model, record.provider
     cached = "true" if record.cached else "false"
-    REQUESTS.labels(key, model, provider, record.operation, cached).inc()
-    TOKENS.labels(key, model, provider, "prompt").inc(record.usage.prompt_tokens)
-    TOKENS.labels(key, model, provider, "completion").inc(record.usage.completion_tokens)
-    COST.labels(key, model, provider).inc(record.usage.cost_usd)
-    DURATION.labels(model, provider, record.operation).observe(record.latency_s)
+    _child(REQUESTS, key, model, provider, record.operation, cached).inc()
+    _child(TOKENS, key, model, provider, "prompt").inc(record.usage.prompt_tokens)
+    _child(TOKENS, key, model, provider, "completion").inc(record.usage.completion_tokens)
+    _child(COST, key, model, provider).inc(record.usage.cost_usd)
+    _child(DURATION, model, provider, record.operation).observe(record.latency_s)
+
+
+@functools.lru_cache(maxsize=4096)
+def _child(metric: MetricWrapperBase, *values: str) -> Any:
+    """The labelled child of a metric, cached: `labels()` takes a lock and builds its key on
+    every call (five times a call here). Most recently used label sets are kept; the labels
+    themselves stay in the metric whatever the cache holds."""
+    return metric.labels(*values)
 
 
 def usage_event(record: UsageRecord) -> UsageRecorded:
@@ -333,12 +352,19 @@ class _Batch:
 
 class _GroupWriter:
     """Adds counters to KV entries with compare-and-set, one writer task per key: what arrives
-    for a key while its write is in flight is summed and written next, in one update."""
+    for a key while its write is in flight is summed and written next, in one update.
+
+    The revision and value it last wrote of a key are remembered (`_KNOWN_KEYS` most recent
+    keys), so the next write of that key tries them without reading the entry first: one KV
+    round trip instead of two while this replica is the only writer. When another replica
+    wrote meanwhile, the compare-and-set fails and the entry is read, as for any conflict.
+    """
 
     def __init__(self, kv: KeyValue) -> None:
         self._kv = kv
         self._pending: dict[str, _Batch] = {}
         self._writers: dict[str, asyncio.Task[None]] = {}
+        self._known: OrderedDict[str, tuple[int, Counters]] = OrderedDict()
         self.conflicts = 0
         """Compare-and-set conflicts met (another replica wrote first), for tests and logs."""
 
@@ -373,7 +399,14 @@ class _GroupWriter:
                 _settle(left.waiters, asyncio.CancelledError())
 
     async def _apply(self, key: str, delta: Counters) -> None:
-        """Adds `delta` to the entry of `key`: read, add, write if nobody wrote meanwhile."""
+        """Adds `delta` to the entry of `key`: read (unless this writer knows its latest
+        revision), add, write if nobody wrote meanwhile."""
+        known = self._known.pop(key, None)
+        if known is not None:
+            revision, total = known
+            if await self._put(key, total.plus(delta), revision):
+                return
+            self.conflicts += 1  # another replica wrote since; read it, without waiting
         for attempt in range(_CAS_ATTEMPTS):
             if attempt:
                 self.conflicts += 1
@@ -381,19 +414,28 @@ class _GroupWriter:
             try:
                 entry = await self._kv.get(key)
             except KeyNotFoundError:  # also a deleted key; `create` handles its tombstone
-                try:
-                    await self._kv.create(key, delta.encode())
+                if await self._put(key, Counters().plus(delta), None):
                     return
-                except KeyWrongLastSequenceError:
-                    continue
-            total = _decoded(key, entry.value)
-            total.add(delta)
-            try:
-                await self._kv.update(key, total.encode(), last=entry.revision)
-                return
-            except KeyWrongLastSequenceError:
                 continue
+            revision = entry.revision or 0
+            if await self._put(key, _decoded(key, entry.value).plus(delta), revision):
+                return
         raise Aborted(f"usage totals {key} kept changing; {_CAS_ATTEMPTS} attempts failed")
+
+    async def _put(self, key: str, total: Counters, last: int | None) -> bool:
+        """Writes `total` if the entry's revision is still `last` (None: if there is none);
+        False when another writer came first."""
+        try:
+            if last is None:
+                revision = await self._kv.create(key, total.encode())
+            else:
+                revision = await self._kv.update(key, total.encode(), last=last)
+        except KeyWrongLastSequenceError:
+            return False
+        self._known[key] = (int(revision), total)
+        while len(self._known) > _KNOWN_KEYS:
+            self._known.popitem(last=False)
+        return True
 
     def cancel(self) -> None:
         """Cancels every writer (waiters get CancelledError)."""

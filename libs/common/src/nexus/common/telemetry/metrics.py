@@ -138,7 +138,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     @asynccontextmanager
     async def _measure(self, method: str, context: Context) -> AsyncIterator[None]:
-        in_flight = RPC_IN_FLIGHT.labels(service=self._service, method=method)
+        in_flight = _child(RPC_IN_FLIGHT, self._service, method)
         in_flight.inc()
         start = time.perf_counter()
         error: BaseException | None = None
@@ -150,6 +150,6 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         finally:
             in_flight.dec()
             elapsed = time.perf_counter() - start
-            RPC_DURATION.labels(service=self._service, method=method).observe(elapsed)
+            _child(RPC_DURATION, self._service, method).observe(elapsed)
             code = status_of(error, context).name
-            RPC_REQUESTS.labels(service=self._service, method=method, code=code).inc()
+            _child(RPC_REQUESTS, self._service, method, code).inc()

@@ -136,9 +136,19 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
+        carrier = metadata_dict(handler_call_details.invocation_metadata)
+        if not _recording() and carrier.keys().isdisjoint(propagate.get_global_textmap().fields):
+            # No span is recorded and the caller sent no context to carry on: the span would
+            # be the invalid no-op span that is current anyway.
+            return handler
         method = handler_call_details.method.lstrip("/")
-        parent = extract_context(metadata_dict(handler_call_details.invocation_metadata))
+        parent = extract_context(carrier)
         return wrap_handler(handler, lambda context: _server_span(method, parent, context))
+
+
+def _recording() -> bool:
+    """Whether spans are recorded: `setup_tracing` installed the SDK's provider."""
+    return isinstance(trace.get_tracer_provider(), TracerProvider)
 
 
 @asynccontextmanager
