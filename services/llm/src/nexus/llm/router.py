@@ -115,7 +115,7 @@ class ProviderRouter:
         """Prompt tokens of `messages` for `model`'s (first) deployment."""
         deployment = self._config.deployments_of(model)[0]
         if deployment.local_name:
-            return self._local.get(deployment.local_name).count_tokens(messages)
+            return self._local.get(deployment.local_name).count_tokens(messages, tools)
         return int(litellm.token_counter(model=deployment.model, messages=messages, tools=tools))
 
     def count_text_tokens(self, model: str, text: str) -> int:
