@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -71,6 +72,7 @@ class ServiceHost:
         self._bus: EventBus | None = None
         self._keys: KeyStore | None = None
         self._registry: ModelRegistry | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._server: grpc.aio.Server | None = None
         self._on_stop: list[Hook] = []
         self._stop_requested = asyncio.Event()
@@ -131,6 +133,16 @@ class ServiceHost:
             await self._registry.start()
         return self._registry
 
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The service's one pool of `settings.workers` threads for CPU-heavy work (loading
+        and running models), made on first use and shut down at stop, after the hooks."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                self.settings.workers, thread_name_prefix=f"{self.name}-work"
+            )
+        return self._executor
+
     def add_servicer(self, add: AddServicer, servicer: object, service_name: str) -> None:
         """Registers a servicer with its generated `add_..._to_server` function."""
         add(servicer, self.server)
@@ -173,6 +185,9 @@ class ServiceHost:
         for closer in (self._registry, self._keys):
             if closer is not None:
                 await _quietly(closer.stop)
+        if self._executor is not None:
+            executor = self._executor
+            await _quietly(lambda: asyncio.to_thread(executor.shutdown, cancel_futures=True))
         if self._nc is not None:
             await _quietly(self._nc.drain)
         log.info("%s stopped", self.name)

@@ -373,7 +373,17 @@ class ModelRegistry:
         if not self._key:
             raise FailedPrecondition(_signing.NO_KEY, "NO_SIGNING_KEY")
         data = await self.load_artifact(name, version)
-        return await _maybe_thread(len(data), lambda: _signing.loads_verified(self._key, data))
+        return await _maybe_thread(len(data), lambda: self.loads_signed(data))
+
+    def loads_signed(self, artifact: bytes) -> object:
+        """Unpickles an artifact that `register_object` wrote, after verifying its signature
+        (blocking: a caller with an executor runs it there).
+
+        Raises:
+            FailedPrecondition: No signing key, or a signature that does not verify (the bytes
+                are then never unpickled).
+        """
+        return _signing.loads_verified(self._key, artifact)
 
     async def get_model(self, name: str) -> ModelInfo:
         """One model with its versions and aliases.
