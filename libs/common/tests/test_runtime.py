@@ -329,3 +329,21 @@ async def test_refuses_frameworks_it_does_not_load(
     with pytest.raises(FailedPrecondition, match="'onnx', not one of pickle"):
         await predict(runtime, "raw", 1.0, version="1")
     assert journal.loads == []
+
+
+async def test_a_reload_follows_only_the_aliases_used_and_keeps_named_versions(
+    registry: ModelRegistry, make_runtime: RuntimeFactory, journal: Journal
+) -> None:
+    await register(registry, "m", 1.0, 2.0, 3.0)
+    await registry.promote("m", "1", "staging")
+    runtime = make_runtime()
+    await runtime.start()
+    await predict(runtime, "m", 1.0)  # production -> 1
+    await predict(runtime, "m", 1.0, version="3")  # named: kept across alias changes
+
+    await registry.promote("m", "2", "staging")  # no request went through staging
+    await asyncio.sleep(0.1)
+    assert journal.loads == [("m", "1"), ("m", "3")]
+
+    await registry.promote("m", "2")
+    await eventually(lambda: runtime.held() == [("m", "3"), ("m", "2")])

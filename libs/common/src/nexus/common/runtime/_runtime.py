@@ -50,6 +50,7 @@ class _Entry(Generic[M]):
     size: int
     batcher: MicroBatcher[Any, Any] | None
     fixed: bool = False
+    pinned: bool = False  # a request named this version: an alias change does not let it go
     users: int = 0
     evicted: bool = False
 
@@ -82,9 +83,10 @@ class ModelRuntime(Generic[M]):
     however many requests ask at the same time, keeps it in an LRU bounded by count and by
     estimated bytes, merges concurrent predictions when the model declares batching, and runs
     every load, predict and unload on the service's executor. When any replica promotes a
-    model or changes its split, every replica that holds the model loads the versions its
-    aliases now route to and lets go of the rest; deleted versions are let go at once. A
-    version evicted while requests use it is unloaded when the last one ends.
+    model or changes its split, every replica whose requests went through that alias loads the
+    versions the alias now routes to and lets go of the versions no followed alias routes to
+    (unless a request named the version); deleted versions are let go at once. A version
+    evicted while requests use it is unloaded when the last one ends.
 
     Args:
         registry: The service's model registry (None serves only models added with `add`).
@@ -120,6 +122,7 @@ class ModelRuntime(Generic[M]):
         self._loading: dict[Key, asyncio.Task[_Entry[M]]] = {}
         self._unloading: set[asyncio.Task[None]] = set()
         self._listeners: list[ReloadCallback] = []
+        self._followed: dict[str, set[str]] = {}  # aliases requests went through, by model
         self._bytes = 0
         self._started = False
         self._stopped = False
@@ -140,7 +143,9 @@ class ModelRuntime(Generic[M]):
             NexusError: A named model that cannot be resolved or loaded.
         """
         for name in names if names is not None else await self._aliased_names():
-            for version in self._routed_versions(name):
+            aliases = self._aliases_of(name)
+            self._followed.setdefault(name, set()).update(aliases)
+            for version in self._routed_versions(name, aliases):
                 if self._full():
                     return
                 await self._entry_of((name, version))
@@ -201,7 +206,10 @@ class ModelRuntime(Generic[M]):
             FailedPrecondition: A version of a framework this runtime does not load.
         """
         resolved = self.resolve(name, alias=alias, version=version, routing_key=routing_key)
+        if resolved.alias:
+            self._followed.setdefault(resolved.name, set()).add(resolved.alias)
         entry = await self._lease((resolved.name, resolved.version))
+        entry.pinned = entry.pinned or not resolved.alias
         try:
             yield Served(entry, resolved)
         finally:
@@ -385,7 +393,10 @@ class ModelRuntime(Generic[M]):
         try:
             if entry.batcher is not None:
                 await entry.batcher.close()
-            await self.run(entry.model.unload)
+            try:
+                await self.run(entry.model.unload)
+            except Unavailable:  # the executor is shut down: the service is stopping
+                entry.model.unload()
         except Exception:
             log.exception("unloading model %s version %s failed", *entry.key)
 
@@ -401,23 +412,27 @@ class ModelRuntime(Generic[M]):
             self._forget(change.name, change.version)
         elif change.kind == "deleted":
             self._forget(change.name)
-        elif change.kind in _RELOAD_KINDS and self._holds(change.name):
+            self._followed.pop(change.name, None)
+        elif change.kind in _RELOAD_KINDS and self._follows(change.name, change.alias):
             await self._reload(change.name)
 
-    def _holds(self, name: str) -> bool:
-        return any(key[0] == name for key in [*self._entries, *self._loading])
+    def _follows(self, name: str, alias: str) -> bool:
+        held = any(key[0] == name for key in [*self._entries, *self._loading])
+        return held and alias in self._followed.get(name, ())
 
     async def _reload(self, name: str) -> None:
-        """Loads what the aliases of `name` route to now, then lets go of the other versions."""
-        routed = self._routed_versions(name)
+        """Loads what the followed aliases of `name` route to now, then lets go of the versions
+        that none of them routes to and that no request named."""
+        routed = self._routed_versions(name, self._followed.get(name, set()))
         for version in routed:
             try:
                 await self._entry_of((name, version))
             except NexusError:
                 log.exception("reloading model %s version %s failed", name, version)
                 return  # the versions held keep serving
-        for key in [k for k in self._entries if k[0] == name and k[1] not in routed]:
-            self._evict(key, count=False)
+        for key, entry in list(self._entries.items()):
+            if key[0] == name and key[1] not in routed and not entry.pinned:
+                self._evict(key, count=False)
         for callback in self._listeners:
             await callback(name)
 
@@ -432,13 +447,25 @@ class ModelRuntime(Generic[M]):
             self._loading.pop(key, None)
             self._evict(key, count=False)
 
-    def _routed_versions(self, name: str) -> list[str]:
-        """The versions any alias of `name` sends traffic to, by version."""
+    def _aliases_of(self, name: str) -> set[str]:
+        try:
+            return {alias.alias for alias in self._need_registry().get_model_now(name).aliases}
+        except NotFound:
+            return set()
+
+    def _routed_versions(self, name: str, aliases: Collection[str]) -> list[str]:
+        """The versions that `aliases` of `name` send traffic to, by version."""
         try:
             info = self._need_registry().get_model_now(name)
         except NotFound:
             return []
-        versions = {v for alias in info.aliases for v, weight in alias.splits if weight > 0}
+        versions = {
+            v
+            for alias in info.aliases
+            if alias.alias in aliases
+            for v, weight in alias.splits
+            if weight > 0
+        }
         return sorted(versions, key=int)
 
     async def _aliased_names(self) -> list[str]:
