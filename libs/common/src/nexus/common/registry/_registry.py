@@ -80,12 +80,12 @@ PROMOTED_WEIGHT = 100
 
 _KV_STREAM = f"KV_{BUCKET}"
 _KV_PREFIX = f"$KV.{BUCKET}."
-_OBJECTS_STREAM = f"OBJ_{ARTIFACTS}"
-_DIRECT_CHUNKS = 8  # objects of up to this many chunks (128 KiB each) are read by direct gets
 _START_TIMEOUT_S = 30.0
 _CLAIM_ATTEMPTS = 64
 _SETTLE_TIMEOUT_S = 5.0
 _OFF_LOOP_BYTES = MIB  # hash, verify or unpickle anything bigger in a thread
+_OBJECTS_STREAM = f"OBJ_{ARTIFACTS}"
+_DIRECT_CHUNKS = 8  # objects of up to this many chunks (128 KiB each) are read by direct gets
 _KINDS = {
     "registered": events_pb2.MODEL_CHANGE_KIND_REGISTERED,
     "promoted": events_pb2.MODEL_CHANGE_KIND_PROMOTED,
