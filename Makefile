@@ -40,7 +40,7 @@ $(STAMP): $(LOCK) pyproject.toml $(addsuffix /pyproject.toml,$(PACKAGES))
 	$(PY) -m pip install --quiet --disable-pip-version-check "pip==$(PIP_VERSION)"
 	@echo "==> $(VENV): installing $(LOCK) ($$(grep -c '^[a-z]' $(LOCK)) packages; torch and litellm take a while)"
 	$(PY) -m pip install --progress-bar off --require-hashes --no-deps -r $(LOCK) 2>&1 \
-		| { grep -E '^(Collecting|Successfully|ERROR)' || true; } | cut -c1-100
+		| { grep --line-buffered -E '^(Collecting|Successfully|ERROR)' || true; } | cut -c1-100
 	@echo "==> $(VENV): the workspace's packages (editable)"
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation $(addprefix -e ,$(PACKAGES))
 	touch $@

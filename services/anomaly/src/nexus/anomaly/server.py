@@ -50,11 +50,3 @@ async def create(settings: AnomalySettings, common: NexusSettings) -> ServiceHos
     host.on_stop(stream.stop)
     await host.set_serving()
     return host
-
-
-async def serve(
-    settings: AnomalySettings | None = None, common: NexusSettings | None = None
-) -> None:
-    """Runs the service until SIGTERM or SIGINT."""
-    host = await create(settings or AnomalySettings(), common or NexusSettings())
-    await host.wait_for_signal()

@@ -128,9 +128,3 @@ def _semantic_cache(settings: LlmSettings, embeddings: EmbeddingModels) -> Seman
     return SemanticCache(
         embed, threshold, max_entries=settings.cache_max_entries, ttl_s=settings.cache_ttl_s
     )
-
-
-async def serve(settings: LlmSettings | None = None, common: NexusSettings | None = None) -> None:
-    """Runs the service until SIGTERM or SIGINT."""
-    host = await create(settings or LlmSettings(), common or NexusSettings())
-    await host.wait_for_signal()
