@@ -19,10 +19,11 @@ STAMP := $(VENV)/.installed
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 PYTEST_ARGS ?=
+space := $(subst ,, )
 
 # lint-protos also runs buf breaking against main: a change must not break the wire or JSON
 # format of what has landed.
-.PHONY: run test install lock check-lock protos check-protos lint lint-protos format typecheck unit integration bench clean
+.PHONY: run test install lock check-lock service protos check-protos lint lint-protos format typecheck unit integration bench clean
 
 run: install
 	$(BIN)/nexus up
@@ -59,19 +60,34 @@ check-lock: install
 	$(PY) scripts/lock.py --check
 	$(PY) -m pip check
 
+# A new service from services/_template: make service NAME=forecast
+service: install
+	@test -n "$(NAME)" || { echo "usage: make service NAME=<name>"; exit 2; }
+	$(PY) scripts/new_service.py $(NAME)
+
 protos: install
 	$(PY) scripts/gen_protos.py
 
-check-protos: install
+check-# A new service from services/_template: make service NAME=forecast
+service: install
+	@test -n "$(NAME)" || { echo "usage: make service NAME=<name>"; exit 2; }
+	$(PY) scripts/new_service.py $(NAME)
+
+protos: install
 	$(PY) scripts/gen_protos.py --check
 
 lint: install lint-protos
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy $(SOURCES) scripts bench
+	MYPYPATH=$(subst $(space),:,$(addsuffix /src,$(SERVICES))) $(BIN)/mypy $(SOURCES) scripts bench
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
-lint-protos: install
+lint-# A new service from services/_template: make service NAME=forecast
+service: install
+	@test -n "$(NAME)" || { echo "usage: make service NAME=<name>"; exit 2; }
+	$(PY) scripts/new_service.py $(NAME)
+
+protos: install
 	$(BIN)/buf lint
 	@if git rev-parse --verify --quiet main >/dev/null; then \
 		$(BIN)/buf breaking --against '.git#branch=main'; fi

@@ -24,11 +24,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client
 
+from nexus.api.models.v1 import model_registry_pb2_grpc
 from nexus.common.auth import AuthInterceptor, KeyStore
 from nexus.common.errors.interceptor import ErrorInterceptor
 from nexus.common.events import EventBus
 from nexus.common.nats import connect
 from nexus.common.registry import ModelRegistry
+from nexus.common.registry.servicer import ModelRegistryServicer
 from nexus.common.settings import NexusSettings, ServiceSettings
 from nexus.common.telemetry import (
     MetricsInterceptor,
@@ -40,6 +42,7 @@ from nexus.common.telemetry import (
 
 log = logging.getLogger(__name__)
 
+REGISTRY_SERVICE = "nexus.models.v1.ModelRegistryService"
 AddServicer = Callable[[Any, grpc.aio.Server], None]
 Hook = Callable[[], Awaitable[None]]
 
@@ -154,13 +157,19 @@ class ServiceHost:
         return chain
 
     async def registry(self, *, upload_frameworks: Collection[str] = ()) -> ModelRegistry:
-        """The service's model registry, started on first use."""
+        """The service's model registry, started on first use and served as
+        `nexus.models.v1.ModelRegistryService` (scoped to this service's models)."""
         if self._registry is None:
             key = self.common.registry_signing_key.get_secret_value().encode()
             self._registry = ModelRegistry(
                 self.bus, self.name, signing_key=key, upload_frameworks=upload_frameworks
             )
             await self._registry.start()
+            self.add_servicer(
+                model_registry_pb2_grpc.add_ModelRegistryServiceServicer_to_server,
+                ModelRegistryServicer(self._registry),
+                REGISTRY_SERVICE,
+            )
         return self._registry
 
     def add_servicer(self, add: AddServicer, servicer: object, service_name: str) -> None:

@@ -12,8 +12,6 @@ from nexus.anomaly.settings import AnomalySettings
 from nexus.anomaly.sources import SourceBindings
 from nexus.anomaly.streaming import StreamProcessor
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc
-from nexus.api.models.v1 import model_registry_pb2_grpc
-from nexus.common.registry.servicer import ModelRegistryServicer
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 
@@ -37,11 +35,6 @@ async def create(settings: AnomalySettings, common: NexusSettings) -> ServiceHos
         anomaly_service_pb2_grpc.add_AnomalyServiceServicer_to_server,
         AnomalyServicer(engine, bindings, stream),
         "nexus.anomaly.v1.AnomalyService",
-    )
-    host.add_servicer(
-        model_registry_pb2_grpc.add_ModelRegistryServiceServicer_to_server,
-        ModelRegistryServicer(registry),
-        "nexus.models.v1.ModelRegistryService",
     )
     await host.start()
     for part in (engine, bindings, stream):

@@ -8,8 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from nexus.api.llm.v1 import llm_service_pb2_grpc as pb_grpc
-from nexus.api.models.v1 import model_registry_pb2_grpc
-from nexus.common.registry.servicer import ModelRegistryServicer
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 from nexus.llm.analysis import SentimentAnalyzer
@@ -102,11 +100,6 @@ async def create(settings: LlmSettings, common: NexusSettings) -> ServiceHost:
         pb_grpc.add_UsageServiceServicer_to_server,
         UsageServicer(ledger, budgets),
         "nexus.llm.v1.UsageService",
-    )
-    host.add_servicer(
-        model_registry_pb2_grpc.add_ModelRegistryServiceServicer_to_server,
-        ModelRegistryServicer(registry),
-        "nexus.models.v1.ModelRegistryService",
     )
     await host.start()
     await collections.start()
