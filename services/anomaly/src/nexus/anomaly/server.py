@@ -10,8 +10,6 @@ from nexus.anomaly.settings import AnomalySettings
 from nexus.anomaly.sources import SourceBindings
 from nexus.anomaly.streaming import StreamProcessor
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc
-from nexus.api.models.v1 import model_registry_pb2_grpc
-from nexus.common.registry.servicer import ModelRegistryServicer
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 
@@ -34,25 +32,9 @@ async def create(settings: AnomalySettings, common: NexusSettings) -> ServiceHos
         AnomalyServicer(engine, bindings, stream),
         "nexus.anomaly.v1.AnomalyService",
     )
-    host.add_servicer(
-        model_registry_pb2_grpc.add_ModelRegistryServiceServicer_to_server,
-        ModelRegistryServicer(registry),
-        "nexus.models.v1.ModelRegistryService",
-    )
     await host.start()
     for part in (engine, bindings, stream):
-        await part.start()
-    host.on_stop(engine.stop)
-    host.on_stop(bindings.stop)
-    host.on_stop(stream.stop)
+        await host.manage(part)
     await engine.warm()
     await host.set_serving()
     return host
-
-
-async def serve(
-    settings: AnomalySettings | None = None, common: NexusSettings | None = None
-) -> None:
-    """Runs the service until SIGTERM or SIGINT."""
-    host = await create(settings or AnomalySettings(), common or NexusSettings())
-    await host.wait_for_signal()
