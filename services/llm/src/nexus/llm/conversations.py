@@ -34,7 +34,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from nexus.common.errors import Aborted, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from nexus.llm.cache import open_key_value
+from nexus.common.kv import open_key_value
 from nexus.llm.settings import LlmSettings
 from nexus.llm.types import Message
 from nexus.llm.validation import ROLES

@@ -38,7 +38,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nats.errors import Error as NatsError
 from nats.js import api
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Histogram
 from prometheus_client.metrics import MetricWrapperBase
@@ -46,6 +46,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from nexus.api.llm.v1.events_pb2 import UsageRecorded
 from nexus.common.errors import Aborted, InvalidArgument, ResourceExhausted, Unavailable
 from nexus.common.events import EventBus
+from nexus.common.kv import open_key_value
 from nexus.llm.settings import LlmSettings
 from nexus.llm.types import TokenUsage, UsageRecord
 
@@ -506,14 +507,7 @@ class UsageLedger:
             max_value_size=_MAX_VALUE_BYTES,
             storage=api.StorageType.FILE,
         )
-        try:
-            return await self._js.create_key_value(config)
-        except BadRequestError:  # exists with another configuration: another retention
-            stream = f"KV_{self._bucket_name}"
-            info = await self._js.stream_info(stream)
-            info.config.max_age = retention_s
-            await self._js.update_stream(info.config)
-            return await self._js.key_value(self._bucket_name)
+        return await open_key_value(self._js, config)
 
     async def stop(self) -> None:
         """Waits up to `DRAIN_TIMEOUT_S` for records in flight, then cancels what is left."""
