@@ -16,9 +16,6 @@ os.environ.setdefault("LITELLM_LOG", "ERROR")
 
 import litellm
 from litellm.router import Router
-from litellm.router_utils.pre_call_checks.io_token_rate_limit_check import (
-    deployment_has_io_token_limits,
-)
 
 litellm.telemetry = False
 litellm.suppress_debug_info = True
@@ -26,4 +23,4 @@ litellm.drop_params = True  # a parameter a provider lacks is dropped, not an er
 for _name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
-__all__ = ["Router", "deployment_has_io_token_limits", "litellm"]
+__all__ = ["Router", "litellm"]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from nexus.common.errors import NexusError, NotFound
-from nexus.llm._litellm import Router, deployment_has_io_token_limits, litellm
+from nexus.llm._litellm import Router, litellm
 from nexus.llm.config import Deployment, ModelsConfig
 from nexus.llm.local import PROVIDER as LOCAL_PROVIDER
 from nexus.llm.local import (
@@ -76,7 +76,7 @@ class ProviderRouter:
         self._redact = Redactor.from_params(d.litellm_params for d in config.deployments)
         settings: dict[str, Any] = {"timeout": timeout_s, **config.router_settings}
         self._router = (
-            _Router(
+            Router(
                 model_list=[d.as_litellm(self._local_id) for d in config.deployments], **settings
             )
             if config.deployments
@@ -116,7 +116,9 @@ class ProviderRouter:
         deployment = self._config.deployments_of(model)[0]
         if deployment.local_name:
             return self._local.get(deployment.local_name).count_tokens(messages, tools)
-        return int(litellm.token_counter(model=deployment.model, messages=messages, tools=tools))
+        # Tools arrive as validated OpenAI JSON; litellm types them as its TypedDict.
+        offered: Any = tools
+        return int(litellm.token_counter(model=deployment.model, messages=messages, tools=offered))
 
     def count_text_tokens(self, model: str, text: str) -> int:
         """Tokens of a plain text for `model` (to bill a stream cut short)."""
@@ -231,56 +233,6 @@ class ProviderRouter:
             "input_cost_per_token": info.get("input_cost_per_token") or 0.0,
             "output_cost_per_token": info.get("output_cost_per_token") or 0.0,
         }
-
-
-class _Router(Router):
-    """litellm's Router, without the per-call work that cannot change anything for deployments
-    that have no rate limits.
-
-    After each call litellm's Router adds the call's tokens and one request to the deployment's
-    per-minute TPM/RPM counters, twice (once as the response arrives, once from its success
-    callback), and each time first looks the deployment's limits up, deep-copying its entry of
-    litellm's model map; it then counts nothing unless the deployment has a TPM, RPM, input or
-    output TPM limit (`_increment_deployment_usage`, litellm 1.106). A deployment's limits are
-    fixed once the router is built, so here they are looked up once per deployment and the
-    counting is skipped for deployments without any. Deployments with limits, successes and
-    failures (what cooldowns go by) are counted exactly as before.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._limited: dict[tuple[str, str], bool] = {}
-
-    async def _increment_deployment_usage(self, *args: Any, **kwargs: Any) -> Any:
-        deployment_id, model_group = kwargs.get("deployment_id"), kwargs.get("model_group")
-        if args or not isinstance(deployment_id, str) or not isinstance(model_group, str):
-            return await super()._increment_deployment_usage(*args, **kwargs)  # another litellm
-        limited = self._limited.get((deployment_id, model_group))
-        if limited is None:
-            limited = self._has_limits(deployment_id, model_group)
-            self._limited[deployment_id, model_group] = limited
-        if not limited:
-            return None
-        return await super()._increment_deployment_usage(*args, **kwargs)
-
-    def _has_limits(self, deployment_id: str, model_group: str) -> bool:
-        """Whether litellm counts the usage of this deployment (the test that begins
-        `Router._increment_deployment_usage`); True when in doubt."""
-        deployment: Any = self.get_deployment(model_id=deployment_id)
-        if deployment is None:
-            return True
-        info = self.get_router_model_info(deployment=deployment, received_model_name=model_group)
-        limits = (
-            deployment.get("tpm", None),
-            deployment.get("rpm", None),
-            deployment.litellm_params.tpm,
-            deployment.litellm_params.rpm,
-            info.get("tpm", None),
-            info.get("rpm", None),
-        )
-        return any(limit is not None for limit in limits) or deployment_has_io_token_limits(
-            deployment.model_dump()
-        )
 
 
 @dataclass(frozen=True)
