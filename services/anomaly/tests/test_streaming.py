@@ -10,6 +10,7 @@ import pytest
 from anomaly_testing import Client, StartHost, cloud, points, unique
 from nats.aio.client import Client as Nats
 
+from nexus.anomaly.streaming import STREAM
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected, MetricPoint
 from nexus.common.events import EventBus
@@ -132,7 +133,7 @@ async def collect_detected(
     nc: Nats, *, detector: str, expected: int, timeout_s: float = 60
 ) -> set[str]:
     """Point ids of `detector`'s anomalies in the ANOMALY stream, until `expected` arrive."""
-    sub = await nc.jetstream().pull_subscribe("nexus.anomaly.detected", stream="ANOMALY")
+    sub = await nc.jetstream().pull_subscribe("nexus.anomaly.detected", stream=STREAM.name)
     seen: set[str] = set()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout_s):

@@ -45,7 +45,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from nexus.api.llm.v1.events_pb2 import UsageRecorded
 from nexus.common.errors import Aborted, InvalidArgument, ResourceExhausted, Unavailable
-from nexus.common.events import EventBus
+from nexus.common.events import DAY_S, GIB, EventBus, Stream
 from nexus.common.kv import open_key_value
 from nexus.llm.settings import LlmSettings
 from nexus.llm.types import TokenUsage, UsageRecord
@@ -54,8 +54,9 @@ log = logging.getLogger(__name__)
 
 BUCKET = "nexus_llm_usage"
 """The KV bucket of per-day usage totals."""
-STREAM = "LLM"
-"""The stream of usage events (`nexus.common.events.STREAMS`)."""
+STREAM = Stream("LLM", ("nexus.llm.>",), max_age_s=7 * DAY_S, max_bytes=GIB)
+"""The llm service's events: one small usage event per call, kept a week for billing exports
+(the usage KV totals answer queries)."""
 SUBJECT = "nexus.llm.usage"
 READ_YOUR_WRITES_S = 2.0
 """Longest a totals query waits for this replica's records still being written."""

@@ -34,7 +34,7 @@ from nexus.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from nexus.common.events import EventBus
+from nexus.common.events import DAY_S, GIB, EventBus, Stream
 from nexus.common.kv import KvEntry, KvFollower, kv_subject, open_key_value, open_object_store
 from nexus.common.registry import _signing
 from nexus.common.registry._mirror import Mirror
@@ -88,6 +88,10 @@ _KINDS = {
 }
 
 ChangeCallback = Callable[[ModelChange], Awaitable[None]]
+
+STREAM = Stream("MODELS", ("nexus.models.>",), max_age_s=30 * DAY_S, max_bytes=GIB // 4)
+"""The registry's `ModelChanged` events (`nexus.models.<service>.<kind>`): rare, small
+notifications, and the KV bucket is the source of truth anyway, hence a month and 256 MiB."""
 
 _BUCKET_CONFIG = api.KeyValueConfig(
     bucket=BUCKET,
@@ -156,7 +160,7 @@ class ModelRegistry:
             js = self._bus.js
             self._kv = await open_key_value(js, _BUCKET_CONFIG)
             self._objects = await open_object_store(js, ARTIFACTS, _ARTIFACTS_CONFIG)
-            await self._bus.ensure_streams("MODELS")
+            await self._bus.ensure_streams(STREAM)
             await self._follow()
         self._dispatcher = asyncio.create_task(
             self._dispatch(), name=f"registry-{self._service}-callbacks"
