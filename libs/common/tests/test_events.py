@@ -14,7 +14,8 @@ from nats.aio.msg import Msg
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected, MetricPoint
+from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
+from nexus.api.metrics.v1.events_pb2 import MetricPoint
 from nexus.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from nexus.common.events import DAY_S, MIB, Consumer, Event, EventBus, Stream, parse_event
 from nexus.common.nats import connect
@@ -324,10 +325,24 @@ class _FakeMsg(Msg):
         self.headers, self.data, self.reply, self.subject = headers, data, "", "s"
 
 
+def test_a_metric_point_under_its_former_anomaly_type_is_accepted() -> None:
+    headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s"}
+    former = {**headers, "ce-type": "nexus.anomaly.v1.MetricPoint"}
+    data = MetricPoint(source="cpu", values=[1.0]).SerializeToString()
+    event = parse_event(_FakeMsg(former, data), MetricPoint)
+    assert (event.type, event.data.source, list(event.data.values)) == (
+        "nexus.metrics.v1.MetricPoint",
+        "cpu",
+        [1.0],
+    )
+    with pytest.raises(InvalidArgument, match="ce-type"):
+        parse_event(_FakeMsg(former, data), AnomalyDetected)
+
+
 def test_parse_event_checks_the_type_and_headers() -> None:
     headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s"}
     data = MetricPoint(source="cpu").SerializeToString()
-    typed = {**headers, "ce-type": "nexus.anomaly.v1.MetricPoint"}
+    typed = {**headers, "ce-type": "nexus.metrics.v1.MetricPoint"}
     assert parse_event(_FakeMsg(typed, data), MetricPoint).data.source == "cpu"
     with pytest.raises(InvalidArgument, match=r"expected nexus\.anomaly\.v1\.AnomalyDetected"):
         parse_event(_FakeMsg(typed, data), AnomalyDetected)

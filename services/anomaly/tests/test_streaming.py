@@ -12,7 +12,8 @@ from nats.aio.client import Client as Nats
 
 from nexus.anomaly.streaming import STREAM
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
-from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected, MetricPoint
+from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
+from nexus.api.metrics.v1.events_pb2 import MetricPoint
 from nexus.common.events import EventBus
 from nexus.common.nats import connect
 from nexus.common.natsserver import NatsServer

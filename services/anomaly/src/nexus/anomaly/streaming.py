@@ -21,7 +21,8 @@ from nexus.anomaly.detectors import AnomalyModel, StreamingDetectors
 from nexus.anomaly.engine import AnomalyEngine, Selector
 from nexus.anomaly.settings import AnomalySettings
 from nexus.anomaly.sources import SourceBindings, check_source
-from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected, MetricPoint
+from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
+from nexus.api.metrics.v1.events_pb2 import MetricPoint
 from nexus.common.batching import MicroBatcher
 from nexus.common.errors import InvalidArgument, NexusError
 from nexus.common.events import DAY_S, GIB, METRICS, Consumer, Event, EventBus, Stream
