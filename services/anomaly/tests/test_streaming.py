@@ -18,6 +18,7 @@ from nexus.common.events import EventBus
 from nexus.common.nats import connect
 from nexus.common.natsserver import NatsServer
 from nexus.common.settings import NexusSettings
+from nexus.common.testing.paging import every_page
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +78,29 @@ async def train_and_bind(client: Client, name: str, source: str) -> None:
     await client.anomaly.TrainDetector(request, metadata=client.metadata)
     bind = pb.BindSourceRequest(source=source, detector=name)
     await client.anomaly.BindSource(bind, metadata=client.metadata)
+
+
+async def test_list_sources_pages(client: Client) -> None:
+    name, sources = unique(), sorted(unique("src") for _ in range(3))
+    await train_and_bind(client, name, sources[0])
+    for source in sources[1:]:
+        bind = pb.BindSourceRequest(source=source, detector=name)
+        await client.anomaly.BindSource(bind, metadata=client.metadata)
+
+    async def page(token: str) -> tuple[list[str], str]:
+        request = pb.ListSourcesRequest(page_size=2, page_token=token)
+        reply = await client.anomaly.ListSources(request, metadata=client.metadata)
+        return [b.source for b in reply.bindings], reply.next_page_token
+
+    pages = await every_page(page)
+    listed = [source for page in pages for source in page]
+    assert listed == sorted(set(listed))
+    assert set(sources) <= set(listed)
+    assert all(len(p) == 2 for p in pages[:-1])
+    bad = pb.ListSourcesRequest(page_token="garbage")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.anomaly.ListSources(bad, metadata=client.metadata)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_a_bound_detector_scores_its_source(client: Client, nats_client: Nats) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import hashlib
 import io
@@ -36,6 +34,7 @@ from nexus.common.errors import (
 )
 from nexus.common.events import DAY_S, GIB, EventBus, Stream
 from nexus.common.kv import KvEntry, KvFollower, kv_subject, open_key_value, open_object_store
+from nexus.common.paging import page_request, paginate
 from nexus.common.registry import _signing
 from nexus.common.registry._mirror import Mirror
 from nexus.common.registry._records import (
@@ -391,21 +390,17 @@ class ModelRegistry:
     async def list_models(
         self, page_size: int = 50, page_token: str = ""
     ) -> tuple[list[ModelInfo], str]:
-        """One page of the service's models, by name.
+        """One page of the service's models, by name (paged as `nexus.common.paging` says).
 
         Returns:
             The models, and the token of the next page ("" on the last one).
 
         Raises:
-            InvalidArgument: A page size below 1, or a token that no page gave out.
+            InvalidArgument: A negative page size, or a token that no page of this list gave out.
         """
-        if page_size < 1:
-            raise InvalidArgument.for_field("page_size", "must be at least 1")
-        after = _decode_token(page_token)
-        names = [name for name in self._mirror.names() if name > after]
-        page = [info for name in names[:page_size] if (info := self._mirror.model(name))]
-        token = _encode_token(page[-1].name) if page and len(names) > page_size else ""
-        return page, token
+        page = page_request(page_size, page_token, scope=f"models/{self._service}")
+        names, token = paginate(self._mirror.names(), str, page)
+        return [info for name in names if (info := self._mirror.model(name))], token
 
     def resolve(
         self, name: str, *, alias: str = "", version: str = "", routing_key: str = ""
@@ -643,17 +638,3 @@ def _refuse_if_aliased(model: ModelInfo, version: str) -> None:
             "point them elsewhere first",
             "VERSION_IN_USE",
         )
-
-
-def _encode_token(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
-
-
-def _decode_token(token: str) -> str:
-    if not token:
-        return ""
-    try:
-        name = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        return check_name("page_token", name)
-    except (binascii.Error, UnicodeDecodeError, InvalidArgument) as err:
-        raise InvalidArgument.for_field("page_token", "not a token from a previous page") from err
