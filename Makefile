@@ -1,50 +1,93 @@
 # The two commands of the README: `make run` starts the platform, `make test` runs every check.
 # Both create .venv and install what they need first.
 
+SHELL := bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-PACKAGES := libs/api libs/common gateway services/anomaly services/llm
+# The workspace's packages, found by folder: a new service is one folder under services/
+# (services/_template is the template, not a package).
+SERVICES := $(sort $(patsubst %/pyproject.toml,%,$(filter-out services/_%,$(wildcard services/*/pyproject.toml))))
+PACKAGES := libs/api libs/common gateway $(SERVICES)
+SOURCES := $(addsuffix /src,libs/common gateway $(SERVICES))
+LOCK := requirements.lock
+# pip itself, the one package installed before the lock (pylock-free, hash-checking installs).
+PIP_VERSION := 26.3
 STAMP := $(VENV)/.installed
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 PYTEST_ARGS ?=
+space := $(subst ,, )
 
 # lint-protos also runs buf breaking against main: a change must not break the wire or JSON
 # format of what has landed.
-.PHONY: run test install protos check-protos lint lint-protos format typecheck unit integration bench clean
+.PHONY: run test install lock check-lock service protos check-protos lint lint-protos format typecheck unit integration bench clean
 
 run: install
 	$(BIN)/nexus up
 
-test: install lint check-protos
+test: install lint check-protos check-lock
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 install: $(STAMP)
 
-# torch first, pinned to the CPU build that this platform's machines carry; an unpinned torch
-# would pull a multi-GB CUDA build. Then every package, editable, and the dev tools.
-$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PACKAGES))
+# Exactly the lock, hash-checked, then the workspace's own packages (editable, no dependencies:
+# every one of those is in the lock). `make test` then checks that the lock is complete and fresh.
+$(STAMP): $(LOCK) pyproject.toml $(addsuffix /pyproject.toml,$(PACKAGES))
+	@echo "==> $(VENV): python venv, pip $(PIP_VERSION)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
-	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet $(addprefix -e ,$(PACKAGES)) --group dev
+	$(PY) -m pip install --quiet --disable-pip-version-check "pip==$(PIP_VERSION)"
+	@echo "==> $(VENV): installing $(LOCK) ($$(grep -c '^[a-z]' $(LOCK)) packages; torch and litellm take a while)"
+	$(PY) -m pip install --progress-bar off --require-hashes --no-deps -r $(LOCK) 2>&1 \
+		| { grep --line-buffered -E '^(Collecting|Successfully|ERROR)' || true; } | cut -c1-100
+	@echo "==> $(VENV): the workspace's packages (editable)"
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation $(addprefix -e ,$(PACKAGES))
 	touch $@
+
+# Re-resolves to the newest versions the pyproject.toml ranges allow and rewrites the lock files
+# (the root one and one per deployable), then installs them; `make test` decides whether the new
+# lock lands. See docs/adr/0013-locked-installs.md.
+lock: $(STAMP)
+	$(PY) scripts/lock.py
+	$(MAKE) --no-print-directory install
+	$(PY) scripts/lock.py --check
+
+# Fails when a pyproject.toml requirement is missing from the lock or out of its range, or when the
+# installed packages do not satisfy each other.
+check-lock: install
+	$(PY) scripts/lock.py --check
+	$(PY) -m pip check
+
+# A new service from services/_template: make service NAME=forecast
+service: install
+	@test -n "$(NAME)" || { echo "usage: make service NAME=<name>"; exit 2; }
+	$(PY) scripts/new_service.py $(NAME)
 
 protos: install
 	$(PY) scripts/gen_protos.py
 
-check-protos: install
+check-# A new service from services/_template: make service NAME=forecast
+service: install
+	@test -n "$(NAME)" || { echo "usage: make service NAME=<name>"; exit 2; }
+	$(PY) scripts/new_service.py $(NAME)
+
+protos: install
 	$(PY) scripts/gen_protos.py --check
 
 lint: install lint-protos
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy libs/common/src gateway/src services/anomaly/src services/llm/src scripts bench
+	MYPYPATH=$(subst $(space),:,$(addsuffix /src,$(SERVICES))) $(BIN)/mypy $(SOURCES) scripts bench
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
-lint-protos: install
+lint-# A new service from services/_template: make service NAME=forecast
+service: install
+	@test -n "$(NAME)" || { echo "usage: make service NAME=<name>"; exit 2; }
+	$(PY) scripts/new_service.py $(NAME)
+
+protos: install
 	$(BIN)/buf lint
 	@if git rev-parse --verify --quiet main >/dev/null; then \
 		$(BIN)/buf breaking --against '.git#branch=main'; fi

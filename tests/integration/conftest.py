@@ -17,20 +17,18 @@ from llm_testing import build_tiny_model
 
 from nexus.anomaly.server import create
 from nexus.anomaly.settings import AnomalySettings
-from nexus.common.auth import open_key_store
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
-from nexus.gateway import GatewayServer, GatewaySettings, build_app
+from nexus.common.testing.services import StartService, running_services
+from nexus.gateway.testing import running_gateway
 from nexus.llm.server import create as create_llm
 from nexus.llm.settings import LlmSettings
 
 
 @pytest.fixture
-async def anomaly_service(nexus_settings: NexusSettings) -> AsyncIterator[ServiceHost]:
+async def anomaly_service(start_service: StartService) -> ServiceHost:
     """The anomaly service on a free port."""
-    host = await create(AnomalySettings(grpc_port=0, stream_warmup=10), nexus_settings)
-    yield host
-    await host.stop()
+    return await start_service(create, AnomalySettings(grpc_port=0, stream_warmup=10))
 
 
 @pytest.fixture
@@ -38,13 +36,9 @@ async def gateway_url(
     anomaly_service: ServiceHost, nexus_settings: NexusSettings
 ) -> AsyncIterator[str]:
     """A gateway with real auth in front of the anomaly service; yields its base URL."""
-    settings = GatewaySettings(
-        port=0, backends={"anomaly": f"127.0.0.1:{anomaly_service.port}"}, rate_limit_per_minute=0
-    )
-    async with open_key_store(nexus_settings, "test-gateway") as keys:
-        server = GatewayServer(build_app(settings, keys=keys), settings)
-        yield await server.start()
-        await server.stop()
+    backends = {"anomaly": f"127.0.0.1:{anomaly_service.port}"}
+    async with running_gateway(nexus_settings, backends) as url:
+        yield url
 
 
 @pytest.fixture
@@ -76,19 +70,14 @@ async def start_llm_stack(
     The factory takes the models YAML and GatewaySettings overrides.
     """
     async with contextlib.AsyncExitStack() as stack:
+        replicas = await stack.enter_async_context(running_services(nexus_settings))
 
         async def start(config: Path, **gateway: Any) -> LlmStack:
             cache = tmp_path / f"models-{uuid.uuid4().hex[:6]}"
             settings = LlmSettings(grpc_port=0, config_path=config, model_cache_dir=cache)
-            host = await create_llm(settings, nexus_settings)
-            stack.push_async_callback(host.stop)
-            gateway.setdefault("rate_limit_per_minute", 0)
+            host = await replicas(create_llm, settings)
             backends = {"llm": f"127.0.0.1:{host.port}"}
-            options = GatewaySettings(port=0, backends=backends, **gateway)
-            keys = await stack.enter_async_context(open_key_store(nexus_settings, "test-llm-gw"))
-            server = GatewayServer(build_app(options, keys=keys), options)
-            url = await server.start()
-            stack.push_async_callback(server.stop)
-            return LlmStack(host, url)
+            gateway_url = running_gateway(nexus_settings, backends, **gateway)
+            return LlmStack(host, await stack.enter_async_context(gateway_url))
 
         yield start

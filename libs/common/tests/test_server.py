@@ -119,3 +119,35 @@ async def test_readiness_follows_the_lifecycle_and_stop_drains(host: ServiceHost
         await asyncio.sleep(0.1)
         await host.stop()
         assert (await slow).threshold == 1.0  # the in-flight call finished within the grace
+
+
+class Recorder:
+    """A part that notes when it starts and stops."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    async def start(self) -> None:
+        self.log.append(f"start {self.name}")
+
+    async def stop(self) -> None:
+        self.log.append(f"stop {self.name}")
+
+
+async def test_the_host_starts_parts_and_stops_them_newest_first_then_its_pool(
+    nexus_settings: NexusSettings,
+) -> None:
+    log: list[str] = []
+    host = ServiceHost("parts", ServiceSettings(workers=1), nexus_settings)
+    await host.open()
+    first = await host.manage(Recorder("store", log))
+    await host.manage(Recorder("follower", log))
+    assert await asyncio.wrap_future(host.executor.submit(lambda: "ran")) == "ran"
+    await host.start()
+
+    await host.stop()
+
+    assert first.name == "store"
+    assert log == ["start store", "start follower", "stop follower", "stop store"]
+    with pytest.raises(RuntimeError, match="shutdown"):
+        host.executor.submit(lambda: None)

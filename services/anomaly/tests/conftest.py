@@ -13,22 +13,18 @@ from nexus.anomaly.server import create
 from nexus.anomaly.settings import AnomalySettings
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
+from nexus.common.testing.services import StartService
 
 
 @pytest.fixture
-async def start_anomaly(nexus_settings: NexusSettings) -> AsyncIterator[StartHost]:
+def start_anomaly(start_service: StartService) -> StartHost:
     """Starts anomaly service replicas (stopped at the end of the test)."""
-    hosts: list[ServiceHost] = []
 
     async def start(common: NexusSettings | None = None, **overrides: Any) -> ServiceHost:
         settings = AnomalySettings(grpc_port=0, stream_warmup=10, **overrides)
-        host = await create(settings, common or nexus_settings)
-        hosts.append(host)
-        return host
+        return await start_service(create, settings, common)
 
-    yield start
-    for host in hosts:
-        await host.stop()
+    return start
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from llm_testing import build_tiny_model
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 from nexus.common.testing.keys import make_key
+from nexus.common.testing.services import StartService
 from nexus.llm.embeddings import LocalModel, load_local_model
 from nexus.llm.server import create
 from nexus.llm.settings import LlmSettings
@@ -49,22 +50,15 @@ def llm_config(tmp_path: Path, tiny_model_dir: Path) -> Path:
 
 
 @pytest.fixture
-async def start_llm(
-    nexus_settings: NexusSettings, llm_config: Path, tmp_path: Path
-) -> AsyncIterator[StartLlm]:
+def start_llm(start_service: StartService, llm_config: Path, tmp_path: Path) -> StartLlm:
     """Starts llm service replicas (stopped at the end of the test)."""
-    hosts: list[ServiceHost] = []
 
     async def start(common: NexusSettings | None = None, **overrides: Any) -> ServiceHost:
         overrides.setdefault("config_path", llm_config)
         overrides.setdefault("model_cache_dir", tmp_path / "model-cache")
-        host = await create(LlmSettings(grpc_port=0, **overrides), common or nexus_settings)
-        hosts.append(host)
-        return host
+        return await start_service(create, LlmSettings(grpc_port=0, **overrides), common)
 
-    yield start
-    for host in hosts:
-        await host.stop()
+    return start
 
 
 @pytest.fixture

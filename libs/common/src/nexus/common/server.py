@@ -1,10 +1,12 @@
 """Server bootstrap: what every service process shares, built one way.
 
-`ServiceHost` owns a service's NATS connection, event bus, API-key store, model registry and
-gRPC server (health, reflection, interceptors built from settings). A service adds its
-servicers, starts, warms its models, then calls `set_serving()`; readiness is SERVING only from
-then on. On SIGTERM it turns NOT_SERVING, stops accepting, drains in-flight RPCs within the grace
-period, then closes what it opened in reverse order.
+`ServiceHost` owns a service's NATS connection, event bus, API-key store, model registry,
+worker pool and gRPC server (health, reflection, interceptors built from settings), and the
+start and stop of every part the service hands it (`manage`). A service's `create` opens the
+host, builds its parts, adds its servicers, starts, warms its models, then calls
+`set_serving()`; readiness is SERVING only from then on. On SIGTERM it turns NOT_SERVING, stops
+accepting, drains in-flight RPCs within the grace period, then stops its parts and closes what it
+opened, in reverse order. `run_service` is every service's `python -m nexus.<name>`.
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client
 
+from nexus.api.models.v1 import model_registry_pb2_grpc
 from nexus.common.auth import AuthInterceptor, KeyStore
 from nexus.common.errors.interceptor import ErrorInterceptor
 from nexus.common.events import EventBus
 from nexus.common.nats import connect
 from nexus.common.registry import ModelRegistry
+from nexus.common.registry.servicer import ModelRegistryServicer
 from nexus.common.settings import NexusSettings, ServiceSettings
 from nexus.common.telemetry import (
     MetricsInterceptor,
@@ -37,8 +42,23 @@ from nexus.common.telemetry import (
 
 log = logging.getLogger(__name__)
 
+REGISTRY_SERVICE = "nexus.models.v1.ModelRegistryService"
 AddServicer = Callable[[Any, grpc.aio.Server], None]
 Hook = Callable[[], Awaitable[None]]
+
+
+class Part(Protocol):
+    """Something a service starts once and stops at shutdown (stores, followers, processors)."""
+
+    async def start(self) -> None:
+        """Starts it (connects, loads, subscribes)."""
+
+    async def stop(self) -> None:
+        """Stops it; called once, after the server drained."""
+
+
+P = TypeVar("P", bound=Part)
+S = TypeVar("S", bound=ServiceSettings)
 
 
 def grpc_options(settings: ServiceSettings) -> list[tuple[str, int]]:
@@ -72,6 +92,7 @@ class ServiceHost:
         self._keys: KeyStore | None = None
         self._registry: ModelRegistry | None = None
         self._server: grpc.aio.Server | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._on_stop: list[Hook] = []
         self._stop_requested = asyncio.Event()
         self._stopped = False
@@ -93,6 +114,20 @@ class ServiceHost:
         """The gRPC server (after `open`)."""
         assert self._server is not None, "open() first"
         return self._server
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The service's one worker pool (`settings.workers` threads) for CPU-heavy work: model
+        loading, fitting, scoring. Shut down at stop, after the server drained."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.settings.workers, thread_name_prefix=self.name)
+        return self._executor
+
+    async def manage(self, part: P) -> P:
+        """Starts `part` now and stops it at shutdown (parts stop newest first); returns it."""
+        await part.start()
+        self.on_stop(part.stop)
+        return part
 
     async def open(self) -> None:
         """Sets up logging and tracing, connects to NATS, builds the server (not started)."""
@@ -122,13 +157,19 @@ class ServiceHost:
         return chain
 
     async def registry(self, *, upload_frameworks: Collection[str] = ()) -> ModelRegistry:
-        """The service's model registry, started on first use."""
+        """The service's model registry, started on first use and served as
+        `nexus.models.v1.ModelRegistryService` (scoped to this service's models)."""
         if self._registry is None:
             key = self.common.registry_signing_key.get_secret_value().encode()
             self._registry = ModelRegistry(
                 self.bus, self.name, signing_key=key, upload_frameworks=upload_frameworks
             )
             await self._registry.start()
+            self.add_servicer(
+                model_registry_pb2_grpc.add_ModelRegistryServiceServicer_to_server,
+                ModelRegistryServicer(self._registry),
+                REGISTRY_SERVICE,
+            )
         return self._registry
 
     def add_servicer(self, add: AddServicer, servicer: object, service_name: str) -> None:
@@ -170,6 +211,9 @@ class ServiceHost:
             await self._server.stop(self.settings.shutdown_grace_s)
         for hook in reversed(self._on_stop):
             await _quietly(hook)
+        if self._executor is not None:
+            executor = self._executor
+            await _quietly(lambda: asyncio.to_thread(executor.shutdown, True, cancel_futures=True))
         for closer in (self._registry, self._keys):
             if closer is not None:
                 await _quietly(closer.stop)
@@ -188,6 +232,20 @@ class ServiceHost:
     def _stopped_by_signal(self) -> None:
         log.info("%s: signal received, stopping", self.name)
         self._stop_requested.set()
+
+
+Create = Callable[[S, NexusSettings], Awaitable[ServiceHost]]
+
+
+async def serve(create: Create[S], settings: S, common: NexusSettings | None = None) -> None:
+    """Builds a service with its `create` and runs it until SIGTERM or SIGINT."""
+    host = await create(settings, common or NexusSettings())
+    await host.wait_for_signal()
+
+
+def run_service(create: Create[S], settings: Callable[[], S]) -> None:
+    """`python -m nexus.<name>`: settings from the environment, then `serve` until a signal."""
+    asyncio.run(serve(create, settings()))
 
 
 async def _quietly(hook: Hook) -> None:

@@ -12,8 +12,6 @@ from nexus.anomaly.settings import AnomalySettings
 from nexus.anomaly.sources import SourceBindings
 from nexus.anomaly.streaming import StreamProcessor
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc
-from nexus.api.models.v1 import model_registry_pb2_grpc
-from nexus.common.registry.servicer import ModelRegistryServicer
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 
@@ -38,11 +36,6 @@ async def create(settings: AnomalySettings, common: NexusSettings) -> ServiceHos
         AnomalyServicer(engine, bindings, stream),
         "nexus.anomaly.v1.AnomalyService",
     )
-    host.add_servicer(
-        model_registry_pb2_grpc.add_ModelRegistryServiceServicer_to_server,
-        ModelRegistryServicer(registry),
-        "nexus.models.v1.ModelRegistryService",
-    )
     await host.start()
     for part in (engine, bindings, stream):
         await part.start()
@@ -50,11 +43,3 @@ async def create(settings: AnomalySettings, common: NexusSettings) -> ServiceHos
     host.on_stop(stream.stop)
     await host.set_serving()
     return host
-
-
-async def serve(
-    settings: AnomalySettings | None = None, common: NexusSettings | None = None
-) -> None:
-    """Runs the service until SIGTERM or SIGINT."""
-    host = await create(settings or AnomalySettings(), common or NexusSettings())
-    await host.wait_for_signal()

@@ -8,8 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from nexus.api.llm.v1 import llm_service_pb2_grpc as pb_grpc
-from nexus.api.models.v1 import model_registry_pb2_grpc
-from nexus.common.registry.servicer import ModelRegistryServicer
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 from nexus.llm.analysis import SentimentAnalyzer
@@ -103,11 +101,6 @@ async def create(settings: LlmSettings, common: NexusSettings) -> ServiceHost:
         UsageServicer(ledger, budgets),
         "nexus.llm.v1.UsageService",
     )
-    host.add_servicer(
-        model_registry_pb2_grpc.add_ModelRegistryServiceServicer_to_server,
-        ModelRegistryServicer(registry),
-        "nexus.models.v1.ModelRegistryService",
-    )
     await host.start()
     await collections.start()
     host.on_stop(collections.stop)
@@ -128,9 +121,3 @@ def _semantic_cache(settings: LlmSettings, embeddings: EmbeddingModels) -> Seman
     return SemanticCache(
         embed, threshold, max_entries=settings.cache_max_entries, ttl_s=settings.cache_ttl_s
     )
-
-
-async def serve(settings: LlmSettings | None = None, common: NexusSettings | None = None) -> None:
-    """Runs the service until SIGTERM or SIGINT."""
-    host = await create(settings or LlmSettings(), common or NexusSettings())
-    await host.wait_for_signal()

@@ -1,13 +1,19 @@
-"""Pytest fixtures that start real infrastructure.
+"""Pytest fixtures that start real infrastructure, and the suite's layout rules.
 
 NATS comes from testcontainers where a Docker engine is reachable (NEXUS_TEST_NATS=docker forces
 it) and from the `nats-server` binary otherwise, so the suite never needs Docker. Set
 NEXUS_TEST_NATS_URL to point the tests at an already running server instead.
+
+Every test that needs NATS (it uses `nats_endpoint` or `nats_server`, directly or through another
+fixture) is marked `integration` here, so `pytest -m "not integration"` (`make unit`) starts no
+server. Every service's `tests/` folder is put on sys.path, so its helper modules import by name
+(conftests cannot be imported under importlib mode); a new service needs no configuration.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +23,25 @@ from nats.aio.client import Client
 
 from nexus.common.natsserver import NatsServer
 from nexus.common.settings import NexusSettings
+from nexus.common.testing.services import StartService, running_services
+
+NEEDS_NATS = frozenset({"nats_endpoint", "nats_server"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """Puts every service's tests/ folder on sys.path before any conftest is imported
+    (services/_template is not a service)."""
+    for folder in sorted(early_config.rootpath.glob("services/[!_]*/tests")):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks every test that needs a NATS server `integration`."""
+    for item in items:
+        if NEEDS_NATS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 class NatsEndpoint(Protocol):
@@ -98,3 +123,11 @@ async def nats_client(nexus_settings: NexusSettings) -> AsyncIterator[Client]:
         yield client
     finally:
         await client.drain()
+
+
+@pytest.fixture
+async def start_service(nexus_settings: NexusSettings) -> AsyncIterator[StartService]:
+    """Starts real service replicas on the session's NATS: `await start_service(create,
+    Settings(grpc_port=0))`; each is stopped at the end of the test."""
+    async with running_services(nexus_settings) as start:
+        yield start

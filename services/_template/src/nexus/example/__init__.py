@@ -1,0 +1,1 @@
+"""The Nexus example service: counts words (the template every service starts from)."""
