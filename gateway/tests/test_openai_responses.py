@@ -415,7 +415,7 @@ async def test_a_wrong_method_is_405() -> None:
 
 async def test_validation_errors_come_before_the_backend_call() -> None:
     async with http() as client:
-        bad = await client.post("/v1/chat/completions", json={**CHAT, "top_p": 2})
+        bad = await client.post("/v1/chat/completions", json={**CHAT, "top_p": "high"})
         not_json = await client.post("/v1/embeddings", content=b"{nope")
         too_large = await client.post(
             "/v1/chat/completions",

@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -239,22 +240,49 @@ async def test_models(client: openai.AsyncOpenAI) -> None:
     assert caught.value.code == "model_not_found"
 
 
-async def test_a_bad_parameter_is_400_naming_it(client: openai.AsyncOpenAI) -> None:
-    with pytest.raises(openai.BadRequestError) as temperature:
-        await client.chat.completions.create(
-            model=TINY_MODEL_NAME, messages=user("hi"), temperature=3
-        )
-    with pytest.raises(openai.BadRequestError) as role:
-        await client.chat.completions.create(
-            model=TINY_MODEL_NAME,
-            messages=[{"role": "robot", "content": "hi"}],  # type: ignore[misc, list-item]
+TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+        ({"temperature": 3}, "temperature"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"presence_penalty": 3}, "presence_penalty"),
+        ({"frequency_penalty": -2.5}, "frequency_penalty"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"max_tokens": 0}, "max_tokens"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "a b"}}},
+            "response_format.json_schema.name",
+        ),
+        ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools[0].function.name"),
+        ({"tools": [TOOL], "tool_choice": "sometimes"}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        (
+            {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "ghost"}}},
+            "tool_choice",
+        ),
+    ],
+)
+async def test_the_llm_service_s_rules_come_back_as_400_naming_the_parameter(
+    gateway_url: str, nexus_settings: NexusSettings, fields: dict[str, Any], param: str
+) -> None:
+    """The OpenAI surface translates; the llm service holds the rules, and its answer keeps
+    OpenAI's shape."""
+    key = await make_key(nexus_settings, "llm:invoke")
+    body = {"model": TINY_MODEL_NAME, "messages": user("hi"), **fields}
+
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=60) as http:
+        response = await http.post(
+            "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
         )
 
-    assert (temperature.value.param, temperature.value.type) == (
-        "temperature",
-        "invalid_request_error",
-    )
-    assert role.value.param == "messages[0].role"
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["type"]) == (param, "invalid_request_error")
 
 
 async def test_an_unknown_model_is_404(client: openai.AsyncOpenAI) -> None:

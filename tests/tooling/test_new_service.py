@@ -102,5 +102,5 @@ def test_a_scaffolded_service_passes_its_own_tests_and_lint(
     )
 
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "4 passed" in tests.stdout
+    assert "5 passed" in tests.stdout
     assert lint.returncode == 0, lint.stdout

@@ -1,8 +1,10 @@
-"""The example service over real gRPC, with a real NATS and a real API key."""
+"""The example service: its servicer alone (no network), then over real gRPC with a real NATS
+and a real API key."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -13,11 +15,24 @@ from nexus.api.example.v1 import example_service_pb2_grpc as pb_grpc
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 from nexus.common.testing.keys import make_key
+from nexus.common.errors import ResourceExhausted
 from nexus.common.testing.services import StartService
+from nexus.example.counting import WordCounter
 from nexus.example.server import create
+from nexus.example.servicer import ExampleServicer
 from nexus.example.settings import ExampleSettings
 
 Metadata = tuple[tuple[str, str], ...]
+
+
+async def test_the_servicer_converts_and_delegates() -> None:
+    with ThreadPoolExecutor(1) as pool:
+        servicer = ExampleServicer(WordCounter(ExampleSettings(max_text_chars=5), pool))
+        reply = await servicer.CountWords(pb.CountWordsRequest(texts=["a b"]), context=None)
+        with pytest.raises(ResourceExhausted):
+            await servicer.CountWords(pb.CountWordsRequest(texts=["abcdef"]), context=None)
+
+    assert [(c.words, c.characters) for c in reply.counts] == [(2, 3)]
 
 
 @pytest.fixture

@@ -1,17 +1,18 @@
-"""OpenAI request bodies, validated as OpenAI validates them, and turned into the llm service's
-messages (`nexus.api.llm.v1`).
+"""OpenAI request bodies translated into the llm service's messages (`nexus.api.llm.v1`).
 
-Every check raises `OpenAIError` (400) naming the parameter at fault (`param`: "temperature",
-"messages[1].content"). Parameters OpenAI has and Nexus does not serve (n > 1, image parts,
-logprobs, legacy functions) are refused rather than silently dropped; fields this module does not
-know are ignored, as OpenAI clients send some (`store`, `metadata`, `parallel_tool_calls`).
+This module translates; it does not hold the chat rules. It checks only what translation needs:
+JSON types, required fields, what the request message can carry (int32/int64 bounds, one of
+the known response format types), and parameters of OpenAI's that Nexus does not serve (n > 1,
+image parts, logprobs, legacy functions), which are refused rather than silently dropped. Roles,
+ranges, stop sequences, names, tools and tool_choice are the llm service's to check
+(`nexus.llm.validation`); its INVALID_ARGUMENT comes back as OpenAI's 400 with the same `param`.
+Each check here raises `OpenAIError` (400) naming the parameter at fault. Fields this module does
+not know are ignored, as OpenAI clients send some (`store`, `metadata`, `parallel_tool_calls`).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,17 +22,14 @@ from google.protobuf import struct_pb2
 from nexus.api.llm.v1 import llm_service_pb2 as pb
 from nexus.gateway.openai.errors import OpenAIError, invalid, unsupported
 
-ROLES = ("system", "developer", "user", "assistant", "tool")
 TOOL_CHOICES = ("none", "auto", "required")
 ENCODING_FORMATS = ("float", "base64")
 CACHE_HEADER = "X-Nexus-Cache"
-MAX_STOP = 4
 MAX_EMBEDDING_INPUTS = 2048
 MAX_SCHEMA_DEPTH = 32
 """Deepest nesting of a JSON schema or tool parameters (protobuf refuses deeper Structs)."""
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_INT32_MAX = 2**31 - 1
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _UNSUPPORTED_PARTS = ("image_url", "input_audio", "file")
 _FORMATS = {
@@ -129,7 +127,7 @@ def chat_completion_call(
         request.response_format.CopyFrom(response_format)
     tools = _tools(body.get("tools"))
     request.tools.extend(tools)
-    request.tool_choice = _tool_choice(body.get("tool_choice"), tools)
+    request.tool_choice = _tool_choice(body.get("tool_choice"))
     request.user = _string(body, "user") or ""
     stream, include_usage = _stream(body)
     return ChatCompletionCall(request, stream=stream, include_usage=include_usage)
@@ -155,19 +153,14 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
 
 
 def _sampling(body: Mapping[str, Any], request: pb.ChatRequest) -> None:
-    """temperature, top_p, penalties, max tokens and seed, each range-checked."""
-    ranges = {
-        "temperature": (0.0, 2.0),
-        "top_p": (0.0, 1.0),
-        "presence_penalty": (-2.0, 2.0),
-        "frequency_penalty": (-2.0, 2.0),
-    }
-    for name, (low, high) in ranges.items():
-        if (value := _number(body, name, low, high)) is not None:
+    """temperature, top_p, penalties, max tokens and seed (their ranges are the service's)."""
+    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        if (value := _number(body, name)) is not None:
             setattr(request, name, value)
-    max_tokens = _integer(body, "max_tokens", 1, _INT32_MAX)
-    max_completion_tokens = _integer(body, "max_completion_tokens", 1, _INT32_MAX)
-    if (most := max_completion_tokens or max_tokens) is not None:
+    max_tokens = _integer(body, "max_tokens", _INT32_MIN, _INT32_MAX)
+    max_completion_tokens = _integer(body, "max_completion_tokens", _INT32_MIN, _INT32_MAX)
+    most = max_tokens if max_completion_tokens is None else max_completion_tokens
+    if most is not None:
         request.max_tokens = most
     if (seed := _integer(body, "seed", _INT64_MIN, _INT64_MAX)) is not None:
         request.seed = seed
@@ -199,12 +192,9 @@ def _messages(value: Any) -> list[pb.ChatMessage]:
 
 def _message(value: Any, param: str) -> pb.ChatMessage:
     message = _object(value, param)
-    role = message.get("role")
+    role = _required_string(message, "role", f"{param}.")
     if role == "function":
         raise unsupported(f"{param}.role", "'function' messages are not supported; use tools.")
-    if role not in ROLES:
-        allowed = ", ".join(f"'{r}'" for r in ROLES)
-        raise invalid(f"{param}.role", f"Invalid value: {role!r}. Supported values are: {allowed}.")
     tool_calls = _tool_calls(message.get("tool_calls"), param) if role == "assistant" else []
     out = pb.ChatMessage(
         role=role,
@@ -280,8 +270,6 @@ def _stop(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
     items = _array(value, "stop")
-    if len(items) > MAX_STOP:
-        raise invalid("stop", f"'stop' may hold at most {MAX_STOP} sequences, not {len(items)}.")
     for i, item in enumerate(items):
         if not isinstance(item, str):
             raise _wrong_type(f"stop[{i}]", "a string", item)
@@ -302,7 +290,7 @@ def _response_format(value: Any) -> pb.ResponseFormat | None:
     if kind != "json_schema":
         return out
     schema = _object(spec.get("json_schema"), "response_format.json_schema")
-    out.schema_name = _name(schema, "response_format.json_schema.")
+    out.schema_name = _required_string(schema, "name", "response_format.json_schema.")
     if schema.get("schema") is not None:
         out.json_schema.CopyFrom(_struct(schema["schema"], "response_format.json_schema.schema"))
     out.strict = bool(_boolean(schema, "strict", "response_format.json_schema."))
@@ -320,7 +308,7 @@ def _tools(value: Any) -> list[pb.Tool]:
         function = _object(tool.get("function"), f"tools[{i}].function")
         prefix = f"tools[{i}].function."
         definition = pb.FunctionDefinition(
-            name=_name(function, prefix),
+            name=_required_string(function, "name", prefix),
             description=_string(function, "description", prefix) or "",
             strict=bool(_boolean(function, "strict", prefix)),
         )
@@ -330,30 +318,18 @@ def _tools(value: Any) -> list[pb.Tool]:
     return tools
 
 
-def _tool_choice(value: Any, tools: list[pb.Tool]) -> str:
-    """ "none", "auto", "required", or the name of the one function to call."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        if value not in TOOL_CHOICES:
-            allowed = ", ".join(f"'{c}'" for c in TOOL_CHOICES)
-            raise invalid(
-                "tool_choice", f"Invalid value: {value!r}. Supported values are: {allowed}."
-            )
-        choice = value
-    else:
-        spec = _object(value, "tool_choice")
-        if spec.get("type") != "function":
-            raise invalid("tool_choice.type", "Only the 'function' tool choice is supported.")
-        choice = _required_string(
-            _object(spec.get("function"), "tool_choice.function"), "name", "tool_choice.function."
-        )
-        if choice not in {t.function.name for t in tools}:
-            raise invalid("tool_choice", f"Tool choice '{choice}' is not one of the tools.")
-        if choice in TOOL_CHOICES:
-            raise unsupported("tool_choice", f"A function named '{choice}' cannot be chosen.")
-    if choice != "none" and not tools:
-        raise invalid("tool_choice", "'tool_choice' is only allowed when 'tools' are specified.")
+def _tool_choice(value: Any) -> str:
+    """ "none", "auto", "required", or the name of the one function to call (the request's
+    `tool_choice` holds either in one string)."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    spec = _object(value, "tool_choice")
+    if spec.get("type") != "function":
+        raise invalid("tool_choice.type", "Only the 'function' tool choice is supported.")
+    function = _object(spec.get("function"), "tool_choice.function")
+    choice = _required_string(function, "name", "tool_choice.function.")
+    if choice in TOOL_CHOICES:  # one string could not tell the function from the mode
+        raise unsupported("tool_choice", f"A function named '{choice}' cannot be chosen.")
     return choice
 
 
@@ -420,17 +396,6 @@ def _required_string(body: Mapping[str, Any], name: str, prefix: str = "") -> st
     return value
 
 
-def _name(body: Mapping[str, Any], prefix: str) -> str:
-    """A function or schema name: 1 to 64 letters, digits, "_" and "-"."""
-    name = _required_string(body, "name", prefix)
-    if not _NAME.match(name):
-        raise invalid(
-            f"{prefix}name",
-            f"Invalid '{prefix}name': {name!r}; names are 1 to 64 letters, digits, '_' and '-'.",
-        )
-    return name
-
-
 def _boolean(body: Mapping[str, Any], name: str, prefix: str = "") -> bool | None:
     value = body.get(name)
     if value is None or isinstance(value, bool):
@@ -438,15 +403,16 @@ def _boolean(body: Mapping[str, Any], name: str, prefix: str = "") -> bool | Non
     raise _wrong_type(f"{prefix}{name}", "a boolean", value)
 
 
-def _number(body: Mapping[str, Any], name: str, low: float, high: float) -> float | None:
+def _number(body: Mapping[str, Any], name: str) -> float | None:
     value = body.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _wrong_type(name, "a number", value)
-    if not (math.isfinite(value) and low <= value <= high):
-        raise invalid(name, f"Invalid '{name}': {value} is not between {low:g} and {high:g}.")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise invalid(name, f"Invalid '{name}': the number is out of range.") from None
 
 
 def _integer(body: Mapping[str, Any], name: str, low: int, high: int) -> int | None:

@@ -48,13 +48,11 @@ Hook = Callable[[], Awaitable[None]]
 
 
 class Part(Protocol):
-    """Something a service starts once and stops at shutdown (stores, followers, processors)."""
+    """Something a service starts once (stores, followers, processors); its `stop()`, when it
+    has one, runs at shutdown."""
 
     async def start(self) -> None:
         """Starts it (connects, loads, subscribes)."""
-
-    async def stop(self) -> None:
-        """Stops it; called once, after the server drained."""
 
 
 P = TypeVar("P", bound=Part)
@@ -124,9 +122,12 @@ class ServiceHost:
         return self._executor
 
     async def manage(self, part: P) -> P:
-        """Starts `part` now and stops it at shutdown (parts stop newest first); returns it."""
+        """Starts `part` now and, if it has a `stop()`, stops it at shutdown (parts stop newest
+        first); returns it."""
         await part.start()
-        self.on_stop(part.stop)
+        stop = getattr(part, "stop", None)
+        if stop is not None:
+            self.on_stop(stop)
         return part
 
     async def open(self) -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
-
 from nexus.anomaly.datasets import DatasetStore
 from nexus.anomaly.engine import FRAMEWORK, AnomalyEngine
 from nexus.anomaly.servicer import AnomalyServicer
@@ -22,8 +19,7 @@ async def create(settings: AnomalySettings, common: NexusSettings) -> ServiceHos
     """Opens, wires and starts the service; it is SERVING when this returns."""
     host = ServiceHost(NAME, settings, common)
     await host.open()
-    executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="anomaly")
-    host.on_stop(lambda: asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True))
+    executor = host.executor
     registry = await host.registry(upload_frameworks=[FRAMEWORK])
     js = host.nc.jetstream()
     engine = AnomalyEngine(
@@ -38,8 +34,6 @@ async def create(settings: AnomalySettings, common: NexusSettings) -> ServiceHos
     )
     await host.start()
     for part in (engine, bindings, stream):
-        await part.start()
-    host.on_stop(bindings.stop)
-    host.on_stop(stream.stop)
+        await host.manage(part)
     await host.set_serving()
     return host

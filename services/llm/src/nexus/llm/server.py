@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -38,33 +37,33 @@ async def create(settings: LlmSettings, common: NexusSettings) -> ServiceHost:
     config = load_config(settings.config_path)  # a bad file fails before anything starts
     host = ServiceHost(NAME, settings, common)
     await host.open()
-    executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="llm")
-    host.on_stop(lambda: asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True))
     registry = await host.registry(upload_frameworks=[FRAMEWORK])
-    local = LocalModels(
-        config.local_models,
-        device=settings.device,
-        registry=registry,
-        cache_dir=settings.model_cache_dir,
+    local = await host.manage(
+        LocalModels(
+            config.local_models,
+            device=settings.device,
+            registry=registry,
+            cache_dir=settings.model_cache_dir,
+        )
     )
-    await local.start()
-    host.on_stop(local.stop)
     router = ProviderRouter(config, local, timeout_s=settings.request_timeout_s)
     host.on_stop(lambda: asyncio.to_thread(router.close))
     js = host.nc.jetstream()
-    embeddings = EmbeddingModels(
-        settings,
-        executor,
-        provider_embed=router.embed,
-        provider_models={m.name: m.dimensions for m in router.models() if m.kind == "embedding"},
+    embeddings = await host.manage(
+        EmbeddingModels(
+            settings,
+            host.executor,
+            provider_embed=router.embed,
+            provider_models={
+                m.name: m.dimensions for m in router.models() if m.kind == "embedding"
+            },
+        )
     )
-    ledger = UsageLedger(host.bus, js, settings)
-    budgets = BudgetStore(js)
-    conversations = ConversationStore(js, settings)
-    cache = ResponseCache(js, settings)
+    ledger = await host.manage(UsageLedger(host.bus, js, settings))
+    budgets = await host.manage(BudgetStore(js))
+    conversations = await host.manage(ConversationStore(js, settings))
+    cache = await host.manage(ResponseCache(js, settings))
     collections = CollectionStore(host.nc, embeddings, settings)
-    for part in (embeddings, ledger, budgets, conversations, cache):
-        await part.start()
     engine = ChatEngine(
         router,
         conversations,
@@ -102,9 +101,7 @@ async def create(settings: LlmSettings, common: NexusSettings) -> ServiceHost:
         "nexus.llm.v1.UsageService",
     )
     await host.start()
-    await collections.start()
-    host.on_stop(collections.stop)
-    host.on_stop(ledger.stop)
+    await host.manage(collections)
     host.on_stop(engine.drain)
     await host.set_serving()
     return host

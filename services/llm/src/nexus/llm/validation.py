@@ -1,12 +1,16 @@
 """Checks of a chat call before it costs anything: messages, parameters and sizes.
 
-Field paths name the request's fields as clients wrote them (`messages[2].role`,
-`temperature`), so that an HTTP client sees which one was wrong.
+This is the one place where the chat rules live (roles, ranges, stop sequences, tools and
+tool_choice, response formats, names): the native API and the gateway's OpenAI surface, which
+only translates JSON to the request message, both reach them. Field paths name the request's
+fields as clients wrote them (`messages[2].role`, `temperature`), so that an HTTP client sees
+which one was wrong.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +24,8 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 TOOL_CHOICES = frozenset({"auto", "none", "required"})
 MAX_STOP = 4
 MAX_STOP_CHARS = 256
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""A function's or a response schema's name, as OpenAI allows them."""
 _RANGES: dict[str, tuple[float, float]] = {
     "temperature": (0.0, 2.0),
     "top_p": (0.0, 1.0),
@@ -107,18 +113,17 @@ def _check_tools(tools: list[dict[str, Any]], choice: Any, settings: LlmSettings
         name = function.get("name", "")
         if tool.get("type", "function") != "function":
             raise InvalidArgument.for_field(f"tools[{i}].type", "only 'function' tools exist")
-        if not name or len(name) > 64 or not name.replace("_", "").replace("-", "").isalnum():
-            raise InvalidArgument.for_field(
-                f"tools[{i}].function.name", "1-64 letters, digits, '_' or '-'"
-            )
+        check_name(f"tools[{i}].function.name", name)
         names.add(name)
     _check_tool_choice(choice, names)
 
 
 def _check_tool_choice(choice: Any, names: set[str]) -> None:
-    if choice is None or (isinstance(choice, str) and choice in TOOL_CHOICES):
-        if choice == "required" and not names:
-            raise InvalidArgument.for_field("tool_choice", "'required' needs tools")
+    if choice is None or choice == "none":
+        return
+    if not names:
+        raise InvalidArgument.for_field("tool_choice", "only allowed when tools are given")
+    if isinstance(choice, str) and choice in TOOL_CHOICES:
         return
     name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
     if name not in names:
@@ -132,12 +137,20 @@ def _check_response_format(response_format: Any) -> None:
         return
     kind = response_format.get("type")
     if kind == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
+        spec = response_format.get("json_schema") or {}
+        check_name("response_format.json_schema.name", str(spec.get("name", "")))
+        schema = spec.get("schema")
         if not isinstance(schema, dict) or not schema:
             raise InvalidArgument.for_field("response_format.json_schema", "a schema is required")
         check_json_schema("response_format.json_schema", schema)
     elif kind not in ("text", "json_object"):
         raise InvalidArgument.for_field("response_format.type", f"unknown type {kind!r}")
+
+
+def check_name(where: str, name: str) -> None:
+    """Raises InvalidArgument unless `name` is 1-64 letters, digits, '_' or '-'."""
+    if not NAME.fullmatch(name):
+        raise InvalidArgument.for_field(where, f"{name!r}: 1-64 letters, digits, '_' or '-'")
 
 
 def check_json_schema(where: str, schema: dict[str, Any]) -> None:
