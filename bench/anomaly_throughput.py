@@ -34,7 +34,7 @@ from sklearn.ensemble import IsolationForest
 
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
-from nexus.api.anomaly.v1.events_pb2 import MetricPoint
+from nexus.api.metrics.v1.events_pb2 import MetricPoint
 from nexus.common.auth import open_key_store
 from nexus.common.events import EventBus
 from nexus.common.launcher import Platform

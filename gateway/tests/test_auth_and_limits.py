@@ -20,7 +20,7 @@ SCORE = "/v1/anomaly/detectors/d:score"
 async def keys(nats_client: Client) -> AsyncIterator[KeyStore]:
     """A key store in a bucket of its own."""
     bucket = f"test_keys_{uuid.uuid4().hex[:8]}"
-    store = KeyStore(nats_client.jetstream(), bucket=bucket)
+    store = KeyStore(nats_client, bucket=bucket)
     await store.start()
     yield store
     await store.stop()

@@ -45,7 +45,7 @@ async def _url(process: asyncio.subprocess.Process) -> str:
 
 
 async def _reader_key(nats_client: Client) -> str:
-    store = KeyStore(nats_client.jetstream())  # the default bucket, which the process uses
+    store = KeyStore(nats_client)  # the default bucket, which the process uses
     await store.start()
     try:
         return (await store.create("main-test", ["models:read"]))[1]

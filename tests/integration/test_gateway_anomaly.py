@@ -13,7 +13,7 @@ from anomaly_testing import make_key
 from nats.aio.client import Client as Nats
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from nexus.api.anomaly.v1.events_pb2 import MetricPoint
+from nexus.api.metrics.v1.events_pb2 import MetricPoint
 from nexus.api.models.v1.events_pb2 import ModelChanged
 from nexus.common.events import Event, EventBus
 from nexus.common.settings import NexusSettings

@@ -122,7 +122,7 @@ def bucket() -> str:
 
 @pytest.fixture
 async def keys(nats_client: Client, bucket: str) -> AsyncIterator[KeyStore]:
-    store = KeyStore(nats_client.jetstream(), bucket=bucket)
+    store = KeyStore(nats_client, bucket=bucket)
     await store.start()
     yield store
     await store.stop()
@@ -201,7 +201,7 @@ async def test_revocation_reaches_another_process_at_once(
 ) -> None:
     key, raw = await keys.create("ci", ["*"])
     # A long cache TTL: only the watch can make the other store notice in time.
-    other = KeyStore(nats_client.jetstream(), bucket=bucket, cache_ttl_s=600)
+    other = KeyStore(nats_client, bucket=bucket, cache_ttl_s=600)
     await other.start()
     try:
         await other.verify(raw)  # now cached there
@@ -249,7 +249,7 @@ async def test_ensure_admin_creates_one_admin_once(keys: KeyStore) -> None:
 
 @integration
 async def test_ensure_admin_under_concurrent_starts(nats_client: Client, bucket: str) -> None:
-    stores = [KeyStore(nats_client.jetstream(), bucket=bucket) for _ in range(5)]
+    stores = [KeyStore(nats_client, bucket=bucket) for _ in range(5)]
     for store in stores:
         await store.start()
     try:

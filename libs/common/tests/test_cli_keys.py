@@ -41,7 +41,7 @@ def nats_url(server: NatsServer, monkeypatch: pytest.MonkeyPatch) -> str:
 def _verify(url: str, raw: str) -> ApiKey:
     async def run() -> ApiKey:
         nc = await connect(NexusSettings(nats_url=url), "test")
-        keys = KeyStore(nc.jetstream())
+        keys = KeyStore(nc)
         await keys.start()
         try:
             return await keys.verify(raw)

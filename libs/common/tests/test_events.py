@@ -14,27 +14,31 @@ from nats.aio.msg import Msg
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected, MetricPoint
+from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
+from nexus.api.metrics.v1.events_pb2 import MetricPoint
 from nexus.common.errors import FailedPrecondition, InvalidArgument, Unavailable
-from nexus.common.events import STREAMS, Consumer, Event, EventBus, parse_event, stream_of
+from nexus.common.events import DAY_S, MIB, Consumer, Event, EventBus, Stream, parse_event
 from nexus.common.nats import connect
 from nexus.common.natsserver import NatsServer
 from nexus.common.settings import NexusSettings
 
 pytestmark = pytest.mark.integration
 
+STREAM = Stream("EVENTS_TEST", ("nexus.eventstest.>",), max_age_s=DAY_S, max_bytes=64 * MIB)
+"""The stream these tests own, as a service owns its area's."""
+
 
 @pytest.fixture
 async def bus(nats_client: Client) -> EventBus:
     bus = EventBus(nats_client, "nexus/test")
-    await bus.ensure_streams()
+    await bus.ensure_streams(STREAM)
     return bus
 
 
 @pytest.fixture
 def subject() -> str:
     """A subject of the ANOMALY stream that no other test uses."""
-    return f"nexus.anomaly.t{uuid.uuid4().hex}"
+    return f"nexus.eventstest.t{uuid.uuid4().hex}"
 
 
 def durable() -> str:
@@ -76,7 +80,7 @@ async def consume(
     bus: EventBus, subject: str, handler: Recorder, name: str = "", **kwargs: Any
 ) -> Consumer:
     return await bus.consume(
-        subject, AnomalyDetected, handler, durable=name or durable(), stream="ANOMALY", **kwargs
+        subject, AnomalyDetected, handler, durable=name or durable(), stream=STREAM.name, **kwargs
     )
 
 
@@ -235,13 +239,13 @@ async def test_trace_context_crosses_nats(bus: EventBus, subject: str) -> None:
 async def test_work_consumer_survives_a_server_restart(nats_server: NatsServer) -> None:
     nc = await connect(NexusSettings(nats_url=nats_server.url), "restart")
     bus = EventBus(nc, "nexus/test")
-    await bus.ensure_streams("ANOMALY")
+    await bus.ensure_streams(STREAM)
     seen = Recorder()
     # Messages in flight when the server went away come again after ack_wait: keep it short.
-    consumer = await consume(bus, "nexus.anomaly.>", seen, batch=4, ack_wait_s=1.5)
+    consumer = await consume(bus, "nexus.eventstest.>", seen, batch=4, ack_wait_s=1.5)
 
     async def publish(count: int) -> list[str]:
-        subject = "nexus.anomaly.x"
+        subject = "nexus.eventstest.x"
         return [await bus.publish(subject, anomaly(str(i)), timeout_s=1) for i in range(count)]
 
     ids = await publish(20)
@@ -259,19 +263,19 @@ async def test_work_consumer_survives_a_server_restart(nats_server: NatsServer) 
 async def test_watch_resumes_after_a_server_restart(nats_server: NatsServer) -> None:
     nc = await connect(NexusSettings(nats_url=nats_server.url), "restart")
     bus = EventBus(nc, "nexus/test")
-    await bus.ensure_streams("ANOMALY")
-    for subject in ("nexus.anomaly.a", "nexus.anomaly.b"):
+    await bus.ensure_streams(STREAM)
+    for subject in ("nexus.eventstest.a", "nexus.eventstest.b"):
         await bus.publish(subject, anomaly("old"))
     quiet, busy = Recorder(), Recorder()  # quiet sees nothing before the restart, busy one event
     watchers = [
-        await bus.watch("nexus.anomaly.a", AnomalyDetected, quiet),
-        await bus.watch("nexus.anomaly.b", AnomalyDetected, busy),
+        await bus.watch("nexus.eventstest.a", AnomalyDetected, quiet),
+        await bus.watch("nexus.eventstest.b", AnomalyDetected, busy),
     ]
-    before = await bus.publish("nexus.anomaly.b", anomaly("before"))
+    before = await bus.publish("nexus.eventstest.b", anomaly("before"))
     await eventually(lambda: busy.ids == [before])
     await asyncio.to_thread(nats_server.restart)
-    after_a = await bus.publish("nexus.anomaly.a", anomaly("after"))
-    after_b = await bus.publish("nexus.anomaly.b", anomaly("after"))
+    after_a = await bus.publish("nexus.eventstest.a", anomaly("after"))
+    after_b = await bus.publish("nexus.eventstest.b", anomaly("after"))
     # Resumed where each left off: nothing replayed, nothing missed.
     await eventually(lambda: quiet.ids == [after_a] and busy.ids == [before, after_b], 15)
     for watcher in watchers:
@@ -282,7 +286,7 @@ async def test_watch_resumes_after_a_server_restart(nats_server: NatsServer) -> 
 async def test_a_deleted_durable_is_created_again(bus: EventBus, subject: str) -> None:
     seen = Recorder()
     consumer = await consume(bus, subject, seen)
-    await bus.js.delete_consumer("ANOMALY", consumer.name)
+    await bus.js.delete_consumer(STREAM.name, consumer.name)
     event_id = await bus.publish(subject, anomaly("p1"))
     await eventually(lambda: seen.ids == [event_id], timeout_s=10)
     await consumer.stop()
@@ -300,20 +304,20 @@ async def test_consume_on_missing_stream_is_a_failed_precondition(bus: EventBus)
         )
 
 
-async def test_ensure_streams_is_idempotent_and_checks_names(bus: EventBus) -> None:
-    await bus.ensure_streams("MODELS", "METRICS")
-    info = await bus.js.stream_info("MODELS")
-    assert info.config.subjects == STREAMS["MODELS"]
+async def test_ensure_streams_is_idempotent_and_updates_the_config(bus: EventBus) -> None:
+    wider = Stream(STREAM.name, STREAM.subjects, max_age_s=2 * DAY_S, max_bytes=STREAM.max_bytes)
+    await bus.ensure_streams(wider, wider)
+    info = await bus.js.stream_info(STREAM.name)
+    assert (info.config.subjects, info.config.max_age) == (list(STREAM.subjects), 2 * DAY_S)
     assert info.config.duplicate_window == 120
-    with pytest.raises(InvalidArgument):
-        await bus.ensure_streams("NOPE")
+    await bus.ensure_streams(STREAM)
 
 
-def test_stream_of_finds_the_area_stream() -> None:
-    assert stream_of("nexus.models.anomaly.promoted") == "MODELS"
-    assert stream_of("nexus.metrics.>") == "METRICS"
+async def test_stream_of_asks_the_server(bus: EventBus) -> None:
+    assert await bus.stream_of("nexus.eventstest.x.y") == STREAM.name
+    assert await bus.stream_of("nexus.eventstest.>") == STREAM.name
     with pytest.raises(FailedPrecondition):
-        stream_of("nexus.nothing.here")
+        await bus.stream_of("nexus.nothing.here")
 
 
 class _FakeMsg(Msg):
@@ -321,10 +325,24 @@ class _FakeMsg(Msg):
         self.headers, self.data, self.reply, self.subject = headers, data, "", "s"
 
 
+def test_a_metric_point_under_its_former_anomaly_type_is_accepted() -> None:
+    headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s"}
+    former = {**headers, "ce-type": "nexus.anomaly.v1.MetricPoint"}
+    data = MetricPoint(source="cpu", values=[1.0]).SerializeToString()
+    event = parse_event(_FakeMsg(former, data), MetricPoint)
+    assert (event.type, event.data.source, list(event.data.values)) == (
+        "nexus.metrics.v1.MetricPoint",
+        "cpu",
+        [1.0],
+    )
+    with pytest.raises(InvalidArgument, match="ce-type"):
+        parse_event(_FakeMsg(former, data), AnomalyDetected)
+
+
 def test_parse_event_checks_the_type_and_headers() -> None:
     headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s"}
     data = MetricPoint(source="cpu").SerializeToString()
-    typed = {**headers, "ce-type": "nexus.anomaly.v1.MetricPoint"}
+    typed = {**headers, "ce-type": "nexus.metrics.v1.MetricPoint"}
     assert parse_event(_FakeMsg(typed, data), MetricPoint).data.source == "cpu"
     with pytest.raises(InvalidArgument, match=r"expected nexus\.anomaly\.v1\.AnomalyDetected"):
         parse_event(_FakeMsg(typed, data), AnomalyDetected)
@@ -353,11 +371,11 @@ async def test_concurrent_handlers_overlap_and_each_event_is_acked(
         await bus.publish(subject, anomaly(f"p{i}"))
     name = durable()
     consumer = await bus.consume(
-        subject, AnomalyDetected, slow, durable=name, stream="ANOMALY", batch=20, concurrency=10
+        subject, AnomalyDetected, slow, durable=name, stream=STREAM.name, batch=20, concurrency=10
     )
     await eventually(lambda: consumer.processed == 20)
     for _ in range(100):  # acks travel after the handlers return
-        info = await bus.js.consumer_info("ANOMALY", name)
+        info = await bus.js.consumer_info(STREAM.name, name)
         if info.num_ack_pending == 0:
             break
         await asyncio.sleep(0.02)

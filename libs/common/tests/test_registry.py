@@ -311,7 +311,7 @@ async def test_list_models_pages_by_name(registry: ModelRegistry) -> None:
     with pytest.raises(InvalidArgument, match="page_token"):
         await registry.list_models(page_token="!!")
     with pytest.raises(InvalidArgument, match="page_size"):
-        await registry.list_models(page_size=0)
+        await registry.list_models(page_size=-1)
 
 
 async def test_changes_are_published_as_events(

@@ -12,10 +12,10 @@ from nats.aio.client import Client
 
 from nexus.api.models.v1 import model_registry_pb2 as pb
 from nexus.api.models.v1 import model_registry_pb2_grpc as pb_grpc
-from nexus.common.errors import InvalidArgument, NexusError
+from nexus.common.errors import NexusError
 from nexus.common.events import EventBus
 from nexus.common.registry import ModelRegistry
-from nexus.common.registry.servicer import ModelRegistryServicer, page_size
+from nexus.common.registry.servicer import ModelRegistryServicer
 
 pytestmark = pytest.mark.integration
 
@@ -149,9 +149,3 @@ async def test_domain_errors_reach_the_client_as_statuses(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.DeleteModelVersion(pb.DeleteModelVersionRequest(name="m", version="1"))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-
-
-def test_page_size_bounds() -> None:
-    assert (page_size(0), page_size(7), page_size(10_000)) == (50, 7, 500)
-    with pytest.raises(InvalidArgument):
-        page_size(-1)

@@ -10,12 +10,15 @@ import pytest
 from anomaly_testing import Client, StartHost, cloud, points, unique
 from nats.aio.client import Client as Nats
 
+from nexus.anomaly.streaming import STREAM
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
-from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected, MetricPoint
+from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
+from nexus.api.metrics.v1.events_pb2 import MetricPoint
 from nexus.common.events import EventBus
 from nexus.common.nats import connect
 from nexus.common.natsserver import NatsServer
 from nexus.common.settings import NexusSettings
+from nexus.common.testing.paging import every_page
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +80,29 @@ async def train_and_bind(client: Client, name: str, source: str) -> None:
     await client.anomaly.BindSource(bind, metadata=client.metadata)
 
 
+async def test_list_sources_pages(client: Client) -> None:
+    name, sources = unique(), sorted(unique("src") for _ in range(3))
+    await train_and_bind(client, name, sources[0])
+    for source in sources[1:]:
+        bind = pb.BindSourceRequest(source=source, detector=name)
+        await client.anomaly.BindSource(bind, metadata=client.metadata)
+
+    async def page(token: str) -> tuple[list[str], str]:
+        request = pb.ListSourcesRequest(page_size=2, page_token=token)
+        reply = await client.anomaly.ListSources(request, metadata=client.metadata)
+        return [b.source for b in reply.bindings], reply.next_page_token
+
+    pages = await every_page(page)
+    listed = [source for page in pages for source in page]
+    assert listed == sorted(set(listed))
+    assert set(sources) <= set(listed)
+    assert all(len(p) == 2 for p in pages[:-1])
+    bad = pb.ListSourcesRequest(page_token="garbage")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.anomaly.ListSources(bad, metadata=client.metadata)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_a_bound_detector_scores_its_source(client: Client, nats_client: Nats) -> None:
     bus = EventBus(nats_client, "test")
     name, source = unique(), unique("src")
@@ -132,7 +158,7 @@ async def collect_detected(
     nc: Nats, *, detector: str, expected: int, timeout_s: float = 60
 ) -> set[str]:
     """Point ids of `detector`'s anomalies in the ANOMALY stream, until `expected` arrive."""
-    sub = await nc.jetstream().pull_subscribe("nexus.anomaly.detected", stream="ANOMALY")
+    sub = await nc.jetstream().pull_subscribe("nexus.anomaly.detected", stream=STREAM.name)
     seen: set[str] = set()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout_s):

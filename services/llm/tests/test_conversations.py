@@ -19,6 +19,7 @@ from nexus.common.errors import (
     Unavailable,
 )
 from nexus.common.nats import connect
+from nexus.common.paging import page_request
 from nexus.common.settings import NexusSettings
 from nexus.llm.conversations import (
     MAX_RECORD_BYTES,
@@ -266,16 +267,20 @@ async def test_list_pages_newest_first_without_messages(store: ConversationStore
 
 async def test_list_arguments_are_checked(store: ConversationStore) -> None:
     me = owner()
-    for size in (-1, 501):
-        with pytest.raises(InvalidArgument) as err:
-            await store.list(me, page_size=size)
-        assert err.value.violations[0].field == "page_size"
-    for token in ("garbage!", "bm90IGEgdG9rZW4="):
+    with pytest.raises(InvalidArgument) as err:
+        await store.list(me, page_size=-1)
+    assert err.value.violations[0].field == "page_size"
+    await store.create(me, model="m", messages=[user("q")], labels={})
+    await store.create(me, model="m", messages=[user("q")], labels={})
+    _, mine = await store.list(me, page_size=1)
+    someone_elses = page_request(1, "", scope=f"conversations/{owner()}").next_token(-1)
+    for token in ("garbage!", "bm90IGEgdG9rZW4=", someone_elses):
         with pytest.raises(InvalidArgument) as err:
             await store.list(me, page_token=token)
         assert err.value.violations[0].field == "page_token"
-    assert await store.list(me, page_size=0) == ([], "")
-    assert await store.list(me, page_size=500) == ([], "")
+    assert len((await store.list(me, page_size=0))[0]) == 2
+    assert len((await store.list(me, page_size=10_000))[0]) == 2  # lowered to the maximum
+    assert len((await store.list(me, page_token=mine))[0]) == 1
 
 
 async def test_untouched_conversations_expire(open_store: OpenStore) -> None:

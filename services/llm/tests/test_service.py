@@ -4,6 +4,7 @@ embeddings, analysis and bad input, with the tiny local model behind the router.
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import grpc
@@ -27,6 +28,7 @@ from nexus.api.models.v1 import model_registry_pb2 as models_pb
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 from nexus.common.testing.keys import make_key
+from nexus.common.testing.paging import every_page
 from nexus.llm.converters import dict_to_struct, struct_to_dict
 from nexus.llm.local import FRAMEWORK, pack_model_dir
 
@@ -215,6 +217,39 @@ async def test_list_models(client: LlmClient) -> None:
     tiny = next(m for m in reply.models if m.id == "tiny")
     assert tiny.context_window == 512
     assert list(tiny.providers) == ["nexus-local"]
+
+
+async def test_list_models_pages(client: LlmClient) -> None:
+    async def page(token: str) -> tuple[list[str], str]:
+        request = pb.ListModelsRequest(page_size=1, page_token=token)
+        reply = await client.llm.ListModels(request, metadata=client.metadata)
+        return [m.id for m in reply.models], reply.next_page_token
+
+    everything = await client.llm.ListModels(pb.ListModelsRequest(), metadata=client.metadata)
+    pages = await every_page(page)
+    assert [len(p) for p in pages] == [1] * len(everything.models)
+    listed = [model for page in pages for model in page]
+    assert listed == [m.id for m in everything.models] == sorted(listed)
+
+
+async def test_list_collections_pages(client: LlmClient) -> None:
+    names = sorted(f"paged-{uuid.uuid4().hex[:8]}" for _ in range(3))
+    for name in names:
+        request = pb.CreateCollectionRequest(name=name)
+        await client.search.CreateCollection(request, metadata=client.metadata)
+
+    async def page(token: str) -> tuple[list[str], str]:
+        request = pb.ListCollectionsRequest(page_size=2, page_token=token)
+        reply = await client.search.ListCollections(request, metadata=client.metadata)
+        return [c.name for c in reply.collections], reply.next_page_token
+
+    listed = [name for page in await every_page(page) for name in page]
+    assert listed == sorted(set(listed))
+    assert set(names) <= set(listed)
+    bad = pb.ListCollectionsRequest(page_token="garbage")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.search.ListCollections(bad, metadata=client.metadata)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_sentiment(client: LlmClient) -> None:

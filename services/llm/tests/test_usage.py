@@ -303,7 +303,7 @@ async def test_totals_validate_their_arguments(
 
     for n in range(3):
         await ledger.record(call(f"many-{n}"))
-    monkeypatch.setattr(usage, "MAX_TOTAL_ROWS", 2)
+    monkeypatch.setattr("nexus.llm.usage._ledger.MAX_TOTAL_ROWS", 2)
     with pytest.raises(ResourceExhausted, match="limit of 2"):
         await ledger.totals(api_key_id=None, start=DAY, end=DAY)
 

@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from nexus.api.llm.v1 import llm_service_pb2 as pb
+from nexus.common.paging import MAX_PAGE_SIZE
 from nexus.gateway import tracing
 from nexus.gateway.descriptors import HttpBinding, service_bindings
 from nexus.gateway.errors import INTERNAL_MESSAGE, GatewayError, from_rpc_error
@@ -188,7 +189,7 @@ class OpenAIRoutes:
     async def _embeddings(self, call: Call) -> Response:
         embedding = embedding_call(await self._body(call.request))
         if embedding.dimensions is not None:
-            listed = await self._unary("ListModels", pb.ListModelsRequest(), call)
+            listed = await self._served_models(call)
             info = find_model(listed, embedding.request.model)
             if info is not None and info.dimensions:
                 _check_dimensions(embedding, info.dimensions)
@@ -197,18 +198,29 @@ class OpenAIRoutes:
         return _json(embeddings(reply, embedding.encoding_format))
 
     async def _models(self, call: Call) -> Response:
-        reply = await self._unary("ListModels", pb.ListModelsRequest(), call)
+        reply = await self._served_models(call)
         return _json(model_list(reply))
 
     async def _model(self, call: Call) -> Response:
         model = str(call.request.path_params["model"])
-        reply = await self._unary("ListModels", pb.ListModelsRequest(), call)
+        reply = await self._served_models(call)
         info = find_model(reply, model)
         if info is None:
             raise model_not_found(model)
         return _json(model_object(info))
 
     # Pieces.
+
+    async def _served_models(self, call: Call) -> pb.ListModelsResponse:
+        """Every served model, all pages of ListModels: OpenAI's list of models has none."""
+        request = pb.ListModelsRequest(page_size=MAX_PAGE_SIZE)
+        reply: pb.ListModelsResponse = await self._unary("ListModels", request, call)
+        while reply.next_page_token:
+            request.page_token = reply.next_page_token
+            page = await self._unary("ListModels", request, call)
+            reply.models.extend(page.models)
+            reply.next_page_token = page.next_page_token
+        return reply
 
     async def _body(self, request: Request) -> dict[str, Any]:
         """The JSON body, within the gateway's size limit (413 beyond it)."""

@@ -137,7 +137,7 @@ class ServiceHost:
         self._nc = await connect(self.common, self.name)
         self._bus = EventBus(self._nc, f"nexus/{self.name}")
         if self.common.auth_enabled:
-            self._keys = KeyStore(self._nc.jetstream())
+            self._keys = KeyStore(self._nc)
             await self._keys.start()
         self._server = grpc.aio.server(
             interceptors=self._interceptors(),

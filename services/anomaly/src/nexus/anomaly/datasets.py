@@ -23,6 +23,7 @@ from nats.js.object_store import ObjectStore
 
 from nexus.anomaly.detectors import validate_matrix
 from nexus.common.errors import InvalidArgument, NotFound, ResourceExhausted
+from nexus.common.kv import open_object_store
 
 BUCKET = "nexus_anomaly_datasets"
 
@@ -110,7 +111,7 @@ class DatasetStore:
 
     async def start(self) -> None:
         """Creates or binds the bucket."""
-        self._store = await self._js.create_object_store(BUCKET)
+        self._store = await open_object_store(self._js, BUCKET)
 
     async def put(self, name: str, table: Table) -> DatasetInfo:
         """Stores a table under a new id."""

@@ -25,7 +25,7 @@ async def create(settings: AnomalySettings, common: NexusSettings) -> ServiceHos
     engine = AnomalyEngine(
         registry, DatasetStore(js, max_bytes=settings.max_dataset_bytes), settings, host.executor
     )
-    bindings = SourceBindings(js, registry)
+    bindings = SourceBindings(host.nc, registry)
     stream = StreamProcessor(host.bus, engine, bindings, settings)
     host.add_servicer(
         anomaly_service_pb2_grpc.add_AnomalyServiceServicer_to_server,

@@ -15,6 +15,7 @@ from nexus.anomaly.streaming import StreamProcessor
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
 from nexus.common.errors import InvalidArgument
+from nexus.common.paging import page_request, paginate
 
 Context = Any  # grpc.aio.ServicerContext; unused by these handlers
 
@@ -72,8 +73,11 @@ class AnomalyServicer(pb_grpc.AnomalyServiceServicer):
     async def ListSources(
         self, request: pb.ListSourcesRequest, context: Context
     ) -> pb.ListSourcesResponse:
-        bindings = [converters.binding_to_proto(b) for b in self._bindings.list()]
-        return pb.ListSourcesResponse(bindings=bindings)
+        page = page_request(request.page_size, request.page_token, scope="sources")
+        bindings, token = paginate(self._bindings.list(), lambda b: b.source, page)
+        return pb.ListSourcesResponse(
+            bindings=[converters.binding_to_proto(b) for b in bindings], next_page_token=token
+        )
 
     async def WatchAnomalies(
         self, request: pb.WatchAnomaliesRequest, context: Context

@@ -1,25 +1,26 @@
 """Bindings of metric sources to trained detectors, shared by every replica.
 
 Stored in the KV bucket `nexus_anomaly_sources` (key = source); each replica mirrors the bucket
-in memory through a KV watch, so the stream processor looks a binding up without a round trip
-and a binding made on one replica applies on all of them at once.
+in memory with a `KvFollower` (which resumes after a NATS restart), so the stream processor
+looks a binding up without a round trip and a binding made on one replica applies on all of
+them at once.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from nats.js.client import JetStreamContext
+from nats.aio.client import Client
+from nats.js import api
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from nexus.common.errors import InvalidArgument, NotFound
+from nexus.common.kv import KvEntry, KvFollower, open_key_value
 from nexus.common.registry import ModelRegistry
 
 BUCKET = "nexus_anomaly_sources"
@@ -27,6 +28,10 @@ SOURCE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 DEFAULT_ALIAS = "production"
 
 log = logging.getLogger(__name__)
+
+_BUCKET_CONFIG = api.KeyValueConfig(
+    bucket=BUCKET, description="Nexus anomaly: metric sources and their detectors", history=1
+)
 
 
 @dataclass(frozen=True)
@@ -49,26 +54,21 @@ def check_source(source: str, field: str = "source") -> str:
 class SourceBindings:
     """The bindings, in KV and mirrored in memory."""
 
-    def __init__(self, js: JetStreamContext, registry: ModelRegistry) -> None:
-        self._js = js
+    def __init__(self, nc: Client, registry: ModelRegistry) -> None:
+        self._nc = nc
         self._registry = registry
         self._kv: KeyValue | None = None
         self._mirror: dict[str, Binding] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._follower = KvFollower(nc, BUCKET, self._apply)
 
     async def start(self) -> None:
         """Creates or binds the bucket and mirrors it (returns once the mirror is current)."""
-        self._kv = await self._js.create_key_value(bucket=BUCKET, history=1)
-        ready = asyncio.Event()
-        self._task = asyncio.create_task(self._follow(ready))
-        await ready.wait()
+        self._kv = await open_key_value(self._nc.jetstream(), _BUCKET_CONFIG)
+        await self._follower.start()
 
     async def stop(self) -> None:
         """Stops mirroring."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._follower.stop()
 
     def get(self, source: str) -> Binding | None:
         """The binding of a source, from the mirror."""
@@ -100,26 +100,18 @@ class SourceBindings:
         await self._bucket().delete(source)
         self._mirror.pop(source, None)
 
-    async def _follow(self, ready: asyncio.Event) -> None:
-        watcher = await self._bucket().watchall()
-        async for entry in watcher:
-            if entry is None:  # the end of the initial values
-                ready.set()
-                continue
-            self._apply(entry.key, entry.value, entry.operation)
-            if not ready.is_set() and entry.delta == 0:
-                ready.set()
-
-    def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:
-        if operation in {"DEL", "PURGE"} or not value:
-            self._mirror.pop(key, None)
+    async def _apply(self, entry: KvEntry) -> None:
+        if entry.removed or not entry.value:
+            self._mirror.pop(entry.key, None)
             return
         try:
-            record = json.loads(value)
+            record = json.loads(entry.value)
             created = datetime.fromisoformat(record["created"])
-            self._mirror[key] = Binding(key, record["detector"], record["alias"], created)
+            binding = Binding(entry.key, record["detector"], record["alias"], created)
         except (ValueError, KeyError):
-            log.error("ignoring a malformed binding for source %s", key)
+            log.error("ignoring a malformed binding for source %s", entry.key)
+            return
+        self._mirror[entry.key] = binding
 
     def _bucket(self) -> KeyValue:
         assert self._kv is not None, "start() first"

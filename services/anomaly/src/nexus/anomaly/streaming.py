@@ -21,12 +21,16 @@ from nexus.anomaly.detectors import StreamingDetectors
 from nexus.anomaly.engine import AnomalyEngine, Selector
 from nexus.anomaly.settings import AnomalySettings
 from nexus.anomaly.sources import SourceBindings, check_source
-from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected, MetricPoint
+from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
+from nexus.api.metrics.v1.events_pb2 import MetricPoint
 from nexus.common.errors import InvalidArgument, NexusError
-from nexus.common.events import Consumer, Event, EventBus
+from nexus.common.events import DAY_S, GIB, METRICS, Consumer, Event, EventBus, Stream
 
 METRICS_SUBJECT = "nexus.metrics.>"
 DETECTED_SUBJECT = "nexus.anomaly.detected"
+STREAM = Stream("ANOMALY", ("nexus.anomaly.>",), max_age_s=7 * DAY_S, max_bytes=GIB)
+"""The anomaly service's events: findings that workflows act upon, kept a week to cover a long
+outage of a consumer."""
 STREAMING = "streaming"
 WATCH_QUEUE = 1024
 
@@ -66,13 +70,13 @@ class StreamProcessor:
 
     async def start(self) -> None:
         """Ensures the streams and starts consuming."""
-        await self._bus.ensure_streams("METRICS", "ANOMALY")
+        await self._bus.ensure_streams(METRICS, STREAM)
         self._consumer = await self._bus.consume(
             METRICS_SUBJECT,
             MetricPoint,
             self.handle,
             durable=self._settings.stream_durable,
-            stream="METRICS",
+            stream=METRICS.name,
             batch=self._settings.stream_batch,
             concurrency=self._settings.stream_concurrency,
         )

@@ -35,10 +35,11 @@ from typing import Any
 
 from nats.js import api
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from nexus.common.errors import Aborted, InvalidArgument, NotFound, ResourceExhausted
+from nexus.common.kv import open_key_value
 from nexus.llm.usage import check_key_id, encode_token
 
 BUCKET = "nexus_llm_budgets"
@@ -274,17 +275,14 @@ class BudgetStore:
 
     async def start(self) -> None:
         """Creates or binds the bucket."""
-        try:
-            self._kv = await self._js.key_value(self._bucket_name)
-        except BucketNotFoundError:
-            config = api.KeyValueConfig(
-                bucket=self._bucket_name,
-                description="Nexus llm: spending limits per API key",
-                history=1,
-                max_value_size=_MAX_VALUE_BYTES,
-                storage=api.StorageType.FILE,
-            )
-            self._kv = await self._js.create_key_value(config)
+        config = api.KeyValueConfig(
+            bucket=self._bucket_name,
+            description="Nexus llm: spending limits per API key",
+            history=1,
+            max_value_size=_MAX_VALUE_BYTES,
+            storage=api.StorageType.FILE,
+        )
+        self._kv = await open_key_value(self._js, config)
 
     async def set(self, api_key_id: str, limit_usd: float, period: BudgetPeriod) -> BudgetState:
         """Sets a key's limit and period.

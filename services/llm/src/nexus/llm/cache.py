@@ -30,10 +30,11 @@ import nats.errors
 import numpy as np
 from nats.js import api
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from nexus.common.caching import TTLCache
+from nexus.common.kv import open_key_value
 from nexus.common.telemetry.metrics import record_cache_request
 from nexus.llm.settings import LlmSettings
 from nexus.llm.types import ChatCall, Completion, Message, TokenUsage
@@ -53,7 +54,6 @@ SEMANTIC_MAX_CHARS = 1_000
 """Longest last user message the semantic cache matches: the embedding model reads about 256
 tokens, so two longer texts that differ only after that would look the same to it."""
 _FORMAT = 1
-_TWO_MINUTES = 120.0
 
 log = logging.getLogger(__name__)
 
@@ -416,26 +416,3 @@ def _digest(value: Any) -> str:
     """sha256 hex of the canonical JSON of `value` (sorted keys, no whitespace)."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-async def open_key_value(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
-    """Creates a KV bucket, or binds it and brings its limits (TTL, value size) up to `config`.
-
-    Replicas starting together may all create it: creating with the same configuration is
-    idempotent; one made by another configuration (an older TTL setting) is updated.
-    """
-    try:
-        return await js.create_key_value(config)
-    except BadRequestError:  # exists with another configuration
-        stream = f"KV_{config.bucket}"
-        current = (await js.stream_info(stream)).config
-        await js.update_stream(
-            replace(
-                current,
-                max_age=config.ttl,
-                duplicate_window=min(current.duplicate_window, config.ttl or _TWO_MINUTES),
-                max_msg_size=config.max_value_size,
-                description=config.description,
-            )
-        )
-        return await js.key_value(config.bucket)

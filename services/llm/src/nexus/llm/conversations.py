@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import builtins
 import contextlib
 import json
@@ -34,7 +33,8 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from nexus.common.errors import Aborted, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from nexus.llm.cache import open_key_value
+from nexus.common.kv import open_key_value
+from nexus.common.paging import page_request, paginate
 from nexus.llm.settings import LlmSettings
 from nexus.llm.types import Message
 from nexus.llm.validation import ROLES
@@ -46,14 +46,11 @@ MAX_LABELS = 32
 MAX_LABEL_CHARS = 256
 MAX_MODEL_CHARS = 256
 MAX_OWNER_CHARS = 256
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 CAS_ATTEMPTS = 32
 """Tries of a compare-and-set append before giving up with ABORTED."""
 INSTRUCTION_ROLES = frozenset({"system", "developer"})
 """Roles that trimming never drops."""
 _ID = re.compile(r"^[0-9a-f]{32}$")
-_TOKEN_PREFIX = "c1:"
 _FORMAT = 1
 
 
@@ -161,13 +158,14 @@ class ConversationStore:
         return record
 
     async def list(
-        self, owner: str, *, page_size: int = DEFAULT_PAGE_SIZE, page_token: str = ""
+        self, owner: str, *, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[ConversationRecord], str]:
-        """One page of `owner`'s conversations, most recently changed first, without messages.
+        """One page of `owner`'s conversations, most recently changed first, without messages
+        (paged as `nexus.common.paging` says).
 
         Args:
             owner: The API key id.
-            page_size: 1 to 500 conversations (0: the default, 50).
+            page_size: Conversations on the page (0: the default).
             page_token: "" for the first page, else a previous page's next token.
 
         Returns:
@@ -176,20 +174,14 @@ class ConversationStore:
             read moves to the front and is not listed twice.
         """
         _check_owner(owner)
-        size = _check_page_size(page_size)
-        before = _decode_token(page_token)
+        page = page_request(page_size, page_token, scope=f"conversations/{owner}")
         with _reachable():
             revisions = await self._revisions(owner)
-        newer_first = sorted(
-            ((rev, key) for key, rev in revisions.items() if before is None or rev < before),
-            reverse=True,
-        )
-        page = newer_first[:size]
+        newer_first = sorted(((rev, key) for key, rev in revisions.items()), reverse=True)
+        listed, next_token = paginate(newer_first, lambda item: -item[0], page)
         with _reachable():
-            records = await asyncio.gather(*(self._read(key) for _, key in page))
-        listed = [r.without_messages() for r in records if r is not None and r.owner == owner]
-        next_token = _encode_token(page[-1][0]) if len(newer_first) > size else ""
-        return listed, next_token
+            records = await asyncio.gather(*(self._read(key) for _, key in listed))
+        return [r.without_messages() for r in records if r and r.owner == owner], next_token
 
     async def append(
         self, owner: str, conversation_id: str, messages: builtins.list[Message]
@@ -405,31 +397,6 @@ def _check_labels(labels: dict[str, str]) -> None:
             raise InvalidArgument.for_field(
                 f"labels[{key}]", f"must be a string of at most {MAX_LABEL_CHARS} characters"
             )
-
-
-def _check_page_size(page_size: int) -> int:
-    if page_size == 0:
-        return DEFAULT_PAGE_SIZE
-    if not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise InvalidArgument.for_field("page_size", f"must be between 1 and {MAX_PAGE_SIZE}")
-    return page_size
-
-
-def _encode_token(revision: int) -> str:
-    return base64.urlsafe_b64encode(f"{_TOKEN_PREFIX}{revision}".encode()).decode()
-
-
-def _decode_token(token: str) -> int | None:
-    """The revision a page token continues below, or None for the first page."""
-    if not token:
-        return None
-    try:
-        text = base64.urlsafe_b64decode(token.encode()).decode()
-        if text.startswith(_TOKEN_PREFIX):
-            return int(text[len(_TOKEN_PREFIX) :])
-    except (binascii.Error, UnicodeError, ValueError):
-        pass
-    raise InvalidArgument.for_field("page_token", "not a token of this list")
 
 
 def _owner_token(owner: str) -> str:

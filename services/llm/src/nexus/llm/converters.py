@@ -210,9 +210,15 @@ def usage_to_proto(usage: TokenUsage) -> pb.Usage:
 # Models.
 
 
-def models_to_proto(models: Iterable[Any]) -> pb.ListModelsResponse:
-    """ListModels' reply from model descriptions (router's and local embedding models')."""
+def model_id(model: Any) -> str:
+    """The id of a model description (router's or local embedding models'): how it is listed."""
+    return str(model.name)
+
+
+def models_to_proto(models: Iterable[Any], next_page_token: str = "") -> pb.ListModelsResponse:
+    """ListModels' reply from model descriptions, in the order given."""
     return pb.ListModelsResponse(
+        next_page_token=next_page_token,
         models=[
             pb.ModelInfo(
                 id=m.name,
@@ -222,8 +228,8 @@ def models_to_proto(models: Iterable[Any]) -> pb.ListModelsResponse:
                 max_output_tokens=m.max_output_tokens,
                 dimensions=m.dimensions,
             )
-            for m in sorted(models, key=lambda m: str(m.name))
-        ]
+            for m in models
+        ],
     )
 
 

@@ -12,6 +12,7 @@ from nexus.api.llm.v1 import llm_service_pb2 as pb
 from nexus.api.llm.v1 import llm_service_pb2_grpc as pb_grpc
 from nexus.common.auth import current_api_key
 from nexus.common.errors import InvalidArgument, PermissionDenied
+from nexus.common.paging import page_request, paginate
 from nexus.llm import converters
 from nexus.llm.analysis import SentimentAnalyzer
 from nexus.llm.budgets import BudgetStore
@@ -72,9 +73,11 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
-        return converters.models_to_proto(
-            [*self._router.models(), *self._embeddings.local_descriptions()]
-        )
+        models = [*self._router.models(), *self._embeddings.local_descriptions()]
+        page = page_request(request.page_size, request.page_token, scope="served-models")
+        by_id = converters.model_id
+        listed, token = paginate(sorted(models, key=by_id), by_id, page)
+        return converters.models_to_proto(listed, token)
 
     async def AnalyzeSentiment(
         self, request: pb.AnalyzeSentimentRequest, context: Context
@@ -126,7 +129,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
         self, request: pb.ListConversationsRequest, context: Context
     ) -> pb.ListConversationsResponse:
         records, token = await self._conversations.list(
-            caller_id(), page_size=request.page_size or 50, page_token=request.page_token
+            caller_id(), page_size=request.page_size, page_token=request.page_token
         )
         return pb.ListConversationsResponse(
             conversations=[converters.conversation_to_proto(r, messages=False) for r in records],
@@ -171,9 +174,10 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     async def ListCollections(
         self, request: pb.ListCollectionsRequest, context: Context
     ) -> pb.ListCollectionsResponse:
-        infos = await self._collections.list()
+        page = page_request(request.page_size, request.page_token, scope="collections")
+        infos, token = paginate(await self._collections.list(), lambda c: c.name, page)
         return pb.ListCollectionsResponse(
-            collections=[converters.collection_to_proto(i) for i in infos]
+            collections=[converters.collection_to_proto(i) for i in infos], next_page_token=token
         )
 
     async def DeleteCollection(

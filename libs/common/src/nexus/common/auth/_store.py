@@ -1,8 +1,9 @@
 """The API-key store: hashed records in a JetStream KV bucket, cached, revoked everywhere at once.
 
 Every process that checks keys holds a `KeyStore`. Records are cached for a few seconds; a
-watch on the bucket drops a record from every process's cache as soon as it changes, so a
-revocation takes effect at once and the cache TTL only bounds staleness if the watch lags.
+follower of the bucket (resuming after a NATS restart) drops a record from every process's
+cache as soon as it changes, so a revocation takes effect at once and the cache TTL only bounds
+staleness if the follower lags.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import replace
 
 import nats.errors
 import nats.js.errors
-from nats.js import JetStreamContext
+from nats.aio.client import Client
+from nats.js import api
 from nats.js.kv import KeyValue
 
 from nexus.common.auth._keys import (
@@ -39,6 +41,7 @@ from nexus.common.errors import (
     Unauthenticated,
     Unavailable,
 )
+from nexus.common.kv import KvEntry, KvFollower, open_key_value
 from nexus.common.nats import connect
 from nexus.common.settings import NexusSettings
 
@@ -55,22 +58,19 @@ class KeyStore:
     """API keys in the JetStream KV bucket `nexus_api_keys` (key: the key's id).
 
     Args:
-        js: The JetStream context of a connected client.
-        cache_ttl_s: Seconds a record stays cached (the watch usually drops it sooner).
+        nc: A connected client.
+        cache_ttl_s: Seconds a record stays cached (the follower usually drops it sooner).
         bucket: The bucket's name; tests pass their own.
     """
 
-    def __init__(
-        self, js: JetStreamContext, *, cache_ttl_s: float = 5.0, bucket: str = BUCKET
-    ) -> None:
-        self._js = js
+    def __init__(self, nc: Client, *, cache_ttl_s: float = 5.0, bucket: str = BUCKET) -> None:
+        self._nc = nc
         self._bucket = bucket
         self._kv: KeyValue | None = None
         self._cache: TTLCache[str, StoredKey | None] = TTLCache(
             "api_keys", maxsize=10_000, ttl_s=cache_ttl_s
         )
-        self._watcher: KeyValue.KeyWatcher | None = None
-        self._watch_task: asyncio.Task[None] | None = None
+        self._follower = KvFollower(nc, bucket, self._forget)
 
     @property
     def kv(self) -> KeyValue:
@@ -80,33 +80,19 @@ class KeyStore:
         return self._kv
 
     async def start(self) -> None:
-        """Creates or binds the bucket and starts watching it for changes."""
-        self._kv = await self._bind()
-        self._watcher = await self._kv.watchall(meta_only=True)
-        self._watch_task = asyncio.create_task(self._follow(self._watcher))
+        """Creates or binds the bucket and starts following it for changes."""
+        config = api.KeyValueConfig(
+            bucket=self._bucket, description="Nexus API keys (hashed)", history=1
+        )
+        self._kv = await open_key_value(self._nc.jetstream(), config)
+        await self._follower.start()
 
-    async def _bind(self) -> KeyValue:
-        try:
-            return await self._js.key_value(self._bucket)
-        except nats.js.errors.BucketNotFoundError:
-            # Two processes starting together may both get here; creating is idempotent.
-            return await self._js.create_key_value(bucket=self._bucket, history=1)
-
-    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
-        async for entry in watcher:
-            if entry is not None:
-                self._cache.delete(entry.key)
+    async def _forget(self, entry: KvEntry) -> None:
+        self._cache.delete(entry.key)
 
     async def stop(self) -> None:
-        """Stops watching the bucket."""
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()  # type: ignore[no-untyped-call]
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watch_task
-        self._watcher = self._watch_task = None
+        """Stops following the bucket."""
+        await self._follower.stop()
 
     async def create(
         self, name: str, scopes: Iterable[str], *, rate_limit_per_minute: int = 0
@@ -258,7 +244,7 @@ async def open_key_store(settings: NexusSettings, client_name: str) -> AsyncIter
     For processes that need keys but no other NATS work: the gateway, the CLI, `nexus up`.
     """
     nc = await connect(settings, client_name)
-    keys = KeyStore(nc.jetstream())
+    keys = KeyStore(nc)
     try:
         await keys.start()
         yield keys

@@ -17,47 +17,61 @@ from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 from nats.js.errors import ServiceUnavailableError as JsUnavailable
 from opentelemetry import propagate, trace
 
-from nexus.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from nexus.common.errors import FailedPrecondition, Unavailable
 from nexus.common.events._consumer import Consumer, Handler, WatchConsumer, WorkConsumer
 from nexus.common.events._envelope import M, build_headers, new_event_id
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("nexus.events")
 
-STREAMS: dict[str, list[str]] = {
-    "METRICS": ["nexus.metrics.>"],
-    "ANOMALY": ["nexus.anomaly.>"],
-    "MODELS": ["nexus.models.>"],
-    "LLM": ["nexus.llm.>"],
-}
-"""One JetStream stream per area of events: its name and the subjects it stores."""
-
 DUPLICATE_WINDOW_S = 120.0
 """A re-published event (same id) within this window is stored once."""
 
-_GIB = 1024**3
-_DAY_S = 24 * 3600.0
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+DAY_S = 24 * 3600.0
 
 
 @dataclass(frozen=True)
-class StreamLimits:
-    """Retention of one stream; the oldest messages go first when a limit is reached."""
+class Stream:
+    """A JetStream stream of events, declared by the service that owns its area.
 
+    The oldest messages go first when a limit is reached.
+
+    Attributes:
+        name: The stream's name ("ANOMALY").
+        subjects: The subjects it stores (`nexus.<area>.>`).
+        max_age_s: Seconds a message is kept.
+        max_bytes: Bytes the stream holds at most.
+        max_msg_bytes: Largest message.
+    """
+
+    name: str
+    subjects: tuple[str, ...]
     max_age_s: float
     max_bytes: int
-    max_msg_bytes: int = 1024 * 1024
+    max_msg_bytes: int = MIB
+
+    def config(self) -> api.StreamConfig:
+        """Its configuration: file storage, its limits, the 2-minute duplicate window."""
+        return api.StreamConfig(
+            name=self.name,
+            subjects=list(self.subjects),
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.OLD,
+            max_age=self.max_age_s,
+            max_bytes=self.max_bytes,
+            max_msg_size=self.max_msg_bytes,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            num_replicas=1,
+        )
 
 
-STREAM_LIMITS: dict[str, StreamLimits] = {
-    # Raw input, re-sent by its producers if it matters: a day is plenty to catch up.
-    "METRICS": StreamLimits(max_age_s=_DAY_S, max_bytes=_GIB),
-    # Findings that workflows act upon: a week covers a long outage of a consumer.
-    "ANOMALY": StreamLimits(max_age_s=7 * _DAY_S, max_bytes=_GIB),
-    # Rare, small notifications; the registry's KV bucket is the source of truth anyway.
-    "MODELS": StreamLimits(max_age_s=30 * _DAY_S, max_bytes=_GIB // 4),
-    # One small usage event per LLM call, for billing exports; the usage KV totals answer queries.
-    "LLM": StreamLimits(max_age_s=7 * _DAY_S, max_bytes=_GIB),
-}
+METRICS = Stream("METRICS", ("nexus.metrics.>",), max_age_s=DAY_S, max_bytes=GIB)
+"""The platform's streaming input (`nexus.metrics.<source>`, `MetricPoint` payloads), which
+producers outside the platform write and any service may read: the one stream no service owns.
+Raw input, re-sent by its producers if it matters: a day is plenty to catch up."""
 
 _RETRYABLE = (
     NatsTimeoutError,  # no ack in time: the server is restarting or the connection is down
@@ -102,23 +116,15 @@ class EventBus:
         """The CloudEvents source of published events."""
         return self._source
 
-    async def ensure_streams(self, *names: str) -> None:
-        """Creates the named streams of `STREAMS` (all of them when none is named), or updates
-        their configuration to this version's.
-
-        Raises:
-            InvalidArgument: For a name that is not in `STREAMS`.
-        """
-        for name in names or tuple(STREAMS):
-            if name not in STREAMS:
-                raise InvalidArgument.for_field("stream", f"unknown stream {name!r}")
-            await self._ensure_stream(stream_config(name))
-
-    async def _ensure_stream(self, config: api.StreamConfig) -> None:
-        try:
-            await self._js.add_stream(config)
-        except BadRequestError:  # exists with another configuration: bring it up to date
-            await self._js.update_stream(config)
+    async def ensure_streams(self, *streams: Stream) -> None:
+        """Creates the streams a service declares, or updates their configuration to this
+        version's. Each service ensures the streams it owns (and those it reads) at start."""
+        for stream in streams:
+            config = stream.config()
+            try:
+                await self._js.add_stream(config)
+            except BadRequestError:  # exists with another configuration: bring it up to date
+                await self._js.update_stream(config)
 
     async def publish(
         self,
@@ -207,7 +213,7 @@ class EventBus:
             message_type: The protobuf class of the payloads.
             handler: Awaited on the event loop for each event; offload CPU-heavy work yourself.
             durable: The consumer's durable name, shared by the replicas.
-            stream: The stream holding `subject` (a key of `STREAMS`).
+            stream: The name of the stream holding `subject`.
             batch: Messages fetched per request.
             max_deliver: Deliveries of one event before it is given up.
             ack_wait_s: Seconds before an unacknowledged event is redelivered.
@@ -230,6 +236,21 @@ class EventBus:
         consumer = WorkConsumer(self._nc, stream, config, batch, message_type, handler, concurrency)
         return await _started(consumer, stream)
 
+    async def stream_of(self, subject: str) -> str:
+        """The name of the stream that holds `subject` (a subject or a filter), as the server
+        says.
+
+        Raises:
+            FailedPrecondition: When none does.
+            Unavailable: When NATS does not answer.
+        """
+        try:
+            return await self._js.find_stream_name_by_subject(subject)
+        except NotFoundError as err:
+            raise FailedPrecondition(f"no stream holds subject {subject}") from err
+        except (NatsError, TimeoutError) as err:
+            raise Unavailable(f"cannot look up the stream of {subject}: {err!r}") from err
+
     async def watch(
         self, subject: str, message_type: type[M], handler: Handler[M], *, stream: str = ""
     ) -> Consumer:
@@ -243,12 +264,12 @@ class EventBus:
             subject: Subject filter (`nexus.models.anomaly.>`).
             message_type: The protobuf class of the payloads.
             handler: Awaited on the event loop for each event.
-            stream: The stream holding `subject`; found from `STREAMS` when empty.
+            stream: The name of the stream holding `subject`; asked of the server when empty.
 
         Raises:
             FailedPrecondition: When no stream holds `subject`.
         """
-        stream = stream or stream_of(subject)
+        stream = stream or await self.stream_of(subject)
         watcher = WatchConsumer(self._nc, stream, subject, message_type, handler)
         return await _started(watcher, stream)
 
@@ -261,46 +282,6 @@ async def _started(consumer: Consumer, stream: str) -> Consumer:
     except (NatsError, TimeoutError) as err:
         raise Unavailable(f"cannot create a consumer on stream {stream}: {err!r}") from err
     return consumer
-
-
-def stream_config(name: str) -> api.StreamConfig:
-    """The configuration of one of `STREAMS`: file storage, limits, 2-minute duplicate window."""
-    limits = STREAM_LIMITS[name]
-    return api.StreamConfig(
-        name=name,
-        subjects=STREAMS[name],
-        storage=api.StorageType.FILE,
-        retention=api.RetentionPolicy.LIMITS,
-        discard=api.DiscardPolicy.OLD,
-        max_age=limits.max_age_s,
-        max_bytes=limits.max_bytes,
-        max_msg_size=limits.max_msg_bytes,
-        duplicate_window=DUPLICATE_WINDOW_S,
-        num_replicas=1,
-    )
-
-
-def stream_of(subject: str) -> str:
-    """The stream of `STREAMS` whose subjects cover `subject`.
-
-    Raises:
-        FailedPrecondition: When none does.
-    """
-    for name, patterns in STREAMS.items():
-        if any(_matches(pattern, subject) for pattern in patterns):
-            return name
-    raise FailedPrecondition(f"no stream holds subject {subject}")
-
-
-def _matches(pattern: str, subject: str) -> bool:
-    """NATS wildcard match; `subject` may itself hold wildcards (a filter), checked token-wise."""
-    want, have = pattern.split("."), subject.split(".")
-    for index, token in enumerate(want):
-        if token == ">":
-            return len(have) > index
-        if index >= len(have) or (token != "*" and token != have[index]):
-            return False
-    return len(want) == len(have)
 
 
 def publish_backoff_s(attempt: int) -> float:

@@ -20,6 +20,11 @@ SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/protobuf"
 MSG_ID_HEADER = "Nats-Msg-Id"
 """JetStream drops a message whose id it saw within the stream's duplicate window."""
+FORMER_TYPES: Mapping[str, frozenset[str]] = {
+    "nexus.metrics.v1.MetricPoint": frozenset({"nexus.anomaly.v1.MetricPoint"}),
+}
+"""The former `ce-type`s of messages that moved to another proto package with the same wire
+format: events that producers still publish under the old name are accepted."""
 
 
 @dataclass(frozen=True)
@@ -91,9 +96,11 @@ def parse_event(msg: Msg, message_type: type[M]) -> Event[M]:
     """
     headers = dict(msg.headers or {})
     expected = message_type.DESCRIPTOR.full_name
-    if headers.get("ce-type") != expected:
-        got = headers.get("ce-type") or "no ce-type header"
-        raise InvalidArgument.for_field("ce-type", f"expected {expected}, got {got}")
+    got = headers.get("ce-type") or ""
+    if got != expected and got not in FORMER_TYPES.get(expected, ()):
+        raise InvalidArgument.for_field(
+            "ce-type", f"expected {expected}, got {got or 'no ce-type header'}"
+        )
     for name in ("ce-specversion", "ce-id", "ce-source"):
         if not headers.get(name):
             raise InvalidArgument.for_field(name, "missing")

@@ -8,6 +8,7 @@ from nexus.common.registry._registry import (
     MAX_METADATA_BYTES,
     PROMOTED_WEIGHT,
     SIGNED_FRAMEWORKS,
+    STREAM,
     ChangeCallback,
     ModelRegistry,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "NAME_PATTERN",
     "PROMOTED_WEIGHT",
     "SIGNED_FRAMEWORKS",
+    "STREAM",
     "AliasInfo",
     "ChangeCallback",
     "ModelChange",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import hashlib
 import io
@@ -15,12 +13,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import api
-from nats.js.client import JetStreamContext
 from nats.js.errors import (
-    BucketNotFoundError,
     DigestMismatchError,
     KeyWrongLastSequenceError,
     ObjectNotFoundError,
@@ -38,7 +33,9 @@ from nexus.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from nexus.common.events import EventBus, Follower
+from nexus.common.events import DAY_S, GIB, EventBus, Stream
+from nexus.common.kv import KvEntry, KvFollower, kv_subject, open_key_value, open_object_store
+from nexus.common.paging import page_request, paginate
 from nexus.common.registry import _signing
 from nexus.common.registry._mirror import Mirror
 from nexus.common.registry._records import (
@@ -78,8 +75,6 @@ MAX_METADATA_BYTES = 64 * 1024
 PROMOTED_WEIGHT = 100
 """The weight of the one version an alias points at after a promotion."""
 
-_KV_STREAM = f"KV_{BUCKET}"
-_KV_PREFIX = f"$KV.{BUCKET}."
 _START_TIMEOUT_S = 30.0
 _CLAIM_ATTEMPTS = 64
 _SETTLE_TIMEOUT_S = 5.0
@@ -95,6 +90,21 @@ _KINDS = {
 }
 
 ChangeCallback = Callable[[ModelChange], Awaitable[None]]
+
+STREAM = Stream("MODELS", ("nexus.models.>",), max_age_s=30 * DAY_S, max_bytes=GIB // 4)
+"""The registry's `ModelChanged` events (`nexus.models.<service>.<kind>`): rare, small
+notifications, and the KV bucket is the source of truth anyway, hence a month and 256 MiB."""
+
+_BUCKET_CONFIG = api.KeyValueConfig(
+    bucket=BUCKET,
+    description="Nexus model registry: versions and aliases of every service",
+    history=1,
+    max_value_size=4 * MAX_METADATA_BYTES,
+    storage=api.StorageType.FILE,
+)
+_ARTIFACTS_CONFIG = api.ObjectStoreConfig(
+    description="Nexus model artifacts", storage=api.StorageType.FILE
+)
 
 
 class ModelRegistry:
@@ -131,11 +141,9 @@ class ModelRegistry:
         self._mirror = Mirror(self._service)
         self._callbacks: list[ChangeCallback] = []
         self._changes: asyncio.Queue[ModelChange] = asyncio.Queue()
-        self._revision = 0
-        self._applied = asyncio.Condition()
         self._kv: KeyValue | None = None
         self._objects: ObjectStore | None = None
-        self._follower: Follower | None = None
+        self._follower: KvFollower | None = None
         self._dispatcher: asyncio.Task[None] | None = None
 
     @property
@@ -152,9 +160,9 @@ class ModelRegistry:
         """
         with _backend("start"):
             js = self._bus.js
-            self._kv = await _key_value(js)
-            self._objects = await _object_store(js)
-            await self._bus.ensure_streams("MODELS")
+            self._kv = await open_key_value(js, _BUCKET_CONFIG)
+            self._objects = await open_object_store(js, ARTIFACTS, _ARTIFACTS_CONFIG)
+            await self._bus.ensure_streams(STREAM)
             await self._follow()
         self._dispatcher = asyncio.create_task(
             self._dispatch(), name=f"registry-{self._service}-callbacks"
@@ -163,20 +171,9 @@ class ModelRegistry:
     async def _follow(self) -> None:
         """Follows this service's keys: the latest of each first (the snapshot), then changes.
         Returns once the snapshot is in the mirror."""
-        follower = Follower(
-            self._bus.nc,
-            _KV_STREAM,
-            f"{_KV_PREFIX}{self._service}.>",
-            self._on_entry,
-            deliver=api.DeliverPolicy.LAST_PER_SUBJECT,
-        )
+        follower = KvFollower(self._bus.nc, BUCKET, self._on_entry, keys=f"{self._service}.>")
         self._follower = follower
-        await follower.start()
-        try:
-            await asyncio.wait_for(follower.caught_up.wait(), _START_TIMEOUT_S)
-        except TimeoutError:
-            await follower.stop()
-            raise
+        await follower.start(_START_TIMEOUT_S)
 
     async def stop(self) -> None:
         """Stops following changes; the mirror keeps its last state."""
@@ -406,21 +403,17 @@ class ModelRegistry:
     async def list_models(
         self, page_size: int = 50, page_token: str = ""
     ) -> tuple[list[ModelInfo], str]:
-        """One page of the service's models, by name.
+        """One page of the service's models, by name (paged as `nexus.common.paging` says).
 
         Returns:
             The models, and the token of the next page ("" on the last one).
 
         Raises:
-            InvalidArgument: A page size below 1, or a token that no page gave out.
+            InvalidArgument: A negative page size, or a token that no page of this list gave out.
         """
-        if page_size < 1:
-            raise InvalidArgument.for_field("page_size", "must be at least 1")
-        after = _decode_token(page_token)
-        names = [name for name in self._mirror.names() if name > after]
-        page = [info for name in names[:page_size] if (info := self._mirror.model(name))]
-        token = _encode_token(page[-1].name) if page and len(names) > page_size else ""
-        return page, token
+        page = page_request(page_size, page_token, scope=f"models/{self._service}")
+        names, token = paginate(self._mirror.names(), str, page)
+        return [info for name in names if (info := self._mirror.model(name))], token
 
     def resolve(
         self, name: str, *, alias: str = "", version: str = "", routing_key: str = ""
@@ -512,7 +505,7 @@ class ModelRegistry:
     async def _purge(self, key: str) -> int:
         """Purges `key` (a KV purge marker, via JetStream to learn its revision)."""
         headers = {"KV-Operation": "PURGE", "Nats-Rollup": "sub"}
-        ack = await self._bus.js.publish(f"{_KV_PREFIX}{key}", b"", headers=headers)
+        ack = await self._bus.js.publish(kv_subject(BUCKET, key), b"", headers=headers)
         return ack.seq
 
     async def _fetch(self, name: str) -> bytes:
@@ -569,32 +562,17 @@ class ModelRegistry:
 
     # Following changes.
 
-    async def _on_entry(self, msg: Msg) -> None:
+    async def _on_entry(self, entry: KvEntry) -> None:
         """Applies one KV entry to the mirror; reports it unless it is part of the snapshot."""
-        key = msg.subject.removeprefix(_KV_PREFIX)
-        removed = (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE")
-        change = self._mirror.apply(key, msg.data, removed=removed)
-        await self._advance(msg.metadata.sequence.stream)
-        if change is not None and self._following().caught_up.is_set():
+        change = self._mirror.apply(entry.key, entry.value, removed=entry.removed)
+        if change is not None and not entry.initial:
             self._changes.put_nowait(change)
-
-    def _following(self) -> Follower:
-        if self._follower is None:
-            raise FailedPrecondition("the model registry is not started")
-        return self._follower
-
-    async def _advance(self, revision: int | None) -> None:
-        async with self._applied:
-            self._revision = max(self._revision, revision or 0)
-            self._applied.notify_all()
 
     async def _settled(self, revision: int) -> None:
         """Waits until the mirror applied `revision`, so that a caller reads its own write."""
-        try:
-            async with self._applied:
-                ready = self._applied.wait_for(lambda: self._revision >= revision)
-                await asyncio.wait_for(ready, _SETTLE_TIMEOUT_S)
-        except TimeoutError:
+        if self._follower is None:
+            raise FailedPrecondition("the model registry is not started")
+        if not await self._follower.settled(revision, _SETTLE_TIMEOUT_S):
             log.warning("registry mirror of %s lags behind revision %d", self._service, revision)
 
     async def _dispatch(self) -> None:
@@ -633,30 +611,6 @@ class ModelRegistry:
             log.exception(
                 "registry change %s of %s is stored but its event was not sent", kind, name
             )
-
-
-async def _key_value(js: JetStreamContext) -> KeyValue:
-    try:
-        return await js.key_value(BUCKET)
-    except BucketNotFoundError:
-        config = api.KeyValueConfig(
-            bucket=BUCKET,
-            description="Nexus model registry: versions and aliases of every service",
-            history=1,
-            max_value_size=4 * MAX_METADATA_BYTES,
-            storage=api.StorageType.FILE,
-        )
-        return await js.create_key_value(config)
-
-
-async def _object_store(js: JetStreamContext) -> ObjectStore:
-    try:
-        return await js.object_store(ARTIFACTS)
-    except BucketNotFoundError:
-        config = api.ObjectStoreConfig(
-            description="Nexus model artifacts", storage=api.StorageType.FILE
-        )
-        return await js.create_object_store(ARTIFACTS, config=config)
 
 
 @contextlib.contextmanager
@@ -715,17 +669,3 @@ def _refuse_if_aliased(model: ModelInfo, version: str) -> None:
             "point them elsewhere first",
             "VERSION_IN_USE",
         )
-
-
-def _encode_token(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
-
-
-def _decode_token(token: str) -> str:
-    if not token:
-        return ""
-    try:
-        name = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        return check_name("page_token", name)
-    except (binascii.Error, UnicodeDecodeError, InvalidArgument) as err:
-        raise InvalidArgument.for_field("page_token", "not a token from a previous page") from err

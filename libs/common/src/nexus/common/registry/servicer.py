@@ -23,9 +23,6 @@ from nexus.common.registry.converters import (
     version_to_proto,
 )
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
-
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
@@ -43,9 +40,7 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
         self._check_service(request.service)
-        models, token = await self._registry.list_models(
-            page_size(request.page_size), request.page_token
-        )
+        models, token = await self._registry.list_models(request.page_size, request.page_token)
         return pb.ListModelsResponse(
             models=[model_to_proto(m) for m in models], next_page_token=token
         )
@@ -105,14 +100,3 @@ class ModelRegistryServicer(pb_grpc.ModelRegistryServiceServicer):
             raise InvalidArgument.for_field(
                 "service", f"this is the {self._registry.service} service, not {service!r}"
             )
-
-
-def page_size(requested: int) -> int:
-    """The page size to use: the default for 0, at most MAX_PAGE_SIZE.
-
-    Raises:
-        InvalidArgument: For a negative size.
-    """
-    if requested < 0:
-        raise InvalidArgument.for_field("page_size", "must not be negative")
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)

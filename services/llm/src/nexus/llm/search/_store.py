@@ -15,15 +15,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import api
-from nats.js.errors import (
-    APIError,
-    BucketNotFoundError,
-    KeyWrongLastSequenceError,
-    NotFoundError,
-)
+from nats.js.errors import APIError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from nexus.common.errors import (
@@ -35,7 +29,7 @@ from nexus.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from nexus.common.events import Follower
+from nexus.common.kv import KvEntry, KvFollower, open_key_value
 from nexus.llm.embeddings import EmbeddingModels, check_text, unit_rows
 from nexus.llm.search._filters import compile_filter
 from nexus.llm.search._index import rank
@@ -99,9 +93,7 @@ class CollectionStore:
         self._settings = settings
         self._mirror = SearchMirror()
         self._kv: KeyValue | None = None
-        self._follower: Follower | None = None
-        self._applied = 0  # the stream sequence up to which the mirror is current
-        self._progress = asyncio.Condition()
+        self._follower: KvFollower | None = None
 
     async def start(self) -> None:
         """Binds (or creates) the bucket and loads the mirror; returns once it is current.
@@ -110,21 +102,9 @@ class CollectionStore:
             Unavailable: NATS does not answer, or the replay takes too long.
         """
         with _backend("start"):
-            self._kv = await _bucket(self._nc)
-            follower = Follower(
-                self._nc,
-                STREAM,
-                f"{PREFIX}>",
-                self._on_entry,
-                deliver=api.DeliverPolicy.LAST_PER_SUBJECT,
-            )
-            await follower.start()
-            self._follower = follower
-        try:
-            await asyncio.wait_for(follower.caught_up.wait(), _START_TIMEOUT_S)
-        except TimeoutError as err:
-            await follower.stop()
-            raise Unavailable("the search collections did not load in time") from err
+            self._kv = await open_key_value(self._js, _BUCKET_CONFIG)
+            self._follower = KvFollower(self._nc, BUCKET, self._on_entry)
+            await self._follower.start(_START_TIMEOUT_S)
         await self._purge_orphans()
 
     async def stop(self) -> None:
@@ -451,18 +431,10 @@ class CollectionStore:
                 log.warning("could not purge the documents of deleted %s: %r", name, err)
                 return
 
-    async def _on_entry(self, msg: Msg) -> None:
+    async def _on_entry(self, entry: KvEntry) -> None:
         """Applies one KV entry of the stream to the mirror."""
-        revision = msg.metadata.sequence.stream
-        try:
-            removed = (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE")
-            key = msg.subject.removeprefix(PREFIX)
-            await self._mirror.prepare(key, removed=removed)
-            self._mirror.apply(key, msg.data, removed=removed, revision=revision)
-        finally:
-            async with self._progress:
-                self._applied = max(self._applied, revision)
-                self._progress.notify_all()
+        await self._mirror.prepare(entry.key, removed=entry.removed)
+        self._mirror.apply(entry.key, entry.value, removed=entry.removed, revision=entry.revision)
 
     async def _sync(self) -> None:
         """Waits until the mirror holds everything the bucket held when called (read your own
@@ -471,45 +443,29 @@ class CollectionStore:
         Raises:
             Unavailable: NATS does not answer, or the mirror lags too far behind.
         """
-        if self._follower is None:
-            raise FailedPrecondition("the collection store is not started")
         with _backend("read the collections"):
-            try:
-                last = await self._js.get_last_msg(STREAM, f"{PREFIX}>")
-            except NotFoundError:
-                return  # an empty bucket
-        await self._settled(last.seq or 0, strict=True)
+            synced = await self._following().sync(_SYNC_TIMEOUT_S)
+        if not synced:
+            raise Unavailable("the search index of this replica is catching up; retry")
 
-    async def _settled(self, revision: int, *, strict: bool = False) -> None:
-        """Waits until the mirror applied `revision`. Past `_SYNC_TIMEOUT_S` a `strict` wait
-        raises Unavailable; another logs (the write it follows is stored all the same)."""
-        if self._applied >= revision:
-            return
-        try:
-            async with self._progress:
-                ready = self._progress.wait_for(lambda: self._applied >= revision)
-                await asyncio.wait_for(ready, _SYNC_TIMEOUT_S)
-        except TimeoutError:
-            if strict:
-                raise Unavailable(
-                    "the search index of this replica is catching up; retry"
-                ) from None
+    async def _settled(self, revision: int) -> None:
+        """Waits until the mirror applied `revision`; past `_SYNC_TIMEOUT_S` it logs (the write
+        it follows is stored all the same)."""
+        if not await self._following().settled(revision, _SYNC_TIMEOUT_S):
             log.warning("the search mirror lags behind revision %d", revision)
 
+    def _following(self) -> KvFollower:
+        if self._follower is None:
+            raise FailedPrecondition("the collection store is not started")
+        return self._follower
 
-async def _bucket(nc: Client) -> KeyValue:
-    """The bucket, created on first use."""
-    js = nc.jetstream()
-    try:
-        return await js.key_value(BUCKET)
-    except BucketNotFoundError:
-        config = api.KeyValueConfig(
-            bucket=BUCKET,
-            description="Nexus llm: search collections and their documents",
-            history=1,
-            storage=api.StorageType.FILE,
-        )
-        return await js.create_key_value(config)
+
+_BUCKET_CONFIG = api.KeyValueConfig(
+    bucket=BUCKET,
+    description="Nexus llm: search collections and their documents",
+    history=1,
+    storage=api.StorageType.FILE,
+)
 
 
 async def _bounded(call: Callable[[T], Awaitable[int]], items: Sequence[T]) -> list[int]:

@@ -25,23 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dnexus/anomaly/v1/events.proto\x12\x10nexus.anomaly.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x01\n\x0bMetricPoint\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06values\x18\x03 \x03(\x01\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x06labels\x18\x05 \x03(\x0b\x32).nexus.anomaly.v1.MetricPoint.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa6\x02\n\x0f\x41nomalyDetected\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08point_id\x18\x02 \x01(\t\x12\x0e\n\x06values\x18\x03 \x03(\x01\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x10\n\x08\x64\x65tector\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\x06labels\x18\t \x03(\x0b\x32-.nexus.anomaly.v1.AnomalyDetected.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dnexus/anomaly/v1/events.proto\x12\x10nexus.anomaly.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa6\x02\n\x0f\x41nomalyDetected\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08point_id\x18\x02 \x01(\t\x12\x0e\n\x06values\x18\x03 \x03(\x01\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x10\n\x08\x64\x65tector\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\x06labels\x18\t \x03(\x0b\x32-.nexus.anomaly.v1.AnomalyDetected.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nexus.anomaly.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_METRICPOINT_LABELSENTRY']._loaded_options = None
-  _globals['_METRICPOINT_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_ANOMALYDETECTED_LABELSENTRY']._loaded_options = None
   _globals['_ANOMALYDETECTED_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_METRICPOINT']._serialized_start=85
-  _globals['_METRICPOINT']._serialized_end=290
-  _globals['_METRICPOINT_LABELSENTRY']._serialized_start=245
-  _globals['_METRICPOINT_LABELSENTRY']._serialized_end=290
-  _globals['_ANOMALYDETECTED']._serialized_start=293
-  _globals['_ANOMALYDETECTED']._serialized_end=587
-  _globals['_ANOMALYDETECTED_LABELSENTRY']._serialized_start=245
-  _globals['_ANOMALYDETECTED_LABELSENTRY']._serialized_end=290
+  _globals['_ANOMALYDETECTED']._serialized_start=85
+  _globals['_ANOMALYDETECTED']._serialized_end=379
+  _globals['_ANOMALYDETECTED_LABELSENTRY']._serialized_start=334
+  _globals['_ANOMALYDETECTED_LABELSENTRY']._serialized_end=379
 # @@protoc_insertion_point(module_scope)

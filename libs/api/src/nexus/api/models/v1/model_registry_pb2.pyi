@@ -235,9 +235,9 @@ class ListModelsRequest(_message.Message):
     service: _builtins.str
     """The service whose registry to read ("anomaly"); a service answers only for itself."""
     page_size: _builtins.int
-    """At most this many models (default 50, at most 500)."""
+    """Most models per page (default 50, at most 500)."""
     page_token: _builtins.str
-    """The next_page_token of the previous page."""
+    """The next_page_token of the previous page; empty for the first."""
     def __init__(
         self,
         *,

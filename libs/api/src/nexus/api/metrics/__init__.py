@@ -1,0 +1,1 @@
+"""Generated from protos/nexus/metrics. Do not edit: run `make protos`."""

@@ -1,0 +1,209 @@
+"""JetStream KV buckets and object stores: open one, follow one.
+
+Every part that keeps state in NATS opens its bucket with `open_key_value` (or its store with
+`open_object_store`), and every part that mirrors a bucket in memory follows it with a
+`KvFollower`: the latest value of each key first, then every change in order, resuming right
+after the last entry it handled when NATS restarts or loses the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from nexus.common.errors import Unavailable
+from nexus.common.events import Follower
+
+_TWO_MINUTES_S = 120.0
+START_TIMEOUT_S = 120.0
+"""How long `KvFollower.start` waits for the snapshot (replaying a large bucket takes a while)."""
+_REMOVED = ("DEL", "PURGE")
+
+
+async def open_key_value(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
+    """Creates a KV bucket, or binds it and brings its limits up to `config`.
+
+    Replicas starting together may all create it: creating with the same configuration is
+    idempotent. A bucket made with another configuration (an older TTL, value size or history
+    setting) is updated to this one.
+    """
+    try:
+        return await js.create_key_value(config)
+    except BadRequestError:  # exists with another configuration
+        stream = kv_stream(config.bucket)
+        current = (await js.stream_info(stream)).config
+        ttl_or_window = config.ttl or _TWO_MINUTES_S
+        await js.update_stream(
+            replace(
+                current,
+                max_age=config.ttl,
+                max_msgs_per_subject=config.history,
+                duplicate_window=min(current.duplicate_window or _TWO_MINUTES_S, ttl_or_window),
+                max_msg_size=config.max_value_size,
+                description=config.description,
+            )
+        )
+        return await js.key_value(config.bucket)
+
+
+async def open_object_store(
+    js: JetStreamContext, bucket: str, config: api.ObjectStoreConfig | None = None
+) -> ObjectStore:
+    """Binds the object store `bucket`, creating it with `config` when it does not exist yet."""
+    try:
+        return await js.object_store(bucket)
+    except BucketNotFoundError:
+        pass
+    try:
+        return await js.create_object_store(bucket, config=config)
+    except BadRequestError:  # another replica created it in the meantime, otherwise
+        return await js.object_store(bucket)
+
+
+def kv_stream(bucket: str) -> str:
+    """The stream that holds a KV bucket."""
+    return f"KV_{bucket}"
+
+
+def kv_subject(bucket: str, keys: str = ">") -> str:
+    """The subject (filter) of `keys` of a KV bucket."""
+    return f"$KV.{bucket}.{keys}"
+
+
+@dataclass(frozen=True)
+class KvEntry:
+    """One entry of a followed bucket.
+
+    Attributes:
+        key: The key.
+        value: The value (empty for a deletion).
+        revision: Its stream sequence, which orders every entry of the bucket.
+        removed: A delete or purge.
+        initial: Part of the snapshot that `start` waits for, not a change made since.
+    """
+
+    key: str
+    value: bytes
+    revision: int
+    removed: bool
+    initial: bool
+
+
+EntryHandler = Callable[[KvEntry], Awaitable[None]]
+
+
+class KvFollower:
+    """Follows a KV bucket into memory: every key's latest entry (the snapshot), then each
+    change, in revision order.
+
+    Built on `nexus.common.events.Follower`: when NATS restarts or loses the consumer, the
+    follower re-subscribes from the revision after the last one it handled, so nothing is missed
+    and nothing is handled twice. Writers wait for `settled` to read their own writes from the
+    mirror; readers call `sync` to see every replica's.
+
+    Args:
+        nc: The NATS connection.
+        bucket: The bucket (open it first, with `open_key_value`).
+        on_entry: Awaited for each entry, in order; what it raises is logged and skipped.
+        keys: A key filter (NATS wildcards: "svc.>").
+    """
+
+    def __init__(self, nc: Client, bucket: str, on_entry: EntryHandler, *, keys: str = ">"):
+        self._js = nc.jetstream()
+        self._stream = kv_stream(bucket)
+        self._subject = kv_subject(bucket, keys)
+        self._prefix = kv_subject(bucket, "")
+        self._on_entry = on_entry
+        self._follower = Follower(
+            nc,
+            self._stream,
+            self._subject,
+            self._on_message,
+            deliver=api.DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        self._revision = 0
+        self._progress = asyncio.Condition()
+
+    @property
+    def revision(self) -> int:
+        """The revision up to which every entry was handled."""
+        return self._revision
+
+    @property
+    def caught_up(self) -> bool:
+        """Whether the snapshot was handled."""
+        return self._follower.caught_up.is_set()
+
+    async def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Starts following; returns once the snapshot was handled.
+
+        Raises:
+            Unavailable: NATS does not answer, or the snapshot takes longer than `timeout_s`.
+        """
+        await self._follower.start()
+        try:
+            await asyncio.wait_for(self._follower.caught_up.wait(), timeout_s)
+        except TimeoutError as err:
+            await self._follower.stop()
+            raise Unavailable(f"{self._stream} did not load in {timeout_s:g} s") from err
+
+    async def stop(self) -> None:
+        """Stops following; what was handled stays handled."""
+        await self._follower.stop()
+
+    async def settled(self, revision: int, timeout_s: float) -> bool:
+        """Waits until the entry of `revision` was handled.
+
+        Returns:
+            False when `timeout_s` passed first.
+        """
+        if self._revision >= revision:
+            return True
+        try:
+            async with self._progress:
+                ready = self._progress.wait_for(lambda: self._revision >= revision)
+                await asyncio.wait_for(ready, timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def sync(self, timeout_s: float) -> bool:
+        """Waits until every entry that the bucket held when called was handled (so a reader
+        sees what any replica wrote before).
+
+        Returns:
+            False when `timeout_s` passed first.
+
+        Raises:
+            nats.errors.Error, TimeoutError: When NATS does not answer.
+        """
+        try:
+            last = await self._js.get_last_msg(self._stream, self._subject)
+        except NotFoundError:
+            return True  # nothing in the bucket
+        return await self.settled(last.seq or 0, timeout_s)
+
+    async def _on_message(self, msg: Msg) -> None:
+        revision = msg.metadata.sequence.stream
+        entry = KvEntry(
+            key=msg.subject.removeprefix(self._prefix),
+            value=msg.data,
+            revision=revision,
+            removed=(msg.headers or {}).get("KV-Operation") in _REMOVED,
+            initial=not self.caught_up,
+        )
+        try:
+            await self._on_entry(entry)
+        finally:
+            async with self._progress:
+                self._revision = max(self._revision, revision)
+                self._progress.notify_all()
