@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
+import gc
 import json
 import os
 import pickle
@@ -77,7 +80,11 @@ class ServedSeries(Model[np.ndarray, float]):
 
 
 def rss_mib() -> float:
-    """Resident memory of this process (Linux /proc)."""
+    """Resident memory of this process (Linux /proc), after a collection and after handing
+    freed heap back to the OS, so that what registering left behind does not count."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     pages = int(Path("/proc/self/statm").read_text().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / MIB
 
