@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 
 from nexus.anomaly.detectors import (
@@ -24,6 +25,7 @@ from nexus.anomaly.detectors import (
     validate_matrix,
     validate_point,
 )
+from nexus.anomaly.detectors._sklearn import PathLengths
 from nexus.common.errors import (
     REQUEST_TOO_LARGE,
     FailedPrecondition,
@@ -512,3 +514,17 @@ def test_autoencoder_auto_device_trains_where_it_can(train: np.ndarray) -> None:
     detector = AutoencoderDetector({"device": "auto", "epochs": 2})
     detector.fit(train)
     assert detector.score(train[:3]).shape == (3,)
+
+
+@pytest.mark.parametrize(
+    ("max_features", "max_samples"), [(1.0, "auto"), (0.5, "auto"), (0.7, 64), (1.0, 0.3)]
+)
+def test_path_length_tables_score_as_sklearn_does(
+    max_features: float, max_samples: str | int | float
+) -> None:
+    rng = np.random.default_rng(0)
+    train, probe = rng.normal(size=(2000, 6)), 2 * rng.normal(size=(300, 6))
+    forest = IsolationForest(
+        random_state=1, max_features=max_features, max_samples=max_samples, n_jobs=1
+    ).fit(train)
+    assert PathLengths(forest).anomaly_scores(probe) == pytest.approx(-forest.score_samples(probe))

@@ -8,6 +8,7 @@ import grpc
 import numpy as np
 import pytest
 from anomaly_testing import Client, StartHost, cloud, make_key, points, unique
+from prometheus_client import REGISTRY
 
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.models.v1 import model_registry_pb2 as models_pb
@@ -204,3 +205,34 @@ async def test_an_oversized_csv_is_refused_as_too_large(
             )
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "csv (bytes)" in (caught.value.details() or "")
+
+
+def _batches() -> tuple[float, float]:
+    """Batches the anomaly model runtime ran so far, and the requests they held."""
+    labels = {"service": "anomaly", "batcher": "model"}
+    count = REGISTRY.get_sample_value("nexus_batch_size_count", labels) or 0.0
+    total = REGISTRY.get_sample_value("nexus_batch_size_sum", labels) or 0.0
+    return count, total
+
+
+async def test_concurrent_small_requests_are_scored_as_one_matrix(
+    start_anomaly: StartHost, admin_key: str
+) -> None:
+    host = await start_anomaly(batch_max_wait_ms=50)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+        client = Client(channel, admin_key)
+        name = unique()
+        await train(client, name)
+        requests = [
+            pb.ScorePointsRequest(name=name, points=points(cloud(2, seed=i))) for i in range(64)
+        ]
+        score = client.anomaly.ScorePoints
+        before = _batches()
+        together = await asyncio.gather(*(score(r, metadata=client.metadata) for r in requests))
+        after = _batches()
+        alone = [await score(r, metadata=client.metadata) for r in requests]
+    assert after[1] - before[1] == 64  # every request went through the batcher...
+    assert after[0] - before[0] <= 8  # ...in a few batches
+    for merged, single in zip(together, alone, strict=True):
+        assert [s.score for s in merged.scores] == pytest.approx([s.score for s in single.scores])
+        assert merged.model.version == "1"

@@ -1,8 +1,10 @@
 """The anomaly service's work, free of gRPC: datasets, training, scoring, explaining.
 
-CPU-heavy steps (fitting, scoring) run in a thread pool, never on the event loop. Trained models
-are stored in the model registry as signed pickles; the versions an alias serves are kept loaded
-and are reloaded when any replica changes the registry.
+CPU-heavy steps (fitting, scoring) run on the service's executor, never on the event loop.
+Trained models are stored in the model registry as signed pickles and served by the model
+runtime (`nexus.common.runtime`): loaded on first use, evicted least recently used beyond the
+cache limits, reloaded when any replica changes the registry, and concurrent scoring requests of
+one version are merged into one matrix.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -24,14 +27,12 @@ from nexus.anomaly.detectors import (
     validate_matrix,
     validate_point,
 )
+from nexus.anomaly.serving import FRAMEWORK, ServedDetector
 from nexus.anomaly.settings import AnomalySettings
-from nexus.common.caching import TTLCache
 from nexus.common.errors import InvalidArgument, ResourceExhausted
-from nexus.common.registry import ModelChange, ModelRegistry, ModelVersionInfo, Resolved
-from nexus.common.telemetry import record_predictions
+from nexus.common.registry import ModelRegistry, ModelVersionInfo, Resolved
+from nexus.common.runtime import Batching, ModelRuntime, Served
 
-FRAMEWORK = "nexus-anomaly"
-SERVICE = "anomaly"
 DEFAULT_CONTAMINATION = 0.1
 DEFAULT_VALIDATION_FRACTION = 0.2
 MIN_VALIDATION_ROWS = 10
@@ -94,7 +95,8 @@ class Selector:
 
 
 class AnomalyEngine:
-    """Datasets, training and scoring, over the registry and a pool of worker threads."""
+    """Datasets, training and scoring, over the registry, the model runtime and the service's
+    executor."""
 
     def __init__(
         self,
@@ -107,14 +109,28 @@ class AnomalyEngine:
         self.datasets = datasets
         self.settings = settings
         self._executor = executor
-        self._models: TTLCache[tuple[str, str], AnomalyModel] = TTLCache(
-            name="anomaly_models", maxsize=settings.model_cache_size
+        batching = Batching(settings.batch_max_size, settings.batch_max_wait_ms)
+        self.models = ModelRuntime(
+            registry,
+            lambda source: ServedDetector(source, batching),
+            executor=executor,
+            max_models=settings.model_cache_size,
+            max_bytes=settings.model_cache_bytes,
+            frameworks=[FRAMEWORK],
         )
 
     async def start(self) -> None:
         """Starts the dataset store and follows registry changes to keep served models loaded."""
         await self.datasets.start()
-        self.registry.on_change(self._on_model_change)
+        await self.models.start()
+
+    async def warm(self) -> None:
+        """Loads the versions the aliases route to, within the cache limits (before SERVING)."""
+        await self.models.warm()
+
+    async def stop(self) -> None:
+        """Flushes the batchers and lets go of the loaded models."""
+        await self.models.stop()
 
     async def upload_dataset(self, name: str, data: Table | CsvUpload) -> DatasetInfo:
         """Stores a table (or CSV, parsed on a worker thread) for later training."""
@@ -150,28 +166,32 @@ class AnomalyEngine:
         return Trained(version, model.threshold)
 
     async def score(self, name: str, rows: np.ndarray, selector: Selector) -> Scored:
-        """Scores a batch with the version the selector resolves to."""
-        resolved, model = await self.model_for(name, selector)
-        _check_width(model, rows, "points")
-        scores, flags = await self._run(lambda: model.score(rows))
-        record_predictions(SERVICE, resolved.name, resolved.version, len(rows))
-        return Scored(scores, flags, model.threshold, resolved)
+        """Scores rows with the version the selector resolves to; concurrent calls for one
+        version are scored together."""
+        async with self._serving(name, selector) as served:
+            model = served.model
+            _check_width(model.detector, rows, "points")
+            scores, flags = await self.models.predict(served, rows)
+            return Scored(scores, flags, model.detector.threshold, served.resolved)
 
     async def explain(self, name: str, row: np.ndarray, selector: Selector) -> Explained:
         """Scores one point and attributes its score to its features."""
-        resolved, model = await self.model_for(name, selector)
-        _check_width(model, row.reshape(1, -1), "point")
-        scores, flags = await self._run(lambda: model.score(row.reshape(1, -1)))
-        contributions = await self._run(lambda: model.explain(row))
-        record_predictions(SERVICE, resolved.name, resolved.version, 1)
-        return Explained(float(scores[0]), bool(flags[0]), model.threshold, contributions, resolved)
+        async with self._serving(name, selector) as served:
+            model = served.model
+            _check_width(model.detector, row.reshape(1, -1), "point")
+            scores, flags = await self.models.predict(served, row.reshape(1, -1))
+            contributions = await self._run(lambda: model.explain(row))
+            threshold = model.detector.threshold
+        return Explained(
+            float(scores[0]), bool(flags[0]), threshold, contributions, served.resolved
+        )
 
-    async def model_for(self, name: str, selector: Selector) -> tuple[Resolved, AnomalyModel]:
-        """Resolves the selector and returns that version's model, loading it if needed."""
-        resolved = self.registry.resolve(
+    def _serving(
+        self, name: str, selector: Selector
+    ) -> AbstractAsyncContextManager[Served[ServedDetector]]:
+        return self.models.serving(
             name, alias=selector.alias, version=selector.version, routing_key=selector.routing_key
         )
-        return resolved, await self._load(resolved.name, resolved.version)
 
     def validate_rows(
         self, rows: list[list[float]], field: str, max_rows: int | None = None
@@ -187,29 +207,6 @@ class AnomalyEngine:
     def validate_point(self, values: list[float], field: str) -> np.ndarray:
         """One point's values as a finite float vector within the service's limits."""
         return validate_point(values, field=field, max_features=self.settings.max_features)
-
-    async def _load(self, name: str, version: str) -> AnomalyModel:
-        async def load() -> AnomalyModel:
-            model = await self.registry.load_object(name, version)
-            if not isinstance(model, AnomalyModel):
-                raise InvalidArgument(f"model {name} version {version} is not an anomaly detector")
-            return model
-
-        return await self._models.get_or_load((name, version), load)
-
-    async def _on_model_change(self, change: ModelChange) -> None:
-        if change.kind in {"version_deleted", "deleted"}:
-            self._models.clear()
-            return
-        if change.kind in {"promoted", "split"}:
-            await self._warm(change.name)
-
-    async def _warm(self, name: str) -> None:
-        """Loads every version an alias of the model routes to, so the first request is fast."""
-        info = await self.registry.get_model(name)
-        for alias in info.aliases:
-            for version, _ in alias.splits:
-                await self._load(name, version)
 
     async def _run(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)

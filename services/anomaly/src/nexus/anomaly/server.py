@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from nexus.anomaly.datasets import DatasetStore
-from nexus.anomaly.engine import FRAMEWORK, AnomalyEngine
+from nexus.anomaly.engine import AnomalyEngine
 from nexus.anomaly.servicer import AnomalyServicer
+from nexus.anomaly.serving import FRAMEWORK
 from nexus.anomaly.settings import AnomalySettings
 from nexus.anomaly.sources import SourceBindings
 from nexus.anomaly.streaming import StreamProcessor
@@ -19,14 +20,13 @@ async def create(settings: AnomalySettings, common: NexusSettings) -> ServiceHos
     """Opens, wires and starts the service; it is SERVING when this returns."""
     host = ServiceHost(NAME, settings, common)
     await host.open()
-    executor = host.executor
     registry = await host.registry(upload_frameworks=[FRAMEWORK])
     js = host.nc.jetstream()
     engine = AnomalyEngine(
-        registry, DatasetStore(js, max_bytes=settings.max_dataset_bytes), settings, executor
+        registry, DatasetStore(js, max_bytes=settings.max_dataset_bytes), settings, host.executor
     )
     bindings = SourceBindings(host.nc, registry)
-    stream = StreamProcessor(host.bus, engine, bindings, settings, executor)
+    stream = StreamProcessor(host.bus, engine, bindings, settings)
     host.add_servicer(
         anomaly_service_pb2_grpc.add_AnomalyServiceServicer_to_server,
         AnomalyServicer(engine, bindings, stream),
@@ -35,5 +35,6 @@ async def create(settings: AnomalySettings, common: NexusSettings) -> ServiceHos
     await host.start()
     for part in (engine, bindings, stream):
         await host.manage(part)
+    await engine.warm()
     await host.set_serving()
     return host

@@ -25,8 +25,12 @@ class AnomalySettings(ServiceSettings):
     max_dataset_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     """Largest CSV an UploadDataset call may carry."""
 
-    model_cache_size: int = Field(default=32, gt=0)
-    """Model versions kept loaded in memory."""
+    model_cache_size: int = Field(default=1_000, gt=0)
+    """Most detector versions kept loaded; the least recently used goes first."""
+
+    model_cache_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)
+    """Most bytes of detectors kept loaded (estimated by their artifact size); the least
+    recently used goes first."""
 
     stream_durable: str = "anomaly-stream"
     """Durable consumer name on nexus.metrics.>; replicas with the same name share the work."""
@@ -47,7 +51,9 @@ class AnomalySettings(ServiceSettings):
     """Points a source's streaming detector sees before it flags anything."""
 
     batch_max_size: int = Field(default=512, gt=0)
-    """Micro-batcher: most streamed points scored together by a bound model."""
+    """Micro-batcher: most requests (ScorePoints calls, streamed points) one detector version
+    scores together."""
 
-    batch_max_wait_ms: float = Field(default=5.0, ge=0)
-    """Micro-batcher: longest a streamed point waits for others to batch with."""
+    batch_max_wait_ms: float = Field(default=2.0, ge=0)
+    """Micro-batcher: longest a request waits for others to batch with. While a batch runs,
+    the next one fills up whatever this is."""

@@ -2,9 +2,10 @@
 
 Points published on `nexus.metrics.<source>` are consumed through one durable consumer that the
 replicas share. Each source has a streaming detector (no training needed); a source bound to a
-trained detector is also scored by that model, through a micro-batcher so that many sources'
-points are scored together. Anomalies are published on `nexus.anomaly.detected` with an event id
-derived from the input's, so a redelivered point cannot publish the same anomaly twice.
+trained detector is also scored by that model, through the model runtime's batcher, so that many
+sources' points (and ScorePoints calls) are scored together. Anomalies are published on
+`nexus.anomaly.detected` with an event id derived from the input's, so a redelivered point cannot
+publish the same anomaly twice.
 """
 
 from __future__ import annotations
@@ -12,22 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
 
-from nexus.anomaly.detectors import AnomalyModel, StreamingDetectors
+from nexus.anomaly.detectors import StreamingDetectors
 from nexus.anomaly.engine import AnomalyEngine, Selector
 from nexus.anomaly.settings import AnomalySettings
 from nexus.anomaly.sources import SourceBindings, check_source
 from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
 from nexus.api.metrics.v1.events_pb2 import MetricPoint
-from nexus.common.batching import MicroBatcher
 from nexus.common.errors import InvalidArgument, NexusError
 from nexus.common.events import DAY_S, GIB, METRICS, Consumer, Event, EventBus, Stream
-from nexus.common.registry import Resolved
-from nexus.common.telemetry import observe_batch, record_predictions
 
 METRICS_SUBJECT = "nexus.metrics.>"
 DETECTED_SUBJECT = "nexus.anomaly.detected"
@@ -59,19 +56,16 @@ class StreamProcessor:
         engine: AnomalyEngine,
         bindings: SourceBindings,
         settings: AnomalySettings,
-        executor: Executor,
     ) -> None:
         self._bus = bus
         self._engine = engine
         self._bindings = bindings
         self._settings = settings
-        self._executor = executor
         self._detectors = StreamingDetectors(
             alpha=settings.stream_alpha,
             threshold=settings.stream_threshold,
             warmup=settings.stream_warmup,
         )
-        self._batchers: dict[tuple[str, str], MicroBatcher[np.ndarray, tuple[float, bool]]] = {}
         self._consumer: Consumer | None = None
 
     async def start(self) -> None:
@@ -88,11 +82,9 @@ class StreamProcessor:
         )
 
     async def stop(self) -> None:
-        """Stops consuming, then flushes the batchers."""
+        """Stops consuming."""
         if self._consumer is not None:
             await self._consumer.stop()
-        for batcher in self._batchers.values():
-            await batcher.close()
 
     async def handle(self, event: Event[MetricPoint]) -> None:
         """Scores one point; a malformed point is logged and dropped, never retried."""
@@ -134,45 +126,21 @@ class StreamProcessor:
         return [Detection(STREAMING, "", result.score, result.threshold)]
 
     async def _model_detection(self, source: str, values: np.ndarray) -> list[Detection]:
+        """The bound detector's verdict; its batcher scores concurrent points (and ScorePoints
+        calls) of one version together."""
         binding = self._bindings.get(source)
         if binding is None:
             return []
+        selector = Selector(alias=binding.alias, routing_key=source)
         try:
-            selector = Selector(alias=binding.alias, routing_key=source)
-            resolved, model = await self._engine.model_for(binding.detector, selector)
+            scored = await self._engine.score(binding.detector, values.reshape(1, -1), selector)
         except NexusError as err:
             log.warning("source %s: bound detector unusable: %s", source, err)
             return []
-        if len(values) != model.n_features:
-            log.warning(
-                "source %s: %d values, detector expects %d", source, len(values), model.n_features
-            )
+        if not scored.is_anomaly[0]:
             return []
-        score, flagged = await self._batcher(resolved, model).submit(values)
-        record_predictions("anomaly", resolved.name, resolved.version, 1)
-        return (
-            [Detection(resolved.name, resolved.version, score, model.threshold)] if flagged else []
-        )
-
-    def _batcher(
-        self, resolved: Resolved, model: AnomalyModel
-    ) -> MicroBatcher[np.ndarray, tuple[float, bool]]:
-        key = (resolved.name, resolved.version)
-        if key not in self._batchers:
-
-            def score(rows: list[np.ndarray]) -> list[tuple[float, bool]]:
-                scores, flags = model.score(np.vstack(rows))
-                return [(float(s), bool(f)) for s, f in zip(scores, flags, strict=True)]
-
-            self._batchers[key] = MicroBatcher(
-                score,
-                max_batch_size=self._settings.batch_max_size,
-                max_wait_ms=self._settings.batch_max_wait_ms,
-                executor=self._executor,
-                name=f"{resolved.name}:{resolved.version}",
-                on_batch=lambda size: observe_batch("anomaly", "stream", size),
-            )
-        return self._batchers[key]
+        model = scored.model
+        return [Detection(model.name, model.version, float(scored.scores[0]), scored.threshold)]
 
     async def _publish(
         self, event: Event[MetricPoint], source: str, values: np.ndarray, detection: Detection

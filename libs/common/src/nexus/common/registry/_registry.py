@@ -20,6 +20,7 @@ from nats.js.errors import (
     KeyWrongLastSequenceError,
     ObjectNotFoundError,
 )
+from nats.js.errors import NotFoundError as JsNotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -78,6 +79,8 @@ _START_TIMEOUT_S = 30.0
 _CLAIM_ATTEMPTS = 64
 _SETTLE_TIMEOUT_S = 5.0
 _OFF_LOOP_BYTES = MIB  # hash, verify or unpickle anything bigger in a thread
+_OBJECTS_STREAM = f"OBJ_{ARTIFACTS}"
+_DIRECT_CHUNKS = 8  # objects of up to this many chunks (128 KiB each) are read by direct gets
 _KINDS = {
     "registered": events_pb2.MODEL_CHANGE_KIND_REGISTERED,
     "promoted": events_pb2.MODEL_CHANGE_KIND_PROMOTED,
@@ -370,7 +373,17 @@ class ModelRegistry:
         if not self._key:
             raise FailedPrecondition(_signing.NO_KEY, "NO_SIGNING_KEY")
         data = await self.load_artifact(name, version)
-        return await _maybe_thread(len(data), lambda: _signing.loads_verified(self._key, data))
+        return await _maybe_thread(len(data), lambda: self.loads_signed(data))
+
+    def loads_signed(self, artifact: bytes) -> object:
+        """Unpickles an artifact that `register_object` wrote, after verifying its signature
+        (blocking: a caller with an executor runs it there).
+
+        Raises:
+            FailedPrecondition: No signing key, or a signature that does not verify (the bytes
+                are then never unpickled).
+        """
+        return _signing.loads_verified(self._key, artifact)
 
     async def get_model(self, name: str) -> ModelInfo:
         """One model with its versions and aliases.
@@ -496,16 +509,34 @@ class ModelRegistry:
         return ack.seq
 
     async def _fetch(self, name: str) -> bytes:
-        sink = io.BytesIO()
+        """An object's bytes. A small one is read chunk by chunk with direct gets: the object
+        store's `get` makes an ephemeral consumer per read, and a burst of cold loads of many
+        small models would pile them up on the stream until the server refuses more."""
         try:
+            info = await self._store().get_info(name)
+            if (info.chunks or 0) <= _DIRECT_CHUNKS and info.nuid:
+                return await self._direct_chunks(info.nuid, info.chunks or 0)
+            sink = io.BytesIO()
             await self._store().get(name, writeinto=sink)
-        except ObjectNotFoundError as err:
+            return sink.getvalue()
+        except (ObjectNotFoundError, JsNotFoundError) as err:
             raise FailedPrecondition(f"the artifact {name} is missing", "ARTIFACT_MISSING") from err
         except DigestMismatchError as err:
             raise FailedPrecondition(
                 f"the artifact {name} is corrupt", "CHECKSUM_MISMATCH"
             ) from err
-        return sink.getvalue()
+
+    async def _direct_chunks(self, nuid: str, chunks: int) -> bytes:
+        subject = f"$O.{ARTIFACTS}.C.{nuid}"
+        parts: list[bytes] = []
+        seq = 1
+        for _ in range(chunks):
+            msg = await self._bus.js.get_msg(
+                _OBJECTS_STREAM, seq=seq, subject=subject, direct=True, next=True
+            )
+            parts.append(msg.data or b"")
+            seq = (msg.seq or seq) + 1
+        return b"".join(parts)
 
     async def _delete_object(self, name: str) -> None:
         with contextlib.suppress(ObjectNotFoundError):

@@ -13,7 +13,10 @@ from nexus.common.telemetry.metrics import (
     observe_batch,
     record_cache_request,
     record_event,
+    record_model_eviction,
+    record_model_load,
     record_predictions,
+    set_models_loaded,
     start_metrics_server,
 )
 from nexus.common.telemetry.tracing import (
@@ -38,7 +41,10 @@ __all__ = [
     "observe_batch",
     "record_cache_request",
     "record_event",
+    "record_model_eviction",
+    "record_model_load",
     "record_predictions",
+    "set_models_loaded",
     "setup_logging",
     "setup_tracing",
     "start_metrics_server",

@@ -50,6 +50,27 @@ BATCH_SIZE = Histogram(
     ["service", "batcher"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )
+MODELS_LOADED = Gauge(
+    "nexus_models_loaded",
+    "Model versions held in memory by the model runtime.",
+    ["service"],
+)
+MODEL_BYTES = Gauge(
+    "nexus_model_bytes",
+    "Estimated memory of the model versions held by the model runtime.",
+    ["service"],
+)
+MODEL_LOAD_DURATION = Histogram(
+    "nexus_model_load_seconds",
+    "Time to load one model version (fetch, verify, deserialize).",
+    ["service"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+MODEL_EVICTIONS = Counter(
+    "nexus_model_evictions_total",
+    "Model versions the model runtime let go of to stay within its limits.",
+    ["service"],
+)
 CACHE_REQUESTS = Counter(
     "nexus_cache_requests_total",
     "Cache look-ups, by result (hit or miss).",
@@ -81,6 +102,22 @@ def record_predictions(service: str, model: str, version: str, n: int = 1) -> No
 def observe_batch(service: str, batcher: str, size: int) -> None:
     """Records the size of one micro-batch."""
     _child(BATCH_SIZE, service, batcher).observe(size)
+
+
+def record_model_load(service: str, seconds: float) -> None:
+    """Records the duration of one model load."""
+    _child(MODEL_LOAD_DURATION, service).observe(seconds)
+
+
+def record_model_eviction(service: str) -> None:
+    """Counts one model version evicted to stay within the runtime's limits."""
+    _child(MODEL_EVICTIONS, service).inc()
+
+
+def set_models_loaded(service: str, count: int, size_bytes: int) -> None:
+    """Sets how many model versions the runtime holds, and their estimated memory."""
+    _child(MODELS_LOADED, service).set(count)
+    _child(MODEL_BYTES, service).set(size_bytes)
 
 
 def record_cache_request(cache: str, hit: bool) -> None:

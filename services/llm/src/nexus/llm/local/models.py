@@ -1,10 +1,11 @@
 """The local models a replica serves, by name: from a directory or from the model registry.
 
-Registry models are archives (see `nexus.llm.local.archive`) unpacked once under a cache
-directory keyed by version and checksum. A model that follows an alias (no pinned version) is
-reloaded when any replica promotes the alias to another version; the old one keeps serving the
-generations it started, and its unpacked files are deleted. Replicas may share a cache directory
-when they serve the same local models.
+Each served name has its own model runtime (`nexus.common.runtime`), which loads, follows the
+registry and reloads. Registry models are archives (see `nexus.llm.local.archive`) unpacked once
+under a cache directory keyed by version and checksum. A model that follows an alias (no pinned
+version) is reloaded when any replica promotes the alias to another version; the old one keeps
+serving the generations it started, and its unpacked files are deleted. Replicas may share a
+cache directory when they serve the same local models.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 from nexus.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from nexus.common.registry import DEFAULT_ALIAS, NAME_PATTERN, ModelChange, ModelRegistry
+from nexus.common.registry import DEFAULT_ALIAS, NAME_PATTERN, ModelRegistry
+from nexus.common.runtime import Model, ModelRuntime, ModelSource
 from nexus.llm.local.archive import FRAMEWORK, MAX_UNPACKED_BYTES, unpack_model
 from nexus.llm.local.model import LocalModel
 
@@ -32,7 +35,6 @@ DEFAULT_MAX_CONCURRENCY = 4
 """Generations that run at once per replica by default; more wait for a worker."""
 DEFAULT_STALL_TIMEOUT_S = 60.0
 """How long a stream's generation waits for a reader that takes nothing before it stops."""
-_RELOAD_KINDS = frozenset({"promoted", "split"})
 _NAME_PATTERN = NAME_PATTERN.replace("_-]", "_.-]")  # served names may hold dots ("tiny-1.5")
 _NAME = re.compile(_NAME_PATTERN)
 
@@ -73,10 +75,54 @@ class LocalModelSpec:
 
 
 @dataclass(frozen=True)
-class _Loaded:
-    model: LocalModel
-    version: str  # "" for a directory
-    path: Path
+class _Where:
+    """How the models of one set load: device and unpacking."""
+
+    device: str
+    cache_dir: Path
+    max_unpacked_bytes: int
+
+
+class _ServedLocal(Model[None, None]):
+    """One local model version as the runtime holds it. Generations go through the litellm
+    provider (`LocalModels.get`), not `predict`; `unload` stops nothing, so that the version an
+    alias moved away from finishes the generations it started."""
+
+    def __init__(self, source: ModelSource, spec: LocalModelSpec, where: _Where) -> None:
+        super().__init__(source)
+        self.spec = spec
+        self.where = where
+        self.path = spec.path or Path()
+        self._model: LocalModel | None = None
+
+    @property
+    def model(self) -> LocalModel:
+        """The loaded model."""
+        assert self._model is not None, "load() first"
+        return self._model
+
+    async def load(self) -> None:
+        """Unpacks a registry version (once per version and checksum), then loads it."""
+        if self.spec.path is None:
+            self.path = await self._unpacked()
+        self._model = await self.source.run(
+            partial(
+                LocalModel.load,
+                self.path,
+                name=self.spec.name,
+                device=self.where.device,
+                context_window=self.spec.context_window,
+            )
+        )
+
+    async def _unpacked(self) -> Path:
+        info = self.source.info
+        assert info is not None
+        target = self.where.cache_dir / info.name / f"{info.version}-{info.sha256[:16]}"
+        if not target.is_dir():
+            artifact = await self.source.artifact()
+            await self.source.run(partial(_unpack, artifact, target, self.where.max_unpacked_bytes))
+        return target
 
 
 class LocalModels:
@@ -122,15 +168,22 @@ class LocalModels:
         self._specs = list(specs)
         self.instance_id = uuid.uuid4().hex[:12]
         """Names this set in litellm's (process-wide) provider: see `register_provider`."""
-        self._device = device
+        self._where = _Where(device, cache_dir, max_unpacked_bytes)
         self._registry = registry
-        self._cache_dir = cache_dir
-        self._max_unpacked_bytes = max_unpacked_bytes
-        self._models: dict[str, _Loaded] = {}
-        self._reloads: dict[str, asyncio.Task[None]] = {}
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="nexus-local")
+        self._runtimes = {spec.name: self._runtime(spec) for spec in self._specs}
+        self._served: dict[str, _ServedLocal] = {}
         self._stall_timeout_s = stall_timeout_s
         self._stopped = False
+
+    def _runtime(self, spec: LocalModelSpec) -> ModelRuntime[_ServedLocal]:
+        return ModelRuntime(
+            self._registry if spec.registry_model else None,
+            partial(_ServedLocal, spec=spec, where=self._where),
+            executor=self._executor,
+            frameworks=[FRAMEWORK],
+            service="llm",
+        )
 
     def run(self, work: Callable[[], T]) -> asyncio.Future[T]:
         """Schedules `work` on one of the worker threads generations run on.
@@ -158,9 +211,19 @@ class LocalModels:
             InvalidArgument: An archive that is not safe to unpack.
         """
         for spec in self._specs:
-            self._models[spec.name] = await self._load(spec)
-        if self._registry is not None and any(spec.registry_model for spec in self._specs):
-            self._registry.on_change(self._on_change)
+            self._served[spec.name] = await self._load(spec)
+
+    async def _load(self, spec: LocalModelSpec) -> _ServedLocal:
+        runtime = self._runtimes[spec.name]
+        if not spec.registry_model:
+            return await runtime.add(spec.name)
+        if not spec.version:  # follows its alias
+            await runtime.start()
+            runtime.on_reload(partial(self._reloaded, spec))
+        async with runtime.serving(
+            spec.registry_model, alias=spec.alias, version=spec.version
+        ) as served:
+            return served.model
 
     def get(self, name: str) -> LocalModel:
         """The model served as `name`.
@@ -168,11 +231,11 @@ class LocalModels:
         Raises:
             NotFound: No local model of that name.
         """
-        loaded = self._models.get(name)
-        if loaded is None:
-            known = ", ".join(sorted(self._models)) or "none"
+        served = self._served.get(name)
+        if served is None:
+            known = ", ".join(sorted(self._served)) or "none"
             raise NotFound(f"local model {name!r} is not loaded (local models: {known})")
-        return loaded.model
+        return served.model
 
     def version(self, name: str) -> str:
         """The registry version served as `name` ("" for a directory model).
@@ -181,126 +244,53 @@ class LocalModels:
             NotFound: No local model of that name.
         """
         self.get(name)
-        return self._models[name].version
+        return self._served[name].source.version
 
     def names(self) -> list[str]:
         """The names of the loaded models, sorted."""
-        return sorted(self._models)
+        return sorted(self._served)
 
     async def stop(self) -> None:
         """Stops reloading, stops the running generations (before their next token) and lets
         go of the models."""
         self._stopped = True
-        for task in self._reloads.values():
-            task.cancel()
-        await asyncio.gather(*self._reloads.values(), return_exceptions=True)
-        self._reloads.clear()
-        for loaded in self._models.values():
-            loaded.model.close()
-        self._models.clear()
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        for served in self._served.values():
+            served.model.close()
+        self._served.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)  # waiting calls fail now
+        for runtime in self._runtimes.values():
+            await runtime.stop()
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
 
-    async def _load(self, spec: LocalModelSpec, version: str = "") -> _Loaded:
-        """Loads one spec: its directory, or `version` (or the one its alias resolves to)."""
-        if spec.path is not None:
-            path, version = spec.path, ""
-        else:
-            path, version = await self._fetch(spec, version)
-        model = await asyncio.to_thread(
-            LocalModel.load,
-            path,
-            name=spec.name,
-            device=self._device,
-            context_window=spec.context_window,
-        )
-        return _Loaded(model, version, path)
-
-    async def _fetch(self, spec: LocalModelSpec, version: str) -> tuple[Path, str]:
-        """The unpacked directory of a registry version, unpacking it on first use."""
-        registry = self._need_registry()
-        name = spec.registry_model
-        if not version:
-            version = registry.resolve(name, alias=spec.alias, version=spec.version).version
-        versions = registry.get_model_now(name).versions
-        info = next((v for v in versions if v.version == version), None)
-        if info is None:
-            raise NotFound(f"registry model {name!r} has no version {version}")
-        if info.framework != FRAMEWORK:
-            raise FailedPrecondition(
-                f"registry model {name!r} version {version} is {info.framework!r}, "
-                f"not a local model ({FRAMEWORK!r})",
-                "WRONG_FRAMEWORK",
-            )
-        target = self._cache_dir / name / f"{version}-{info.sha256[:16]}"
-        if not target.is_dir():
-            artifact = await registry.load_artifact(name, version)
-            await asyncio.to_thread(self._unpack, artifact, target)
-        return target, version
-
-    def _unpack(self, artifact: bytes, target: Path) -> None:
-        """Unpacks beside `target`, then renames: a half-unpacked model is never used."""
-        staging = target.parent / f".unpacking-{uuid.uuid4().hex}"
-        unpack_model(artifact, staging, max_bytes=self._max_unpacked_bytes)
-        try:
-            staging.rename(target)
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)
-            if not target.is_dir():  # not another replica's rename that won
-                raise
-
-    async def _on_change(self, change: ModelChange) -> None:
-        """Reloads the models that follow the alias that changed."""
-        if self._stopped or change.kind not in _RELOAD_KINDS:
+    async def _reloaded(self, spec: LocalModelSpec, registry_model: str) -> None:
+        """Serves the version the runtime reloaded for the spec's alias, and deletes the
+        unpacked files no served model came from."""
+        runtime = self._runtimes[spec.name]
+        version = runtime.resolve(registry_model, alias=spec.alias).version
+        loaded = runtime.loaded(registry_model, version)
+        if self._stopped or loaded is None:
             return
-        for spec in self._specs:
-            if (
-                spec.registry_model == change.name
-                and not spec.version
-                and change.alias == spec.alias
-            ):
-                self._schedule_reload(spec)
-
-    def _schedule_reload(self, spec: LocalModelSpec) -> None:
-        if previous := self._reloads.get(spec.name):
-            previous.cancel()
-        task = asyncio.create_task(self._reload(spec), name=f"reload-local-{spec.name}")
-        self._reloads[spec.name] = task
-        task.add_done_callback(lambda done: self._forget(spec.name, done))
-
-    def _forget(self, name: str, task: asyncio.Task[None]) -> None:
-        if self._reloads.get(name) is task:
-            del self._reloads[name]
-
-    async def _reload(self, spec: LocalModelSpec) -> None:
-        """Loads the version the alias now resolves to and swaps it in; logs failures."""
-        try:
-            registry = self._need_registry()
-            version = registry.resolve(spec.registry_model, alias=spec.alias).version
-            current = self._models.get(spec.name)
-            if current is not None and current.version == version:
-                return
-            loaded = await self._load(spec, version)
-        except Exception:
-            log.exception(
-                "reloading local model %s failed; the old version keeps serving", spec.name
-            )
-            return
-        if self._stopped:
-            return
-        self._models[spec.name] = loaded
-        log.info("local model %s now serves %s version %s", spec.name, spec.registry_model, version)
-        await asyncio.to_thread(self._prune, spec.registry_model)
+        self._served[spec.name] = loaded
+        log.info("local model %s now serves %s version %s", spec.name, registry_model, version)
+        await asyncio.to_thread(self._prune, registry_model)
 
     def _prune(self, registry_model: str) -> None:
-        """Deletes the unpacked versions of `registry_model` that no loaded model came from
+        """Deletes the unpacked versions of `registry_model` that no served model came from
         (the loaded ones live in memory; their files are only needed to load them again)."""
-        used = {loaded.path for loaded in self._models.values()}
-        folder = self._cache_dir / registry_model
+        used = {served.path for served in self._served.values()}
+        folder = self._where.cache_dir / registry_model
         for entry in folder.iterdir():
             if entry.is_dir() and not entry.name.startswith(".") and entry not in used:
                 shutil.rmtree(entry, ignore_errors=True)
 
-    def _need_registry(self) -> ModelRegistry:
-        if self._registry is None:
-            raise FailedPrecondition("registry local models need the model registry")
-        return self._registry
+
+def _unpack(artifact: bytes, target: Path, max_bytes: int) -> None:
+    """Unpacks beside `target`, then renames: a half-unpacked model is never used."""
+    staging = target.parent / f".unpacking-{uuid.uuid4().hex}"
+    unpack_model(artifact, staging, max_bytes=max_bytes)
+    try:
+        staging.rename(target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not target.is_dir():  # not another replica's rename that won
+            raise
