@@ -68,12 +68,7 @@ service: install
 protos: install
 	$(PY) scripts/gen_protos.py
 
-check-# A new service from services/_template: make service NAME=forecast
-service: install
-	@test -n "$(NAME)" || { echo "usage: make service NAME=<name>"; exit 2; }
-	$(PY) scripts/new_service.py $(NAME)
-
-protos: install
+check-protos: install
 	$(PY) scripts/gen_protos.py --check
 
 lint: install lint-protos
@@ -82,12 +77,7 @@ lint: install lint-protos
 	MYPYPATH=$(subst $(space),:,$(addsuffix /src,$(SERVICES))) $(BIN)/mypy $(SOURCES) scripts bench
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
-lint-# A new service from services/_template: make service NAME=forecast
-service: install
-	@test -n "$(NAME)" || { echo "usage: make service NAME=<name>"; exit 2; }
-	$(PY) scripts/new_service.py $(NAME)
-
-protos: install
+lint-protos: install
 	$(BIN)/buf lint
 	@if git rev-parse --verify --quiet main >/dev/null; then \
 		$(BIN)/buf breaking --against '.git#branch=main'; fi
