@@ -94,17 +94,20 @@ integration: install
 
 # The LiteLLM proxy that bench/llm_overhead.py measures beside Nexus runs from its own venv: its
 # extras pin versions (rich, ...) and add packages (litellm-enterprise, whose callback check costs
-# every litellm call) that must not enter the platform's .venv. Same litellm version as .venv.
+# every litellm call) that must not enter the platform's .venv. litellm's [proxy] extra needs
+# litellm-proxy / litellm-proxy-extras releases that the registry does not serve after 1.106, so
+# the proxy row runs the newest litellm whose proxy installs (1.107.0 was a compromised release).
+BENCH_PROXY_LITELLM ?= 1.106.12
 bench: install $(BENCH_STAMP)
 	$(PY) bench/anomaly_odds.py
 	$(PY) bench/anomaly_throughput.py
+	$(PY) bench/model_runtime.py
 	$(PY) bench/llm_overhead.py --proxy-bin $(BENCH_VENV)/bin/litellm
 
 $(BENCH_STAMP): $(STAMP)
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade "pip>=25.1"
-	$(BENCH_VENV)/bin/python -m pip install --quiet \
-		"litellm[proxy]==$$($(PY) -c 'from importlib.metadata import version; print(version("litellm"))')"
+	$(BENCH_VENV)/bin/python -m pip install --quiet "litellm[proxy]==$(BENCH_PROXY_LITELLM)"
 	touch $@
 
 clean:
