@@ -21,9 +21,10 @@ over gRPC and as `POST /v1/anomaly/detectors/{name}:score` through the gateway; 
 and p99 latency, and the CPU milliseconds per request of the gateway, the anomaly service and
 the load generator itself (one asyncio process: keep-alive connections, pre-encoded bodies, a
 minimal HTTP/1.1 client and a bytes-in/bytes-out gRPC callable). The same run measures the
-in-process ceiling (the served model class called directly, one request's points per call, one
-thread) and, as the transport ceiling, `ListSources` (auth, interceptors, transcoding, no model)
-over both paths.
+in-process ceiling (the served model class called directly, one thread: one request's points per
+call, and the points of as many requests as the most clients in one call, which is what
+micro-batching could reach) and, as the transport ceiling, `ListSources` (auth, interceptors,
+transcoding, no model) over both paths.
 
 Usage: python bench/anomaly_throughput.py [--workload all|batch|small] [--batch 1024]
        [--seconds 5] [--concurrency 4] [--clients 16,64] [--small-seconds 5]
@@ -266,7 +267,11 @@ async def small_requests(
 ) -> list[dict[str, Any]]:
     """Small requests from N concurrent clients: in-process ceiling, gRPC, gateway."""
     rows = data(args.small_points, 4)
-    rows_out = [in_process_small(train, rows, args.small_seconds)]
+    model = AnomalyModel.train(Algorithm.ISOLATION_FOREST, train)
+    rows_out = [
+        in_process_small(model, rows, args.small_seconds, requests)
+        for requests in (1, max(args.clients))
+    ]
     pids = {c.name: c.process.pid for c in platform.children}
     score = pb.ScorePointsRequest(name=MODEL, points=[pb.Point(values=r) for r in rows.tolist()])
     body = json.dumps({"points": [{"values": r} for r in rows.tolist()]}).encode()
@@ -291,27 +296,32 @@ async def small_requests(
     return rows_out
 
 
-def in_process_small(train: np.ndarray, rows: np.ndarray, seconds: float) -> dict[str, Any]:
-    """Calls/s of the served model class scoring one request's points, one thread: the ceiling
-    of unbatched scoring."""
-    model = AnomalyModel.train(Algorithm.ISOLATION_FOREST, train)
-    model.score(rows)
+def in_process_small(
+    model: AnomalyModel, rows: np.ndarray, seconds: float, requests: int = 1
+) -> dict[str, Any]:
+    """Requests/s of the served model class called directly, one thread: each call scores the
+    points of `requests` requests as one matrix (1: unbatched; more: what micro-batching of that
+    many concurrent requests could reach). Latency is per call."""
+    matrix = np.tile(rows, (requests, 1))
+    model.score(matrix)
     latencies, started = [], time.perf_counter()
     cpu = time.process_time()
     while time.perf_counter() - started < seconds:
         sent = time.perf_counter()
-        model.score(rows)
+        model.score(matrix)
         latencies.append(time.perf_counter() - sent)
     elapsed = time.perf_counter() - started
     p50, p99 = np.percentile(latencies, [50, 99]) * 1000.0
+    served = len(latencies) * requests
     result = LoadResult(
-        requests_per_s=len(latencies) / elapsed,
+        requests_per_s=served / elapsed,
         p50_ms=float(p50),
         p99_ms=float(p99),
-        requests=len(latencies),
-        cpu_ms={"loadgen": 1000.0 * (time.process_time() - cpu) / len(latencies)},
+        requests=served,
+        cpu_ms={"loadgen": 1000.0 * (time.process_time() - cpu) / served},
     )
-    return _row("in-process score", 1, result)
+    label = "in-process score" if requests == 1 else "in-process batched"
+    return _row(label, requests, result)
 
 
 async def grpc_load(
