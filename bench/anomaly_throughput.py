@@ -1,8 +1,11 @@
 """Anomaly scoring throughput: in-process scikit-learn vs. gRPC, the gateway and the NATS stream.
 
 One run starts the real platform (embedded NATS, the anomaly service and the gateway as separate
-processes, as `nexus up` does), trains an Isolation Forest through the API, and measures points
-scored per second four ways, each as a ratio to the in-process baseline:
+processes, as `nexus up` does, auth on with a fresh key), trains an Isolation Forest through the
+API and promotes it to production, then measures two workloads.
+
+Batch workload (`--workload batch`): points scored per second, each as a ratio to the
+in-process baseline:
 
 - in-process: scikit-learn's `IsolationForest.score_samples` on the same data, no service;
 - gRPC: `ScorePoints` calls of `--batch` points, `--concurrency` in flight;
@@ -12,19 +15,35 @@ scored per second four ways, each as a ratio to the in-process baseline:
 - drain: the service alone on the stream: a backlog published while it is stopped, timed from
   its restart until it has acknowledged every point.
 
-Usage: python bench/anomaly_throughput.py [--batch 1024] [--seconds 5] [--concurrency 4]
-Writes bench/results/anomaly_throughput.json.
+Small-request workload (`--workload small`): N concurrent clients (`--clients 16,64`), each
+sending `ScorePoints` requests of `--small-points` (2) points in a loop for `--small-seconds`,
+over gRPC and as `POST /v1/anomaly/detectors/{name}:score` through the gateway; requests/s, p50
+and p99 latency, and the CPU milliseconds per request of the gateway, the anomaly service and
+the load generator itself (one asyncio process: keep-alive connections, pre-encoded bodies, a
+minimal HTTP/1.1 client and a bytes-in/bytes-out gRPC callable). The same run measures the
+in-process ceiling (the served model class called directly, one thread: one request's points per
+call, and the points of as many requests as the most clients in one call, which is what
+micro-batching could reach) and, as the transport ceiling, `ListSources` (auth, interceptors,
+transcoding, no model) over both paths.
+
+Usage: python bench/anomaly_throughput.py [--workload all|batch|small] [--batch 1024]
+       [--seconds 5] [--concurrency 4] [--clients 16,64] [--small-seconds 5]
+Writes bench/results/anomaly_throughput.json (each workload under its own key).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -32,6 +51,7 @@ import numpy as np
 from nats.js.client import JetStreamContext
 from sklearn.ensemble import IsolationForest
 
+from nexus.anomaly.detectors import Algorithm, AnomalyModel
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
 from nexus.api.metrics.v1.events_pb2 import MetricPoint
@@ -46,6 +66,10 @@ FEATURES = 8
 TRAIN_ROWS = 5000
 MODEL = "bench-iforest"
 SOURCE = "bench-source"
+SCORE_METHOD = "/nexus.anomaly.v1.AnomalyService/ScorePoints"
+LIST_METHOD = "/nexus.anomaly.v1.AnomalyService/ListSources"
+AIM_GATEWAY_RPS = 1000.0
+AIM_GATEWAY_P99_MS = 100.0
 
 
 def data(rows: int, seed: int) -> np.ndarray:
@@ -201,10 +225,10 @@ async def prepare(port: int, key: str, train: np.ndarray) -> None:
         )
 
 
-async def run(args: argparse.Namespace) -> dict[str, float]:
-    """Starts the platform, measures all four paths, stops the platform."""
-    train, batch = data(TRAIN_ROWS, 0), data(args.batch, 1)
-    results = {"in_process": in_process(batch, train, args.seconds)}
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Starts the platform, measures the chosen workloads, stops the platform."""
+    train = data(TRAIN_ROWS, 0)
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         platform = Platform(Path(tmp), nats_port=0, gateway_port=0, services=["anomaly"])
         try:
@@ -212,21 +236,182 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             await platform.start_services()
             await platform.start_gateway()
             key = await admin_key(nats_url)
-            port = platform.children[0].port
-            await prepare(port, key, train)
-            results["grpc"] = await via_grpc(port, key, batch, args.seconds, args.concurrency)
-            results["gateway"] = await via_gateway(
-                platform.gateway_url, key, batch, args.seconds, args.concurrency
-            )
-            results["stream"] = await via_stream(nats_url, data(args.stream_points, 2))
-            results["drain"] = await drain(platform, nats_url, data(args.stream_points, 3))
+            await prepare(platform.children[0].port, key, train)
+            if args.workload in ("all", "small"):
+                results["small"] = await small_requests(platform, key, train, args)
+            if args.workload in ("all", "batch"):
+                results["batch"] = await batch(platform, nats_url, key, train, args)
         finally:
             platform.stop()
     return results
 
 
-def report(results: dict[str, float], args: argparse.Namespace) -> dict[str, object]:
-    """Prints the table and returns what goes into the JSON file."""
+async def batch(
+    platform: Platform, nats_url: str, key: str, train: np.ndarray, args: argparse.Namespace
+) -> dict[str, float]:
+    """Points/s of large batches: in-process, gRPC, gateway, stream, drain."""
+    rows = data(args.batch, 1)
+    results = {"in_process": in_process(rows, train, args.seconds)}
+    port = platform.children[0].port
+    results["grpc"] = await via_grpc(port, key, rows, args.seconds, args.concurrency)
+    results["gateway"] = await via_gateway(
+        platform.gateway_url, key, rows, args.seconds, args.concurrency
+    )
+    results["stream"] = await via_stream(nats_url, data(args.stream_points, 2))
+    results["drain"] = await drain(platform, nats_url, data(args.stream_points, 3))
+    return results
+
+
+async def small_requests(
+    platform: Platform, key: str, train: np.ndarray, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Small requests from N concurrent clients: in-process ceiling, gRPC, gateway."""
+    rows = data(args.small_points, 4)
+    model = AnomalyModel.train(Algorithm.ISOLATION_FOREST, train)
+    rows_out = [
+        in_process_small(model, rows, args.small_seconds, requests)
+        for requests in (1, max(args.clients))
+    ]
+    pids = {c.name: c.process.pid for c in platform.children}
+    score = pb.ScorePointsRequest(name=MODEL, points=[pb.Point(values=r) for r in rows.tolist()])
+    body = json.dumps({"points": [{"values": r} for r in rows.tolist()]}).encode()
+    calls = [
+        (
+            "score",
+            SCORE_METHOD,
+            score.SerializeToString(),
+            "POST",
+            f"/v1/anomaly/detectors/{MODEL}:score",
+            body,
+        ),
+        ("list", LIST_METHOD, b"", "GET", "/v1/anomaly/sources", b""),
+    ]
+    for label, method, message, verb, path, payload in calls:
+        for clients in args.clients:
+            grpc_row = await grpc_load(platform, key, method, message, clients, args, pids)
+            rows_out.append(_row(f"grpc {label}", clients, grpc_row))
+            http = http_request(verb, "bench", path, payload, _http_headers(key, payload))
+            gateway_row = await gateway_load(platform, http, clients, args, pids)
+            rows_out.append(_row(f"gateway {label}", clients, gateway_row))
+    return rows_out
+
+
+def in_process_small(
+    model: AnomalyModel, rows: np.ndarray, seconds: float, requests: int = 1
+) -> dict[str, Any]:
+    """Requests/s of the served model class called directly, one thread: each call scores the
+    points of `requests` requests as one matrix (1: unbatched; more: what micro-batching of that
+    many concurrent requests could reach). Latency is per call."""
+    matrix = np.tile(rows, (requests, 1))
+    model.score(matrix)
+    latencies, started = [], time.perf_counter()
+    cpu = time.process_time()
+    while time.perf_counter() - started < seconds:
+        sent = time.perf_counter()
+        model.score(matrix)
+        latencies.append(time.perf_counter() - sent)
+    elapsed = time.perf_counter() - started
+    p50, p99 = np.percentile(latencies, [50, 99]) * 1000.0
+    served = len(latencies) * requests
+    result = LoadResult(
+        requests_per_s=served / elapsed,
+        p50_ms=float(p50),
+        p99_ms=float(p99),
+        requests=served,
+        cpu_ms={"loadgen": 1000.0 * (time.process_time() - cpu) / served},
+    )
+    label = "in-process score" if requests == 1 else "in-process batched"
+    return _row(label, requests, result)
+
+
+async def grpc_load(
+    platform: Platform,
+    key: str,
+    method: str,
+    message: bytes,
+    clients: int,
+    args: argparse.Namespace,
+    pids: dict[str, int],
+) -> LoadResult:
+    """`clients` concurrent callers of one pre-serialized request on one channel."""
+    metadata = (("authorization", f"Bearer {key}"),)
+    address = f"127.0.0.1:{platform.children[0].port}"
+    async with grpc.aio.insecure_channel(address) as channel:
+        send = grpc_sender(channel, method, message, metadata)
+        await send()  # warm-up; fails loudly on a bad request
+        return await closed_loop([send] * clients, args.small_seconds, pids)
+
+
+async def gateway_load(
+    platform: Platform,
+    request: bytes,
+    clients: int,
+    args: argparse.Namespace,
+    pids: dict[str, int],
+) -> LoadResult:
+    """`clients` concurrent HTTP clients, each on its own keep-alive connection."""
+    connections = [HttpClient("127.0.0.1", platform.gateway_port, request) for _ in range(clients)]
+    try:
+        json.loads(await connections[0].call())  # warm-up; fails loudly on a bad answer
+        senders: list[Send] = [c.send for c in connections]
+        return await closed_loop(senders, args.small_seconds, pids)
+    finally:
+        await asyncio.gather(*(c.close() for c in connections))
+
+
+def _http_headers(key: str, body: bytes) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {key}"}
+    return headers | {"Content-Type": "application/json"} if body else headers
+
+
+def _row(path: str, clients: int, result: LoadResult) -> dict[str, Any]:
+    return {"path": path, "clients": clients, **asdict(result)}
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Prints the tables and returns what goes into the JSON file."""
+    summary: dict[str, Any] = {"cores": os.cpu_count()}
+    if "small" in results:
+        summary["small_requests"] = report_small(results["small"], args)
+    if "batch" in results:
+        summary["batch"] = report_batch(results["batch"], args)
+    return summary
+
+
+def report_small(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """Prints the small-request table; returns its JSON form."""
+    print(
+        f"small requests: {args.small_points} points of {FEATURES} features, Isolation Forest "
+        f"(100 trees), {args.small_seconds:g} s each, {os.cpu_count()} cores; "
+        "cpu: CPU ms per request of each process"
+    )
+    print(
+        f"{'path':<18}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'cpu gw':>8}{'cpu svc':>8}{'cpu gen':>8}"
+    )
+    for row in rows:
+        cpu = row["cpu_ms"]
+        print(
+            f"{row['path']:<18}{row['clients']:>8}{row['requests_per_s']:>9,.0f}"
+            f"{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}{_ms(cpu.get('gateway')):>8}"
+            f"{_ms(cpu.get('anomaly')):>8}{_ms(cpu.get('loadgen')):>8}"
+        )
+    best = max((r for r in rows if r["path"] == "gateway score"), key=lambda r: r["requests_per_s"])
+    met = best["requests_per_s"] >= AIM_GATEWAY_RPS and best["p99_ms"] < AIM_GATEWAY_P99_MS
+    print(
+        f"aim: gateway score >= {AIM_GATEWAY_RPS:,.0f} req/s with p99 < {AIM_GATEWAY_P99_MS:.0f} "
+        f"ms: {best['requests_per_s']:,.0f} req/s, p99 {best['p99_ms']:.0f} ms at "
+        f"{best['clients']} clients ({'met' if met else 'NOT met'})"
+    )
+    return {"points": args.small_points, "seconds": args.small_seconds, "rows": rows}
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def report_batch(results: dict[str, float], args: argparse.Namespace) -> dict[str, Any]:
+    """Prints the batch table; returns its JSON form."""
     base = results["in_process"]
     print(f"batch {args.batch}, {FEATURES} features, Isolation Forest (100 trees), 2 cores")
     print(f"{'path':<12}{'points/s':>14}{'ratio':>10}")
@@ -245,6 +430,150 @@ def report(results: dict[str, float], args: argparse.Namespace) -> dict[str, obj
     }
 
 
+# The load generator of the small-request workload: cheap, since it shares the cores it loads.
+
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+Send = Callable[[], Awaitable[None]]
+"""One request, answered and checked (raises when it failed)."""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What one closed-loop run measured.
+
+    Attributes:
+        requests_per_s: Completed requests per second.
+        p50_ms: Median latency.
+        p99_ms: 99th percentile latency.
+        requests: Requests completed.
+        cpu_ms: CPU milliseconds per request, by process ("loadgen" is this process).
+    """
+
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    cpu_ms: dict[str, float]
+
+
+async def closed_loop(
+    senders: list[Send], seconds: float, pids: Mapping[str, int] | None = None
+) -> LoadResult:
+    """Runs one client per sender, each sending back to back for `seconds`.
+
+    Args:
+        senders: One per client (each may hold its own connection).
+        seconds: How long the clients send.
+        pids: Server processes whose CPU time per request to report, by name.
+    """
+    latencies: list[float] = []
+    before = _cpu_now(pids or {})
+    started = time.perf_counter()
+    stop_at = started + seconds
+
+    async def client(send: Send) -> None:
+        while (sent := time.perf_counter()) < stop_at:
+            await send()
+            latencies.append(time.perf_counter() - sent)
+
+    await asyncio.gather(*(client(send) for send in senders))
+    elapsed = time.perf_counter() - started
+    after = _cpu_now(pids or {})
+    done = max(1, len(latencies))
+    p50, p99 = np.percentile(np.array(latencies or [0.0]), [50, 99]) * 1000.0
+    return LoadResult(
+        requests_per_s=len(latencies) / elapsed,
+        p50_ms=float(p50),
+        p99_ms=float(p99),
+        requests=len(latencies),
+        cpu_ms={name: 1000.0 * (after[name] - before[name]) / done for name in after},
+    )
+
+
+def _cpu_now(pids: Mapping[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by this process and by each named process."""
+    return {"loadgen": time.process_time(), **{n: _cpu_seconds(p) for n, p in pids.items()}}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+
+
+def http_request(
+    method: str, host: str, path: str, body: bytes, headers: Mapping[str, str]
+) -> bytes:
+    """A complete HTTP/1.1 keep-alive request, encoded once."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class HttpClient:
+    """One keep-alive connection sending one pre-encoded request; only 200 counts as success."""
+
+    def __init__(self, host: str, port: int, request: bytes) -> None:
+        self._address = (host, port)
+        self._request = request
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def send(self) -> None:
+        """Sends the request and reads the whole answer (checked as `call` does)."""
+        await self.call()
+
+    async def call(self) -> bytes:
+        """Sends the request and returns the answer's body.
+
+        Raises:
+            RuntimeError: The answer was not 200 (its body says why).
+        """
+        if self._reader is None or self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(*self._address)
+        self._writer.write(self._request)
+        status, body = await self._read(self._reader)
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {body[:500]!r}")
+        return body
+
+    @staticmethod
+    async def _read(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await reader.readexactly(length)
+
+    async def close(self) -> None:
+        """Closes the connection."""
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+        self._reader = self._writer = None
+
+
+def grpc_sender(
+    channel: grpc.aio.Channel, method: str, request: bytes, metadata: tuple[tuple[str, str], ...]
+) -> Send:
+    """A sender of one pre-serialized unary request on a shared channel (the reply undecoded)."""
+    call = channel.unary_unary(method)  # no serializers: bytes in, bytes out
+
+    async def send() -> None:
+        await call(request, metadata=metadata, timeout=60.0)
+
+    return send
+
+
 def main() -> None:
     """Runs the benchmark and writes the JSON results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -252,11 +581,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--stream-points", type=int, default=20_000)
+    parser.add_argument("--workload", choices=["all", "batch", "small"], default="all")
+    parser.add_argument("--clients", type=_counts, default=[16, 64])
+    parser.add_argument("--small-points", type=int, default=2)
+    parser.add_argument("--small-seconds", type=float, default=5.0)
     args = parser.parse_args()
     summary = report(asyncio.run(run(args)), args)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2))
     print(f"wrote {RESULTS}")
+
+
+def _counts(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")]
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ class Gateway:
         key = raw_key(request.headers)
         await self.admit(binding.scope, key, request)
         body = await read_body(request, self.settings.max_body_bytes)
-        message = build_request(binding, values, request.query_params.multi_items(), body)
+        message = build_request(binding, values, query_items(request), body)
         backend = self._backend(binding, message)
         metadata = call_metadata(key)
         deadline_s = deadline(request.headers, binding.server_streaming, self.settings)
@@ -204,6 +204,13 @@ def raw_path(request: Request) -> str:
     if isinstance(raw, bytes) and raw:
         return raw.decode("latin-1").split("?", 1)[0]
     return quote(request.url.path)
+
+
+def query_items(request: Request) -> list[tuple[str, str]]:
+    """The query parameters in order; parsed only when there are any (most calls have none)."""
+    if not request.scope.get("query_string"):
+        return []
+    return request.query_params.multi_items()
 
 
 async def read_body(request: Request, limit: int) -> bytes:

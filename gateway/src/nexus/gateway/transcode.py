@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from nexus.gateway.descriptors import HttpBinding
 from nexus.gateway.errors import GatewayError
+from nexus.gateway.plainjson import parse_plain
 
 # Well-known types whose JSON form is a string or a scalar, so a query parameter can carry them.
 QUERY_WELL_KNOWN = {
@@ -63,17 +64,18 @@ def build_request(
     Raises:
         GatewayError: INVALID_ARGUMENT, naming the bad field, for bad JSON or a bad value.
     """
-    request = binding.request_class()
     query = list(query)
     if binding.body == "*":
         _reject_query(query)
-        _parse_into(request, _load_json(body, object_required=True))
-    elif binding.body:
-        _parse_into(request, {binding.body: _load_json(body, object_required=False)})
-    elif body.strip():
-        raise GatewayError.bad_field(
-            "", f"{binding.http_method} {binding.template.template} takes no body"
-        )
+        request = _parse_body(binding.request_class, _load_json(body, object_required=True))
+    else:
+        request = binding.request_class()
+        if binding.body:
+            _parse_into(request, {binding.body: _load_json(body, object_required=False)})
+        elif body.strip():
+            raise GatewayError.bad_field(
+                "", f"{binding.http_method} {binding.template.template} takes no body"
+            )
     if query:
         _parse_into(request, _query_tree(binding.method.input_type, query), query_names=True)
     _parse_into(request, _nest(path))
@@ -116,6 +118,15 @@ def _load_json(body: bytes, *, object_required: bool) -> Any:
     if object_required and not isinstance(value, dict):
         raise GatewayError.bad_field("", "the body must be a JSON object")
     return value
+
+
+def _parse_body(message_class: type[Message], tree: dict[str, Any]) -> Message:
+    """The whole request from its JSON body: plain bodies directly, the rest by json_format."""
+    request = parse_plain(message_class, tree)
+    if request is None:
+        request = message_class()
+        _parse_into(request, tree)
+    return request
 
 
 def _reject_query(query: list[tuple[str, str]]) -> None:

@@ -63,10 +63,10 @@ def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMeth
     For a streaming response the context manager stays open until the last message is sent.
     """
     kind, behavior = handler_kind(handler)
+    if inspect.iscoroutinefunction(behavior):  # the common case first: it runs on every call
+        return _rebuild(handler, kind, _wrap_coroutine(behavior, around))
     if inspect.isasyncgenfunction(behavior):
         return _rebuild(handler, kind, _wrap_generator(behavior, around))
-    if inspect.iscoroutinefunction(behavior):
-        return _rebuild(handler, kind, _wrap_coroutine(behavior, around))
     return handler
 
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -160,6 +159,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, service: str) -> None:
         self._service = service
+        self._methods: dict[str, _MethodSeries] = {}
 
     async def intercept_service(
         self,
@@ -170,23 +170,55 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = method_label(handler_call_details.method)
-        return wrap_handler(handler, lambda context: self._measure(method, context))
+        series = self._series(handler_call_details.method)
+        return wrap_handler(handler, series.measure)
 
-    @asynccontextmanager
-    async def _measure(self, method: str, context: Context) -> AsyncIterator[None]:
-        in_flight = _child(RPC_IN_FLIGHT, self._service, method)
-        in_flight.inc()
-        start = time.perf_counter()
-        error: BaseException | None = None
-        try:
-            yield
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            in_flight.dec()
-            elapsed = time.perf_counter() - start
-            _child(RPC_DURATION, self._service, method).observe(elapsed)
-            code = status_of(error, context).name
-            _child(RPC_REQUESTS, self._service, method, code).inc()
+    def _series(self, full_method: str) -> _MethodSeries:
+        series = self._methods.get(full_method)
+        if series is None:
+            series = _MethodSeries(self._service, method_label(full_method))
+            self._methods[full_method] = series
+        return series
+
+
+class _MethodSeries:
+    """One method's metric children, looked up once rather than on every call."""
+
+    __slots__ = ("_duration", "_in_flight", "_method", "_service")
+
+    def __init__(self, service: str, method: str) -> None:
+        self._service = service
+        self._method = method
+        self._in_flight = _child(RPC_IN_FLIGHT, service, method)
+        self._duration = _child(RPC_DURATION, service, method)
+
+    def measure(self, context: Context) -> _Measured:
+        """The context manager that measures one call."""
+        return _Measured(self, context)
+
+    def done(self, elapsed: float, code: grpc.StatusCode) -> None:
+        self._in_flight.dec()
+        self._duration.observe(elapsed)
+        _child(RPC_REQUESTS, self._service, self._method, code.name).inc()
+
+
+class _Measured:
+    """Counts, times and gauges one call (a plain class: it runs on every call, and a
+    generator-based context manager costs several times as much)."""
+
+    __slots__ = ("_context", "_series", "_start")
+
+    def __init__(self, series: _MethodSeries, context: Context) -> None:
+        self._series = series
+        self._context = context
+        self._start = 0.0
+
+    async def __aenter__(self) -> None:
+        self._series._in_flight.inc()
+        self._start = time.perf_counter()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: object
+    ) -> None:
+        elapsed = time.perf_counter() - self._start
+        self._series.done(elapsed, status_of(error, self._context))
