@@ -23,7 +23,7 @@ space := $(subst ,, )
 
 # lint-protos also runs buf breaking against main: a change must not break the wire or JSON
 # format of what has landed.
-.PHONY: run test install lock check-lock service protos check-protos lint lint-protos format typecheck unit integration bench clean
+.PHONY: run test install lock check-lock service protos check-protos lint lint-protos format typecheck unit integration faults bench clean
 
 run: install
 	$(BIN)/nexus up
@@ -87,10 +87,14 @@ format: install
 	$(BIN)/ruff check --fix .
 
 unit: install
-	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not integration and not faults" $(PYTEST_ARGS)
 
 integration: install
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
+
+# The fault suite (also part of `make test`): SIGKILL and restarts under a client loop, fuzzing.
+faults: install
+	$(BIN)/pytest -m faults $(PYTEST_ARGS)
 
 # The LiteLLM proxy that bench/llm_overhead.py measures beside Nexus runs from its own venv: its
 # extras pin versions (rich, ...) and add packages (litellm-enterprise, whose callback check costs
