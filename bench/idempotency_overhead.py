@@ -12,7 +12,7 @@ service runs, and one without it. Calls are sequential on one channel for `--sec
 The modes take turns for `--rounds` rounds (a busy machine slows them alike); each figure is
 the median of its rounds.
 
-Usage: python bench/idempotency_overhead.py [--seconds 1] [--rounds 5]
+Usage: python bench/idempotency_overhead.py [--seconds 0.5] [--rounds 15]
 Writes bench/results/idempotency_overhead.json.
 """
 
@@ -115,8 +115,8 @@ async def run(seconds: float, rounds: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=0.5)
+    parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
     results = asyncio.run(run(args.seconds, args.rounds))
     RESULTS.parent.mkdir(exist_ok=True)
