@@ -31,7 +31,14 @@ log = logging.getLogger(__name__)
 
 BACKEND_NOT_READY = "BACKEND_NOT_READY"
 Endpoint = Callable[[Request], Awaitable[Response]]
-_CORS_HEADERS = ["authorization", "x-api-key", "content-type", "x-nexus-timeout", "traceparent"]
+_CORS_HEADERS = [
+    "authorization",
+    "x-api-key",
+    "content-type",
+    "x-nexus-timeout",
+    "traceparent",
+    "idempotency-key",
+]
 
 
 def build_app(

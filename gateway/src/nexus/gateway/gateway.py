@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from nexus.common.errors import REQUEST_TOO_LARGE, NexusError
+from nexus.common.idempotency import KEY_FIELD, METADATA_KEY, check_idempotency_key
 from nexus.gateway import tracing
 from nexus.gateway.backends import BACKEND_NOT_FOUND, BackendPool
 from nexus.gateway.descriptors import HttpBinding
@@ -100,7 +101,7 @@ class Gateway:
         body = await read_body(request, self.settings.max_body_bytes)
         message = build_request(binding, values, query_items(request), body)
         backend = self._backend(binding, message)
-        metadata = call_metadata(key)
+        metadata = call_metadata(key, idempotency(request.headers))
         deadline_s = deadline(request.headers, binding.server_streaming, self.settings)
         if binding.server_streaming:
             return await self._stream(binding, backend, message, metadata, deadline_s, span)
@@ -271,11 +272,28 @@ def _asked_timeout(headers: Headers) -> float | None:
     return None
 
 
-def call_metadata(key: str | None) -> list[tuple[str, str]]:
-    """gRPC metadata for a backend call: the caller's key (services check it again) and the
-    trace context."""
+def call_metadata(key: str | None, idempotency_key: str | None = None) -> list[tuple[str, str]]:
+    """gRPC metadata for a backend call: the caller's key (services check it again), the trace
+    context, and the client's idempotency key (the service makes the call idempotent)."""
     metadata = tracing.outgoing_metadata()
     # gRPC metadata must be printable ASCII; no valid key is anything else.
     if key and key.isascii() and key.isprintable():
         metadata.append(("authorization", f"Bearer {key}"))
+    if idempotency_key is not None:
+        metadata.append((METADATA_KEY, idempotency_key))
     return metadata
+
+
+def idempotency(headers: Headers) -> str | None:
+    """The client's `Idempotency-Key` header, checked (ADR 0019), or None.
+
+    Raises:
+        GatewayError: 400 for a key that is empty, too long or not printable ASCII.
+    """
+    value = headers.get(KEY_FIELD)
+    if value is None:
+        return None
+    try:
+        return check_idempotency_key(value)
+    except NexusError as err:
+        raise from_nexus_error(err) from err

@@ -28,6 +28,7 @@ from nexus.api.models.v1 import model_registry_pb2_grpc
 from nexus.common.auth import AuthInterceptor, KeyStore
 from nexus.common.errors.interceptor import ErrorInterceptor
 from nexus.common.events import EventBus
+from nexus.common.idempotency import IdempotencyInterceptor, IdempotencyStore
 from nexus.common.nats import connect
 from nexus.common.registry import ModelRegistry
 from nexus.common.registry.servicer import ModelRegistryServicer
@@ -88,6 +89,7 @@ class ServiceHost:
         self._nc: Client | None = None
         self._bus: EventBus | None = None
         self._keys: KeyStore | None = None
+        self._idempotency: IdempotencyStore | None = None
         self._registry: ModelRegistry | None = None
         self._server: grpc.aio.Server | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -139,6 +141,12 @@ class ServiceHost:
         if self.common.auth_enabled:
             self._keys = KeyStore(self._nc)
             await self._keys.start()
+        self._idempotency = IdempotencyStore(
+            self._nc,
+            ttl_s=self.common.idempotency_ttl_s,
+            lease_s=self.common.idempotency_lease_s,
+        )
+        await self._idempotency.start()
         self._server = grpc.aio.server(
             interceptors=self._interceptors(),
             options=grpc_options(self.settings),
@@ -155,6 +163,8 @@ class ServiceHost:
         if self._keys is not None:
             chain.append(AuthInterceptor(self._keys))
         chain.append(ErrorInterceptor())
+        if self._idempotency is not None:  # innermost: it sees the servicers' own errors
+            chain.append(IdempotencyInterceptor(self._idempotency))
         return chain
 
     async def registry(self, *, upload_frameworks: Collection[str] = ()) -> ModelRegistry:
@@ -210,6 +220,8 @@ class ServiceHost:
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace_s)
+        if self._idempotency is not None:  # keyed calls go on when their caller leaves
+            await self._idempotency.stop(self.settings.shutdown_grace_s)
         for hook in reversed(self._on_stop):
             await _quietly(hook)
         if self._executor is not None:

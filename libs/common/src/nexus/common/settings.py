@@ -38,6 +38,15 @@ class NexusSettings(BaseSettings):
     """HMAC key with which the model registry signs the pickles it writes. Every replica needs the
     same key; a pickle whose signature does not verify is never loaded."""
 
+    idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0)
+    """How long the outcome of a call made with an `Idempotency-Key` is kept: a retry with the
+    same key within this time gets it back instead of running the call again."""
+
+    idempotency_lease_s: float = Field(default=30.0, gt=0)
+    """How long a call in progress keeps its `Idempotency-Key` past its last renewal (renewed
+    three times per lease while it runs). When its process dies, a retry runs the call again
+    once this much time has passed. Replicas' clocks must agree to well within this."""
+
     environment: str = "development"
     """Name of the deployment, recorded on traces and metrics."""
 

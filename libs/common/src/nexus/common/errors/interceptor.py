@@ -12,7 +12,6 @@ from __future__ import annotations
 # mypy: allow-subclassing-any
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -22,7 +21,7 @@ from grpc_status import rpc_status
 from opentelemetry import trace
 
 from nexus.common.errors._exceptions import NexusError
-from nexus.common.grpc_handlers import Context, wrap_handler
+from nexus.common.grpc_handlers import Context, WrappingInterceptor, wrap_handler
 
 log = logging.getLogger(__name__)
 
@@ -109,28 +108,10 @@ class mapping_errors:  # noqa: N801 (used like the function it replaced: `mappin
         return True
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps exceptions of every handler to statuses; install it innermost.
+class ErrorInterceptor(WrappingInterceptor):
+    """Maps exceptions of every handler to statuses; install it inside the others (only the
+    idempotency interceptor goes between it and the servicers)."""
 
-    Innermost, it wraps the servicer's own handlers, which stay the same from call to call, so
-    each method's wrapped handler is made once and reused.
-    """
-
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = wrap_handler(handler, mapping_errors)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler, its exceptions mapped to statuses."""
+        return wrap_handler(handler, mapping_errors)
