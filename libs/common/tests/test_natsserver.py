@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from nexus.common.errors import FailedPrecondition
-from nexus.common.nats import connect
+from nexus.common.nats import close, connect
 from nexus.common.natsserver import NatsServer
 from nexus.common.settings import NexusSettings
+from nexus.common.testing.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -50,3 +52,15 @@ def test_a_killed_server_starts_again_on_its_port(nats_server: NatsServer) -> No
     nats_server.start()  # its old connections (TIME_WAIT) do not count as taking the port
 
     assert nats_server.running
+
+
+async def test_closing_a_client_while_its_server_is_down_is_quiet(nats_server: NatsServer) -> None:
+    for wait_s in (0.0, 0.6):  # the reconnect loop at different steps
+        nc = await connect(NexusSettings(nats_url=nats_server.url), "t")
+        nats_server.kill()
+        await eventually(lambda: not nc.is_connected)  # noqa: B023
+        await asyncio.sleep(wait_s)
+        await nc.publish("pending", b"written while down")  # as an unsubscribe at a stop is
+        await close(nc)
+        assert nc.is_closed
+        nats_server.start()

@@ -65,13 +65,17 @@ async def connect(settings: NexusSettings, name: str, *, on_state: OnState | Non
 
 async def close(nc: Client) -> None:
     """Closes a client at shutdown: drains it while connected (pending messages go out, handlers
-    finish), else just closes it (draining a connection that is down raises)."""
+    finish), else just closes it. Never raises: with the server down, a drain raises and a close
+    fails to flush what was written meanwhile, which is lost either way."""
     if nc.is_closed:
         return
     if nc.is_connected:
         try:
             await nc.drain()
             return
-        except (nats.errors.Error, TimeoutError) as err:
+        except (nats.errors.Error, TimeoutError, OSError) as err:
             log.warning("nats drain failed (%s); closing", err or type(err).__name__)
-    await nc.close()
+    try:
+        await nc.close()
+    except (nats.errors.Error, OSError) as err:
+        log.warning("nats closed without flushing (%s)", err or type(err).__name__)
