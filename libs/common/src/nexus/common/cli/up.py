@@ -173,8 +173,18 @@ async def _until(stopping: asyncio.Event, work: Coroutine[Any, Any, None]) -> No
 
 
 async def _run_platform(platform: Platform, settings: LauncherSettings) -> None:
-    """Starts NATS, makes the first admin key, starts the services and the gateway, then keeps
-    them running (returns only when cancelled)."""
+    """Starts everything, says where it is, then keeps it running (returns when cancelled)."""
+    admin_key = await _start(platform, settings)
+    _announce(platform, admin_key)
+    backoff = Backoff(
+        settings.restart_delay_s, settings.restart_max_delay_s, settings.restart_reset_s
+    )
+    await platform.supervise(backoff, on_restart=lambda: _write_run_file(platform))
+
+
+async def _start(platform: Platform, settings: LauncherSettings) -> str | None:
+    """Starts NATS, makes the first admin key, starts the services and the gateway; returns the
+    admin key when it was made now."""
     if (other := running_platform(platform.data_dir)) is not None:
         raise FailedPrecondition(
             f"another nexus up (pid {other.pid}) runs with {platform.data_dir}"
@@ -182,25 +192,30 @@ async def _run_platform(platform: Platform, settings: LauncherSettings) -> None:
         )
     platform.check_ports()
     url = await platform.start_nats()
-    platform.run_info().write()
+    _write_run_file(platform)
     print(f"NATS (JetStream) on {url}, data in {platform.data_dir}", flush=True)
     admin_key = await _first_admin_key(platform, settings)
     print(f"starting services: {', '.join(platform.services) or 'none'}", flush=True)
     await platform.start_services()
-    platform.run_info().write()
+    _write_run_file(platform)
     if gateway_installed():
         await platform.start_gateway()
+        _write_run_file(platform)
+    return admin_key
+
+
+def _write_run_file(platform: Platform) -> None:
+    """Tells `nexus keys` (and the tests) where everything runs now; a failure to write is
+    reported, never fatal."""
+    try:
         platform.run_info().write()
-    _announce(platform, admin_key)
-    backoff = Backoff(
-        settings.restart_delay_s, settings.restart_max_delay_s, settings.restart_reset_s
-    )
-    await platform.supervise(backoff, on_restart=lambda: platform.run_info().write())
+    except OSError as err:
+        log.warning("cannot write the run file in %s: %s", platform.data_dir, err)
 
 
-async def _first_admin_key(platform: Platform, settings: LauncherSettings) -> Path | None:
+async def _first_admin_key(platform: Platform, settings: LauncherSettings) -> str | None:
     """On the first start, makes the admin key, keeps it in the data directory (mode 0600) and
-    prints it at once; returns the file, or None when keys existed."""
+    prints it, at once; returns it, or None when keys existed."""
     assert platform.nats is not None
     async with open_key_store(
         settings.model_copy(update={"nats_url": platform.nats.url}), "nexus-up"
@@ -208,23 +223,22 @@ async def _first_admin_key(platform: Platform, settings: LauncherSettings) -> Pa
         raw = await keys.ensure_admin()
     if raw is None:
         return None
-    path = save_admin_key(platform.data_dir, raw)
-    print(
-        f"Admin API key (first start; also in {path}, readable only by you):\n"
-        f"  export NEXUS_API_KEY={raw}",
-        flush=True,
-    )
-    return path
+    try:
+        kept = f"also in {save_admin_key(platform.data_dir, raw)}, readable only by you"
+    except OSError as err:
+        kept = f"NOT saved: {err}; store it now"
+    print(f"Admin API key (first start; {kept}):\n  export NEXUS_API_KEY={raw}", flush=True)
+    return raw
 
 
-def _announce(platform: Platform, admin_key: Path | None) -> None:
+def _announce(platform: Platform, admin_key: str | None) -> None:
     print(
         f"\nNexus is up. Gateway: {platform.gateway_url}"
         f"  (OpenAPI: {platform.gateway_url}/openapi.json)"
     )
     saved = admin_key_path(platform.data_dir)
     if admin_key is not None:
-        print(f"Admin API key: printed above, and in {admin_key} (delete it once stored).")
+        print("Admin API key: printed above; delete its file once you have stored it.")
     elif saved.exists():
         print(f"Admin API key: in {saved} (from the first start).")
     else:
