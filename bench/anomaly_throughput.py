@@ -232,7 +232,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         platform = Platform(Path(tmp), nats_port=0, gateway_port=0, services=["anomaly"])
         try:
-            nats_url = platform.start_nats()
+            nats_url = await platform.start_nats()
             await platform.start_services()
             await platform.start_gateway()
             key = await admin_key(nats_url)

@@ -162,7 +162,7 @@ class BenchPlatform(Platform):
     def _spawn(self, name: str, port: int, env: dict[str, str]) -> Child:
         proc = spawn(name, [sys.executable, "-m", f"nexus.{name}"], env, self.data_dir / "logs")
         self.pids.append(proc.process.pid)
-        return Child(name, port, proc.process, proc.log_path)
+        return Child(name, port, proc.process, proc.log_path, env)
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Stops the platform as the launcher does, then kills what is left of each group."""
@@ -736,7 +736,7 @@ async def start_nexus(
     )
     stack.callback(platform.stop)
     try:
-        nats_url = platform.start_nats()
+        nats_url = await platform.start_nats()
         await platform.start_services()
         await platform.start_gateway()
         key = await admin_key(nats_url)

@@ -11,6 +11,10 @@ import pytest
 from nats.aio.client import Client
 
 from nexus.common.auth import KeyStore
+from nexus.common.nats import connect
+from nexus.common.natsserver import NatsServer
+from nexus.common.settings import NexusSettings
+from nexus.common.testing.waiting import eventually
 from nexus.gateway.ratelimit import RateLimiter
 
 SCORE = "/v1/anomaly/detectors/d:score"
@@ -118,3 +122,35 @@ def test_bucket_table_is_bounded() -> None:
 
     assert len(limiter) == 3
     assert limiter.acquire("k9", 60) > 0
+
+
+async def test_without_nats_the_gateway_is_not_ready_and_refuses_at_once(
+    start_gateway: Any, nats_server: NatsServer
+) -> None:
+    nc = await connect(NexusSettings(nats_url=nats_server.url), "test")
+    keys = KeyStore(nc)
+    await keys.start()
+    _, raw = await keys.create("app", ["anomaly:invoke"])
+    client = await start_gateway(keys=keys)
+    headers = {"X-API-Key": raw}
+    before = await client.post(SCORE, json={}, headers=headers)  # the key is cached now
+
+    nats_server.kill()
+    await eventually(lambda: not keys.connected)
+    not_ready = await client.get("/readyz")
+    refused = await client.post(SCORE, json={}, headers=headers, timeout=2.0)
+    nats_server.start()
+    await eventually(lambda: keys.connected)
+    ready = await client.get("/readyz")
+    after = await client.post(SCORE, json={}, headers=headers)
+    await keys.stop()
+    await nc.close()
+
+    assert before.status_code == 200
+    assert not_ready.status_code == 503
+    assert not_ready.json()["error"]["message"] == "NATS not connected"
+    assert not_ready.json()["error"]["reason"] == "NATS_NOT_CONNECTED"
+    # Not served from the cache: a revocation made meanwhile could not have reached the gateway.
+    assert refused.status_code == 503
+    assert refused.json()["error"]["status"] == "UNAVAILABLE"
+    assert (ready.status_code, after.status_code) == (200, 200)

@@ -1,51 +1,40 @@
-"""`nexus up` (what `make run` runs): it starts, serves with the printed key, stops clean."""
+"""`nexus up` (what `make run` runs): it starts where the settings say, serves with the printed
+key, stops in order on Ctrl-C, and fails clearly (keeping the first admin key) when it cannot
+start."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
-import signal
-import subprocess
-import sys
-import time
+import socket
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from nexus.common.auth import KeyStore
+from nexus.common.launcher import RunInfo
+from nexus.common.nats import connect
+from nexus.common.natsserver import NatsServer, free_port
+from nexus.common.settings import NexusSettings
+from nexus.common.testing.launcher import NexusUp
+
 pytestmark = pytest.mark.integration
 
-NEXUS = Path(sys.executable).parent / "nexus"
 
-
-def read_until(process: subprocess.Popen[str], pattern: str, timeout_s: float) -> list[str]:
-    """Lines printed until one matches `pattern` (fails on exit or timeout)."""
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    assert process.stdout is not None
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line and process.poll() is not None:
-            pytest.fail("nexus up exited early:\n" + "".join(lines))
-        lines.append(line)
-        if re.search(pattern, line):
-            return lines
-    pytest.fail("nexus up did not get there in time:\n" + "".join(lines))
-
-
-def test_nexus_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
-    cmd = [str(NEXUS), "up", "--data-dir", str(tmp_path), "--nats-port", "0", "--port", "0"]
-    process = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path
-    )
+def test_nexus_up_serves_and_a_ctrl_c_stops_it_in_order(tmp_path: Path) -> None:
+    port = free_port()
+    up = NexusUp(tmp_path / "data", ["--nats-port", "0"], env={"NEXUS_GATEWAY_PORT": str(port)})
     try:
-        output = "".join(read_until(process, r"Press Ctrl-C", timeout_s=90))
-        url = re.search(r"Gateway: (http://\S+)", output)
-        key = re.search(r"NEXUS_API_KEY=(\S+)", output)
-        assert url, output
-        assert key, output
-        headers = {"Authorization": f"Bearer {key.group(1)}"}
+        url, key = up.wait_up(timeout_s=120)
+        assert url == f"http://127.0.0.1:{port}"  # the setting, not a default, decides
+        assert key is not None
+        headers = {"Authorization": f"Bearer {key}"}
         points = [{"values": [i % 5 * 0.1, i % 3 * 0.1]} for i in range(40)]
-        with httpx.Client(base_url=url.group(1), headers=headers, timeout=30) as http:
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
             trained = http.post(
                 "/v1/anomaly/detectors/up:train",
                 json={"points": points, "promote_to": "production"},
@@ -56,9 +45,104 @@ def test_nexus_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
             )
             assert scored.json()["scores"][0]["is_anomaly"] is True
             assert http.get("/readyz").status_code == 200
+        code = up.interrupt()  # SIGINT to the whole process group, as the terminal sends it
     finally:
-        process.send_signal(signal.SIGINT)
-        code = process.wait(timeout=60)
-    assert code == 0
-    logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
-    assert "Traceback" not in logs
+        up.kill()
+
+    assert code == 0, up.output
+    stages = re.findall(r"\d\d:\d\d:\d\d stopping (.+)", up.output)
+    assert stages == ["gateway", "anomaly, llm", "nats-server"], up.output
+    logs = {p.stem: p.read_text() for p in (tmp_path / "data" / "logs").glob("*.log")}
+    assert "Traceback" not in up.output + "".join(logs.values())
+    assert '"level": "ERROR"' not in "".join(logs.values())
+    for name in ("gateway", "anomaly", "llm"):
+        assert f"{name} stopped" in logs[name]
+    assert not (tmp_path / "data" / "run.json").exists()
+
+
+@pytest.fixture
+def other_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """Another platform's NATS, already on its port."""
+    server = NatsServer(tmp_path / "other")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_taken_nats_port_is_a_clear_error_and_nothing_starts(
+    tmp_path: Path, other_nats: NatsServer
+) -> None:
+    up = NexusUp(tmp_path / "data", ["--nats-port", str(other_nats.port), "--port", "0"])
+    code = up.wait(60)
+
+    assert code == 1
+    assert f"port {other_nats.port} on 127.0.0.1 for NATS" in up.output
+    assert "is taken" in up.output
+    assert "Nexus is up" not in up.output
+    assert not (tmp_path / "data" / "nats").exists()
+    assert not (tmp_path / "data" / "run.json").exists()
+    assert asyncio.run(_buckets(other_nats.url)) == []  # no admin key made in the other NATS
+
+
+async def _buckets(url: str) -> list[str]:
+    nc = await connect(NexusSettings(nats_url=url), "test")
+    try:
+        return [s.config.name for s in await nc.jetstream().streams_info()]
+    finally:
+        await nc.close()
+
+
+def test_a_taken_gateway_port_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        up = NexusUp(tmp_path / "data", ["--nats-port", "0"], env={"NEXUS_GATEWAY_PORT": str(port)})
+        code = up.wait(60)
+
+    assert code == 1
+    assert f"port {port} on 127.0.0.1 for the gateway (--port, NEXUS_GATEWAY_PORT)" in up.output
+    assert not (tmp_path / "data" / "nats").exists()
+
+
+def test_a_second_nexus_up_on_the_same_data_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    other = os.getpid()  # a live process stands for the launcher already running there
+    RunInfo(other, str(data), "nats://127.0.0.1:1", "http://127.0.0.1:1").write()
+    up = NexusUp(data, ["--nats-port", "0", "--port", "0"])
+    code = up.wait(60)
+
+    assert code == 1
+    assert f"another nexus up (pid {other}) runs with {data}" in up.output
+    assert (data / "run.json").exists()  # the running one's file stays
+
+
+def test_a_first_start_that_fails_keeps_the_admin_key(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    args = ["--services", "anomaly", "--nats-port", "0", "--port", "0"]
+    up = NexusUp(data, args, env={"NEXUS_ANOMALY_WORKERS": "0"})  # the service cannot start
+    code = up.wait(120)
+
+    assert code == 1
+    assert "anomaly exited at start" in up.output
+    key_file = data / "admin.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    raw = key_file.read_text().strip()
+    assert f"NEXUS_API_KEY={raw}" in up.output  # printed the moment it existed
+    assert asyncio.run(_verify(data / "nats", raw)) == ("admin", frozenset({"*"}))
+
+
+async def _verify(store_dir: Path, raw: str) -> tuple[str, frozenset[str]]:
+    server = NatsServer(store_dir)
+    server.start()
+    try:
+        nc = await connect(NexusSettings(nats_url=server.url), "test")
+        keys = KeyStore(nc)
+        await keys.start()
+        key = await keys.verify(raw)
+        await keys.stop()
+        await nc.close()
+        return key.name, key.scopes
+    finally:
+        server.stop()

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from nexus.common.auth import ApiKey, KeyStore
 from nexus.common.cli import main
+from nexus.common.launcher import RunInfo
 from nexus.common.nats import connect
 from nexus.common.natsserver import NatsServer, free_port
 from nexus.common.settings import NexusSettings
@@ -110,3 +113,21 @@ def test_no_nats_fails_clearly(
     monkeypatch.setenv("NEXUS_NATS_CONNECT_TIMEOUT_S", "0.5")
     assert main(["keys", "list"]) == 1
     assert "cannot connect to NATS" in capsys.readouterr().err
+
+
+def test_keys_find_the_running_platform_by_its_run_file(
+    server: NatsServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("NEXUS_NATS_URL", raising=False)
+    monkeypatch.setenv("NEXUS_NATS_CONNECT_TIMEOUT_S", "0.5")
+    RunInfo(os.getpid(), str(tmp_path), server.url).write()  # as `nexus up` writes it
+
+    assert main(["keys", "--data-dir", str(tmp_path), "list"]) == 0
+    monkeypatch.setenv("NEXUS_DATA_DIR", str(tmp_path))
+    assert main(["keys", "list"]) == 0
+    assert capsys.readouterr().out.startswith("ID")
+    monkeypatch.setenv("NEXUS_NATS_URL", f"nats://127.0.0.1:{free_port()}")  # settings win
+    assert main(["keys", "list"]) == 1

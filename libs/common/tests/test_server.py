@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,8 +17,10 @@ from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
 from nexus.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from nexus.common.errors.interceptor import INTERNAL_MESSAGE
+from nexus.common.natsserver import NatsServer
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings, ServiceSettings
+from nexus.common.testing.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -119,6 +122,31 @@ async def test_readiness_follows_the_lifecycle_and_stop_drains(host: ServiceHost
         await asyncio.sleep(0.1)
         await host.stop()
         assert (await slow).threshold == 1.0  # the in-flight call finished within the grace
+
+
+async def test_readiness_follows_nats_and_a_stop_without_nats_is_quiet(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    common = NexusSettings(nats_url=nats_server.url, auth_enabled=False, log_json=False)
+    host = ServiceHost("test", ServiceSettings(shutdown_grace_s=0.5), common)
+    await host.open()
+    await host.start()
+    await host.set_serving()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        async def status_is(expected: int) -> bool:
+            return (await health.Check(health_pb2.HealthCheckRequest())).status == expected
+
+        nats_server.kill()
+        await eventually(lambda: status_is(health_pb2.HealthCheckResponse.NOT_SERVING))
+        nats_server.start()
+        await eventually(lambda: status_is(health_pb2.HealthCheckResponse.SERVING))
+        nats_server.kill()
+        await eventually(lambda: status_is(health_pb2.HealthCheckResponse.NOT_SERVING))
+    await host.stop()  # NATS is down: no drain to fail, nothing to log as an error
+
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 class Recorder:

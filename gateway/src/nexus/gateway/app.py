@@ -30,6 +30,7 @@ from nexus.gateway.settings import GatewaySettings
 log = logging.getLogger(__name__)
 
 BACKEND_NOT_READY = "BACKEND_NOT_READY"
+NATS_NOT_CONNECTED = "NATS_NOT_CONNECTED"
 Endpoint = Callable[[Request], Awaitable[Response]]
 _CORS_HEADERS = [
     "authorization",
@@ -68,7 +69,7 @@ def build_app(
         return JSONResponse(document)
 
     async def readyz(_: Request) -> Response:
-        return await _readiness(pool, settings.readiness_timeout_s)
+        return await _readiness(pool, settings.readiness_timeout_s, keys)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -133,16 +134,20 @@ async def _healthz(_: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-async def _readiness(pool: BackendPool, timeout_s: float) -> Response:
-    """200 when every backend is SERVING, else 503 naming the ones that are not."""
+async def _readiness(pool: BackendPool, timeout_s: float, keys: Authorizer | None) -> Response:
+    """200 when every backend is SERVING and (with auth on) the key store's NATS connection is
+    up, else 503 naming what is not."""
     states = await pool.readiness(timeout_s)
     waiting = {name: state for name, state in states.items() if state != SERVING}
-    if not waiting:
+    nats_down = keys is not None and not keys.connected
+    if not waiting and not nats_down:
         return JSONResponse({"status": "ready", "backends": states})
-    listed = ", ".join(f"{name} ({state})" for name, state in waiting.items())
-    error = GatewayError(
-        grpc.StatusCode.UNAVAILABLE, f"backends not ready: {listed}", reason=BACKEND_NOT_READY
-    )
+    problems = ["NATS not connected"] if nats_down else []
+    if waiting:
+        listed = ", ".join(f"{name} ({state})" for name, state in waiting.items())
+        problems.append(f"backends not ready: {listed}")
+    reason = NATS_NOT_CONNECTED if nats_down else BACKEND_NOT_READY
+    error = GatewayError(grpc.StatusCode.UNAVAILABLE, "; ".join(problems), reason=reason)
     return error.response()
 
 

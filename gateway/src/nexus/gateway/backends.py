@@ -14,6 +14,7 @@ from nexus.gateway.errors import not_found
 
 BACKEND_NOT_FOUND = "BACKEND_NOT_FOUND"
 SERVING = "SERVING"
+RECONNECT_BACKOFF_MS = 500
 
 
 class BackendPool:
@@ -29,6 +30,11 @@ class BackendPool:
         self._options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            # A backend that restarts is back within a second, not after gRPC's default backoff
+            # (up to 120 s); meanwhile calls fail at once (UNAVAILABLE), they never wait for it.
+            ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+            ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+            ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
         ]
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._callables: dict[tuple[str, str], Any] = {}

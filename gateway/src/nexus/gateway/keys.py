@@ -28,6 +28,11 @@ class ApiKeyLike(Protocol):
 class Authorizer(Protocol):
     """Checks a raw key against a scope (`nexus.common.auth.KeyStore` is one)."""
 
+    @property
+    def connected(self) -> bool:
+        """Whether keys can be checked now (the store's NATS connection is up): `/readyz`."""
+        ...
+
     async def authorize(self, raw_key: str | None, scope: str) -> ApiKeyLike:
         """The key, when it is valid and holds `scope`.
 

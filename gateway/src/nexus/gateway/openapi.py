@@ -310,5 +310,8 @@ def _health_paths() -> dict[str, dict[str, Any]]:
 
     return {
         "/healthz": probe("Gateway liveness", "The gateway process is alive."),
-        "/readyz": probe("Gateway readiness", "Every backend answers its health check SERVING."),
+        "/readyz": probe(
+            "Gateway readiness",
+            "Every backend answers its health check SERVING and (auth on) NATS is connected.",
+        ),
     }

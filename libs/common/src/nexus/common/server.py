@@ -29,7 +29,7 @@ from nexus.common.auth import AuthInterceptor, KeyStore
 from nexus.common.errors.interceptor import ErrorInterceptor
 from nexus.common.events import EventBus
 from nexus.common.idempotency import IdempotencyInterceptor, IdempotencyStore
-from nexus.common.nats import connect
+from nexus.common.nats import close, connect
 from nexus.common.registry import ModelRegistry
 from nexus.common.registry.servicer import ModelRegistryServicer
 from nexus.common.settings import NexusSettings, ServiceSettings
@@ -95,6 +95,7 @@ class ServiceHost:
         self._executor: ThreadPoolExecutor | None = None
         self._on_stop: list[Hook] = []
         self._stop_requested = asyncio.Event()
+        self._serving = False
         self._stopped = False
 
     @property
@@ -136,7 +137,7 @@ class ServiceHost:
         """Sets up logging and tracing, connects to NATS, builds the server (not started)."""
         setup_logging(self.common, self.name)
         setup_tracing(self.name, self.common)
-        self._nc = await connect(self.common, self.name)
+        self._nc = await connect(self.common, self.name, on_state=self._follow_nats)
         self._bus = EventBus(self._nc, f"nexus/{self.name}")
         if self.common.auth_enabled:
             self._keys = KeyStore(self._nc)
@@ -205,8 +206,20 @@ class ServiceHost:
 
     async def set_serving(self) -> None:
         """Marks every service SERVING: call once models are loaded and warmed."""
+        self._serving = True
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
         log.info("%s ready", self.name)
+
+    async def _follow_nats(self, connected: bool) -> None:
+        """Readiness follows the NATS connection once SERVING: keys, models and events all
+        need it, so a caller learns at once (NOT_SERVING) rather than by waiting."""
+        if not self._serving or self._stopped:
+            return
+        status = health_pb2.HealthCheckResponse.SERVING
+        if not connected:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        await self._set_all(status)
+        log.info("%s %s", self.name, "ready again" if connected else "not ready: NATS is down")
 
     async def _set_all(self, status: int) -> None:
         for service in ["", *self._service_names]:
@@ -231,7 +244,8 @@ class ServiceHost:
             if closer is not None:
                 await _quietly(closer.stop)
         if self._nc is not None:
-            await _quietly(self._nc.drain)
+            nc = self._nc
+            await _quietly(lambda: close(nc))
         log.info("%s stopped", self.name)
 
     async def wait_for_signal(self) -> None:

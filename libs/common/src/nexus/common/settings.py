@@ -7,6 +7,8 @@ else in the code base reads `os.environ`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -49,6 +51,39 @@ class NexusSettings(BaseSettings):
 
     environment: str = "development"
     """Name of the deployment, recorded on traces and metrics."""
+
+
+class LauncherSettings(NexusSettings):
+    """Settings of `nexus up`, the one-machine platform (env prefix `NEXUS_`); its flags win.
+
+    The gateway's port and interface are the gateway's own settings (`NEXUS_GATEWAY_PORT`,
+    `NEXUS_GATEWAY_HOST`), read here too so that the launcher honours them.
+    """
+
+    data_dir: Path = Path(".nexus")
+    """NATS data, logs, the signing key, the run file (`run.json`) and the first admin key."""
+
+    nats_port: int = Field(default=4222, ge=0, le=65535)
+    """Client port of the embedded NATS; 0 picks a free one (kept across its restarts)."""
+
+    gateway_host: str = "127.0.0.1"
+    """Interface the gateway binds to."""
+
+    gateway_port: int = Field(default=8080, ge=0, le=65535)
+    """The gateway's HTTP port; 0 picks a free one (kept across its restarts)."""
+
+    restart_delay_s: float = Field(default=0.5, gt=0)
+    """Wait before restarting a child that exited; doubled after each crash in a row."""
+
+    restart_max_delay_s: float = Field(default=30.0, gt=0)
+    """Longest wait before a restart."""
+
+    restart_reset_s: float = Field(default=30.0, gt=0)
+    """A child that ran this long before it exited is restarted after the first delay again."""
+
+    stop_timeout_s: float = Field(default=15.0, gt=0)
+    """Seconds each stage of a stop (gateway, services, NATS) gets before what is left is
+    killed."""
 
 
 class ServiceSettings(BaseSettings):

@@ -42,7 +42,7 @@ from nexus.common.errors import (
     Unavailable,
 )
 from nexus.common.kv import KvEntry, KvFollower, open_key_value
-from nexus.common.nats import connect
+from nexus.common.nats import close, connect
 from nexus.common.settings import NexusSettings
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,11 @@ class KeyStore:
         if self._kv is None:
             raise RuntimeError("KeyStore.start() first")
         return self._kv
+
+    @property
+    def connected(self) -> bool:
+        """Whether the store's NATS connection is up now (keys cannot be checked without it)."""
+        return bool(self._nc.is_connected)
 
     async def start(self) -> None:
         """Creates or binds the bucket and starts following it for changes."""
@@ -163,13 +168,16 @@ class KeyStore:
 
         Raises:
             Unauthenticated: No key, a key that is not valid, a revoked key.
-            Unavailable: The key store cannot be reached.
+            Unavailable: The key store cannot be reached. Also while NATS is down, at once, for a
+                cached key too: a revocation made meanwhile could not reach this process.
         """
         if not raw_key:
             raise Unauthenticated("missing API key")
         key_id = key_id_of(raw_key)
         if key_id is None:
             raise Unauthenticated("invalid API key")
+        if not self.connected:
+            raise Unavailable("API key store unavailable: NATS is not connected")
         stored = await self._cache.get_or_load(key_id, lambda: self._read(key_id))
         if stored is None or not stored.matches(raw_key):
             raise Unauthenticated("invalid API key")
@@ -250,4 +258,4 @@ async def open_key_store(settings: NexusSettings, client_name: str) -> AsyncIter
         yield keys
     finally:
         await keys.stop()
-        await nc.drain()
+        await close(nc)

@@ -4,7 +4,8 @@
     nexus keys list
     nexus keys revoke <id>
 
-Each connects to NATS at `--nats-url`, or `NEXUS_NATS_URL`, or the default local server.
+Each connects to NATS at `--nats-url`, or `NEXUS_NATS_URL`, or the NATS of the `nexus up` that
+runs with `--data-dir` (its run file), or the default local server.
 """
 
 from __future__ import annotations
@@ -13,25 +14,46 @@ import argparse
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import nats.errors
 
 from nexus.common.auth import ApiKey, KeyStore, open_key_store
 from nexus.common.errors import NexusError
-from nexus.common.settings import NexusSettings
+from nexus.common.launcher import running_platform
+from nexus.common.settings import LauncherSettings, NexusSettings
 
 Command = Callable[[KeyStore, argparse.Namespace], Awaitable[None]]
+
+EPILOG = """\
+NATS: --nats-url, else NEXUS_NATS_URL, else the NATS of the `nexus up` running with --data-dir
+(default: NEXUS_DATA_DIR or .nexus), else nats://127.0.0.1:4222.
+
+A new admin key (the first one was printed, and saved in <data dir>/admin.key, at the first
+start of `nexus up`):  nexus keys create --name admin --scope '*'
+"""
 
 
 def register(subparsers: Any) -> None:
     """Adds `keys` with its `create`, `list` and `revoke` subcommands."""
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand's unset flag must not overwrite one given before the subcommand.
+    common.add_argument("--nats-url", default=argparse.SUPPRESS, help="NATS URL (see below)")
     common.add_argument(
-        "--nats-url", default=argparse.SUPPRESS, help="NATS URL (default: NEXUS_NATS_URL or local)"
+        "--data-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="data directory of the running `nexus up` whose NATS to use",
     )
-    parser = subparsers.add_parser("keys", help="manage API keys", parents=[common])
+    parser = subparsers.add_parser(
+        "keys",
+        help="manage API keys",
+        description="Create, list and revoke API keys.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
     commands = parser.add_subparsers(dest="keys_command", required=True)
 
     create = commands.add_parser("create", help="make a key (shown once)", parents=[common])
@@ -75,11 +97,22 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], Awaitable[int]]:
 
 @asynccontextmanager
 async def _key_store(args: argparse.Namespace) -> AsyncIterator[KeyStore]:
-    settings = NexusSettings()
-    if getattr(args, "nats_url", None):
-        settings = settings.model_copy(update={"nats_url": args.nats_url})
-    async with open_key_store(settings, "nexus-cli") as keys:
+    async with open_key_store(settings_for(args), "nexus-cli") as keys:
         yield keys
+
+
+def settings_for(args: argparse.Namespace) -> NexusSettings:
+    """The settings with the NATS URL to use: `--nats-url`, `NEXUS_NATS_URL`, the running
+    platform's (its run file in the data directory), the default."""
+    settings = NexusSettings()
+    if url := getattr(args, "nats_url", None):
+        return settings.model_copy(update={"nats_url": url})
+    if "nats_url" in settings.model_fields_set:
+        return settings
+    data_dir = getattr(args, "data_dir", None) or LauncherSettings().data_dir
+    if (running := running_platform(data_dir)) is not None:
+        return settings.model_copy(update={"nats_url": running.nats_url})
+    return settings
 
 
 async def _create(keys: KeyStore, args: argparse.Namespace) -> None:
