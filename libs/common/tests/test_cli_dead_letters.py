@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,18 +18,10 @@ from nexus.common.testing.events import Recorder, eventually
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    nats = NatsServer(tmp_path_factory.mktemp("cli-nats"))
-    nats.start()
-    yield nats
-    nats.stop()
-
-
 @pytest.fixture
-def nats_url(server: NatsServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("NEXUS_NATS_URL", server.url)
-    return server.url
+def nats_url(nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("NEXUS_NATS_URL", nats_server.url)
+    return nats_server.url
 
 
 def dead_letter(url: str, consumer_name: str, point_id: str) -> str:
