@@ -96,6 +96,8 @@ class StreamProcessor:
             stream=METRICS.name,
             batch=self._settings.stream_batch,
             concurrency=self._settings.stream_concurrency,
+            ack_wait_s=self._settings.stream_ack_wait_s,
+            max_deliver=self._settings.stream_max_deliver,
         )
 
     async def stop(self) -> None:
