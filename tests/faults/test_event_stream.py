@@ -15,8 +15,8 @@ from nexus.common.events import DeadLetters, EventBus
 from nexus.common.nats import connect
 from nexus.common.natsserver import NatsServer
 from nexus.common.settings import NexusSettings
-from nexus.common.testing.events import eventually
 from nexus.common.testing.services import StartService
+from nexus.common.testing.waiting import eventually
 
 
 async def crash_when(server: NatsServer, traffic: Traffic, published: int) -> None:
@@ -24,7 +24,6 @@ async def crash_when(server: NatsServer, traffic: Traffic, published: int) -> No
     same port and store directory."""
     await eventually(lambda: len(traffic.published) >= published, timeout_s=10)
     server.kill()
-    await eventually(lambda: not server.running)
     await asyncio.sleep(0.5)
     await asyncio.to_thread(server.start)
 

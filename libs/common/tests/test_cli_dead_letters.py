@@ -13,7 +13,8 @@ from nexus.common.events import METRICS, REPLAYED_FROM_HEADER, EventBus
 from nexus.common.nats import connect
 from nexus.common.natsserver import NatsServer
 from nexus.common.settings import NexusSettings
-from nexus.common.testing.events import Recorder, eventually
+from nexus.common.testing.events import Recorder
+from nexus.common.testing.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -37,7 +37,7 @@ from nexus.common.nats import connect
 from nexus.common.natsserver import NatsServer
 from nexus.common.settings import NexusSettings
 from nexus.common.testing.events import Recorder as EventRecorder
-from nexus.common.testing.events import eventually
+from nexus.common.testing.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

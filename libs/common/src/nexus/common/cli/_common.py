@@ -8,7 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats.errors
 
@@ -40,6 +40,27 @@ def nats_options() -> argparse.ArgumentParser:
         help="data directory of the running `nexus up` whose NATS to use",
     )
     return common
+
+
+def platform_command(
+    subparsers: Any, name: str, *, help: str, description: str, epilog: str = NATS_EPILOG
+) -> tuple[Any, argparse.ArgumentParser]:
+    """Adds subcommand `name`, whose own subcommands talk to the platform's NATS.
+
+    Returns:
+        Its subparsers, and the parent parser (`--nats-url`, `--data-dir`) each of them takes.
+    """
+    common = nats_options()
+    parser = subparsers.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    commands = parser.add_subparsers(dest=f"{name.replace('-', '_')}_command", required=True)
+    return commands, common
 
 
 def settings_for(args: argparse.Namespace) -> NexusSettings:

@@ -24,7 +24,7 @@ from typing import Any
 from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import DecodeError, Message
 
-from nexus.common.cli._common import NATS_EPILOG, format_rows, nats_options, runner
+from nexus.common.cli._common import format_rows, platform_command, runner
 from nexus.common.errors import InvalidArgument
 from nexus.common.events import DeadLetter, DeadLetters
 from nexus.common.nats import connect
@@ -37,16 +37,12 @@ _ERROR_WIDTH = 60
 
 def register(subparsers: Any) -> None:
     """Adds `dead-letters` with its `list`, `show` and `replay` subcommands."""
-    common = nats_options()
-    parser = subparsers.add_parser(
+    commands, common = platform_command(
+        subparsers,
         "dead-letters",
         help="inspect and replay events consumers gave up on",
         description="List, show and replay dead letters: events durable consumers gave up on.",
-        epilog=NATS_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
     )
-    commands = parser.add_subparsers(dest="dead_letters_command", required=True)
 
     listing = commands.add_parser("list", help="list dead letters, oldest first", parents=[common])
     listing.add_argument("--consumer", default="", help="only this consumer's")

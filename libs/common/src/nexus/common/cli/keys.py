@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from nexus.common.auth import ApiKey, KeyStore, open_key_store
-from nexus.common.cli._common import NATS_EPILOG, format_rows, nats_options, runner
+from nexus.common.cli._common import NATS_EPILOG, format_rows, platform_command, runner
 from nexus.common.settings import NexusSettings
 
 Command = Callable[[KeyStore, argparse.Namespace], Awaitable[None]]
@@ -30,16 +30,13 @@ start of `nexus up`):  nexus keys create --name admin --scope '*'
 
 def register(subparsers: Any) -> None:
     """Adds `keys` with its `create`, `list` and `revoke` subcommands."""
-    common = nats_options()
-    parser = subparsers.add_parser(
+    commands, common = platform_command(
+        subparsers,
         "keys",
         help="manage API keys",
         description="Create, list and revoke API keys.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
     )
-    commands = parser.add_subparsers(dest="keys_command", required=True)
 
     create = commands.add_parser("create", help="make a key (shown once)", parents=[common])
     create.add_argument("--name", required=True, help="what the key is for")

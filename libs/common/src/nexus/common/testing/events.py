@@ -1,21 +1,12 @@
-"""Test support for events: a recording handler, and waiting for a condition."""
+"""Test support for events: a handler that records what it handled."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Generic
 
 from nexus.common.events import Event
 from nexus.common.events._envelope import M
-
-
-async def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Waits until `check()` holds; fails the test after `timeout_s`."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 class Recorder(Generic[M]):
