@@ -1,10 +1,11 @@
-"""EventBus: CloudEvents over JetStream, durable work sharing, watches, restarts, traces."""
+"""EventBus: CloudEvents over JetStream, durable work sharing, watches, restarts, traces, dead
+letters."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,16 +17,33 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
 from nexus.api.metrics.v1.events_pb2 import MetricPoint
-from nexus.common.errors import FailedPrecondition, InvalidArgument, Unavailable
-from nexus.common.events import DAY_S, MIB, Consumer, Event, EventBus, Stream, parse_event
+from nexus.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from nexus.common.events import (
+    DAY_S,
+    DEAD_LETTERS,
+    MIB,
+    REPLAYED_FROM_HEADER,
+    Consumer,
+    DeadLetter,
+    DeadLetters,
+    Event,
+    EventBus,
+    Follower,
+    Stream,
+    parse_event,
+)
+from nexus.common.events._consumer import HEARTBEAT_S
 from nexus.common.nats import connect
 from nexus.common.natsserver import NatsServer
 from nexus.common.settings import NexusSettings
+from nexus.common.testing.events import Recorder as EventRecorder
+from nexus.common.testing.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
 STREAM = Stream("EVENTS_TEST", ("nexus.eventstest.>",), max_age_s=DAY_S, max_bytes=64 * MIB)
 """The stream these tests own, as a service owns its area's."""
+Recorder = EventRecorder[AnomalyDetected]
 
 
 @pytest.fixture
@@ -47,33 +65,6 @@ def durable() -> str:
 
 def anomaly(point_id: str) -> AnomalyDetected:
     return AnomalyDetected(source="cpu", point_id=point_id, score=0.9, threshold=0.5)
-
-
-async def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Waits until `check()` holds."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-class Recorder:
-    """A handler that records events and can fail on demand."""
-
-    def __init__(self, fail: Callable[[Event[AnomalyDetected]], bool] = lambda _: False) -> None:
-        self.events: list[Event[AnomalyDetected]] = []
-        self.calls = 0
-        self._fail = fail
-
-    async def __call__(self, event: Event[AnomalyDetected]) -> None:
-        self.calls += 1
-        if self._fail(event):
-            raise RuntimeError("handler failed on purpose")
-        self.events.append(event)
-
-    @property
-    def ids(self) -> list[str]:
-        return [e.id for e in self.events]
 
 
 async def consume(
@@ -185,20 +176,21 @@ async def test_every_watcher_gets_every_new_event(bus: EventBus, subject: str) -
     assert not watchers[0].running
 
 
-async def test_watch_recovers_a_message_lost_on_the_way(bus: EventBus, subject: str) -> None:
+async def test_watch_recovers_a_message_lost_on_the_way(
+    bus: EventBus, subject: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dropped: list[Msg] = []
+    real_receive = Follower._receive
+
+    async def lossy_receive(self: Follower, msg: Msg) -> None:
+        if msg.reply and not dropped:  # lost on the way, as in a reconnect
+            dropped.append(msg)
+            return
+        await real_receive(self, msg)
+
+    monkeypatch.setattr(Follower, "_receive", lossy_receive)
     seen = Recorder()
     watcher = await bus.watch(subject, AnomalyDetected, seen)
-    sub = watcher._sub  # the pull subscription of its first consumer
-    assert sub is not None
-    real_fetch, dropped = sub.fetch, list[Msg]()
-
-    async def lossy_fetch(*args: Any, **kwargs: Any) -> list[Msg]:
-        msgs = await real_fetch(*args, **kwargs)
-        if msgs and not dropped:  # as nats-py drops what a fetch got when it fails half-way
-            dropped.append(msgs.pop(0))
-        return msgs
-
-    sub.fetch = lossy_fetch  # type: ignore[method-assign]
     first = await bus.publish(subject, anomaly("1"))
     second = await bus.publish(subject, anomaly("2"))
     await eventually(lambda: seen.ids == [first, second])
@@ -384,3 +376,172 @@ async def test_concurrent_handlers_overlap_and_each_event_is_acked(
     assert started == [f"p{i}" for i in range(20)]  # handlers start in delivery order
     assert info.num_ack_pending == 0
     assert info.num_pending == 0
+
+
+async def test_bursts_from_concurrent_sources_are_each_handled_once(bus: EventBus) -> None:
+    """Rounds of thousands of events from concurrent publishers, with idle pauses between them.
+
+    Over the pauses the server sends idle heartbeats and pull requests expire; in the bursts
+    messages of one request can still arrive while the next is asked for. nats-py's fetch lost
+    whole batches of such messages (they came back only after the 30 s ack wait, or never);
+    here every event must be handled within seconds, once, with nothing left unacknowledged.
+    """
+    sources, per_source, rounds = 12, 100, 3
+    base = f"nexus.eventstest.burst{uuid.uuid4().hex[:8]}"
+    counts: Counter[str] = Counter()
+
+    async def handler(event: Event[AnomalyDetected]) -> None:
+        counts[event.data.point_id] += 1
+        await asyncio.sleep(0.001)  # a handler that awaits, as one behind a micro-batcher does
+
+    name = durable()
+    consumer = await bus.consume(
+        f"{base}.>", AnomalyDetected, handler, durable=name, stream=STREAM.name,
+        batch=256, concurrency=256,
+    )  # fmt: skip
+
+    async def source(index: int, round_: int) -> None:
+        for i in range(per_source):
+            await bus.publish(f"{base}.s{index}", anomaly(f"{round_}-{index}-{i}"))
+
+    for round_ in range(rounds):
+        await asyncio.gather(*(source(index, round_) for index in range(sources)))
+        expected = sources * per_source * (round_ + 1)
+        await eventually(lambda n=expected: len(counts) == n, timeout_s=15)  # type: ignore[misc]
+        await asyncio.sleep(3 * HEARTBEAT_S)  # idle: heartbeats, expiring pull requests
+    await consumer.stop()
+    info = await bus.js.consumer_info(STREAM.name, name)
+    assert len(counts) == sources * per_source * rounds
+    assert set(counts.values()) == {1}
+    assert (consumer.processed, consumer.failed, consumer.duplicates) == (len(counts), 0, 0)
+    assert (info.num_ack_pending, info.num_redelivered, info.num_pending) == (0, 0, 0)
+
+
+# Dead letters: what a durable consumer gives up on is stored with why, and can be replayed.
+
+
+async def dead_letters_of(letters: DeadLetters, consumer: Consumer, count: int) -> list[DeadLetter]:
+    """The consumer's dead letters, once there are `count`."""
+    found: list[DeadLetter] = []
+    for _ in range(250):
+        found = await letters.list(consumer=consumer.name)
+        if len(found) >= count:
+            break
+        await asyncio.sleep(0.02)
+    assert len(found) == count
+    return found
+
+
+async def test_an_event_failing_max_deliver_times_is_dead_lettered_then_replayed_once(
+    bus: EventBus, subject: str
+) -> None:
+    broken = True
+    handler = Recorder(fail=lambda _: broken)
+    event_id = await bus.publish(subject, anomaly("p1"), subject_hint="cpu")
+    consumer = await consume(bus, subject, handler, max_deliver=3)
+    letters = DeadLetters(bus.js)
+    [letter] = await dead_letters_of(letters, consumer, 1)
+    await asyncio.sleep(0.6)  # a fourth delivery would have come by now
+    assert handler.calls == 3
+    assert consumer.terminated == 1
+    assert (letter.subject, letter.stream, letter.consumer) == (subject, STREAM.name, consumer.name)
+    assert (letter.deliveries, letter.reason) == (3, "failed")
+    assert letter.error == "RuntimeError: handler failed on purpose"
+    assert (letter.event_id, letter.event_type) == (event_id, "nexus.anomaly.v1.AnomalyDetected")
+    assert letter.headers["ce-subject"] == "cpu"
+    assert AnomalyDetected.FromString(letter.data).point_id == "p1"
+    assert letter.stream_seq > 0
+    assert letter.time is not None
+    assert (await letters.get(letter.seq)).event_id == event_id
+
+    broken = False  # the handler is fixed: replay
+    ack = await letters.replay(letter.seq)
+    assert ack.stream == STREAM.name
+    await eventually(lambda: len(handler.events) == 1)
+    await asyncio.sleep(0.3)
+    await consumer.stop()
+    [replayed] = handler.events
+    assert (replayed.id, replayed.delivery) == (event_id, 1)
+    assert replayed.headers[REPLAYED_FROM_HEADER] == f"{DEAD_LETTERS.name}:{letter.seq}"
+    assert consumer.processed == 1  # processed once
+    assert await letters.list(consumer=consumer.name) == []
+    with pytest.raises(NotFound):
+        await letters.get(letter.seq)
+    with pytest.raises(NotFound):
+        await letters.replay(letter.seq)
+
+
+async def test_a_poison_message_is_dead_lettered_and_does_not_block(
+    bus: EventBus, subject: str
+) -> None:
+    handler = Recorder()
+    await bus.js.publish(subject, b"not an event", headers={"x-origin": "test"})
+    good = await bus.publish(subject, anomaly("p1"))
+    consumer = await consume(bus, subject, handler)
+    [letter] = await dead_letters_of(DeadLetters(bus.js), consumer, 1)
+    await eventually(lambda: handler.ids == [good])
+    await consumer.stop()
+    assert (letter.reason, letter.deliveries, letter.data) == ("poison", 1, b"not an event")
+    assert "ce-type" in letter.error
+    assert letter.headers == {"x-origin": "test"}
+    assert handler.calls == 1
+
+
+async def test_an_event_the_handler_rejects_is_dead_lettered_at_once(
+    bus: EventBus, subject: str
+) -> None:
+    calls = 0
+
+    async def reject(event: Event[AnomalyDetected]) -> None:
+        nonlocal calls
+        calls += 1
+        raise InvalidArgument.for_field("values", "must be finite")
+
+    await bus.publish(subject, anomaly("p1"))
+    consumer = await consume(bus, subject, reject)  # type: ignore[arg-type]
+    [letter] = await dead_letters_of(DeadLetters(bus.js), consumer, 1)
+    await consumer.stop()
+    assert (calls, letter.reason, letter.deliveries) == (1, "rejected", 1)
+    assert "must be finite" in letter.error
+
+
+async def test_no_dead_letter_is_lost_while_its_stream_is_missing(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("nexus.common.events._work.DEAD_LETTER_RETRY_S", 0.2)
+    nc = await connect(NexusSettings(nats_url=nats_server.url), "dead-letters")
+    bus = EventBus(nc, "nexus/test")
+    await bus.ensure_streams(STREAM)
+    handler = Recorder(fail=lambda _: True)
+    consumer = await consume(bus, "nexus.eventstest.x", handler, max_deliver=2)
+    await bus.js.delete_stream(DEAD_LETTERS.name)  # as if it were lost or not yet created
+    event_id = await bus.publish("nexus.eventstest.x", anomaly("p1"))
+    await eventually(lambda: handler.calls == 2)
+    await asyncio.sleep(0.5)  # its dead letter cannot be stored: it must stay, and come again
+    assert consumer.terminated == 0
+    await bus.ensure_streams(DEAD_LETTERS)
+    [letter] = await dead_letters_of(DeadLetters(bus.js), consumer, 1)
+    await consumer.stop()
+    await nc.close()
+    assert handler.calls == 2  # the handler is not called past max_deliver
+    assert (letter.event_id, letter.reason) == (event_id, "failed")
+    assert letter.error == "RuntimeError: handler failed on purpose"  # the last failure, kept
+    assert letter.deliveries > 2
+
+
+async def test_listing_filters_and_pages(bus: EventBus, subject: str) -> None:
+    handler = Recorder(fail=lambda _: True)
+    ids = [await bus.publish(subject, anomaly(str(i))) for i in range(3)]
+    consumer = await consume(bus, subject, handler, max_deliver=1)
+    letters = DeadLetters(bus.js)
+    found = await dead_letters_of(letters, consumer, 3)
+    await consumer.stop()
+    assert sorted(letter.event_id for letter in found) == sorted(ids)
+    first = await letters.list(consumer=consumer.name, limit=2)
+    rest = await letters.list(consumer=consumer.name, after=first[-1].seq)
+    assert [letter.seq for letter in first + rest] == [letter.seq for letter in found]
+    assert {letter.seq for letter in found} <= {letter.seq for letter in await letters.list()}
+    with pytest.raises(InvalidArgument):
+        await letters.list(consumer="a.b")
+    with pytest.raises(InvalidArgument):
+        await letters.list(limit=0)

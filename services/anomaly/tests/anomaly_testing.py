@@ -1,21 +1,41 @@
-"""Helpers for anomaly tests: real API keys, stubs with a key, generated data."""
+"""Helpers for anomaly tests: real API keys, stubs with a key, generated data, streamed traffic."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Callable, Coroutine
+from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
 import numpy as np
+import pytest
+from nats.js.client import JetStreamContext
 
+from nexus.anomaly.detectors import StreamingDetectors, StreamingScore
+from nexus.anomaly.streaming import STREAM, STREAMING
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
+from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
+from nexus.api.metrics.v1.events_pb2 import MetricPoint
 from nexus.api.models.v1 import model_registry_pb2_grpc as models_grpc
+from nexus.common.events import METRICS, EventBus
 from nexus.common.server import ServiceHost
 from nexus.common.testing.keys import make_key
 
-__all__ = ["Client", "StartHost", "cloud", "make_key", "points", "unique"]
+__all__ = [
+    "Client",
+    "ScoringSpy",
+    "StartHost",
+    "Traffic",
+    "cloud",
+    "make_key",
+    "points",
+    "settled",
+    "streaming_detections",
+    "unique",
+]
 
 StartHost = Callable[..., Coroutine[Any, Any, ServiceHost]]
 """Starts an anomaly service replica with setting overrides (the `start_anomaly` fixture)."""
@@ -43,3 +63,86 @@ def cloud(n: int = 300, d: int = 4, seed: int = 0) -> np.ndarray:
 def points(rows: np.ndarray) -> list[pb.Point]:
     """Rows as Point messages with ids."""
     return [pb.Point(values=row.tolist(), id=f"p{i}") for i, row in enumerate(rows)]
+
+
+SPIKE_EVERY = 25
+"""Every 25th point of a source is a spike (as in the reported run)."""
+
+
+class Traffic:
+    """Metric points from concurrent sources, published in rounds: each source publishes its
+    series in order, a spike every `SPIKE_EVERY`th point. Every point has its own values, so
+    what the service scored can be matched to what was published.
+
+    Args:
+        bus: Where to publish.
+        sources: How many sources publish at once.
+        per_round: Points each source publishes per round.
+    """
+
+    def __init__(self, bus: EventBus, sources: int, per_round: int) -> None:
+        self._bus = bus
+        self._per_round = per_round
+        self._sent = dict.fromkeys((unique("src") for _ in range(sources)), 0)
+        self._rng = np.random.default_rng(7)
+        self.published: dict[str, tuple[str, tuple[float, ...]]] = {}
+        """Point id -> its source and values, for each point JetStream stored."""
+        self.spikes: set[str] = set()
+
+    async def round(self) -> None:
+        """Publishes the next `per_round` points of every source, the sources concurrently."""
+        await asyncio.gather(*(self._series(source) for source in self._sent))
+
+    async def _series(self, source: str) -> None:
+        for _ in range(self._per_round):
+            index = self._sent[source]
+            self._sent[source] += 1
+            point_id = f"{source}-{index}"
+            if index % SPIKE_EVERY == SPIKE_EVERY - 1:
+                self.spikes.add(point_id)
+                values = [50.0 + index * 1e-3] * 4  # far out on every feature
+            else:
+                values = self._rng.normal(size=4).tolist()
+            await self._bus.publish(
+                f"nexus.metrics.{source}",
+                MetricPoint(source=source, id=point_id, values=values),
+            )
+            self.published[point_id] = (source, tuple(values))
+
+
+class ScoringSpy:
+    """Counts the points the streaming detectors scored (each scoring teaches a source's
+    detector, so a point scored twice would count twice)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.scored: Counter[tuple[str, tuple[float, ...]]] = Counter()
+        real = StreamingDetectors.update
+
+        def update(
+            detectors: StreamingDetectors, source: str, x: Sequence[float] | np.ndarray
+        ) -> StreamingScore:
+            self.scored[(source, tuple(float(v) for v in x))] += 1
+            return real(detectors, source, x)
+
+        monkeypatch.setattr(StreamingDetectors, "update", update)
+
+
+async def settled(js: JetStreamContext, durable: str, spy: ScoringSpy, count: int) -> None:
+    """Waits until `count` points were scored and the durable has nothing pending or
+    unacknowledged (redeliveries after a restart included)."""
+    while True:
+        info = await js.consumer_info(METRICS.name, durable)
+        if spy.scored.total() >= count and not (info.num_pending or info.num_ack_pending):
+            return
+        await asyncio.sleep(0.1)
+
+
+async def streaming_detections(js: JetStreamContext) -> Counter[str]:
+    """How many times each point id was reported by the streaming detector."""
+    found: Counter[str] = Counter()
+    last = (await js.stream_info(STREAM.name)).state.last_seq
+    for seq in range(1, last + 1):
+        anomaly = AnomalyDetected.FromString((await js.get_msg(STREAM.name, seq)).data or b"")
+        if anomaly.detector == STREAMING:
+            found[anomaly.point_id] += 1
+    return found

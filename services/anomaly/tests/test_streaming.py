@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 
 import grpc
 import pytest
-from anomaly_testing import Client, StartHost, cloud, points, unique
+from anomaly_testing import (
+    Client,
+    ScoringSpy,
+    StartHost,
+    Traffic,
+    cloud,
+    points,
+    settled,
+    streaming_detections,
+    unique,
+)
 from nats.aio.client import Client as Nats
 
 from nexus.anomaly.streaming import STREAM
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
 from nexus.api.metrics.v1.events_pb2 import MetricPoint
-from nexus.common.events import EventBus
+from nexus.common.events import DeadLetter, DeadLetters, EventBus
 from nexus.common.nats import connect
 from nexus.common.natsserver import NatsServer
 from nexus.common.settings import NexusSettings
@@ -170,3 +181,75 @@ async def collect_detected(
                             seen.add(anomaly.point_id)
                         await msg.ack()
     return seen
+
+
+async def test_every_point_of_concurrent_sources_is_scored_once(
+    nats_server: NatsServer, start_anomaly: StartHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rounds of points from concurrent sources with idle pauses between them: every point is
+    scored exactly once and every spike detected, within seconds. The consumer used to lose
+    whole batches here (back after the 30 s ack wait, or, lost again, never)."""
+    spy = ScoringSpy(monkeypatch)
+    common = NexusSettings(nats_url=nats_server.url, registry_signing_key="k", auth_enabled=False)
+    host = await start_anomaly(common)
+    nc = await connect(common, "publisher")
+    traffic = Traffic(EventBus(nc, "test"), sources=8, per_round=150)
+    for _ in range(3):
+        await traffic.round()
+        await asyncio.sleep(1.5)  # idle: heartbeats, expiring pull requests
+    durable = host.settings.stream_durable  # type: ignore[attr-defined]
+    await asyncio.wait_for(settled(nc.jetstream(), durable, spy, len(traffic.published)), 15)
+    detected = await streaming_detections(nc.jetstream())
+    await nc.drain()
+    assert spy.scored == Counter(traffic.published.values())  # each point once, nothing else
+    assert {point: detected[point] for point in traffic.spikes} == dict.fromkeys(traffic.spikes, 1)
+
+
+async def test_a_point_whose_anomaly_cannot_be_published_is_scored_once(
+    nats_server: NatsServer, start_anomaly: StartHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fail_fast = "nexus.common.events._publish.publish_backoff_s"
+    monkeypatch.setattr(fail_fast, lambda attempt: 0.01)
+    spy = ScoringSpy(monkeypatch)
+    common = NexusSettings(nats_url=nats_server.url, registry_signing_key="k", auth_enabled=False)
+    host = await start_anomaly(common)
+    durable = host.settings.stream_durable  # type: ignore[attr-defined]
+    nc = await connect(common, "publisher")
+    bus, js, source = EventBus(nc, "test"), nc.jetstream(), unique("src")
+    await warm_up(bus, source)
+    await asyncio.wait_for(settled(js, durable, spy, 20), 10)
+    await js.delete_stream(STREAM.name)  # its anomaly cannot be published: it fails, comes again
+    await publish(bus, source, SPIKE, "spike")
+    await asyncio.sleep(1.0)  # 0.25 s, then 0.5 s before the next deliveries
+    await bus.ensure_streams(STREAM)
+    await asyncio.wait_for(settled(js, durable, spy, 21), 10)
+    detected = await streaming_detections(js)
+    await nc.drain()
+    assert spy.scored[(source, tuple(SPIKE))] == 1  # redeliveries publish the first verdict
+    assert detected == Counter({"spike": 1})
+
+
+async def test_a_malformed_point_is_a_dead_letter(
+    nats_server: NatsServer, start_anomaly: StartHost
+) -> None:
+    common = NexusSettings(nats_url=nats_server.url, registry_signing_key="k", auth_enabled=False)
+    host = await start_anomaly(common)
+    nc = await connect(common, "publisher")
+    bus, letters = EventBus(nc, "test"), DeadLetters(nc.jetstream())
+    point_id = await bus.publish(
+        "nexus.metrics.cpu", MetricPoint(source="cpu", id="p1", values=[1.0, float("nan")])
+    )
+    found: list[DeadLetter] = []
+    async with asyncio.timeout(10):
+        while not found:
+            found = await letters.list()
+            await asyncio.sleep(0.05)
+    await nc.drain()
+    [letter] = found
+    assert (letter.event_id, letter.consumer) == (point_id, host.settings.stream_durable)  # type: ignore[attr-defined]
+    assert (letter.reason, letter.deliveries, letter.subject) == (
+        "rejected",
+        1,
+        "nexus.metrics.cpu",
+    )
+    assert "finite" in letter.error

@@ -181,9 +181,11 @@ class NatsServer:
         self._proc = None
 
     def kill(self) -> None:
-        """Kills the server at once (SIGKILL) if it runs."""
+        """Kills the server at once (SIGKILL) if it runs, and waits until it is gone, so that
+        its port is free for a `start` right after."""
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
+            self._proc.wait()
 
     def restart(self) -> None:
         """Stops and starts again on the same port and store directory."""

@@ -41,6 +41,13 @@ class AnomalySettings(ServiceSettings):
     stream_concurrency: int = Field(default=256, gt=0)
     """Metric points of a fetched batch handled at once, so bound models score them together."""
 
+    stream_ack_wait_s: float = Field(default=30.0, gt=0)
+    """Seconds before a point delivered to a replica that did not acknowledge it (it stopped,
+    crashed or lost its connection) is delivered again."""
+
+    stream_max_deliver: int = Field(default=5, ge=1)
+    """Deliveries of a point whose scoring fails before it goes to the dead letters."""
+
     stream_alpha: float = Field(default=0.05, gt=0, lt=1)
     """Smoothing of the per-source streaming detector's running mean and variance."""
 

@@ -5,7 +5,9 @@ replicas share. Each source has a streaming detector (no training needed); a sou
 trained detector is also scored by that model, through the model runtime's batcher, so that many
 sources' points (and ScorePoints calls) are scored together. Anomalies are published on
 `nexus.anomaly.detected` with an event id derived from the input's, so a redelivered point cannot
-publish the same anomaly twice.
+publish the same anomaly twice; a point whose anomalies could not be published keeps its
+verdicts for the redelivery, so it is scored (and teaches the streaming detector) once. A
+malformed point is rejected: the consumer moves it to the dead letters.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from nexus.anomaly.settings import AnomalySettings
 from nexus.anomaly.sources import SourceBindings, check_source
 from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
 from nexus.api.metrics.v1.events_pb2 import MetricPoint
+from nexus.common.caching import TTLCache
 from nexus.common.errors import InvalidArgument, NexusError
 from nexus.common.events import DAY_S, GIB, METRICS, Consumer, Event, EventBus, Stream
 
@@ -33,8 +36,19 @@ STREAM = Stream("ANOMALY", ("nexus.anomaly.>",), max_age_s=7 * DAY_S, max_bytes=
 outage of a consumer."""
 STREAMING = "streaming"
 WATCH_QUEUE = 1024
+UNPUBLISHED_CAPACITY = 10_000
+"""Points whose verdicts wait for a redelivery to be published (kept in memory, newest)."""
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What scoring one point found: its source, values and detections (none: normal)."""
+
+    source: str
+    values: np.ndarray
+    detections: list[Detection]
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,9 @@ class StreamProcessor:
             warmup=settings.stream_warmup,
         )
         self._consumer: Consumer | None = None
+        self._unpublished: TTLCache[str, Verdict] = TTLCache(
+            "anomaly_unpublished_verdicts", maxsize=UNPUBLISHED_CAPACITY
+        )
 
     async def start(self) -> None:
         """Ensures the streams and starts consuming."""
@@ -79,6 +96,8 @@ class StreamProcessor:
             stream=METRICS.name,
             batch=self._settings.stream_batch,
             concurrency=self._settings.stream_concurrency,
+            ack_wait_s=self._settings.stream_ack_wait_s,
+            max_deliver=self._settings.stream_max_deliver,
         )
 
     async def stop(self) -> None:
@@ -87,18 +106,29 @@ class StreamProcessor:
             await self._consumer.stop()
 
     async def handle(self, event: Event[MetricPoint]) -> None:
-        """Scores one point; a malformed point is logged and dropped, never retried."""
+        """Scores one point and publishes its anomalies.
+
+        Raises:
+            InvalidArgument: A malformed point (dead-lettered by the consumer, never retried).
+            Unavailable: An anomaly could not be published; the redelivered point publishes the
+                same verdict rather than being scored again.
+        """
+        verdict = self._unpublished.get(event.id) or await self._score(event)
+        self._unpublished.delete(event.id)
         try:
-            source, values = _point_of(event)
-        except NexusError as err:
-            log.error("dropping metric point %s on %s: %s", event.id, event.subject, err)
-            return
+            for detection in verdict.detections:
+                await self._publish(event, verdict, detection)
+        except Exception:
+            self._unpublished.set(event.id, verdict)
+            raise
+
+    async def _score(self, event: Event[MetricPoint]) -> Verdict:
+        source, values = _point_of(event)
         detections = [
             *self._stream_detection(source, values),
             *await self._model_detection(source, values),
         ]
-        for detection in detections:
-            await self._publish(event, source, values, detection)
+        return Verdict(source, values, detections)
 
     async def watch(self, source: str) -> AsyncIterator[AnomalyDetected]:
         """Anomalies as they are published (of one source, or all when empty)."""
@@ -143,13 +173,13 @@ class StreamProcessor:
         return [Detection(model.name, model.version, float(scored.scores[0]), scored.threshold)]
 
     async def _publish(
-        self, event: Event[MetricPoint], source: str, values: np.ndarray, detection: Detection
+        self, event: Event[MetricPoint], verdict: Verdict, detection: Detection
     ) -> None:
         point = event.data
         anomaly = AnomalyDetected(
-            source=source,
+            source=verdict.source,
             point_id=point.id or event.id,
-            values=values.tolist(),
+            values=verdict.values.tolist(),
             score=detection.score,
             threshold=detection.threshold,
             detector=detection.detector,

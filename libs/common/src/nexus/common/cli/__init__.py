@@ -1,4 +1,5 @@
-"""The `nexus` command: `nexus up` runs the platform, `nexus keys ...` manages API keys.
+"""The `nexus` command: `nexus up` runs the platform, `nexus keys ...` manages API keys,
+`nexus dead-letters ...` inspects and replays the events consumers gave up on.
 
 Each subcommand lives in its own module with a `register(subparsers)` function that adds its
 parser and sets `func` (an async callable taking the parsed arguments and returning an exit code).
@@ -11,6 +12,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from nexus.common.cli import dead_letters as dead_letters
 from nexus.common.cli import keys as keys
 from nexus.common.cli import up as up
 
@@ -21,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     up.register(subparsers)
     keys.register(subparsers)
+    dead_letters.register(subparsers)
     return parser
 
 

@@ -11,25 +11,18 @@ runs with `--data-dir` (its run file), or the default local server.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
-import nats.errors
-
 from nexus.common.auth import ApiKey, KeyStore, open_key_store
-from nexus.common.errors import NexusError
-from nexus.common.launcher import running_platform
-from nexus.common.settings import LauncherSettings, NexusSettings
+from nexus.common.cli._common import NATS_EPILOG, format_rows, platform_command, runner
+from nexus.common.settings import NexusSettings
 
 Command = Callable[[KeyStore, argparse.Namespace], Awaitable[None]]
 
-EPILOG = """\
-NATS: --nats-url, else NEXUS_NATS_URL, else the NATS of the `nexus up` running with --data-dir
-(default: NEXUS_DATA_DIR or .nexus), else nats://127.0.0.1:4222.
-
+EPILOG = f"""\
+{NATS_EPILOG}
 A new admin key (the first one was printed, and saved in <data dir>/admin.key, at the first
 start of `nexus up`):  nexus keys create --name admin --scope '*'
 """
@@ -37,24 +30,13 @@ start of `nexus up`):  nexus keys create --name admin --scope '*'
 
 def register(subparsers: Any) -> None:
     """Adds `keys` with its `create`, `list` and `revoke` subcommands."""
-    common = argparse.ArgumentParser(add_help=False)
-    # SUPPRESS: a subcommand's unset flag must not overwrite one given before the subcommand.
-    common.add_argument("--nats-url", default=argparse.SUPPRESS, help="NATS URL (see below)")
-    common.add_argument(
-        "--data-dir",
-        type=Path,
-        default=argparse.SUPPRESS,
-        help="data directory of the running `nexus up` whose NATS to use",
-    )
-    parser = subparsers.add_parser(
+    commands, common = platform_command(
+        subparsers,
         "keys",
         help="manage API keys",
         description="Create, list and revoke API keys.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
     )
-    commands = parser.add_subparsers(dest="keys_command", required=True)
 
     create = commands.add_parser("create", help="make a key (shown once)", parents=[common])
     create.add_argument("--name", required=True, help="what the key is for")
@@ -79,40 +61,13 @@ def register(subparsers: Any) -> None:
 
 def _runner(command: Command) -> Callable[[argparse.Namespace], Awaitable[int]]:
     """The subcommand's `func`: runs `command` against the key store; 1 on any error."""
-
-    async def run(args: argparse.Namespace) -> int:
-        try:
-            async with _key_store(args) as keys:
-                await command(keys, args)
-        except NexusError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        except nats.errors.Error as err:
-            print(f"error: NATS: {err or type(err).__name__}", file=sys.stderr)
-            return 1
-        return 0
-
-    return run
+    return runner(_key_store, command)
 
 
 @asynccontextmanager
-async def _key_store(args: argparse.Namespace) -> AsyncIterator[KeyStore]:
-    async with open_key_store(settings_for(args), "nexus-cli") as keys:
+async def _key_store(settings: NexusSettings) -> AsyncIterator[KeyStore]:
+    async with open_key_store(settings, "nexus-cli") as keys:
         yield keys
-
-
-def settings_for(args: argparse.Namespace) -> NexusSettings:
-    """The settings with the NATS URL to use: `--nats-url`, `NEXUS_NATS_URL`, the running
-    platform's (its run file in the data directory), the default."""
-    settings = NexusSettings()
-    if url := getattr(args, "nats_url", None):
-        return settings.model_copy(update={"nats_url": url})
-    if "nats_url" in settings.model_fields_set:
-        return settings
-    data_dir = getattr(args, "data_dir", None) or LauncherSettings().data_dir
-    if (running := running_platform(data_dir)) is not None:
-        return settings.model_copy(update={"nats_url": running.nats_url})
-    return settings
 
 
 async def _create(keys: KeyStore, args: argparse.Namespace) -> None:
@@ -135,11 +90,7 @@ async def _revoke(keys: KeyStore, args: argparse.Namespace) -> None:
 
 def format_table(keys: Sequence[ApiKey]) -> str:
     """Keys as an aligned text table: id, name, scopes, created, revoked."""
-    header = ("ID", "NAME", "SCOPES", "CREATED", "REVOKED")
-    rows = [header, *(_row(k) for k in keys)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(line.rstrip() for line in lines)
+    return format_rows(("ID", "NAME", "SCOPES", "CREATED", "REVOKED"), [_row(k) for k in keys])
 
 
 def _row(key: ApiKey) -> tuple[str, str, str, str, str]:

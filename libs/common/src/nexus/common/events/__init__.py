@@ -1,33 +1,50 @@
-"""Events: CloudEvents 1.0 over NATS JetStream, with trace context and retries.
+"""Events: CloudEvents 1.0 over NATS JetStream, with trace context, retries and dead letters.
 
 Publishers call `EventBus.publish`; workers share a durable pull consumer (`EventBus.consume`);
 notifications and Watch RPCs follow new events live (`EventBus.watch`). Each service declares
-the `Stream`s of its area and ensures them at start. See docs/adr/0004-events.md.
+the `Stream`s of its area and ensures them at start. What a durable consumer gives up on goes
+to the `DEAD_LETTERS` stream, where `DeadLetters` (and `nexus dead-letters`) lists and replays
+it. See docs/adr/0004-events.md and docs/adr/0015-dead-letters.md.
 """
 
-from nexus.common.events._bus import (
+from nexus.common.events._bus import EventBus
+from nexus.common.events._consumer import Consumer, Handler
+from nexus.common.events._deadletters import (
+    REPLAYED_FROM_HEADER,
+    DeadLetter,
+    DeadLetterReason,
+    DeadLetters,
+    dead_letter_subject,
+)
+from nexus.common.events._envelope import Event, parse_event
+from nexus.common.events._follower import Follower
+from nexus.common.events._streams import (
     DAY_S,
+    DEAD_LETTERS,
     DUPLICATE_WINDOW_S,
     GIB,
     METRICS,
     MIB,
-    EventBus,
     Stream,
 )
-from nexus.common.events._consumer import Consumer, Follower, Handler
-from nexus.common.events._envelope import Event, parse_event
 
 __all__ = [
     "DAY_S",
+    "DEAD_LETTERS",
     "DUPLICATE_WINDOW_S",
     "GIB",
     "METRICS",
     "MIB",
+    "REPLAYED_FROM_HEADER",
     "Consumer",
+    "DeadLetter",
+    "DeadLetterReason",
+    "DeadLetters",
     "Event",
     "EventBus",
     "Follower",
     "Handler",
     "Stream",
+    "dead_letter_subject",
     "parse_event",
 ]

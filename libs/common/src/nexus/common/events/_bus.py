@@ -2,86 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from dataclasses import dataclass
 
 from google.protobuf.message import Message
 from nats.aio.client import Client
-from nats.errors import ConnectionReconnectingError, NoRespondersError, OutboundBufferLimitError
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
-from nats.js.errors import ServiceUnavailableError as JsUnavailable
+from nats.js.errors import NotFoundError
 from opentelemetry import propagate, trace
 
 from nexus.common.errors import FailedPrecondition, Unavailable
-from nexus.common.events._consumer import Consumer, Handler, WatchConsumer, WorkConsumer
+from nexus.common.events._consumer import Consumer, Handler
 from nexus.common.events._envelope import M, build_headers, new_event_id
+from nexus.common.events._follower import WatchConsumer
+from nexus.common.events._publish import publish_retrying
+from nexus.common.events._streams import Stream, ensure_stream
+from nexus.common.events._work import WorkConsumer
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("nexus.events")
-
-DUPLICATE_WINDOW_S = 120.0
-"""A re-published event (same id) within this window is stored once."""
-
-MIB = 1024 * 1024
-GIB = 1024 * MIB
-DAY_S = 24 * 3600.0
-
-
-@dataclass(frozen=True)
-class Stream:
-    """A JetStream stream of events, declared by the service that owns its area.
-
-    The oldest messages go first when a limit is reached.
-
-    Attributes:
-        name: The stream's name ("ANOMALY").
-        subjects: The subjects it stores (`nexus.<area>.>`).
-        max_age_s: Seconds a message is kept.
-        max_bytes: Bytes the stream holds at most.
-        max_msg_bytes: Largest message.
-    """
-
-    name: str
-    subjects: tuple[str, ...]
-    max_age_s: float
-    max_bytes: int
-    max_msg_bytes: int = MIB
-
-    def config(self) -> api.StreamConfig:
-        """Its configuration: file storage, its limits, the 2-minute duplicate window."""
-        return api.StreamConfig(
-            name=self.name,
-            subjects=list(self.subjects),
-            storage=api.StorageType.FILE,
-            retention=api.RetentionPolicy.LIMITS,
-            discard=api.DiscardPolicy.OLD,
-            max_age=self.max_age_s,
-            max_bytes=self.max_bytes,
-            max_msg_size=self.max_msg_bytes,
-            duplicate_window=DUPLICATE_WINDOW_S,
-            num_replicas=1,
-        )
-
-
-METRICS = Stream("METRICS", ("nexus.metrics.>",), max_age_s=DAY_S, max_bytes=GIB)
-"""The platform's streaming input (`nexus.metrics.<source>`, `MetricPoint` payloads), which
-producers outside the platform write and any service may read: the one stream no service owns.
-Raw input, re-sent by its producers if it matters: a day is plenty to catch up."""
-
-_RETRYABLE = (
-    NatsTimeoutError,  # no ack in time: the server is restarting or the connection is down
-    TimeoutError,
-    NoRespondersError,
-    NoStreamResponseError,  # JetStream not (yet) up after a restart
-    JsUnavailable,
-    ConnectionReconnectingError,
-    OutboundBufferLimitError,
-)
 
 
 class EventBus:
@@ -120,11 +60,7 @@ class EventBus:
         """Creates the streams a service declares, or updates their configuration to this
         version's. Each service ensures the streams it owns (and those it reads) at start."""
         for stream in streams:
-            config = stream.config()
-            try:
-                await self._js.add_stream(config)
-            except BadRequestError:  # exists with another configuration: bring it up to date
-                await self._js.update_stream(config)
+            await ensure_stream(self._js, stream)
 
     async def publish(
         self,
@@ -163,25 +99,10 @@ class EventBus:
         ):
             propagate.inject(headers)
             payload = message.SerializeToString()
-            await self._publish_retrying(subject, payload, headers, timeout_s, retries)
+            await publish_retrying(
+                self._js, subject, payload, headers, timeout_s=timeout_s, retries=retries
+            )
         return event_id
-
-    async def _publish_retrying(
-        self, subject: str, payload: bytes, headers: dict[str, str], timeout_s: float, retries: int
-    ) -> None:
-        last: Exception | None = None
-        for attempt in range(retries + 1):
-            if attempt:
-                await asyncio.sleep(publish_backoff_s(attempt))
-            try:
-                await self._js.publish(subject, payload, timeout=timeout_s, headers=dict(headers))
-                return
-            except _RETRYABLE as err:
-                last = err
-                log.debug("publish to %s failed (%r), attempt %d", subject, err, attempt + 1)
-        raise Unavailable(
-            f"could not publish to {subject} after {retries + 1} attempts: {last!r}"
-        ) from last
 
     async def consume(
         self,
@@ -199,9 +120,12 @@ class EventBus:
         """Starts a durable pull consumer; replicas using the same `durable` share its events.
 
         Each event is acknowledged after `handler` returned. When the handler raises, the event
-        is redelivered after a short delay, up to `max_deliver` deliveries in all; then it is
-        terminated with an error log, as is a message that is not a valid event (poison). A new
-        durable starts at the oldest event its stream still holds.
+        is redelivered after a short delay, up to `max_deliver` deliveries in all; then it goes
+        to the dead-letter stream (`DEAD_LETTERS`) with why it died, as does a message that is
+        not a valid event (poison) and an event the handler rejected by raising
+        `InvalidArgument` (retrying cannot help). Nothing is dropped: an event leaves the
+        consumer's stream only once it was handled or its dead letter was stored. A new durable
+        starts at the oldest event its stream still holds.
 
         Idempotency: the consumer remembers the ids of the events it processed (a bounded LRU)
         and acknowledges a redelivered one without calling the handler. Across processes, the
@@ -215,7 +139,7 @@ class EventBus:
             durable: The consumer's durable name, shared by the replicas.
             stream: The name of the stream holding `subject`.
             batch: Messages fetched per request.
-            max_deliver: Deliveries of one event before it is given up.
+            max_deliver: Deliveries of one event before it becomes a dead letter.
             ack_wait_s: Seconds before an unacknowledged event is redelivered.
             concurrency: Events of a batch handled at once (1: one after the other). They start
                 in delivery order; each is acknowledged after its own handler returned.
@@ -230,10 +154,21 @@ class EventBus:
             deliver_policy=api.DeliverPolicy.ALL,
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=ack_wait_s,
-            max_deliver=max_deliver,
+            # The consumer counts deliveries itself: the server would stop redelivering at its
+            # limit, and an event whose dead letter could not be stored yet would be stranded.
+            max_deliver=-1,
             max_ack_pending=max(1000, batch * 4),
         )
-        consumer = WorkConsumer(self._nc, stream, config, batch, message_type, handler, concurrency)
+        consumer = WorkConsumer(
+            self._nc,
+            stream,
+            config,
+            batch,
+            message_type,
+            handler,
+            concurrency=concurrency,
+            max_deliver=max_deliver,
+        )
         return await _started(consumer, stream)
 
     async def stream_of(self, subject: str) -> str:
@@ -282,8 +217,3 @@ async def _started(consumer: Consumer, stream: str) -> Consumer:
     except (NatsError, TimeoutError) as err:
         raise Unavailable(f"cannot create a consumer on stream {stream}: {err!r}") from err
     return consumer
-
-
-def publish_backoff_s(attempt: int) -> float:
-    """Seconds before publish attempt `attempt` + 1: 0.1 s, doubling, at most 2 s."""
-    return float(min(0.1 * 2 ** (attempt - 1), 2.0))

@@ -112,7 +112,7 @@ def parse_event(msg: Msg, message_type: type[M]) -> Event[M]:
         time=_parse_time(headers.get("ce-time")),
         data=_decode(msg.data, message_type),
         headers=headers,
-        delivery=_delivery(msg),
+        delivery=delivery_of(msg),
         subject_hint=headers.get("ce-subject", ""),
     )
 
@@ -135,8 +135,9 @@ def _parse_time(text: str | None) -> datetime:
         raise InvalidArgument.for_field("ce-time", f"not RFC 3339: {text!r}") from err
 
 
-def _delivery(msg: Msg) -> int:
-    # Core NATS messages (not from a JetStream consumer) have no delivery count: first delivery.
+def delivery_of(msg: Msg) -> int:
+    """The delivery attempt of a message: 1 for the first; core NATS messages (not from a
+    JetStream consumer) have no count and are a first delivery."""
     try:
         return msg.metadata.num_delivered
     except NatsError:

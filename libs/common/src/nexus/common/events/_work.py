@@ -1,0 +1,169 @@
+"""Durable work consumers: replicas share the events, each is handled once or dead-lettered."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from contextlib import suppress
+from typing import Generic
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js import api
+
+from nexus.common.caching import TTLCache
+from nexus.common.errors import InvalidArgument, NexusError
+from nexus.common.events._consumer import Consumer, Handler, run_handler, settle
+from nexus.common.events._deadletters import DeadLetterReason, store_dead_letter
+from nexus.common.events._envelope import Event, M, delivery_of, parse_event
+from nexus.common.events._streams import DEAD_LETTERS, ensure_stream
+
+log = logging.getLogger(__name__)
+
+DEDUPE_CAPACITY = 10_000
+"""Event ids a work consumer remembers as processed, to skip redelivered duplicates."""
+DEAD_LETTER_RETRY_S = 5.0
+"""When a dead letter could not be stored, the event comes back after this long to try again."""
+
+
+class WorkConsumer(Consumer, Generic[M]):
+    """A durable pull consumer: replicas with the same durable name share its messages.
+
+    Each event is acknowledged after its handler returned, or redelivered after a delay when
+    the handler raised. An event that failed `max_deliver` times, that the handler rejected
+    (`InvalidArgument`), or that is not a valid event goes to the dead-letter stream, and is
+    terminated only once its dead letter is stored: the server is told to redeliver without
+    limit, and this consumer counts the deliveries.
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        stream: str,
+        config: api.ConsumerConfig,
+        batch: int,
+        message_type: type[M],
+        handler: Handler[M],
+        *,
+        concurrency: int = 1,
+        max_deliver: int = 5,
+    ) -> None:
+        super().__init__(nc, stream, config, batch)
+        self._type = message_type
+        self._handler = handler
+        self._concurrency = max(1, concurrency)
+        self._max_deliver = max(1, max_deliver)
+        self._ack_wait_s = config.ack_wait or 30.0
+        self._seen: TTLCache[str, bool] = TTLCache("event_ids_processed", maxsize=DEDUPE_CAPACITY)
+        # The last failure of each event not handled yet, for its dead letter.
+        self._errors: TTLCache[str, str] = TTLCache("event_failures", maxsize=DEDUPE_CAPACITY)
+
+    async def start(self) -> None:
+        """Ensures the dead-letter stream, then starts as every consumer does."""
+        await ensure_stream(self._js, DEAD_LETTERS)
+        await super().start()
+
+    async def _handle_batch(self, msgs: Sequence[Msg]) -> None:
+        in_hand = {id(msg): msg for msg in msgs}
+        keeping = asyncio.create_task(self._keep_in_progress(in_hand))
+        try:
+            for index in range(0, len(msgs), self._concurrency):
+                if self._stopping:
+                    await self._release(msgs[index:])
+                    return
+                # Handlers of a group start in delivery order and run together, so a handler
+                # that waits (on a micro-batcher, a publish) does not hold up the others.
+                group = msgs[index : index + self._concurrency]
+                await asyncio.gather(*(self._handle_one(msg, in_hand) for msg in group))
+        finally:
+            keeping.cancel()
+            with suppress(asyncio.CancelledError):
+                await keeping
+
+    async def _keep_in_progress(self, in_hand: dict[int, Msg]) -> None:
+        """Every third of the ack wait, tells the server that the messages in hand (and those
+        delivered behind them) are being worked on, so slow handlers do not get them
+        redelivered to another replica meanwhile."""
+        while True:
+            await asyncio.sleep(self._ack_wait_s / 3)
+            waiting = [*in_hand.values(), *(msg for msg in self._received if msg.reply)]
+            await settle(*(msg.in_progress for msg in waiting))
+
+    async def _handle_one(self, msg: Msg, in_hand: dict[int, Msg]) -> None:
+        try:
+            await self._handle(msg)
+        except Exception:  # a bug: give the message back now rather than after the ack wait
+            log.exception("consumer %s failed on a message of %s", self.name, msg.subject)
+            await settle(msg.nak)
+        finally:
+            in_hand.pop(id(msg), None)
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            event = parse_event(msg, self._type)
+        except InvalidArgument as err:
+            await self._dead_letter(msg, DeadLetterReason.POISON, str(err))
+            return
+        if self._seen.get(event.id):
+            self.duplicates += 1
+            await settle(msg.ack)
+        elif event.delivery > self._max_deliver:
+            # Its dead letter could not be stored last time, or no handler call ever finished
+            # (the process stopped, or the handler outlasted the ack wait).
+            why = self._errors.get(event.id) or "no attempt finished (stopped or past ack wait)"
+            await self._dead_letter(msg, DeadLetterReason.FAILED, why)
+        else:
+            await self._process(event, msg)
+
+    async def _process(self, event: Event[M], msg: Msg) -> None:
+        error = await run_handler(self._handler, event, msg.subject, self.name)
+        if error is None:
+            self.processed += 1
+            self._seen.set(event.id, True)
+            self._errors.delete(event.id)
+            await settle(msg.ack)
+            return
+        self.failed += 1
+        why = _describe(error)
+        if isinstance(error, InvalidArgument):  # the event itself is wrong: retrying won't help
+            await self._dead_letter(msg, DeadLetterReason.REJECTED, why)
+        elif event.delivery >= self._max_deliver:
+            await self._dead_letter(msg, DeadLetterReason.FAILED, why)
+        else:
+            self._errors.set(event.id, why)
+            await settle(lambda: msg.nak(delay=nak_delay_s(event.delivery)))
+
+    async def _dead_letter(self, msg: Msg, reason: DeadLetterReason, why: str) -> None:
+        """Stores the message in the dead-letter stream, then terminates it; when the store
+        fails, the message comes back later to try again (never dropped)."""
+        try:
+            await store_dead_letter(
+                self._js, msg, stream=self._stream, consumer=self.name, reason=reason, error=why
+            )
+        except (NexusError, NatsError) as err:
+            log.error(
+                "consumer %s cannot store a dead letter (%s); the message stays and comes again",
+                self.name, err,
+            )  # fmt: skip
+            await settle(lambda: msg.nak(delay=DEAD_LETTER_RETRY_S))
+            return
+        self.terminated += 1
+        log.error(
+            "consumer %s moved a message of %s to %s after %d deliveries (%s): %s",
+            self.name, msg.subject, DEAD_LETTERS.name, delivery_of(msg), reason.value, why,
+        )  # fmt: skip
+        await settle(msg.term)
+
+    async def _release(self, msgs: Sequence[Msg]) -> None:
+        await settle(*(m.nak for m in msgs))
+
+
+def nak_delay_s(delivery: int) -> float:
+    """Seconds before a failed event is redelivered: 0.25 s, doubling per attempt, at most 5 s."""
+    return float(min(0.25 * 2 ** (delivery - 1), 5.0))
+
+
+def _describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
