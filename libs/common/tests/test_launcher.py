@@ -99,8 +99,9 @@ async def test_nats_is_restarted_before_the_others(caplog: pytest.LogCaptureFixt
     restarts: list[str] = []
     nats = Proc("nats-server", restarts, fails=2)  # down a while: the service must wait
     service = Proc("svc", restarts)
-    service.process.kill()
-    nats.process.kill()
+    for dead in (service, nats):  # both down (reaped) before the supervisor first looks
+        dead.process.kill()
+        dead.process.wait()
     async with supervising(nats.supervised(is_nats=True), service.supervised(), backoff=FAST):
         await eventually(lambda: len(restarts) == 4)
     nats.stop()
