@@ -426,18 +426,16 @@ def _strings(values: Any) -> bool:
 
 
 def _travelling(value: Any) -> Any:
-    """A JSON value as a Struct value takes it: numbers as doubles, an integer too large for a
-    double as an infinity of its sign (JSON has no infinities, so the service reads one as a
-    number out of range and refuses it by name)."""
+    """A JSON value as a Struct value takes it: numbers as doubles, and an integer beyond 64
+    bits (which no integer of OpenAI's holds, and a double would round into range) as an
+    infinity of its sign: JSON has no infinities, so the service reads one as a number out of
+    range and refuses it by name."""
     if isinstance(value, dict):
         return {key: _travelling(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_travelling(item) for item in value]
-    if _is_integer(value):
-        try:
-            return float(value) if abs(value) > 2**53 else value
-        except OverflowError:
-            return math.inf if value > 0 else -math.inf
+    if _is_integer(value) and not _INT64[0] <= value <= _INT64[1]:
+        return math.inf if value > 0 else -math.inf
     return value
 
 
