@@ -383,3 +383,14 @@ def test_raw_parameters_merge_into_the_call() -> None:
 
     assert checked.params == {"temperature": 0.5, "reasoning_effort": "high", "max_tokens": 9}
     assert (checked.messages, checked.raw_params) == ([USER], {})
+
+
+def test_tools_from_typed_fields_skip_the_shape_check_but_not_their_numbers() -> None:
+    """A typed tool has OpenAI's shape already; a number too large inside it is still refused."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"maxItems": HUGE}}}
+    call = ChatCall(model="tiny", messages=[USER], params={"tools": [tool]})
+
+    with pytest.raises(InvalidArgument) as caught:
+        validate_call(call, SETTINGS)
+
+    assert caught.value.violations[0].field == "tools[0].function.parameters.maxItems"

@@ -220,9 +220,8 @@ def _message(value: Any) -> pb.ChatMessage | None:
         if not isinstance(value.get("tool_call_id"), str):
             return None
         message.tool_call_id = value["tool_call_id"]
-    calls = value.get("tool_calls", [])
-    if role == "assistant" and calls is not None:
-        tool_calls = _tool_calls(calls)
+    if role == "assistant":
+        tool_calls = _tool_calls(value.get("tool_calls", []))
         if tool_calls is None:
             return None
         message.tool_calls.extend(tool_calls)

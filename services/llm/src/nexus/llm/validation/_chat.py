@@ -4,8 +4,10 @@ Nexus adds (its limits, the features it does not serve), then the parameters the
 
 from __future__ import annotations
 
+import functools
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -16,6 +18,7 @@ from nexus.llm.settings import LlmSettings
 from nexus.llm.types import ChatCall, Message
 from nexus.llm.validation._errors import (
     INVALID_TYPE,
+    check_finite,
     check_parameter,
     missing,
     unsupported,
@@ -61,6 +64,8 @@ RPC and rendering, `metadata` and `store: false` concern storage Nexus does not 
 `n: 1`, `logprobs: false` and the like ask for the default."""
 
 _INTEGERS = ("max_tokens", "seed")
+_SHAPED = frozenset({"tools", "tool_choice", "response_format"})
+"""Parameters whose typed fields give them OpenAI's shape (see `validate_params`)."""
 _VALIDATORS = validators(CHAT_PARAMETERS)
 _TEXT_PART_KEYS = {"text": "text", "refusal": "refusal"}
 
@@ -104,16 +109,29 @@ def validate_call(call: ChatCall, settings: LlmSettings, *, has_history: bool = 
         if messages:
             raise _twice("messages")
         messages = messages_from_openai(params.pop("messages"))
-    params = validate_params(params, settings)
+    params = validate_params(params, settings, typed=call.params.keys())
     validate_messages(messages, settings, allow_empty=has_history)
     return replace(call, messages=messages, params=params, raw_params={})
 
 
-def validate_params(params: Mapping[str, Any], settings: LlmSettings) -> dict[str, Any]:
+def validate_params(
+    params: Mapping[str, Any], settings: LlmSettings, *, typed: Collection[str] = ()
+) -> dict[str, Any]:
     """Checks OpenAI chat parameters (without `model` and `messages`); returns those the
-    provider takes (see `validate_call`)."""
+    provider takes (see `validate_call`).
+
+    Args:
+        params: The parameters, as OpenAI JSON.
+        settings: The limits.
+        typed: Those that came from the request's typed fields: tools, tool choices and
+            response formats made from those have OpenAI's shape already, and skip its schema
+            (the costliest to check); their numbers and values are checked all the same.
+    """
     for name, value in params.items():
-        check_parameter(_VALIDATORS, name, value)
+        if name in _SHAPED and name in typed:
+            check_finite(name, value)
+        else:
+            check_parameter(_VALIDATORS, name, value)
     _refuse_unsupported(params)
     _check_limits(params, settings)
     _check_tools(params, settings)
@@ -329,9 +347,19 @@ def check_name(where: str, name: str) -> None:
 
 def check_json_schema(where: str, schema: dict[str, Any]) -> None:
     """Raises InvalidArgument when `schema` is not a valid JSON schema."""
+    problem = _schema_problem(json.dumps(schema, sort_keys=True))
+    if problem is not None:
+        raise violation(where, f"Invalid '{where}': not a valid JSON schema: {problem}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _schema_problem(text: str) -> str | None:
+    """Why a JSON schema (as canonical JSON) is not valid, or None. Checking one against its
+    metaschema takes about a millisecond, and clients send the same tools and formats again
+    and again."""
+    schema = json.loads(text)
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as err:
-        raise violation(
-            where, f"Invalid '{where}': not a valid JSON schema: {err.message}"
-        ) from err
+        return str(err.message)
+    return None

@@ -69,13 +69,13 @@ def check_parameter(known: Mapping[str, jsonschema.Validator], name: str, value:
     validator = known.get(name)
     if validator is None:
         raise unknown(name)
-    _check_finite(name, value)
+    check_finite(name, value)
     error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if error is not None:
         raise _from_schema_error(name, error)
 
 
-def _check_finite(name: str, value: Any) -> None:
+def check_finite(name: str, value: Any) -> None:
     """JSON has neither NaN nor infinities: an infinite number was a finite JSON number too
     large for a double (the OpenAI surface sends it so), NaN came from proto3 JSON's "NaN"."""
     pending: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
