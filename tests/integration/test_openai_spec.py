@@ -48,7 +48,8 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.asyncio(loop_scope="module"),
     pytest.mark.skipif(
-        not SPEC.is_file(), reason=f"OpenAI's OpenAPI document is not at {SPEC} (see docstring)"
+        not SPEC.is_file(),
+        reason=f"OpenAI's OpenAPI document is not at {SPEC}; set NEXUS_OPENAI_SPEC to its path",
     ),
 ]
 
