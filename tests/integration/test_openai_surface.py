@@ -263,8 +263,27 @@ TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type"
         ({"tool_choice": "required"}, "tool_choice"),
         (
             {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "ghost"}}},
-            "tool_choice",
+            "tool_choice.function.name",
         ),
+        ({"top_logprobs": 21}, "top_logprobs"),
+        ({"metadata": {"k": 1}}, "metadata.k"),
+        ({"store": "yes"}, "store"),
+        ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+        ({"parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+        ({"temperature": int("9" * 310)}, "temperature"),
+        ({"logit_bias": {"1": -int("9" * 310)}}, "logit_bias.1"),
+        (
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {"name": "f", "parameters": {"maxItems": int("9" * 310)}},
+                    }
+                ]
+            },
+            "tools[0].function.parameters.maxItems",
+        ),
+        ({"top_k": 5}, "top_k"),
     ],
 )
 async def test_the_llm_service_s_rules_come_back_as_400_naming_the_parameter(
@@ -294,6 +313,70 @@ async def test_an_unknown_model_is_404(client: openai.AsyncOpenAI) -> None:
         )
 
     assert (unary.value.code, streamed.value.code) == ("model_not_found", "model_not_found")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"messages": []},
+        {"messages": [{"role": "robot", "content": "hi"}]},
+        {"messages": "hi"},
+        {"temperature": "hot", "top_logprobs": 99, "store": "yes"},
+        {"stream": True, "n": 5},
+        {"unknown_parameter": 1},
+    ],
+)
+async def test_an_unknown_model_is_404_before_any_other_parameter_is_checked(
+    gateway_url: str, nexus_settings: NexusSettings, fields: dict[str, Any]
+) -> None:
+    """As OpenAI answers: the model first, then the rest."""
+    key = await make_key(nexus_settings, "llm:invoke")
+    body = {"model": "no-such-model", "messages": user("hi"), **fields}
+
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=60) as http:
+        chat = await http.post("/v1/chat/completions", json=body, headers=bearer(key))
+        embed = await http.post(
+            "/v1/embeddings",
+            json={"model": "no-such-model", "input": [], "dimensions": "x"},
+            headers=bearer(key),
+        )
+
+    assert (chat.status_code, chat.json()["error"]["code"]) == (404, "model_not_found")
+    assert (embed.status_code, embed.json()["error"]["code"]) == (404, "model_not_found")
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "code"),
+    [
+        ({"input": []}, "input", "empty_array"),
+        ({"input": ["a", ""]}, "input[1]", "invalid_value"),
+        ({"input": ["a", None]}, "input[1]", "invalid_type"),
+        ({"input": [1, 2]}, "input", "unsupported_parameter"),
+        ({"input": ["a"] * 2049}, "input", "array_above_max_length"),
+        ({"input": "x", "encoding_format": "int8"}, "encoding_format", "invalid_value"),
+        ({"input": "x", "dimensions": 0}, "dimensions", "integer_below_min_value"),
+        ({"input": "x", "dimensions": int("9" * 310)}, "dimensions", "invalid_value"),
+        ({"input": "x", "user": 1}, "user", "invalid_type"),
+        ({"input": "x", "extra": 1}, "extra", "unknown_parameter"),
+        ({"model": 5, "input": "x"}, "model", "invalid_type"),
+    ],
+)
+async def test_bad_embedding_requests_are_400_in_openai_s_shape(
+    gateway_url: str, nexus_settings: NexusSettings, fields: dict[str, Any], param: str, code: str
+) -> None:
+    key = await make_key(nexus_settings, "llm:invoke")
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=60) as http:
+        response = await http.post(
+            "/v1/embeddings", json={"model": EMBEDDER, **fields}, headers=bearer(key)
+        )
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
 
 
 async def test_keys_are_checked(gateway_url: str, nexus_settings: NexusSettings) -> None:

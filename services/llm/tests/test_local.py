@@ -347,6 +347,12 @@ def test_sampling_is_seeded_per_call(tiny: LocalModel) -> None:
     assert len(outputs) > 1  # temperature 2 over 4 seeds: not all the same
 
 
+def test_top_p_zero_keeps_only_the_most_probable_token(tiny: LocalModel) -> None:
+    """OpenAI takes top_p from 0 to 1: at 0, even a hot sampler is greedy."""
+    text, _ = _generate(tiny, HI, max_tokens=10, temperature=2.0, top_p=0, seed=3)
+    assert text == counting(10)
+
+
 def test_penalties_are_accepted(tiny: LocalModel) -> None:
     text, generation = _generate(
         tiny, HI, max_tokens=8, presence_penalty=1.5, frequency_penalty=-0.5
@@ -411,7 +417,7 @@ def test_default_max_tokens() -> None:
         ({"max_completion_tokens": True}, "max_tokens"),
         ({"temperature": 2.5}, "temperature"),
         ({"temperature": float("nan")}, "temperature"),
-        ({"top_p": 0}, "top_p"),
+        ({"top_p": -0.1}, "top_p"),
         ({"seed": "7"}, "seed"),
         ({"seed": 2**70}, "seed"),
         ({"stop": [""]}, "stop[0]"),

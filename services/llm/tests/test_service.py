@@ -193,6 +193,37 @@ async def test_bad_chat_requests_are_refused(
     assert field in (caught.value.details() or "")
 
 
+async def test_openai_parameters_without_a_field_are_checked_and_used(client: LlmClient) -> None:
+    """Native clients reach OpenAI's parameters through `openai_parameters` (ADR 0018)."""
+    extra = dict_to_struct({"reasoning_effort": "low", "metadata": {"team": "search"}})
+    reply = await client.llm.Chat(chat(openai_parameters=extra), metadata=client.metadata)
+    assert reply.usage.completion_tokens == 8
+
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await client.llm.Chat(
+            chat(openai_parameters=dict_to_struct({"reasoning_effort": "extreme"})),
+            metadata=client.metadata,
+        )
+    with pytest.raises(grpc.aio.AioRpcError) as unknown_model:
+        await client.llm.Chat(
+            chat(model="nope", openai_parameters=dict_to_struct({"top_k": 1})),
+            metadata=client.metadata,
+        )
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (field_of(bad.value), reason_of(bad.value)) == ("reasoning_effort", "INVALID_VALUE")
+    assert unknown_model.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def field_of(err: grpc.aio.AioRpcError) -> str:
+    """The first bad field of a failed call."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    for detail in status.details if status else []:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            return str(bad.field_violations[0].field)
+    return ""
+
+
 async def test_prompt_over_the_context_window_is_refused(client: LlmClient) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await client.llm.Chat(chat(" ".join(["hello"] * 2000)), metadata=client.metadata)

@@ -1,7 +1,9 @@
 """The OpenAI-compatible paths in the gateway's OpenAPI document.
 
 The schemas are the subset of OpenAI's (`CreateChatCompletionRequest`, ...) that Nexus serves,
-under `openai.*` names beside the proto-generated ones; errors use OpenAI's `ErrorResponse`.
+under `openai.*` names beside the proto-generated ones: every parameter with the values Nexus
+accepts (a value OpenAI has and Nexus refuses, as `n: 2`, is left out; an unknown parameter is
+400, as with OpenAI); errors use OpenAI's `ErrorResponse`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from nexus.gateway.openai.routes import CHAT_PATH, EMBEDDINGS_PATH, MODEL_PATH, 
 # OpenAI's schema as its spec publishes it; the llm service enforces it (nexus.llm.validation).
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = 4
+INT32_MAX = 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 Schema = dict[str, Any]
 
@@ -26,15 +30,23 @@ def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/openai.{name}"}
 
 
-def _object(properties: Schema, *required: str) -> Schema:
+def _object(properties: Schema, *required: str, closed: bool = False) -> Schema:
+    """An object schema; a `closed` one refuses other properties (the requests: OpenAI answers
+    an unknown parameter with 400)."""
     schema: Schema = {"type": "object", "properties": properties}
     if required:
         schema["required"] = list(required)
+    if closed:
+        schema["additionalProperties"] = False
     return schema
 
 
 def _number(low: float, high: float) -> Schema:
     return {"type": ["number", "null"], "minimum": low, "maximum": high}
+
+
+def _choice(*values: str) -> Schema:
+    return {"type": ["string", "null"], "enum": [*values, None]}
 
 
 _TEXT_PART = _object(
@@ -89,16 +101,64 @@ SCHEMAS: dict[str, Schema] = {
             "presence_penalty": _number(-2, 2),
             "frequency_penalty": _number(-2, 2),
             "n": {"type": ["integer", "null"], "enum": [1, None]},
+            "logprobs": {"type": ["boolean", "null"], "enum": [False, None]},
+            "top_logprobs": {"type": "null"},
             "stop": {
                 "oneOf": [
                     {"type": "string"},
-                    {"type": "array", "maxItems": MAX_STOP, "items": {"type": "string"}},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_STOP,
+                        "items": {"type": "string"},
+                    },
                     {"type": "null"},
                 ]
             },
-            "max_tokens": {"type": ["integer", "null"], "minimum": 1},
-            "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
-            "seed": {"type": ["integer", "null"]},
+            "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": INT32_MAX},
+            "max_completion_tokens": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "maximum": INT32_MAX,
+            },
+            "seed": {"type": ["integer", "null"], "minimum": INT64_MIN, "maximum": INT64_MAX},
+            "logit_bias": {
+                "type": ["object", "null"],
+                "propertyNames": {"pattern": "^[0-9]{1,10}$"},
+                "additionalProperties": {"type": "integer", "minimum": -100, "maximum": 100},
+            },
+            "parallel_tool_calls": {"type": "boolean"},
+            "reasoning_effort": _choice("none", "minimal", "low", "medium", "high", "xhigh", "max"),
+            "verbosity": _choice("low", "medium", "high"),
+            "service_tier": _choice("auto", "default", "flex", "scale", "priority", "fast"),
+            "modalities": {
+                "type": ["array", "null"],
+                "items": {"type": "string", "enum": ["text"]},
+            },
+            "metadata": {
+                "type": ["object", "null"],
+                "maxProperties": 16,
+                "propertyNames": {"maxLength": 64},
+                "additionalProperties": {"type": "string", "maxLength": 512},
+            },
+            "store": {"type": ["boolean", "null"], "enum": [False, None]},
+            "safety_identifier": {"type": ["string", "null"], "maxLength": 64},
+            "prompt_cache_key": {"type": ["string", "null"]},
+            "prompt_cache_retention": _choice("in_memory", "24h"),
+            "prediction": {
+                "type": ["object", "null"],
+                "properties": {
+                    "type": {"type": "string", "enum": ["content"]},
+                    "content": {
+                        "oneOf": [
+                            {"type": "string"},
+                            {"type": "array", "minItems": 1, "items": _TEXT_PART},
+                        ]
+                    },
+                },
+                "required": ["type", "content"],
+            },
+            "web_search_options": {"type": "object", "additionalProperties": True},
             "response_format": _object(
                 {
                     "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
@@ -147,10 +207,17 @@ SCHEMAS: dict[str, Schema] = {
             },
             "user": {"type": "string"},
             "stream": {"type": ["boolean", "null"]},
-            "stream_options": _object({"include_usage": {"type": "boolean"}}),
+            "stream_options": {
+                "type": ["object", "null"],
+                "properties": {
+                    "include_usage": {"type": "boolean"},
+                    "include_obfuscation": {"type": "boolean"},
+                },
+            },
         },
         "model",
         "messages",
+        closed=True,
     ),
     "openai.CreateChatCompletionResponse": _object(
         {
@@ -246,6 +313,7 @@ SCHEMAS: dict[str, Schema] = {
         },
         "model",
         "input",
+        closed=True,
     ),
     "openai.CreateEmbeddingResponse": _object(
         {

@@ -101,11 +101,6 @@ def invalid(param: str, message: str, code: str = "invalid_value") -> OpenAIErro
     return OpenAIError(400, message, param=param, code=code)
 
 
-def unsupported(param: str, message: str) -> OpenAIError:
-    """400 for a parameter (or value) that OpenAI has and Nexus does not serve."""
-    return invalid(param, message, "unsupported_parameter")
-
-
 def model_not_found(model: str) -> OpenAIError:
     """404 for a model that no deployment serves."""
     message = f"The model `{model}` does not exist or you do not have access to it."

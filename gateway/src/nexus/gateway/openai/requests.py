@@ -1,37 +1,39 @@
 """OpenAI request bodies translated into the llm service's messages (`nexus.api.llm.v1`).
 
-This module translates; it does not hold the chat rules. It checks only what translation needs:
-JSON types, required fields, what the request message can carry (int32/int64 bounds, one of
-the known response format types), and parameters of OpenAI's that Nexus does not serve (n > 1,
-image parts, logprobs, legacy functions), which are refused rather than silently dropped. Roles,
-ranges, stop sequences, names, tools and tool_choice are the llm service's to check
-(`nexus.llm.validation`); its INVALID_ARGUMENT comes back as OpenAI's 400 with the same `param`.
-Each check here raises `OpenAIError` (400) naming the parameter at fault. Fields this module does
-not know are ignored, as OpenAI clients send some (`store`, `metadata`, `parallel_tool_calls`).
+This module translates; it judges nothing. Each parameter whose value a field of the request
+message holds exactly (`temperature` a finite number, `tools` function tools of the right
+shape, `messages` text messages) goes into that field; every other parameter (one without a
+field, such as `reasoning_effort` or `stream`, one of the wrong type, one a field would hold
+only approximately, an unknown name) travels as the client's JSON in the request's
+`openai_parameters`. The llm service checks all of them against OpenAI's rules, in OpenAI's
+order (an unknown model first), and its INVALID_ARGUMENT comes back as OpenAI's 400 with the
+same `param` and `code` (`nexus.llm.validation`).
+
+The only 400s of this module are for bodies that are not a JSON object, and values that cannot
+travel at all (nesting deeper than protobuf takes).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import struct_pb2
-
 from nexus.api.llm.v1 import llm_service_pb2 as pb
-from nexus.gateway.openai.errors import OpenAIError, invalid, unsupported
+from nexus.gateway.openai.errors import OpenAIError, invalid
 
-TOOL_CHOICES = ("none", "auto", "required")
 ENCODING_FORMATS = ("float", "base64")
 CACHE_HEADER = "X-Nexus-Cache"
 MAX_EMBEDDING_INPUTS = 2048
-MAX_SCHEMA_DEPTH = 32
-"""Deepest nesting of a JSON schema or tool parameters (protobuf refuses deeper Structs)."""
+MAX_DEPTH = 32
+"""Deepest nesting of a JSON value that travels (protobuf refuses much deeper Structs)."""
 
-_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_UNSUPPORTED_PARTS = ("image_url", "input_audio", "file")
+_INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+_MODES = ("none", "auto", "required")
+_ROLES = ("system", "developer", "user", "assistant", "tool")
 _FORMATS = {
     "text": pb.ResponseFormat.TYPE_TEXT,
     "json_object": pb.ResponseFormat.TYPE_JSON_OBJECT,
@@ -46,11 +48,11 @@ _CACHE_MODES = {
 
 @dataclass(frozen=True)
 class ChatCompletionCall:
-    """A validated `POST /v1/chat/completions`.
+    """A translated `POST /v1/chat/completions`.
 
     Attributes:
         request: The llm service's request.
-        stream: Whether to answer with Server-Sent Events.
+        stream: Whether to answer with Server-Sent Events (`stream: true`).
         include_usage: Whether a stream ends with a usage chunk (`stream_options`).
     """
 
@@ -61,27 +63,25 @@ class ChatCompletionCall:
 
 @dataclass(frozen=True)
 class EmbeddingCall:
-    """A validated `POST /v1/embeddings`.
+    """A translated `POST /v1/embeddings`.
 
     Attributes:
         request: The llm service's request.
-        encoding_format: "float" or "base64".
-        dimensions: The vector length asked for, if any (only the model's own is served).
+        encoding_format: "float" or "base64" (as the service accepted it).
     """
 
     request: pb.EmbedRequest
     encoding_format: str = "float"
-    dimensions: int | None = None
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object.
 
     Raises:
-        OpenAIError: 400 when it is not JSON, or not an object.
+        OpenAIError: 400 when it is not JSON (NaN and Infinity are not JSON), or not an object.
     """
     try:
-        value = json.loads(body)
+        value = json.loads(body, parse_constant=_no_constant)
     except (ValueError, RecursionError):
         raise OpenAIError(
             400, "We could not parse the JSON body of your request: it is not valid JSON."
@@ -89,6 +89,10 @@ def parse_json(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise OpenAIError(400, "The request body must be a JSON object.")
     return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def cache_mode(value: str | None) -> pb.CacheMode.ValueType:
@@ -108,345 +112,330 @@ def cache_mode(value: str | None) -> pb.CacheMode.ValueType:
 def chat_completion_call(
     body: Mapping[str, Any], cache: pb.CacheMode.ValueType = pb.CACHE_MODE_UNSPECIFIED
 ) -> ChatCompletionCall:
-    """Validates a chat completion request and builds the llm service's `ChatRequest`.
+    """The llm service's `ChatRequest` of a chat completion request.
 
     Args:
         body: The JSON body.
         cache: The cache mode (from the `X-Nexus-Cache` header).
 
     Raises:
-        OpenAIError: 400 naming the first bad parameter.
+        OpenAIError: 400 for a value that cannot travel.
     """
-    request = pb.ChatRequest(
-        model=_model(body), messages=_messages(body.get("messages")), cache_mode=cache
-    )
-    _refuse_unsupported(body)
-    _sampling(body, request)
-    request.stop.extend(_stop(body.get("stop")))
-    if (response_format := _response_format(body.get("response_format"))) is not None:
-        request.response_format.CopyFrom(response_format)
-    tools = _tools(body.get("tools"))
-    request.tools.extend(tools)
-    request.tool_choice = _tool_choice(body.get("tool_choice"))
-    request.user = _string(body, "user") or ""
-    stream, include_usage = _stream(body)
-    return ChatCompletionCall(request, stream=stream, include_usage=include_usage)
-
-
-def _model(body: Mapping[str, Any]) -> str:
-    model = _string(body, "model")
-    if not model:
-        raise invalid("model", "You must provide a model parameter.", "missing_required_parameter")
-    return model
-
-
-def _refuse_unsupported(body: Mapping[str, Any]) -> None:
-    """Parameters whose effect Nexus cannot give: refused, so that nobody relies on them."""
-    n = _integer(body, "n", 1, 128)
-    if n is not None and n != 1:
-        raise unsupported("n", "Only n=1 is supported: ask for one choice per request.")
-    if body.get("logprobs"):
-        raise unsupported("logprobs", "logprobs are not supported.")
-    for legacy in ("functions", "function_call"):
-        if body.get(legacy) is not None:
-            raise unsupported(legacy, f"'{legacy}' is deprecated and not supported; use 'tools'.")
-
-
-def _sampling(body: Mapping[str, Any], request: pb.ChatRequest) -> None:
-    """temperature, top_p, penalties, max tokens and seed (their ranges are the service's)."""
-    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
-        if (value := _number(body, name)) is not None:
-            setattr(request, name, value)
-    max_tokens = _integer(body, "max_tokens", _INT32_MIN, _INT32_MAX)
-    max_completion_tokens = _integer(body, "max_completion_tokens", _INT32_MIN, _INT32_MAX)
-    most = max_tokens if max_completion_tokens is None else max_completion_tokens
-    if most is not None:
-        request.max_tokens = most
-    if (seed := _integer(body, "seed", _INT64_MIN, _INT64_MAX)) is not None:
-        request.seed = seed
-
-
-def _stream(body: Mapping[str, Any]) -> tuple[bool, bool]:
-    """(stream, include_usage)."""
-    stream = bool(_boolean(body, "stream"))
+    request = pb.ChatRequest(cache_mode=cache)
+    _fill(request, body, _CHAT_FIELDS, request.openai_parameters)
+    stream = body.get("stream") is True
     options = body.get("stream_options")
-    if options is None:
-        return stream, False
-    if not stream:
-        message = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
-        raise invalid("stream_options", message)
-    options = _object(options, "stream_options")
-    return True, bool(_boolean(options, "include_usage", "stream_options."))
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    return ChatCompletionCall(request, stream=stream, include_usage=stream and include_usage)
 
 
-def _messages(value: Any) -> list[pb.ChatMessage]:
+Fit = Callable[[Any, Any], bool]
+"""Sets a field of the request from a parameter's value if the field holds it exactly."""
+
+
+def _fill(request: Any, body: Mapping[str, Any], fields: Mapping[str, Fit], raw: Any) -> None:
+    """Each parameter into its field, or as JSON into `raw` (`openai_parameters`)."""
+    unfit = {name: value for name, value in body.items() if not _fits(fields, name, request, value)}
+    for name, value in unfit.items():
+        if _depth(value) > MAX_DEPTH:
+            raise invalid(name, f"Invalid '{name}': nested more than {MAX_DEPTH} levels deep.")
+        raw[name] = _travelling(value)
+
+
+def _fits(fields: Mapping[str, Fit], name: str, request: Any, value: Any) -> bool:
+    fit = fields.get(name)
+    return fit is not None and fit(request, value)
+
+
+def _model(request: Any, value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    request.model = value
+    return True
+
+
+def _number(name: str) -> Fit:
+    def fit(request: Any, value: Any) -> bool:
+        if value is None:
+            return True
+        if not _is_number(value) or not math.isfinite(_travelling(value)):
+            return False
+        setattr(request, name, float(value))
+        return True
+
+    return fit
+
+
+def _integer(name: str, bounds: tuple[int, int]) -> Fit:
+    def fit(request: Any, value: Any) -> bool:
+        if value is None:
+            return True
+        if not _is_integer(value) or not bounds[0] <= value <= bounds[1]:
+            return False
+        setattr(request, name, value)
+        return True
+
+    return fit
+
+
+def _user(request: Any, value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    request.user = value
+    return True
+
+
+def _stop(request: Any, value: Any) -> bool:
     if value is None:
-        raise invalid(
-            "messages", "Missing required parameter: 'messages'.", "missing_required_parameter"
-        )
-    items = _array(value, "messages")
-    if not items:
-        raise invalid("messages", "'messages' must contain at least one message.", "empty_array")
-    return [_message(m, f"messages[{i}]") for i, m in enumerate(items)]
+        return True
+    stops = [value] if isinstance(value, str) else value
+    if not _strings(stops) or not stops:
+        return False
+    request.stop.extend(stops)
+    return True
 
 
-def _message(value: Any, param: str) -> pb.ChatMessage:
-    message = _object(value, param)
-    role = _required_string(message, "role", f"{param}.")
-    if role == "function":
-        raise unsupported(f"{param}.role", "'function' messages are not supported; use tools.")
-    tool_calls = _tool_calls(message.get("tool_calls"), param) if role == "assistant" else []
-    out = pb.ChatMessage(
-        role=role,
-        content=_content(message.get("content"), f"{param}.content", role, not tool_calls),
-        name=_string(message, "name", f"{param}.") or "",
-        tool_calls=tool_calls,
-    )
+def _messages(request: Any, value: Any) -> bool:
+    if not isinstance(value, list) or not value:
+        return False
+    messages = [_message(item) for item in value]
+    if any(m is None for m in messages):
+        return False
+    request.messages.extend(messages)
+    return True
+
+
+def _message(value: Any) -> pb.ChatMessage | None:
+    """A text message, exactly as a ChatMessage holds it, or None."""
+    if not isinstance(value, dict) or value.get("role") not in _ROLES:
+        return None
+    role = value["role"]
+    keys = {"role", "content", "name"} | _MESSAGE_KEYS.get(role, set())
+    content = _text(value.get("content"), role)
+    name = value.get("name", "")
+    if value.keys() - keys or content is None or not isinstance(name, str):
+        return None
+    message = pb.ChatMessage(role=role, content=content, name=name)
     if role == "tool":
-        out.tool_call_id = _string(message, "tool_call_id", f"{param}.") or ""
-        if not out.tool_call_id:
-            raise invalid(
-                f"{param}.tool_call_id",
-                f"Missing required parameter: '{param}.tool_call_id'.",
-                "missing_required_parameter",
-            )
-    return out
+        if not isinstance(value.get("tool_call_id"), str):
+            return None
+        message.tool_call_id = value["tool_call_id"]
+    if role == "assistant":
+        tool_calls = _tool_calls(value.get("tool_calls", []))
+        if tool_calls is None:
+            return None
+        message.tool_calls.extend(tool_calls)
+    return message
 
 
-def _content(value: Any, param: str, role: str, required: bool) -> str:
-    """The text of a message: a string, or text parts joined by newlines."""
-    if value is None:
-        if required:
-            raise invalid(
-                param, f"Missing required parameter: '{param}'.", "missing_required_parameter"
-            )
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return "\n".join(_text_part(p, f"{param}[{j}]", role) for j, p in enumerate(value))
-    raise _wrong_type(param, "a string or an array of content parts", value)
+_MESSAGE_KEYS = {"assistant": {"tool_calls"}, "tool": {"tool_call_id"}}
+_PART_TEXT = {"text": "text", "refusal": "refusal"}
 
 
-def _text_part(value: Any, param: str, role: str) -> str:
-    part = _object(value, param)
-    kind = part.get("type")
-    if kind == "text" or (kind == "refusal" and role == "assistant"):
-        text = part.get(kind)
-        if not isinstance(text, str):
-            raise _wrong_type(f"{param}.{kind}", "a string", text)
-        return text
-    if kind in _UNSUPPORTED_PARTS:
-        raise unsupported(f"{param}.type", f"Content parts of type '{kind}' are not supported.")
-    raise invalid(f"{param}.type", f"Invalid value: {kind!r}. Supported values are: 'text'.")
+def _text(content: Any, role: str) -> str | None:
+    """A message's content as one string (text parts joined by newlines), or None."""
+    if isinstance(content, str):
+        return content
+    if content is None:
+        return "" if role == "assistant" else None
+    if not isinstance(content, list) or not content:
+        return None
+    texts = []
+    for part in content:
+        kind = str(part.get("type")) if isinstance(part, dict) else ""
+        key = _PART_TEXT.get(kind) if kind == "text" or role == "assistant" else None
+        if key is None or part.keys() != {"type", key} or not isinstance(part[key], str):
+            return None
+        texts.append(part[key])
+    return "\n".join(texts)
 
 
-def _tool_calls(value: Any, param: str) -> list[pb.ToolCall]:
-    if value is None:
-        return []
+def _tool_calls(value: Any) -> list[pb.ToolCall] | None:
+    if not isinstance(value, list):
+        return None
     calls = []
-    for i, item in enumerate(_array(value, f"{param}.tool_calls")):
-        where = f"{param}.tool_calls[{i}]"
-        call = _object(item, where)
-        if call.get("type", "function") != "function":
-            raise invalid(f"{where}.type", "Only tool calls of type 'function' are supported.")
-        function = _object(call.get("function"), f"{where}.function")
+    for call in value:
+        if not isinstance(call, dict) or call.keys() != {"id", "type", "function"}:
+            return None
+        function = call["function"]
+        if call["type"] != "function" or not isinstance(function, dict):
+            return None
+        if function.keys() != {"name", "arguments"}:
+            return None
+        if not _strings([call["id"], function["name"], function["arguments"]]):
+            return None
         calls.append(
             pb.ToolCall(
-                id=_required_string(call, "id", f"{where}."),
+                id=call["id"],
                 type="function",
-                function=pb.FunctionCall(
-                    name=_required_string(function, "name", f"{where}.function."),
-                    arguments=_string(function, "arguments", f"{where}.function.") or "",
-                ),
+                function=pb.FunctionCall(name=function["name"], arguments=function["arguments"]),
             )
         )
     return calls
 
 
-def _stop(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    items = _array(value, "stop")
-    for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise _wrong_type(f"stop[{i}]", "a string", item)
-    return list(items)
+def _tools(request: Any, value: Any) -> bool:
+    if not isinstance(value, list):
+        return False
+    tools = [_tool(item) for item in value]
+    if any(t is None for t in tools):
+        return False
+    request.tools.extend(tools)
+    return True
 
 
-def _response_format(value: Any) -> pb.ResponseFormat | None:
-    if value is None:
+def _tool(value: Any) -> pb.Tool | None:
+    if not isinstance(value, dict) or value.keys() != {"type", "function"}:
         return None
-    spec = _object(value, "response_format")
-    kind = spec.get("type")
-    if kind not in _FORMATS:
-        allowed = ", ".join(f"'{k}'" for k in _FORMATS)
-        raise invalid(
-            "response_format.type", f"Invalid value: {kind!r}. Supported values are: {allowed}."
-        )
-    out = pb.ResponseFormat(type=_FORMATS[kind])
+    function = value["function"]
+    if value["type"] != "function" or not isinstance(function, dict):
+        return None
+    if function.keys() - {"name", "description", "parameters", "strict"}:
+        return None
+    name, description = function.get("name"), function.get("description", "")
+    parameters, strict = function.get("parameters"), function.get("strict")
+    if not _strings([name, description]) or not name or not _optional_boolean(strict):
+        return None
+    if parameters is not None and not _schema(parameters):
+        return None
+    definition = pb.FunctionDefinition(name=name, description=description, strict=bool(strict))
+    if parameters is not None:
+        definition.parameters.update(_travelling(parameters))
+    return pb.Tool(type="function", function=definition)
+
+
+def _tool_choice(request: Any, value: Any) -> bool:
+    """A mode, or the name of the one function to call (one string holds either, so a function
+    named like a mode travels as JSON)."""
+    if value in _MODES:
+        request.tool_choice = value
+        return True
+    if not isinstance(value, dict) or value.keys() != {"type", "function"}:
+        return False
+    function = value["function"]
+    if value["type"] != "function" or not isinstance(function, dict) or function.keys() != {"name"}:
+        return False
+    name = function["name"]
+    if not isinstance(name, str) or not name or name in _MODES:
+        return False
+    request.tool_choice = name
+    return True
+
+
+def _response_format(request: Any, value: Any) -> bool:
+    if not isinstance(value, dict) or value.get("type") not in _FORMATS:
+        return False
+    kind = value["type"]
     if kind != "json_schema":
-        return out
-    schema = _object(spec.get("json_schema"), "response_format.json_schema")
-    out.schema_name = _required_string(schema, "name", "response_format.json_schema.")
-    if schema.get("schema") is not None:
-        out.json_schema.CopyFrom(_struct(schema["schema"], "response_format.json_schema.schema"))
-    out.strict = bool(_boolean(schema, "strict", "response_format.json_schema."))
+        if value.keys() != {"type"}:
+            return False
+        request.response_format.type = _FORMATS[kind]
+        return True
+    out = _json_schema_format(value)
+    if out is None:
+        return False
+    request.response_format.CopyFrom(out)
+    return True
+
+
+def _json_schema_format(value: dict[str, Any]) -> pb.ResponseFormat | None:
+    spec = value.get("json_schema")
+    if value.keys() != {"type", "json_schema"} or not isinstance(spec, dict):
+        return None
+    if spec.keys() - {"name", "schema", "strict"}:
+        return None
+    name, schema, strict = spec.get("name"), spec.get("schema"), spec.get("strict")
+    if not isinstance(name, str) or not name or not _optional_boolean(strict):
+        return None
+    if not _schema(schema) or not schema:
+        return None
+    out = pb.ResponseFormat(type=pb.ResponseFormat.TYPE_JSON_SCHEMA, schema_name=name)
+    out.json_schema.update(_travelling(schema))
+    out.strict = bool(strict)
     return out
 
 
-def _tools(value: Any) -> list[pb.Tool]:
-    if value is None:
-        return []
-    tools = []
-    for i, item in enumerate(_array(value, "tools")):
-        tool = _object(item, f"tools[{i}]")
-        if tool.get("type") != "function":
-            raise unsupported(f"tools[{i}].type", "Only tools of type 'function' are supported.")
-        function = _object(tool.get("function"), f"tools[{i}].function")
-        prefix = f"tools[{i}].function."
-        definition = pb.FunctionDefinition(
-            name=_required_string(function, "name", prefix),
-            description=_string(function, "description", prefix) or "",
-            strict=bool(_boolean(function, "strict", prefix)),
-        )
-        if function.get("parameters") is not None:
-            definition.parameters.CopyFrom(_struct(function["parameters"], f"{prefix}parameters"))
-        tools.append(pb.Tool(type="function", function=definition))
-    return tools
-
-
-def _tool_choice(value: Any) -> str:
-    """ "none", "auto", "required", or the name of the one function to call (the request's
-    `tool_choice` holds either in one string)."""
-    if value is None or isinstance(value, str):
-        return value or ""
-    spec = _object(value, "tool_choice")
-    if spec.get("type") != "function":
-        raise invalid("tool_choice.type", "Only the 'function' tool choice is supported.")
-    function = _object(spec.get("function"), "tool_choice.function")
-    choice = _required_string(function, "name", "tool_choice.function.")
-    if choice in TOOL_CHOICES:  # one string could not tell the function from the mode
-        raise unsupported("tool_choice", f"A function named '{choice}' cannot be chosen.")
-    return choice
+_CHAT_FIELDS: dict[str, Fit] = {
+    "model": _model,
+    "messages": _messages,
+    "temperature": _number("temperature"),
+    "top_p": _number("top_p"),
+    "presence_penalty": _number("presence_penalty"),
+    "frequency_penalty": _number("frequency_penalty"),
+    "max_tokens": _integer("max_tokens", _INT32),
+    "seed": _integer("seed", _INT64),
+    "stop": _stop,
+    "user": _user,
+    "tools": _tools,
+    "tool_choice": _tool_choice,
+    "response_format": _response_format,
+}
 
 
 # Embeddings.
 
 
 def embedding_call(body: Mapping[str, Any]) -> EmbeddingCall:
-    """Validates an embeddings request and builds the llm service's `EmbedRequest`.
+    """The llm service's `EmbedRequest` of an embeddings request.
 
     Raises:
-        OpenAIError: 400 naming the first bad parameter.
+        OpenAIError: 400 for a value that cannot travel.
     """
-    request = pb.EmbedRequest(model=_model(body), inputs=_inputs(body.get("input")))
-    encoding_format = _string(body, "encoding_format") or "float"
-    if encoding_format not in ENCODING_FORMATS:
-        raise invalid(
-            "encoding_format",
-            f"Invalid value: {encoding_format!r}. Supported values are: 'float', 'base64'.",
-        )
-    dimensions = _integer(body, "dimensions", 1, _INT32_MAX)
-    _string(body, "user")
-    return EmbeddingCall(request, encoding_format=encoding_format, dimensions=dimensions)
+    request = pb.EmbedRequest()
+    _fill(request, body, _EMBEDDING_FIELDS, request.openai_parameters)
+    encoding_format = body.get("encoding_format")
+    if encoding_format not in ENCODING_FORMATS:  # the service refuses any other
+        encoding_format = "float"
+    return EmbeddingCall(request, encoding_format)
 
 
-def _inputs(value: Any) -> list[str]:
-    if value is None:
-        raise invalid("input", "Missing required parameter: 'input'.", "missing_required_parameter")
-    items = [value] if isinstance(value, str) else _array(value, "input")
-    if not items:
-        raise invalid("input", "'input' must hold at least one text.", "empty_array")
-    if len(items) > MAX_EMBEDDING_INPUTS:
-        raise invalid(
-            "input", f"'input' may hold at most {MAX_EMBEDDING_INPUTS} texts, not {len(items)}."
-        )
-    for i, item in enumerate(items):
-        if isinstance(item, int | list) and not isinstance(item, bool):
-            raise unsupported("input", "Token arrays are not supported: send text.")
-        param = "input" if isinstance(value, str) else f"input[{i}]"
-        if not isinstance(item, str):
-            raise _wrong_type(param, "a string", item)
-        if not item:
-            raise invalid(param, "Texts to embed must not be empty.")
-    return list(items)
+def _inputs(request: Any, value: Any) -> bool:
+    """One text or up to MAX_EMBEDDING_INPUTS of them, none empty."""
+    texts = [value] if isinstance(value, str) else value
+    if not _strings(texts) or not 1 <= len(texts) <= MAX_EMBEDDING_INPUTS or not all(texts):
+        return False
+    request.inputs.extend(texts)
+    return True
+
+
+_EMBEDDING_FIELDS: dict[str, Fit] = {"model": _model, "input": _inputs}
 
 
 # Values.
 
 
-def _string(body: Mapping[str, Any], name: str, prefix: str = "") -> str | None:
-    value = body.get(name)
-    if value is None or isinstance(value, str):
-        return value
-    raise _wrong_type(f"{prefix}{name}", "a string", value)
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _required_string(body: Mapping[str, Any], name: str, prefix: str = "") -> str:
-    value = _string(body, name, prefix)
-    if not value:
-        raise invalid(
-            f"{prefix}{name}",
-            f"Missing required parameter: '{prefix}{name}'.",
-            "missing_required_parameter",
-        )
-    return value
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _boolean(body: Mapping[str, Any], name: str, prefix: str = "") -> bool | None:
-    value = body.get(name)
-    if value is None or isinstance(value, bool):
-        return value
-    raise _wrong_type(f"{prefix}{name}", "a boolean", value)
+def _optional_boolean(value: Any) -> bool:
+    return value is None or isinstance(value, bool)
 
 
-def _number(body: Mapping[str, Any], name: str) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _wrong_type(name, "a number", value)
-    try:
-        return float(value)
-    except OverflowError:  # an integer of hundreds of digits
-        raise invalid(name, f"Invalid '{name}': the number is out of range.") from None
+def _schema(value: Any) -> bool:
+    return isinstance(value, dict) and _depth(value) <= MAX_DEPTH
 
 
-def _integer(body: Mapping[str, Any], name: str, low: int, high: int) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _wrong_type(name, "an integer", value)
-    if not low <= value <= high:
-        bound = f"at least {low}" if value < low else f"at most {high}"
-        raise invalid(name, f"Invalid '{name}': {value}; it must be {bound}.")
-    return value
+def _strings(values: Any) -> bool:
+    return isinstance(values, list) and all(isinstance(v, str) for v in values)
 
 
-def _object(value: Any, param: str) -> dict[str, Any]:
+def _travelling(value: Any) -> Any:
+    """A JSON value as a Struct value takes it: numbers as doubles, and an integer beyond 64
+    bits (which no integer of OpenAI's holds, and a double would round into range) as an
+    infinity of its sign: JSON has no infinities, so the service reads one as a number out of
+    range and refuses it by name."""
     if isinstance(value, dict):
-        return value
-    raise _wrong_type(param, "an object", value)
-
-
-def _array(value: Any, param: str) -> list[Any]:
+        return {key: _travelling(item) for key, item in value.items()}
     if isinstance(value, list):
-        return value
-    raise _wrong_type(param, "an array", value)
-
-
-def _struct(value: Any, param: str) -> struct_pb2.Struct:
-    """A JSON object (a schema) as a Struct, at most MAX_SCHEMA_DEPTH deep."""
-    _object(value, param)
-    if _depth(value) > MAX_SCHEMA_DEPTH:
-        raise invalid(param, f"'{param}' is nested more than {MAX_SCHEMA_DEPTH} levels deep.")
-    out = struct_pb2.Struct()
-    out.update(value)
-    return out
+        return [_travelling(item) for item in value]
+    if _is_integer(value) and not _INT64[0] <= value <= _INT64[1]:
+        return math.inf if value > 0 else -math.inf
+    return value
 
 
 def _depth(value: Any) -> int:
@@ -460,20 +449,3 @@ def _depth(value: Any) -> int:
             deepest = max(deepest, depth)
             pending.extend((child, depth + 1) for child in item)
     return deepest
-
-
-def _wrong_type(param: str, expected: str, value: Any) -> OpenAIError:
-    message = f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)}."
-    return invalid(param, message, "invalid_type")
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"

@@ -34,12 +34,10 @@ from nexus.gateway.openai.errors import (
     OpenAIError,
     from_gateway_error,
     model_not_found,
-    unsupported,
 )
 from nexus.gateway.openai.requests import (
     CACHE_HEADER,
     ChatCompletionCall,
-    EmbeddingCall,
     cache_mode,
     chat_completion_call,
     embedding_call,
@@ -188,13 +186,7 @@ class OpenAIRoutes:
 
     async def _embeddings(self, call: Call) -> Response:
         embedding = embedding_call(await self._body(call.request))
-        if embedding.dimensions is not None:
-            listed = await self._served_models(call)
-            info = find_model(listed, embedding.request.model)
-            if info is not None and info.dimensions:
-                _check_dimensions(embedding, info.dimensions)
         reply = await self._unary("Embed", embedding.request, call)
-        _check_dimensions(embedding, reply.dimensions)
         return _json(embeddings(reply, embedding.encoding_format))
 
     async def _models(self, call: Call) -> Response:
@@ -244,16 +236,6 @@ def _check_method(actual: str, allowed: str) -> None:
         return
     message = f"{actual} is not allowed here; allowed: {allowed}"
     raise OpenAIError(405, message, code="method_not_allowed", headers={"Allow": allowed})
-
-
-def _check_dimensions(embedding: EmbeddingCall, dimensions: int) -> None:
-    """Only the model's own vector length is served."""
-    if embedding.dimensions is not None and embedding.dimensions != dimensions:
-        raise unsupported(
-            "dimensions",
-            f"The model `{embedding.request.model}` makes vectors of {dimensions} dimensions; "
-            f"{embedding.dimensions} is not supported.",
-        )
 
 
 def _json(value: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Response:

@@ -51,6 +51,7 @@ def chat_call(request: pb.ChatRequest, api_key_id: str) -> ChatCall:
         conversation_id=request.conversation_id,
         cache_mode=_CACHE_MODES.get(request.cache_mode, CacheMode.DEFAULT),
         api_key_id=api_key_id,
+        raw_params=struct_to_json(request.openai_parameters),
     )
 
 
@@ -104,7 +105,7 @@ def _tool(tool: pb.Tool) -> dict[str, Any]:
     if tool.function.description:
         function["description"] = tool.function.description
     if tool.function.HasField("parameters"):
-        function["parameters"] = struct_to_dict(tool.function.parameters)
+        function["parameters"] = struct_to_json(tool.function.parameters)
     if tool.function.strict:
         function["strict"] = True
     return {"type": tool.type or "function", "function": function}
@@ -124,7 +125,7 @@ def _response_format(value: pb.ResponseFormat) -> dict[str, Any] | None:
         return {"type": kind}
     schema: dict[str, Any] = {
         "name": value.schema_name or "response",
-        "schema": struct_to_dict(value.json_schema),
+        "schema": struct_to_json(value.json_schema),
     }
     if value.strict:
         schema["strict"] = True
@@ -360,6 +361,24 @@ def budget_to_proto(state: BudgetState) -> pb.Budget:
 def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
     """A Struct as plain JSON values (whole numbers stay floats, as JSON has no ints)."""
     return dict(json_format.MessageToDict(value))
+
+
+def struct_to_json(value: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as the JSON values it was made of, numbers as floats; unlike `struct_to_dict`,
+    it keeps infinite numbers (a JSON number too large for a double), for validation to refuse
+    them by name."""
+    return {key: _json_value(item) for key, item in value.fields.items()}
+
+
+def _json_value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return struct_to_json(value.struct_value)
+    if kind == "list_value":
+        return [_json_value(item) for item in value.list_value.values]
+    if kind == "null_value" or kind is None:
+        return None
+    return getattr(value, kind)
 
 
 def dict_to_struct(value: Mapping[str, Any]) -> struct_pb2.Struct:

@@ -31,6 +31,7 @@ from nexus.common.errors import (
 from nexus.llm import _litellm  # noqa: F401  (sets HF_HUB_OFFLINE before Hugging Face loads)
 from nexus.llm.settings import LlmSettings
 from nexus.llm.types import Embeddings, TokenUsage
+from nexus.llm.validation import INVALID_TYPE, violation
 
 if TYPE_CHECKING:
     from nexus.llm.router import ModelDescription
@@ -137,9 +138,11 @@ def check_text(field_path: str, text: object, settings: LlmSettings) -> str:
         ResourceExhausted: Longer than `settings.max_input_chars`.
     """
     if not isinstance(text, str):
-        raise InvalidArgument.for_field(field_path, "must be a string")
+        raise violation(
+            field_path, f"Invalid type for '{field_path}': expected a string.", INVALID_TYPE
+        )
     if not text:
-        raise InvalidArgument.for_field(field_path, "must not be empty")
+        raise violation(field_path, f"Invalid '{field_path}': texts must not be empty.")
     if len(text) > settings.max_input_chars:
         raise ResourceExhausted.too_large(
             f"{field_path} (characters)", len(text), settings.max_input_chars
@@ -288,7 +291,7 @@ class EmbeddingModels:
             dims = (await self.embed(model, [PROBE_TEXT])).dimensions
         return dims
 
-    async def embed(self, model: str, texts: Sequence[str]) -> Embeddings:
+    async def embed(self, model: str, texts: Sequence[str], *, field: str = "inputs") -> Embeddings:
         """Unit float32 vectors of `texts`, in order, with their usage.
 
         The local model reads at most its first 256 tokens of a text; its usage counts the
@@ -297,6 +300,7 @@ class EmbeddingModels:
         Args:
             model: An embedding model of `names()`; "" for the default.
             texts: 1 to `max_embed_inputs` non-empty texts of at most `max_input_chars`.
+            field: The request's field that holds them, for their errors.
 
         Raises:
             InvalidArgument: No texts, or an empty one (`inputs[i]`).
@@ -305,7 +309,7 @@ class EmbeddingModels:
             FailedPrecondition: The local model is not started.
         """
         name = self.resolve(model)
-        checked = check_texts("inputs", texts, self._settings, self._settings.max_embed_inputs)
+        checked = check_texts(field, texts, self._settings, self._settings.max_embed_inputs)
         if name == LOCAL_MODEL:
             return await self._embed_local(checked)
         return await self._embed_provider(name, checked)

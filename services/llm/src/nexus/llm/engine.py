@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from nexus.common.errors import InvalidArgument
+from nexus.common.errors import FieldViolation, InvalidArgument
 from nexus.llm.budgets import BudgetStore, Reservation, estimate_cost
 from nexus.llm.cache import ResponseCache, SemanticCache, cache_key
 from nexus.llm.conversations import ConversationStore, trim_to_context
@@ -33,7 +33,7 @@ from nexus.llm.types import (
     UsageRecord,
 )
 from nexus.llm.usage import UsageLedger
-from nexus.llm.validation import validate_call
+from nexus.llm.validation import MISSING_REQUIRED_PARAMETER, model_name, validate_call
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,9 @@ class ChatEngine:
             return await self._finish(plan, found, started, operation)
         reservation = found
         try:
-            completion = await self._router.complete(plan.model.name, plan.messages, call.params)
+            completion = await self._router.complete(
+                plan.model.name, plan.messages, plan.call.params
+            )
         except BaseException:
             if reservation.active:
                 self._background(self._budgets.release(reservation))
@@ -131,7 +133,9 @@ class ChatEngine:
         reservation = found
         collected = _Collector()
         try:
-            async for chunk in self._router.stream(plan.model.name, plan.messages, call.params):
+            async for chunk in self._router.stream(
+                plan.model.name, plan.messages, plan.call.params
+            ):
                 collected.add(chunk)
                 if chunk.finish_reason:
                     chunk = replace(chunk, usage=self._stream_usage(plan, collected))
@@ -158,11 +162,9 @@ class ChatEngine:
     # Planning.
 
     async def _plan(self, call: ChatCall) -> _Plan:
-        history, model_name = await self._history(call)
-        validate_call(call, self._settings, has_history=bool(history))
-        if not call.messages and not history:
-            raise InvalidArgument.for_field("messages", "at least one message is required")
-        model = self._router.chat_model(model_name)
+        history, name = await self._history(call)
+        model = self._router.chat_model(name)  # an unknown model first, as OpenAI does
+        call = validate_call(call, self._settings, has_history=bool(history))
         messages = history + call.messages
         if history:
             messages = self._trim(model, messages, call.params)
@@ -171,12 +173,17 @@ class ChatEngine:
         return _Plan(replace(call, model=model.name), model, messages, call.messages, tokens, key)
 
     async def _history(self, call: ChatCall) -> tuple[list[Message], str]:
+        named = model_name(call)
         if not call.conversation_id:
-            if not call.model:
-                raise InvalidArgument.for_field("model", "a model is required")
-            return [], call.model
+            if not named:
+                raise InvalidArgument(
+                    "You must provide a model parameter.",
+                    reason=MISSING_REQUIRED_PARAMETER,
+                    violations=[FieldViolation("model", "a model is required")],
+                )
+            return [], named
         record = await self._conversations.get(call.api_key_id, call.conversation_id)
-        model = call.model or record.model
+        model = named or record.model
         if not model:
             raise InvalidArgument.for_field(
                 "model", "neither the request nor the conversation names one"

@@ -67,7 +67,8 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
             yield converters.chunk_to_proto(chunk)
 
     async def Embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
-        result = await self._embedding_path.embed(request.model, request.inputs, caller_id())
+        raw = converters.struct_to_json(request.openai_parameters)
+        result = await self._embedding_path.embed(request.model, request.inputs, caller_id(), raw)
         return converters.embeddings_to_proto(result)
 
     async def ListModels(

@@ -34,12 +34,15 @@ class ChatCall:
     Attributes:
         model: The model name (a router model group or a local model).
         messages: OpenAI-format messages, oldest first (without conversation history).
-        params: OpenAI parameters passed to the provider: temperature, top_p, max_tokens,
-            stop, seed, response_format, tools, tool_choice, presence_penalty,
-            frequency_penalty, user. Absent keys are provider defaults.
+        params: OpenAI parameters passed to the provider (`nexus.llm.validation.FORWARDED`:
+            temperature, top_p, max_tokens, stop, seed, response_format, tools, tool_choice,
+            reasoning_effort, ...). Absent keys are provider defaults.
         conversation_id: The conversation to continue and append to, or "".
         cache_mode: Cache use.
         api_key_id: Who calls (usage, budgets, conversation ownership).
+        raw_params: Parameters by their OpenAI names as the client's JSON, not yet checked
+            (the request's `openai_parameters`); validation checks them, merges them into
+            `messages` and `params`, and empties this.
     """
 
     model: str
@@ -48,6 +51,7 @@ class ChatCall:
     conversation_id: str = ""
     cache_mode: CacheMode = CacheMode.DEFAULT
     api_key_id: str = ANONYMOUS
+    raw_params: dict[str, Any] = field(default_factory=dict)
 
     def with_messages(self, messages: list[Message]) -> ChatCall:
         """The same call over other messages (history prepended, say)."""

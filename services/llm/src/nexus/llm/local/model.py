@@ -611,10 +611,8 @@ def _number(params: dict[str, Any], field: str, default: float, low: float, high
 
 
 def _top_p(value: object) -> float:
-    top_p = _number({"top_p": value}, "top_p", 1.0, 0.0, 1.0)
-    if top_p <= 0.0:
-        raise InvalidArgument.for_field("top_p", "must be above 0")
-    return top_p
+    """0 to 1, as OpenAI's; 0 keeps only the most probable token (see `_nucleus`)."""
+    return _number({"top_p": value}, "top_p", 1.0, 0.0, 1.0)
 
 
 def _seed(value: object) -> int | None:

@@ -318,6 +318,7 @@ class ChatRequest(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     PRESENCE_PENALTY_FIELD_NUMBER: _builtins.int
     FREQUENCY_PENALTY_FIELD_NUMBER: _builtins.int
+    OPENAI_PARAMETERS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name of ListModels (a deployment group of the router, or a local model)."""
     temperature: _builtins.float
@@ -358,6 +359,16 @@ class ChatRequest(_message.Message):
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
         """Tools the model may call."""
 
+    @_builtins.property
+    def openai_parameters(self) -> _struct_pb2.Struct:
+        """Further parameters of OpenAI's chat completion request, by their OpenAI names and as OpenAI's
+        JSON (`reasoning_effort`, `parallel_tool_calls`, `logit_bias`, `metadata`, `n`, ...), and any
+        parameter whose value its own field above cannot hold (the OpenAI surface sends
+        `"temperature": "hot"` here). The service checks each against OpenAI's rules: a valid one is
+        passed to the provider (or has no effect, as `metadata`), one that Nexus cannot serve is
+        refused, an unknown name is refused. A parameter may not be set both here and in its field.
+        """
+
     def __init__(
         self,
         *,
@@ -376,10 +387,11 @@ class ChatRequest(_message.Message):
         user: _builtins.str = ...,
         presence_penalty: _builtins.float | None = ...,
         frequency_penalty: _builtins.float | None = ...,
+        openai_parameters: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "presence_penalty", b"presence_penalty", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "openai_parameters", b"openai_parameters", "presence_penalty", b"presence_penalty", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "cache_mode", b"cache_mode", "conversation_id", b"conversation_id", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "presence_penalty", b"presence_penalty", "response_format", b"response_format", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "cache_mode", b"cache_mode", "conversation_id", b"conversation_id", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "openai_parameters", b"openai_parameters", "presence_penalty", b"presence_penalty", "response_format", b"response_format", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__frequency_penalty: _TypeAlias = _typing.Literal["frequency_penalty"]  # noqa: Y015
     _WhichOneofArgType__frequency_penalty: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty"]  # noqa: Y015
@@ -645,21 +657,30 @@ class EmbedRequest(_message.Message):
 
     MODEL_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
+    OPENAI_PARAMETERS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """An embedding model of ListModels; empty for the local default."""
     @_builtins.property
     def inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The texts."""
 
+    @_builtins.property
+    def openai_parameters(self) -> _struct_pb2.Struct:
+        """Further parameters of OpenAI's embeddings request, by their OpenAI names and as OpenAI's JSON
+        (`dimensions`, `encoding_format`, `user`), and an `input` that `inputs` cannot hold (token
+        arrays, values of the wrong type): checked against OpenAI's rules, as in `ChatRequest`.
+        """
+
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
         inputs: _abc.Iterable[_builtins.str] | None = ...,
+        openai_parameters: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["openai_parameters", b"openai_parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "model", b"model", "openai_parameters", b"openai_parameters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
