@@ -13,6 +13,7 @@ names (snake_case) and print fields that hold their zero value.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -46,6 +47,8 @@ _NO_FIELD = re.compile(
     r'has no field named "(?P<name>[^"]+)"(?: at "[A-Za-z_]\w*\.?(?P<at>[^"]*)")?'
 )
 _FAILED_FIELD = re.compile(r"^Failed to parse (?P<path>\w+) field")
+# Integers this long may be beyond a double's range (2**1024); shorter ones never are.
+_HUGE_INT_BITS = 1024
 
 PathValues = dict[tuple[str, ...], str]
 
@@ -112,12 +115,17 @@ def _load_json(body: bytes, *, object_required: bool) -> Any:
     if not body.strip():
         return {}
     try:
-        value = json.loads(body)
+        value = json.loads(body, parse_constant=_not_json)
     except (ValueError, RecursionError) as err:
         raise GatewayError.bad_field("", f"the body is not valid JSON: {err}") from err
     if object_required and not isinstance(value, dict):
         raise GatewayError.bad_field("", "the body must be a JSON object")
     return value
+
+
+def _not_json(text: str) -> Any:
+    """Python's json reads NaN and Infinity, which JSON does not have."""
+    raise ValueError(f"{text} is not JSON (proto3 JSON writes it as the string {text!r})")
 
 
 def _parse_body(message_class: type[Message], tree: dict[str, Any]) -> Message:
@@ -139,14 +147,40 @@ def _reject_query(query: list[tuple[str, str]]) -> None:
 
 def _parse_into(message: Message, tree: dict[str, Any], *, query_names: bool = False) -> None:
     """Merges a JSON tree into `message`, turning parse errors into 400s naming the field."""
+    _check_numbers(tree, "")
     try:
         json_format.ParseDict(tree, message, ignore_unknown_fields=False)
     except json_format.ParseError as err:
         text = str(err).split("\n")[0]
         raise GatewayError.bad_field(_field_of(text), text) from err
-    except (TypeError, ValueError, AttributeError, RecursionError) as err:
+    except (TypeError, ValueError, AttributeError, RecursionError, OverflowError) as err:
         # json_format lets a few of these through for values of the wrong shape.
         raise GatewayError.bad_field(_first_key(tree) if query_names else "", str(err)) from err
+
+
+def _check_numbers(value: Any, path: str) -> None:
+    """Refuses a number beyond a double's range: json.loads reads `1e999` as infinity and a
+    310-digit integer exactly, which json_format would let into a Struct or fail on with an
+    OverflowError. (The plain fast path refuses both itself.)"""
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            _check_numbers(item, f"{path}.{key}" if path else str(key))
+    elif kind is list:
+        for index, item in enumerate(value):
+            _check_numbers(item, f"{path}[{index}]")
+    elif (kind is float and not math.isfinite(value)) or (
+        kind is int and value.bit_length() >= _HUGE_INT_BITS and not _fits_double(value)
+    ):
+        raise GatewayError.bad_field(path, "the number is beyond the range of a double")
+
+
+def _fits_double(value: int) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def _field_of(text: str) -> str:
