@@ -102,6 +102,36 @@ async def test_bad_points_are_refused_clearly(
     assert says.lower() in (caught.value.details() or "").lower()
 
 
+async def test_values_at_the_float_limit_train_and_a_diverging_fit_registers_nothing(
+    client: Client,
+) -> None:
+    extreme = cloud(60, 3)
+    extreme[:5, 0] = 1e308
+    extreme[5:10, 1] = -1e308
+    trained = await client.anomaly.TrainDetector(
+        pb.TrainDetectorRequest(
+            name=unique(), algorithm=pb.ALGORITHM_ONE_CLASS_SVM, points=points(extreme)
+        ),
+        metadata=client.metadata,
+    )
+    assert np.isfinite(trained.threshold)
+
+    name = unique()
+    diverging = pb.TrainDetectorRequest(
+        name=name,
+        algorithm=pb.ALGORITHM_ONE_CLASS_SVM,
+        points=points(cloud(60, 3)),
+        parameters={"kernel": "poly", "gamma": "1e300", "degree": "10"},
+        promote_to="production",
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.anomaly.TrainDetector(diverging, metadata=client.metadata)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await client.models.GetModel(models_pb.GetModelRequest(name=name), metadata=client.metadata)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 async def test_unknown_detector_is_not_found(client: Client) -> None:
     request = pb.ScorePointsRequest(name=unique(), points=[pb.Point(values=[1.0])])
     with pytest.raises(grpc.aio.AioRpcError) as caught:
