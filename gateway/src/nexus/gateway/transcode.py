@@ -12,6 +12,7 @@ names (snake_case) and print fields that hold their zero value.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -24,6 +25,7 @@ from google.protobuf.message import Message
 
 from nexus.gateway.descriptors import HttpBinding
 from nexus.gateway.errors import GatewayError
+from nexus.gateway.jsonload import IncrementalLoader
 from nexus.gateway.plainjson import parse_plain
 
 # Well-known types whose JSON form is a string or a scalar, so a query parameter can carry them.
@@ -54,7 +56,12 @@ PathValues = dict[tuple[str, ...], str]
 
 
 def build_request(
-    binding: HttpBinding, path: PathValues, query: Iterable[tuple[str, str]], body: bytes
+    binding: HttpBinding,
+    path: PathValues,
+    query: Iterable[tuple[str, str]],
+    body: bytes,
+    *,
+    yielding: bool = False,
 ) -> Message:
     """The request message of one HTTP request.
 
@@ -63,6 +70,8 @@ def build_request(
         path: Values of the path variables, by field path.
         query: Query parameters, in order (a key may repeat).
         body: The raw request body.
+        yielding: Parse the JSON so that other threads run meanwhile (`nexus.gateway.jsonload`:
+            slower, for large bodies on a worker thread).
 
     Raises:
         GatewayError: INVALID_ARGUMENT, naming the bad field, for bad JSON or a bad value.
@@ -70,11 +79,13 @@ def build_request(
     query = list(query)
     if binding.body == "*":
         _reject_query(query)
-        request = _parse_body(binding.request_class, _load_json(body, object_required=True))
+        tree = _load_json(body, object_required=True, yielding=yielding)
+        request = _parse_body(binding.request_class, tree)
     else:
         request = binding.request_class()
         if binding.body:
-            _parse_into(request, {binding.body: _load_json(body, object_required=False)})
+            value = _load_json(body, object_required=False, yielding=yielding)
+            _parse_into(request, {binding.body: value})
         elif body.strip():
             raise GatewayError.bad_field(
                 "", f"{binding.http_method} {binding.template.template} takes no body"
@@ -111,11 +122,12 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=True)
 
 
-def _load_json(body: bytes, *, object_required: bool) -> Any:
+def _load_json(body: bytes, *, object_required: bool, yielding: bool) -> Any:
     if not body.strip():
         return {}
     try:
-        value = json.loads(body, parse_constant=_not_json)
+        loads = _YIELDING.loads if yielding else _LOADS
+        value = loads(body)
     except (ValueError, RecursionError) as err:
         raise GatewayError.bad_field("", f"the body is not valid JSON: {err}") from err
     if object_required and not isinstance(value, dict):
@@ -126,6 +138,10 @@ def _load_json(body: bytes, *, object_required: bool) -> Any:
 def _not_json(text: str) -> Any:
     """Python's json reads NaN and Infinity, which JSON does not have."""
     raise ValueError(f"{text} is not JSON (proto3 JSON writes it as the string {text!r})")
+
+
+_YIELDING = IncrementalLoader(_not_json)
+_LOADS = functools.partial(json.loads, parse_constant=_not_json)
 
 
 def _parse_body(message_class: type[Message], tree: dict[str, Any]) -> Message:
