@@ -14,23 +14,29 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 from nexus.api.common.v1 import common_pb2
+from nexus.common import rules
 from nexus.gateway.descriptors import HttpBinding, resolve_field
 from nexus.gateway.transcode import QUERY_WELL_KNOWN
 
 Schema = dict[str, Any]
 
-_ERROR_CODES = ("400", "401", "403", "404", "413", "429", "500", "503", "504")
 _ERROR_TEXT = {
     "400": "Invalid request: bad JSON, a bad field (see field_violations), a failed precondition.",
     "401": "Missing or invalid API key.",
     "403": "The API key lacks the scope this operation needs.",
     "404": "No such route, resource or service.",
+    "409": "Conflict: the resource exists already, or a concurrent change won (retry).",
     "413": "Request body (or a batch in it) too large.",
+    "414": "The URL is longer than the gateway accepts.",
+    "415": "The body is declared as something other than JSON.",
     "429": "Rate limit exceeded; see the Retry-After header.",
+    "431": "The request headers are larger than the gateway accepts.",
     "500": "Internal error.",
+    "501": "The backend does not implement this operation.",
     "503": "Backend unavailable or not ready.",
     "504": "The backend did not answer within the deadline.",
 }
+_BODY_ONLY = {"415"}  # only an operation that takes a body can get these
 _MAX_QUERY_DEPTH = 3
 
 _T = FieldDescriptor
@@ -82,8 +88,9 @@ _WELL_KNOWN: dict[str, Schema] = {
 class Schemas:
     """Builds `components/schemas`: a named schema per message and enum reached."""
 
-    def __init__(self) -> None:
+    def __init__(self, path_bound: dict[str, set[str]] | None = None) -> None:
         self.components: dict[str, Schema] = {}
+        self._path_bound = path_bound or {}
 
     def message(self, message: Descriptor) -> Schema:
         """The schema of a message: inline for well-known types, else a `$ref`."""
@@ -97,16 +104,23 @@ class Schemas:
 
     def _object(self, message: Descriptor) -> Schema:
         properties = {f.name: self.field(f) for f in message.fields}
-        return {"type": "object", "title": message.name, "properties": properties}
+        schema = {"type": "object", "title": message.name, "properties": properties}
+        # A field a path variable fills is not required in the body.
+        bound = self._path_bound.get(message.full_name, set())
+        if required := [name for name in rules.required_fields(message) if name not in bound]:
+            schema["required"] = required
+        return schema
 
     def field(self, field: FieldDescriptor) -> Schema:
-        """The schema of a field: repeated fields are arrays, maps are objects."""
+        """The schema of a field: repeated fields are arrays, maps are objects; with the field's
+        declared rules (`nexus.common.rules`)."""
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value = field.message_type.fields_by_name["value"]
             return {"type": "object", "additionalProperties": self.single(value)}
+        each, whole = rules.keywords(field)
         if field.is_repeated:
-            return {"type": "array", "items": self.single(field)}
-        return self.single(field)
+            return {"type": "array", "items": self.single(field) | each, **whole}
+        return self.single(field) | each
 
     def single(self, field: FieldDescriptor) -> Schema:
         """The schema of one value of a field."""
@@ -149,7 +163,8 @@ def build_openapi(
         title: The document's title.
         version: The API's version.
     """
-    schemas = Schemas()
+    bindings = list(bindings)
+    schemas = Schemas(_path_bound(bindings))
     error_ref = schemas.message(common_pb2.ErrorResponse.DESCRIPTOR)
     paths: dict[str, dict[str, Any]] = _health_paths()
     for binding in bindings:
@@ -161,7 +176,10 @@ def build_openapi(
         "paths": paths,
         "components": {
             "schemas": dict(sorted(schemas.components.items())),
-            "responses": {"Error": _error_response(error_ref)},
+            "responses": {
+                _error_name(code): _error_response(error_ref, text)
+                for code, text in _ERROR_TEXT.items()
+            },
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "Nexus API key."},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
@@ -177,9 +195,22 @@ _DESCRIPTION = (
 )
 
 
-def _error_response(error_ref: Schema) -> Schema:
+def _path_bound(bindings: Iterable[HttpBinding]) -> dict[str, set[str]]:
+    """Per request message: the fields that a path variable of some route fills."""
+    bound: dict[str, set[str]] = {}
+    for binding in bindings:
+        names = {v.field_path[0] for v in binding.template.variables}
+        bound.setdefault(binding.method.input_type.full_name, set()).update(names)
+    return bound
+
+
+def _error_name(code: str) -> str:
+    return f"Error{code}"
+
+
+def _error_response(error_ref: Schema, text: str) -> Schema:
     return {
-        "description": "An error, in the one error body.",
+        "description": f"{text} The one error body.",
         "headers": {
             "Retry-After": {
                 "description": "Seconds to wait before retrying (429, sometimes 503).",
@@ -234,7 +265,8 @@ def _responses(binding: HttpBinding, schemas: Schemas) -> dict[str, Any]:
     }
     if binding.server_streaming:
         ok = _event_stream(schema)
-    errors = {c: {"$ref": "#/components/responses/Error"} for c in _ERROR_CODES}
+    codes = [c for c in _ERROR_TEXT if binding.body or c not in _BODY_ONLY]
+    errors = {c: {"$ref": f"#/components/responses/{_error_name(c)}"} for c in codes}
     return {"200": ok, **errors}
 
 
@@ -271,7 +303,13 @@ def _query_parameters(binding: HttpBinding, schemas: Schemas) -> list[dict[str, 
     bound = {v.name for v in binding.template.variables} | {binding.body}
     fields = _query_fields(binding.method.input_type, "", 0)
     return [
-        {"name": name, "in": "query", "required": False, "schema": schemas.field(field)}
+        {
+            "name": name,
+            "in": "query",
+            "required": "." not in name
+            and name in rules.required_fields(binding.method.input_type),
+            "schema": schemas.field(field),
+        }
         for name, field in fields
         if name not in bound and name.split(".")[0] not in bound
     ]
@@ -303,7 +341,7 @@ def _health_paths() -> dict[str, dict[str, Any]]:
                 "security": [],
                 "responses": {
                     "200": {"description": ok},
-                    "503": {"$ref": "#/components/responses/Error"},
+                    "503": {"$ref": f"#/components/responses/{_error_name('503')}"},
                 },
             }
         }
