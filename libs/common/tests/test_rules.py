@@ -125,7 +125,7 @@ def test_nested_and_optional_fields() -> None:
     from nexus.api.models.v1 import model_registry_pb2 as reg
 
     upsert = llm.UpsertDocumentsRequest(
-        collection="c", documents=[llm.Document(id="a"), llm.Document(id="")]
+        collection="c", documents=[llm.Document(id="a", text="t"), llm.Document(id="", text="t")]
     )
     split = reg.SetTrafficSplitRequest(
         name="m", alias="a", splits=[reg.TrafficSplit(version="2"), reg.TrafficSplit(version="x")]

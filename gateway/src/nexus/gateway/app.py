@@ -62,7 +62,7 @@ def build_app(
     router = Router(discover() if bindings is None else bindings)
     pool = BackendPool(settings.backends, max_message_bytes=settings.max_message_bytes)
     gateway = Gateway(settings, router, pool, keys)
-    document = build_openapi(router.bindings, secured=keys is not None)
+    document = build_openapi(router.bindings, secured=keys is not None, backends=pool.names)
     if OPENAI_BACKEND in pool:
         add_openai(document)
 

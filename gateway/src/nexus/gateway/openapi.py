@@ -8,7 +8,7 @@ names, as responses use them (requests accept the lowerCamel JSON names too).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
@@ -104,7 +104,13 @@ class Schemas:
 
     def _object(self, message: Descriptor) -> Schema:
         properties = {f.name: self.field(f) for f in message.fields}
-        schema = {"type": "object", "title": message.name, "properties": properties}
+        # Unknown fields are refused (the lowerCamel JSON names are accepted too).
+        schema = {
+            "type": "object",
+            "title": message.name,
+            "properties": properties,
+            "additionalProperties": False,
+        }
         # A field a path variable fills is not required in the body.
         bound = self._path_bound.get(message.full_name, set())
         if required := [name for name in rules.required_fields(message) if name not in bound]:
@@ -154,6 +160,7 @@ def build_openapi(
     secured: bool = True,
     title: str = "Nexus API",
     version: str = "1.0.0",
+    backends: Collection[str] = (),
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the bindings (plus the gateway's own health endpoints).
 
@@ -162,6 +169,8 @@ def build_openapi(
         secured: Whether operations need an API key (auth on).
         title: The document's title.
         version: The API's version.
+        backends: The backends this gateway routes to: the values a `route_by_field` path
+            variable may take (any name when empty).
     """
     bindings = list(bindings)
     schemas = Schemas(_path_bound(bindings))
@@ -169,7 +178,9 @@ def build_openapi(
     paths: dict[str, dict[str, Any]] = _health_paths()
     for binding in bindings:
         item = paths.setdefault(binding.template.openapi_path(), {})
-        item[binding.http_method.lower()] = _operation(binding, schemas)
+        operation = item[binding.http_method.lower()] = _operation(binding, schemas)
+        if binding.route_field and backends:
+            _route_choices(operation, binding.route_field, sorted(backends))
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": _DESCRIPTION},
@@ -193,6 +204,13 @@ _DESCRIPTION = (
     "Generated from the protos' google.api.http annotations. Errors share one body "
     "(ErrorResponse). Send `X-Nexus-Timeout: <seconds>` to shorten a call's deadline."
 )
+
+
+def _route_choices(operation: dict[str, Any], route_field: str, backends: list[str]) -> None:
+    """The backend-naming path variable takes the configured backends only (others are 404)."""
+    for parameter in operation["parameters"]:
+        if parameter["in"] == "path" and parameter["name"] == route_field:
+            parameter["schema"] = {"type": "string", "enum": backends}
 
 
 def _path_bound(bindings: Iterable[HttpBinding]) -> dict[str, set[str]]:

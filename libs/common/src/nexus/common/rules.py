@@ -72,6 +72,7 @@ class _Rule:
     form_words: str
     max_items: int | None
     max_length: int | None
+    min_length: int
     bounds: tuple[tuple[Callable[[float, float], bool], str, float], ...]
 
     @classmethod
@@ -83,6 +84,7 @@ class _Rule:
             form_words=words,
             max_items=rules.max_items if rules.HasField("max_items") else None,
             max_length=rules.max_length if rules.HasField("max_length") else None,
+            min_length=rules.min_length,
             bounds=tuple((*_TESTS[k], b) for k, b in _bounds(rules).items()),
         )
 
@@ -151,7 +153,8 @@ def _check_field(
     if rule.required and not step.presence and not value:
         found.append(FieldViolation(path, "is required"))
     elif not step.repeated:
-        _check_value(step, rule, value, path, found)
+        if value != "":  # an empty string is the field left out: only `required` applies
+            _check_value(step, rule, value, path, found)
     else:
         if rule.max_items is not None and len(value) > rule.max_items:
             too_many = f"has {len(value)} items, at most {rule.max_items}"
@@ -166,8 +169,11 @@ def _check_value(
     if step.number:
         if rule.bounds and (problem := _out_of_range(rule, value)):
             found.append(FieldViolation(path, problem))
-    elif isinstance(value, str) and value:
-        if rule.form is not None and not rule.form.fullmatch(value):
+    elif isinstance(value, str):
+        if len(value) < rule.min_length:
+            short = f"has {len(value)} characters, at least {rule.min_length}"
+            found.append(FieldViolation(path, "must not be empty" if not value else short))
+        elif rule.form is not None and not rule.form.fullmatch(value):
             found.append(FieldViolation(path, f"{rule.form_words}, got {value!r}"))
         elif rule.max_length is not None and len(value) > rule.max_length:
             found.append(
@@ -230,6 +236,8 @@ def keywords(field: FieldDescriptor) -> tuple[Schema, Schema]:
         value["minLength"] = 1
     if rules.HasField("max_length"):
         value["maxLength"] = rules.max_length
+    if rules.min_length:
+        value["minLength"] = max(rules.min_length, value.get("minLength", 0))
     value.update({keyword: _number(bound) for keyword, bound in _bounds(rules).items()})
     container: Schema = {}
     if field.is_repeated:

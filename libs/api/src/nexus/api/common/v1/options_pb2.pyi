@@ -59,6 +59,7 @@ class FieldRules(_message.Message):
     EXCLUSIVE_MAXIMUM_FIELD_NUMBER: _builtins.int
     MAX_ITEMS_FIELD_NUMBER: _builtins.int
     MAX_LENGTH_FIELD_NUMBER: _builtins.int
+    MIN_LENGTH_FIELD_NUMBER: _builtins.int
     required: _builtins.bool
     """The field must be set: a non-empty string or list, a present message, a non-zero number."""
     identifier: Global___Identifier.ValueType
@@ -74,7 +75,9 @@ class FieldRules(_message.Message):
     max_items: _builtins.int
     """Most items of a list."""
     max_length: _builtins.int
-    """Most characters of a string."""
+    """Most characters of a string (of each string of a list)."""
+    min_length: _builtins.int
+    """Fewest characters of each string of a list (1: no empty strings)."""
     def __init__(
         self,
         *,
@@ -86,10 +89,11 @@ class FieldRules(_message.Message):
         exclusive_maximum: _builtins.float | None = ...,
         max_items: _builtins.int | None = ...,
         max_length: _builtins.int | None = ...,
+        min_length: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exclusive_maximum", b"_exclusive_maximum", "_exclusive_minimum", b"_exclusive_minimum", "_max_items", b"_max_items", "_max_length", b"_max_length", "_maximum", b"_maximum", "_minimum", b"_minimum", "exclusive_maximum", b"exclusive_maximum", "exclusive_minimum", b"exclusive_minimum", "max_items", b"max_items", "max_length", b"max_length", "maximum", b"maximum", "minimum", b"minimum"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exclusive_maximum", b"_exclusive_maximum", "_exclusive_minimum", b"_exclusive_minimum", "_max_items", b"_max_items", "_max_length", b"_max_length", "_maximum", b"_maximum", "_min_length", b"_min_length", "_minimum", b"_minimum", "exclusive_maximum", b"exclusive_maximum", "exclusive_minimum", b"exclusive_minimum", "max_items", b"max_items", "max_length", b"max_length", "maximum", b"maximum", "min_length", b"min_length", "minimum", b"minimum"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exclusive_maximum", b"_exclusive_maximum", "_exclusive_minimum", b"_exclusive_minimum", "_max_items", b"_max_items", "_max_length", b"_max_length", "_maximum", b"_maximum", "_minimum", b"_minimum", "exclusive_maximum", b"exclusive_maximum", "exclusive_minimum", b"exclusive_minimum", "identifier", b"identifier", "max_items", b"max_items", "max_length", b"max_length", "maximum", b"maximum", "minimum", b"minimum", "required", b"required"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exclusive_maximum", b"_exclusive_maximum", "_exclusive_minimum", b"_exclusive_minimum", "_max_items", b"_max_items", "_max_length", b"_max_length", "_maximum", b"_maximum", "_min_length", b"_min_length", "_minimum", b"_minimum", "exclusive_maximum", b"exclusive_maximum", "exclusive_minimum", b"exclusive_minimum", "identifier", b"identifier", "max_items", b"max_items", "max_length", b"max_length", "maximum", b"maximum", "min_length", b"min_length", "minimum", b"minimum", "required", b"required"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exclusive_maximum: _TypeAlias = _typing.Literal["exclusive_maximum"]  # noqa: Y015
     _WhichOneofArgType__exclusive_maximum: _TypeAlias = _typing.Literal["_exclusive_maximum", b"_exclusive_maximum"]  # noqa: Y015
@@ -101,6 +105,8 @@ class FieldRules(_message.Message):
     _WhichOneofArgType__max_length: _TypeAlias = _typing.Literal["_max_length", b"_max_length"]  # noqa: Y015
     _WhichOneofReturnType__maximum: _TypeAlias = _typing.Literal["maximum"]  # noqa: Y015
     _WhichOneofArgType__maximum: _TypeAlias = _typing.Literal["_maximum", b"_maximum"]  # noqa: Y015
+    _WhichOneofReturnType__min_length: _TypeAlias = _typing.Literal["min_length"]  # noqa: Y015
+    _WhichOneofArgType__min_length: _TypeAlias = _typing.Literal["_min_length", b"_min_length"]  # noqa: Y015
     _WhichOneofReturnType__minimum: _TypeAlias = _typing.Literal["minimum"]  # noqa: Y015
     _WhichOneofArgType__minimum: _TypeAlias = _typing.Literal["_minimum", b"_minimum"]  # noqa: Y015
     @_typing.overload
@@ -113,6 +119,8 @@ class FieldRules(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_length) -> _WhichOneofReturnType__max_length | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__maximum) -> _WhichOneofReturnType__maximum | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_length) -> _WhichOneofReturnType__min_length | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__minimum) -> _WhichOneofReturnType__minimum | None: ...
 
