@@ -80,9 +80,39 @@ def test_openapi_operations() -> None:
     assert list_models["x-nexus-scope"] == "models:read"
     body = score["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"$ref": "#/components/schemas/nexus.anomaly.v1.ScorePointsRequest"}
-    assert score["responses"]["413"] == {"$ref": "#/components/responses/Error"}
+    assert score["responses"]["413"] == {"$ref": "#/components/responses/Error413"}
     assert "text/event-stream" in watch["responses"]["200"]["content"]
     assert [p["name"] for p in watch["parameters"]] == ["source"]
+
+
+def test_openapi_says_what_the_api_enforces() -> None:
+    document = build_openapi(discover())
+    schemas = document["components"]["schemas"]
+    paths = document["paths"]
+    score = schemas["nexus.anomaly.v1.ScorePointsRequest"]
+    search = schemas["nexus.llm.v1.SearchRequest"]
+    train = schemas["nexus.anomaly.v1.TrainDetectorRequest"]["properties"]
+    name = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+
+    # Required fields, less those a path variable fills; names, versions, ranges.
+    assert score["required"] == ["points"]
+    assert score["properties"]["points"]["minItems"] == 1
+    assert score["properties"]["version"]["pattern"] == r"^([1-9][0-9]{0,17})?$"
+    assert score["properties"]["alias"]["pattern"] == f"^({name})?$"
+    assert search["properties"]["top_k"] | {} == {
+        "type": "integer", "format": "int32", "minimum": 0, "maximum": 100
+    }  # fmt: skip
+    assert train["validation_fraction"]["exclusiveMaximum"] == 1
+    assert schemas["nexus.llm.v1.CreateCollectionRequest"]["properties"]["name"]["pattern"] == (
+        f"^{name}$"
+    )
+    detector = paths["/v1/anomaly/detectors/{name}:score"]["post"]["parameters"][0]
+    assert detector["schema"]["pattern"] == f"^{name}$"
+    # Every status the gateway may answer: 409 for conflicts, 415 only where there is a body.
+    promote = paths["/v1/{service}/models/{name}/versions/{version}:promote"]["post"]
+    listing = paths["/v1/anomaly/sources"]["get"]
+    assert {"409", "414", "415", "501"} <= set(promote["responses"])
+    assert "415" not in listing["responses"]
 
 
 def test_openapi_schemas_follow_proto3_json() -> None:

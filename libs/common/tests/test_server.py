@@ -63,10 +63,31 @@ async def stub(host: ServiceHost) -> AsyncIterator[pb_grpc.AnomalyServiceStub]:
         yield pb_grpc.AnomalyServiceStub(channel)
 
 
-async def status_of(stub: pb_grpc.AnomalyServiceStub, name: str) -> grpc.aio.AioRpcError:
+def score(name: str) -> pb.ScorePointsRequest:
+    """A request that keeps the declared field rules (a name, a point)."""
+    return pb.ScorePointsRequest(name=name, points=[pb.Point(values=[1.0])])
+
+
+async def status_of(
+    stub: pb_grpc.AnomalyServiceStub, name: str, request: pb.ScorePointsRequest | None = None
+) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.ScorePoints(pb.ScorePointsRequest(name=name))
+        await stub.ScorePoints(request or score(name))
     return caught.value
+
+
+async def test_declared_field_rules_are_checked_before_the_handler(
+    stub: pb_grpc.AnomalyServiceStub,
+) -> None:
+    # "bad" would make the handler answer its own violation: the rules answer first.
+    err = await status_of(stub, "", pb.ScorePointsRequest(name="-", version="01"))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(err)
+    bad = error_details_pb2.BadRequest()
+    assert status is not None
+    assert status.details[0].Unpack(bad)
+    assert [v.field for v in bad.field_violations] == ["name", "points", "version"]
+    assert "starting with a letter or digit" in bad.field_violations[0].description
 
 
 async def test_bad_input_carries_field_violations(stub: pb_grpc.AnomalyServiceStub) -> None:
@@ -118,7 +139,7 @@ async def test_readiness_follows_the_lifecycle_and_stop_drains(host: ServiceHost
         assert (await health.Check(check)).status == health_pb2.HealthCheckResponse.NOT_SERVING
         await host.set_serving()
         assert (await health.Check(check)).status == health_pb2.HealthCheckResponse.SERVING
-        slow = pb_grpc.AnomalyServiceStub(channel).ScorePoints(pb.ScorePointsRequest(name="slow"))
+        slow = pb_grpc.AnomalyServiceStub(channel).ScorePoints(score("slow"))
         await asyncio.sleep(0.1)
         await host.stop()
         assert (await slow).threshold == 1.0  # the in-flight call finished within the grace

@@ -87,7 +87,7 @@ async def test_dataset_upload_then_train_by_id(client: Client) -> None:
     [
         ([[1.0, float("nan"), 0.0, 0.0]], grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
         ([[1.0, 2.0]], grpc.StatusCode.INVALID_ARGUMENT, "trained on 4"),
-        ([], grpc.StatusCode.INVALID_ARGUMENT, "empty"),
+        ([], grpc.StatusCode.INVALID_ARGUMENT, "required"),
     ],
 )
 async def test_bad_points_are_refused_clearly(
@@ -100,6 +100,46 @@ async def test_bad_points_are_refused_clearly(
         await client.anomaly.ScorePoints(request, metadata=client.metadata)
     assert caught.value.code() == code
     assert says.lower() in (caught.value.details() or "").lower()
+
+
+async def test_values_at_the_float_limit_train_and_a_diverging_fit_registers_nothing(
+    client: Client,
+) -> None:
+    extreme = cloud(60, 3)
+    extreme[:5, 0] = 1e308
+    extreme[5:10, 1] = -1e308
+    trained = await client.anomaly.TrainDetector(
+        pb.TrainDetectorRequest(
+            name=unique(), algorithm=pb.ALGORITHM_ONE_CLASS_SVM, points=points(extreme)
+        ),
+        metadata=client.metadata,
+    )
+    assert np.isfinite(trained.threshold)
+
+    name = unique()
+    diverging = pb.TrainDetectorRequest(
+        name=name,
+        algorithm=pb.ALGORITHM_ONE_CLASS_SVM,
+        points=points(cloud(60, 3)),
+        parameters={"kernel": "poly", "gamma": "1e300", "degree": "10"},
+        promote_to="production",
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.anomaly.TrainDetector(diverging, metadata=client.metadata)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await client.models.GetModel(models_pb.GetModelRequest(name=name), metadata=client.metadata)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_names_follow_the_one_rule(client: Client) -> None:
+    train = pb.TrainDetectorRequest(name="-", algorithm=IFOREST, points=points(cloud(20)))
+    bind = pb.BindSourceRequest(source="_cpu", detector="d")
+    for call, request in ((client.anomaly.TrainDetector, train), (client.anomaly.BindSource, bind)):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(request, metadata=client.metadata)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "starting with a letter or digit" in (caught.value.details() or "")
 
 
 async def test_unknown_detector_is_not_found(client: Client) -> None:

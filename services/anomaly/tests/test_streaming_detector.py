@@ -184,3 +184,17 @@ def test_the_least_recently_updated_source_is_forgotten_beyond_the_limit() -> No
 def test_pool_settings_are_checked_up_front() -> None:
     with pytest.raises(InvalidArgument):
         StreamingDetectors(alpha=2.0)
+
+
+def test_values_at_the_float_limit_keep_the_statistics_finite() -> None:
+    detector = StreamingDetector(warmup=3)
+    for value in [1e308, -1e308, 1.0, 2.0]:  # of both signs during the warm-up
+        detector.update([value])
+    extreme = detector.update([-1e308])
+    after = detector.update([1.5])
+
+    assert np.isfinite(detector._mean).all()
+    assert np.isfinite(detector._var).all()
+    assert extreme.is_anomaly
+    assert np.isfinite(extreme.score)
+    assert np.isfinite(after.score)

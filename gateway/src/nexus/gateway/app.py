@@ -15,10 +15,11 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nexus.gateway.backends import SERVING, BackendPool
 from nexus.gateway.descriptors import HttpBinding, discover
-from nexus.gateway.errors import GatewayError
+from nexus.gateway.errors import GatewayError, uri_too_long
 from nexus.gateway.gateway import Gateway
 from nexus.gateway.keys import Authorizer
 from nexus.gateway.openai import BACKEND as OPENAI_BACKEND
@@ -61,7 +62,7 @@ def build_app(
     router = Router(discover() if bindings is None else bindings)
     pool = BackendPool(settings.backends, max_message_bytes=settings.max_message_bytes)
     gateway = Gateway(settings, router, pool, keys)
-    document = build_openapi(router.bindings, secured=keys is not None)
+    document = build_openapi(router.bindings, secured=keys is not None, backends=pool.names)
     if OPENAI_BACKEND in pool:
         add_openai(document)
 
@@ -75,6 +76,7 @@ def build_app(
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
         await pool.close(settings.shutdown_grace_s)
+        gateway.close()
 
     methods = _methods(router)
     app = Starlette(
@@ -101,9 +103,26 @@ def _methods(router: Router) -> list[str]:
     )
 
 
+class _UrlLimit:
+    """Answers 414 for a URL longer than `limit` bytes, on every route."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            if length > self.limit:
+                await uri_too_long(self.limit).response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _middleware(settings: GatewaySettings) -> list[Middleware]:
+    limit = Middleware(_UrlLimit, limit=settings.max_url_bytes)
     if not settings.cors_origins:
-        return []
+        return [limit]
     cors = Middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -111,7 +130,7 @@ def _middleware(settings: GatewaySettings) -> list[Middleware]:
         allow_headers=_CORS_HEADERS,
         expose_headers=["retry-after"],
     )
-    return [cors]
+    return [cors, limit]
 
 
 def _get_only(endpoint: Endpoint) -> Endpoint:

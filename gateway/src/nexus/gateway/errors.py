@@ -27,6 +27,7 @@ from nexus.common.errors import REQUEST_TOO_LARGE, FieldViolation, NexusError
 log = logging.getLogger(__name__)
 
 _DETAILS_KEY = "grpc-status-details-bin"
+URI_TOO_LONG = "URI_TOO_LONG"
 INTERNAL_MESSAGE = "internal error; the server logged the details"
 
 _HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -199,6 +200,16 @@ def _details(status: status_pb2.Status | None) -> tuple[str, list[FieldViolation
 def retry_after_seconds(seconds: float) -> int:
     """A `Retry-After` value: whole seconds, rounded up, at least 1."""
     return max(1, math.ceil(seconds))
+
+
+def uri_too_long(limit: int) -> GatewayError:
+    """414 for a URL (or a whole request line) longer than `limit` bytes."""
+    return GatewayError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"the URL is longer than the limit of {limit} bytes",
+        reason=URI_TOO_LONG,
+        status=414,
+    )
 
 
 def not_found(message: str, reason: str = "") -> GatewayError:

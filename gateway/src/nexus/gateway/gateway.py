@@ -6,9 +6,12 @@ One generic handler serves every binding; nothing in it knows an endpoint.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import grpc
@@ -42,6 +45,9 @@ from nexus.gateway.transcode import PathValues, build_request, dumps, field_valu
 log = logging.getLogger(__name__)
 
 RATE_LIMITED = "RATE_LIMITED"
+UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+_CHARSET = re.compile(r"charset\s*=\s*\"?([^\";\s]+)", re.IGNORECASE)
+T = TypeVar("T")
 _GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
@@ -70,6 +76,7 @@ class Gateway:
         self.limiter = RateLimiter(
             burst=settings.rate_limit_burst, max_keys=settings.rate_limit_max_keys
         )
+        self.workers = ThreadPoolExecutor(settings.transcode_workers, "gateway-transcode")
 
     async def handle(self, request: Request) -> Response:
         """The Starlette endpoint for every proto route."""
@@ -98,8 +105,10 @@ class Gateway:
     ) -> Response:
         key = raw_key(request.headers)
         await self.admit(binding.scope, key, request)
+        if binding.body:
+            require_json(request.headers)
         body = await read_body(request, self.settings.max_body_bytes)
-        message = build_request(binding, values, query_items(request), body)
+        message = await self._transcode(binding, values, query_items(request), body)
         backend = self._backend(binding, message)
         metadata = call_metadata(key, idempotency(request.headers))
         deadline_s = deadline(request.headers, binding.server_streaming, self.settings)
@@ -136,6 +145,31 @@ class Gateway:
                 headers={"Retry-After": str(retry_after_seconds(wait_s))},
             )
 
+    async def _transcode(
+        self, binding: HttpBinding, values: PathValues, query: list[tuple[str, str]], body: bytes
+    ) -> Message:
+        """The request message; a large body is parsed on a worker thread, so the event loop
+        keeps serving other requests (and probes) while it is."""
+        if len(body) <= self.settings.offload_bytes:
+            return build_request(binding, values, query, body)
+        return await self.offload(
+            functools.partial(build_request, binding, values, query, body, yielding=True)
+        )
+
+    async def offload(self, work: Callable[..., T], *args: Any) -> T:
+        """`work(*args)` on the gateway's worker threads (`transcode_workers` of them)."""
+        return await asyncio.get_running_loop().run_in_executor(self.workers, work, *args)
+
+    def close(self) -> None:
+        """Lets the worker threads go (at shutdown, after in-flight requests)."""
+        self.workers.shutdown(wait=False, cancel_futures=True)
+
+    async def _render(self, binding: HttpBinding, reply: Message) -> str:
+        """The JSON text of a response; a large one is made on a worker thread."""
+        if reply.ByteSize() <= self.settings.offload_bytes:
+            return dumps(response_json(binding, reply))
+        return await self.offload(lambda: dumps(response_json(binding, reply)))
+
     def _backend(self, binding: HttpBinding, message: Message) -> str:
         if not binding.route_field:
             return binding.backend
@@ -157,7 +191,7 @@ class Gateway:
             reply = await call(message, timeout=deadline_s, metadata=metadata, wait_for_ready=False)
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err, backend) from err
-        return Response(dumps(response_json(binding, reply)), media_type="application/json")
+        return Response(await self._render(binding, reply), media_type="application/json")
 
     async def _stream(
         self,
@@ -230,6 +264,32 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def require_json(headers: Headers) -> None:
+    """Refuses a body declared as anything but JSON (415); one declared as nothing is read as
+    JSON.
+
+    Raises:
+        GatewayError: 415 UNSUPPORTED_MEDIA_TYPE.
+    """
+    declared = headers.get("content-type")
+    if declared is None:
+        return
+    media_type, _, parameters = declared.partition(";")
+    media_type = media_type.strip().lower()
+    charset = _CHARSET.search(parameters)
+    is_json = media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+    if is_json and (charset is None or charset[1].lower() in ("utf-8", "utf8")):
+        return
+    raise GatewayError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"the body must be JSON (Content-Type: application/json), not {declared!r}",
+        reason=UNSUPPORTED_MEDIA_TYPE,
+        status=415,
+    )
 
 
 def _too_large(limit: int) -> GatewayError:

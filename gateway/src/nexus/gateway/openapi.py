@@ -8,29 +8,35 @@ names, as responses use them (requests accept the lowerCamel JSON names too).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 from nexus.api.common.v1 import common_pb2
+from nexus.common import rules
 from nexus.gateway.descriptors import HttpBinding, resolve_field
 from nexus.gateway.transcode import QUERY_WELL_KNOWN
 
 Schema = dict[str, Any]
 
-_ERROR_CODES = ("400", "401", "403", "404", "413", "429", "500", "503", "504")
 _ERROR_TEXT = {
     "400": "Invalid request: bad JSON, a bad field (see field_violations), a failed precondition.",
     "401": "Missing or invalid API key.",
     "403": "The API key lacks the scope this operation needs.",
     "404": "No such route, resource or service.",
+    "409": "Conflict: the resource exists already, or a concurrent change won (retry).",
     "413": "Request body (or a batch in it) too large.",
+    "414": "The URL is longer than the gateway accepts.",
+    "415": "The body is declared as something other than JSON.",
     "429": "Rate limit exceeded; see the Retry-After header.",
+    "431": "The request headers are larger than the gateway accepts.",
     "500": "Internal error.",
+    "501": "The backend does not implement this operation.",
     "503": "Backend unavailable or not ready.",
     "504": "The backend did not answer within the deadline.",
 }
+_BODY_ONLY = {"415"}  # only an operation that takes a body can get these
 _MAX_QUERY_DEPTH = 3
 
 _T = FieldDescriptor
@@ -82,8 +88,9 @@ _WELL_KNOWN: dict[str, Schema] = {
 class Schemas:
     """Builds `components/schemas`: a named schema per message and enum reached."""
 
-    def __init__(self) -> None:
+    def __init__(self, path_bound: dict[str, set[str]] | None = None) -> None:
         self.components: dict[str, Schema] = {}
+        self._path_bound = path_bound or {}
 
     def message(self, message: Descriptor) -> Schema:
         """The schema of a message: inline for well-known types, else a `$ref`."""
@@ -97,16 +104,29 @@ class Schemas:
 
     def _object(self, message: Descriptor) -> Schema:
         properties = {f.name: self.field(f) for f in message.fields}
-        return {"type": "object", "title": message.name, "properties": properties}
+        # Unknown fields are refused (the lowerCamel JSON names are accepted too).
+        schema = {
+            "type": "object",
+            "title": message.name,
+            "properties": properties,
+            "additionalProperties": False,
+        }
+        # A field a path variable fills is not required in the body.
+        bound = self._path_bound.get(message.full_name, set())
+        if required := [name for name in rules.required_fields(message) if name not in bound]:
+            schema["required"] = required
+        return schema
 
     def field(self, field: FieldDescriptor) -> Schema:
-        """The schema of a field: repeated fields are arrays, maps are objects."""
+        """The schema of a field: repeated fields are arrays, maps are objects; with the field's
+        declared rules (`nexus.common.rules`)."""
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value = field.message_type.fields_by_name["value"]
             return {"type": "object", "additionalProperties": self.single(value)}
+        each, whole = rules.keywords(field)
         if field.is_repeated:
-            return {"type": "array", "items": self.single(field)}
-        return self.single(field)
+            return {"type": "array", "items": self.single(field) | each, **whole}
+        return self.single(field) | each
 
     def single(self, field: FieldDescriptor) -> Schema:
         """The schema of one value of a field."""
@@ -140,6 +160,7 @@ def build_openapi(
     secured: bool = True,
     title: str = "Nexus API",
     version: str = "1.0.0",
+    backends: Collection[str] = (),
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the bindings (plus the gateway's own health endpoints).
 
@@ -148,20 +169,28 @@ def build_openapi(
         secured: Whether operations need an API key (auth on).
         title: The document's title.
         version: The API's version.
+        backends: The backends this gateway routes to: the values a `route_by_field` path
+            variable may take (any name when empty).
     """
-    schemas = Schemas()
+    bindings = list(bindings)
+    schemas = Schemas(_path_bound(bindings))
     error_ref = schemas.message(common_pb2.ErrorResponse.DESCRIPTOR)
     paths: dict[str, dict[str, Any]] = _health_paths()
     for binding in bindings:
         item = paths.setdefault(binding.template.openapi_path(), {})
-        item[binding.http_method.lower()] = _operation(binding, schemas)
+        operation = item[binding.http_method.lower()] = _operation(binding, schemas)
+        if binding.route_field and backends:
+            _route_choices(operation, binding.route_field, sorted(backends))
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": _DESCRIPTION},
         "paths": paths,
         "components": {
             "schemas": dict(sorted(schemas.components.items())),
-            "responses": {"Error": _error_response(error_ref)},
+            "responses": {
+                _error_name(code): _error_response(error_ref, text)
+                for code, text in _ERROR_TEXT.items()
+            },
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "Nexus API key."},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
@@ -177,9 +206,29 @@ _DESCRIPTION = (
 )
 
 
-def _error_response(error_ref: Schema) -> Schema:
+def _route_choices(operation: dict[str, Any], route_field: str, backends: list[str]) -> None:
+    """The backend-naming path variable takes the configured backends only (others are 404)."""
+    for parameter in operation["parameters"]:
+        if parameter["in"] == "path" and parameter["name"] == route_field:
+            parameter["schema"] = {"type": "string", "enum": backends}
+
+
+def _path_bound(bindings: Iterable[HttpBinding]) -> dict[str, set[str]]:
+    """Per request message: the fields that a path variable of some route fills."""
+    bound: dict[str, set[str]] = {}
+    for binding in bindings:
+        names = {v.field_path[0] for v in binding.template.variables}
+        bound.setdefault(binding.method.input_type.full_name, set()).update(names)
+    return bound
+
+
+def _error_name(code: str) -> str:
+    return f"Error{code}"
+
+
+def _error_response(error_ref: Schema, text: str) -> Schema:
     return {
-        "description": "An error, in the one error body.",
+        "description": f"{text} The one error body.",
         "headers": {
             "Retry-After": {
                 "description": "Seconds to wait before retrying (429, sometimes 503).",
@@ -234,7 +283,8 @@ def _responses(binding: HttpBinding, schemas: Schemas) -> dict[str, Any]:
     }
     if binding.server_streaming:
         ok = _event_stream(schema)
-    errors = {c: {"$ref": "#/components/responses/Error"} for c in _ERROR_CODES}
+    codes = [c for c in _ERROR_TEXT if binding.body or c not in _BODY_ONLY]
+    errors = {c: {"$ref": f"#/components/responses/{_error_name(c)}"} for c in codes}
     return {"200": ok, **errors}
 
 
@@ -271,7 +321,13 @@ def _query_parameters(binding: HttpBinding, schemas: Schemas) -> list[dict[str, 
     bound = {v.name for v in binding.template.variables} | {binding.body}
     fields = _query_fields(binding.method.input_type, "", 0)
     return [
-        {"name": name, "in": "query", "required": False, "schema": schemas.field(field)}
+        {
+            "name": name,
+            "in": "query",
+            "required": "." not in name
+            and name in rules.required_fields(binding.method.input_type),
+            "schema": schemas.field(field),
+        }
         for name, field in fields
         if name not in bound and name.split(".")[0] not in bound
     ]
@@ -303,7 +359,7 @@ def _health_paths() -> dict[str, dict[str, Any]]:
                 "security": [],
                 "responses": {
                     "200": {"description": ok},
-                    "503": {"$ref": "#/components/responses/Error"},
+                    "503": {"$ref": f"#/components/responses/{_error_name('503')}"},
                 },
             }
         }

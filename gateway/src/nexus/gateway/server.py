@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http
 import logging
 import signal
 from collections.abc import Iterator
 
+import grpc
+import h11
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from nexus.gateway.errors import GatewayError, uri_too_long
 from nexus.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
+
+HEADERS_TOO_LARGE = "HEADERS_TOO_LARGE"
+LINGER_S = 2.0
+"""How long a refused connection reads (and drops) what the client still sends before closing:
+closing with unread data would reset the connection, and the client would lose the answer."""
 
 
 class _Server(uvicorn.Server):
@@ -26,6 +36,67 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+class _Protocol(H11Protocol):
+    """uvicorn's h11 protocol, answering a request head beyond h11's buffer with the one error
+    body (414 when the request line alone is too long, 431 for the headers, 400 for a malformed
+    head) and closing gently, where uvicorn would answer 400 in plain text and close at once,
+    which resets the connection of a client still sending."""
+
+    url_limit = 0
+    """The gateway's URL limit (`max_url_bytes`), named in the error."""
+    _lingering = False
+
+    def data_received(self, data: bytes) -> None:
+        if not self._lingering:
+            super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        error = self._head_error()
+        body = error.to_json().encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        for event in (
+            h11.Response(status_code=error.status, headers=headers, reason=_phrase(error.status)),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
+            self.transport.write(self.conn.send(event))
+        self._linger()
+
+    def _head_error(self) -> GatewayError:
+        limit = self.config.h11_max_incomplete_event_size or 0  # GatewayServer sets it
+        received, _ = self.conn.trailing_data
+        if len(received) <= limit:
+            return GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "malformed HTTP request")
+        if b"\n" not in received:
+            return uri_too_long(self.url_limit)
+        return GatewayError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request headers are larger than the limit of {limit} bytes",
+            reason=HEADERS_TOO_LARGE,
+            status=431,
+        )
+
+    def _linger(self) -> None:
+        """Half-closes, drops what still arrives, and closes when the client does (or after
+        `LINGER_S`)."""
+        self._lingering = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
+
+def _protocol(settings: GatewaySettings) -> type[_Protocol]:
+    return type("GatewayProtocol", (_Protocol,), {"url_limit": settings.max_url_bytes})
+
+
+def _phrase(status: int) -> bytes:
+    return http.HTTPStatus(status).phrase.encode()
 
 
 class GatewayServer:
@@ -49,6 +120,8 @@ class GatewayServer:
             log_config=None,  # logging is set up once, by the process
             access_log=False,  # the request spans record what an access log would
             timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
+            http=_protocol(settings),
+            h11_max_incomplete_event_size=settings.max_head_bytes,
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None

@@ -25,8 +25,23 @@ class GatewaySettings(BaseSettings):
     `NEXUS_GATEWAY_BACKENDS='{"anomaly": "anomaly:50051"}'`. The name is the `<area>` of a proto
     package `nexus.<area>.v1`, or the value of a `route_by_field` request field."""
 
+    max_url_bytes: int = Field(default=8 * 1024, gt=0)
+    """Longest URL (path and query string) accepted; a longer one gets 414."""
+
+    max_head_bytes: int = Field(default=64 * 1024, gt=0)
+    """Largest request head (request line and headers) read at all; beyond it the gateway
+    answers 414 (a request line that long) or 431 (headers) and closes the connection."""
+
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     """Largest HTTP request body accepted; a larger one gets 413."""
+
+    offload_bytes: int = Field(default=64 * 1024, ge=0)
+    """Request bodies and responses larger than this are transcoded (JSON <-> protobuf) on worker
+    threads, so the event loop keeps serving other requests and probes meanwhile; smaller ones,
+    which take microseconds, inline."""
+
+    transcode_workers: int = Field(default=2, gt=0)
+    """Worker threads for large bodies; more large bodies at once wait for one."""
 
     max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Largest gRPC message sent to or received from a backend, in bytes."""

@@ -12,7 +12,9 @@ names (snake_case) and print fields that hold their zero value.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -23,6 +25,7 @@ from google.protobuf.message import Message
 
 from nexus.gateway.descriptors import HttpBinding
 from nexus.gateway.errors import GatewayError
+from nexus.gateway.jsonload import IncrementalLoader
 from nexus.gateway.plainjson import parse_plain
 
 # Well-known types whose JSON form is a string or a scalar, so a query parameter can carry them.
@@ -46,12 +49,19 @@ _NO_FIELD = re.compile(
     r'has no field named "(?P<name>[^"]+)"(?: at "[A-Za-z_]\w*\.?(?P<at>[^"]*)")?'
 )
 _FAILED_FIELD = re.compile(r"^Failed to parse (?P<path>\w+) field")
+# Integers this long may be beyond a double's range (2**1024); shorter ones never are.
+_HUGE_INT_BITS = 1024
 
 PathValues = dict[tuple[str, ...], str]
 
 
 def build_request(
-    binding: HttpBinding, path: PathValues, query: Iterable[tuple[str, str]], body: bytes
+    binding: HttpBinding,
+    path: PathValues,
+    query: Iterable[tuple[str, str]],
+    body: bytes,
+    *,
+    yielding: bool = False,
 ) -> Message:
     """The request message of one HTTP request.
 
@@ -60,6 +70,8 @@ def build_request(
         path: Values of the path variables, by field path.
         query: Query parameters, in order (a key may repeat).
         body: The raw request body.
+        yielding: Parse the JSON so that other threads run meanwhile (`nexus.gateway.jsonload`:
+            slower, for large bodies on a worker thread).
 
     Raises:
         GatewayError: INVALID_ARGUMENT, naming the bad field, for bad JSON or a bad value.
@@ -67,11 +79,13 @@ def build_request(
     query = list(query)
     if binding.body == "*":
         _reject_query(query)
-        request = _parse_body(binding.request_class, _load_json(body, object_required=True))
+        tree = _load_json(body, object_required=True, yielding=yielding)
+        request = _parse_body(binding.request_class, tree)
     else:
         request = binding.request_class()
         if binding.body:
-            _parse_into(request, {binding.body: _load_json(body, object_required=False)})
+            value = _load_json(body, object_required=False, yielding=yielding)
+            _parse_into(request, {binding.body: value})
         elif body.strip():
             raise GatewayError.bad_field(
                 "", f"{binding.http_method} {binding.template.template} takes no body"
@@ -108,16 +122,26 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=True)
 
 
-def _load_json(body: bytes, *, object_required: bool) -> Any:
+def _load_json(body: bytes, *, object_required: bool, yielding: bool) -> Any:
     if not body.strip():
         return {}
     try:
-        value = json.loads(body)
+        loads = _YIELDING.loads if yielding else _LOADS
+        value = loads(body)
     except (ValueError, RecursionError) as err:
         raise GatewayError.bad_field("", f"the body is not valid JSON: {err}") from err
     if object_required and not isinstance(value, dict):
         raise GatewayError.bad_field("", "the body must be a JSON object")
     return value
+
+
+def _not_json(text: str) -> Any:
+    """Python's json reads NaN and Infinity, which JSON does not have."""
+    raise ValueError(f"{text} is not JSON (proto3 JSON writes it as the string {text!r})")
+
+
+_YIELDING = IncrementalLoader(_not_json)
+_LOADS = functools.partial(json.loads, parse_constant=_not_json)
 
 
 def _parse_body(message_class: type[Message], tree: dict[str, Any]) -> Message:
@@ -139,14 +163,40 @@ def _reject_query(query: list[tuple[str, str]]) -> None:
 
 def _parse_into(message: Message, tree: dict[str, Any], *, query_names: bool = False) -> None:
     """Merges a JSON tree into `message`, turning parse errors into 400s naming the field."""
+    _check_numbers(tree, "")
     try:
         json_format.ParseDict(tree, message, ignore_unknown_fields=False)
     except json_format.ParseError as err:
         text = str(err).split("\n")[0]
         raise GatewayError.bad_field(_field_of(text), text) from err
-    except (TypeError, ValueError, AttributeError, RecursionError) as err:
+    except (TypeError, ValueError, AttributeError, RecursionError, OverflowError) as err:
         # json_format lets a few of these through for values of the wrong shape.
         raise GatewayError.bad_field(_first_key(tree) if query_names else "", str(err)) from err
+
+
+def _check_numbers(value: Any, path: str) -> None:
+    """Refuses a number beyond a double's range: json.loads reads `1e999` as infinity and a
+    310-digit integer exactly, which json_format would let into a Struct or fail on with an
+    OverflowError. (The plain fast path refuses both itself.)"""
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            _check_numbers(item, f"{path}.{key}" if path else str(key))
+    elif kind is list:
+        for index, item in enumerate(value):
+            _check_numbers(item, f"{path}[{index}]")
+    elif (kind is float and not math.isfinite(value)) or (
+        kind is int and value.bit_length() >= _HUGE_INT_BITS and not _fits_double(value)
+    ):
+        raise GatewayError.bad_field(path, "the number is beyond the range of a double")
+
+
+def _fits_double(value: int) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def _field_of(text: str) -> str:

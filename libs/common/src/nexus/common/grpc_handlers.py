@@ -118,6 +118,32 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
 
+def checking_requests(
+    handler: grpc.RpcMethodHandler, check: Callable[[Any], None]
+) -> grpc.RpcMethodHandler:
+    """The same handler, calling `check(request)` before its behaviour runs (for handlers that
+    take one request; `check` raises to refuse it)."""
+    kind, behavior = handler_kind(handler)
+    if kind.startswith("stream_"):
+        return handler
+    if inspect.iscoroutinefunction(behavior):
+
+        async def checked(request: Any, context: Context) -> Any:
+            check(request)
+            return await behavior(request, context)
+
+        return _rebuild(handler, kind, checked)
+    if inspect.isasyncgenfunction(behavior):
+
+        async def checked_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            check(request)
+            async for response in behavior(request, context):
+                yield response
+
+        return _rebuild(handler, kind, checked_stream)
+    return handler
+
+
 def abort_handler(
     handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
 ) -> grpc.RpcMethodHandler:

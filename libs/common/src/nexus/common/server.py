@@ -32,6 +32,7 @@ from nexus.common.idempotency import IdempotencyInterceptor, IdempotencyStore
 from nexus.common.nats import close, connect
 from nexus.common.registry import ModelRegistry
 from nexus.common.registry.servicer import ModelRegistryServicer
+from nexus.common.rules import RulesInterceptor
 from nexus.common.settings import NexusSettings, ServiceSettings
 from nexus.common.telemetry import (
     MetricsInterceptor,
@@ -164,6 +165,7 @@ class ServiceHost:
         if self._keys is not None:
             chain.append(AuthInterceptor(self._keys))
         chain.append(ErrorInterceptor())
+        chain.append(RulesInterceptor())  # inside the error mapping, which maps its refusals
         if self._idempotency is not None:  # innermost: it sees the servicers' own errors
             chain.append(IdempotencyInterceptor(self._idempotency))
         return chain

@@ -10,11 +10,12 @@ from typing import Any
 
 from nexus.anomaly import converters
 from nexus.anomaly.engine import AnomalyEngine
-from nexus.anomaly.sources import SourceBindings, check_source
+from nexus.anomaly.sources import SourceBindings
 from nexus.anomaly.streaming import StreamProcessor
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
 from nexus.common.errors import InvalidArgument
+from nexus.common.names import check_name
 from nexus.common.paging import page_request, paginate
 
 Context = Any  # grpc.aio.ServicerContext; unused by these handlers
@@ -82,6 +83,6 @@ class AnomalyServicer(pb_grpc.AnomalyServiceServicer):
     async def WatchAnomalies(
         self, request: pb.WatchAnomaliesRequest, context: Context
     ) -> AsyncIterator[pb.WatchAnomaliesResponse]:
-        source = check_source(request.source) if request.source else ""
+        source = check_name(request.source, "source") if request.source else ""
         async for anomaly in self._stream.watch(source):
             yield pb.WatchAnomaliesResponse(anomaly=anomaly)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -19,12 +18,12 @@ from nats.js import api
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from nexus.common.errors import InvalidArgument, NotFound
+from nexus.common.errors import NotFound
 from nexus.common.kv import KvEntry, KvFollower, open_key_value
+from nexus.common.names import check_name
 from nexus.common.registry import ModelRegistry
 
 BUCKET = "nexus_anomaly_sources"
-SOURCE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 DEFAULT_ALIAS = "production"
 
 log = logging.getLogger(__name__)
@@ -42,13 +41,6 @@ class Binding:
     detector: str
     alias: str
     created: datetime
-
-
-def check_source(source: str, field: str = "source") -> str:
-    """A source name usable as a NATS subject token."""
-    if not SOURCE_NAME.match(source):
-        raise InvalidArgument.for_field(field, "must be 1-128 letters, digits, '-' or '_'")
-    return source
 
 
 class SourceBindings:
@@ -81,7 +73,9 @@ class SourceBindings:
     async def bind(self, source: str, detector: str, alias: str = "") -> Binding:
         """Binds (or rebinds) a source to a detector; NotFound if there is no such detector."""
         await self._registry.get_model(detector)
-        binding = Binding(check_source(source), detector, alias or DEFAULT_ALIAS, datetime.now(UTC))
+        binding = Binding(
+            check_name(source, "source"), detector, alias or DEFAULT_ALIAS, datetime.now(UTC)
+        )
         record = {
             "detector": binding.detector,
             "alias": binding.alias,
@@ -94,7 +88,7 @@ class SourceBindings:
     async def unbind(self, source: str) -> None:
         """Removes a source's binding; NotFound if it has none."""
         try:
-            await self._bucket().get(check_source(source))
+            await self._bucket().get(check_name(source, "source"))
         except KeyNotFoundError as err:
             raise NotFound(f"source {source!r} is not bound") from err
         await self._bucket().delete(source)

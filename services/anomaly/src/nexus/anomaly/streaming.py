@@ -22,12 +22,13 @@ import numpy as np
 from nexus.anomaly.detectors import StreamingDetectors
 from nexus.anomaly.engine import AnomalyEngine, Selector
 from nexus.anomaly.settings import AnomalySettings
-from nexus.anomaly.sources import SourceBindings, check_source
+from nexus.anomaly.sources import SourceBindings
 from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
 from nexus.api.metrics.v1.events_pb2 import MetricPoint
 from nexus.common.caching import TTLCache
 from nexus.common.errors import InvalidArgument, NexusError
 from nexus.common.events import DAY_S, GIB, METRICS, Consumer, Event, EventBus, Stream
+from nexus.common.names import check_name
 
 METRICS_SUBJECT = "nexus.metrics.>"
 DETECTED_SUBJECT = "nexus.anomaly.detected"
@@ -194,7 +195,7 @@ class StreamProcessor:
 
 def _point_of(event: Event[MetricPoint]) -> tuple[str, np.ndarray]:
     """The source (the subject's last token) and the values of a point, validated."""
-    source = check_source(event.subject.rsplit(".", 1)[-1], "subject")
+    source = check_name(event.subject.rsplit(".", 1)[-1], "subject")
     if event.data.source and event.data.source != source:
         raise InvalidArgument.for_field(
             "source", f"is {event.data.source!r}, subject says {source!r}"

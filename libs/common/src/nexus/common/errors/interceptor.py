@@ -110,7 +110,7 @@ class mapping_errors:  # noqa: N801 (used like the function it replaced: `mappin
 
 class ErrorInterceptor(WrappingInterceptor):
     """Maps exceptions of every handler to statuses; install it inside the others (only the
-    idempotency interceptor goes between it and the servicers)."""
+    field-rules and idempotency interceptors go between it and the servicers)."""
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """The handler, its exceptions mapped to statuses."""

@@ -3,7 +3,8 @@
 See docs/adr/0005-model-registry.md. The gRPC face is `nexus.common.registry.servicer`.
 """
 
-from nexus.common.registry._records import ARTIFACTS, BUCKET, NAME_PATTERN
+from nexus.common.names import NAME_PATTERN
+from nexus.common.registry._records import ARTIFACTS, BUCKET
 from nexus.common.registry._registry import (
     MAX_METADATA_BYTES,
     PROMOTED_WEIGHT,

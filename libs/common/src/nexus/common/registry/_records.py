@@ -12,22 +12,16 @@ KV `create` never hands out the number again. Deleting a model purges its keys i
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from nexus.common.errors import InvalidArgument
 from nexus.common.registry._types import AliasInfo, ModelVersionInfo
 
 BUCKET = "nexus_models"
 ARTIFACTS = "nexus_artifacts"
 VERSION, ALIAS = "v", "alias"
 PENDING, READY, DELETED = "pending", "ready", "deleted"
-
-NAME_PATTERN = "[A-Za-z0-9_-]{1,64}"
-_NAME = re.compile(NAME_PATTERN)
-_VERSION = re.compile("[1-9][0-9]{0,17}")
 
 
 @dataclass(frozen=True)
@@ -37,28 +31,6 @@ class Key:
     name: str
     kind: str  # VERSION or ALIAS
     ident: str  # the version number or the alias
-
-
-def check_name(field: str, value: str) -> str:
-    """Returns `value` when it is a valid model, alias or service name.
-
-    Raises:
-        InvalidArgument: Otherwise, for `field`.
-    """
-    if not _NAME.fullmatch(value):
-        raise InvalidArgument.for_field(field, f"must match {NAME_PATTERN}, got {value!r}")
-    return value
-
-
-def check_version(value: str) -> str:
-    """Returns `value` when it is a version number ("1", "2", ...).
-
-    Raises:
-        InvalidArgument: Otherwise.
-    """
-    if not _VERSION.fullmatch(value):
-        raise InvalidArgument.for_field("version", f"must be a version number, got {value!r}")
-    return value
 
 
 def version_key(service: str, name: str, version: str) -> str:

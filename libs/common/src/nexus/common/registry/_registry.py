@@ -35,6 +35,7 @@ from nexus.common.errors import (
 )
 from nexus.common.events import DAY_S, GIB, EventBus, Stream
 from nexus.common.kv import KvEntry, KvFollower, kv_subject, open_key_value, open_object_store
+from nexus.common.names import check_name, check_version
 from nexus.common.paging import page_request, paginate
 from nexus.common.registry import _signing
 from nexus.common.registry._mirror import Mirror
@@ -44,8 +45,6 @@ from nexus.common.registry._records import (
     PENDING,
     READY,
     VERSION,
-    check_name,
-    check_version,
     encode_alias,
     encode_version,
     kv_key,
@@ -134,7 +133,7 @@ class ModelRegistry:
         upload_frameworks: Collection[str] = (),
     ) -> None:
         self._bus = bus
-        self._service = check_name("service", service)
+        self._service = check_name(service, "service")
         self._key = signing_key
         self._max_bytes = max_artifact_bytes
         self._upload_frameworks = frozenset(upload_frameworks)
@@ -288,7 +287,7 @@ class ModelRegistry:
             NotFound: No such model or version.
             InvalidArgument: A bad alias.
         """
-        check_name("alias", alias)
+        check_name(alias, "alias")
         self._version(name, version)
         splits = ((version, PROMOTED_WEIGHT),)
         return await self._set_alias(name, alias, splits, "promoted")
@@ -302,7 +301,7 @@ class ModelRegistry:
             NotFound: No such model, or a version that does not exist.
             InvalidArgument: A bad alias, no splits, a negative weight, or only zero weights.
         """
-        check_name("alias", alias)
+        check_name(alias, "alias")
         info = self.get_model_now(name)
         return await self._set_alias(name, alias, _checked_splits(info, splits), "split")
 
@@ -329,7 +328,7 @@ class ModelRegistry:
         Raises:
             NotFound: No such model.
         """
-        check_name("name", name)
+        check_name(name, "name")
         keys = self._mirror.keys(name)  # aliases first: no alias outlives its versions
         if not keys:
             raise NotFound(f"model {name!r} is not registered in {self._service}")
@@ -395,7 +394,7 @@ class ModelRegistry:
 
     def get_model_now(self, name: str) -> ModelInfo:
         """`get_model` without awaiting: what the mirror holds now."""
-        info = self._mirror.model(check_name("name", name))
+        info = self._mirror.model(check_name(name, "name"))
         if info is None:
             raise NotFound(f"model {name!r} is not registered in {self._service}")
         return info
@@ -439,7 +438,7 @@ class ModelRegistry:
         parameters: Mapping[str, str] | None,
         description: str,
     ) -> ModelVersionInfo:
-        check_name("name", name)
+        check_name(name, "name")
         _check_artifact(artifact, framework, self._max_bytes)
         info = ModelVersionInfo(
             service=self._service,

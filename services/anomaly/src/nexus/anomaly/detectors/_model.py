@@ -7,6 +7,8 @@ why (which features drove the score).
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +40,22 @@ DEFAULT_CONTAMINATION = 0.1
 MIN_TRAIN_ROWS = 2
 """Fewer rows leave nothing to compare a point with (LOF needs a neighbour)."""
 
+MAX_DEVIATIONS = 1e6
+"""Standardised values are clipped to this many standard deviations: a point that far out is
+as anomalous as any, and every detector's arithmetic (squares, float32) stays finite."""
+
+NON_FINITE_FIT = "NON_FINITE_FIT"
+"""The reason of the error for a fit that produced non-finite numbers."""
+
 _QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 _MIN_STD = 1e-12
+_PROBE_ROWS = 64
+_NON_FINITE = (
+    "training produced non-finite numbers (the values or the parameters are out of the "
+    "detector's numeric range); rescale the data or change the parameters"
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,7 +80,10 @@ class Standardizer:
     """Per-feature z-scores with the training mean and (population) standard deviation.
 
     A constant training feature keeps a scale of 1, so it maps to 0 and any later change of it
-    shows as a deviation in its own units rather than a division by zero.
+    shows as a deviation in its own units rather than a division by zero. Scale-safe: values
+    anywhere in the float range (up to +-1.8e308) give finite statistics and finite z-scores,
+    and a z-score is clipped to +-`MAX_DEVIATIONS`, so no point can push a detector's
+    arithmetic out of range.
     """
 
     def __init__(self, mean: FloatArray, scale: FloatArray) -> None:
@@ -74,12 +93,20 @@ class Standardizer:
     @classmethod
     def fit(cls, x: FloatArray) -> Standardizer:
         """The standardiser of the columns of `x`."""
-        std = x.std(axis=0)
-        return cls(x.mean(axis=0), np.where(std > _MIN_STD, std, 1.0))
+        # Each column in units of its largest magnitude first: a sum or a square of values
+        # near the float limit would overflow. (|mean| and std are at most that magnitude.)
+        peak = np.abs(x).max(axis=0)
+        peak = np.where(peak > 0, peak, 1.0)
+        unit = x / peak
+        std = unit.std(axis=0) * peak
+        return cls(unit.mean(axis=0) * peak, np.where(std > _MIN_STD, std, 1.0))
 
     def transform(self, x: FloatArray) -> FloatArray:
-        """`x` in standard units."""
-        return (x - self.mean) / self.scale
+        """`x` in standard units, within +-`MAX_DEVIATIONS`."""
+        # x / scale - mean / scale, not (x - mean) / scale: the difference of two values of
+        # opposite signs near the float limit would overflow.
+        standard = x / self.scale - self.mean / self.scale
+        return np.clip(standard, -MAX_DEVIATIONS, MAX_DEVIATIONS, out=standard)
 
 
 class AnomalyModel:
@@ -158,8 +185,9 @@ class AnomalyModel:
         matrix = _checked_training(x, self._names)
         self.standardizer = Standardizer.fit(matrix)
         standard = self.standardizer.transform(matrix)
-        scores = self.detector.fit_score(standard)
+        scores = _fit_scores(self.detector, standard)
         self.threshold = float(np.quantile(scores, 1.0 - contamination))
+        _check_fitted(scores, self.threshold, self.detector.score(standard[:_PROBE_ROWS]))
         self.contamination = contamination
         self.n_train_rows = int(matrix.shape[0])
         self._medians = np.median(standard, axis=0)
@@ -176,6 +204,7 @@ class AnomalyModel:
         """
         matrix = validate_matrix(x, n_features=self.n_features, max_rows=None, max_features=None)
         scores = self.detector.score(self.standardizer.transform(matrix))
+        _check_scores(scores, self.threshold)
         return scores, scores > self.threshold
 
     def explain(self, x: Sequence[float] | FloatArray) -> list[FeatureContribution]:
@@ -263,6 +292,39 @@ def _checked_training(x: MatrixLike, names: tuple[str, ...] | None) -> FloatArra
             "feature_names", f"has {len(names)} names for {matrix.shape[1]} features"
         )
     return matrix
+
+
+def _fit_scores(detector: Detector, standard: FloatArray) -> FloatArray:
+    """The detector fitted on `standard`, and its training scores. A solver that fails on the
+    numbers (scikit-learn refuses non-finite dual coefficients) is the same bad request as a
+    fit that yields non-finite scores."""
+    try:
+        return detector.fit_score(standard)
+    except (ValueError, ArithmeticError) as err:
+        log.info("%s fit failed: %s", detector.algorithm.value, err)
+        raise InvalidArgument(_NON_FINITE, reason=NON_FINITE_FIT) from err
+
+
+def _check_fitted(train_scores: FloatArray, threshold: float, probe_scores: FloatArray) -> None:
+    """The one check that a fit is usable, whatever the detector: its training scores, its
+    threshold and its scores of training rows through the serving path are all finite. A fit
+    that fails it (an optimiser that diverged, a kernel that overflowed) is refused before
+    anything is registered."""
+    finite = np.isfinite(train_scores).all() and np.isfinite(probe_scores).all()
+    if not (finite and math.isfinite(threshold)):
+        raise InvalidArgument(_NON_FINITE, reason=NON_FINITE_FIT)
+
+
+def _check_scores(scores: FloatArray, threshold: float) -> None:
+    """A version that gives a non-finite score is broken (one trained before the fit check):
+    answering NaN, and `is_anomaly: false` with it, would hide that."""
+    if not math.isfinite(threshold):
+        raise FailedPrecondition("this model version has a non-finite threshold; retrain it")
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise InvalidArgument.for_field(
+            f"points[{bad[0]}]", "scores as a non-finite number with this model version"
+        )
 
 
 def _summary(scores: FloatArray) -> dict[str, float]:

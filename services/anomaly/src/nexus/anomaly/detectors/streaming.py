@@ -34,6 +34,10 @@ DEFAULT_MAX_SOURCES = 10_000
 # A series that has been constant has no variance; this floor keeps its z-scores finite.
 _REL_STD_FLOOR = 1e-6
 _ABS_STD_FLOOR = 1e-9
+# Points are learnt within this magnitude, so that squared deviations, and with them the
+# statistics, stay finite for values anywhere in the float range (they still score as they are).
+_LEARN_LIMIT = 1e150
+_MAX_SCORE = float(np.finfo(np.float64).max)
 
 
 @dataclass(frozen=True)
@@ -131,9 +135,10 @@ class StreamingDetector:
             return 0.0, -1
         z = np.abs(point - self._mean) / self._std()
         feature = int(np.argmax(z))
-        return float(z[feature]), feature
+        return min(float(z[feature]), _MAX_SCORE), feature
 
     def _learn(self, point: FloatArray) -> None:
+        point = np.clip(point, -_LEARN_LIMIT, _LEARN_LIMIT)
         self.n_seen += 1
         if self.n_seen == 1:
             self._mean, self._var = point.copy(), np.zeros_like(point)

@@ -38,7 +38,7 @@ $gt, $gte, $lt, $lte, $in, $nin), and several keys must all hold; see `_filters`
 """
 
 from nexus.llm.search._filters import OPERATORS, compile_filter
-from nexus.llm.search._records import BUCKET, MAX_ID_CHARS, NAME_PATTERN
+from nexus.llm.search._records import BUCKET, MAX_ID_CHARS
 from nexus.llm.search._store import DEFAULT_TOP_K, CollectionStore
 from nexus.llm.search._types import CollectionInfo, Document, Hit
 
@@ -46,7 +46,6 @@ __all__ = [
     "BUCKET",
     "DEFAULT_TOP_K",
     "MAX_ID_CHARS",
-    "NAME_PATTERN",
     "OPERATORS",
     "CollectionInfo",
     "CollectionStore",

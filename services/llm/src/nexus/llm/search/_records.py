@@ -18,7 +18,6 @@ import base64
 import binascii
 import json
 import math
-import re
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from nexus.common.errors import InvalidArgument
+from nexus.common.names import is_name
 from nexus.llm.search._types import CollectionInfo, Document
 
 BUCKET = "nexus_llm_search"
@@ -34,8 +34,6 @@ STREAM = f"KV_{BUCKET}"
 """The stream behind the bucket."""
 PREFIX = f"$KV.{BUCKET}."
 """Subject prefix of the bucket's keys."""
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-"""A collection name: letters, digits, "_" and "-", up to 64, not starting with "_" or "-"."""
 MAX_ID_CHARS = 256
 """Longest document id."""
 
@@ -74,19 +72,6 @@ class Key:
     def is_document(self) -> bool:
         """Whether it is a document's key."""
         return bool(self.generation)
-
-
-def check_name(name: str, field_path: str = "name") -> str:
-    """A valid collection name.
-
-    Raises:
-        InvalidArgument: A name that does not match `NAME_PATTERN`.
-    """
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise InvalidArgument.for_field(
-            field_path, "must be 1-64 letters, digits, '_' or '-', starting with a letter or digit"
-        )
-    return name
 
 
 def check_id(doc_id: object, field_path: str) -> str:
@@ -139,9 +124,9 @@ def parse_key(key: str) -> Key | None:
     """The parsed key, or None for a key that is neither a definition nor a document."""
     parts = key.split(".")
     try:
-        if parts[0] == _COLLECTION and len(parts) == 2 and NAME_PATTERN.match(parts[1]):
+        if parts[0] == _COLLECTION and len(parts) == 2 and is_name(parts[1]):
             return Key(parts[1])
-        if parts[0] == _DOCUMENT and len(parts) == 4 and NAME_PATTERN.match(parts[1]):
+        if parts[0] == _DOCUMENT and len(parts) == 4 and is_name(parts[1]):
             return Key(parts[1], parts[2], decode_id(parts[3]))
     except ValueError:
         return None

@@ -30,6 +30,7 @@ from nexus.common.errors import (
     Unavailable,
 )
 from nexus.common.kv import KvEntry, KvFollower, open_key_value
+from nexus.common.names import check_name
 from nexus.llm.embeddings import EmbeddingModels, check_text, unit_rows
 from nexus.llm.search._filters import compile_filter
 from nexus.llm.search._index import rank
@@ -40,7 +41,6 @@ from nexus.llm.search._records import (
     STREAM,
     Definition,
     check_id,
-    check_name,
     collection_key,
     document_key,
     documents_subject,
@@ -127,7 +127,7 @@ class CollectionStore:
             AlreadyExists: A collection of that name exists.
             ResourceExhausted: `max_collections` exist already.
         """
-        check_name(name)
+        check_name(name, "name")
         model = self._embeddings.resolve(embedding_model)
         await self._sync()
         if self._mirror.get(name) is not None:
@@ -154,7 +154,7 @@ class CollectionStore:
             InvalidArgument: A bad name.
             NotFound: No such collection.
         """
-        check_name(name)
+        check_name(name, "name")
         await self._sync()
         return self._collection(name).info()
 
@@ -170,7 +170,7 @@ class CollectionStore:
             InvalidArgument: A bad name.
             NotFound: No such collection.
         """
-        check_name(name)
+        check_name(name, "name")
         await self._sync()
         collection = self._collection(name)
         generation = collection.definition.generation

@@ -25,11 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dnexus/common/v1/options.proto\x12\x0fnexus.common.v1\x1a google/protobuf/descriptor.proto:8\n\x0erequired_scope\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\t:9\n\x0eroute_by_field\x12\x1f.google.protobuf.ServiceOptions\x18\xba\x8e\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dnexus/common/v1/options.proto\x12\x0fnexus.common.v1\x1a google/protobuf/descriptor.proto\"\xf5\x02\n\nFieldRules\x12\x10\n\x08required\x18\x01 \x01(\x08\x12/\n\nidentifier\x18\x02 \x01(\x0e\x32\x1b.nexus.common.v1.Identifier\x12\x14\n\x07minimum\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07maximum\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x1e\n\x11\x65xclusive_minimum\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x1e\n\x11\x65xclusive_maximum\x18\x06 \x01(\x01H\x03\x88\x01\x01\x12\x16\n\tmax_items\x18\x07 \x01(\rH\x04\x88\x01\x01\x12\x17\n\nmax_length\x18\x08 \x01(\rH\x05\x88\x01\x01\x12\x17\n\nmin_length\x18\t \x01(\rH\x06\x88\x01\x01\x42\n\n\x08_minimumB\n\n\x08_maximumB\x14\n\x12_exclusive_minimumB\x14\n\x12_exclusive_maximumB\x0c\n\n_max_itemsB\r\n\x0b_max_lengthB\r\n\x0b_min_length*U\n\nIdentifier\x12\x1a\n\x16IDENTIFIER_UNSPECIFIED\x10\x00\x12\x13\n\x0fIDENTIFIER_NAME\x10\x01\x12\x16\n\x12IDENTIFIER_VERSION\x10\x02:8\n\x0erequired_scope\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\t:9\n\x0eroute_by_field\x12\x1f.google.protobuf.ServiceOptions\x18\xba\x8e\x03 \x01(\t:K\n\x05rules\x12\x1d.google.protobuf.FieldOptions\x18\xbb\x8e\x03 \x01(\x0b\x32\x1b.nexus.common.v1.FieldRulesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nexus.common.v1.options_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_IDENTIFIER']._serialized_start=460
+  _globals['_IDENTIFIER']._serialized_end=545
+  _globals['_FIELDRULES']._serialized_start=85
+  _globals['_FIELDRULES']._serialized_end=458
 # @@protoc_insertion_point(module_scope)

@@ -5,13 +5,130 @@ isort:skip_file
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pb2 as _descriptor_pb2
+from google.protobuf import message as _message
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf.internal import extension_dict as _extension_dict
 import builtins as _builtins
+import sys
+import typing as _typing
+
+if sys.version_info >= (3, 10):
+    from typing import TypeAlias as _TypeAlias
+else:
+    from typing_extensions import TypeAlias as _TypeAlias
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Identifier:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IdentifierEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Identifier.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IDENTIFIER_UNSPECIFIED: _Identifier.ValueType  # 0
+    """Any string."""
+    IDENTIFIER_NAME: _Identifier.ValueType  # 1
+    """A name: 1-64 letters, digits, '_' or '-', starting with a letter or digit."""
+    IDENTIFIER_VERSION: _Identifier.ValueType  # 2
+    """A version number: "1", "2", ..."""
+
+class Identifier(_Identifier, metaclass=_IdentifierEnumTypeWrapper):
+    """The kinds of identifier whose form the platform defines once (nexus.common.names)."""
+
+IDENTIFIER_UNSPECIFIED: Identifier.ValueType  # 0
+"""Any string."""
+IDENTIFIER_NAME: Identifier.ValueType  # 1
+"""A name: 1-64 letters, digits, '_' or '-', starting with a letter or digit."""
+IDENTIFIER_VERSION: Identifier.ValueType  # 2
+"""A version number: "1", "2", ..."""
+Global___Identifier: _TypeAlias = Identifier  # noqa: Y015
+
+@_typing.final
+class FieldRules(_message.Message):
+    """Rules of one request field. An unset bound is no bound. A string rule (identifier, length)
+    applies to a non-empty value; `required` says whether it may be empty.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUIRED_FIELD_NUMBER: _builtins.int
+    IDENTIFIER_FIELD_NUMBER: _builtins.int
+    MINIMUM_FIELD_NUMBER: _builtins.int
+    MAXIMUM_FIELD_NUMBER: _builtins.int
+    EXCLUSIVE_MINIMUM_FIELD_NUMBER: _builtins.int
+    EXCLUSIVE_MAXIMUM_FIELD_NUMBER: _builtins.int
+    MAX_ITEMS_FIELD_NUMBER: _builtins.int
+    MAX_LENGTH_FIELD_NUMBER: _builtins.int
+    MIN_LENGTH_FIELD_NUMBER: _builtins.int
+    required: _builtins.bool
+    """The field must be set: a non-empty string or list, a present message, a non-zero number."""
+    identifier: Global___Identifier.ValueType
+    """The form of a string (or of each string of a list)."""
+    minimum: _builtins.float
+    """Smallest value of a number (inclusive)."""
+    maximum: _builtins.float
+    """Largest value of a number (inclusive)."""
+    exclusive_minimum: _builtins.float
+    """A number must be greater than this."""
+    exclusive_maximum: _builtins.float
+    """A number must be less than this."""
+    max_items: _builtins.int
+    """Most items of a list."""
+    max_length: _builtins.int
+    """Most characters of a string (of each string of a list)."""
+    min_length: _builtins.int
+    """Fewest characters of each string of a list (1: no empty strings)."""
+    def __init__(
+        self,
+        *,
+        required: _builtins.bool = ...,
+        identifier: Global___Identifier.ValueType = ...,
+        minimum: _builtins.float | None = ...,
+        maximum: _builtins.float | None = ...,
+        exclusive_minimum: _builtins.float | None = ...,
+        exclusive_maximum: _builtins.float | None = ...,
+        max_items: _builtins.int | None = ...,
+        max_length: _builtins.int | None = ...,
+        min_length: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exclusive_maximum", b"_exclusive_maximum", "_exclusive_minimum", b"_exclusive_minimum", "_max_items", b"_max_items", "_max_length", b"_max_length", "_maximum", b"_maximum", "_min_length", b"_min_length", "_minimum", b"_minimum", "exclusive_maximum", b"exclusive_maximum", "exclusive_minimum", b"exclusive_minimum", "max_items", b"max_items", "max_length", b"max_length", "maximum", b"maximum", "min_length", b"min_length", "minimum", b"minimum"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exclusive_maximum", b"_exclusive_maximum", "_exclusive_minimum", b"_exclusive_minimum", "_max_items", b"_max_items", "_max_length", b"_max_length", "_maximum", b"_maximum", "_min_length", b"_min_length", "_minimum", b"_minimum", "exclusive_maximum", b"exclusive_maximum", "exclusive_minimum", b"exclusive_minimum", "identifier", b"identifier", "max_items", b"max_items", "max_length", b"max_length", "maximum", b"maximum", "min_length", b"min_length", "minimum", b"minimum", "required", b"required"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__exclusive_maximum: _TypeAlias = _typing.Literal["exclusive_maximum"]  # noqa: Y015
+    _WhichOneofArgType__exclusive_maximum: _TypeAlias = _typing.Literal["_exclusive_maximum", b"_exclusive_maximum"]  # noqa: Y015
+    _WhichOneofReturnType__exclusive_minimum: _TypeAlias = _typing.Literal["exclusive_minimum"]  # noqa: Y015
+    _WhichOneofArgType__exclusive_minimum: _TypeAlias = _typing.Literal["_exclusive_minimum", b"_exclusive_minimum"]  # noqa: Y015
+    _WhichOneofReturnType__max_items: _TypeAlias = _typing.Literal["max_items"]  # noqa: Y015
+    _WhichOneofArgType__max_items: _TypeAlias = _typing.Literal["_max_items", b"_max_items"]  # noqa: Y015
+    _WhichOneofReturnType__max_length: _TypeAlias = _typing.Literal["max_length"]  # noqa: Y015
+    _WhichOneofArgType__max_length: _TypeAlias = _typing.Literal["_max_length", b"_max_length"]  # noqa: Y015
+    _WhichOneofReturnType__maximum: _TypeAlias = _typing.Literal["maximum"]  # noqa: Y015
+    _WhichOneofArgType__maximum: _TypeAlias = _typing.Literal["_maximum", b"_maximum"]  # noqa: Y015
+    _WhichOneofReturnType__min_length: _TypeAlias = _typing.Literal["min_length"]  # noqa: Y015
+    _WhichOneofArgType__min_length: _TypeAlias = _typing.Literal["_min_length", b"_min_length"]  # noqa: Y015
+    _WhichOneofReturnType__minimum: _TypeAlias = _typing.Literal["minimum"]  # noqa: Y015
+    _WhichOneofArgType__minimum: _TypeAlias = _typing.Literal["_minimum", b"_minimum"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__exclusive_maximum) -> _WhichOneofReturnType__exclusive_maximum | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__exclusive_minimum) -> _WhichOneofReturnType__exclusive_minimum | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_items) -> _WhichOneofReturnType__max_items | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_length) -> _WhichOneofReturnType__max_length | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__maximum) -> _WhichOneofReturnType__maximum | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_length) -> _WhichOneofReturnType__min_length | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__minimum) -> _WhichOneofReturnType__minimum | None: ...
+
+Global___FieldRules: _TypeAlias = FieldRules  # noqa: Y015
+
 REQUIRED_SCOPE_FIELD_NUMBER: _builtins.int
 ROUTE_BY_FIELD_FIELD_NUMBER: _builtins.int
+RULES_FIELD_NUMBER: _builtins.int
 required_scope: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _builtins.str]
 """The API-key scope a caller needs, such as "anomaly:invoke" or "models:admin".
 Checked by the gateway at the edge and by the service's auth interceptor.
@@ -20,4 +137,8 @@ route_by_field: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.Servic
 """For a service that every backend mounts (the model registry): the name of the request field
 that says which backend the gateway routes the call to. Without it, the backend is the <area>
 of the proto package nexus.<area>.v1.
+"""
+rules: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, Global___FieldRules]
+"""What a request field accepts. Every service checks it before its handler runs
+(nexus.common.rules), and the gateway's OpenAPI document shows it, from this one declaration.
 """
