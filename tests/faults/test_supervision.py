@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from nexus.common.testing.launcher import NEXUS, NexusUp
+from nexus.common.testing.launcher import NexusUp
 from nexus.common.testing.waiting import until
 
 POINTS = [{"values": [i % 5 * 0.1, i % 3 * 0.1]} for i in range(40)]
@@ -52,28 +51,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 @pytest.fixture(scope="module")
 def app_key(running: Running) -> str:
     """A key stored in NATS by `nexus keys`, which finds the platform's NATS by its run file."""
-    data_dir = str(running.up.data_dir)
-    made = subprocess.run(
-        [
-            str(NEXUS),
-            "keys",
-            "--data-dir",
-            data_dir,
-            "create",
-            "--name",
-            "app",
-            "--scope",
-            "anomaly:*",
-            "--scope",
-            "models:read",
-        ],
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in os.environ.items() if k != "NEXUS_NATS_URL"},
-        timeout=60,
-    )
-    assert made.returncode == 0, made.stderr
-    return next(w for w in made.stdout.split() if w.startswith("nxk_"))
+    return running.up.create_key("app", "anomaly:*", "models:read")
 
 
 @pytest.fixture(scope="module")

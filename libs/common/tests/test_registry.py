@@ -18,8 +18,10 @@ from nexus.common.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    Unavailable,
 )
 from nexus.common.events import Event, EventBus
+from nexus.common.idempotency import IdempotencyStore, Outcome
 from nexus.common.nats import connect
 from nexus.common.natsserver import NatsServer
 from nexus.common.registry import (
@@ -96,6 +98,29 @@ async def test_register_records_an_immutable_version(registry: ModelRegistry) ->
     assert model.versions[0] == first
     assert model.latest_version == "2"
     assert await registry.load_artifact("fraud", "1") == artifact
+
+
+async def test_an_idempotent_call_run_again_gets_the_version_it_registered(
+    registry: ModelRegistry, nats_client: Client
+) -> None:
+    """A call that registered and then failed with "not now" (NATS lost its answer) is run
+    again by its retry; that run gets the same version instead of registering a second."""
+    store = IdempotencyStore(nats_client, ttl_s=60.0, lease_s=30.0)
+    await store.start()
+    key = uuid.uuid4().hex
+
+    async def register(answer_lost: bool) -> tuple[str, Outcome]:
+        info = await registry.register("m", b"artifact", framework="onnx")
+        if answer_lost:
+            raise Unavailable("the answer was lost on the way")
+        return info.version, Outcome(0, info.version.encode())
+
+    with pytest.raises(Unavailable):
+        await store.run(key, "fingerprint", lambda: register(answer_lost=True))
+    again = await store.run(key, "fingerprint", lambda: register(answer_lost=False))
+    other = await registry.register("m", b"artifact", framework="onnx")  # another call
+    assert (again, other.version) == ("1", "2")
+    assert [v.version for v in (await registry.get_model("m")).versions] == ["1", "2"]
 
 
 async def test_concurrent_registrations_get_distinct_versions(registry: ModelRegistry) -> None:

@@ -25,6 +25,7 @@ from nexus.common.idempotency._store import (
     RESPONSE_NOT_KEPT,
     IdempotencyStore,
     Outcome,
+    idempotent_call,
 )
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "check_idempotency_key",
     "fingerprint",
     "idempotency_key",
+    "idempotent_call",
     "scoped_key",
     "takes_idempotency_key",
 ]

@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -46,6 +47,18 @@ _HEADER_ROOM = 1024
 """Bytes of a NATS message kept free for its headers and the record's own header line."""
 
 T = TypeVar("T")
+
+_RUNNING_CALL: ContextVar[str] = ContextVar("nexus_idempotent_call", default="")
+
+
+def idempotent_call() -> str:
+    """The (scoped) key of the idempotent call running in this context; "" outside one.
+
+    A call runs again when its first run could not record its outcome: its process died, or
+    NATS lost the answer. Work that makes something new (a model version) records this key with
+    it, so that the run again finds what the first run made instead of making it twice.
+    """
+    return _RUNNING_CALL.get()
 
 
 @dataclass(frozen=True)
@@ -190,6 +203,7 @@ class IdempotencyStore:
     async def _execute(self, key: str, fingerprint: str, revision: int, work: Work[T]) -> T:
         claim = _Claim(key, fingerprint, revision)
         renewer = asyncio.create_task(self._renew(claim))
+        _RUNNING_CALL.set(key)  # this task's own context: the work sees it, the caller does not
         try:
             result, outcome = await work()
         except BaseException:

@@ -129,6 +129,12 @@ class Mirror:
             (k for k in parsed if k is not None), key=lambda k: (k.kind != ALIAS, k.ident)
         )
 
+    def made_by(self, name: str, call: str) -> ModelVersionInfo | None:
+        """The version of `name` that the idempotent call `call` registered, if any."""
+        model = self._models.get(name)
+        versions = model.versions.values() if model is not None else ()
+        return next((info for info in versions if info.call == call), None)
+
     def next_version(self, name: str) -> int:
         """The lowest version number not yet taken, as far as this mirror knows."""
         model = self._models.get(name)

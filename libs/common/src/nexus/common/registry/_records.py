@@ -72,6 +72,7 @@ def encode_version(info: ModelVersionInfo, state: str) -> bytes:
         "description": info.description,
         "created": info.created.isoformat(),
         "size_bytes": info.size_bytes,
+        "call": info.call,
     }
     return json.dumps(record, sort_keys=True).encode()
 
@@ -97,6 +98,7 @@ def decode_version(service: str, key: Key, raw: bytes) -> tuple[str, ModelVersio
         description=str(record["description"]),
         created=datetime.fromisoformat(record["created"]),
         size_bytes=int(record["size_bytes"]),
+        call=str(record.get("call", "")),  # absent from records of older versions
     )
     return state, info
 

@@ -34,6 +34,7 @@ from nexus.common.errors import (
     Unavailable,
 )
 from nexus.common.events import DAY_S, GIB, EventBus, Stream
+from nexus.common.idempotency import idempotent_call
 from nexus.common.kv import KvEntry, KvFollower, kv_subject, open_key_value, open_object_store
 from nexus.common.names import check_name, check_version
 from nexus.common.paging import page_request, paginate
@@ -204,12 +205,18 @@ class ModelRegistry:
     ) -> ModelVersionInfo:
         """Stores `artifact` as the model's next version ("1" for a new model).
 
+        An idempotent call run again (its first run died, or lost its answer, after registering)
+        gets the version that run registered instead of a second one.
+
         Raises:
             InvalidArgument: A bad name, an empty framework or artifact, a non-finite metric.
             ResourceExhausted: The artifact or its metadata is too large.
             Aborted: Too many registrations of this model raced; retry.
             Unavailable: NATS does not answer.
         """
+        call = idempotent_call()
+        if call and (made := self._mirror.made_by(name, call)) is not None:
+            return made
         info = await self._new_version(name, artifact, framework, metrics, parameters, description)
         with _backend("register a version"):
             version, claim = await self._claim(info)
@@ -451,6 +458,7 @@ class ModelRegistry:
             description=description,
             created=datetime.now(UTC),
             size_bytes=len(artifact),
+            call=idempotent_call(),
         )
         if (size := len(encode_version(info, READY))) > MAX_METADATA_BYTES:
             raise ResourceExhausted.too_large("the version's metadata", size, MAX_METADATA_BYTES)

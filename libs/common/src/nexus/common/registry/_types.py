@@ -25,6 +25,8 @@ class ModelVersionInfo:
         description: Free text.
         created: When it was registered (UTC).
         size_bytes: Size of the artifact.
+        call: The idempotent call that registered it ("" for none; never shown to clients):
+            that call, run again, gets this version rather than registering another.
     """
 
     service: str
@@ -37,6 +39,7 @@ class ModelVersionInfo:
     description: str
     created: datetime
     size_bytes: int
+    call: str = ""
 
 
 @dataclass(frozen=True)
