@@ -17,6 +17,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from nats.aio.client import Client
 
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
@@ -24,9 +25,14 @@ from nexus.api.models.v1 import model_registry_pb2 as models_pb
 from nexus.common.errors import FailedPrecondition, Unavailable
 from nexus.common.idempotency import (
     KEY_REUSED,
+    MAX_REMEMBERED_CALLS,
     METADATA_KEY,
     RESPONSE_NOT_KEPT,
+    IdempotencyStore,
+    new_id,
+    ran_before,
     takes_idempotency_key,
+    with_call,
 )
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings, ServiceSettings
@@ -291,3 +297,27 @@ async def test_a_malformed_key_is_invalid_argument(start_replica: StartReplica, 
         err = await failure(stub.TrainDetector(train(), metadata=((METADATA_KEY, bad),)))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert servicer.runs["ok"] == 0
+
+
+async def test_what_a_write_keeps_of_its_call(nats_client: Client) -> None:
+    """A write made in an idempotent call keeps the call; the call run again recognises it (and
+    derives the same id), another call does not; outside a call nothing is kept."""
+    store = IdempotencyStore(nats_client, ttl_s=60.0, lease_s=30.0, bucket=f"t{new_key()[:8]}")
+    await store.start()
+    key = new_key()
+
+    async def write(calls: tuple[str, ...]) -> tuple[tuple[bool, str, tuple[str, ...]], None]:
+        return (ran_before(calls), new_id("thing"), with_call(calls)), None
+
+    first_seen, first_id, kept = await store.run(key, "fp", lambda: write(()))
+    again_seen, again_id, _ = await store.run(key, "fp", lambda: write(kept))
+    other_seen, other_id, _ = await store.run(new_key(), "fp", lambda: write(kept))
+    assert (first_seen, again_seen, other_seen) == (False, True, False)
+    assert first_id == again_id != other_id
+    assert with_call(kept) == kept
+    assert not ran_before(kept)
+    assert new_id("thing") != new_id("thing")
+    many = tuple(f"call-{i}" for i in range(MAX_REMEMBERED_CALLS))
+    _, _, bounded = await store.run(new_key(), "fp", lambda: write(many))
+    assert len(bounded) == MAX_REMEMBERED_CALLS
+    assert bounded[0] == "call-1"

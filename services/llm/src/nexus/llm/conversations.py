@@ -7,6 +7,11 @@ conversation TTL: every change rewrites the entry, so a conversation lives until
 left alone for that long. Appends compare and set the entry's revision, so concurrent appends
 from several replicas all land.
 
+A record keeps the idempotent calls that wrote it (never shown): a create or append run again
+after its first run stored its write (its process died before recording the outcome) finds its
+call there and answers with the stored conversation instead of writing again; a conversation
+made by an idempotent call has an id derived from the call, so its run again finds it by id.
+
 `trim_to_context` fits a conversation's messages into a model's context window; appends use it
 too, to keep a conversation within its message and size limits.
 """
@@ -21,7 +26,6 @@ import json
 import random
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,6 +37,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from nexus.common.errors import Aborted, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from nexus.common.idempotency import new_id, ran_before, with_call
 from nexus.common.kv import open_key_value
 from nexus.common.paging import page_request, paginate
 from nexus.llm.settings import LlmSettings
@@ -59,7 +64,7 @@ class ConversationRecord:
     """A stored conversation.
 
     Attributes:
-        id: Its id (uuid4 hex).
+        id: Its id (32 hex digits).
         owner: The API key id that created it.
         model: Its default model ("" when requests must name one).
         messages: OpenAI-format messages, oldest first (empty in listings).
@@ -67,6 +72,7 @@ class ConversationRecord:
         create_time: Unix time of creation.
         update_time: Unix time of the last change; it expires a TTL after this.
         message_count: Number of messages, also when `messages` is left out.
+        calls: The newest idempotent calls that created or appended to it (never shown).
     """
 
     id: str
@@ -77,6 +83,7 @@ class ConversationRecord:
     create_time: float
     update_time: float
     message_count: int = field(default=-1)
+    calls: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.message_count < 0:
@@ -136,15 +143,26 @@ class ConversationStore:
         _check_labels(labels)
         now = time.time()
         record = ConversationRecord(
-            uuid.uuid4().hex, owner, model, list(messages), dict(labels), now, now
+            new_id("conversation"),
+            owner,
+            model,
+            list(messages),
+            dict(labels),
+            now,
+            now,
+            calls=with_call(()),
         )
         data = _encode(record)
         if len(data) > MAX_RECORD_BYTES:
             raise ResourceExhausted.too_large(
                 "the conversation's bytes", len(data), MAX_RECORD_BYTES
             )
-        with _reachable():
-            await self._bucket().create(_key(owner, record.id), data)
+        try:
+            with _reachable():
+                await self._bucket().create(_key(owner, record.id), data)
+        except KeyWrongLastSequenceError:
+            # The id derives from this idempotent call: its first run created the conversation.
+            return await self.get(owner, record.id)
         return record
 
     async def get(self, owner: str, conversation_id: str) -> ConversationRecord:
@@ -202,6 +220,8 @@ class ConversationStore:
         check_messages(messages)
         for attempt in range(CAS_ATTEMPTS):
             revision, record = await self._load(owner, conversation_id)
+            if ran_before(record.calls):
+                return record  # appended by this call's first run
             updated = self._extended(record, messages)
             try:
                 with _reachable():
@@ -227,11 +247,18 @@ class ConversationStore:
     def _extended(
         self, record: ConversationRecord, messages: builtins.list[Message]
     ) -> ConversationRecord:
-        """`record` with `messages` appended, trimmed to the message and byte limits."""
+        """`record` with `messages` appended, trimmed to the message and byte limits, and the
+        running idempotent call remembered."""
         combined = trim_to_context([*record.messages, *messages], len, self._max_messages)
         if len(combined) > self._max_messages:
             raise ResourceExhausted.too_large("messages", len(combined), self._max_messages)
-        updated = replace(record, messages=combined, update_time=time.time(), message_count=-1)
+        updated = replace(
+            record,
+            messages=combined,
+            update_time=time.time(),
+            message_count=-1,
+            calls=with_call(record.calls),
+        )
         overhead = len(_encode(replace(updated, messages=[])))
         if overhead + _size(combined) > MAX_RECORD_BYTES:
             combined = trim_to_context(combined, _size, MAX_RECORD_BYTES - overhead)
@@ -423,6 +450,7 @@ def _encode(record: ConversationRecord) -> bytes:
         "labels": record.labels,
         "create_time": record.create_time,
         "update_time": record.update_time,
+        "calls": record.calls,
     }
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -438,6 +466,7 @@ def _decode(data: bytes) -> ConversationRecord:
             labels=value["labels"],
             create_time=value["create_time"],
             update_time=value["update_time"],
+            calls=tuple(value.get("calls", ())),  # absent from records written before
         )
     except (KeyError, TypeError) as err:
         raise ValueError(f"a stored conversation is malformed: {err!r}") from err

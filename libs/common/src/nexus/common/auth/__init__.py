@@ -11,7 +11,7 @@ from nexus.common.auth._interceptor import (
     credentials_from_metadata,
     current_api_key,
 )
-from nexus.common.auth._keys import KEY_PREFIX, ApiKey, hash_key
+from nexus.common.auth._keys import KEY_PREFIX, ApiKey, hash_key, key_id_of
 from nexus.common.auth._scopes import (
     load_api_descriptors,
     required_scope,
@@ -29,6 +29,7 @@ __all__ = [
     "credentials_from_metadata",
     "current_api_key",
     "hash_key",
+    "key_id_of",
     "load_api_descriptors",
     "open_key_store",
     "required_scope",

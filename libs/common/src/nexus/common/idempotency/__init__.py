@@ -8,6 +8,7 @@ same key with another request is INVALID_ARGUMENT. Every service gets this from
 `ServiceHost`; see docs/adr/0019-idempotency-keys.md.
 """
 
+from nexus.common.idempotency._calls import MAX_REMEMBERED_CALLS, new_id, ran_before, with_call
 from nexus.common.idempotency._interceptor import (
     MAX_KEY_LENGTH,
     METADATA_KEY,
@@ -33,6 +34,7 @@ __all__ = [
     "KEY_FIELD",
     "KEY_REUSED",
     "MAX_KEY_LENGTH",
+    "MAX_REMEMBERED_CALLS",
     "METADATA_KEY",
     "RESPONSE_NOT_KEPT",
     "IdempotencyInterceptor",
@@ -42,6 +44,9 @@ __all__ = [
     "fingerprint",
     "idempotency_key",
     "idempotent_call",
+    "new_id",
+    "ran_before",
     "scoped_key",
     "takes_idempotency_key",
+    "with_call",
 ]

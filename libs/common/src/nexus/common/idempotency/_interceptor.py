@@ -102,11 +102,13 @@ def fingerprint(full_method: str, request: Any) -> str:
     return digest.hexdigest()
 
 
-def scoped_key(key: str) -> str:
-    """The bucket key of a client's key: scoped to the calling API key (none: auth is off)."""
-    caller = current_api_key.get()
-    scope = caller.id if caller is not None else ""
-    return hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()
+def scoped_key(key: str, caller_id: str | None = None) -> str:
+    """The bucket key of a client's key: scoped to the calling API key (`caller_id`, else the
+    current call's; none: auth is off)."""
+    if caller_id is None:
+        caller = current_api_key.get()
+        caller_id = caller.id if caller is not None else ""
+    return hashlib.sha256(f"{caller_id}\0{key}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 One KV bucket, `nexus_llm_search` (history 1), holds both:
 
 - `c.<collection>`: the definition, JSON {name, embedding_model, dimensions, create_time,
-  generation};
+  generation, call} (`call`: the idempotent call that created it, never shown);
 - `d.<collection>.<generation>.<id>`: a document, JSON {id, text, metadata, vector}, the vector
   as base64 of little-endian float32, and the id in the key as unpadded base64url of its UTF-8
   (KV keys allow only `[-/_=.a-zA-Z0-9]`).
@@ -45,13 +45,18 @@ _TAIL = b'"}'
 
 @dataclass(frozen=True)
 class Definition:
-    """What a collection is, as stored (immutable once created)."""
+    """What a collection is, as stored (immutable once created).
+
+    `call` is the idempotent call that created it ("" for none): that call run again answers
+    with this collection rather than ALREADY_EXISTS.
+    """
 
     name: str
     embedding_model: str
     dimensions: int
     create_time: float
     generation: str
+    call: str = ""
 
     def info(self, document_count: int) -> CollectionInfo:
         """The collection's public description."""
@@ -147,6 +152,7 @@ def decode_definition(value: bytes) -> Definition:
         dimensions=int(record["dimensions"]),
         create_time=float(record["create_time"]),
         generation=str(record["generation"]),
+        call=str(record.get("call", "")),  # absent from definitions written before
     )
 
 

@@ -29,6 +29,7 @@ from nexus.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from nexus.common.idempotency import idempotent_call, ran_before
 from nexus.common.kv import KvEntry, KvFollower, open_key_value
 from nexus.common.names import check_name
 from nexus.llm.embeddings import EmbeddingModels, check_text, unit_rows
@@ -121,6 +122,9 @@ class CollectionStore:
             name: Letters, digits, "_" and "-", up to 64.
             embedding_model: An embedding model; "" for the default.
 
+        An idempotent call run again (its first run created the collection but could not
+        record its outcome) gets the collection its first run created.
+
         Raises:
             InvalidArgument: A bad name.
             NotFound: No such embedding model.
@@ -130,13 +134,17 @@ class CollectionStore:
         check_name(name, "name")
         model = self._embeddings.resolve(embedding_model)
         await self._sync()
-        if self._mirror.get(name) is not None:
+        if (existing := self._mirror.get(name)) is not None:
+            if ran_before((existing.definition.call,)):
+                return existing.info()
             raise AlreadyExists(f"collection {name!r} exists")
         if len(self._mirror) >= self._settings.max_collections:
             limit = self._settings.max_collections
             raise ResourceExhausted.too_large("collections", len(self._mirror) + 1, limit)
         dims = await self._embeddings.measure_dimensions(model)
-        definition = Definition(name, model, dims, time.time(), new_generation())
+        definition = Definition(
+            name, model, dims, time.time(), new_generation(), call=idempotent_call()
+        )
         with _backend("create a collection"):
             try:
                 revision = await self._bucket().create(
