@@ -12,7 +12,7 @@ from typing import Any
 
 from nexus.gateway.openai.requests import CACHE_HEADER, MAX_EMBEDDING_INPUTS
 from nexus.gateway.openai.responses import CACHED_HEADER, FINISH_REASONS
-from nexus.gateway.openai.routes import CHAT_PATH, EMBEDDINGS_PATH, MODEL_PATH, MODELS_PATH
+from nexus.gateway.openai.surface import CHAT_PATH, EMBEDDINGS_PATH, MODEL_PATH, MODELS_PATH
 
 # OpenAI's schema as its spec publishes it; the llm service enforces it (nexus.llm.validation).
 ROLES = ("system", "developer", "user", "assistant", "tool")
