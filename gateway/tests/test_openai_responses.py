@@ -360,6 +360,15 @@ def test_the_openapi_document_with_the_openai_paths_is_valid() -> None:
     assert "text/event-stream" in chat["responses"]["200"]["content"]
     assert set(document["paths"]) >= {"/v1/embeddings", "/v1/models", "/v1/models/{model}"}
     assert "openai.CreateChatCompletionRequest" in document["components"]["schemas"]
+    # The writes take an Idempotency-Key (forwarded to Chat and Embed) and a body (415).
+    embed = document["paths"]["/v1/embeddings"]["post"]
+    listing = document["paths"]["/v1/models"]["get"]
+    key = {"$ref": "#/components/parameters/IdempotencyKey"}
+    assert key in chat["parameters"]
+    assert key in embed["parameters"]
+    assert listing["parameters"] == []
+    assert {"414", "415", "431"} <= set(chat["responses"]) & set(embed["responses"])
+    assert "415" not in listing["responses"]
 
 
 def test_the_openai_paths_are_documented_only_with_an_llm_backend() -> None:

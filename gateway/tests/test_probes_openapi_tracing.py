@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -9,6 +10,11 @@ from openapi_spec_validator import validate
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from nexus.common.idempotency import (
+    MAX_KEY_LENGTH,
+    check_idempotency_key,
+    takes_idempotency_key,
+)
 from nexus.common.settings import NexusSettings
 from nexus.common.telemetry import setup_tracing
 from nexus.gateway import build_openapi, discover
@@ -113,6 +119,35 @@ def test_openapi_says_what_the_api_enforces() -> None:
     listing = paths["/v1/anomaly/sources"]["get"]
     assert {"409", "414", "415", "501"} <= set(promote["responses"])
     assert "415" not in listing["responses"]
+
+
+def test_operations_that_honour_an_idempotency_key_declare_it() -> None:
+    document = build_openapi(discover())
+    parameter = document["components"]["parameters"]["IdempotencyKey"]
+    declaring = {
+        operation["operationId"]
+        for item in document["paths"].values()
+        for operation in item.values()
+        if {"$ref": "#/components/parameters/IdempotencyKey"} in operation.get("parameters", [])
+    }
+    honouring = {
+        b.operation_id
+        for b in discover()
+        if not b.server_streaming and takes_idempotency_key(b.full_method)
+    }
+    pattern = re.compile(parameter["schema"]["pattern"])
+
+    assert declaring == honouring
+    assert {"AnomalyService_TrainDetector", "LlmService_Chat"} <= declaring
+    assert not {"LlmService_StreamChat", "LlmService_ListModels"} & declaring
+    assert (parameter["in"], parameter["required"]) == ("header", False)
+    assert parameter["schema"]["maxLength"] == MAX_KEY_LENGTH
+    # The schema accepts what the check accepts.
+    for key in ["k", "ab", "8e03978e-40d5-4a0e", "a b", '"q"', "x" * 255, "!~"]:
+        assert pattern.match(key)
+        assert check_idempotency_key(key)
+    for key in ["", '""', "x" * 256, "é", " lead", "trail "]:
+        assert not pattern.match(key)
 
 
 def test_openapi_schemas_follow_proto3_json() -> None:

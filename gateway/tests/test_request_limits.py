@@ -1,7 +1,7 @@
-"""Limits of a request, checked as early as possible and answered in the one error body: a body
-that is not JSON (415), a URL too long (414, also when it is longer than the server reads at
-all), headers too large (431); and large bodies are parsed off the event loop, so the gateway
-keeps answering while they are."""
+"""Limits of a request, checked as early as possible and answered in the one error body (in
+OpenAI's on the OpenAI surface's paths): a body that is not JSON (415), a URL too long (414, also
+when it is longer than the server reads at all), headers too large (431); and large bodies are
+parsed off the event loop, so the gateway keeps answering while they are."""
 
 from __future__ import annotations
 
@@ -90,6 +90,30 @@ async def test_a_long_url_is_414_not_a_reset(start_gateway: Any, length: int) ->
     assert status == 414
     assert body["error"]["reason"] == "URI_TOO_LONG"
     assert f"limit of {GatewaySettings().max_url_bytes} bytes" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions?x=", "/v1/models/"])
+async def test_on_the_openai_surface_a_long_url_is_openai_s_414(
+    start_gateway: Any, path: str
+) -> None:
+    """Beyond what the server reads at all (the URL limit's 414 is tested on the app)."""
+    client = await start_gateway()
+    head = f"POST {path}{'a' * 200_000} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+    status, body = _status_and_body(await _raw(str(client.base_url), head))
+
+    assert status == 414
+    assert body["error"]["code"] == "uri_too_long"
+    assert body["error"]["type"] == "invalid_request_error"
+
+
+async def test_on_the_openai_surface_large_headers_are_openai_s_431(start_gateway: Any) -> None:
+    client = await start_gateway()
+    head = f"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: {'a' * 200_000}\r\n\r\n".encode()
+
+    status, body = _status_and_body(await _raw(str(client.base_url), head))
+
+    assert (status, body["error"]["code"]) == (431, "headers_too_large")
 
 
 async def test_headers_beyond_the_head_limit_are_431(start_gateway: Any) -> None:

@@ -7,9 +7,10 @@ about a minute on two cores. Each answer is checked: no 5xx, a status the docume
 declared content type, headers and a body that match the document. Failures are collected over
 all operations and reported together.
 
-Left out: WatchAnomalies, a stream that stays open by design (its errors are the same error
-body, tested in the gateway's SSE tests); and the OpenAI-compatible operations (tag `openai`),
-whose validation is being reworked to OpenAI's own rules elsewhere: they join this suite with it.
+The OpenAI-compatible operations (tag `openai`) are in, with fewer cases each: no chat model
+is configured, so most chat calls end in 400 or 404 (their answers must still be the
+document's). Left out: WatchAnomalies, a stream that stays open by design (its errors are the
+same error body, tested in the gateway's SSE tests).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ from nexus.llm.settings import LlmSettings
 SEED = 20_261_203
 CASES = {GenerationMode.POSITIVE: 25, GenerationMode.NEGATIVE: 12}
 """Cases per operation and mode: about a minute for the whole API on two cores."""
+OPENAI_CASES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 20}
+"""The OpenAI operations: fewer of them, with larger request schemas."""
 LEFT_OUT = {"AnomalyService_WatchAnomalies"}
-LEFT_OUT_TAGS = {"openai"}
 CHECKS = [
     checks.not_a_server_error,
     checks.status_code_conformance,
@@ -73,9 +75,10 @@ def fuzz(url: str, headers: dict[str, str]) -> tuple[int, list[str]]:
     for result in schema.get_all_operations():
         operation = result.ok()
         raw = operation.definition.raw
-        if raw.get("operationId") in LEFT_OUT or LEFT_OUT_TAGS & set(raw.get("tags", ())):
+        if raw.get("operationId") in LEFT_OUT:
             continue
-        for mode, count in CASES.items():
+        cases = OPENAI_CASES if "openai" in raw.get("tags", ()) else CASES
+        for mode, count in cases.items():
             sent_now, found = _fuzz_operation(operation, mode, count, url, headers)
             sent += sent_now
             failures += found

@@ -379,6 +379,27 @@ async def test_bad_embedding_requests_are_400_in_openai_s_shape(
     assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
 
 
+async def test_an_idempotency_key_reaches_chat_and_embed(
+    gateway_url: str, nexus_settings: NexusSettings
+) -> None:
+    """The llm service runs a unary Chat or Embed with a key once (ADR 0019): a retry gets the
+    first answer, the same key with another request is 400 naming the header."""
+    key = await make_key(nexus_settings, "llm:invoke")
+    retry = {**bearer(key), "Idempotency-Key": str(uuid.uuid4())}
+    chat = {"model": TINY_MODEL_NAME, "messages": user(prompt()), "max_tokens": 4}
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=60) as http:
+        first = await http.post("/v1/chat/completions", json=chat, headers=retry)
+        again = await http.post("/v1/chat/completions", json=chat, headers=retry)
+        other = await http.post(
+            "/v1/embeddings", json={"model": EMBEDDER, "input": "x"}, headers=retry
+        )
+
+    assert first.status_code == 200, first.text
+    assert again.json() == first.json()
+    assert other.status_code == 400, other.text
+    assert other.json()["error"]["param"] == "Idempotency-Key"
+
+
 async def test_keys_are_checked(gateway_url: str, nexus_settings: NexusSettings) -> None:
     narrow = await make_key(nexus_settings, "anomaly:invoke")
     with pytest.raises(openai.AuthenticationError) as missing:

@@ -24,6 +24,7 @@ from nexus.gateway.gateway import Gateway
 from nexus.gateway.keys import Authorizer
 from nexus.gateway.openai import BACKEND as OPENAI_BACKEND
 from nexus.gateway.openai import add_openai, openai_routes
+from nexus.gateway.openai.surface import surface_error
 from nexus.gateway.openapi import build_openapi
 from nexus.gateway.routing import Router
 from nexus.gateway.settings import GatewaySettings
@@ -104,7 +105,8 @@ def _methods(router: Router) -> list[str]:
 
 
 class _UrlLimit:
-    """Answers 414 for a URL longer than `limit` bytes, on every route."""
+    """Answers 414 for a URL longer than `limit` bytes, on every route (in the error body of the
+    surface the path belongs to)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -114,7 +116,8 @@ class _UrlLimit:
         if scope["type"] == "http":
             length = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
             if length > self.limit:
-                await uri_too_long(self.limit).response()(scope, receive, send)
+                error = surface_error(scope["path"], uri_too_long(self.limit))
+                await error.response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

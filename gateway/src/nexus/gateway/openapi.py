@@ -15,13 +15,17 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 
 from nexus.api.common.v1 import common_pb2
 from nexus.common import rules
+from nexus.common.idempotency import KEY_FIELD, MAX_KEY_LENGTH, takes_idempotency_key
 from nexus.gateway.descriptors import HttpBinding, resolve_field
 from nexus.gateway.transcode import QUERY_WELL_KNOWN
 
 Schema = dict[str, Any]
 
 _ERROR_TEXT = {
-    "400": "Invalid request: bad JSON, a bad field (see field_violations), a failed precondition.",
+    "400": (
+        "Invalid request: bad JSON, a bad field (see field_violations), a failed precondition, "
+        "a malformed Idempotency-Key or one sent before with another request."
+    ),
     "401": "Missing or invalid API key.",
     "403": "The API key lacks the scope this operation needs.",
     "404": "No such route, resource or service.",
@@ -36,6 +40,16 @@ _ERROR_TEXT = {
     "503": "Backend unavailable or not ready.",
     "504": "The backend did not answer within the deadline.",
 }
+IDEMPOTENCY_KEY_REF = {"$ref": "#/components/parameters/IdempotencyKey"}
+_VISIBLE, _PRINTABLE, _NOT_QUOTE = "[!-~]", "[ -~]", "[!#-~]"
+_KEY_FORMS = (
+    _VISIBLE,  # one character
+    f'{_NOT_QUOTE}{_VISIBLE}|"{_NOT_QUOTE}',  # two, but not ""
+    f"{_VISIBLE}{_PRINTABLE}{{1,{MAX_KEY_LENGTH - 2}}}{_VISIBLE}",  # three to 255
+)
+IDEMPOTENCY_KEY_PATTERN = f"^({'|'.join(_KEY_FORMS)})$"
+"""What `check_idempotency_key` accepts: 1 to 255 printable ASCII characters (HTTP trims the
+spaces around a header value); `""` is the empty structured-field string, so no key."""
 _BODY_ONLY = {"415"}  # only an operation that takes a body can get these
 _MAX_QUERY_DEPTH = 3
 
@@ -191,6 +205,7 @@ def build_openapi(
                 _error_name(code): _error_response(error_ref, text)
                 for code, text in _ERROR_TEXT.items()
             },
+            "parameters": {"IdempotencyKey": _idempotency_parameter()},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "Nexus API key."},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
@@ -209,7 +224,7 @@ _DESCRIPTION = (
 def _route_choices(operation: dict[str, Any], route_field: str, backends: list[str]) -> None:
     """The backend-naming path variable takes the configured backends only (others are 404)."""
     for parameter in operation["parameters"]:
-        if parameter["in"] == "path" and parameter["name"] == route_field:
+        if parameter.get("in") == "path" and parameter["name"] == route_field:
             parameter["schema"] = {"type": "string", "enum": backends}
 
 
@@ -239,13 +254,36 @@ def _error_response(error_ref: Schema, text: str) -> Schema:
     }
 
 
+def _idempotency_parameter() -> dict[str, Any]:
+    return {
+        "name": KEY_FIELD,
+        "in": "header",
+        "required": False,
+        "description": (
+            "Makes the call idempotent (ADR 0019): a retry with the same key and request gets "
+            "the first call's outcome without running it again; the same key with another "
+            "request is 400. A new UUID per call is best. Scoped to the API key."
+        ),
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_KEY_LENGTH,
+            "pattern": IDEMPOTENCY_KEY_PATTERN,
+        },
+    }
+
+
 def _operation(binding: HttpBinding, schemas: Schemas) -> dict[str, Any]:
     service = binding.method.containing_service
+    parameters = _path_parameters(binding, schemas) + _query_parameters(binding, schemas)
+    # The services make every unary call that is not a read idempotent with the key.
+    if not binding.server_streaming and takes_idempotency_key(binding.full_method):
+        parameters.append(IDEMPOTENCY_KEY_REF)
     operation: dict[str, Any] = {
         "operationId": binding.operation_id,
         "summary": f"{service.name}.{binding.method.name}",
         "tags": [service.full_name],
-        "parameters": _path_parameters(binding, schemas) + _query_parameters(binding, schemas),
+        "parameters": parameters,
         "responses": _responses(binding, schemas),
     }
     if binding.scope:

@@ -8,6 +8,7 @@ import http
 import logging
 import signal
 from collections.abc import Iterator
+from urllib.parse import unquote
 
 import grpc
 import h11
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from nexus.gateway.errors import GatewayError, uri_too_long
+from nexus.gateway.openai.surface import surface_error
 from nexus.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -41,8 +43,9 @@ class _Server(uvicorn.Server):
 class _Protocol(H11Protocol):
     """uvicorn's h11 protocol, answering a request head beyond h11's buffer with the one error
     body (414 when the request line alone is too long, 431 for the headers, 400 for a malformed
-    head) and closing gently, where uvicorn would answer 400 in plain text and close at once,
-    which resets the connection of a client still sending."""
+    head; in OpenAI's error body on the OpenAI surface's paths) and closing gently, where uvicorn
+    would answer 400 in plain text and close at once, which resets the connection of a client
+    still sending."""
 
     url_limit = 0
     """The gateway's URL limit (`max_url_bytes`), named in the error."""
@@ -53,7 +56,8 @@ class _Protocol(H11Protocol):
             super().data_received(data)
 
     def send_400_response(self, msg: str) -> None:
-        error = self._head_error()
+        received, _ = self.conn.trailing_data
+        error = surface_error(_target_path(received), self._head_error(received))
         body = error.to_json().encode()
         headers = [
             (b"content-type", b"application/json"),
@@ -68,9 +72,8 @@ class _Protocol(H11Protocol):
             self.transport.write(self.conn.send(event))
         self._linger()
 
-    def _head_error(self) -> GatewayError:
+    def _head_error(self, received: bytes) -> GatewayError:
         limit = self.config.h11_max_incomplete_event_size or 0  # GatewayServer sets it
-        received, _ = self.conn.trailing_data
         if len(received) <= limit:
             return GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "malformed HTTP request")
         if b"\n" not in received:
@@ -89,6 +92,14 @@ class _Protocol(H11Protocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_S, self.transport.close)
+
+
+def _target_path(head: bytes) -> str:
+    """The path of a request head's target, as far as it arrived ("" when there is none)."""
+    line = head.split(b"\n", 1)[0]
+    parts = line.split(b" ", 2)
+    target = parts[1] if len(parts) > 1 else b""
+    return unquote(target.split(b"?", 1)[0].decode("latin-1"))
 
 
 def _protocol(settings: GatewaySettings) -> type[_Protocol]:

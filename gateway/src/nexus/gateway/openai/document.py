@@ -12,7 +12,8 @@ from typing import Any
 
 from nexus.gateway.openai.requests import CACHE_HEADER, MAX_EMBEDDING_INPUTS
 from nexus.gateway.openai.responses import CACHED_HEADER, FINISH_REASONS
-from nexus.gateway.openai.routes import CHAT_PATH, EMBEDDINGS_PATH, MODEL_PATH, MODELS_PATH
+from nexus.gateway.openai.surface import CHAT_PATH, EMBEDDINGS_PATH, MODEL_PATH, MODELS_PATH
+from nexus.gateway.openapi import IDEMPOTENCY_KEY_REF
 
 # OpenAI's schema as its spec publishes it; the llm service enforces it (nexus.llm.validation).
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -23,7 +24,8 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 Schema = dict[str, Any]
 
 SCOPE = "llm:invoke"
-_ERROR_CODES = ("400", "401", "403", "404", "413", "429", "500", "503", "504")
+_ERROR_CODES = ("400", "401", "403", "404", "413", "414", "429", "431", "500", "503", "504")
+_BODY_ERROR_CODES = ("415",)  # only where there is a body
 
 
 def _ref(name: str) -> Schema:
@@ -400,21 +402,26 @@ _CACHED = {
 }
 
 
-def _operation(operation_id: str, summary: str, ok: Schema) -> Schema:
-    errors = {code: {"$ref": "#/components/responses/openai.Error"} for code in _ERROR_CODES}
-    return {
+def _operation(operation_id: str, summary: str, ok: Schema, *, body: str | None = None) -> Schema:
+    """An operation; one with a `body` (a schema name) takes it and an `Idempotency-Key`
+    (forwarded: the llm service runs a unary Chat or Embed with a key once, ADR 0019)."""
+    codes = sorted(_ERROR_CODES + (_BODY_ERROR_CODES if body else ()))
+    errors = {code: {"$ref": "#/components/responses/openai.Error"} for code in codes}
+    operation: Schema = {
         "operationId": operation_id,
         "summary": summary,
         "tags": ["openai"],
         "description": f"OpenAI-compatible. Needs an API key with the scope `{SCOPE}`.",
         "x-nexus-scope": SCOPE,
-        "parameters": [],
+        "parameters": [IDEMPOTENCY_KEY_REF] if body else [],
         "responses": {"200": ok, **errors},
     }
-
-
-def _json_body(name: str) -> Schema:
-    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+    if body:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
+    return operation
 
 
 def _chat() -> Schema:
@@ -437,8 +444,9 @@ def _chat() -> Schema:
                 },
             },
         },
+        body="CreateChatCompletionRequest",
     )
-    operation["parameters"] = [
+    operation["parameters"].append(
         {
             "name": CACHE_HEADER,
             "in": "header",
@@ -446,22 +454,20 @@ def _chat() -> Schema:
             "description": "Response-cache use for this request.",
             "schema": {"type": "string", "enum": ["default", "disabled", "refresh"]},
         }
-    ]
-    operation["requestBody"] = _json_body("CreateChatCompletionRequest")
+    )
     return operation
 
 
 def _embeddings() -> Schema:
-    operation = _operation(
+    return _operation(
         "OpenAI_CreateEmbedding",
         "Embeddings (OpenAI's API)",
         {
             "description": "The embeddings.",
             "content": {"application/json": {"schema": _ref("CreateEmbeddingResponse")}},
         },
+        body="CreateEmbeddingRequest",
     )
-    operation["requestBody"] = _json_body("CreateEmbeddingRequest")
-    return operation
 
 
 def _models() -> Schema:

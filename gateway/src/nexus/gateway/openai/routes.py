@@ -10,6 +10,7 @@ Only the body formats differ, errors included (`nexus.gateway.openai.errors`).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,15 @@ from nexus.common.paging import MAX_PAGE_SIZE
 from nexus.gateway import tracing
 from nexus.gateway.descriptors import HttpBinding, service_bindings
 from nexus.gateway.errors import INTERNAL_MESSAGE, GatewayError, from_rpc_error
-from nexus.gateway.gateway import Gateway, call_metadata, deadline, raw_path, read_body
+from nexus.gateway.gateway import (
+    Gateway,
+    call_metadata,
+    deadline,
+    idempotency,
+    raw_path,
+    read_body,
+    require_json,
+)
 from nexus.gateway.keys import raw_key
 from nexus.gateway.openai.errors import (
     SERVER_ERROR,
@@ -53,19 +62,19 @@ from nexus.gateway.openai.responses import (
     model_object,
 )
 from nexus.gateway.openai.streaming import ChunkStream
+from nexus.gateway.openai.surface import (
+    CHAT_PATH,
+    EMBEDDINGS_PATH,
+    MODEL_PATH,
+    MODELS_PATH,
+    unknown_url,
+)
 from nexus.gateway.transcode import dumps
 
 log = logging.getLogger(__name__)
 
 BACKEND = "llm"
 """The backend serving the llm service's RPCs (the `<area>` of `nexus.llm.v1`)."""
-
-CHAT_PATH = "/v1/chat/completions"
-EMBEDDINGS_PATH = "/v1/embeddings"
-MODELS_PATH = "/v1/models"
-MODEL_PATH = "/v1/models/{model}"
-
-_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 @dataclass(frozen=True)
@@ -76,11 +85,18 @@ class Call:
         request: The HTTP request.
         key: The caller's raw API key, if any (forwarded to the backend).
         span: The request's server span.
+        idempotency_key: The client's `Idempotency-Key`, checked, if any (forwarded: the llm
+            service runs a unary Chat or Embed with a key once, ADR 0019).
     """
 
     request: Request
     key: str | None
     span: Span
+    idempotency_key: str | None = None
+
+    def metadata(self) -> list[tuple[str, str]]:
+        """The backend call's metadata: the key, the trace context, the idempotency key."""
+        return call_metadata(self.key, self.idempotency_key)
 
 
 Handler = Callable[[Call], Awaitable[Response]]
@@ -99,21 +115,26 @@ class OpenAIRoutes:
         self._rpcs: dict[str, HttpBinding] = {b.method.name: b for b in service_bindings(service)}
 
     def routes(self) -> list[Route]:
-        """The Starlette routes; mount them before the gateway's catch-all."""
+        """The Starlette routes; mount them before the gateway's catch-all.
+
+        They take every method (a wrong one is OpenAI's 405, not Starlette's), and every path
+        under the surface is theirs (one no route serves is OpenAI's 404, not the native one).
+        """
         return [
             self._route(CHAT_PATH, "POST", "Chat", self._chat),
             self._route(EMBEDDINGS_PATH, "POST", "Embed", self._embeddings),
             self._route(MODELS_PATH, "GET", "ListModels", self._models),
             # A model id may hold "/" ("openai/gpt-4o"): the rest of the path is the id.
-            Route(
-                "/v1/models/{model:path}",
+            _rest_route(
+                f"{MODELS_PATH}/{{model:path}}",
                 self._endpoint(MODEL_PATH, "GET", "ListModels", self._model),
-                methods=_ALL_METHODS,
             ),
+            _rest_route(f"{CHAT_PATH}/{{rest:path}}", _unknown_url),
+            _rest_route(f"{EMBEDDINGS_PATH}/{{rest:path}}", _unknown_url),
         ]
 
     def _route(self, path: str, method: str, rpc: str, handler: Handler) -> Route:
-        return Route(path, self._endpoint(path, method, rpc, handler), methods=_ALL_METHODS)
+        return _any_method(Route(path, self._endpoint(path, method, rpc, handler)))
 
     def _endpoint(
         self, template: str, method: str, rpc: str, handler: Handler
@@ -144,7 +165,7 @@ class OpenAIRoutes:
                 raise OpenAIError(404, message, code="not_found")
             key = raw_key(request.headers)
             await self._gateway.admit(self._rpcs[rpc].scope, key, request)
-            return await handler(Call(request, key, span))
+            return await handler(Call(request, key, span, idempotency(request.headers)))
         except OpenAIError as err:
             return err.response()
         except GatewayError as err:
@@ -172,7 +193,7 @@ class OpenAIRoutes:
         stream = self._gateway.pool.stream(BACKEND, binding)(
             pb.StreamChatRequest(request=chat.request),
             timeout=deadline(call.request.headers, True, settings),
-            metadata=call_metadata(call.key),
+            metadata=call.metadata(),  # StreamChat ignores an idempotency key, as every stream
             wait_for_ready=False,
         )
         span = call.span
@@ -215,7 +236,9 @@ class OpenAIRoutes:
         return reply
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        """The JSON body, within the gateway's size limit (413 beyond it)."""
+        """The JSON body: declared as JSON or as nothing (415 otherwise, before it is read),
+        within the gateway's size limit (413 beyond it)."""
+        require_json(request.headers)
         return parse_json(await read_body(request, self._gateway.settings.max_body_bytes))
 
     async def _unary(self, rpc: str, message: Message, call: Call) -> Any:
@@ -224,10 +247,31 @@ class OpenAIRoutes:
         timeout = deadline(call.request.headers, False, self._gateway.settings)
         try:
             return await self._gateway.pool.unary(BACKEND, binding)(
-                message, timeout=timeout, metadata=call_metadata(call.key), wait_for_ready=False
+                message, timeout=timeout, metadata=call.metadata(), wait_for_ready=False
             )
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err, BACKEND) from err
+
+
+def _rest_route(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
+    """A route taking every method whose trailing `{name:path}` takes any characters.
+
+    Starlette's `.*` stops at a newline, so `/v1/models/a%0Ab` would miss the route, and its `$`
+    matches before a final newline, so `/v1/models/a%0A` would be served as model `a`.
+    """
+    route = _any_method(Route(path, endpoint))
+    route.path_regex = re.compile(route.path_regex.pattern, re.DOTALL)
+    return route
+
+
+def _any_method(route: Route) -> Route:
+    """The route for every method (Starlette's default for a function is GET and HEAD)."""
+    route.methods = None
+    return route
+
+
+async def _unknown_url(request: Request) -> Response:
+    return unknown_url(request.method, request.url.path).response()
 
 
 def _check_method(actual: str, allowed: str) -> None:
