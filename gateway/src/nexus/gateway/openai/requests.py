@@ -147,11 +147,14 @@ def _fits(fields: Mapping[str, Fit], name: str, request: Any, value: Any) -> boo
     return fit is not None and fit(request, value)
 
 
-def _model(request: Any, value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
-    request.model = value
-    return True
+def _string(name: str) -> Fit:
+    def fit(request: Any, value: Any) -> bool:
+        if not isinstance(value, str):
+            return False
+        setattr(request, name, value)
+        return True
+
+    return fit
 
 
 def _number(name: str) -> Fit:
@@ -178,13 +181,6 @@ def _integer(name: str, bounds: tuple[int, int]) -> Fit:
     return fit
 
 
-def _user(request: Any, value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
-    request.user = value
-    return True
-
-
 def _stop(request: Any, value: Any) -> bool:
     if value is None:
         return True
@@ -195,14 +191,19 @@ def _stop(request: Any, value: Any) -> bool:
     return True
 
 
-def _messages(request: Any, value: Any) -> bool:
-    if not isinstance(value, list) or not value:
-        return False
-    messages = [_message(item) for item in value]
-    if any(m is None for m in messages):
-        return False
-    request.messages.extend(messages)
-    return True
+def _each(name: str, convert: Callable[[Any], Any], *, non_empty: bool = False) -> Fit:
+    """A list field whose every item `convert` takes as the request holds it (None: it cannot)."""
+
+    def fit(request: Any, value: Any) -> bool:
+        if not isinstance(value, list) or (non_empty and not value):
+            return False
+        items = [convert(item) for item in value]
+        if any(item is None for item in items):
+            return False
+        getattr(request, name).extend(items)
+        return True
+
+    return fit
 
 
 def _message(value: Any) -> pb.ChatMessage | None:
@@ -272,16 +273,6 @@ def _tool_calls(value: Any) -> list[pb.ToolCall] | None:
             )
         )
     return calls
-
-
-def _tools(request: Any, value: Any) -> bool:
-    if not isinstance(value, list):
-        return False
-    tools = [_tool(item) for item in value]
-    if any(t is None for t in tools):
-        return False
-    request.tools.extend(tools)
-    return True
 
 
 def _tool(value: Any) -> pb.Tool | None:
@@ -356,8 +347,8 @@ def _json_schema_format(value: dict[str, Any]) -> pb.ResponseFormat | None:
 
 
 _CHAT_FIELDS: dict[str, Fit] = {
-    "model": _model,
-    "messages": _messages,
+    "model": _string("model"),
+    "messages": _each("messages", _message, non_empty=True),
     "temperature": _number("temperature"),
     "top_p": _number("top_p"),
     "presence_penalty": _number("presence_penalty"),
@@ -365,8 +356,8 @@ _CHAT_FIELDS: dict[str, Fit] = {
     "max_tokens": _integer("max_tokens", _INT32),
     "seed": _integer("seed", _INT64),
     "stop": _stop,
-    "user": _user,
-    "tools": _tools,
+    "user": _string("user"),
+    "tools": _each("tools", _tool),
     "tool_choice": _tool_choice,
     "response_format": _response_format,
 }
@@ -398,7 +389,7 @@ def _inputs(request: Any, value: Any) -> bool:
     return True
 
 
-_EMBEDDING_FIELDS: dict[str, Fit] = {"model": _model, "input": _inputs}
+_EMBEDDING_FIELDS: dict[str, Fit] = {"model": _string("model"), "input": _inputs}
 
 
 # Values.
