@@ -1,0 +1,86 @@
+"""Streaming (online) detectors: selectable per source by kind, with parameters.
+
+Each kind is an `OnlineDetector` for one univariate series that returns an anomaly likelihood in
+[0, 1] per value and saves and resumes its whole state; a `SourceDetector` runs one per value of
+a source's points, applies the source's threshold and suppresses repeated flags of one event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from nexus.anomaly.detectors._params import ParamSpec
+from nexus.anomaly.detectors._types import Params
+from nexus.anomaly.detectors.online._base import (
+    MAX_STATE_BYTES,
+    OnlineDetector,
+    OnlineVerdict,
+    SourceDetector,
+    State,
+    check_threshold,
+    decode_state,
+    encode_state,
+)
+from nexus.anomaly.detectors.online._gaussian import WindowedGaussian
+from nexus.common.errors import InvalidArgument
+
+KINDS: dict[str, type[OnlineDetector]] = {kind.KIND: kind for kind in (WindowedGaussian,)}
+"""Every streaming detector by the name users select it with."""
+
+DEFAULT_KIND = WindowedGaussian.KIND
+"""The kind a source gets unless it chooses: the best on NAB (bench/anomaly_nab.py)."""
+
+DEFAULT_THRESHOLD = 0.99
+DEFAULT_SUPPRESS = 0
+
+
+def online_kind(kind: str, field: str = "kind") -> type[OnlineDetector]:
+    """The detector class of `kind` ('' for the default).
+
+    Raises:
+        InvalidArgument: No such kind.
+    """
+    name = kind.strip().lower() or DEFAULT_KIND
+    if name not in KINDS:
+        known = ", ".join(sorted(KINDS))
+        raise InvalidArgument.for_field(
+            field, f"unknown streaming detector {kind!r}; one of {known}"
+        )
+    return KINDS[name]
+
+
+def online_factory(kind: str, params: Params | None = None) -> Callable[[], OnlineDetector]:
+    """Builds fresh detectors of `kind` with `params` (validated now, not on the first point).
+
+    Raises:
+        InvalidArgument: An unknown kind or parameter, or a value out of range.
+    """
+    cls = online_kind(kind)
+    cls(params)  # fail now
+    return partial(cls, params)
+
+
+def online_param_specs(kind: str) -> tuple[ParamSpec, ...]:
+    """The parameters of `kind`, with defaults and descriptions."""
+    return online_kind(kind).PARAMS
+
+
+__all__ = [
+    "DEFAULT_KIND",
+    "DEFAULT_SUPPRESS",
+    "DEFAULT_THRESHOLD",
+    "KINDS",
+    "MAX_STATE_BYTES",
+    "OnlineDetector",
+    "OnlineVerdict",
+    "SourceDetector",
+    "State",
+    "WindowedGaussian",
+    "check_threshold",
+    "decode_state",
+    "encode_state",
+    "online_factory",
+    "online_kind",
+    "online_param_specs",
+]

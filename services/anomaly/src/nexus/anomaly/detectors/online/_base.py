@@ -1,0 +1,179 @@
+"""The contract of a streaming (online) detector, and the per-source wrapper around it.
+
+An `OnlineDetector` follows one univariate series: `update(value)` returns the anomaly likelihood
+of `value` in [0, 1] given everything before it, then learns from it. It needs no training step;
+while it is still learning (its learning period) it returns 0. Its whole state is a `State`: a
+flat mapping of names to numpy arrays (scalars as 0-d arrays), so it can be saved (`encode_state`,
+npz without pickle) and resumed elsewhere with the same results as if it had never stopped.
+
+A `SourceDetector` follows one source's points (one or more values each): one `OnlineDetector` per
+value, the point's likelihood is the largest of them, and it is flagged when it reaches the
+source's threshold, unless a flag was raised within the last `suppress` points (one event, one
+flag).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from nexus.anomaly.detectors._params import ParamSpec, parse_params
+from nexus.anomaly.detectors._types import FloatArray, Params, ParamValue
+from nexus.common.errors import InvalidArgument
+
+State = dict[str, np.ndarray]
+"""A detector's whole state: names to arrays (scalars as 0-d arrays)."""
+
+MAX_STATE_BYTES = 1 << 20
+"""The most bytes one source's encoded state may take (a JetStream KV value stays well below
+NATS's default 1 MiB payload limit; checked when decoding too)."""
+
+
+class OnlineDetector(ABC):
+    """One univariate series' detector; see the module docstring.
+
+    Subclasses declare `KIND` (the name users select it by), `DESCRIPTION` and `PARAMS`, and
+    implement `update`, `get_state` and `set_state`.
+
+    Raises:
+        InvalidArgument: An unknown parameter or a value out of range.
+    """
+
+    KIND: ClassVar[str]
+    DESCRIPTION: ClassVar[str]
+    PARAMS: ClassVar[tuple[ParamSpec, ...]] = ()
+
+    def __init__(self, params: Params | None = None, *, field: str = "params") -> None:
+        self.params: dict[str, ParamValue] = parse_params(self.PARAMS, params, field=field)
+
+    @abstractmethod
+    def update(self, value: float) -> float:
+        """The anomaly likelihood of `value` (finite) in [0, 1], before learning from it."""
+
+    @abstractmethod
+    def get_state(self) -> State:
+        """Everything `set_state` needs to resume (copies, not views of live buffers)."""
+
+    @abstractmethod
+    def set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Resumes from `get_state`'s output.
+
+        Raises:
+            ValueError: A state this detector (with its parameters) cannot resume from.
+        """
+
+
+@dataclass(frozen=True)
+class OnlineVerdict:
+    """What a source's detector says of one point.
+
+    Attributes:
+        likelihood: The point's anomaly likelihood in [0, 1] (the largest over its values).
+        is_anomaly: `likelihood` reached the threshold and no flag was raised in the last
+            `suppress` points.
+        feature: The value (index) with the largest likelihood.
+    """
+
+    likelihood: float
+    is_anomaly: bool
+    feature: int
+
+
+def encode_state(state: Mapping[str, np.ndarray]) -> bytes:
+    """`state` as bytes (numpy's npz, no pickled objects)."""
+    buffer = io.BytesIO()
+    arrays: dict[str, Any] = {k: np.asarray(v) for k, v in state.items()}
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def decode_state(data: bytes) -> State:
+    """The state `encode_state` wrote.
+
+    Raises:
+        ValueError: Not such a state, too large, or holding objects.
+    """
+    if len(data) > MAX_STATE_BYTES:
+        raise ValueError(f"state of {len(data)} bytes is over {MAX_STATE_BYTES}")
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def check_threshold(threshold: float, field: str = "threshold") -> float:
+    """A likelihood threshold: a number in (0, 1]."""
+    if not (isinstance(threshold, int | float) and math.isfinite(threshold)):
+        raise InvalidArgument.for_field(field, f"must be a number in (0, 1], got {threshold!r}")
+    if not 0.0 < threshold <= 1.0:
+        raise InvalidArgument.for_field(field, f"must be in (0, 1], got {threshold}")
+    return float(threshold)
+
+
+class SourceDetector:
+    """One source's detector: an `OnlineDetector` of `kind` per value of its points.
+
+    Args:
+        make: Builds one value's detector (a fresh one; all with the same parameters).
+        threshold: A point is flagged when its likelihood reaches this, in (0, 1].
+        suppress: After a flag, points that cannot be flagged again (>= 0).
+
+    A point of another width than the stream's restarts the detectors (a source that gained a
+    metric keeps flowing, learning anew).
+    """
+
+    def __init__(self, make: Callable[[], OnlineDetector], threshold: float, suppress: int) -> None:
+        self._make = make
+        self.threshold = check_threshold(threshold)
+        if isinstance(suppress, bool) or int(suppress) != suppress or suppress < 0:
+            raise InvalidArgument.for_field("suppress", f"must be an integer >= 0, got {suppress}")
+        self.suppress = int(suppress)
+        self._detectors: list[OnlineDetector] = []
+        self._since_flag = self.suppress  # points since the last flag, capped at `suppress`
+
+    def update(self, point: Sequence[float] | FloatArray) -> OnlineVerdict:
+        """Scores a (validated: non-empty, finite) point, then learns from it."""
+        if len(point) != len(self._detectors):
+            self._detectors = [self._make() for _ in range(len(point))]
+        likelihood, feature = 0.0, 0
+        for index, (detector, value) in enumerate(zip(self._detectors, point, strict=True)):
+            score = detector.update(float(value))
+            if score > likelihood:
+                likelihood, feature = score, index
+        flagged = likelihood >= self.threshold and self._since_flag >= self.suppress
+        self._since_flag = 0 if flagged else min(self._since_flag + 1, self.suppress)
+        return OnlineVerdict(likelihood, flagged, feature)
+
+    def get_state(self) -> State:
+        """The whole state: each value's detector's, under `<index>.`, and the suppression."""
+        state: State = {
+            "since_flag": np.asarray(self._since_flag),
+            "width": np.asarray(len(self._detectors)),
+        }
+        for index, detector in enumerate(self._detectors):
+            state.update({f"{index}.{k}": v for k, v in detector.get_state().items()})
+        return state
+
+    def set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Resumes from `get_state`'s output.
+
+        Raises:
+            ValueError: A state these detectors cannot resume from.
+        """
+        try:
+            width = int(state["width"])
+            since_flag = int(state["since_flag"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"not a source detector's state: {err}") from None
+        detectors = [self._make() for _ in range(width)]
+        for index, detector in enumerate(detectors):
+            prefix = f"{index}."
+            detector.set_state(
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            )
+        self._detectors = detectors
+        self._since_flag = min(max(since_flag, 0), self.suppress)
