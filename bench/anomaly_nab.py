@@ -1,0 +1,193 @@
+"""Streaming detectors on the Numenta Anomaly Benchmark (NAB), scored with NAB's own method.
+
+Every streaming detector kind sees each series once, value by value, as a source's detector does
+in the service. Two figures per kind and profile (standard, reward_low_FP_rate,
+reward_low_FN_rate; 0 = detect nothing, 100 = perfect):
+- "likelihood": the per-row likelihood, threshold optimised per profile over all series
+  (NAB's protocol, what the published detectors' figures are);
+- "flags": the flags a source emits (threshold, then suppression of repeated flags), threshold
+  optimised per profile over a grid, and at the default threshold (what a user gets untuned).
+The scorer is checked first: NAB's windowed Gaussian, rescored on the same series, must give its
+published figures (its per-row outputs rounded to 12 digits, as NAB's result files store them).
+
+Usage: python bench/anomaly_nab.py [--kinds windowed_gaussian,...] [--workers 2]
+Writes bench/results/anomaly_nab.json. Data: ../shared/data/anomaly/nab/ beside the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nexus.anomaly.detectors.online import (
+    DEFAULT_KIND,
+    DEFAULT_SUPPRESS,
+    DEFAULT_THRESHOLD,
+    KINDS,
+    WindowedGaussian,
+)
+from nexus.anomaly.evaluation import (
+    PROFILES,
+    LabelledSeries,
+    ScoredCorpus,
+    load_corpus,
+    suppressed_flags,
+)
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared/data/anomaly/nab"
+RESULTS = Path(__file__).resolve().parent / "results" / "anomaly_nab.json"
+PUBLISHED = {  # this part (34 series), from the data's README: standard / low FP / low FN
+    "Numenta HTM": (73.6, 68.4, 77.0),
+    "CAD OSE": (71.7, 68.1, 75.1),
+    "ARTime": (71.1, 62.4, 76.0),
+    "htmjava": (70.2, 65.6, 73.5),
+    "numentaTM": (68.7, 62.3, 72.5),
+    "KNN CAD": (61.0, 51.1, 66.0),
+    "Random Cut Forest": (56.7, 47.6, 63.1),
+    "Earthgecko Skyline": (55.6, 46.2, 60.4),
+    "Relative Entropy": (46.3, 39.2, 50.2),
+    "Twitter ADVec": (43.5, 30.6, 50.4),
+    "Skyline": (38.6, 28.5, 43.0),
+    "Windowed Gaussian": (35.0, 16.7, 43.3),
+    "Bayes changepoint": (34.3, 14.7, 49.6),
+    "EXPoSE": (13.6, 7.1, 21.2),
+    "random": (13.2, 3.4, 21.8),
+}
+BEFORE = {"false_positives": 2590, "standard": -196.0, "no_anomaly_flags": 676}
+"""The per-source detector before issue 9 (EWMA z-score, |z| > 4), measured on this part."""
+CHECK_TOLERANCE = 0.05
+THRESHOLDS = sorted(
+    {*np.linspace(0.5, 0.99, 50).round(4), *(1 - 10.0 ** -np.arange(2, 8.01, 0.25))}
+)
+NO_ANOMALY = "artificialNoAnomaly/"
+
+
+def main() -> int:
+    """Checks the scorer, runs every kind, prints the table, writes the JSON; 1 on failure."""
+    args = _arguments()
+    if not DATA.is_dir():
+        print(f"NAB data not found at {DATA}; nothing to benchmark.", file=sys.stderr)
+        return 1
+    corpus = load_corpus(DATA)
+    scored = ScoredCorpus(corpus)
+    with ProcessPoolExecutor(args.workers) as pool:
+        check = _check_scorer(corpus, scored, pool)
+        results = [_bench_kind(kind, corpus, scored, pool) for kind in args.kinds]
+    _print(check, results)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"check": check, "kinds": results, "before": BEFORE}, indent=2))
+    print(f"\nwrote {RESULTS}")
+    return 0 if check["ok"] else 1
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--kinds", type=lambda t: [k for k in t.split(",") if k], default=sorted(KINDS)
+    )
+    parser.add_argument("--workers", type=int, default=2, help="processes running series")
+    return parser.parse_args()
+
+
+def _likelihoods(kind: str, series: LabelledSeries) -> tuple[np.ndarray, float]:
+    """A fresh detector of `kind` over `series`: each row's likelihood, and seconds taken."""
+    detector = KINDS[kind]()
+    start = time.perf_counter()
+    out = np.fromiter((detector.update(v) for v in series.values.tolist()), float)
+    return out, time.perf_counter() - start
+
+
+def _run(
+    kind: str, corpus: list[LabelledSeries], pool: ProcessPoolExecutor
+) -> tuple[list[np.ndarray], float]:
+    runs = list(pool.map(_likelihoods, [kind] * len(corpus), corpus))
+    return [r[0] for r in runs], sum(r[1] for r in runs)
+
+
+def _check_scorer(
+    corpus: list[LabelledSeries], scored: ScoredCorpus, pool: ProcessPoolExecutor
+) -> dict[str, Any]:
+    likelihoods, _ = _run(WindowedGaussian.KIND, corpus, pool)
+    stored = [np.array([float(f"{x:.12g}") for x in part]) for part in likelihoods]
+    got = [round(scored.score(stored, p).score, 1) for p in PROFILES]
+    want = PUBLISHED["Windowed Gaussian"]
+    ok = all(abs(g - w) <= CHECK_TOLERANCE for g, w in zip(got, want, strict=True))
+    return {"detector": "Windowed Gaussian", "published": want, "rescored": got, "ok": ok}
+
+
+def _bench_kind(
+    kind: str, corpus: list[LabelledSeries], scored: ScoredCorpus, pool: ProcessPoolExecutor
+) -> dict[str, Any]:
+    likelihoods, seconds = _run(kind, corpus, pool)
+    rows = sum(len(s.values) for s in corpus)
+    result: dict[str, Any] = {
+        "kind": kind,
+        "default": kind == DEFAULT_KIND,
+        "microseconds_per_value": 1e6 * seconds / rows,
+        "likelihood": {p.name: asdict(scored.score(likelihoods, p)) for p in PROFILES},
+        "flags_best": {},
+    }
+    for profile in PROFILES:
+        best = max(
+            (
+                scored.score_flags(
+                    [suppressed_flags(lk, t, DEFAULT_SUPPRESS) for lk in likelihoods], profile, t
+                )
+                for t in THRESHOLDS
+            ),
+            key=lambda r: r.score,
+        )
+        result["flags_best"][profile.name] = asdict(best)
+    flags = [suppressed_flags(lk, DEFAULT_THRESHOLD, DEFAULT_SUPPRESS) for lk in likelihoods]
+    result["flags_default"] = {
+        p.name: asdict(scored.score_flags(flags, p, DEFAULT_THRESHOLD)) for p in PROFILES
+    }
+    result["no_anomaly_flags"] = {
+        s.name: int(f.sum())
+        for s, f in zip(corpus, flags, strict=True)
+        if s.name.startswith(NO_ANOMALY)
+    }
+    return result
+
+
+def _print(check: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    status = "OK" if check["ok"] else "FAILED"
+    print(f"scorer check ({check['detector']}): rescored {check['rescored']}", end=" ")
+    print(f"vs published {check['published']}: {status}\n")
+    print(
+        f"{'detector (this part of NAB)':44} {'standard':>9} {'low FP':>7} {'low FN':>7} {'FPs':>6}"
+    )
+    for result in results:
+        name = result["kind"] + (" (default)" if result["default"] else "")
+        for label in ("likelihood", "flags_best", "flags_default"):
+            figures = [result[label][p.name]["score"] for p in PROFILES]
+            fps = result[label]["standard"]["false_positives"]
+            print(f"  {name + ': ' + label:42} {_figures(figures)} {fps:6d}")
+    for name, scores in PUBLISHED.items():
+        print(f"  {name + ' (published)':42} {_figures(scores)}")
+    before = f"{BEFORE['standard']:9.1f} {'':7} {'':7} {BEFORE['false_positives']:6d}"
+    print(f"  {'before (EWMA |z| > 4)':42} {before}")
+    for result in results:
+        if result["default"]:
+            print(f"\ndefault detector ({result['kind']}), flags on the no-anomaly series", end=" ")
+            print(f"at threshold {DEFAULT_THRESHOLD}:")
+            for name, count in result["no_anomaly_flags"].items():
+                print(f"  {name:55} {count}")
+    for result in results:
+        print(f"{result['kind']}: {result['microseconds_per_value']:.1f} us per value")
+
+
+def _figures(scores: tuple[float, ...] | list[float]) -> str:
+    return f"{scores[0]:9.1f} {scores[1]:7.1f} {scores[2]:7.1f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
