@@ -23,16 +23,21 @@ from nexus.anomaly.detectors.online._base import (
     encode_state,
 )
 from nexus.anomaly.detectors.online._gaussian import WindowedGaussian
+from nexus.anomaly.detectors.online._tails import ExtremeTails
 from nexus.common.errors import InvalidArgument
 
-KINDS: dict[str, type[OnlineDetector]] = {kind.KIND: kind for kind in (WindowedGaussian,)}
+KINDS: dict[str, type[OnlineDetector]] = {
+    kind.KIND: kind for kind in (ExtremeTails, WindowedGaussian)
+}
 """Every streaming detector by the name users select it with."""
 
-DEFAULT_KIND = WindowedGaussian.KIND
+DEFAULT_KIND = ExtremeTails.KIND
 """The kind a source gets unless it chooses: the best on NAB (bench/anomaly_nab.py)."""
 
-DEFAULT_THRESHOLD = 0.99
-DEFAULT_SUPPRESS = 0
+DEFAULT_THRESHOLD = 0.999
+"""A point is flagged when its likelihood reaches this (its tail probability is 1/1000 or less)."""
+DEFAULT_SUPPRESS = 50
+"""After a flag, the source's next points that cannot be flagged (one event, one flag)."""
 
 
 def online_kind(kind: str, field: str = "kind") -> type[OnlineDetector]:
@@ -72,6 +77,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "KINDS",
     "MAX_STATE_BYTES",
+    "ExtremeTails",
     "OnlineDetector",
     "OnlineVerdict",
     "SourceDetector",
