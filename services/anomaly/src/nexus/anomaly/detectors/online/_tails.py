@@ -37,6 +37,10 @@ MIN_TAIL = 10
 """The fewest extreme views a tail is fitted on."""
 MIN_AUTOCORRELATION = 0.5
 """A period is accepted when the autocorrelation at its lag reaches this."""
+PERIOD_TOLERANCE = 0.02
+"""A period found within this share of the current one is the same period (kept, not relearnt)."""
+PEAK_SHARE = 0.9
+"""Peaks within this share of the highest compete, and the shortest lag wins (not a multiple)."""
 _REL_FLOOR = 1e-3  # of the window's span: the smallest excess scale and spread considered
 _ABS_FLOOR = 1e-12
 
@@ -120,8 +124,8 @@ class ExtremeTails(OnlineDetector):
         history = self._value.window
         self._low, self._high = min(self._low, value), max(self._high, value)
         p = min(self._value.probability(value), self._spread.probability(self._log_spread()))
-        if self._period and len(history) > self._period:
-            p = min(p, self._residual.probability(value - self._seasonal_reference(history)))
+        if self._period and len(history) > self._period + 1:
+            p = min(p, self._residual.probability(self._seasonal_residual(history, value)))
         self._seen += 1
         if (
             not self._fixed_period
@@ -139,18 +143,30 @@ class ExtremeTails(OnlineDetector):
         deviation = math.sqrt(sum((v - mean) ** 2 for v in recent) / len(recent))
         return math.log(deviation + _REL_FLOOR * (self._high - self._low) + _ABS_FLOOR)
 
-    def _seasonal_reference(self, history: deque[float]) -> float:
-        # `history` already holds the current value at [-1]; one period back is [-1 - period]
-        back = [
-            history[-1 - k * self._period]
-            for k in range(1, PERIODS_BACK + 1)
-            if k * self._period < len(history)
-        ]
+    def _seasonal_residual(self, history: deque[float], value: float) -> float:
+        """`value` minus the median of its nearest matches one, two and three periods back, each
+        the closest of the values a step either side of the period (a period is known to a step).
+        """
+        # `history` already holds `value` at [-1]; one period back is [-1 - period]
+        back = []
+        for k in range(1, PERIODS_BACK + 1):
+            at = -1 - k * self._period
+            if -at + 1 > len(history):
+                break
+            back.append(
+                min((history[at - 1], history[at], history[at + 1]), key=lambda v: abs(v - value))
+            )
         back.sort()
-        return back[len(back) // 2]
+        return value - back[len(back) // 2]
 
     def _find_period(self) -> None:
         period = dominant_period(np.fromiter(self._value.window, float))
+        if (
+            period
+            and self._period
+            and abs(period - self._period) <= PERIOD_TOLERANCE * self._period
+        ):
+            return  # the same period, estimated a little differently
         if period != self._period:
             self._period = period
             self._residual = self._tail()
@@ -182,18 +198,29 @@ class ExtremeTails(OnlineDetector):
 
 
 def dominant_period(values: np.ndarray) -> int:
-    """The lag of the highest autocorrelation peak after it first turns negative, if it reaches
-    MIN_AUTOCORRELATION; else 0 (no clear period)."""
+    """The lag of the autocorrelation's first near-highest peak after it first turns negative,
+    if it reaches MIN_AUTOCORRELATION; else 0 (no clear period)."""
     x = values - values.mean()
     n = len(x)
     energy = float(x @ x)
     if n < 8 or energy <= 0.0:
         return 0
     spectrum = np.fft.rfft(x, 2 * n)
-    autocorrelation = np.fft.irfft(spectrum * np.conj(spectrum))[: n // 2] / energy
+    lags = np.arange(n // 3)
+    # per overlapping pair, so that the falling overlap does not pull peaks to shorter lags
+    autocorrelation = (
+        np.fft.irfft(spectrum * np.conj(spectrum))[: n // 3] * n / ((n - lags) * energy)
+    )
     negative = np.flatnonzero(autocorrelation < 0)
     if not len(negative) or negative[0] >= len(autocorrelation) - 1:
         return 0
     start = max(2, int(negative[0]))
-    lag = start + int(np.argmax(autocorrelation[start:]))
-    return lag if autocorrelation[lag] >= MIN_AUTOCORRELATION else 0
+    tail = autocorrelation[start:]
+    if tail.max() < MIN_AUTOCORRELATION:
+        return 0
+    # the shortest lag that is a local peak nearly as high as the highest: a period, not a multiple
+    near = np.flatnonzero(tail >= PEAK_SHARE * tail.max())
+    lag = start + int(near[0])
+    while lag + 1 < len(autocorrelation) and autocorrelation[lag + 1] > autocorrelation[lag]:
+        lag += 1
+    return lag

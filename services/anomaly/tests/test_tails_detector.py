@@ -1,0 +1,171 @@
+"""The 'tails' streaming detector and the per-source wrapper, on generated series."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nexus.anomaly.detectors.online import (
+    DEFAULT_SUPPRESS,
+    DEFAULT_THRESHOLD,
+    MAX_STATE_BYTES,
+    ExtremeTails,
+    SourceDetector,
+    decode_state,
+    encode_state,
+    online_factory,
+)
+from nexus.anomaly.detectors.online._tails import dominant_period
+from nexus.anomaly.evaluation import suppressed_flags
+from nexus.common.errors import InvalidArgument
+
+DAY = 288  # five-minute steps
+
+
+def _daily(n: int = 4000, noise: float = 0.5, seed: int = 0, gaussian: bool = False) -> np.ndarray:
+    """A daily sine with noise: uniform (bounded) by default, like NAB's artificial series."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    wobble = rng.normal(0, noise, n) if gaussian else rng.uniform(-noise, noise, n)
+    return 50 + 20 * np.sin(2 * np.pi * t / DAY) + wobble
+
+
+def _likelihoods(values: np.ndarray, **params: int | float) -> np.ndarray:
+    detector = ExtremeTails(params)
+    return np.array([detector.update(v) for v in values.tolist()])
+
+
+def test_likelihoods_lie_in_0_1_and_are_0_while_learning() -> None:
+    out = _likelihoods(np.random.default_rng(1).lognormal(size=1000))
+    assert np.all((out >= 0) & (out <= 1))
+    assert not out[:150].any()
+
+
+def test_a_clean_daily_series_raises_nothing() -> None:
+    assert (_likelihoods(_daily(noise=0.0)) >= DEFAULT_THRESHOLD).sum() == 0
+
+
+@pytest.mark.parametrize("gaussian", [False, True])
+def test_noise_crosses_the_default_threshold_about_as_often_as_it_says(gaussian: bool) -> None:
+    # a flagged point's probability is 1/1000 or less, in one of three views: a few in 4000
+    likelihood = _likelihoods(_daily(gaussian=gaussian))
+    assert suppressed_flags(likelihood, DEFAULT_THRESHOLD, DEFAULT_SUPPRESS).sum() <= _RATE_BOUND
+
+
+_RATE_BOUND = 4000 * 3 * (1 - DEFAULT_THRESHOLD)
+
+
+@pytest.mark.parametrize(
+    "anomaly",
+    ["spike", "drop_within_range", "flat_stretch", "level_shift"],
+)
+def test_an_anomaly_in_a_daily_series_is_found_where_it_starts(anomaly: str) -> None:
+    values = _daily()
+    start = 3000
+    if anomaly == "spike":
+        values[start] += 40
+    elif anomaly == "drop_within_range":  # a day's peak that does not come
+        values[start : start + 60] = 50 + np.random.default_rng(2).normal(0, 0.5, 60)
+        start = int(np.argmax(np.abs(values[start:] - _daily()[start:]) > 5)) + start
+    elif anomaly == "flat_stretch":
+        values[start : start + 100] = values[start]
+    else:
+        values[start:] += 60
+    out = _likelihoods(values)
+    flagged = np.flatnonzero(out >= DEFAULT_THRESHOLD)
+    found = flagged[flagged >= start]
+    assert len(found), flagged
+    assert found[0] <= start + 15, found[:5]
+    assert len(flagged) - len(found) <= _RATE_BOUND
+
+
+def test_a_period_is_found_in_a_seasonal_series_and_none_in_noise() -> None:
+    assert abs(dominant_period(_daily(2000)) - DAY) <= 2
+    assert dominant_period(np.random.default_rng(3).normal(size=2000)) == 0
+    assert dominant_period(np.full(500, 3.0)) == 0
+
+
+def test_a_detector_resumed_from_its_saved_state_continues_exactly() -> None:
+    values = _daily(3000, seed=4).tolist()
+    whole = ExtremeTails()
+    expected = [whole.update(v) for v in values]
+    first = ExtremeTails()
+    head = [first.update(v) for v in values[:1700]]
+    resumed = ExtremeTails()
+    resumed.set_state(decode_state(encode_state(first.get_state())))
+    assert head + [resumed.update(v) for v in values[1700:]] == expected
+
+
+def test_the_state_stays_bounded_on_a_long_stream() -> None:
+    detector = ExtremeTails()
+    for v in np.random.default_rng(5).normal(size=30_000).tolist():
+        detector.update(v)
+    state = detector.get_state()
+    assert all(len(a) <= 2000 for k, a in state.items() if k != "scalars")
+    assert len(encode_state(state)) < MAX_STATE_BYTES
+
+
+def test_a_state_of_another_shape_is_refused() -> None:
+    with pytest.raises(ValueError, match="not an extreme-tails state"):
+        ExtremeTails().set_state({"values": np.zeros(3)})
+    big = ExtremeTails().get_state() | {"values": np.zeros(5000)}
+    with pytest.raises(ValueError, match="larger"):
+        ExtremeTails().set_state(big)
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"window": 10}, "params.window"),
+        ({"tail_share": 0}, "params.tail_share"),
+        ({"period": -1}, "params.period"),
+        ({"colour": 1}, "params.colour"),
+    ],
+)
+def test_bad_parameters_name_the_parameter(params: dict[str, int], field: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        online_factory("tails", params)
+    assert field in str(err.value)
+
+
+def test_an_unknown_kind_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="unknown streaming detector"):
+        online_factory("htm")
+
+
+def test_a_source_flags_an_event_once_then_stays_quiet_for_suppress_points() -> None:
+    source = SourceDetector(online_factory("tails"), threshold=0.999, suppress=50)
+    values = _daily(3200)
+    values[3000:3040] += 80  # one event forty points long
+    verdicts = [source.update([v]) for v in values.tolist()]
+    flagged = [i for i, v in enumerate(verdicts) if v.is_anomaly and i >= 2950]
+    assert flagged
+    assert flagged[0] == 3000
+    assert all(i >= 3050 for i in flagged[1:])
+
+
+def test_a_source_takes_the_most_anomalous_of_its_values() -> None:
+    source = SourceDetector(online_factory("tails"), threshold=0.999, suppress=0)
+    rng = np.random.default_rng(6)
+    for _ in range(500):
+        source.update([rng.normal(), rng.normal()])
+    verdict = source.update([0.0, 40.0])
+    assert verdict.is_anomaly
+    assert verdict.feature == 1
+
+
+def test_a_source_resumed_from_its_state_keeps_its_suppression() -> None:
+    source = SourceDetector(online_factory("tails"), threshold=0.999, suppress=50)
+    values = _daily(3100, noise=0.0).tolist()
+    for v in values[:3000]:
+        source.update([v])
+    assert source.update([values[3000] + 80]).is_anomaly
+    resumed = SourceDetector(online_factory("tails"), threshold=0.999, suppress=50)
+    resumed.set_state(decode_state(encode_state(source.get_state())))
+    assert not resumed.update([values[3001] + 200]).is_anomaly
+
+
+@pytest.mark.parametrize(("threshold", "suppress"), [(0.0, 0), (1.5, 0), (0.9, -1)])
+def test_a_source_refuses_bad_settings(threshold: float, suppress: int) -> None:
+    with pytest.raises(InvalidArgument):
+        SourceDetector(online_factory("tails"), threshold=threshold, suppress=suppress)
