@@ -73,12 +73,12 @@ def online_param_specs(kind: str) -> tuple[ParamSpec, ...]:
 
 
 __all__ = [
-    "ContextNovelty",
     "DEFAULT_KIND",
     "DEFAULT_SUPPRESS",
     "DEFAULT_THRESHOLD",
     "KINDS",
     "MAX_STATE_BYTES",
+    "ContextNovelty",
     "ExtremeTails",
     "OnlineDetector",
     "OnlineVerdict",

@@ -3,12 +3,13 @@
 In the spirit of the Contextual Anomaly Detector (CAD OSE, Smirnov and Ivanov), written anew for a
 stream whose range is not known in advance:
 
-- Quantisation. The learning period's min and max are cut into `levels` bins; beyond that range
-  (on either side, as far again as the range itself) bins keep that width, and further out each
-  doubling of the distance holds `levels / 2` bins, so a far spike or a heavy tail makes a few new
-  levels, not hundreds. When the middle 90% of the last `learning` values span more than twice
-  the learnt range (a level shift, a trend, a range that was too narrow), the width doubles and
-  the memory is re-mapped exactly (every bin of the old width lies in one bin of the new).
+- Quantisation. The learning period's range is cut into `levels` bins (its min and max mid-bin,
+  so a hair beyond them is not new). Bins keep that width up to `levels` widths either side of
+  the lowest bin's start; further out, each doubling of the distance holds `levels / 2` bins, so a
+  far spike or a heavy tail makes a few new levels, not hundreds. When the middle 90% of the last
+  `learning` values span more than twice `levels` bins (a level shift, a trend, a range learnt
+  too narrow), the width doubles and the memory is re-mapped exactly (every bin of the old width
+  lies in one bin of the new).
 - Events and contexts. An event is a value's level and whether it moved there or stayed; its
   context of order k is the levels of the k runs (stretches at one level) before the current one.
 - Novelty. An event never seen scores 1. A known event scores by the share of its contexts (orders
@@ -74,9 +75,7 @@ class ContextNovelty(OnlineDetector):
             "levels", 10, _even(integer(2, 64)), "Quantisation bins over the learnt range (even)"
         ),
         ParamSpec("order", 3, integer(1, 16), "Longest context: level runs before a value"),
-        ParamSpec(
-            "learning", 300, integer(10, 20_000), "Values learnt before scoring (returns 0)"
-        ),
+        ParamSpec("learning", 300, integer(10, 20_000), "Values learnt before scoring (returns 0)"),
         ParamSpec(
             "max_contexts",
             20_000,
@@ -129,8 +128,8 @@ class ContextNovelty(OnlineDetector):
     def _start(self) -> None:
         low, high = min(self._buffer), max(self._buffer)
         floor = max(_RELATIVE_WIDTH_FLOOR * max(abs(low), abs(high)), _ABSOLUTE_WIDTH_FLOOR)
-        self._origin = low
-        self._width = max((high - low) / self._levels, floor)
+        self._width = max((high - low) / (self._levels - 1), floor)
+        self._origin = low - self._width / 2  # the extremes mid-bin: a hair beyond is not new
         buffer, self._buffer = self._buffer, []
         for value in buffer:
             self._step(value, score=False)
