@@ -22,12 +22,13 @@ from nexus.anomaly.detectors.online._base import (
     decode_state,
     encode_state,
 )
+from nexus.anomaly.detectors.online._context import ContextNovelty
 from nexus.anomaly.detectors.online._gaussian import WindowedGaussian
 from nexus.anomaly.detectors.online._tails import ExtremeTails
 from nexus.common.errors import InvalidArgument
 
 KINDS: dict[str, type[OnlineDetector]] = {
-    kind.KIND: kind for kind in (ExtremeTails, WindowedGaussian)
+    kind.KIND: kind for kind in (ExtremeTails, WindowedGaussian, ContextNovelty)
 }
 """Every streaming detector by the name users select it with."""
 
@@ -77,6 +78,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "KINDS",
     "MAX_STATE_BYTES",
+    "ContextNovelty",
     "ExtremeTails",
     "OnlineDetector",
     "OnlineVerdict",
