@@ -146,9 +146,11 @@ def _bench_kind(
             key=lambda r: r.score,
         )
         result["flags_best"][profile.name] = asdict(best)
-    flags = [suppressed_flags(lk, DEFAULT_THRESHOLD, DEFAULT_SUPPRESS) for lk in likelihoods]
+    threshold = KINDS[kind].DEFAULT_THRESHOLD
+    flags = [suppressed_flags(lk, threshold, DEFAULT_SUPPRESS) for lk in likelihoods]
+    result["default_threshold"] = threshold
     result["flags_default"] = {
-        p.name: asdict(scored.score_flags(flags, p, DEFAULT_THRESHOLD)) for p in PROFILES
+        p.name: asdict(scored.score_flags(flags, p, threshold)) for p in PROFILES
     }
     result["no_anomaly_flags"] = {
         s.name: int(f.sum())

@@ -7,11 +7,11 @@ import pytest
 
 from nexus.anomaly.detectors.online import (
     DEFAULT_SUPPRESS,
-    DEFAULT_THRESHOLD,
     MAX_STATE_BYTES,
     ExtremeTails,
     SourceDetector,
     decode_state,
+    default_threshold,
     encode_state,
     online_factory,
 )
@@ -20,6 +20,7 @@ from nexus.anomaly.evaluation import suppressed_flags
 from nexus.common.errors import InvalidArgument
 
 DAY = 288  # five-minute steps
+DEFAULT_THRESHOLD = ExtremeTails.DEFAULT_THRESHOLD
 
 
 def _daily(n: int = 4000, noise: float = 0.5, seed: int = 0, gaussian: bool = False) -> np.ndarray:
@@ -85,15 +86,23 @@ def test_a_period_is_found_in_a_seasonal_series_and_none_in_noise() -> None:
     assert dominant_period(np.full(500, 3.0)) == 0
 
 
-def test_a_detector_resumed_from_its_saved_state_continues_exactly() -> None:
+@pytest.mark.parametrize(
+    ("kind", "params"),
+    [("tails", {}), ("ensemble", {"tails.window": 500, "context.learning": 200})],
+)
+def test_a_detector_resumed_from_its_saved_state_continues_exactly(
+    kind: str, params: dict[str, int]
+) -> None:
+    make = online_factory(kind, params)
     values = _daily(3000, seed=4).tolist()
-    whole = ExtremeTails()
+    whole = make()
     expected = [whole.update(v) for v in values]
-    first = ExtremeTails()
+    first = make()
     head = [first.update(v) for v in values[:1700]]
-    resumed = ExtremeTails()
+    resumed = make()
     resumed.set_state(decode_state(encode_state(first.get_state())))
     assert head + [resumed.update(v) for v in values[1700:]] == expected
+    assert whole.params == (params or whole.params)
 
 
 def test_the_state_stays_bounded_on_a_long_stream() -> None:
@@ -169,3 +178,23 @@ def test_a_source_resumed_from_its_state_keeps_its_suppression() -> None:
 def test_a_source_refuses_bad_settings(threshold: float, suppress: int) -> None:
     with pytest.raises(InvalidArgument):
         SourceDetector(online_factory("tails"), threshold=threshold, suppress=suppress)
+
+
+def test_the_ensemble_finds_what_either_member_finds() -> None:
+    values = _daily()
+    values[3000] += 40
+    out = np.array(_run("ensemble", values))
+    assert out[3000] >= default_threshold("ensemble")
+    assert (out[:3000] >= default_threshold("ensemble")).sum() == 0
+
+
+@pytest.mark.parametrize("name", ["window", "tails.colour", "htm.window", "tails."])
+def test_the_ensemble_refuses_parameters_of_no_member(name: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        online_factory("ensemble", {name: 1})
+    assert name in str(err.value)
+
+
+def _run(kind: str, values: np.ndarray) -> list[float]:
+    detector = online_factory(kind)()
+    return [detector.update(v) for v in values.tolist()]

@@ -23,21 +23,22 @@ from nexus.anomaly.detectors.online._base import (
     encode_state,
 )
 from nexus.anomaly.detectors.online._context import ContextNovelty
+from nexus.anomaly.detectors.online._ensemble import TailsAndContext
 from nexus.anomaly.detectors.online._gaussian import WindowedGaussian
 from nexus.anomaly.detectors.online._tails import ExtremeTails
 from nexus.common.errors import InvalidArgument
 
 KINDS: dict[str, type[OnlineDetector]] = {
-    kind.KIND: kind for kind in (ExtremeTails, WindowedGaussian, ContextNovelty)
+    kind.KIND: kind for kind in (TailsAndContext, ExtremeTails, ContextNovelty, WindowedGaussian)
 }
 """Every streaming detector by the name users select it with."""
 
-DEFAULT_KIND = ExtremeTails.KIND
+DEFAULT_KIND = TailsAndContext.KIND
 """The kind a source gets unless it chooses: the best on NAB (bench/anomaly_nab.py)."""
 
-DEFAULT_THRESHOLD = 0.999
-"""A point is flagged when its likelihood reaches this (its tail probability is 1/1000 or less)."""
-DEFAULT_SUPPRESS = 50
+DEFAULT_THRESHOLD = TailsAndContext.DEFAULT_THRESHOLD
+"""The default kind's threshold: a point is flagged when its likelihood reaches it."""
+DEFAULT_SUPPRESS = 20
 """After a flag, the source's next points that cannot be flagged (one event, one flag)."""
 
 
@@ -67,6 +68,15 @@ def online_factory(kind: str, params: Params | None = None) -> Callable[[], Onli
     return partial(cls, params)
 
 
+def default_threshold(kind: str) -> float:
+    """The threshold a source of `kind` gets unless it sets one ('' for the default kind).
+
+    Raises:
+        InvalidArgument: No such kind.
+    """
+    return online_kind(kind).DEFAULT_THRESHOLD
+
+
 def online_param_specs(kind: str) -> tuple[ParamSpec, ...]:
     """The parameters of `kind`, with defaults and descriptions."""
     return online_kind(kind).PARAMS
@@ -84,9 +94,11 @@ __all__ = [
     "OnlineVerdict",
     "SourceDetector",
     "State",
+    "TailsAndContext",
     "WindowedGaussian",
     "check_threshold",
     "decode_state",
+    "default_threshold",
     "encode_state",
     "online_factory",
     "online_kind",

@@ -38,8 +38,8 @@ NATS's default 1 MiB payload limit; checked when decoding too)."""
 class OnlineDetector(ABC):
     """One univariate series' detector; see the module docstring.
 
-    Subclasses declare `KIND` (the name users select it by), `DESCRIPTION` and `PARAMS`, and
-    implement `update`, `get_state` and `set_state`.
+    Subclasses declare `KIND` (the name users select it by), `DESCRIPTION`, `PARAMS` and
+    `DEFAULT_THRESHOLD`, and implement `update`, `get_state` and `set_state`.
 
     Raises:
         InvalidArgument: An unknown parameter or a value out of range.
@@ -48,6 +48,9 @@ class OnlineDetector(ABC):
     KIND: ClassVar[str]
     DESCRIPTION: ClassVar[str]
     PARAMS: ClassVar[tuple[ParamSpec, ...]] = ()
+    DEFAULT_THRESHOLD: ClassVar[float] = 0.999
+    """The threshold a source gets unless it sets one: where this kind's likelihood means "rare"
+    (each kind's scale differs; bench/anomaly_nab.py shows each at its own)."""
 
     def __init__(self, params: Params | None = None, *, field: str = "params") -> None:
         self.params: dict[str, ParamValue] = parse_params(self.PARAMS, params, field=field)

@@ -69,6 +69,7 @@ class ContextNovelty(OnlineDetector):
     """Likelihood = the share of a value's contexts (recent level runs) never seen before."""
 
     KIND = "context"
+    DEFAULT_THRESHOLD = 0.99
     DESCRIPTION = "Share of the value's contexts (recent quantised level runs) never seen before"
     PARAMS = (
         ParamSpec(

@@ -24,6 +24,7 @@ class WindowedGaussian(OnlineDetector):
     """Likelihood = 1 - two-sided tail probability of a value under the window's normal."""
 
     KIND = "windowed_gaussian"
+    DEFAULT_THRESHOLD = 0.9999
     DESCRIPTION = "Normal tail probability against a sliding window's mean and deviation"
     PARAMS = (
         ParamSpec("window", 6400, integer(2, 100_000), "Values the distribution is estimated on"),

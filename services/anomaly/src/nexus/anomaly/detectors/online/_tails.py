@@ -32,6 +32,7 @@ from nexus.anomaly.detectors.online._base import OnlineDetector, State
 SPREAD_SPAN = 12
 """Values over which the local spread is measured."""
 PERIODS_BACK = 3
+RESIDUAL_PERIODS = 2
 """Periods the seasonal reference looks back (the median of their values)."""
 MIN_TAIL = 10
 """The fewest extreme views a tail is fitted on."""
@@ -89,6 +90,7 @@ class ExtremeTails(OnlineDetector):
     """See the module docstring."""
 
     KIND = "tails"
+    DEFAULT_THRESHOLD = 0.999
     DESCRIPTION = (
         "Extreme-value tail probability of the value, its seasonal residual and its local spread"
     )
@@ -169,7 +171,9 @@ class ExtremeTails(OnlineDetector):
             return  # the same period, estimated a little differently
         if period != self._period:
             self._period = period
-            self._residual = self._tail()
+            self._residual = _Tail(
+                self._size, max(self._learning, RESIDUAL_PERIODS * period), self._share
+            )
 
     def get_state(self) -> State:
         return {

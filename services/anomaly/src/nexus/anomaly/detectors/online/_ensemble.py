@@ -1,0 +1,72 @@
+"""The default streaming detector: extreme-value tails and contextual novelty together.
+
+The two see different things. `tails` asks how improbable a value, its seasonal residual or its
+local spread is against recent history; `context` asks whether the value's level and the runs
+before it have been seen before. Their likelihoods are combined as independent evidence that a
+value is normal (a noisy-OR): 1 - (1 - tails) * (1 - context). A value that one of them finds
+improbable and the other new comes out the most anomalous; one alone must be very sure.
+Parameters reach a member as "<member>.<parameter>", e.g. `tails.window`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from nexus.anomaly.detectors._types import Params, ParamValue
+from nexus.anomaly.detectors.online._base import OnlineDetector, State
+from nexus.anomaly.detectors.online._context import ContextNovelty
+from nexus.anomaly.detectors.online._tails import ExtremeTails
+from nexus.common.errors import InvalidArgument
+
+MEMBERS: tuple[type[OnlineDetector], ...] = (ExtremeTails, ContextNovelty)
+
+
+class TailsAndContext(OnlineDetector):
+    """See the module docstring."""
+
+    KIND = "ensemble"
+    DEFAULT_THRESHOLD = 0.9999
+    DESCRIPTION = "Noisy-OR of the extreme-value tails and the contextual novelty (the default)"
+    PARAMS = ()
+
+    def __init__(self, params: Params | None = None, *, field: str = "params") -> None:
+        super().__init__({}, field=field)
+        own = _by_member(params or {}, field)
+        self.params = {f"{m}.{k}": v for m, values in own.items() for k, v in values.items()}
+        self._members = [
+            member(own.get(member.KIND), field=f"{field}.{member.KIND}") for member in MEMBERS
+        ]
+
+    def update(self, value: float) -> float:
+        normal = 1.0
+        for member in self._members:
+            normal *= 1.0 - member.update(value)
+        return 1.0 - normal
+
+    def get_state(self) -> State:
+        return {
+            f"{member.KIND}/{k}": v
+            for member in self._members
+            for k, v in member.get_state().items()
+        }
+
+    def set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        for member in self._members:
+            prefix = f"{member.KIND}/"
+            member.set_state(
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            )
+
+
+def _by_member(params: Params, field: str) -> dict[str, dict[str, ParamValue]]:
+    kinds = {member.KIND for member in MEMBERS}
+    grouped: dict[str, dict[str, ParamValue]] = {}
+    for name, value in params.items():
+        member, _, param = name.partition(".")
+        if member not in kinds or not param:
+            expected = ", ".join(f"{k}.<parameter>" for k in sorted(kinds))
+            raise InvalidArgument.for_field(f"{field}.{name}", f"unknown parameter; use {expected}")
+        grouped.setdefault(member, {})[param] = value
+    return grouped
