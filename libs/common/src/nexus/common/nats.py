@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats
 import nats.errors
@@ -79,17 +80,18 @@ async def connect(settings: NexusSettings, name: str, *, on_state: OnState | Non
     try:
         # Reconnects are infinite, which nats-py applies to the first connection too: bound it.
         client = NexusClient()
-        connecting = client.connect(
-            servers=[s.strip() for s in settings.nats_url.split(",")],
-            name=name,
-            connect_timeout=settings.nats_connect_timeout_s,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            allow_reconnect=True,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-            error_cb=on_error,
-        )
+        options: dict[str, Any] = {
+            "servers": [s.strip() for s in settings.nats_url.split(",")],
+            "name": name,
+            "connect_timeout": settings.nats_connect_timeout_s,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "allow_reconnect": True,
+            "disconnected_cb": on_disconnect,
+            "reconnected_cb": on_reconnect,
+            "error_cb": on_error,
+        }
+        connecting = client.connect(**options)
         await asyncio.wait_for(connecting, settings.nats_connect_timeout_s)
         return client
     except Exception as err:  # nats raises several unrelated types for "no server"

@@ -333,7 +333,10 @@ async def run_batch_handler(
         The handler's outcome per event. When it raised (or returned a wrong count), what it
         raised is every event's outcome (logged with its traceback), so each is retried.
     """
-    attributes = {"messaging.system": "nats", "messaging.batch.message_count": len(events)}
+    attributes: dict[str, str | int] = {
+        "messaging.system": "nats",
+        "messaging.batch.message_count": len(events),
+    }
     with _tracer.start_as_current_span(
         f"process batch {consumer}", kind=trace.SpanKind.CONSUMER, attributes=attributes
     ) as span:
