@@ -148,6 +148,10 @@ class ScoringSpy:
 
         monkeypatch.setattr(SourceStream, "learn", learn)
 
+    def of(self, source: str) -> Counter[tuple[str, tuple[float, ...]]]:
+        """The points of one source learnt (a new durable learns older sources' points too)."""
+        return Counter({point: n for point, n in self.scored.items() if point[0] == source})
+
 
 async def settled(js: JetStreamContext, durable: str, spy: ScoringSpy, count: int) -> None:
     """Waits until `count` points were scored and the durable has nothing pending or

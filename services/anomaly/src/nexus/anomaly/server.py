@@ -30,6 +30,7 @@ async def create(settings: AnomalySettings, common: NexusSettings) -> ServiceHos
     states = StreamStates(
         host.nc,
         host.executor,
+        consumer=settings.stream_durable,
         max_sources=settings.stream_max_sources,
         max_recent=settings.stream_recent_points,
         ttl_s=settings.stream_state_ttl_s,

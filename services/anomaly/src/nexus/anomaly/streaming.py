@@ -19,8 +19,8 @@ import asyncio
 import functools
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,8 +45,6 @@ outage of a consumer."""
 STREAMING = "streaming"
 """Streaming detectors' detections name `streaming:<kind>` as their detector."""
 WATCH_QUEUE = 1024
-ACK_FLOOR_EVERY_S = 1.0
-"""How often the consumer's ack floor is asked for (it lets saved states forget sequences)."""
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +93,7 @@ class StreamProcessor:
         self._default = default_config()
         self._consumer: Consumer | None = None
         self._ack_floor = 0
-        self._ack_floor_at = 0.0
+        self._floor_reading: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Ensures the streams and the state bucket, and starts consuming."""
@@ -116,6 +114,10 @@ class StreamProcessor:
         """Stops consuming."""
         if self._consumer is not None:
             await self._consumer.stop()
+        if self._floor_reading is not None:
+            self._floor_reading.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._floor_reading
 
     def config_of(self, source: str) -> StreamingConfig:
         """The streaming configuration of a source: its binding's, else the default."""
@@ -146,7 +148,7 @@ class StreamProcessor:
     ) -> Found:
         """Each source's streaming detector learns its points; the flagged ones."""
         batch = {s: [(p.event.sequence, p.values) for p in ps] for s, ps in by_source.items()}
-        advanced = await self._states.advance(batch, self.config_of, await self._floor())
+        advanced = await self._states.advance(batch, self.config_of, self._floor())
         found: Found = {}
         for source, result in advanced.items():
             points = by_source[source]
@@ -195,18 +197,20 @@ class StreamProcessor:
             if flagged
         }
 
-    async def _floor(self) -> int:
-        """The consumer's ack floor (asked for at most every ACK_FLOOR_EVERY_S): no point at or
-        below it is delivered again."""
-        now = time.monotonic()
-        if now - self._ack_floor_at >= ACK_FLOOR_EVERY_S:
-            self._ack_floor_at = now
-            try:
-                info = await self._bus.js.consumer_info(METRICS.name, self._settings.stream_durable)
-                self._ack_floor = max(self._ack_floor, info.ack_floor.stream_seq or 0)
-            except (NatsError, TimeoutError) as err:
-                log.debug("cannot read the ack floor (%r); keeping %d", err, self._ack_floor)
+    def _floor(self) -> int:
+        """The consumer's ack floor as last read (no point at or below it is delivered
+        again); a read is started for the next batch when none is in flight."""
+        if self._floor_reading is None or self._floor_reading.done():
+            self._floor_reading = asyncio.create_task(self._read_floor())
         return self._ack_floor
+
+    async def _read_floor(self) -> None:
+        try:
+            info = await self._bus.js.consumer_info(METRICS.name, self._settings.stream_durable)
+        except (NatsError, TimeoutError) as err:
+            log.debug("cannot read the ack floor (%r); keeping %d", err, self._ack_floor)
+            return
+        self._ack_floor = max(self._ack_floor, info.ack_floor.stream_seq or 0)
 
     async def _publish_all(
         self, by_source: dict[str, list[Point]], found: Found, outcomes: Outcomes

@@ -1,6 +1,6 @@
 """Each source's streaming detector and what it learnt, kept in JetStream KV so that it survives.
 
-The state of a source (key = source) in the bucket `nexus_anomaly_stream_state` is one npz
+The state of a source (key `<consumer>.<source>`) in the bucket `nexus_anomaly_stream_state` is one npz
 (`encode_state`): its `SourceDetector`'s state, the model it belongs to (the kind and parsed
 parameters: a state of another model is not resumed), and which of the source's points it has
 learnt, by stream sequence: every one up to `floor`, and the `recent` ones above it, with the
@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
@@ -37,6 +38,7 @@ from nats.errors import Error as NatsError
 from nats.js import api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+from prometheus_client import Counter
 
 from nexus.anomaly.detectors.online import (
     MAX_STATE_BYTES,
@@ -51,6 +53,20 @@ from nexus.common.errors import Aborted, Unavailable
 from nexus.common.kv import open_key_value
 
 BUCKET = "nexus_anomaly_stream_state"
+LEARNT = Counter(
+    "nexus_anomaly_stream_points_learnt_total",
+    "Metric points that the sources' streaming detectors scored and learnt, by detector kind.",
+    ["kind"],
+)
+LEARN_SECONDS = Counter(
+    "nexus_anomaly_stream_learn_seconds_total",
+    "Time the sources' streaming detectors spent scoring and learning points, by detector kind.",
+    ["kind"],
+)
+SAVED_BYTES = Counter(
+    "nexus_anomaly_stream_state_bytes_total",
+    "Bytes of streaming detector states saved to KV (one save per source per batch).",
+)
 SAVE_ATTEMPTS = 5
 """Compare-and-set attempts of one batch of a source before its points are given back."""
 _DETECTOR = "detector."
@@ -129,13 +145,17 @@ class SourceStream:
 
     def compact(self, ack_floor: int, max_recent: int) -> None:
         """Forgets what needs no remembering: sequences at or below the consumer's ack floor,
-        and past `max_recent` the oldest (folded into `floor`)."""
-        floor = max(self.floor, ack_floor)
-        kept = sorted(seq for seq in self.recent if seq > floor)
-        if len(kept) > max_recent:
-            floor, kept = kept[-max_recent - 1], kept[-max_recent:]
-        self.floor = floor
-        self.recent = {seq: self.recent[seq] for seq in kept}
+        and past `max_recent` the oldest (folded into `floor`). `recent` is in the order the
+        points were learnt, which is stream order but for late redeliveries, so this looks at
+        its oldest entries only."""
+        self.floor = max(self.floor, ack_floor)
+        recent = self.recent
+        while recent:
+            oldest = next(iter(recent))
+            if oldest > self.floor and len(recent) <= max_recent:
+                break
+            del recent[oldest]
+            self.floor = max(self.floor, oldest)
 
     def encode(self) -> bytes:
         """The state as stored in KV."""
@@ -190,6 +210,9 @@ class StreamStates:
     Args:
         nc: The NATS connection.
         executor: Where detectors learn and states are encoded (CPU work, off the event loop).
+        consumer: The durable consumer whose points the states learn: a source's state is the
+            key `<consumer>.<source>`, so two deployments on one NATS (two durables, each
+            getting every point) do not learn each point into one state twice.
         max_sources: Most sources held in memory.
         max_recent: Most recent sequences a state remembers above the ack floor.
         ttl_s: A source's state not saved for this long is dropped from KV (0: kept forever).
@@ -200,12 +223,14 @@ class StreamStates:
         nc: Client,
         executor: Executor,
         *,
+        consumer: str,
         max_sources: int,
         max_recent: int,
         ttl_s: float,
     ) -> None:
         self._nc = nc
         self._executor = executor
+        self._consumer = consumer
         self._max_sources = max_sources
         self._max_recent = max_recent
         self._config = api.KeyValueConfig(
@@ -221,6 +246,10 @@ class StreamStates:
     async def start(self) -> None:
         """Creates or binds the bucket."""
         self._kv = await open_key_value(self._nc.jetstream(), self._config)
+
+    def key(self, source: str) -> str:
+        """The KV key of a source's state."""
+        return f"{self._consumer}.{source}"
 
     def held(self, source: str) -> SourceStream | None:
         """The source's stream in memory, if held."""
@@ -305,7 +334,7 @@ class StreamStates:
 
     async def _load(self, source: str, config: StreamingConfig) -> SourceStream | Exception:
         try:
-            entry = await self._bucket().get(source)
+            entry = await self._bucket().get(self.key(source))
         except KeyNotFoundError as err:  # never saved, or deleted (a tombstone has a revision)
             tombstone = getattr(err.entry, "revision", None) or 0
             return SourceStream(source, config, revision=tombstone)
@@ -328,7 +357,11 @@ class StreamStates:
         """Learns every source's points and encodes its state (CPU: runs on the executor)."""
         done = {}
         for source, stream in streams.items():
+            started = time.perf_counter()
             verdicts = stream.apply(batch[source])
+            kind = stream.config.kind
+            LEARN_SECONDS.labels(kind).inc(time.perf_counter() - started)
+            LEARNT.labels(kind).inc(len(verdicts))
             stream.compact(ack_floor, self._max_recent)
             done[source] = (verdicts, stream.encode())
         return done
@@ -346,7 +379,10 @@ class StreamStates:
                 )  # fmt: skip
             return stream.revision
         try:
-            stream.revision = await self._bucket().update(source, data, last=stream.revision)
+            stream.revision = await self._bucket().update(
+                self.key(source), data, last=stream.revision
+            )
+            SAVED_BYTES.inc(len(data))
         except KeyWrongLastSequenceError:
             self._streams.pop(source, None)
             return None
