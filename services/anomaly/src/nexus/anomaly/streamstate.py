@@ -1,7 +1,7 @@
 """Each source's streaming detector and what it learnt, kept in JetStream KV so that it survives.
 
-The state of a source (key `<consumer>.<source>`) in the bucket `nexus_anomaly_stream_state` is one npz
-(`encode_state`): its `SourceDetector`'s state, the model it belongs to (the kind and parsed
+The state of a source (key `<consumer>.<source>`) in the bucket `nexus_anomaly_stream_state` is
+one npz (`encode_state`): its `SourceDetector`'s state, the model it belongs to (the kind and parsed
 parameters: a state of another model is not resumed), and which of the source's points it has
 learnt, by stream sequence: every one up to `floor`, and the `recent` ones above it, with the
 likelihood of each that was flagged. A replica keeps the sources it serves in memory (at most
