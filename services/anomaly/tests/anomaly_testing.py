@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from nats.js.client import JetStreamContext
 
+from nexus.anomaly.converters import streaming_of
 from nexus.anomaly.detectors.online import OnlineVerdict, WindowedGaussian
-from nexus.anomaly.streaming import STREAM, STREAMING
+from nexus.anomaly.streaming import DETECTED_SUBJECT, STREAM, STREAMING
 from nexus.anomaly.streamstate import SourceStream
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
@@ -35,7 +36,11 @@ __all__ = [
     "configure_streaming",
     "make_key",
     "points",
+    "replay",
+    "scores",
     "settled",
+    "spiky",
+    "streamed",
     "streaming_detections",
     "unique",
 ]
@@ -151,6 +156,51 @@ class ScoringSpy:
     def of(self, source: str) -> Counter[tuple[str, tuple[float, ...]]]:
         """The points of one source learnt (a new durable learns older sources' points too)."""
         return Counter({point: n for point, n in self.scored.items() if point[0] == source})
+
+
+def spiky(n: int, seed: int = 5) -> list[list[float]]:
+    """Two values per point, a spike every 25th."""
+    rows = np.random.default_rng(seed).normal(size=(n, 2))
+    rows[24::25] += 30.0
+    return rows.tolist()
+
+
+def replay(config: pb.StreamingConfig, rows: Sequence[Sequence[float]]) -> dict[int, float]:
+    """The likelihood of each point that one uninterrupted detector of `config` flags."""
+    detector = streaming_of(pb.BindSourceRequest(source="s", streaming=config))
+    assert detector is not None
+    source = detector.source_detector()
+    flagged = {}
+    for index, row in enumerate(rows):
+        verdict = source.update(row)
+        if verdict.is_anomaly:
+            flagged[index] = verdict.likelihood
+    return flagged
+
+
+async def streamed(js: JetStreamContext, source: str) -> list[tuple[int, float]]:
+    """The point index and score of each anomaly of `source`'s streaming detector, in the
+    ANOMALY stream."""
+    found = []
+    sub = await js.subscribe(DETECTED_SUBJECT, stream=STREAM.name, ordered_consumer=True)
+    last = (await js.stream_info(STREAM.name)).state.last_seq
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=5)
+            anomaly = AnomalyDetected.FromString(msg.data)
+            if anomaly.source == source and anomaly.detector.startswith(f"{STREAMING}:"):
+                found.append((int(anomaly.point_id), anomaly.score))
+            if msg.metadata.sequence.stream >= last:
+                return found
+    finally:
+        await sub.unsubscribe()
+
+
+async def scores(js: JetStreamContext, source: str) -> dict[int, float]:
+    """The likelihood of each point `source`'s streaming detector flagged (each flagged once)."""
+    found = await streamed(js, source)
+    assert Counter(index for index, _ in found).most_common(1)[0][1] == 1
+    return dict(found)
 
 
 async def settled(js: JetStreamContext, durable: str, spy: ScoringSpy, count: int) -> None:

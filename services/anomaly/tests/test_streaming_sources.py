@@ -9,18 +9,24 @@ from collections import Counter
 from collections.abc import Sequence
 
 import grpc
-import numpy as np
 import pytest
-from anomaly_testing import Client, ScoringSpy, StartHost, unique
+from anomaly_testing import (
+    Client,
+    ScoringSpy,
+    StartHost,
+    replay,
+    scores,
+    spiky,
+    streamed,
+    unique,
+)
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from nexus.anomaly.detectors.online import WindowedGaussian, decode_state
-from nexus.anomaly.streaming import DETECTED_SUBJECT, STREAM
 from nexus.anomaly.streamstate import BUCKET
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
-from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
 from nexus.api.metrics.v1.events_pb2 import MetricPoint
 from nexus.common.events import EventBus
 from nexus.common.nats import connect
@@ -39,28 +45,6 @@ SMALL = pb.StreamingConfig(
 """A detector that learns fast: a spike of 30 deviations stands out after a few points."""
 
 
-def spiky(n: int, seed: int = 5) -> list[list[float]]:
-    """Two values per point, a spike every 25th."""
-    rows = np.random.default_rng(seed).normal(size=(n, 2))
-    rows[24::25] += 30.0
-    return rows.tolist()
-
-
-def replay(config: pb.StreamingConfig, rows: Sequence[Sequence[float]]) -> dict[int, float]:
-    """The likelihood of each point that one uninterrupted detector of `config` flags."""
-    from nexus.anomaly.converters import streaming_of
-
-    detector = streaming_of(pb.BindSourceRequest(source="s", streaming=config))
-    assert detector is not None
-    source = detector.source_detector()
-    flagged = {}
-    for index, row in enumerate(rows):
-        verdict = source.update(row)
-        if verdict.is_anomaly:
-            flagged[index] = verdict.likelihood
-    return flagged
-
-
 async def bind(client: Client, source: str, config: pb.StreamingConfig) -> pb.SourceBinding:
     request = pb.BindSourceRequest(source=source, streaming=config)
     return (await client.anomaly.BindSource(request, metadata=client.metadata)).binding
@@ -77,31 +61,6 @@ async def publish(bus: EventBus, source: str, rows: Sequence[Sequence[float]], f
     for index, row in enumerate(rows, start=first):
         point = MetricPoint(source=source, id=str(index), values=row)
         await bus.publish(f"nexus.metrics.{source}", point, event_id=f"{source}-{index}")
-
-
-async def streamed(js: JetStreamContext, source: str) -> list[tuple[int, float]]:
-    """The point index and score of each anomaly of `source`'s streaming detector, in the
-    ANOMALY stream."""
-    found = []
-    sub = await js.subscribe(DETECTED_SUBJECT, stream=STREAM.name, ordered_consumer=True)
-    last = (await js.stream_info(STREAM.name)).state.last_seq
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=5)
-            anomaly = AnomalyDetected.FromString(msg.data)
-            if anomaly.source == source and anomaly.detector == f"streaming:{KIND}":
-                found.append((int(anomaly.point_id), anomaly.score))
-            if msg.metadata.sequence.stream >= last:
-                return found
-    finally:
-        await sub.unsubscribe()
-
-
-async def scores(js: JetStreamContext, source: str) -> dict[int, float]:
-    """The likelihood of each point `source`'s streaming detector flagged (each flagged once)."""
-    found = await streamed(js, source)
-    assert Counter(index for index, _ in found).most_common(1)[0][1] == 1
-    return dict(found)
 
 
 async def saved_values(js: JetStreamContext, durable: str, source: str) -> list[float]:
