@@ -574,8 +574,9 @@ class SourceBinding(_message.Message):
 
     @_builtins.property
     def streaming(self) -> Global___StreamingConfig:
-        """The source's streaming detector, with every default filled in; absent when the source
-        uses the service's default streaming detector.
+        """The source's streaming detector: its kind, threshold and suppress as they were filled in
+        at binding time, its parameters as given; absent when the source follows the service's
+        default streaming detector.
         """
 
     def __init__(
