@@ -185,7 +185,8 @@ async def publish_points(bus: EventBus, rows: np.ndarray, source: str = SOURCE) 
 
 async def ack_floor(js: JetStreamContext) -> int:
     """The stream sequence up to which the service's consumer acknowledged every message."""
-    return (await js.consumer_info("METRICS", "anomaly-stream")).ack_floor.stream_seq
+    info = await js.consumer_info("METRICS", "anomaly-stream")
+    return int(info.ack_floor.stream_seq or 0)
 
 
 async def acked_through(js: JetStreamContext, last: int) -> None:

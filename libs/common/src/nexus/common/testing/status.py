@@ -9,7 +9,7 @@ from grpc_status import rpc_status
 
 def field_of(err: grpc.aio.AioRpcError) -> str:
     """The first bad field of a failed call ("" when it names none)."""
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    status = rpc_status.from_call(err)
     for detail in status.details if status else []:
         bad = error_details_pb2.BadRequest()
         if detail.Unpack(bad):
