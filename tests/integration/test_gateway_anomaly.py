@@ -157,6 +157,12 @@ async def test_anomalies_stream_as_server_sent_events(
 ) -> None:
     bus = EventBus(nats_client, "test")
     source = name()
+    # A detector that flags every one of the repeated spikes (this is about the transport).
+    streaming = {"kind": "windowed_gaussian", "threshold": 0.9999, "suppress": 0}
+    bound = await http.put(
+        f"/v1/anomaly/sources/{source}", json={"streaming": streaming}, headers=operator_headers
+    )
+    assert bound.status_code == 200, bound.text
     for i in range(20):
         point = MetricPoint(source=source, id=f"w{i}", values=[0.01 * (i % 3), 0.0])
         await bus.publish(f"nexus.metrics.{source}", point)

@@ -21,6 +21,7 @@ from nexus.anomaly.detectors.online import (
     OnlineDetector,
     SourceDetector,
     check_threshold,
+    default_threshold,
     online_kind,
 )
 from nexus.common.errors import InvalidArgument
@@ -38,7 +39,8 @@ class StreamingConfig:
     Attributes:
         kind: The detector kind (a key of `KINDS`).
         params: The parameters as given (text or numbers), all valid for `kind`.
-        threshold: The likelihood at which a point is flagged, in (0, 1].
+        threshold: The likelihood at which a point is flagged, in (0, 1] (unset: the kind's
+            default).
         suppress: Points after a flag that cannot be flagged again (>= 0).
         model: The kind and every parameter's parsed value (defaults included), as JSON: two
             configurations with the same `model` learn the same way, so a saved state of one
@@ -78,7 +80,8 @@ def streaming_config(
     threshold: float | None = None,
     suppress: int | None = None,
 ) -> StreamingConfig:
-    """A validated configuration; what is left out (empty kind, None) takes today's default.
+    """A validated configuration; what is left out (empty kind, None) takes today's default (the
+    threshold: the kind's own default).
 
     Raises:
         InvalidArgument: An unknown kind or parameter, a value out of range, naming the field
@@ -88,7 +91,7 @@ def streaming_config(
     cls = online_kind(kind, field=f"{FIELD}.kind")
     given = {str(name): str(value) for name, value in (params or {}).items()}
     probe = cls(given, field=f"{FIELD}.parameters")  # validates every parameter now
-    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    threshold = default_threshold(cls.KIND) if threshold is None else threshold
     suppress = DEFAULT_SUPPRESS if suppress is None else suppress
     model = json.dumps({"kind": cls.KIND, "params": probe.params}, sort_keys=True)
     return StreamingConfig(
