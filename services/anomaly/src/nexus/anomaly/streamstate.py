@@ -55,7 +55,8 @@ from nexus.common.kv import open_key_value
 BUCKET = "nexus_anomaly_stream_state"
 LEARNT = Counter(
     "nexus_anomaly_stream_points_learnt_total",
-    "Metric points that the sources' streaming detectors scored and learnt, by detector kind.",
+    "Metric points the sources' streaming detectors answered (learnt, or answered from the record "
+    "when delivered again), by detector kind.",
     ["kind"],
 )
 LEARN_SECONDS = Counter(
@@ -270,7 +271,7 @@ class StreamStates:
         """
         results: dict[str, Advanced] = {}
         pending = dict(batch)
-        for _ in range(SAVE_ATTEMPTS):
+        for _ in range(SAVE_ATTEMPTS if pending else 0):
             pending = await self._attempt(pending, config_of, ack_floor, results)
             if not pending:
                 return results

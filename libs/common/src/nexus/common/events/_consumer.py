@@ -173,12 +173,22 @@ class Consumer:
             return []
         msgs = await self._take()
         if msgs and self._pull is None:
-            # Ask for the next batch now: it arrives while this one is handled.
-            await self._request()
+            # Ask for the next batch now: it arrives while this one is handled. Trouble waits
+            # for the next turn, which asks again (and recovers) with no message in hand.
+            with suppress(NatsError):
+                await self._send_pull()
         return msgs
 
     async def _request(self) -> bool:
         """Sends a pull request for `batch` messages; False when it could not be sent."""
+        try:
+            await self._send_pull()
+        except NatsError as err:
+            await self._recover(err)
+            return False
+        return True
+
+    async def _send_pull(self) -> None:
         self._requests += 1
         pull = _Pull(f"{self._inbox}.{self._requests}", self._batch)
         body = {
@@ -187,13 +197,8 @@ class Consumer:
             "idle_heartbeat": _nanoseconds(HEARTBEAT_S),
         }
         subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self._stream}.{self.name}"
-        try:
-            await self._nc.publish(subject, json.dumps(body).encode(), reply=pull.reply)
-        except NatsError as err:
-            await self._recover(err)
-            return False
+        await self._nc.publish(subject, json.dumps(body).encode(), reply=pull.reply)
         self._pull = pull
-        return True
 
     async def _wait(self) -> bool:
         """Waits for the next message on the inbox; False after `_SILENCE_S` of silence."""
