@@ -15,6 +15,16 @@ in-process baseline:
 - drain: the service alone on the stream: a backlog published while it is stopped, timed from
   its restart until it has acknowledged every point.
 
+Both stream paths score each point twice: by the bound Isolation Forest (a fetched batch as one
+matrix) and by the source's streaming detector (`DEFAULT_KIND`, which learns each point and saves
+its state per batch). The service counts the time its streaming detectors spend learning
+(`nexus_anomaly_stream_learn_seconds_total`, read from its metrics port), so the report gives
+the detector's share apart: its microseconds per point, and the rate the stream path reaches
+without it (points over the wall time less the detector's). The in-process row of the detector
+(`SourceDetector` of the default kind, same points, no service) is the detector's own ceiling.
+A third run drains a source configured with the cheapest detector there is (a windowed Gaussian
+over 2 values, `drain_light`): what the path itself, detector aside, reaches.
+
 Small-request workload (`--workload small`): N concurrent clients (`--clients 16,64`), each
 sending `ScorePoints` requests of `--small-points` (2) points in a loop for `--small-seconds`,
 over gRPC and as `POST /v1/anomaly/detectors/{name}:score` through the gateway; requests/s, p50
@@ -52,13 +62,15 @@ from nats.js.client import JetStreamContext
 from sklearn.ensemble import IsolationForest
 
 from nexus.anomaly.detectors import Algorithm, AnomalyModel
+from nexus.anomaly.streamconfig import default_config
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
 from nexus.api.metrics.v1.events_pb2 import MetricPoint
 from nexus.common.auth import open_key_store
 from nexus.common.events import EventBus
-from nexus.common.launcher import Platform
+from nexus.common.launcher import Child, Platform
 from nexus.common.nats import connect
+from nexus.common.natsserver import free_port
 from nexus.common.settings import NexusSettings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "anomaly_throughput.json"
@@ -66,10 +78,21 @@ FEATURES = 8
 TRAIN_ROWS = 5000
 MODEL = "bench-iforest"
 SOURCE = "bench-source"
+"""Bound to the Isolation Forest, with the default streaming detector."""
+LIGHT_SOURCE = "bench-light"
+"""Bound to the Isolation Forest, with the cheapest streaming detector configuration there is
+(a windowed Gaussian over 2 values, re-estimated every 50): the path's own cost, the detector's
+almost left out."""
+LIGHT = pb.StreamingConfig(kind="windowed_gaussian", parameters={"window": "2", "step": "50"})
 SCORE_METHOD = "/nexus.anomaly.v1.AnomalyService/ScorePoints"
 LIST_METHOD = "/nexus.anomaly.v1.AnomalyService/ListSources"
 AIM_GATEWAY_RPS = 1000.0
 AIM_GATEWAY_P99_MS = 100.0
+AIM_DRAIN = 20_000.0
+"""Points/s one replica should drain (issue 9)."""
+LEARN_SECONDS = "nexus_anomaly_stream_learn_seconds_total"
+LEARNT = "nexus_anomaly_stream_points_learnt_total"
+STATE_BYTES = "nexus_anomaly_stream_state_bytes_total"
 
 
 def data(rows: int, seed: int) -> np.ndarray:
@@ -145,30 +168,122 @@ async def via_gateway(
         return await _async_rate(call, len(batch), seconds, concurrency)
 
 
-async def publish_points(bus: EventBus, rows: np.ndarray) -> None:
-    """Publishes rows as metric points of SOURCE, 500 acknowledged publishes at a time."""
+async def publish_points(bus: EventBus, rows: np.ndarray, source: str = SOURCE) -> None:
+    """Publishes rows as metric points of a source, 500 acknowledged publishes at a time."""
     values = rows.tolist()
     for start in range(0, len(values), 500):
         chunk = enumerate(values[start : start + 500], start=start)
         await asyncio.gather(
             *(
                 bus.publish(
-                    f"nexus.metrics.{SOURCE}", MetricPoint(source=SOURCE, id=str(i), values=v)
+                    f"nexus.metrics.{source}", MetricPoint(source=source, id=str(i), values=v)
                 )
                 for i, v in chunk
             )
         )
 
 
+async def ack_floor(js: JetStreamContext) -> int:
+    """The stream sequence up to which the service's consumer acknowledged every message."""
+    info = await js.consumer_info("METRICS", "anomaly-stream")
+    return int(info.ack_floor.stream_seq or 0)
+
+
 async def acked_through(js: JetStreamContext, last: int) -> None:
     """Waits until the service's consumer has acknowledged every message up to `last`."""
     # The state is the server's: polling it is the only way to see it.
-    while (await js.consumer_info("METRICS", "anomaly-stream")).ack_floor.stream_seq < last:  # noqa: ASYNC110
+    while await ack_floor(js) < last:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
 
 
-async def via_stream(nats_url: str, rows: np.ndarray) -> float:
-    """Points/s of the stream: publish every point, wait until the consumer acknowledged all."""
+async def acked_span(js: JetStreamContext, floor: int, last: int) -> tuple[int, float]:
+    """The points acknowledged from the first acknowledgement past `floor` until every one
+    through `last` is, and the seconds that took. The service starts consuming while it
+    starts (before it is SERVING), so neither its start nor its first batch is counted."""
+    while (first := await ack_floor(js)) <= floor:  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+    started = time.perf_counter()
+    await acked_through(js, last)
+    if first >= last:
+        raise RuntimeError("the backlog was drained in one batch: publish more points")
+    return last - first, time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class StreamRun:
+    """One run of the stream path.
+
+    Attributes:
+        points: Points timed.
+        seconds: Wall time until the consumer had acknowledged them all.
+        learn_us_per_point: Microseconds the streaming detector spent learning each point (the
+            service's counters over the whole run).
+        state_bytes_per_s: Bytes of detector state saved to KV per second.
+    """
+
+    points: int
+    seconds: float
+    learn_us_per_point: float
+    state_bytes_per_s: float
+
+    @property
+    def rate(self) -> float:
+        """Points/s."""
+        return self.points / self.seconds
+
+    @property
+    def rate_without_detector(self) -> float:
+        """Points/s of the path, the detector's learning time left out."""
+        learning = self.points * self.learn_us_per_point / 1e6
+        return self.points / max(self.seconds - learning, 1e-9)
+
+
+class ServiceMetrics:
+    """Where the anomaly service (a child process) serves its metrics: a fresh port for each
+    start, so a restarted service is never refused its port while the last one lets go."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.renew()
+
+    def renew(self) -> None:
+        """A new port for the next start (the children inherit this environment)."""
+        self.port = free_port()
+        os.environ["NEXUS_ANOMALY_METRICS_PORT"] = str(self.port)
+
+    async def counters(self) -> dict[str, float]:
+        """The service's streaming counters (summed over labels)."""
+        async with httpx.AsyncClient(timeout=10) as http:
+            text = (await http.get(f"http://127.0.0.1:{self.port}/metrics")).text
+        totals = dict.fromkeys((LEARN_SECONDS, LEARNT, STATE_BYTES), 0.0)
+        for line in text.splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in totals:
+                totals[name] += float(line.rsplit(" ", 1)[1])
+        return totals
+
+
+async def timed_stream(
+    metrics: ServiceMetrics, run: Callable[[], Awaitable[tuple[int, float]]]
+) -> StreamRun:
+    """Runs one stream workload (returning the points it timed and their seconds) between two
+    reads of the counters (a workload that restarts the service starts from fresh ones)."""
+    port, before = metrics.port, await metrics.counters()
+    points, seconds = await run()
+    after = await metrics.counters()
+    if metrics.port != port:
+        before = dict.fromkeys(before, 0.0)
+    learnt = max(after[LEARNT] - before[LEARNT], 1.0)
+    return StreamRun(
+        points=points,
+        seconds=seconds,
+        learn_us_per_point=1e6 * (after[LEARN_SECONDS] - before[LEARN_SECONDS]) / learnt,
+        state_bytes_per_s=(after[STATE_BYTES] - before[STATE_BYTES]) / seconds,
+    )
+
+
+async def via_stream(nats_url: str, rows: np.ndarray) -> tuple[int, float]:
+    """The stream: publish every point, wait until the consumer acknowledged all."""
     nc = await connect(NexusSettings(nats_url=nats_url), "bench-publisher")
     js = nc.jetstream()
     last = (await js.stream_info("METRICS")).state.last_seq + len(rows)
@@ -177,25 +292,42 @@ async def via_stream(nats_url: str, rows: np.ndarray) -> float:
     await acked_through(js, last)
     elapsed = time.perf_counter() - started
     await nc.drain()
-    return len(rows) / elapsed
+    return len(rows), elapsed
 
 
-async def drain(platform: Platform, nats_url: str, rows: np.ndarray) -> float:
-    """Points/s of the service alone: a backlog waits while it is stopped, then it drains it."""
-    service = platform.children[0]
+async def drain(
+    platform: Platform, nats_url: str, metrics: ServiceMetrics, rows: np.ndarray, source: str
+) -> tuple[int, float]:
+    """The service alone: a backlog waits while it is stopped, then it drains it."""
+    service = anomaly_child(platform)
     service.process.terminate()
     service.process.wait(30)
     platform.children.remove(service)
     nc = await connect(NexusSettings(nats_url=nats_url), "bench-publisher")
     js = nc.jetstream()
-    await publish_points(EventBus(nc, "bench"), rows)
+    floor = await ack_floor(js)
+    await publish_points(EventBus(nc, "bench"), rows, source)
     last = (await js.stream_info("METRICS")).state.last_seq
-    await platform.start_services()  # returns when the service is SERVING
-    started = time.perf_counter()
-    await acked_through(js, last)
-    elapsed = time.perf_counter() - started
+    metrics.renew()
+    starting = asyncio.create_task(platform.start_services())
+    timed = await acked_span(js, floor, last)
+    await starting
     await nc.drain()
-    return len(rows) / elapsed
+    return timed
+
+
+def anomaly_child(platform: Platform) -> Child:
+    """The anomaly service's process (restarts move it in the platform's list)."""
+    return next(child for child in platform.children if child.name == "anomaly")
+
+
+def in_process_detector(rows: np.ndarray) -> float:
+    """Points/s of the default streaming detector learning the rows in this process."""
+    detector = default_config().source_detector()
+    started = time.perf_counter()
+    for row in rows.tolist():
+        detector.update(row)
+    return len(rows) / (time.perf_counter() - started)
 
 
 async def admin_key(nats_url: str) -> str:
@@ -223,12 +355,17 @@ async def prepare(port: int, key: str, train: np.ndarray) -> None:
         await stub.BindSource(
             pb.BindSourceRequest(source=SOURCE, detector=MODEL), metadata=metadata
         )
+        await stub.BindSource(
+            pb.BindSourceRequest(source=LIGHT_SOURCE, detector=MODEL, streaming=LIGHT),
+            metadata=metadata,
+        )
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Starts the platform, measures the chosen workloads, stops the platform."""
     train = data(TRAIN_ROWS, 0)
     results: dict[str, Any] = {}
+    metrics = ServiceMetrics()
     with tempfile.TemporaryDirectory() as tmp:
         platform = Platform(Path(tmp), nats_port=0, gateway_port=0, services=["anomaly"])
         try:
@@ -236,11 +373,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await platform.start_services()
             await platform.start_gateway()
             key = await admin_key(nats_url)
-            await prepare(platform.children[0].port, key, train)
+            await prepare(anomaly_child(platform).port, key, train)
             if args.workload in ("all", "small"):
                 results["small"] = await small_requests(platform, key, train, args)
             if args.workload in ("all", "batch"):
                 results["batch"] = await batch(platform, nats_url, key, train, args)
+                results["stream"] = await streams(platform, nats_url, metrics, args)
         finally:
             platform.stop()
     return results
@@ -249,17 +387,37 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 async def batch(
     platform: Platform, nats_url: str, key: str, train: np.ndarray, args: argparse.Namespace
 ) -> dict[str, float]:
-    """Points/s of large batches: in-process, gRPC, gateway, stream, drain."""
+    """Points/s of large batches: in-process, gRPC, gateway."""
     rows = data(args.batch, 1)
     results = {"in_process": in_process(rows, train, args.seconds)}
-    port = platform.children[0].port
+    port = anomaly_child(platform).port
     results["grpc"] = await via_grpc(port, key, rows, args.seconds, args.concurrency)
     results["gateway"] = await via_gateway(
         platform.gateway_url, key, rows, args.seconds, args.concurrency
     )
-    results["stream"] = await via_stream(nats_url, data(args.stream_points, 2))
-    results["drain"] = await drain(platform, nats_url, data(args.stream_points, 3))
     return results
+
+
+async def streams(
+    platform: Platform, nats_url: str, metrics: ServiceMetrics, args: argparse.Namespace
+) -> dict[str, StreamRun | float]:
+    """The stream paths (end to end, and draining a backlog) and the detector in-process."""
+    n = args.stream_points
+    rows = data(n, 2)
+    stream = await timed_stream(metrics, lambda: via_stream(nats_url, rows))
+    backlog = data(n, 3)
+    drained = await timed_stream(
+        metrics, lambda: drain(platform, nats_url, metrics, backlog, SOURCE)
+    )
+    light = await timed_stream(
+        metrics, lambda: drain(platform, nats_url, metrics, backlog, LIGHT_SOURCE)
+    )
+    return {
+        "stream": stream,
+        "drain": drained,
+        "drain_light": light,
+        "detector_in_process": in_process_detector(rows),
+    }
 
 
 async def small_requests(
@@ -335,7 +493,7 @@ async def grpc_load(
 ) -> LoadResult:
     """`clients` concurrent callers of one pre-serialized request on one channel."""
     metadata = (("authorization", f"Bearer {key}"),)
-    address = f"127.0.0.1:{platform.children[0].port}"
+    address = f"127.0.0.1:{anomaly_child(platform).port}"
     async with grpc.aio.insecure_channel(address) as channel:
         send = grpc_sender(channel, method, message, metadata)
         await send()  # warm-up; fails loudly on a bad request
@@ -375,6 +533,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         summary["small_requests"] = report_small(results["small"], args)
     if "batch" in results:
         summary["batch"] = report_batch(results["batch"], args)
+        summary["stream"] = report_stream(results["stream"], results["batch"]["in_process"])
     return summary
 
 
@@ -427,6 +586,53 @@ def report_batch(results: dict[str, float], args: argparse.Namespace) -> dict[st
         "concurrency": args.concurrency,
         "points_per_second": results,
         "ratio_to_in_process": {k: v / base for k, v in results.items()},
+    }
+
+
+def report_stream(runs: dict[str, Any], in_process_rate: float) -> dict[str, Any]:
+    """Prints the stream table (ratios to the in-process Isolation Forest of the same run);
+    returns its JSON form."""
+    kind = default_config().kind
+    detector_rate = runs["detector_in_process"]
+    print(
+        f"stream: {FEATURES} features, bound Isolation Forest + streaming detector {kind!r} "
+        f"(default kind); in-process Isolation Forest {in_process_rate:,.0f} points/s, "
+        f"in-process detector {detector_rate:,.0f} points/s"
+    )
+    print(
+        f"{'path':<8}{'points/s':>11}{'ratio':>8}{'detector us/pt':>16}"
+        f"{'w/o detector':>14}{'ratio':>8}{'state KB/s':>12}"
+    )
+    rows: dict[str, Any] = {}
+    for path in ("stream", "drain", "drain_light"):
+        run: StreamRun = runs[path]
+        detector_us = run.learn_us_per_point
+        print(
+            f"{path:<8}{run.rate:>11,.0f}{run.rate / in_process_rate:>8.3f}{detector_us:>16.1f}"
+            f"{run.rate_without_detector:>14,.0f}"
+            f"{run.rate_without_detector / in_process_rate:>8.3f}"
+            f"{run.state_bytes_per_s / 1024:>12,.0f}"
+        )
+        rows[path] = {
+            **asdict(run),
+            "points_per_second": run.rate,
+            "ratio_to_in_process": run.rate / in_process_rate,
+            "points_per_second_without_detector": run.rate_without_detector,
+            "ratio_to_in_process_without_detector": run.rate_without_detector / in_process_rate,
+        }
+    drained, light = runs["drain"], runs["drain_light"]
+    met = light.rate >= AIM_DRAIN
+    print(
+        f"aim: drain >= {AIM_DRAIN:,.0f} points/s per replica: {drained.rate:,.0f} with the "
+        f"{kind} detector ({drained.rate_without_detector:,.0f} less its learning time), "
+        f"{light.rate:,.0f} with the cheapest detector configuration "
+        f"({'met' if met else 'NOT met'})"
+    )
+    return {
+        "detector_kind": kind,
+        "in_process_points_per_second": in_process_rate,
+        "detector_in_process_points_per_second": detector_rate,
+        **rows,
     }
 
 

@@ -136,7 +136,10 @@ class FakeAnomaly(pb_grpc.AnomalyServiceServicer):
     async def BindSource(self, request: pb.BindSourceRequest, context: Context) -> Any:
         self.seen.record(request, context)
         binding = pb.SourceBinding(
-            source=request.source, detector=request.detector, alias=request.alias or "production"
+            source=request.source,
+            detector=request.detector,
+            alias=request.alias or "production",
+            streaming=request.streaming if request.HasField("streaming") else None,
         )
         return pb.BindSourceResponse(binding=binding)
 

@@ -112,6 +112,15 @@ def test_openapi_says_what_the_api_enforces() -> None:
     assert schemas["nexus.llm.v1.CreateCollectionRequest"]["properties"]["name"]["pattern"] == (
         f"^{name}$"
     )
+    # A source binds a trained detector, a streaming configuration, or both.
+    bind = schemas["nexus.anomaly.v1.BindSourceRequest"]
+    streaming = schemas["nexus.anomaly.v1.StreamingConfig"]["properties"]
+    assert "required" not in bind  # the source is the path's
+    assert bind["properties"]["streaming"] == {
+        "$ref": "#/components/schemas/nexus.anomaly.v1.StreamingConfig"
+    }
+    assert (streaming["threshold"]["exclusiveMinimum"], streaming["threshold"]["maximum"]) == (0, 1)
+    assert streaming["suppress"]["minimum"] == 0
     detector = paths["/v1/anomaly/detectors/{name}:score"]["post"]["parameters"][0]
     assert detector["schema"]["pattern"] == f"^{name}$"
     # Every status the gateway may answer: 409 for conflicts, 415 only where there is a body.

@@ -49,6 +49,36 @@ async def test_put_and_delete_with_path_variables(client: httpx.AsyncClient, ano
     assert anomaly.seen.requests[-1].source == "cpu"
 
 
+async def test_a_source_binds_a_streaming_detector_without_a_trained_one(
+    client: httpx.AsyncClient, anomaly: Any
+) -> None:
+    streaming = {
+        "kind": "windowed_gaussian",
+        "parameters": {"window": "500"},
+        "threshold": 0.995,
+        "suppress": 3,
+    }
+    put = await client.put("/v1/anomaly/sources/cpu", json={"streaming": streaming})
+    unset = await client.put("/v1/anomaly/sources/cpu", json={"streaming": {"kind": "x"}})
+
+    assert put.status_code == 200, put.text
+    sent = anomaly.seen.requests[-2]
+    assert (sent.source, sent.detector, sent.streaming.kind) == ("cpu", "", "windowed_gaussian")
+    assert (sent.streaming.threshold, sent.streaming.suppress) == (0.995, 3)
+    assert dict(sent.streaming.parameters) == {"window": "500"}
+    assert put.json()["binding"]["streaming"] == streaming
+    # Unset optional numbers stay unset: the service fills in its defaults.
+    assert unset.json()["binding"]["streaming"] == {"kind": "x", "parameters": {}}
+    assert not anomaly.seen.requests[-1].streaming.HasField("threshold")
+
+
+async def test_a_streaming_value_of_the_wrong_type_is_a_400(client: httpx.AsyncClient) -> None:
+    for streaming in ({"suppress": "many"}, {"parameters": {"window": 5}}, {"threshold": "x"}):
+        reply = await client.put("/v1/anomaly/sources/cpu", json={"streaming": streaming})
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"]["field_violations"][0]["field"].startswith("streaming")
+
+
 async def test_query_parameters_fill_a_get(client: httpx.AsyncClient, anomaly: Any) -> None:
     reply = await client.get("/v1/anomaly/models", params={"page_size": "2", "pageToken": "t"})
 

@@ -7,7 +7,13 @@ import asyncio
 from collections import Counter
 
 import pytest
-from anomaly_testing import ScoringSpy, Traffic, settled, streaming_detections
+from anomaly_testing import (
+    ScoringSpy,
+    Traffic,
+    configure_streaming,
+    settled,
+    streaming_detections,
+)
 
 from nexus.anomaly.server import create
 from nexus.anomaly.settings import AnomalySettings
@@ -34,10 +40,11 @@ async def test_every_point_is_scored_once_across_a_nats_crash(
     spy = ScoringSpy(monkeypatch)
     common = NexusSettings(nats_url=nats_server.url, registry_signing_key="k", auth_enabled=False)
     # Points in flight when NATS died come again after the ack wait: keep it short.
-    settings = AnomalySettings(grpc_port=0, stream_warmup=10, stream_ack_wait_s=2.0)
-    await start_service(create, settings, common)
+    settings = AnomalySettings(grpc_port=0, stream_ack_wait_s=2.0)
+    host = await start_service(create, settings, common)
     nc = await connect(common, "publisher")
     traffic = Traffic(EventBus(nc, "test"), sources=8, per_round=150)
+    await configure_streaming(host.port, traffic.sources)
     await traffic.round()
     crash = asyncio.create_task(crash_when(nats_server, traffic, len(traffic.published) + 500))
     await traffic.round()  # publishes retry through the crash

@@ -28,7 +28,7 @@ from nexus.llm.settings import LlmSettings
 @pytest.fixture
 async def anomaly_service(start_service: StartService) -> ServiceHost:
     """The anomaly service on a free port."""
-    return await start_service(create, AnomalySettings(grpc_port=0, stream_warmup=10))
+    return await start_service(create, AnomalySettings(grpc_port=0))
 
 
 @pytest.fixture

@@ -91,6 +91,44 @@ async def test_bad_input_gets_a_clear_400(
     assert "trained on 3" in error["message"]
 
 
+async def test_a_source_binds_a_streaming_detector_over_http(
+    http: httpx.AsyncClient, operator_headers: dict[str, str]
+) -> None:
+    source = name()
+    streaming = {"kind": "windowed_gaussian", "parameters": {"window": "500"}, "suppress": 2}
+    put = await http.put(
+        f"/v1/anomaly/sources/{source}", json={"streaming": streaming}, headers=operator_headers
+    )
+    listed = await http.get("/v1/anomaly/sources?page_size=500", headers=operator_headers)
+    assert put.status_code == 200, put.text
+    binding = put.json()["binding"]
+    assert (binding["detector"], binding["alias"]) == ("", "")
+    assert binding["streaming"]["kind"] == "windowed_gaussian"
+    assert binding["streaming"]["suppress"] == 2
+    assert 0 < binding["streaming"]["threshold"] <= 1  # the default, filled in
+    assert binding in listed.json()["bindings"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "detector"),
+        ({"streaming": {"kind": "nope"}}, "streaming.kind"),
+        ({"streaming": {"parameters": {"window": "1"}}}, "streaming.parameters.window"),
+        ({"streaming": {"threshold": 0}}, "streaming.threshold"),
+        ({"streaming": {"threshold": 1.5}}, "streaming.threshold"),
+        ({"streaming": {"suppress": -1}}, "streaming.suppress"),
+        ({"alias": "production", "streaming": {}}, "alias"),
+    ],
+)
+async def test_a_bad_streaming_binding_is_a_400_naming_the_field(
+    http: httpx.AsyncClient, operator_headers: dict[str, str], body: dict[str, object], field: str
+) -> None:
+    reply = await http.put(f"/v1/anomaly/sources/{name()}", json=body, headers=operator_headers)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["field_violations"][0]["field"] == field
+
+
 async def test_ab_split_through_http_is_sticky(
     http: httpx.AsyncClient, operator_headers: dict[str, str]
 ) -> None:
@@ -119,6 +157,12 @@ async def test_anomalies_stream_as_server_sent_events(
 ) -> None:
     bus = EventBus(nats_client, "test")
     source = name()
+    # A detector that flags every one of the repeated spikes (this is about the transport).
+    streaming = {"kind": "windowed_gaussian", "threshold": 0.9999, "suppress": 0}
+    bound = await http.put(
+        f"/v1/anomaly/sources/{source}", json={"streaming": streaming}, headers=operator_headers
+    )
+    assert bound.status_code == 200, bound.text
     for i in range(20):
         point = MetricPoint(source=source, id=f"w{i}", values=[0.01 * (i % 3), 0.0])
         await bus.publish(f"nexus.metrics.{source}", point)

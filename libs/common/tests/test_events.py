@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -545,3 +546,87 @@ async def test_listing_filters_and_pages(bus: EventBus, subject: str) -> None:
         await letters.list(consumer="a.b")
     with pytest.raises(InvalidArgument):
         await letters.list(limit=0)
+
+
+# Batch consumers: a fetched batch reaches the handler at once; each event is settled on its own.
+
+
+class BatchRecorder:
+    """A batch handler that records its batches and answers each event by its point id:
+    "bad" is rejected, "flaky" fails on its first delivery, "boom" makes the whole call raise
+    on its first delivery."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Event[AnomalyDetected]]] = []
+
+    async def __call__(self, events: Sequence[Event[AnomalyDetected]]) -> list[Exception | None]:
+        self.batches.append(list(events))
+        if any(e.data.point_id == "boom" and e.delivery == 1 for e in events):
+            raise RuntimeError("the whole batch failed")
+        return [self._outcome(event) for event in events]
+
+    @staticmethod
+    def _outcome(event: Event[AnomalyDetected]) -> Exception | None:
+        if event.data.point_id == "bad":
+            return InvalidArgument.for_field("values", "must be finite")
+        if event.data.point_id == "flaky" and event.delivery == 1:
+            return RuntimeError("try again")
+        return None
+
+    def handled(self, point_id: str) -> list[Event[AnomalyDetected]]:
+        return [e for batch in self.batches for e in batch if e.data.point_id == point_id]
+
+
+async def consume_batches(
+    bus: EventBus, subject: str, handler: BatchRecorder, **kwargs: Any
+) -> Consumer:
+    return await bus.consume_batches(
+        subject, AnomalyDetected, handler, durable=durable(), stream=STREAM.name, **kwargs
+    )
+
+
+async def test_a_batch_handler_gets_the_fetched_events_at_once_in_order(
+    bus: EventBus, subject: str
+) -> None:
+    ids = [await bus.publish(subject, anomaly(f"p{i}")) for i in range(30)]
+    handler = BatchRecorder()
+    consumer = await consume_batches(bus, subject, handler, batch=64)
+    await eventually(lambda: consumer.processed == 30)
+    info = await bus.js.consumer_info(STREAM.name, consumer.name)
+    await consumer.stop()
+    assert [e.id for batch in handler.batches for e in batch] == ids
+    assert len(handler.batches) < 30  # several events per call
+    sequences = [e.sequence for batch in handler.batches for e in batch]
+    assert sequences == sorted(sequences)
+    assert sequences[0] > 0
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+
+
+async def test_each_event_of_a_batch_is_settled_by_its_own_outcome(
+    bus: EventBus, subject: str
+) -> None:
+    await bus.js.publish(subject, b"not an event")  # poison: never reaches the handler
+    for point_id in ("good", "bad", "flaky", "good2"):
+        await bus.publish(subject, anomaly(point_id))
+    handler = BatchRecorder()
+    consumer = await consume_batches(bus, subject, handler, batch=64)
+    letters = await dead_letters_of(DeadLetters(bus.js), consumer, 2)
+    await eventually(lambda: len(handler.handled("flaky")) == 2)
+    await eventually(lambda: consumer.processed == 3)
+    await consumer.stop()
+    assert sorted(letter.reason for letter in letters) == ["poison", "rejected"]
+    assert [len(handler.handled(p)) for p in ("good", "bad", "good2")] == [1, 1, 1]
+    assert [e.delivery for e in handler.handled("flaky")] == [1, 2]  # only it came again
+    assert (consumer.failed, consumer.terminated) == (2, 2)
+
+
+async def test_a_batch_whose_handler_raises_comes_again_whole(bus: EventBus, subject: str) -> None:
+    for point_id in ("a", "boom", "b"):
+        await bus.publish(subject, anomaly(point_id))
+    handler = BatchRecorder()
+    consumer = await consume_batches(bus, subject, handler, batch=64)
+    await eventually(lambda: consumer.processed == 3)
+    await consumer.stop()
+    assert [e.delivery for e in handler.handled("a")] == [1, 2]
+    assert [e.delivery for e in handler.handled("boom")] == [1, 2]
+    assert consumer.failed == 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from nats.js.client import JetStreamContext
 
-from nexus.anomaly.detectors import StreamingDetectors, StreamingScore
-from nexus.anomaly.streaming import STREAM, STREAMING
+from nexus.anomaly.converters import streaming_of
+from nexus.anomaly.detectors.online import OnlineVerdict, WindowedGaussian
+from nexus.anomaly.streaming import DETECTED_SUBJECT, STREAM, STREAMING
+from nexus.anomaly.streamstate import SourceStream
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
 from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
@@ -25,14 +27,20 @@ from nexus.common.server import ServiceHost
 from nexus.common.testing.keys import make_key
 
 __all__ = [
+    "BASELINE",
     "Client",
     "ScoringSpy",
     "StartHost",
     "Traffic",
     "cloud",
+    "configure_streaming",
     "make_key",
     "points",
+    "replay",
+    "scores",
     "settled",
+    "spiky",
+    "streamed",
     "streaming_detections",
     "unique",
 ]
@@ -65,6 +73,23 @@ def points(rows: np.ndarray) -> list[pb.Point]:
     return [pb.Point(values=row.tolist(), id=f"p{i}") for i, row in enumerate(rows)]
 
 
+BASELINE = pb.StreamingConfig(kind=WindowedGaussian.KIND, threshold=0.9999, suppress=0)
+"""The windowed Gaussian flags a spike of 50 deviations from a source's second point on (and a
+normal point now and then while its window is small): tests that count detections configure it
+(the default kind may learn for longer)."""
+
+
+async def configure_streaming(
+    port: int, sources: Iterable[str], config: pb.StreamingConfig = BASELINE, key: str = ""
+) -> None:
+    """Binds each source to a streaming configuration through the API."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        client = Client(channel, key)
+        for source in sources:
+            request = pb.BindSourceRequest(source=source, streaming=config)
+            await client.anomaly.BindSource(request, metadata=client.metadata)
+
+
 SPIKE_EVERY = 25
 """Every 25th point of a source is a spike (as in the reported run)."""
 
@@ -89,6 +114,11 @@ class Traffic:
         """Point id -> its source and values, for each point JetStream stored."""
         self.spikes: set[str] = set()
 
+    @property
+    def sources(self) -> list[str]:
+        """The sources it publishes for."""
+        return list(self._sent)
+
     async def round(self) -> None:
         """Publishes the next `per_round` points of every source, the sources concurrently."""
         await asyncio.gather(*(self._series(source) for source in self._sent))
@@ -111,20 +141,66 @@ class Traffic:
 
 
 class ScoringSpy:
-    """Counts the points the streaming detectors scored (each scoring teaches a source's
-    detector, so a point scored twice would count twice)."""
+    """Counts the points the streaming detectors learnt (a point learnt twice counts twice)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.scored: Counter[tuple[str, tuple[float, ...]]] = Counter()
-        real = StreamingDetectors.update
+        real = SourceStream.learn
 
-        def update(
-            detectors: StreamingDetectors, source: str, x: Sequence[float] | np.ndarray
-        ) -> StreamingScore:
-            self.scored[(source, tuple(float(v) for v in x))] += 1
-            return real(detectors, source, x)
+        def learn(stream: SourceStream, seq: int, values: np.ndarray) -> OnlineVerdict:
+            self.scored[(stream.source, tuple(float(v) for v in values))] += 1
+            return real(stream, seq, values)
 
-        monkeypatch.setattr(StreamingDetectors, "update", update)
+        monkeypatch.setattr(SourceStream, "learn", learn)
+
+    def of(self, source: str) -> Counter[tuple[str, tuple[float, ...]]]:
+        """The points of one source learnt (a new durable learns older sources' points too)."""
+        return Counter({point: n for point, n in self.scored.items() if point[0] == source})
+
+
+def spiky(n: int, seed: int = 5) -> list[list[float]]:
+    """Two values per point, a spike every 25th."""
+    rows = np.random.default_rng(seed).normal(size=(n, 2))
+    rows[24::25] += 30.0
+    return rows.tolist()
+
+
+def replay(config: pb.StreamingConfig, rows: Sequence[Sequence[float]]) -> dict[int, float]:
+    """The likelihood of each point that one uninterrupted detector of `config` flags."""
+    detector = streaming_of(pb.BindSourceRequest(source="s", streaming=config))
+    assert detector is not None
+    source = detector.source_detector()
+    flagged = {}
+    for index, row in enumerate(rows):
+        verdict = source.update(row)
+        if verdict.is_anomaly:
+            flagged[index] = verdict.likelihood
+    return flagged
+
+
+async def streamed(js: JetStreamContext, source: str) -> list[tuple[int, float]]:
+    """The point index and score of each anomaly of `source`'s streaming detector, in the
+    ANOMALY stream."""
+    found = []
+    sub = await js.subscribe(DETECTED_SUBJECT, stream=STREAM.name, ordered_consumer=True)
+    last = (await js.stream_info(STREAM.name)).state.last_seq
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=5)
+            anomaly = AnomalyDetected.FromString(msg.data)
+            if anomaly.source == source and anomaly.detector.startswith(f"{STREAMING}:"):
+                found.append((int(anomaly.point_id), anomaly.score))
+            if msg.metadata.sequence.stream >= last:
+                return found
+    finally:
+        await sub.unsubscribe()
+
+
+async def scores(js: JetStreamContext, source: str) -> dict[int, float]:
+    """The likelihood of each point `source`'s streaming detector flagged (each flagged once)."""
+    found = await streamed(js, source)
+    assert Counter(index for index, _ in found).most_common(1)[0][1] == 1
+    return dict(found)
 
 
 async def settled(js: JetStreamContext, durable: str, spy: ScoringSpy, count: int) -> None:
@@ -138,11 +214,11 @@ async def settled(js: JetStreamContext, durable: str, spy: ScoringSpy, count: in
 
 
 async def streaming_detections(js: JetStreamContext) -> Counter[str]:
-    """How many times each point id was reported by the streaming detector."""
+    """How many times each point id was reported by a streaming detector."""
     found: Counter[str] = Counter()
     last = (await js.stream_info(STREAM.name)).state.last_seq
     for seq in range(1, last + 1):
         anomaly = AnomalyDetected.FromString((await js.get_msg(STREAM.name, seq)).data or b"")
-        if anomaly.detector == STREAMING:
+        if anomaly.detector.startswith(f"{STREAMING}:"):
             found[anomaly.point_id] += 1
     return found

@@ -21,7 +21,7 @@ def start_anomaly(start_service: StartService) -> StartHost:
     """Starts anomaly service replicas (stopped at the end of the test)."""
 
     async def start(common: NexusSettings | None = None, **overrides: Any) -> ServiceHost:
-        settings = AnomalySettings(grpc_port=0, stream_warmup=10, **overrides)
+        settings = AnomalySettings(grpc_port=0, **overrides)
         return await start_service(create, settings, common)
 
     return start

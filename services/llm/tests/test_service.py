@@ -29,6 +29,7 @@ from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 from nexus.common.testing.keys import make_key
 from nexus.common.testing.paging import every_page
+from nexus.common.testing.status import field_of
 from nexus.llm.converters import dict_to_struct, struct_to_dict
 from nexus.llm.local import FRAMEWORK, pack_model_dir
 
@@ -212,16 +213,6 @@ async def test_openai_parameters_without_a_field_are_checked_and_used(client: Ll
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (field_of(bad.value), reason_of(bad.value)) == ("reasoning_effort", "INVALID_VALUE")
     assert unknown_model.value.code() == grpc.StatusCode.NOT_FOUND
-
-
-def field_of(err: grpc.aio.AioRpcError) -> str:
-    """The first bad field of a failed call."""
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    for detail in status.details if status else []:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            return str(bad.field_violations[0].field)
-    return ""
 
 
 async def test_prompt_over_the_context_window_is_refused(client: LlmClient) -> None:

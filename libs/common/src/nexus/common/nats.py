@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats
 import nats.errors
@@ -17,6 +19,36 @@ log = logging.getLogger(__name__)
 
 OnState = Callable[[bool], Awaitable[None]]
 """Awaited with False when the connection drops (or closes), True when it is back."""
+
+_WHITESPACE = re.compile(r"\s")  # what str.isspace() calls whitespace
+_BYTES_WHITESPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips
+
+
+class NexusClient(Client):
+    """nats-py's client, with a faster parser of message headers.
+
+    Every JetStream message of a stream consumer carries headers (the CloudEvents envelope, the
+    trace context): nats-py decodes each line's parts one by one and tests each character of
+    each name with a generator over `str.isspace`, which was the largest single cost of
+    consuming a metric point in profiles of the anomaly stream (docs/adr/0021). This parser
+    decodes the block once and tests names with a regular expression, for the same result;
+    tests check that it agrees with nats-py's own.
+    """
+
+    @staticmethod
+    def _parse_header_lines(raw: bytes) -> dict[str, str]:
+        out: dict[str, str] = {}
+        # One decode of the block: CR and LF cannot be part of a multi-byte character, so the
+        # lines and their values decode as nats-py decodes each on its own.
+        for line in raw.decode("utf-8", "replace").split("\r\n"):
+            name, sep, value = line.partition(":")
+            if not sep:
+                continue
+            key = name.strip(_BYTES_WHITESPACE)
+            if not key.isascii() or _WHITESPACE.search(key):
+                continue  # as nats-py: a name not ASCII, or with whitespace inside, is skipped
+            out[key] = value.strip(_BYTES_WHITESPACE)
+        return out
 
 
 async def connect(settings: NexusSettings, name: str, *, on_state: OnState | None = None) -> Client:
@@ -47,18 +79,21 @@ async def connect(settings: NexusSettings, name: str, *, on_state: OnState | Non
 
     try:
         # Reconnects are infinite, which nats-py applies to the first connection too: bound it.
-        connecting = nats.connect(
-            servers=[s.strip() for s in settings.nats_url.split(",")],
-            name=name,
-            connect_timeout=settings.nats_connect_timeout_s,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            allow_reconnect=True,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-            error_cb=on_error,
-        )
-        return await asyncio.wait_for(connecting, settings.nats_connect_timeout_s)
+        client = NexusClient()
+        options: dict[str, Any] = {
+            "servers": [s.strip() for s in settings.nats_url.split(",")],
+            "name": name,
+            "connect_timeout": settings.nats_connect_timeout_s,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "allow_reconnect": True,
+            "disconnected_cb": on_disconnect,
+            "reconnected_cb": on_reconnect,
+            "error_cb": on_error,
+        }
+        connecting = client.connect(**options)
+        await asyncio.wait_for(connecting, settings.nats_connect_timeout_s)
+        return client
     except Exception as err:  # nats raises several unrelated types for "no server"
         raise Unavailable(f"cannot connect to NATS at {settings.nats_url}") from err
 

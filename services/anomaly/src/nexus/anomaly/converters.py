@@ -20,6 +20,7 @@ from nexus.anomaly.engine import (
     TrainSpec,
 )
 from nexus.anomaly.sources import Binding
+from nexus.anomaly.streamconfig import StreamingConfig, streaming_config
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.common.v1 import common_pb2
 from nexus.common.errors import InvalidArgument
@@ -169,6 +170,32 @@ def binding_to_proto(binding: Binding) -> pb.SourceBinding:
     """A source binding."""
     created = Timestamp()
     created.FromDatetime(binding.created)
-    return pb.SourceBinding(
+    reply = pb.SourceBinding(
         source=binding.source, detector=binding.detector, alias=binding.alias, create_time=created
+    )
+    if binding.streaming is not None:
+        reply.streaming.CopyFrom(streaming_to_proto(binding.streaming))
+    return reply
+
+
+def streaming_of(request: pb.BindSourceRequest) -> StreamingConfig | None:
+    """The validated streaming configuration a BindSource request gives, or None."""
+    if not request.HasField("streaming"):
+        return None
+    given = request.streaming
+    return streaming_config(
+        given.kind,
+        dict(given.parameters),
+        given.threshold if given.HasField("threshold") else None,
+        given.suppress if given.HasField("suppress") else None,
+    )
+
+
+def streaming_to_proto(config: StreamingConfig) -> pb.StreamingConfig:
+    """A streaming configuration, every default filled in."""
+    return pb.StreamingConfig(
+        kind=config.kind,
+        parameters=dict(config.params),
+        threshold=config.threshold,
+        suppress=config.suppress,
     )

@@ -9,6 +9,7 @@ from nexus.anomaly.serving import FRAMEWORK
 from nexus.anomaly.settings import AnomalySettings
 from nexus.anomaly.sources import SourceBindings
 from nexus.anomaly.streaming import StreamProcessor
+from nexus.anomaly.streamstate import StreamStates
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
@@ -26,7 +27,15 @@ async def create(settings: AnomalySettings, common: NexusSettings) -> ServiceHos
         registry, DatasetStore(js, max_bytes=settings.max_dataset_bytes), settings, host.executor
     )
     bindings = SourceBindings(host.nc, registry)
-    stream = StreamProcessor(host.bus, engine, bindings, settings)
+    states = StreamStates(
+        host.nc,
+        host.executor,
+        consumer=settings.stream_durable,
+        max_sources=settings.stream_max_sources,
+        max_recent=settings.stream_recent_points,
+        ttl_s=settings.stream_state_ttl_s,
+    )
+    stream = StreamProcessor(host.bus, engine, bindings, states, settings)
     host.add_servicer(
         anomaly_service_pb2_grpc.add_AnomalyServiceServicer_to_server,
         AnomalyServicer(engine, bindings, stream),

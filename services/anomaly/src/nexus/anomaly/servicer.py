@@ -62,7 +62,9 @@ class AnomalyServicer(pb_grpc.AnomalyServiceServicer):
     async def BindSource(
         self, request: pb.BindSourceRequest, context: Context
     ) -> pb.BindSourceResponse:
-        binding = await self._bindings.bind(request.source, request.detector, request.alias)
+        binding = await self._bindings.bind(
+            request.source, request.detector, request.alias, converters.streaming_of(request)
+        )
         return pb.BindSourceResponse(binding=converters.binding_to_proto(binding))
 
     async def UnbindSource(

@@ -35,11 +35,9 @@ class AnomalySettings(ServiceSettings):
     stream_durable: str = "anomaly-stream"
     """Durable consumer name on nexus.metrics.>; replicas with the same name share the work."""
 
-    stream_batch: int = Field(default=256, gt=0)
-    """Metric points fetched from the stream at a time."""
-
-    stream_concurrency: int = Field(default=256, gt=0)
-    """Metric points of a fetched batch handled at once, so bound models score them together."""
+    stream_batch: int = Field(default=1024, gt=0)
+    """Metric points fetched from the stream at a time and scored together: each source's
+    streaming detector learns its points of a batch, and saves its state, once per batch."""
 
     stream_ack_wait_s: float = Field(default=30.0, gt=0)
     """Seconds before a point delivered to a replica that did not acknowledge it (it stopped,
@@ -48,14 +46,18 @@ class AnomalySettings(ServiceSettings):
     stream_max_deliver: int = Field(default=5, ge=1)
     """Deliveries of a point whose scoring fails before it goes to the dead letters."""
 
-    stream_alpha: float = Field(default=0.05, gt=0, lt=1)
-    """Smoothing of the per-source streaming detector's running mean and variance."""
+    stream_max_sources: int = Field(default=10_000, gt=0)
+    """Most sources whose streaming detectors a replica holds in memory; the least recently
+    used is dropped first, and loaded again from its saved state when its points come back."""
 
-    stream_threshold: float = Field(default=4.0, gt=0)
-    """Score (largest |z| over features) above which a streamed point is an anomaly."""
+    stream_recent_points: int = Field(default=10_000, gt=0)
+    """Stream sequences of a source's learnt points that its saved state remembers above the
+    consumer's ack floor, so that a redelivered point is not learnt twice. A point redelivered
+    after more of its source's points were learnt is taken as learnt (and not answered again)."""
 
-    stream_warmup: int = Field(default=30, ge=1)
-    """Points a source's streaming detector sees before it flags anything."""
+    stream_state_ttl_s: float = Field(default=30 * 24 * 3600.0, ge=0)
+    """A source's saved streaming state not updated for this long is dropped (its next point
+    starts a fresh detector); 0 keeps states forever."""
 
     batch_max_size: int = Field(default=512, gt=0)
     """Micro-batcher: most requests (ScorePoints calls, streamed points) one detector version

@@ -1,9 +1,11 @@
-"""Bindings of metric sources to trained detectors, shared by every replica.
+"""Bindings of metric sources to a trained detector, a streaming configuration, or both, shared
+by every replica.
 
 Stored in the KV bucket `nexus_anomaly_sources` (key = source); each replica mirrors the bucket
 in memory with a `KvFollower` (which resumes after a NATS restart), so the stream processor
 looks a binding up without a round trip and a binding made on one replica applies on all of
-them at once.
+them at once. A source without a binding, or whose binding has no streaming configuration, gets
+the default streaming detector.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from nats.aio.client import Client
 from nats.js import api
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from nexus.common.errors import NotFound
+from nexus.anomaly.streamconfig import StreamingConfig, config_from_json
+from nexus.common.errors import InvalidArgument, NotFound
 from nexus.common.kv import KvEntry, KvFollower, open_key_value
 from nexus.common.names import check_name
 from nexus.common.registry import ModelRegistry
@@ -35,12 +39,22 @@ _BUCKET_CONFIG = api.KeyValueConfig(
 
 @dataclass(frozen=True)
 class Binding:
-    """A source scored by a trained detector (through an alias)."""
+    """A source scored by a trained detector (through an alias), by a streaming detector of its
+    choice, or both.
+
+    Attributes:
+        source: The source.
+        detector: The trained detector (model) name; empty for none.
+        alias: The alias it resolves; empty without a detector.
+        created: When it was bound.
+        streaming: The source's streaming configuration; None for the default.
+    """
 
     source: str
     detector: str
     alias: str
     created: datetime
+    streaming: StreamingConfig | None = None
 
 
 class SourceBindings:
@@ -70,18 +84,37 @@ class SourceBindings:
         """Every binding, by source."""
         return [self._mirror[s] for s in sorted(self._mirror)]
 
-    async def bind(self, source: str, detector: str, alias: str = "") -> Binding:
-        """Binds (or rebinds) a source to a detector; NotFound if there is no such detector."""
-        await self._registry.get_model(detector)
+    async def bind(
+        self,
+        source: str,
+        detector: str = "",
+        alias: str = "",
+        streaming: StreamingConfig | None = None,
+    ) -> Binding:
+        """Binds (or rebinds: the new binding replaces the old one) a source to a trained
+        detector, a streaming configuration, or both.
+
+        Raises:
+            InvalidArgument: Neither is given, or an alias without a detector.
+            NotFound: There is no such detector.
+        """
+        source = check_name(source, "source")
+        if not detector and streaming is None:
+            raise InvalidArgument.for_field(
+                "detector", "give a detector, a streaming configuration, or both"
+            )
+        if alias and not detector:
+            raise InvalidArgument.for_field("alias", "applies to a detector; none is given")
+        if detector:
+            await self._registry.get_model(check_name(detector, "detector"))
         binding = Binding(
-            check_name(source, "source"), detector, alias or DEFAULT_ALIAS, datetime.now(UTC)
+            source,
+            detector,
+            (alias or DEFAULT_ALIAS) if detector else "",
+            datetime.now(UTC),
+            streaming,
         )
-        record = {
-            "detector": binding.detector,
-            "alias": binding.alias,
-            "created": binding.created.isoformat(),
-        }
-        await self._bucket().put(source, json.dumps(record).encode())
+        await self._bucket().put(source, json.dumps(_record(binding)).encode())
         self._mirror[source] = binding
         return binding
 
@@ -99,10 +132,8 @@ class SourceBindings:
             self._mirror.pop(entry.key, None)
             return
         try:
-            record = json.loads(entry.value)
-            created = datetime.fromisoformat(record["created"])
-            binding = Binding(entry.key, record["detector"], record["alias"], created)
-        except (ValueError, KeyError):
+            binding = _binding(entry.key, json.loads(entry.value))
+        except (ValueError, KeyError, TypeError):
             log.error("ignoring a malformed binding for source %s", entry.key)
             return
         self._mirror[entry.key] = binding
@@ -110,3 +141,30 @@ class SourceBindings:
     def _bucket(self) -> KeyValue:
         assert self._kv is not None, "start() first"
         return self._kv
+
+
+def _record(binding: Binding) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "detector": binding.detector,
+        "alias": binding.alias,
+        "created": binding.created.isoformat(),
+    }
+    if binding.streaming is not None:
+        record["streaming"] = binding.streaming.to_json()
+    return record
+
+
+def _binding(source: str, record: dict[str, Any]) -> Binding:
+    """A stored binding; raises ValueError, KeyError or TypeError when malformed."""
+    streaming = None
+    if "streaming" in record:
+        try:
+            streaming = config_from_json(record["streaming"])
+        except InvalidArgument as err:  # a kind or parameter this release no longer knows
+            log.error(
+                "source %s: its streaming configuration is void (%s); the default applies",
+                source,
+                err,
+            )
+    created = datetime.fromisoformat(record["created"])
+    return Binding(source, record["detector"], record["alias"], created, streaming)

@@ -1,31 +1,38 @@
-"""Scoring metric streams as points arrive.
+"""Scoring metric streams as points arrive, a fetched batch at a time.
 
 Points published on `nexus.metrics.<source>` are consumed through one durable consumer that the
-replicas share. Each source has a streaming detector (no training needed); a source bound to a
-trained detector is also scored by that model, through the model runtime's batcher, so that many
-sources' points (and ScorePoints calls) are scored together. Anomalies are published on
-`nexus.anomaly.detected` with an event id derived from the input's, so a redelivered point cannot
-publish the same anomaly twice; a point whose anomalies could not be published keeps its
-verdicts for the redelivery, so it is scored (and teaches the streaming detector) once. A
-malformed point is rejected: the consumer moves it to the dead letters.
+replicas share, a fetched batch at once (`EventBus.consume_batches`). A batch is grouped by
+source, each source's points in stream order. Each source's streaming detector (the kind its
+binding chose, else the default; no training needed) learns its points, and its state is saved
+in KV before they are acknowledged (`StreamStates`), so a restarted replica resumes it and a
+redelivered point is not learnt twice. A source bound to a trained detector is also scored by
+that model, its points as one matrix through the model runtime's batcher. Anomalies are
+published on `nexus.anomaly.detected` with an event id derived from the input's, so a
+redelivered point cannot publish the same anomaly twice. A malformed point is rejected on its
+own: the consumer moves it to the dead letters; a point whose source's state could not be saved,
+or whose anomalies could not be published, comes again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 import numpy as np
+from nats.errors import Error as NatsError
 
-from nexus.anomaly.detectors import StreamingDetectors
 from nexus.anomaly.engine import AnomalyEngine, Selector
 from nexus.anomaly.settings import AnomalySettings
 from nexus.anomaly.sources import SourceBindings
+from nexus.anomaly.streamconfig import StreamingConfig, default_config
+from nexus.anomaly.streamstate import StreamStates
 from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
 from nexus.api.metrics.v1.events_pb2 import MetricPoint
-from nexus.common.caching import TTLCache
 from nexus.common.errors import InvalidArgument, NexusError
 from nexus.common.events import DAY_S, GIB, METRICS, Consumer, Event, EventBus, Stream
 from nexus.common.names import check_name
@@ -36,20 +43,20 @@ STREAM = Stream("ANOMALY", ("nexus.anomaly.>",), max_age_s=7 * DAY_S, max_bytes=
 """The anomaly service's events: findings that workflows act upon, kept a week to cover a long
 outage of a consumer."""
 STREAMING = "streaming"
+"""Streaming detectors' detections name `streaming:<kind>` as their detector."""
 WATCH_QUEUE = 1024
-UNPUBLISHED_CAPACITY = 10_000
-"""Points whose verdicts wait for a redelivery to be published (kept in memory, newest)."""
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """What scoring one point found: its source, values and detections (none: normal)."""
+class Point:
+    """A valid point of a fetched batch: its place in the batch, event, source and values."""
 
+    index: int
+    event: Event[MetricPoint]
     source: str
-    values: np.ndarray
-    detections: list[Detection]
+    values: list[float]
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,11 @@ class Detection:
     threshold: float
 
 
+Outcomes = list[Exception | None]
+Found = dict[int, list[Detection]]
+"""Detections by the index of their point in the batch."""
+
+
 class StreamProcessor:
     """Consumes metric points, detects anomalies, publishes them, feeds watchers."""
 
@@ -70,33 +82,30 @@ class StreamProcessor:
         bus: EventBus,
         engine: AnomalyEngine,
         bindings: SourceBindings,
+        states: StreamStates,
         settings: AnomalySettings,
     ) -> None:
         self._bus = bus
         self._engine = engine
         self._bindings = bindings
+        self._states = states
         self._settings = settings
-        self._detectors = StreamingDetectors(
-            alpha=settings.stream_alpha,
-            threshold=settings.stream_threshold,
-            warmup=settings.stream_warmup,
-        )
+        self._default = default_config()
         self._consumer: Consumer | None = None
-        self._unpublished: TTLCache[str, Verdict] = TTLCache(
-            "anomaly_unpublished_verdicts", maxsize=UNPUBLISHED_CAPACITY
-        )
+        self._ack_floor = 0
+        self._floor_reading: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Ensures the streams and starts consuming."""
+        """Ensures the streams and the state bucket, and starts consuming."""
         await self._bus.ensure_streams(METRICS, STREAM)
-        self._consumer = await self._bus.consume(
+        await self._states.start()
+        self._consumer = await self._bus.consume_batches(
             METRICS_SUBJECT,
             MetricPoint,
             self.handle,
             durable=self._settings.stream_durable,
             stream=METRICS.name,
             batch=self._settings.stream_batch,
-            concurrency=self._settings.stream_concurrency,
             ack_wait_s=self._settings.stream_ack_wait_s,
             max_deliver=self._settings.stream_max_deliver,
         )
@@ -105,31 +114,132 @@ class StreamProcessor:
         """Stops consuming."""
         if self._consumer is not None:
             await self._consumer.stop()
+        if self._floor_reading is not None:
+            self._floor_reading.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._floor_reading
 
-    async def handle(self, event: Event[MetricPoint]) -> None:
-        """Scores one point and publishes its anomalies.
+    def config_of(self, source: str) -> StreamingConfig:
+        """The streaming configuration of a source: its binding's, else the default."""
+        binding = self._bindings.get(source)
+        if binding is None or binding.streaming is None:
+            return self._default
+        return binding.streaming
 
-        Raises:
-            InvalidArgument: A malformed point (dead-lettered by the consumer, never retried).
-            Unavailable: An anomaly could not be published; the redelivered point publishes the
-                same verdict rather than being scored again.
+    async def handle(self, events: Sequence[Event[MetricPoint]]) -> Outcomes:
+        """Scores a fetched batch and publishes its anomalies; the outcome of each event.
+
+        An event's outcome is None when it was scored and its anomalies published;
+        InvalidArgument for a malformed point (a dead letter); Unavailable or Aborted when its
+        source's state could not be saved or an anomaly could not be published (it comes again,
+        and is not learnt twice).
         """
-        verdict = self._unpublished.get(event.id) or await self._score(event)
-        self._unpublished.delete(event.id)
-        try:
-            for detection in verdict.detections:
-                await self._publish(event, verdict, detection)
-        except Exception:
-            self._unpublished.set(event.id, verdict)
-            raise
+        outcomes: Outcomes = [None] * len(events)
+        by_source = _by_source(events, outcomes, self._settings.max_features)
+        streamed, modelled = await asyncio.gather(
+            self._stream_detections(by_source, outcomes), self._model_detections(by_source)
+        )
+        found = {i: streamed.get(i, []) + modelled.get(i, []) for i in streamed.keys() | modelled}
+        await self._publish_all(by_source, found, outcomes)
+        return outcomes
 
-    async def _score(self, event: Event[MetricPoint]) -> Verdict:
-        source, values = _point_of(event)
-        detections = [
-            *self._stream_detection(source, values),
-            *await self._model_detection(source, values),
+    async def _stream_detections(
+        self, by_source: dict[str, list[Point]], outcomes: Outcomes
+    ) -> Found:
+        """Each source's streaming detector learns its points; the flagged ones."""
+        batch = {s: [(p.event.sequence, p.values) for p in ps] for s, ps in by_source.items()}
+        advanced = await self._states.advance(batch, self.config_of, self._floor())
+        found: Found = {}
+        for source, result in advanced.items():
+            points = by_source[source]
+            if result.error is not None:
+                for point in points:
+                    outcomes[point.index] = result.error
+                continue
+            assert result.verdicts is not None
+            config = result.config
+            for point, verdict in zip(points, result.verdicts, strict=True):
+                if verdict.is_anomaly:
+                    detection = Detection(
+                        config.detector_name, "", verdict.likelihood, config.threshold
+                    )
+                    found[point.index] = [detection]
+        return found
+
+    async def _model_detections(self, by_source: dict[str, list[Point]]) -> Found:
+        """Points of bound sources scored by their trained detectors, a matrix per source (and
+        width); the micro-batcher merges the sources bound to one version."""
+        runs = [
+            self._model_detection(source, points)
+            for source, points in by_source.items()
+            for points in _by_width(points)
         ]
-        return Verdict(source, values, detections)
+        found: Found = {}
+        for detections in await asyncio.gather(*runs):
+            found.update(detections)
+        return found
+
+    async def _model_detection(self, source: str, points: list[Point]) -> Found:
+        binding = self._bindings.get(source)
+        if binding is None or not binding.detector:
+            return {}
+        selector = Selector(alias=binding.alias, routing_key=source)
+        rows = np.array([point.values for point in points], dtype=np.float64)
+        try:
+            scored = await self._engine.score(binding.detector, rows, selector)
+        except NexusError as err:
+            log.warning("source %s: bound detector unusable: %s", source, err)
+            return {}
+        model = scored.model
+        return {
+            point.index: [Detection(model.name, model.version, float(score), scored.threshold)]
+            for point, score, flagged in zip(points, scored.scores, scored.is_anomaly, strict=True)
+            if flagged
+        }
+
+    def _floor(self) -> int:
+        """The consumer's ack floor as last read (no point at or below it is delivered
+        again); a read is started for the next batch when none is in flight."""
+        if self._floor_reading is None or self._floor_reading.done():
+            self._floor_reading = asyncio.create_task(self._read_floor())
+        return self._ack_floor
+
+    async def _read_floor(self) -> None:
+        try:
+            info = await self._bus.js.consumer_info(METRICS.name, self._settings.stream_durable)
+        except (NatsError, TimeoutError) as err:
+            log.debug("cannot read the ack floor (%r); keeping %d", err, self._ack_floor)
+            return
+        self._ack_floor = max(self._ack_floor, info.ack_floor.stream_seq or 0)
+
+    async def _publish_all(
+        self, by_source: dict[str, list[Point]], found: Found, outcomes: Outcomes
+    ) -> None:
+        """Publishes the anomalies of every point still in good standing (its source's state
+        saved); a point whose anomaly could not be published gets that error as its outcome."""
+        points = [
+            point
+            for points in by_source.values()
+            for point in points
+            if point.index in found and outcomes[point.index] is None
+        ]
+        sent = await asyncio.gather(
+            *(self._publish(point, found[point.index]) for point in points),
+            return_exceptions=True,
+        )
+        for point, result in zip(points, sent, strict=True):
+            if isinstance(result, Exception):
+                outcomes[point.index] = result
+            elif isinstance(result, BaseException):
+                raise result
+
+    async def _publish(self, point: Point, detections: list[Detection]) -> None:
+        for detection in detections:
+            await self._bus.publish(
+                DETECTED_SUBJECT,
+                _anomaly(point, detection),
+                event_id=f"{point.event.id}.{detection.detector}.{detection.version}",
+            )
 
     async def watch(self, source: str) -> AsyncIterator[AnomalyDetected]:
         """Anomalies as they are published (of one source, or all when empty)."""
@@ -150,57 +260,68 @@ class StreamProcessor:
         finally:
             await watcher.stop()
 
-    def _stream_detection(self, source: str, values: np.ndarray) -> list[Detection]:
-        result = self._detectors.update(source, values)
-        if not result.is_anomaly:
-            return []
-        return [Detection(STREAMING, "", result.score, result.threshold)]
 
-    async def _model_detection(self, source: str, values: np.ndarray) -> list[Detection]:
-        """The bound detector's verdict; its batcher scores concurrent points (and ScorePoints
-        calls) of one version together."""
-        binding = self._bindings.get(source)
-        if binding is None:
-            return []
-        selector = Selector(alias=binding.alias, routing_key=source)
+def _anomaly(point: Point, detection: Detection) -> AnomalyDetected:
+    data = point.event.data
+    anomaly = AnomalyDetected(
+        source=point.source,
+        point_id=data.id or point.event.id,
+        values=point.values,
+        score=detection.score,
+        threshold=detection.threshold,
+        detector=detection.detector,
+        model_version=detection.version,
+        labels=dict(data.labels),
+    )
+    if data.HasField("time"):
+        anomaly.time.CopyFrom(data.time)
+    return anomaly
+
+
+def _by_source(
+    events: Sequence[Event[MetricPoint]], outcomes: Outcomes, max_features: int
+) -> dict[str, list[Point]]:
+    """The valid points of a batch by source, each source's in stream order; a malformed one's
+    outcome is its InvalidArgument."""
+    by_source: dict[str, list[Point]] = {}
+    for index, event in enumerate(events):
         try:
-            scored = await self._engine.score(binding.detector, values.reshape(1, -1), selector)
-        except NexusError as err:
-            log.warning("source %s: bound detector unusable: %s", source, err)
-            return []
-        if not scored.is_anomaly[0]:
-            return []
-        model = scored.model
-        return [Detection(model.name, model.version, float(scored.scores[0]), scored.threshold)]
-
-    async def _publish(
-        self, event: Event[MetricPoint], verdict: Verdict, detection: Detection
-    ) -> None:
-        point = event.data
-        anomaly = AnomalyDetected(
-            source=verdict.source,
-            point_id=point.id or event.id,
-            values=verdict.values.tolist(),
-            score=detection.score,
-            threshold=detection.threshold,
-            detector=detection.detector,
-            model_version=detection.version,
-            labels=dict(point.labels),
-        )
-        if point.HasField("time"):
-            anomaly.time.CopyFrom(point.time)
-        event_id = f"{event.id}.{detection.detector}.{detection.version}"
-        await self._bus.publish(DETECTED_SUBJECT, anomaly, event_id=event_id)
+            source, values = _point_of(event, max_features)
+        except InvalidArgument as err:
+            outcomes[index] = err
+            continue
+        by_source.setdefault(source, []).append(Point(index, event, source, values))
+    for points in by_source.values():
+        points.sort(key=lambda point: point.event.sequence)
+    return by_source
 
 
-def _point_of(event: Event[MetricPoint]) -> tuple[str, np.ndarray]:
+def _by_width(points: list[Point]) -> list[list[Point]]:
+    """Points split by their number of values (one matrix each)."""
+    widths: dict[int, list[Point]] = {}
+    for point in points:
+        widths.setdefault(len(point.values), []).append(point)
+    return list(widths.values())
+
+
+def _point_of(event: Event[MetricPoint], max_features: int) -> tuple[str, list[float]]:
     """The source (the subject's last token) and the values of a point, validated."""
-    source = check_name(event.subject.rsplit(".", 1)[-1], "subject")
+    source = _source_of(event.subject)
     if event.data.source and event.data.source != source:
         raise InvalidArgument.for_field(
             "source", f"is {event.data.source!r}, subject says {source!r}"
         )
-    values = np.asarray(event.data.values, dtype=np.float64)
-    if values.size == 0 or not np.all(np.isfinite(values)):
+    values = list(event.data.values)
+    if not values or not all(map(math.isfinite, values)):
         raise InvalidArgument.for_field("values", "must be non-empty and finite")
+    if len(values) > max_features:
+        raise InvalidArgument.for_field(
+            "values", f"has {len(values)} values, at most {max_features}"
+        )
     return source, values
+
+
+@functools.lru_cache(maxsize=4096)
+def _source_of(subject: str) -> str:
+    """The source a subject names, checked (cached: a source publishes many points)."""
+    return check_name(subject.rsplit(".", 1)[-1], "subject")

@@ -13,12 +13,12 @@ from nats.js.errors import NotFoundError
 from opentelemetry import propagate, trace
 
 from nexus.common.errors import FailedPrecondition, Unavailable
-from nexus.common.events._consumer import Consumer, Handler
+from nexus.common.events._consumer import BatchHandler, Consumer, Handler
 from nexus.common.events._envelope import M, build_headers, new_event_id
 from nexus.common.events._follower import WatchConsumer
 from nexus.common.events._publish import publish_retrying
 from nexus.common.events._streams import Stream, ensure_stream
-from nexus.common.events._work import WorkConsumer
+from nexus.common.events._work import BatchWorkConsumer, WorkConsumer
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("nexus.events")
@@ -147,26 +147,49 @@ class EventBus:
         Raises:
             FailedPrecondition: When the stream does not exist.
         """
-        config = api.ConsumerConfig(
-            name=durable,
-            durable_name=durable,
-            filter_subject=subject,
-            deliver_policy=api.DeliverPolicy.ALL,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=ack_wait_s,
-            # The consumer counts deliveries itself: the server would stop redelivering at its
-            # limit, and an event whose dead letter could not be stored yet would be stranded.
-            max_deliver=-1,
-            max_ack_pending=max(1000, batch * 4),
-        )
         consumer = WorkConsumer(
             self._nc,
             stream,
-            config,
+            _work_config(subject, durable, batch, ack_wait_s),
             batch,
             message_type,
             handler,
             concurrency=concurrency,
+            max_deliver=max_deliver,
+        )
+        return await _started(consumer, stream)
+
+    async def consume_batches(
+        self,
+        subject: str,
+        message_type: type[M],
+        handler: BatchHandler[M],
+        *,
+        durable: str,
+        stream: str,
+        batch: int = 256,
+        max_deliver: int = 5,
+        ack_wait_s: float = 30.0,
+    ) -> Consumer:
+        """Starts a durable pull consumer like `consume`, whose handler takes a fetched batch's
+        events at once (in delivery order) and returns each one's outcome.
+
+        Everything `consume` promises holds per event: each is acknowledged after the handler
+        returned None for it, delivered again after a delay when it returned an error, and
+        dead-lettered when that error is `InvalidArgument` or after `max_deliver` deliveries;
+        poison messages and events this consumer already processed never reach the handler.
+        When the handler raises, every event of the batch is delivered again.
+
+        Raises:
+            FailedPrecondition: When the stream does not exist.
+        """
+        consumer = BatchWorkConsumer(
+            self._nc,
+            stream,
+            _work_config(subject, durable, batch, ack_wait_s),
+            batch,
+            message_type,
+            handler,
             max_deliver=max_deliver,
         )
         return await _started(consumer, stream)
@@ -207,6 +230,22 @@ class EventBus:
         stream = stream or await self.stream_of(subject)
         watcher = WatchConsumer(self._nc, stream, subject, message_type, handler)
         return await _started(watcher, stream)
+
+
+def _work_config(subject: str, durable: str, batch: int, ack_wait_s: float) -> api.ConsumerConfig:
+    return api.ConsumerConfig(
+        name=durable,
+        durable_name=durable,
+        filter_subject=subject,
+        deliver_policy=api.DeliverPolicy.ALL,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=ack_wait_s,
+        # The consumer counts deliveries itself: the server would stop redelivering at its
+        # limit, and an event whose dead letter could not be stored yet would be stranded.
+        max_deliver=-1,
+        # A batch in hand and the next one on its way (see Consumer._next), with room to spare.
+        max_ack_pending=max(1000, batch * 4),
+    )
 
 
 async def _started(consumer: Consumer, stream: str) -> Consumer:

@@ -51,6 +51,12 @@ _HEARTBEAT = "100"
 _REQUEST_DONE = ("404", "408")  # the server has nothing (more) for this request
 
 Handler = Callable[[Event[M]], Awaitable[None]]
+BatchHandler = Callable[[Sequence[Event[M]]], Awaitable[Sequence[Exception | None]]]
+"""Handles a fetched batch's events at once and returns, for each event in order, None when it
+was handled or what went wrong with it: `InvalidArgument` rejects the event (a dead letter at
+once), anything else has it delivered again."""
+MAX_SPAN_LINKS = 128
+"""Publisher traces a batch's span links to (the first events'); OpenTelemetry keeps 128."""
 RawHandler = Callable[[Msg], Awaitable[None]]
 
 
@@ -165,10 +171,24 @@ class Consumer:
         if not await self._wait():
             await self._recover(None)
             return []
-        return await self._take()
+        msgs = await self._take()
+        if msgs and self._pull is None:
+            # Ask for the next batch now: it arrives while this one is handled. Trouble waits
+            # for the next turn, which asks again (and recovers) with no message in hand.
+            with suppress(NatsError):
+                await self._send_pull()
+        return msgs
 
     async def _request(self) -> bool:
         """Sends a pull request for `batch` messages; False when it could not be sent."""
+        try:
+            await self._send_pull()
+        except NatsError as err:
+            await self._recover(err)
+            return False
+        return True
+
+    async def _send_pull(self) -> None:
         self._requests += 1
         pull = _Pull(f"{self._inbox}.{self._requests}", self._batch)
         body = {
@@ -177,13 +197,8 @@ class Consumer:
             "idle_heartbeat": _nanoseconds(HEARTBEAT_S),
         }
         subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self._stream}.{self.name}"
-        try:
-            await self._nc.publish(subject, json.dumps(body).encode(), reply=pull.reply)
-        except NatsError as err:
-            await self._recover(err)
-            return False
+        await self._nc.publish(subject, json.dumps(body).encode(), reply=pull.reply)
         self._pull = pull
-        return True
 
     async def _wait(self) -> bool:
         """Waits for the next message on the inbox; False after `_SILENCE_S` of silence."""
@@ -312,6 +327,41 @@ async def run_handler(
         consumer, event.id, event.delivery, exc_info=error,
     )  # fmt: skip
     return error
+
+
+async def run_batch_handler(
+    handler: BatchHandler[M], events: Sequence[Event[M]], consumer: str
+) -> Sequence[Exception | None]:
+    """Runs a batch handler in one CONSUMER span linked to the publishers' traces.
+
+    Returns:
+        The handler's outcome per event. When it raised (or returned a wrong count), what it
+        raised is every event's outcome (logged with its traceback), so each is retried.
+    """
+    attributes: dict[str, str | int] = {
+        "messaging.system": "nats",
+        "messaging.batch.message_count": len(events),
+    }
+    with _tracer.start_as_current_span(
+        f"process batch {consumer}", kind=trace.SpanKind.CONSUMER, attributes=attributes
+    ) as span:
+        if span.is_recording():
+            for event in events[:MAX_SPAN_LINKS]:
+                parent = trace.get_current_span(propagate.extract(event.headers))
+                span.add_link(parent.get_span_context())
+        try:
+            outcomes = await handler(events)
+            if len(outcomes) != len(events):
+                raise RuntimeError(f"{len(outcomes)} outcomes for {len(events)} events")
+            return outcomes
+        except asyncio.CancelledError as err:
+            if _being_cancelled():
+                raise
+            error: Exception = RuntimeError(f"cancelled inside the handler: {err!r}")
+        except Exception as err:
+            error = err
+    log.warning("batch handler of %s failed on %d events", consumer, len(events), exc_info=error)
+    return [error] * len(events)
 
 
 def _being_cancelled() -> bool:

@@ -10,7 +10,6 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
 
 from nexus.common.errors import InvalidArgument
 
@@ -42,6 +41,8 @@ class Event(Generic[M]):
         delivery: Attempt number: 1 on the first delivery, 2 on the first redelivery, ...
         subject_hint: The CloudEvents subject (`ce-subject`): what the event is about, as the
             publisher's `subject_hint` said; empty when it gave none.
+        sequence: Its sequence in the JetStream stream that holds it (0 for a core NATS
+            message): the same on every delivery, so it tells a redelivery from a new event.
     """
 
     id: str
@@ -53,6 +54,7 @@ class Event(Generic[M]):
     headers: Mapping[str, str]
     delivery: int
     subject_hint: str = ""
+    sequence: int = 0
 
 
 def new_event_id() -> str:
@@ -104,6 +106,7 @@ def parse_event(msg: Msg, message_type: type[M]) -> Event[M]:
     for name in ("ce-specversion", "ce-id", "ce-source"):
         if not headers.get(name):
             raise InvalidArgument.for_field(name, "missing")
+    delivery, sequence = _ack_numbers(msg)
     return Event(
         id=headers["ce-id"],
         type=expected,
@@ -112,8 +115,9 @@ def parse_event(msg: Msg, message_type: type[M]) -> Event[M]:
         time=_parse_time(headers.get("ce-time")),
         data=_decode(msg.data, message_type),
         headers=headers,
-        delivery=delivery_of(msg),
+        delivery=delivery,
         subject_hint=headers.get("ce-subject", ""),
+        sequence=sequence,
     )
 
 
@@ -135,10 +139,31 @@ def _parse_time(text: str | None) -> datetime:
         raise InvalidArgument.for_field("ce-time", f"not RFC 3339: {text!r}") from err
 
 
+def sequence_of(msg: Msg) -> int:
+    """The stream sequence of a JetStream message; 0 for a core NATS message."""
+    return _ack_numbers(msg)[1]
+
+
 def delivery_of(msg: Msg) -> int:
     """The delivery attempt of a message: 1 for the first; core NATS messages (not from a
     JetStream consumer) have no count and are a first delivery."""
-    try:
-        return msg.metadata.num_delivered
-    except NatsError:
-        return 1
+    return _ack_numbers(msg)[0]
+
+
+# $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
+_V1_TOKENS = 9
+_V2_MIN_TOKENS = 11  # the same after $JS.ACK.<domain>.<account hash>, maybe a token more
+
+
+def _ack_numbers(msg: Msg) -> tuple[int, int]:
+    """The delivery count and stream sequence that a JetStream message's reply subject holds,
+    read without nats-py's `metadata` (which also converts the timestamp: a cost per message
+    on a stream consumer's hot path); (1, 0) for a message that has none."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) < _V1_TOKENS or tokens[0] != "$JS" or tokens[1] != "ACK":
+        return 1, 0
+    if len(tokens) == _V1_TOKENS:
+        return int(tokens[4]), int(tokens[5])
+    if len(tokens) >= _V2_MIN_TOKENS:
+        return int(tokens[6]), int(tokens[7])
+    return 1, 0

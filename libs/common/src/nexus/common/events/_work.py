@@ -15,7 +15,14 @@ from nats.js import api
 
 from nexus.common.caching import TTLCache
 from nexus.common.errors import InvalidArgument, NexusError
-from nexus.common.events._consumer import Consumer, Handler, run_handler, settle
+from nexus.common.events._consumer import (
+    BatchHandler,
+    Consumer,
+    Handler,
+    run_batch_handler,
+    run_handler,
+    settle,
+)
 from nexus.common.events._deadletters import DeadLetterReason, store_dead_letter
 from nexus.common.events._envelope import Event, M, delivery_of, parse_event
 from nexus.common.events._streams import DEAD_LETTERS, ensure_stream
@@ -28,14 +35,15 @@ DEAD_LETTER_RETRY_S = 5.0
 """When a dead letter could not be stored, the event comes back after this long to try again."""
 
 
-class WorkConsumer(Consumer, Generic[M]):
+class DurableConsumer(Consumer, Generic[M]):
     """A durable pull consumer: replicas with the same durable name share its messages.
 
-    Each event is acknowledged after its handler returned, or redelivered after a delay when
-    the handler raised. An event that failed `max_deliver` times, that the handler rejected
+    Each event is acknowledged once handled, or redelivered after a delay when its handling
+    failed. An event that failed `max_deliver` times, that its handler rejected
     (`InvalidArgument`), or that is not a valid event goes to the dead-letter stream, and is
     terminated only once its dead letter is stored: the server is told to redeliver without
-    limit, and this consumer counts the deliveries.
+    limit, and this consumer counts the deliveries. Subclasses say how a fetched batch's events
+    reach the handler (`_work`).
     """
 
     def __init__(
@@ -45,15 +53,11 @@ class WorkConsumer(Consumer, Generic[M]):
         config: api.ConsumerConfig,
         batch: int,
         message_type: type[M],
-        handler: Handler[M],
         *,
-        concurrency: int = 1,
         max_deliver: int = 5,
     ) -> None:
         super().__init__(nc, stream, config, batch)
         self._type = message_type
-        self._handler = handler
-        self._concurrency = max(1, concurrency)
         self._max_deliver = max(1, max_deliver)
         self._ack_wait_s = config.ack_wait or 30.0
         self._seen: TTLCache[str, bool] = TTLCache("event_ids_processed", maxsize=DEDUPE_CAPACITY)
@@ -69,18 +73,16 @@ class WorkConsumer(Consumer, Generic[M]):
         in_hand = {id(msg): msg for msg in msgs}
         keeping = asyncio.create_task(self._keep_in_progress(in_hand))
         try:
-            for index in range(0, len(msgs), self._concurrency):
-                if self._stopping:
-                    await self._release(msgs[index:])
-                    return
-                # Handlers of a group start in delivery order and run together, so a handler
-                # that waits (on a micro-batcher, a publish) does not hold up the others.
-                group = msgs[index : index + self._concurrency]
-                await asyncio.gather(*(self._handle_one(msg, in_hand) for msg in group))
+            await self._work(msgs, in_hand)
         finally:
             keeping.cancel()
             with suppress(asyncio.CancelledError):
                 await keeping
+
+    async def _work(self, msgs: Sequence[Msg], in_hand: dict[int, Msg]) -> None:
+        """Handles and settles every message of a fetched batch (removing each settled one
+        from `in_hand`)."""
+        raise NotImplementedError
 
     async def _keep_in_progress(self, in_hand: dict[int, Msg]) -> None:
         """Every third of the ack wait, tells the server that the messages in hand (and those
@@ -91,34 +93,28 @@ class WorkConsumer(Consumer, Generic[M]):
             waiting = [*in_hand.values(), *(msg for msg in self._received if msg.reply)]
             await settle(*(msg.in_progress for msg in waiting))
 
-    async def _handle_one(self, msg: Msg, in_hand: dict[int, Msg]) -> None:
-        try:
-            await self._handle(msg)
-        except Exception:  # a bug: give the message back now rather than after the ack wait
-            log.exception("consumer %s failed on a message of %s", self.name, msg.subject)
-            await settle(msg.nak)
-        finally:
-            in_hand.pop(id(msg), None)
-
-    async def _handle(self, msg: Msg) -> None:
+    async def _admit(self, msg: Msg) -> Event[M] | None:
+        """The event a message carries when it is to be handled; None when it was settled here
+        (a poison message or an event past its deliveries dead-lettered, a duplicate acked)."""
         try:
             event = parse_event(msg, self._type)
         except InvalidArgument as err:
             await self._dead_letter(msg, DeadLetterReason.POISON, str(err))
-            return
+            return None
         if self._seen.get(event.id):
             self.duplicates += 1
             await settle(msg.ack)
-        elif event.delivery > self._max_deliver:
+            return None
+        if event.delivery > self._max_deliver:
             # Its dead letter could not be stored last time, or no handler call ever finished
             # (the process stopped, or the handler outlasted the ack wait).
             why = self._errors.get(event.id) or "no attempt finished (stopped or past ack wait)"
             await self._dead_letter(msg, DeadLetterReason.FAILED, why)
-        else:
-            await self._process(event, msg)
+            return None
+        return event
 
-    async def _process(self, event: Event[M], msg: Msg) -> None:
-        error = await run_handler(self._handler, event, msg.subject, self.name)
+    async def _settle(self, event: Event[M], msg: Msg, error: Exception | None) -> None:
+        """Acknowledges a handled event, or dead-letters or redelivers it after `error`."""
         if error is None:
             self.processed += 1
             self._seen.set(event.id, True)
@@ -158,6 +154,92 @@ class WorkConsumer(Consumer, Generic[M]):
 
     async def _release(self, msgs: Sequence[Msg]) -> None:
         await settle(*(m.nak for m in msgs))
+
+
+class WorkConsumer(DurableConsumer[M]):
+    """A durable consumer whose handler takes one event at a time; `concurrency` handlers of a
+    batch run together, and each event is settled as soon as its own handler returned."""
+
+    def __init__(
+        self,
+        nc: Client,
+        stream: str,
+        config: api.ConsumerConfig,
+        batch: int,
+        message_type: type[M],
+        handler: Handler[M],
+        *,
+        concurrency: int = 1,
+        max_deliver: int = 5,
+    ) -> None:
+        super().__init__(nc, stream, config, batch, message_type, max_deliver=max_deliver)
+        self._handler = handler
+        self._concurrency = max(1, concurrency)
+
+    async def _work(self, msgs: Sequence[Msg], in_hand: dict[int, Msg]) -> None:
+        for index in range(0, len(msgs), self._concurrency):
+            if self._stopping:
+                await self._release(msgs[index:])
+                return
+            # Handlers of a group start in delivery order and run together, so a handler
+            # that waits (on a micro-batcher, a publish) does not hold up the others.
+            group = msgs[index : index + self._concurrency]
+            await asyncio.gather(*(self._handle_one(msg, in_hand) for msg in group))
+
+    async def _handle_one(self, msg: Msg, in_hand: dict[int, Msg]) -> None:
+        try:
+            event = await self._admit(msg)
+            if event is not None:
+                error = await run_handler(self._handler, event, msg.subject, self.name)
+                await self._settle(event, msg, error)
+        except Exception:  # a bug: give the message back now rather than after the ack wait
+            log.exception("consumer %s failed on a message of %s", self.name, msg.subject)
+            await settle(msg.nak)
+        finally:
+            in_hand.pop(id(msg), None)
+
+
+class BatchWorkConsumer(DurableConsumer[M]):
+    """A durable consumer whose handler takes a fetched batch's events at once (to score them
+    as one matrix, to write state once per batch). Each message is still settled on its own, by
+    the outcome the handler returned for its event; poison messages, duplicates and events past
+    their deliveries are settled before, and never reach the handler."""
+
+    def __init__(
+        self,
+        nc: Client,
+        stream: str,
+        config: api.ConsumerConfig,
+        batch: int,
+        message_type: type[M],
+        handler: BatchHandler[M],
+        *,
+        max_deliver: int = 5,
+    ) -> None:
+        super().__init__(nc, stream, config, batch, message_type, max_deliver=max_deliver)
+        self._handler = handler
+
+    async def _work(self, msgs: Sequence[Msg], in_hand: dict[int, Msg]) -> None:
+        if self._stopping:
+            await self._release(msgs)
+            return
+        admitted: list[tuple[Event[M], Msg]] = []
+        for msg in msgs:
+            event = await self._admit(msg)
+            if event is not None:
+                admitted.append((event, msg))
+        if not admitted:
+            return
+        try:
+            outcomes = await run_batch_handler(
+                self._handler, [event for event, _ in admitted], self.name
+            )
+        except Exception:  # a bug: give the messages back now rather than after the ack wait
+            log.exception("consumer %s failed on a batch", self.name)
+            await self._release([msg for _, msg in admitted])
+            return
+        for (event, msg), error in zip(admitted, outcomes, strict=True):
+            await self._settle(event, msg, error)
 
 
 def nak_delay_s(delivery: int) -> float:

@@ -3,7 +3,8 @@
 Batch: an `AnomalyModel` standardises points, fits one detector (`Algorithm`: Isolation Forest,
 One-Class SVM, LOF, an autoencoder, or their ensemble, the default) and sets a threshold from the
 expected contamination; it scores, flags and explains new points, and pickles whole. Streaming:
-a `StreamingDetector` per source scores points as they arrive, with no training step.
+`nexus.anomaly.detectors.online` has the detectors that score a source's points as they arrive,
+with no training step.
 """
 
 from nexus.anomaly.detectors._algorithm import Algorithm
@@ -33,11 +34,6 @@ from nexus.anomaly.detectors._validation import (
     validate_matrix,
     validate_point,
 )
-from nexus.anomaly.detectors.streaming import (
-    StreamingDetector,
-    StreamingDetectors,
-    StreamingScore,
-)
 
 __all__ = [
     "DEFAULT_CONTAMINATION",
@@ -60,9 +56,6 @@ __all__ = [
     "ParamValue",
     "Params",
     "Standardizer",
-    "StreamingDetector",
-    "StreamingDetectors",
-    "StreamingScore",
     "make_detector",
     "param_specs",
     "validate_labels",

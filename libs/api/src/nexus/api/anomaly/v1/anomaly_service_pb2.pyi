@@ -553,7 +553,7 @@ Global___ExplainPointResponse: _TypeAlias = ExplainPointResponse  # noqa: Y015
 
 @_typing.final
 class SourceBinding(_message.Message):
-    """A metric source bound to a trained detector."""
+    """A metric source bound to a trained detector, a streaming configuration, or both."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -561,15 +561,23 @@ class SourceBinding(_message.Message):
     DETECTOR_FIELD_NUMBER: _builtins.int
     ALIAS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    STREAMING_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """The source: points arrive on nexus.metrics.<source>."""
     detector: _builtins.str
-    """The detector (model) name."""
+    """The trained detector (model) name; empty when the source has none."""
     alias: _builtins.str
-    """The alias to resolve (default "production")."""
+    """The alias to resolve (default "production"); empty without a detector."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was bound."""
+
+    @_builtins.property
+    def streaming(self) -> Global___StreamingConfig:
+        """The source's streaming detector: its kind, threshold and suppress as they were filled in
+        at binding time, its parameters as given; absent when the source follows the service's
+        default streaming detector.
+        """
 
     def __init__(
         self,
@@ -578,40 +586,115 @@ class SourceBinding(_message.Message):
         detector: _builtins.str = ...,
         alias: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        streaming: Global___StreamingConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "streaming", b"streaming"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "create_time", b"create_time", "detector", b"detector", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "create_time", b"create_time", "detector", b"detector", "source", b"source", "streaming", b"streaming"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SourceBinding: _TypeAlias = SourceBinding  # noqa: Y015
 
 @_typing.final
+class StreamingConfig(_message.Message):
+    """Which streaming detector scores a source's points as they arrive, and how it flags them.
+    Each detector gives every point an anomaly likelihood in [0, 1]; a point is flagged when it
+    reaches the threshold.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    KIND_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    SUPPRESS_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """The streaming detector (empty: the service's default, fixed at binding time)."""
+    threshold: _builtins.float
+    """The likelihood at which a point is flagged, 0 < t <= 1 (unset: the service's default)."""
+    suppress: _builtins.int
+    """After a flag, how many points cannot be flagged again, so that one event raises one flag
+    (unset: the service's default).
+    """
+    @_builtins.property
+    def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The detector's parameters, such as window=1000 (each kind's own; unset: its defaults)."""
+
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        threshold: _builtins.float | None = ...,
+        suppress: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_suppress", b"_suppress", "_threshold", b"_threshold", "suppress", b"suppress", "threshold", b"threshold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_suppress", b"_suppress", "_threshold", b"_threshold", "kind", b"kind", "parameters", b"parameters", "suppress", b"suppress", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__suppress: _TypeAlias = _typing.Literal["suppress"]  # noqa: Y015
+    _WhichOneofArgType__suppress: _TypeAlias = _typing.Literal["_suppress", b"_suppress"]  # noqa: Y015
+    _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
+    _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__suppress) -> _WhichOneofReturnType__suppress | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold) -> _WhichOneofReturnType__threshold | None: ...
+
+Global___StreamingConfig: _TypeAlias = StreamingConfig  # noqa: Y015
+
+@_typing.final
 class BindSourceRequest(_message.Message):
-    """Request of BindSource."""
+    """Request of BindSource: a detector, a streaming configuration, or both."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SOURCE_FIELD_NUMBER: _builtins.int
     DETECTOR_FIELD_NUMBER: _builtins.int
     ALIAS_FIELD_NUMBER: _builtins.int
+    STREAMING_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """The source (letters, digits, '-', '_')."""
     detector: _builtins.str
-    """The detector (model) name."""
+    """The trained detector (model) name; may be empty when streaming is given."""
     alias: _builtins.str
-    """The alias to resolve (default "production")."""
+    """The alias to resolve (default "production"); only with a detector."""
+    @_builtins.property
+    def streaming(self) -> Global___StreamingConfig:
+        """The source's streaming detector (absent: the service's default)."""
+
     def __init__(
         self,
         *,
         source: _builtins.str = ...,
         detector: _builtins.str = ...,
         alias: _builtins.str = ...,
+        streaming: Global___StreamingConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["streaming", b"streaming"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "detector", b"detector", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "detector", b"detector", "source", b"source", "streaming", b"streaming"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

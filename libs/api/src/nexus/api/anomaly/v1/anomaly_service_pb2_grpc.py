@@ -113,22 +113,24 @@ class AnomalyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BindSource(self, request, context):
-        """Binds a trained detector to a metric source: its points are then scored by that model as
-        well as by the source's streaming detector.
+        """Binds a metric source to a trained detector (its points are then scored by that model as
+        well as by the source's streaming detector), to a streaming configuration (which streaming
+        detector, its parameters, threshold and suppression), or to both. A new binding replaces
+        the source's previous one; a changed streaming detector or parameters start it afresh.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UnbindSource(self, request, context):
-        """Removes a source's binding; its streaming detector goes on.
+        """Removes a source's binding; it goes on with the default streaming detector.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSources(self, request, context):
-        """Lists the sources bound to a detector.
+        """Lists the bound sources (to a detector, a streaming configuration, or both).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,13 +46,15 @@ class AnomalyServiceStub:
     ExplainPoint: _grpc.UnaryUnaryMultiCallable[_anomaly_service_pb2.ExplainPointRequest, _anomaly_service_pb2.ExplainPointResponse]
     """Says which features drove a point's score."""
     BindSource: _grpc.UnaryUnaryMultiCallable[_anomaly_service_pb2.BindSourceRequest, _anomaly_service_pb2.BindSourceResponse]
-    """Binds a trained detector to a metric source: its points are then scored by that model as
-    well as by the source's streaming detector.
+    """Binds a metric source to a trained detector (its points are then scored by that model as
+    well as by the source's streaming detector), to a streaming configuration (which streaming
+    detector, its parameters, threshold and suppression), or to both. A new binding replaces
+    the source's previous one; a changed streaming detector or parameters start it afresh.
     """
     UnbindSource: _grpc.UnaryUnaryMultiCallable[_anomaly_service_pb2.UnbindSourceRequest, _anomaly_service_pb2.UnbindSourceResponse]
-    """Removes a source's binding; its streaming detector goes on."""
+    """Removes a source's binding; it goes on with the default streaming detector."""
     ListSources: _grpc.UnaryUnaryMultiCallable[_anomaly_service_pb2.ListSourcesRequest, _anomaly_service_pb2.ListSourcesResponse]
-    """Lists the sources bound to a detector."""
+    """Lists the bound sources (to a detector, a streaming configuration, or both)."""
     WatchAnomalies: _grpc.UnaryStreamMultiCallable[_anomaly_service_pb2.WatchAnomaliesRequest, _anomaly_service_pb2.WatchAnomaliesResponse]
     """Streams anomalies as they are detected on metric streams (Server-Sent Events over HTTP)."""
 
@@ -74,13 +76,15 @@ class AnomalyServiceAsyncStub(AnomalyServiceStub):
     ExplainPoint: _aio.UnaryUnaryMultiCallable[_anomaly_service_pb2.ExplainPointRequest, _anomaly_service_pb2.ExplainPointResponse]  # type: ignore[assignment]
     """Says which features drove a point's score."""
     BindSource: _aio.UnaryUnaryMultiCallable[_anomaly_service_pb2.BindSourceRequest, _anomaly_service_pb2.BindSourceResponse]  # type: ignore[assignment]
-    """Binds a trained detector to a metric source: its points are then scored by that model as
-    well as by the source's streaming detector.
+    """Binds a metric source to a trained detector (its points are then scored by that model as
+    well as by the source's streaming detector), to a streaming configuration (which streaming
+    detector, its parameters, threshold and suppression), or to both. A new binding replaces
+    the source's previous one; a changed streaming detector or parameters start it afresh.
     """
     UnbindSource: _aio.UnaryUnaryMultiCallable[_anomaly_service_pb2.UnbindSourceRequest, _anomaly_service_pb2.UnbindSourceResponse]  # type: ignore[assignment]
-    """Removes a source's binding; its streaming detector goes on."""
+    """Removes a source's binding; it goes on with the default streaming detector."""
     ListSources: _aio.UnaryUnaryMultiCallable[_anomaly_service_pb2.ListSourcesRequest, _anomaly_service_pb2.ListSourcesResponse]  # type: ignore[assignment]
-    """Lists the sources bound to a detector."""
+    """Lists the bound sources (to a detector, a streaming configuration, or both)."""
     WatchAnomalies: _aio.UnaryStreamMultiCallable[_anomaly_service_pb2.WatchAnomaliesRequest, _anomaly_service_pb2.WatchAnomaliesResponse]  # type: ignore[assignment]
     """Streams anomalies as they are detected on metric streams (Server-Sent Events over HTTP)."""
 
@@ -129,8 +133,10 @@ class AnomalyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _anomaly_service_pb2.BindSourceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_anomaly_service_pb2.BindSourceResponse, _abc.Awaitable[_anomaly_service_pb2.BindSourceResponse]]:
-        """Binds a trained detector to a metric source: its points are then scored by that model as
-        well as by the source's streaming detector.
+        """Binds a metric source to a trained detector (its points are then scored by that model as
+        well as by the source's streaming detector), to a streaming configuration (which streaming
+        detector, its parameters, threshold and suppression), or to both. A new binding replaces
+        the source's previous one; a changed streaming detector or parameters start it afresh.
         """
 
     @_abc_1.abstractmethod
@@ -139,7 +145,7 @@ class AnomalyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _anomaly_service_pb2.UnbindSourceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_anomaly_service_pb2.UnbindSourceResponse, _abc.Awaitable[_anomaly_service_pb2.UnbindSourceResponse]]:
-        """Removes a source's binding; its streaming detector goes on."""
+        """Removes a source's binding; it goes on with the default streaming detector."""
 
     @_abc_1.abstractmethod
     def ListSources(
@@ -147,7 +153,7 @@ class AnomalyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _anomaly_service_pb2.ListSourcesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_anomaly_service_pb2.ListSourcesResponse, _abc.Awaitable[_anomaly_service_pb2.ListSourcesResponse]]:
-        """Lists the sources bound to a detector."""
+        """Lists the bound sources (to a detector, a streaming configuration, or both)."""
 
     @_abc_1.abstractmethod
     def WatchAnomalies(

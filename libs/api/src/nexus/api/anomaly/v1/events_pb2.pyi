@@ -59,11 +59,15 @@ class AnomalyDetected(_message.Message):
     point_id: _builtins.str
     """The point's id."""
     score: _builtins.float
-    """Its score."""
+    """Its score: a streaming detector's anomaly likelihood in [0, 1], or the bound detector's
+    score.
+    """
     threshold: _builtins.float
-    """The threshold it crossed."""
+    """The threshold it reached."""
     detector: _builtins.str
-    """What detected it: "streaming" or the bound detector's model name."""
+    """What detected it: "streaming:<kind>" (the source's streaming detector, such as
+    "streaming:windowed_gaussian") or the bound detector's model name.
+    """
     model_version: _builtins.str
     """The model version, for a bound detector."""
     @_builtins.property
