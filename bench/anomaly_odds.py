@@ -195,7 +195,7 @@ def _summary(
     with_published = [r for r in results if r.published]
     if Algorithm.ENSEMBLE in detectors and with_published:
         summary["ensemble_vs_best_published"] = _ensemble_verdict(with_published, published)
-    members = [a for a in detectors if a is not Algorithm.ENSEMBLE]
+    members: list[Algorithm] = [a for a in detectors if a is not Algorithm.ENSEMBLE]
     if Algorithm.ENSEMBLE in detectors and members:
         summary["ensemble_vs_members"] = {
             group: _against_members([r for r in results if r.held_out is held_out], members)
@@ -211,7 +211,7 @@ def _against_members(results: list[SetResult], members: list[Algorithm]) -> dict
     if not results:
         return {}
     ensemble = Algorithm.ENSEMBLE.value
-    per_set = {}
+    per_set: dict[str, dict[str, Any]] = {}
     for r in results:
         best = max(members, key=lambda a: r.auc[a.value]).value
         per_set[r.dataset] = {"best_member": best, "gap": r.auc[ensemble] - r.auc[best]}

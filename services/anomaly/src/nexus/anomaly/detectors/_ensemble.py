@@ -131,10 +131,10 @@ def agreement_weights(train_scores: FloatArray) -> FloatArray:
         return np.ones(count)
     ranks = np.vstack([rankdata(row) for row in train_scores])
     loadings = _one_factor(_correlations(ranks))
-    best = loadings.max()
+    best = float(loadings.max())
     if best <= 0:
         return np.ones(count)
-    return np.clip(loadings, 0.0, None) / best
+    return np.asarray(np.clip(loadings, 0.0, None) / best)
 
 
 class EnsembleDetector(Detector):
