@@ -335,6 +335,7 @@ def test_unknown_parameter_is_invalid_and_lists_the_known_ones() -> None:
         (Algorithm.ENSEMBLE, {"members": "isolation_forest,kmeans"}, "params.members"),
         (Algorithm.ENSEMBLE, {"members": "ensemble"}, "params.members"),
         (Algorithm.ENSEMBLE, {"combination": "vote"}, "params.combination"),
+        (Algorithm.ENSEMBLE, {"weighting": "votes"}, "params.weighting"),
         (Algorithm.ENSEMBLE, {"isolation_forest.n_estimators": "-1"}, "params.isolation_forest"),
         (
             Algorithm.ENSEMBLE,

@@ -46,6 +46,21 @@ async def test_train_promote_score_reports_version(client: Client) -> None:
     assert reply.scores[-1].id == "p5"
 
 
+async def test_an_ensemble_reports_its_member_weights_with_the_version(client: Client) -> None:
+    members = ["isolation_forest", "local_outlier_factor", "one_class_svm"]
+    request = pb.TrainDetectorRequest(
+        name=unique(),
+        algorithm=pb.ALGORITHM_ENSEMBLE,
+        points=points(cloud(200)),
+        parameters={"members": ",".join(members)},
+    )
+    trained = await client.anomaly.TrainDetector(request, metadata=client.metadata)
+    weights = {k: v for k, v in trained.version.metrics.items() if k.startswith("weight.")}
+    assert sorted(weights) == sorted(f"weight.{m}" for m in members)
+    assert max(weights.values()) == 1.0
+    assert all(0.0 <= w <= 1.0 for w in weights.values())
+
+
 async def test_explain_names_the_driving_feature(client: Client) -> None:
     name = unique()
     request = pb.TrainDetectorRequest(

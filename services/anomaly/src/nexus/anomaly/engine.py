@@ -238,6 +238,7 @@ def _fit(spec: TrainSpec, table: Table) -> tuple[AnomalyModel, dict[str, float]]
         seed=spec.seed,
     )
     metrics = {"fit_seconds": time.perf_counter() - started, "train_rows": float(len(train_rows))}
+    metrics |= model.detector.training_metrics()
     if len(val_rows):
         labels = None if table.y is None else table.y[val_rows]
         metrics |= model.validation_metrics(table.X[val_rows], labels)

@@ -59,6 +59,11 @@ class Detector(ABC):
         self.fit(x)
         return self.score(x)
 
+    def training_metrics(self) -> dict[str, float]:
+        """Figures the fit learnt that users may want beside the model's metrics (the
+        ensemble's member weights); none by default."""
+        return {}
+
     def _int(self, name: str) -> int:
         return int(self._params[name])
 
