@@ -89,10 +89,11 @@ class OnlineVerdict:
 
 
 def encode_state(state: Mapping[str, np.ndarray]) -> bytes:
-    """`state` as bytes (numpy's npz, no pickled objects)."""
+    """`state` as bytes (numpy's npz, no pickled objects; uncompressed: floats barely compress,
+    and a source's state is saved after every batch)."""
     buffer = io.BytesIO()
     arrays: dict[str, Any] = {k: np.asarray(v) for k, v in state.items()}
-    np.savez_compressed(buffer, **arrays)
+    np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
