@@ -104,6 +104,7 @@ faults: install
 BENCH_PROXY_LITELLM ?= 1.106.12
 bench: install $(BENCH_STAMP)
 	$(PY) bench/anomaly_odds.py
+	$(PY) bench/anomaly_nab.py
 	$(PY) bench/anomaly_throughput.py
 	$(PY) bench/model_runtime.py
 	$(PY) bench/llm_overhead.py --proxy-bin $(BENCH_VENV)/bin/litellm
