@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from nexus.anomaly.detectors.online import (
     DEFAULT_SUPPRESS,
+    KINDS,
     MAX_STATE_BYTES,
     ExtremeTails,
     SourceDetector,
@@ -198,3 +201,25 @@ def test_the_ensemble_refuses_parameters_of_no_member(name: str) -> None:
 def _run(kind: str, values: np.ndarray) -> list[float]:
     detector = online_factory(kind)()
     return [detector.update(v) for v in values.tolist()]
+
+
+_EXTREME = {
+    "huge_spikes": [*np.random.default_rng(8).normal(size=400), 1e300, -1e300, 1.7e308, -1.7e308],
+    "huge_values": list(np.random.default_rng(9).normal(size=500) * 1e305),
+    "tiny_values": list(np.random.default_rng(10).normal(size=500) * 1e-300),
+    "constant_then_huge": [5.0] * 400 + [1e200] * 100,
+    "alternating_extremes": [1.7e308 if i % 2 else -1.7e308 for i in range(500)],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("series", sorted(_EXTREME))
+def test_every_kind_takes_any_finite_value(kind: str, series: str) -> None:
+    source = SourceDetector(online_factory(kind), threshold=0.999, suppress=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow on the way either
+        verdicts = [source.update([v, v / 3]) for v in _EXTREME[series]]
+    assert all(0.0 <= v.likelihood <= 1.0 for v in verdicts)
+    resumed = SourceDetector(online_factory(kind), threshold=0.999, suppress=0)
+    resumed.set_state(decode_state(encode_state(source.get_state())))
+    assert resumed.update([1.0, 1.0]) == source.update([1.0, 1.0])

@@ -27,6 +27,11 @@ from nexus.anomaly.detectors._params import ParamSpec, parse_params
 from nexus.anomaly.detectors._types import FloatArray, Params, ParamValue
 from nexus.common.errors import InvalidArgument
 
+VALUE_LIMIT = 1e150
+"""Values are judged and learnt within this magnitude (a larger one as the limit: still the most
+extreme value a detector has seen), so that squares and sums over a window stay finite for any
+finite input."""
+
 State = dict[str, np.ndarray]
 """A detector's whole state: names to arrays (scalars as 0-d arrays)."""
 
@@ -127,7 +132,8 @@ class SourceDetector:
         suppress: After a flag, points that cannot be flagged again (>= 0).
 
     A point of another width than the stream's restarts the detectors (a source that gained a
-    metric keeps flowing, learning anew).
+    metric keeps flowing, learning anew). Values beyond +-VALUE_LIMIT reach the detectors as the
+    limit.
     """
 
     def __init__(self, make: Callable[[], OnlineDetector], threshold: float, suppress: int) -> None:
@@ -145,7 +151,7 @@ class SourceDetector:
             self._detectors = [self._make() for _ in range(len(point))]
         likelihood, feature = 0.0, 0
         for index, (detector, value) in enumerate(zip(self._detectors, point, strict=True)):
-            score = detector.update(float(value))
+            score = detector.update(min(max(float(value), -VALUE_LIMIT), VALUE_LIMIT))
             if score > likelihood:
                 likelihood, feature = score, index
         flagged = likelihood >= self.threshold and self._since_flag >= self.suppress
