@@ -13,7 +13,9 @@ either side comes from an exponential fit to their excesses (peaks over threshol
 generalised Pareto tail with shape 0, as in Siffer et al., "Anomaly detection in streams with
 extreme value theory", KDD 2017), never below the share of the window at least as extreme (so
 a spike that recurs daily is not news); within the body, the empirical share. The likelihood is
-1 - the smallest of the views' probabilities. Nothing is flagged during the learning period.
+1 - the smallest of the views' probabilities times their number (Bonferroni's correction: the
+chance that any of them is this extreme by chance). Nothing is flagged during the learning
+period.
 """
 
 from __future__ import annotations
@@ -126,8 +128,11 @@ class ExtremeTails(OnlineDetector):
         history = self._value.window
         self._low, self._high = min(self._low, value), max(self._high, value)
         p = min(self._value.probability(value), self._spread.probability(self._log_spread()))
+        views = 2
         if self._period and len(history) > self._period + 1:
             p = min(p, self._residual.probability(self._seasonal_residual(history, value)))
+            views = 3
+        p = min(1.0, views * p)  # the smallest of several probabilities, corrected (Bonferroni)
         self._seen += 1
         if (
             not self._fixed_period
