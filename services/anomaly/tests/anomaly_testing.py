@@ -16,7 +16,7 @@ from nats.js.client import JetStreamContext
 from nexus.anomaly.converters import streaming_of
 from nexus.anomaly.detectors.online import OnlineVerdict, WindowedGaussian
 from nexus.anomaly.streaming import DETECTED_SUBJECT, STREAM, STREAMING
-from nexus.anomaly.streamstate import SourceStream
+from nexus.anomaly.streamstate import SourceStream, StreamStates
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
 from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
@@ -141,17 +141,31 @@ class Traffic:
 
 
 class ScoringSpy:
-    """Counts the points the streaming detectors learnt (a point learnt twice counts twice)."""
+    """Counts the points the streaming detectors learnt into a saved state (a point learnt
+    twice counts twice). Learning whose save failed is not counted: the replica throws that
+    state away and the points come again, to be learnt on the state KV holds."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.scored: Counter[tuple[str, tuple[float, ...]]] = Counter()
-        real = SourceStream.learn
+        self._unsaved: dict[int, list[tuple[str, tuple[float, ...]]]] = {}
+        real_learn, real_save = SourceStream.learn, StreamStates._save
 
         def learn(stream: SourceStream, seq: int, values: np.ndarray) -> OnlineVerdict:
-            self.scored[(stream.source, tuple(float(v) for v in values))] += 1
-            return real(stream, seq, values)
+            point = (stream.source, tuple(float(v) for v in values))
+            self._unsaved.setdefault(id(stream), []).append(point)
+            return real_learn(stream, seq, values)
+
+        async def save(
+            states: StreamStates, source: str, stream: SourceStream, data: bytes
+        ) -> int | Exception | None:
+            outcome = await real_save(states, source, stream, data)
+            learnt = self._unsaved.pop(id(stream), [])
+            if isinstance(outcome, int):  # saved (or kept in memory, too large to save)
+                self.scored.update(learnt)
+            return outcome
 
         monkeypatch.setattr(SourceStream, "learn", learn)
+        monkeypatch.setattr(StreamStates, "_save", save)
 
     def of(self, source: str) -> Counter[tuple[str, tuple[float, ...]]]:
         """The points of one source learnt (a new durable learns older sources' points too)."""
