@@ -150,7 +150,7 @@ class ScoringSpy:
         self._unsaved: dict[int, list[tuple[str, tuple[float, ...]]]] = {}
         real_learn, real_save = SourceStream.learn, StreamStates._save
 
-        def learn(stream: SourceStream, seq: int, values: np.ndarray) -> OnlineVerdict:
+        def learn(stream: SourceStream, seq: int, values: Sequence[float]) -> OnlineVerdict:
             point = (stream.source, tuple(float(v) for v in values))
             self._unsaved.setdefault(id(stream), []).append(point)
             return real_learn(stream, seq, values)
