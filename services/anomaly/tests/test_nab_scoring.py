@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
 
+from nexus.anomaly.detectors.online import OnlineDetector, SourceDetector, State
 from nexus.anomaly.evaluation import PROFILES, LabelledSeries, ScoredCorpus, suppressed_flags
 
 STANDARD, LOW_FP, LOW_FN = PROFILES
@@ -83,3 +85,31 @@ def test_a_flag_silences_the_next_rows() -> None:
     likelihood = np.array([0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0])
     assert suppressed_flags(likelihood, 0.5, 2).tolist() == [0, 1, 0, 0, 0, 1, 0]
     assert suppressed_flags(likelihood, 0.5, 0).tolist() == [0, 1, 1, 1, 0, 1, 1]
+
+
+class _Scripted(OnlineDetector):
+    """Replays given likelihoods: to see how a source flags them."""
+
+    KIND = "scripted"
+    DESCRIPTION = "replays likelihoods"
+
+    def __init__(self, likelihoods: list[float]) -> None:
+        super().__init__()
+        self._next = iter(likelihoods)
+
+    def update(self, value: float) -> float:
+        return next(self._next)
+
+    def get_state(self) -> State:
+        return {}
+
+    def set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        return None
+
+
+@pytest.mark.parametrize("suppress", [0, 1, 3, 10])
+def test_the_bench_suppresses_flags_as_a_source_does(suppress: int) -> None:
+    likelihood = np.random.default_rng(suppress).random(500)
+    source = SourceDetector(lambda: _Scripted(likelihood.tolist()), 0.8, suppress)
+    flagged = [source.update([0.0]).is_anomaly for _ in likelihood]
+    assert suppressed_flags(likelihood, 0.8, suppress).tolist() == flagged

@@ -115,7 +115,7 @@ class SourceStream:
         if config.model != self.config.model:
             return SourceStream(self.source, config, revision=self.revision)
         if config != self.config:
-            self.detector = _retuned(self.detector, config)
+            self.detector.retune(config.threshold, config.suppress)
             self.config = config
         return self
 
@@ -188,12 +188,6 @@ class SourceStream:
         )
         recent = dict(zip(state["recent"].tolist(), state["flagged"].tolist(), strict=True))
         return cls(source, config, detector, int(state["floor"]), recent, revision)
-
-
-def _retuned(detector: SourceDetector, config: StreamingConfig) -> SourceDetector:
-    retuned = config.source_detector()
-    retuned.set_state(detector.get_state())
-    return retuned
 
 
 @dataclass(frozen=True)
@@ -341,8 +335,11 @@ class StreamStates:
             return SourceStream(source, config, revision=tombstone)
         except (NatsError, TimeoutError) as err:
             return Unavailable(f"cannot load the streaming state of {source}: {err!r}")
+        decode = partial(
+            SourceStream.decode, source, entry.value or b"", config, entry.revision or 0
+        )
         try:
-            return SourceStream.decode(source, entry.value or b"", config, entry.revision or 0)
+            return await self._run(decode)  # CPU work: off the event loop
         except (ValueError, KeyError, TypeError, OSError) as err:
             log.error(
                 "source %s: its saved streaming state is unusable (%s); starting over", source, err

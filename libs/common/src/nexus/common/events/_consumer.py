@@ -315,9 +315,7 @@ async def run_handler(
         try:
             await handler(event)
         except asyncio.CancelledError as err:
-            if _being_cancelled():
-                raise
-            error: Exception = RuntimeError(f"cancelled inside the handler: {err!r}")
+            error: Exception = _cancelled_inside(err)
         except Exception as err:
             error = err
         else:
@@ -355,18 +353,20 @@ async def run_batch_handler(
                 raise RuntimeError(f"{len(outcomes)} outcomes for {len(events)} events")
             return outcomes
         except asyncio.CancelledError as err:
-            if _being_cancelled():
-                raise
-            error: Exception = RuntimeError(f"cancelled inside the handler: {err!r}")
+            error: Exception = _cancelled_inside(err)
         except Exception as err:
             error = err
     log.warning("batch handler of %s failed on %d events", consumer, len(events), exc_info=error)
     return [error] * len(events)
 
 
-def _being_cancelled() -> bool:
+def _cancelled_inside(err: asyncio.CancelledError) -> Exception:
+    """A cancellation raised inside a handler (a future it awaited was cancelled) as a failure
+    like any other; re-raised when it is the consumer itself being cancelled."""
     task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+    if task is not None and task.cancelling() > 0:
+        raise err
+    return RuntimeError(f"cancelled inside the handler: {err!r}")
 
 
 async def settle(*actions: Callable[[], Awaitable[None]]) -> None:

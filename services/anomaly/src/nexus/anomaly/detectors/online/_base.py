@@ -138,12 +138,18 @@ class SourceDetector:
 
     def __init__(self, make: Callable[[], OnlineDetector], threshold: float, suppress: int) -> None:
         self._make = make
-        self.threshold = check_threshold(threshold)
-        if isinstance(suppress, bool) or int(suppress) != suppress or suppress < 0:
-            raise InvalidArgument.for_field("suppress", f"must be an integer >= 0, got {suppress}")
-        self.suppress = int(suppress)
         self._detectors: list[OnlineDetector] = []
+        self.threshold, self.suppress = _flagging(threshold, suppress)
         self._since_flag = self.suppress  # points since the last flag, capped at `suppress`
+
+    def retune(self, threshold: float, suppress: int) -> None:
+        """Flags from now on at `threshold` with `suppress`, keeping what was learnt.
+
+        Raises:
+            InvalidArgument: A threshold outside (0, 1] or a negative suppress.
+        """
+        self.threshold, self.suppress = _flagging(threshold, suppress)
+        self._since_flag = min(self._since_flag, self.suppress)
 
     def update(self, point: Sequence[float] | FloatArray) -> OnlineVerdict:
         """Scores a (validated: non-empty, finite) point, then learns from it."""
@@ -187,3 +193,10 @@ class SourceDetector:
             )
         self._detectors = detectors
         self._since_flag = min(max(since_flag, 0), self.suppress)
+
+
+def _flagging(threshold: float, suppress: int) -> tuple[float, int]:
+    """A checked threshold and suppress count."""
+    if isinstance(suppress, bool) or int(suppress) != suppress or suppress < 0:
+        raise InvalidArgument.for_field("suppress", f"must be an integer >= 0, got {suppress}")
+    return check_threshold(threshold), int(suppress)
