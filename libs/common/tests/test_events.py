@@ -627,6 +627,11 @@ async def test_a_batch_whose_handler_raises_comes_again_whole(bus: EventBus, sub
     consumer = await consume_batches(bus, subject, handler, batch=64)
     await eventually(lambda: consumer.processed == 3)
     await consumer.stop()
-    assert [e.delivery for e in handler.handled("a")] == [1, 2]
-    assert [e.delivery for e in handler.handled("boom")] == [1, 2]
-    assert consumer.failed == 3
+    # the server may hand the three over in more than one batch: boom's first batch is the one
+    # that must come again whole, every other event is handled once
+    failed = next(b for b in handler.batches if any(e.data.point_id == "boom" for e in b))
+    again = {e.data.point_id for e in failed}
+    for point_id in ("a", "boom", "b"):
+        expected = [1, 2] if point_id in again else [1]
+        assert [e.delivery for e in handler.handled(point_id)] == expected, point_id
+    assert consumer.failed == len(failed)
