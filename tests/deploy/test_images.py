@@ -73,7 +73,9 @@ def env_of(stage: str) -> dict[str, str]:
     return dict(p.split("=", 1) for p in pairs)
 
 
-def run_step(stage: str, marker: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_step(
+    stage: str, marker: str, env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
     """Runs the stage's RUN step that contains `marker`, as the build would (sh -c)."""
     (script,) = [s for s in of(stage, "RUN") if marker in s]
     return subprocess.run(
@@ -151,7 +153,7 @@ def test_the_recipes_stages_meet_where_the_sources_stage_puts_its_files() -> Non
         assert (ROOT / args.split()[0]).is_dir(), args
 
 
-# -- the build context ------------------------------------------------------------------------------
+# -- the build context -----------------------------------------------------------------------------
 
 
 def _pattern(rule: str) -> re.Pattern[str]:
@@ -194,7 +196,7 @@ def test_the_build_context_holds_what_the_recipe_copies_and_no_tests(name: str) 
     assert not in_context("services/_template/pyproject.toml")
 
 
-# -- what runs ----------------------------------------------------------------------------------------
+# -- what runs -------------------------------------------------------------------------------------
 
 
 def test_the_image_runs_as_non_root_with_every_writable_place_under_tmp() -> None:
@@ -254,7 +256,7 @@ def test_the_image_exposes_the_platforms_ports() -> None:
     assert sorted(int(p) for p in exposed.split()) == sorted([GRPC_PORT, METRICS_PORT, HTTP_PORT])
 
 
-# -- compose --------------------------------------------------------------------------------------------
+# -- compose ---------------------------------------------------------------------------------------
 
 
 def test_compose_runs_every_deployable_from_the_one_recipe() -> None:
@@ -263,7 +265,11 @@ def test_compose_runs_every_deployable_from_the_one_recipe() -> None:
     assert sorted(services) == sorted(deployables())
     for name, spec in services.items():
         assert spec["image"] == f"nexus/{name}:${{NEXUS_TAG:-latest}}"
-        assert spec["build"] == {"context": ".", "dockerfile": "Dockerfile", "args": {"SERVICE": name}}
+        assert spec["build"] == {
+            "context": ".",
+            "dockerfile": "Dockerfile",
+            "args": {"SERVICE": name},
+        }
 
 
 @pytest.mark.parametrize("name", sorted(deployables()))
@@ -300,7 +306,9 @@ def test_the_compose_gateway_reaches_every_service_once_it_is_healthy() -> None:
 
 def test_the_gpu_override_takes_the_cuda_build_of_every_torch_service_and_only_those() -> None:
     gpu = compose(COMPOSE_GPU)
-    torch = {n for n, f in deployables().items() if "torch" in locked_names(f / "requirements.lock")}
+    torch = {
+        n for n, f in deployables().items() if "torch" in locked_names(f / "requirements.lock")
+    }
 
     assert set(gpu) == torch
     for name, spec in gpu.items():

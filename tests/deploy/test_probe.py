@@ -103,7 +103,10 @@ async def test_http_probe_follows_the_gateways_readiness(
         ready = await probe("http", f"{url}/readyz")
         unwelcome = await probe("http", f"{url}/readyz", "--expect", "503")
 
-    assert (starting.status, starting.stderr) == (1, f"probe: {url}/readyz: HTTP 503, expected 200\n")
+    assert (starting.status, starting.stderr) == (
+        1,
+        f"probe: {url}/readyz: HTTP 503, expected 200\n",
+    )
     assert (ready.status, ready.stdout) == (0, f"probe: {url}/readyz: HTTP 200\n")
     assert unwelcome.status == 1
 
