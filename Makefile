@@ -75,7 +75,7 @@ lint: install lint-protos
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	MYPYPATH=$(subst $(space),:,$(addsuffix /src,$(SERVICES))) $(BIN)/mypy $(SOURCES) scripts bench
-	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.gpu.yml
 
 lint-protos: install
 	$(BIN)/buf lint

@@ -3,7 +3,8 @@
 `requirements.lock` (repository root) holds everything the workspace installs, dev tools
 included; `make install` installs exactly it (`pip install --require-hashes --no-deps`), then the
 workspace's own packages without dependencies. Each deployable (the gateway, every service) gets
-its own `requirements.lock`, the part of the root lock it needs at run time, for its Dockerfile.
+its own `requirements.lock`, the part of the root lock it needs at run time, which its image
+installs (the root Dockerfile).
 
 Usage: python scripts/lock.py [--check]
   (no flag)  resolve the newest versions that the pyproject.toml ranges allow (pip's resolver, with

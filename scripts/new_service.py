@@ -1,9 +1,10 @@
 """Creates a service from services/_template: `make service NAME=forecast`.
 
 The template is a working service named `example` (settings, server, servicer, domain module,
-test, Dockerfile, README, proto). This copies it to services/<name>/, renames `example` /
-`Example` / `EXAMPLE` to the new name throughout, and moves its proto to
-protos/nexus/<name>/v1/<name>_service.proto, where buf and the code generator find it.
+test, README, proto); its image comes from the root Dockerfile (`--build-arg SERVICE=<name>`).
+This copies it to services/<name>/, renames `example` / `Example` / `EXAMPLE` to the new name
+throughout, and moves its proto to protos/nexus/<name>/v1/<name>_service.proto, where buf and the
+code generator find it.
 
 Usage: python scripts/new_service.py NAME
 """
@@ -25,7 +26,10 @@ services/{name}/ and protos/nexus/{name}/v1/{name}_service.proto are ready. Next
   make protos        # generates nexus.api.{name}
   make lock          # its dependencies into the locks (and services/{name}/requirements.lock)
   make test          # its tests run with the others
-Then add it to docker-compose.yml (a copy of another service's block). `make run` starts it."""
+Then add it to docker-compose.yml (a copy of another service's block, SERVICE: {name}, and to
+the gateway's NEXUS_GATEWAY_BACKENDS); its image is the root Dockerfile's:
+  docker build --build-arg SERVICE={name} -t nexus/{name} .
+`make run` starts it."""
 
 
 def scaffold(name: str, root: Path = ROOT) -> Path:

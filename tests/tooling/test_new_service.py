@@ -59,7 +59,6 @@ def test_a_scaffolded_service_is_renamed_throughout(repo: Path) -> None:
 
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     assert files == [
-        "Dockerfile",
         "README.md",
         "pyproject.toml",
         "src/nexus/widget/__init__.py",
