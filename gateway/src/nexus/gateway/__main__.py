@@ -26,7 +26,7 @@ async def serve(settings: GatewaySettings, common: NexusSettings) -> None:
     `shutdown_grace_s`, then the app's shutdown closes the backend channels; the key store and
     the NATS connection close last.
     """
-    async with key_store(common) as keys:
+    async with key_store(common, settings) as keys:
         server = GatewayServer(build_app(settings, keys=keys), settings)
         url = await server.start()
         server.handle_signals()
@@ -36,13 +36,19 @@ async def serve(settings: GatewaySettings, common: NexusSettings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def key_store(common: NexusSettings) -> AsyncIterator[KeyStore | None]:
-    """The API-key store over NATS while auth is on; None when it is off."""
+async def key_store(
+    common: NexusSettings, settings: GatewaySettings
+) -> AsyncIterator[KeyStore | None]:
+    """The API-key store over NATS while auth is on (with the bootstrap admin key stored); None
+    when it is off."""
     if not common.auth_enabled:
         log.warning("auth is off: the gateway accepts every caller")
         yield None
         return
     async with open_key_store(common, SERVICE_NAME) as keys:
+        if bootstrap := settings.bootstrap_admin_key.get_secret_value():
+            stored = await keys.ensure_key(bootstrap, "admin", ["*"])
+            log.info("bootstrap admin key %s", "stored" if stored else "already stored")
         yield keys
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -82,3 +82,8 @@ class GatewaySettings(BaseSettings):
 
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     """Seconds in-flight requests get to finish after SIGTERM."""
+
+    bootstrap_admin_key: SecretStr = SecretStr("")
+    """An admin API key (`nxk_<id>_<secret>`, scope `*`) that the gateway stores at start when no
+    key has its id yet: how a cluster gets its first key, from a Secret. Every replica may hold
+    it (the first stores it; a revoked one stays revoked). Empty: none; `nexus up` makes its own."""

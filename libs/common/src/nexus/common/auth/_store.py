@@ -23,6 +23,7 @@ from nats.js import api
 from nats.js.kv import KeyValue
 
 from nexus.common.auth._keys import (
+    KEY_PREFIX,
     ApiKey,
     StoredKey,
     hash_key,
@@ -35,6 +36,7 @@ from nexus.common.auth._scopes import validate_scopes
 from nexus.common.caching import TTLCache
 from nexus.common.errors import (
     Aborted,
+    AlreadyExists,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -215,6 +217,35 @@ class KeyStore:
             return None
         _, raw = await self.create("admin", ["*"])
         return raw
+
+    async def ensure_key(self, raw_key: str, name: str, scopes: Iterable[str]) -> bool:
+        """Stores a key made elsewhere (a deployment's bootstrap admin key, from a Secret) when
+        no key has its id yet; what is stored stays as it is (revoked, if it was revoked).
+
+        Safe when several processes start at once (KV create): one stores it, the others find it.
+
+        Returns:
+            Whether this call stored it.
+
+        Raises:
+            InvalidArgument: A key not shaped like `nxk_<id>_<secret>`, a malformed scope.
+            AlreadyExists: A different key with the same id is stored.
+        """
+        key_id = key_id_of(raw_key)
+        if key_id is None:
+            raise InvalidArgument(f"not an API key: it must look like {KEY_PREFIX}<id>_<secret>")
+        grants = [*scopes]
+        _check_new_key(name, grants, 0)
+        key = ApiKey(id=key_id, name=name.strip(), scopes=frozenset(grants), created=utcnow())
+        try:
+            await self.kv.create(key_id, StoredKey(key, hash_key(raw_key)).encode())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            stored = await self._read(key_id)
+            if stored is not None and not stored.matches(raw_key):
+                raise AlreadyExists(f"another API key with id {key_id} is stored") from None
+            return False
+        log.info("API key stored", extra={"key_id": key_id, "key_name": key.name})
+        return True
 
     async def _entry(self, key_id: str) -> tuple[StoredKey, int]:
         if not is_key_id(key_id):
