@@ -309,7 +309,8 @@ class Operations:
         except Exception as err:
             await self._failed(record, err)
         else:
-            stored = await self.store.update(record.id, _end(record.runner, result, time.time()))
+            end = _end(record.runner, result, time.time(), tracker.snapshot)
+            stored = await self.store.update(record.id, end)
             if stored.runner != record.runner and not stored.done:
                 # Taken back (its heartbeat could not be stored for too long): the message must
                 # come back for the attempt that now owns the operation.
@@ -436,10 +437,14 @@ def _progress(runner: str, snapshot: Snapshot) -> Change:
     return change
 
 
-def _end(runner: str, outcome: Result | Failure, now: float) -> Change:
+def _end(
+    runner: str, outcome: Result | Failure, now: float, snapshot: Snapshot | None = None
+) -> Change:
     def change(record: OperationRecord) -> OperationRecord | None:
         if record.runner != runner or record.done:
             return None
+        if snapshot is not None:  # what the work reported last, not stored yet
+            record = replace(record, stage=snapshot.stage, metrics=dict(snapshot.metrics))
         if isinstance(outcome, Result):
             return record.finished(State.SUCCEEDED, now, result=outcome, percent=100.0)
         state = State.CANCELLED if outcome.code == CANCELLED else State.FAILED
