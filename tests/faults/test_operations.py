@@ -70,5 +70,6 @@ async def test_a_training_whose_replica_is_killed_completes_on_another_with_one_
     assert done.state == ops_pb.OPERATION_STATE_SUCCEEDED, done.error
     assert done.attempt == 2
     trained = pb.TrainDetectorResponse()
-    assert done.response.Unpack(trained) and trained.version.version == "1"
+    assert done.response.Unpack(trained)
+    assert trained.version.version == "1"
     assert [v.version for v in model.model.versions] == ["1"]

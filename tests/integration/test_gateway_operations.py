@@ -44,12 +44,14 @@ async def test_a_training_is_started_and_watched_as_server_sent_events(
             if line.startswith("data: "):
                 events.append(json.loads(line.removeprefix("data: "))["operation"])
     done = events[-1]
-    assert done["state"] == "OPERATION_STATE_SUCCEEDED" and done["done"] is True
+    assert done["state"] == "OPERATION_STATE_SUCCEEDED"
+    assert done["done"] is True
     assert done["response"]["@type"].endswith("nexus.anomaly.v1.TrainDetectorResponse")
     assert done["response"]["version"]["name"] == model
 
     read = await http.get(f"/v1/{name}", headers=headers)
-    assert read.status_code == 200 and read.json()["operation"] == done
+    assert read.status_code == 200
+    assert read.json()["operation"] == done
     listed = await http.get(
         "/v1/anomaly/operations",
         params={"state": "OPERATION_STATE_SUCCEEDED", "page_size": 500},
@@ -58,7 +60,8 @@ async def test_a_training_is_started_and_watched_as_server_sent_events(
     assert listed.status_code == 200, listed.text
     assert name in [op["name"] for op in listed.json()["operations"]]
     again = await http.post(f"/v1/{name}:cancel", json={}, headers=headers)
-    assert again.status_code == 200 and again.json()["operation"]["state"] == done["state"]
+    assert again.status_code == 200
+    assert again.json()["operation"]["state"] == done["state"]
 
 
 async def test_unknown_operations_and_services_over_http(

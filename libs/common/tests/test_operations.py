@@ -131,10 +131,13 @@ async def test_a_started_operation_is_watched_until_it_is_done_with_its_result(
     name = await replica.start("ok")
     seen = await replica.watch(name)
 
-    assert seen[-1].state == pb.OPERATION_STATE_SUCCEEDED and seen[-1].done
+    assert seen[-1].state == pb.OPERATION_STATE_SUCCEEDED
+    assert seen[-1].done
     result = StringValue()
-    assert seen[-1].response.Unpack(result) and result.value == "done:ok"
-    assert seen[-1].progress.percent == 100.0 and seen[-1].attempt == 1
+    assert seen[-1].response.Unpack(result)
+    assert result.value == "done:ok"
+    assert seen[-1].progress.percent == 100.0
+    assert seen[-1].attempt == 1
     assert {op.progress.stage for op in seen} >= {"training"}
     assert all(not op.done for op in seen[:-1])
     assert (await replica.get(name)) == seen[-1]
@@ -146,12 +149,15 @@ async def test_progress_carries_metrics_and_an_eta_while_running(start_replica: 
     name = await replica.start(work)
     await eventually(lambda: _metric(replica, name, "loss"))
     running = await replica.get(name)
-    assert running.state == pb.OPERATION_STATE_RUNNING and running.progress.stage == "preparing"
-    assert running.HasField("start_time") and not running.HasField("end_time")
+    assert running.state == pb.OPERATION_STATE_RUNNING
+    assert running.progress.stage == "preparing"
+    assert running.HasField("start_time")
+    assert not running.HasField("end_time")
     release.set()
     await eventually(lambda: _is(replica, name, pb.OPERATION_STATE_SUCCEEDED))
     done = await replica.get(name)
-    assert done.progress.metrics["epoch"] == 3.0 and not done.progress.HasField("eta")
+    assert done.progress.metrics["epoch"] == 3.0
+    assert not done.progress.HasField("eta")
 
 
 async def test_a_queued_operation_is_cancelled_at_once_and_never_runs(
@@ -165,7 +171,8 @@ async def test_a_queued_operation_is_cancelled_at_once_and_never_runs(
     second = await replica.start(queued_value)
 
     cancelled = await replica.cancel(second)
-    assert cancelled.state == pb.OPERATION_STATE_CANCELLED and cancelled.done
+    assert cancelled.state == pb.OPERATION_STATE_CANCELLED
+    assert cancelled.done
     assert cancelled.error.code == grpc.StatusCode.CANCELLED.value[0]
     release.set()
     await eventually(lambda: _is(replica, first, pb.OPERATION_STATE_SUCCEEDED))
@@ -184,14 +191,16 @@ async def test_a_running_operation_is_cancelled_at_its_next_step(start_replica: 
     assert answer.cancel_requested or answer.state == pb.OPERATION_STATE_CANCELLED
     await eventually(lambda: _is(replica, name, pb.OPERATION_STATE_CANCELLED))
     ended = await replica.get(name)
-    assert ended.error.code == grpc.StatusCode.CANCELLED.value[0] and not ended.cancel_requested
+    assert ended.error.code == grpc.StatusCode.CANCELLED.value[0]
+    assert not ended.cancel_requested
     assert (await replica.cancel(name)) == ended  # a finished operation is answered as it is
 
 
 async def test_an_error_retrying_cannot_fix_fails_at_once(start_replica: object) -> None:
     replica = await start_replica(service())  # type: ignore[operator]
     seen = await replica.watch(await replica.start("fail"))
-    assert seen[-1].state == pb.OPERATION_STATE_FAILED and seen[-1].attempt == 1
+    assert seen[-1].state == pb.OPERATION_STATE_FAILED
+    assert seen[-1].attempt == 1
     assert seen[-1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "refused" in seen[-1].error.message
 
@@ -202,7 +211,8 @@ async def test_an_error_that_may_pass_is_retried_then_fails_with_it(
     replica = await start_replica(service(), operations_max_attempts=2)  # type: ignore[operator]
     value = f"flaky:{uuid.uuid4().hex[:6]}"
     seen = await replica.watch(await replica.start(value))
-    assert seen[-1].state == pb.OPERATION_STATE_FAILED and seen[-1].attempt == 2
+    assert seen[-1].state == pb.OPERATION_STATE_FAILED
+    assert seen[-1].attempt == 2
     assert seen[-1].error.code == grpc.StatusCode.UNAVAILABLE.value[0]
     assert "backend is down" in seen[-1].error.message
     assert RUNS[value] == 2
@@ -249,7 +259,8 @@ async def test_lists_page_oldest_first_and_filter_by_state(start_replica: object
     first = await page(page_size=2)
     rest = await page(page_size=2, page_token=first.next_page_token)
     listed = [op.name for op in (*first.operations, *rest.operations)]
-    assert listed == [*names, failed] and not rest.next_page_token
+    assert listed == [*names, failed]
+    assert not rest.next_page_token
     succeeded = await page(state=pb.OPERATION_STATE_SUCCEEDED, page_size=500)
     assert [op.name for op in succeeded.operations] == names
     assert (await page(page_size=10_000)).operations  # above the maximum: lowered, not refused
@@ -283,8 +294,10 @@ async def test_an_operation_whose_replica_stopped_heartbeating_is_taken_back(
 
     changed = {record.id: record for record in await operations.sweep(time.time())}
 
-    assert changed[dead.id].state is State.QUEUED and changed[dead.id].runner == ""
-    assert changed[last.id].state is State.FAILED and "gave up" in changed[last.id].error.message
+    assert changed[dead.id].state is State.QUEUED
+    assert changed[dead.id].runner == ""
+    assert changed[last.id].state is State.FAILED
+    assert "gave up" in changed[last.id].error.message
     assert fresh.id not in changed
 
 

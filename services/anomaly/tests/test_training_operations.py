@@ -36,8 +36,10 @@ async def test_a_started_training_reports_its_stages_and_ends_with_its_version(
     assert done.state == ops_pb.OPERATION_STATE_SUCCEEDED, done.error
     trained = pb.TrainDetectorResponse()
     assert done.response.Unpack(trained)
-    assert trained.version.name == name and trained.version.version == "1"
-    assert done.progress.metrics["train_rows"] == 240.0 and done.progress.stage == "registering"
+    assert trained.version.name == name
+    assert trained.version.version == "1"
+    assert done.progress.metrics["train_rows"] == 240.0
+    assert done.progress.stage == "registering"
     model = await client.models.GetModel(
         models_pb.GetModelRequest(service="anomaly", name=name), metadata=client.metadata
     )
