@@ -54,8 +54,19 @@ def test_openapi_path_and_specificity() -> None:
     template = PathTemplate.parse("/v1/{name=shelves/*}/books/{id}:read")
 
     assert template.openapi_path() == "/v1/{name}/books/{id}:read"
-    assert template.literals == 3  # v1, shelves, books
+    assert template.literals == 4  # v1, shelves, books, the verb
     assert [v.name for v in template.variables] == ["name", "id"]
+
+
+def test_a_verb_makes_a_template_more_specific_than_the_same_path_without_it() -> None:
+    plain = PathTemplate.parse("/v1/{name=*/operations/*}")
+    watch = PathTemplate.parse("/v1/{name=*/operations/*}:watch")
+
+    # The plain template's last segment takes "<id>:watch" too: the router must try the
+    # template with the verb first, which it does by the count of literals.
+    assert plain.match("/v1/a/operations/x:watch") == {("name",): "a/operations/x:watch"}
+    assert watch.match("/v1/a/operations/x:watch") == {("name",): "a/operations/x"}
+    assert watch.literals > plain.literals
 
 
 @pytest.mark.parametrize(

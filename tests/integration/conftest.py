@@ -50,8 +50,8 @@ async def http(gateway_url: str) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def operator_headers(nexus_settings: NexusSettings) -> dict[str, str]:
-    """Headers with a key that may train, score and manage models."""
-    key = await make_key(nexus_settings, "anomaly:*", "models:admin")
+    """Headers with a key that may train, score, manage models and follow operations."""
+    key = await make_key(nexus_settings, "anomaly:*", "models:admin", "operations:admin")
     return {"Authorization": f"Bearer {key}"}
 
 

@@ -22,6 +22,7 @@ from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
 from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
 from nexus.api.metrics.v1.events_pb2 import MetricPoint
 from nexus.api.models.v1 import model_registry_pb2_grpc as models_grpc
+from nexus.api.operations.v1 import operations_pb2_grpc as ops_grpc
 from nexus.common.events import METRICS, EventBus
 from nexus.common.server import ServiceHost
 from nexus.common.testing.keys import make_key
@@ -55,6 +56,7 @@ class Client:
     def __init__(self, channel: grpc.aio.Channel, key: str) -> None:
         self.anomaly = pb_grpc.AnomalyServiceStub(channel)
         self.models = models_grpc.ModelRegistryServiceStub(channel)
+        self.operations = ops_grpc.OperationsServiceStub(channel)
         self.metadata = (("authorization", f"Bearer {key}"),)
 
 

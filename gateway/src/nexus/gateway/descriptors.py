@@ -46,7 +46,8 @@ class HttpBinding:
         body: "" (no body), "*" (the whole request) or the name of the request field it fills.
         response_body: "" (the whole response) or the response field sent as the body.
         backend: The backend serving the RPC, "" when `route_field` names it per request.
-        route_field: The request field whose value is the backend (`route_by_field`), or "".
+        route_field: The request field whose value names the backend (`route_by_field`: the
+            backend, or a resource name whose first segment it is), or "".
         scope: The API-key scope a caller needs (`required_scope`), "" when the RPC has none.
     """
 
@@ -166,6 +167,12 @@ def backend_of_package(package: str) -> str:
     if len(parts) != 3 or parts[0] != "nexus":
         raise ValueError(f"package {package!r} is not nexus.<area>.<version>")
     return parts[1]
+
+
+def backend_named(value: str) -> str:
+    """The backend a `route_by_field` value names: the value ("anomaly"), or the first segment
+    of a resource name that starts with it ("anomaly/operations/<id>")."""
+    return value.split("/", 1)[0]
 
 
 def _check_fields(binding: HttpBinding) -> None:

@@ -26,7 +26,7 @@ from nexus.common.errors import REQUEST_TOO_LARGE, NexusError
 from nexus.common.idempotency import KEY_FIELD, METADATA_KEY, check_idempotency_key
 from nexus.gateway import tracing
 from nexus.gateway.backends import BACKEND_NOT_FOUND, BackendPool
-from nexus.gateway.descriptors import HttpBinding
+from nexus.gateway.descriptors import HttpBinding, backend_named
 from nexus.gateway.errors import (
     GatewayError,
     from_nexus_error,
@@ -173,7 +173,7 @@ class Gateway:
     def _backend(self, binding: HttpBinding, message: Message) -> str:
         if not binding.route_field:
             return binding.backend
-        backend = str(field_value(message, tuple(binding.route_field.split("."))))
+        backend = backend_named(str(field_value(message, tuple(binding.route_field.split(".")))))
         if backend not in self.pool:
             raise not_found(f"no service {backend!r} in this deployment", BACKEND_NOT_FOUND)
         return backend

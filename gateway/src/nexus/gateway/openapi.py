@@ -8,6 +8,7 @@ names, as responses use them (requests accept the lowerCamel JSON names too).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -194,7 +195,7 @@ def build_openapi(
         item = paths.setdefault(binding.template.openapi_path(), {})
         operation = item[binding.http_method.lower()] = _operation(binding, schemas)
         if binding.route_field and backends:
-            _route_choices(operation, binding.route_field, sorted(backends))
+            _route_choices(operation, binding, sorted(backends))
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": _DESCRIPTION},
@@ -221,11 +222,17 @@ _DESCRIPTION = (
 )
 
 
-def _route_choices(operation: dict[str, Any], route_field: str, backends: list[str]) -> None:
-    """The backend-naming path variable takes the configured backends only (others are 404)."""
+def _route_choices(operation: dict[str, Any], binding: HttpBinding, backends: list[str]) -> None:
+    """The backend-naming path variable takes the configured backends only (others are 404):
+    the backend itself, or a resource name that starts with it."""
+    multi = {v.name for v in binding.template.variables if v.multi_segment}
     for parameter in operation["parameters"]:
-        if parameter.get("in") == "path" and parameter["name"] == route_field:
-            parameter["schema"] = {"type": "string", "enum": backends}
+        if parameter.get("in") == "path" and parameter["name"] == binding.route_field:
+            if binding.route_field in multi:
+                choices = "|".join(re.escape(b) for b in backends)
+                parameter["schema"] = {"type": "string", "pattern": f"^({choices})/.+$"}
+            else:
+                parameter["schema"] = {"type": "string", "enum": backends}
 
 
 def _path_bound(bindings: Iterable[HttpBinding]) -> dict[str, set[str]]:

@@ -53,7 +53,7 @@ class PathTemplate:
         template: The template as written in the proto.
         regex: Matches a raw request path in full.
         variables: The variables, in order.
-        literals: Number of literal segments: the more, the more specific the template.
+        literals: Number of literal segments and verbs: the more, the more specific the template.
     """
 
     template: str
@@ -76,7 +76,10 @@ class PathTemplate:
         if verb:
             pattern += ":" + re.escape(verb)
         regex = re.compile(f"^{pattern}$")
-        return cls(template, regex, tuple(compiler.variables), compiler.literals)
+        # A verb is literal too: ".../{name=*/operations/*}:watch" is tried before
+        # ".../{name=*/operations/*}", whose last variable would match "<id>:watch" as well.
+        literals = compiler.literals + (1 if verb else 0)
+        return cls(template, regex, tuple(compiler.variables), literals)
 
     def match(self, raw_path: str) -> dict[tuple[str, ...], str] | None:
         """The decoded values of the variables when `raw_path` matches, else None."""

@@ -16,11 +16,17 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from nexus.common.errors import Unavailable
+from nexus.common.errors import Aborted, Unavailable
 from nexus.common.events import Follower
 
 _TWO_MINUTES_S = 120.0
@@ -67,6 +73,42 @@ async def open_object_store(
         return await js.create_object_store(bucket, config=config)
     except BadRequestError:  # another replica created it in the meantime, otherwise
         return await js.object_store(bucket)
+
+
+Change = Callable[[bytes | None], bytes | None]
+"""The new value of a key given its latest (None: no such key); None from it: write nothing."""
+CAS_ATTEMPTS = 64
+"""Compare-and-set attempts of `update_entry` before it gives up (Aborted)."""
+
+
+async def update_entry(kv: KeyValue, key: str, change: Change) -> tuple[bytes | None, int]:
+    """Applies `change` to the latest value of `key` with compare-and-set (KV create when there
+    is none), reading and applying it again each time another writer came first.
+
+    Returns:
+        The value now stored (what `change` wrote, or the latest value when it wrote nothing)
+        and its revision (0: no such key).
+
+    Raises:
+        Aborted: When `CAS_ATTEMPTS` writes in a row lost.
+        nats.errors.Error, TimeoutError: When NATS does not answer.
+    """
+    for _ in range(CAS_ATTEMPTS):
+        try:
+            entry = await kv.get(key)
+            current, revision = entry.value, entry.revision or 0
+        except KeyNotFoundError:  # absent or deleted: created anew
+            current, revision = None, 0
+        value = change(current)
+        if value is None:
+            return current, revision
+        try:
+            if revision == 0:
+                return value, await kv.create(key, value)
+            return value, await kv.update(key, value, last=revision)
+        except KeyWrongLastSequenceError:
+            continue
+    raise Aborted(f"{key}: {CAS_ATTEMPTS} concurrent changes in a row; retry")
 
 
 def kv_stream(bucket: str) -> str:

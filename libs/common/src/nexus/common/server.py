@@ -25,11 +25,15 @@ from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client
 
 from nexus.api.models.v1 import model_registry_pb2_grpc
+from nexus.api.operations.v1 import operations_pb2_grpc
 from nexus.common.auth import AuthInterceptor, KeyStore
 from nexus.common.errors.interceptor import ErrorInterceptor
 from nexus.common.events import EventBus
 from nexus.common.idempotency import IdempotencyInterceptor, IdempotencyStore
 from nexus.common.nats import close, connect
+from nexus.common.operations import OperationKind, Operations, OperationsConfig
+from nexus.common.operations.servicer import SERVICE_NAME as OPERATIONS_SERVICE
+from nexus.common.operations.servicer import OperationsServicer
 from nexus.common.registry import ModelRegistry
 from nexus.common.registry.servicer import ModelRegistryServicer
 from nexus.common.rules import RulesInterceptor
@@ -185,6 +189,23 @@ class ServiceHost:
                 REGISTRY_SERVICE,
             )
         return self._registry
+
+    def operations(self, *kinds: OperationKind[Any, Any]) -> Operations:
+        """The service's long-running operations of `kinds`, served as
+        `nexus.operations.v1.OperationsService`. Call before `start`; start them with
+        `manage` once what their work needs is started (they take queued work at once)."""
+        config = OperationsConfig(
+            workers=self.settings.operations_workers,
+            max_attempts=self.settings.operations_max_attempts,
+            ack_wait_s=self.settings.operations_ack_wait_s,
+        )
+        operations = Operations(self.bus, self.name, kinds, config)
+        self.add_servicer(
+            operations_pb2_grpc.add_OperationsServiceServicer_to_server,
+            OperationsServicer(operations),
+            OPERATIONS_SERVICE,
+        )
+        return operations
 
     def add_servicer(self, add: AddServicer, servicer: object, service_name: str) -> None:
         """Registers a servicer with its generated `add_..._to_server` function."""

@@ -111,3 +111,15 @@ class ServiceSettings(BaseSettings):
 
     workers: int = Field(default=2, gt=0)
     """Threads for CPU-heavy work (kept off the event loop)."""
+
+    operations_workers: int = Field(default=1, gt=0)
+    """Long-running operations (training) one replica runs at once; the rest wait in the
+    queue for any replica with a free worker."""
+
+    operations_max_attempts: int = Field(default=3, gt=0)
+    """Attempts an operation gets (a replica that died, a dependency that was down) before it
+    fails with the last error."""
+
+    operations_ack_wait_s: float = Field(default=30.0, gt=0)
+    """Seconds after which the operation of a replica that stopped heartbeating (it died) goes
+    to another replica. Running operations heartbeat every third of it."""

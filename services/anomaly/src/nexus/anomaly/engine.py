@@ -30,6 +30,7 @@ from nexus.anomaly.detectors import (
 from nexus.anomaly.serving import FRAMEWORK, ServedDetector
 from nexus.anomaly.settings import AnomalySettings
 from nexus.common.errors import InvalidArgument, ResourceExhausted
+from nexus.common.operations import NO_PROGRESS, Progress
 from nexus.common.registry import ModelRegistry, ModelVersionInfo, Resolved
 from nexus.common.runtime import Batching, ModelRuntime, Served
 
@@ -148,11 +149,25 @@ class AnomalyEngine:
             max_features=self.settings.max_features,
         )
 
-    async def train(self, spec: TrainSpec) -> Trained:
-        """Trains a detector, registers it with its validation metrics, optionally promotes it."""
+    async def train(self, spec: TrainSpec, progress: Progress = NO_PROGRESS) -> Trained:
+        """Trains a detector, registers it with its validation metrics, optionally promotes it.
+
+        Reports its stages to `progress` (loading, fitting, validating, registering); a cancel
+        takes effect before registering, so a cancelled training registers nothing. Run again as
+        the same idempotent call (an operation's rerun), it finds the version already registered.
+        """
+        await progress.stage("loading", 0.0, "reading the training data")
         table = spec.table if spec.table is not None else await self.datasets.get(spec.dataset_id)
         _check_training_rows(table, self.settings.max_train_rows)
-        model, metrics = await self._run(lambda: _fit(spec, table))
+        train_rows, val_rows = _split(len(table.X), spec.validation_fraction, spec.seed)
+        await progress.stage("fitting", 10.0, f"fitting on {len(train_rows)} rows")
+        model, metrics = await self._run(lambda: _fit(spec, table, train_rows))
+        await progress.report(percent=70.0, metrics=metrics)
+        if len(val_rows):
+            await progress.stage("validating", 70.0, f"measuring on {len(val_rows)} held-out rows")
+            metrics |= await self._run(lambda: _validate(model, table, val_rows))
+            await progress.report(percent=85.0, metrics=metrics)
+        await progress.stage("registering", 90.0, "storing the version")
         version = await self.registry.register_object(
             spec.name,
             model,
@@ -225,9 +240,10 @@ def _check_width(model: AnomalyModel, rows: np.ndarray, field_name: str) -> None
         )
 
 
-def _fit(spec: TrainSpec, table: Table) -> tuple[AnomalyModel, dict[str, float]]:
-    """Fits on a training split and measures on the held-out split (CPU; runs in a thread)."""
-    train_rows, val_rows = _split(len(table.X), spec.validation_fraction, spec.seed)
+def _fit(
+    spec: TrainSpec, table: Table, train_rows: np.ndarray
+) -> tuple[AnomalyModel, dict[str, float]]:
+    """Fits on the training split (CPU; runs in a thread)."""
     started = time.perf_counter()
     model = AnomalyModel.train(
         spec.algorithm,
@@ -238,12 +254,14 @@ def _fit(spec: TrainSpec, table: Table) -> tuple[AnomalyModel, dict[str, float]]
         seed=spec.seed,
     )
     metrics = {"fit_seconds": time.perf_counter() - started, "train_rows": float(len(train_rows))}
-    metrics |= model.detector.training_metrics()
-    if len(val_rows):
-        labels = None if table.y is None else table.y[val_rows]
-        metrics |= model.validation_metrics(table.X[val_rows], labels)
-        metrics["validation_rows"] = float(len(val_rows))
-    return model, metrics
+    return model, metrics | model.detector.training_metrics()
+
+
+def _validate(model: AnomalyModel, table: Table, val_rows: np.ndarray) -> dict[str, float]:
+    """Measures on the held-out split (CPU; runs in a thread)."""
+    labels = None if table.y is None else table.y[val_rows]
+    metrics = model.validation_metrics(table.X[val_rows], labels)
+    return {**metrics, "validation_rows": float(len(val_rows))}
 
 
 def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

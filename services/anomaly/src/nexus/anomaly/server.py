@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nexus.anomaly.datasets import DatasetStore
 from nexus.anomaly.engine import AnomalyEngine
-from nexus.anomaly.servicer import AnomalyServicer
+from nexus.anomaly.servicer import AnomalyServicer, training
 from nexus.anomaly.serving import FRAMEWORK
 from nexus.anomaly.settings import AnomalySettings
 from nexus.anomaly.sources import SourceBindings
@@ -36,13 +36,14 @@ async def create(settings: AnomalySettings, common: NexusSettings) -> ServiceHos
         ttl_s=settings.stream_state_ttl_s,
     )
     stream = StreamProcessor(host.bus, engine, bindings, states, settings)
+    operations = host.operations(training(engine))
     host.add_servicer(
         anomaly_service_pb2_grpc.add_AnomalyServiceServicer_to_server,
-        AnomalyServicer(engine, bindings, stream),
+        AnomalyServicer(engine, bindings, stream, operations),
         "nexus.anomaly.v1.AnomalyService",
     )
     await host.start()
-    for part in (engine, bindings, stream):
+    for part in (engine, bindings, stream, operations):  # operations run training: engine first
         await host.manage(part)
     await engine.warm()
     await host.set_serving()

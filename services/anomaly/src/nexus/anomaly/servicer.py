@@ -16,20 +16,43 @@ from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
 from nexus.common.errors import InvalidArgument
 from nexus.common.names import check_name
+from nexus.common.operations import OperationKind, Operations, Progress
+from nexus.common.operations.converters import operation_to_proto
 from nexus.common.paging import page_request, paginate
 
 Context = Any  # grpc.aio.ServicerContext; unused by these handlers
+TRAIN_DETECTOR = "train_detector"
+"""The kind of the operations StartTrainDetector starts."""
+
+
+def training(
+    engine: AnomalyEngine,
+) -> OperationKind[pb.TrainDetectorRequest, pb.TrainDetectorResponse]:
+    """Training as a kind of long-running operation: what TrainDetector does, with progress."""
+
+    async def train(
+        request: pb.TrainDetectorRequest, progress: Progress
+    ) -> pb.TrainDetectorResponse:
+        spec = converters.train_spec(request, engine)
+        return converters.trained_to_proto(await engine.train(spec, progress))
+
+    return OperationKind(TRAIN_DETECTOR, pb.TrainDetectorRequest, train)
 
 
 class AnomalyServicer(pb_grpc.AnomalyServiceServicer):
     """gRPC face of the anomaly engine."""
 
     def __init__(
-        self, engine: AnomalyEngine, bindings: SourceBindings, stream: StreamProcessor
+        self,
+        engine: AnomalyEngine,
+        bindings: SourceBindings,
+        stream: StreamProcessor,
+        operations: Operations,
     ) -> None:
         self._engine = engine
         self._bindings = bindings
         self._stream = stream
+        self._operations = operations
 
     async def UploadDataset(
         self, request: pb.UploadDatasetRequest, context: Context
@@ -42,6 +65,13 @@ class AnomalyServicer(pb_grpc.AnomalyServiceServicer):
     ) -> pb.TrainDetectorResponse:
         spec = converters.train_spec(request, self._engine)
         return converters.trained_to_proto(await self._engine.train(spec))
+
+    async def StartTrainDetector(
+        self, request: pb.StartTrainDetectorRequest, context: Context
+    ) -> pb.StartTrainDetectorResponse:
+        converters.train_spec(request.training, self._engine)  # bad input fails here, not later
+        operation = await self._operations.submit(TRAIN_DETECTOR, request.training)
+        return pb.StartTrainDetectorResponse(operation=operation_to_proto(operation))
 
     async def ScorePoints(
         self, request: pb.ScorePointsRequest, context: Context

@@ -116,6 +116,7 @@ class EventBus:
         max_deliver: int = 5,
         ack_wait_s: float = 30.0,
         concurrency: int = 1,
+        prefetch: bool = True,
     ) -> Consumer:
         """Starts a durable pull consumer; replicas using the same `durable` share its events.
 
@@ -143,6 +144,9 @@ class EventBus:
             ack_wait_s: Seconds before an unacknowledged event is redelivered.
             concurrency: Events of a batch handled at once (1: one after the other). They start
                 in delivery order; each is acknowledged after its own handler returned.
+            prefetch: Ask for the next batch while this one is handled (throughput). Off for
+                long work: a message fetched behind a long one would wait for it while another
+                replica sits idle.
 
         Raises:
             FailedPrecondition: When the stream does not exist.
@@ -156,6 +160,7 @@ class EventBus:
             handler,
             concurrency=concurrency,
             max_deliver=max_deliver,
+            prefetch=prefetch,
         )
         return await _started(consumer, stream)
 

@@ -86,8 +86,17 @@ class Consumer:
             (unparseable) messages.
     """
 
-    def __init__(self, nc: Client, stream: str, config: api.ConsumerConfig, batch: int) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        stream: str,
+        config: api.ConsumerConfig,
+        batch: int,
+        *,
+        prefetch: bool = True,
+    ) -> None:
         self._nc = nc
+        self._prefetch = prefetch
         self._js: JetStreamContext = nc.jetstream()
         self._stream = stream
         self._config = config
@@ -172,9 +181,11 @@ class Consumer:
             await self._recover(None)
             return []
         msgs = await self._take()
-        if msgs and self._pull is None:
+        if msgs and self._pull is None and self._prefetch:
             # Ask for the next batch now: it arrives while this one is handled. Trouble waits
             # for the next turn, which asks again (and recovers) with no message in hand.
+            # Without prefetch (long work), the next message stays on the server for an idle
+            # replica to take.
             with suppress(NatsError):
                 await self._send_pull()
         return msgs

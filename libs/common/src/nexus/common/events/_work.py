@@ -55,8 +55,9 @@ class DurableConsumer(Consumer, Generic[M]):
         message_type: type[M],
         *,
         max_deliver: int = 5,
+        prefetch: bool = True,
     ) -> None:
-        super().__init__(nc, stream, config, batch)
+        super().__init__(nc, stream, config, batch, prefetch=prefetch)
         self._type = message_type
         self._max_deliver = max(1, max_deliver)
         self._ack_wait_s = config.ack_wait or 30.0
@@ -171,8 +172,11 @@ class WorkConsumer(DurableConsumer[M]):
         *,
         concurrency: int = 1,
         max_deliver: int = 5,
+        prefetch: bool = True,
     ) -> None:
-        super().__init__(nc, stream, config, batch, message_type, max_deliver=max_deliver)
+        super().__init__(
+            nc, stream, config, batch, message_type, max_deliver=max_deliver, prefetch=prefetch
+        )
         self._handler = handler
         self._concurrency = max(1, concurrency)
 

@@ -27,6 +27,7 @@ from nexus.common.idempotency._store import (
     IdempotencyStore,
     Outcome,
     idempotent_call,
+    running_as,
 )
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "idempotent_call",
     "new_id",
     "ran_before",
+    "running_as",
     "scoped_key",
     "takes_idempotency_key",
     "with_call",

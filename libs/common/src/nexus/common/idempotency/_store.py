@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -59,6 +59,18 @@ def idempotent_call() -> str:
     it, so that the run again finds what the first run made instead of making it twice.
     """
     return _RUNNING_CALL.get()
+
+
+@contextlib.contextmanager
+def running_as(call: str) -> Iterator[None]:
+    """Runs the block as the idempotent call `call` (`idempotent_call()` returns it): work run
+    again under the same key (a long-running operation's rerun after its replica died) finds
+    what its first run made, as a keyed call run again does."""
+    token = _RUNNING_CALL.set(call)
+    try:
+        yield
+    finally:
+        _RUNNING_CALL.reset(token)
 
 
 @dataclass(frozen=True)

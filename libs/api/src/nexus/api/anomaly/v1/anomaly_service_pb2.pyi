@@ -12,6 +12,7 @@ from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from nexus.api.anomaly.v1 import events_pb2 as _events_pb2
 from nexus.api.common.v1 import common_pb2 as _common_pb2
 from nexus.api.models.v1 import model_registry_pb2 as _model_registry_pb2
+from nexus.api.operations.v1 import operations_pb2 as _operations_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -330,6 +331,54 @@ class TrainDetectorResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrainDetectorResponse: _TypeAlias = TrainDetectorResponse  # noqa: Y015
+
+@_typing.final
+class StartTrainDetectorRequest(_message.Message):
+    """Request of StartTrainDetector: what TrainDetector takes (over HTTP, the whole body)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRAINING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def training(self) -> Global___TrainDetectorRequest:
+        """The training, as for TrainDetector."""
+
+    def __init__(
+        self,
+        *,
+        training: Global___TrainDetectorRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartTrainDetectorRequest: _TypeAlias = StartTrainDetectorRequest  # noqa: Y015
+
+@_typing.final
+class StartTrainDetectorResponse(_message.Message):
+    """Response of StartTrainDetector."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def operation(self) -> _operations_pb2.Operation:
+        """The operation, QUEUED; when it SUCCEEDED its response is a TrainDetectorResponse."""
+
+    def __init__(
+        self,
+        *,
+        operation: _operations_pb2.Operation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartTrainDetectorResponse: _TypeAlias = StartTrainDetectorResponse  # noqa: Y015
 
 @_typing.final
 class ScorePointsRequest(_message.Message):

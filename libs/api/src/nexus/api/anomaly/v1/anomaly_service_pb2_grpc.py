@@ -46,6 +46,11 @@ class AnomalyServiceStub:
                 request_serializer=nexus_dot_anomaly_dot_v1_dot_anomaly__service__pb2.TrainDetectorRequest.SerializeToString,
                 response_deserializer=nexus_dot_anomaly_dot_v1_dot_anomaly__service__pb2.TrainDetectorResponse.FromString,
                 _registered_method=True)
+        self.StartTrainDetector = channel.unary_unary(
+                '/nexus.anomaly.v1.AnomalyService/StartTrainDetector',
+                request_serializer=nexus_dot_anomaly_dot_v1_dot_anomaly__service__pb2.StartTrainDetectorRequest.SerializeToString,
+                response_deserializer=nexus_dot_anomaly_dot_v1_dot_anomaly__service__pb2.StartTrainDetectorResponse.FromString,
+                _registered_method=True)
         self.ScorePoints = channel.unary_unary(
                 '/nexus.anomaly.v1.AnomalyService/ScorePoints',
                 request_serializer=nexus_dot_anomaly_dot_v1_dot_anomaly__service__pb2.ScorePointsRequest.SerializeToString,
@@ -93,6 +98,17 @@ class AnomalyServiceServicer:
     def TrainDetector(self, request, context):
         """Trains a detector and registers it as the next version of the named model, with its
         validation metrics.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartTrainDetector(self, request, context):
+        """Starts training a detector as a long-running operation and answers at once with it. The
+        operation queues on JetStream, runs on one of the service's replicas (on another if that one
+        dies), reports its stages (loading, fitting, validating, registering, promoting) and ends
+        with the TrainDetectorResponse as its result; follow it with the OperationsService
+        (GetOperation, WatchOperation, CancelOperation). A rerun never registers a second version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,6 +171,11 @@ def add_AnomalyServiceServicer_to_server(servicer, server):
                     servicer.TrainDetector,
                     request_deserializer=nexus_dot_anomaly_dot_v1_dot_anomaly__service__pb2.TrainDetectorRequest.FromString,
                     response_serializer=nexus_dot_anomaly_dot_v1_dot_anomaly__service__pb2.TrainDetectorResponse.SerializeToString,
+            ),
+            'StartTrainDetector': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartTrainDetector,
+                    request_deserializer=nexus_dot_anomaly_dot_v1_dot_anomaly__service__pb2.StartTrainDetectorRequest.FromString,
+                    response_serializer=nexus_dot_anomaly_dot_v1_dot_anomaly__service__pb2.StartTrainDetectorResponse.SerializeToString,
             ),
             'ScorePoints': grpc.unary_unary_rpc_method_handler(
                     servicer.ScorePoints,
@@ -243,6 +264,33 @@ class AnomalyService:
             '/nexus.anomaly.v1.AnomalyService/TrainDetector',
             nexus_dot_anomaly_dot_v1_dot_anomaly__service__pb2.TrainDetectorRequest.SerializeToString,
             nexus_dot_anomaly_dot_v1_dot_anomaly__service__pb2.TrainDetectorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartTrainDetector(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.anomaly.v1.AnomalyService/StartTrainDetector',
+            nexus_dot_anomaly_dot_v1_dot_anomaly__service__pb2.StartTrainDetectorRequest.SerializeToString,
+            nexus_dot_anomaly_dot_v1_dot_anomaly__service__pb2.StartTrainDetectorResponse.FromString,
             options,
             channel_credentials,
             insecure,

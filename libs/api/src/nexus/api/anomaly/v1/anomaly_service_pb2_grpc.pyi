@@ -41,6 +41,13 @@ class AnomalyServiceStub:
     """Trains a detector and registers it as the next version of the named model, with its
     validation metrics.
     """
+    StartTrainDetector: _grpc.UnaryUnaryMultiCallable[_anomaly_service_pb2.StartTrainDetectorRequest, _anomaly_service_pb2.StartTrainDetectorResponse]
+    """Starts training a detector as a long-running operation and answers at once with it. The
+    operation queues on JetStream, runs on one of the service's replicas (on another if that one
+    dies), reports its stages (loading, fitting, validating, registering, promoting) and ends
+    with the TrainDetectorResponse as its result; follow it with the OperationsService
+    (GetOperation, WatchOperation, CancelOperation). A rerun never registers a second version.
+    """
     ScorePoints: _grpc.UnaryUnaryMultiCallable[_anomaly_service_pb2.ScorePointsRequest, _anomaly_service_pb2.ScorePointsResponse]
     """Scores a batch of points with the version an alias (or a pinned version) resolves to."""
     ExplainPoint: _grpc.UnaryUnaryMultiCallable[_anomaly_service_pb2.ExplainPointRequest, _anomaly_service_pb2.ExplainPointResponse]
@@ -70,6 +77,13 @@ class AnomalyServiceAsyncStub(AnomalyServiceStub):
     TrainDetector: _aio.UnaryUnaryMultiCallable[_anomaly_service_pb2.TrainDetectorRequest, _anomaly_service_pb2.TrainDetectorResponse]  # type: ignore[assignment]
     """Trains a detector and registers it as the next version of the named model, with its
     validation metrics.
+    """
+    StartTrainDetector: _aio.UnaryUnaryMultiCallable[_anomaly_service_pb2.StartTrainDetectorRequest, _anomaly_service_pb2.StartTrainDetectorResponse]  # type: ignore[assignment]
+    """Starts training a detector as a long-running operation and answers at once with it. The
+    operation queues on JetStream, runs on one of the service's replicas (on another if that one
+    dies), reports its stages (loading, fitting, validating, registering, promoting) and ends
+    with the TrainDetectorResponse as its result; follow it with the OperationsService
+    (GetOperation, WatchOperation, CancelOperation). A rerun never registers a second version.
     """
     ScorePoints: _aio.UnaryUnaryMultiCallable[_anomaly_service_pb2.ScorePointsRequest, _anomaly_service_pb2.ScorePointsResponse]  # type: ignore[assignment]
     """Scores a batch of points with the version an alias (or a pinned version) resolves to."""
@@ -109,6 +123,19 @@ class AnomalyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_anomaly_service_pb2.TrainDetectorResponse, _abc.Awaitable[_anomaly_service_pb2.TrainDetectorResponse]]:
         """Trains a detector and registers it as the next version of the named model, with its
         validation metrics.
+        """
+
+    @_abc_1.abstractmethod
+    def StartTrainDetector(
+        self,
+        request: _anomaly_service_pb2.StartTrainDetectorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_anomaly_service_pb2.StartTrainDetectorResponse, _abc.Awaitable[_anomaly_service_pb2.StartTrainDetectorResponse]]:
+        """Starts training a detector as a long-running operation and answers at once with it. The
+        operation queues on JetStream, runs on one of the service's replicas (on another if that one
+        dies), reports its stages (loading, fitting, validating, registering, promoting) and ends
+        with the TrainDetectorResponse as its result; follow it with the OperationsService
+        (GetOperation, WatchOperation, CancelOperation). A rerun never registers a second version.
         """
 
     @_abc_1.abstractmethod

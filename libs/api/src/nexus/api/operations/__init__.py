@@ -1,0 +1,1 @@
+"""Generated from protos/nexus/operations. Do not edit: run `make protos`."""

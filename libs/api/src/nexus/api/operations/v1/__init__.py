@@ -1,0 +1,1 @@
+"""Generated from protos/nexus/operations/v1. Do not edit: run `make protos`."""
