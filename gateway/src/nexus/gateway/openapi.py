@@ -18,6 +18,7 @@ from nexus.api.common.v1 import common_pb2
 from nexus.common import rules
 from nexus.common.idempotency import KEY_FIELD, MAX_KEY_LENGTH, takes_idempotency_key
 from nexus.gateway.descriptors import HttpBinding, resolve_field
+from nexus.gateway.paths import openapi_parameter
 from nexus.gateway.transcode import QUERY_WELL_KNOWN
 
 Schema = dict[str, Any]
@@ -226,8 +227,9 @@ def _route_choices(operation: dict[str, Any], binding: HttpBinding, backends: li
     """The backend-naming path variable takes the configured backends only (others are 404):
     the backend itself, or a resource name that starts with it."""
     multi = {v.name for v in binding.template.variables if v.multi_segment}
+    name = openapi_parameter(binding.route_field)
     for parameter in operation["parameters"]:
-        if parameter.get("in") == "path" and parameter["name"] == binding.route_field:
+        if parameter.get("in") == "path" and parameter["name"] == name:
             if binding.route_field in multi:
                 choices = "|".join(re.escape(b) for b in backends)
                 parameter["schema"] = {"type": "string", "pattern": f"^({choices})/.+$"}
@@ -354,7 +356,12 @@ def _path_parameters(binding: HttpBinding, schemas: Schemas) -> list[dict[str, A
         holders = resolve_field(request, variable.field_path)
         field = holders[-1].fields_by_name[variable.field_path[-1]]
         parameters.append(
-            {"name": variable.name, "in": "path", "required": True, "schema": schemas.field(field)}
+            {
+                "name": variable.openapi_name,
+                "in": "path",
+                "required": True,
+                "schema": schemas.field(field),
+            }
         )
     return parameters
 

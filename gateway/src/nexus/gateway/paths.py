@@ -44,6 +44,12 @@ class PathVariable:
         """The dotted field path, as written in the template."""
         return ".".join(self.field_path)
 
+    @property
+    def openapi_name(self) -> str:
+        """The name of its OpenAPI path parameter: the field path joined by "_", since clients
+        that fill a path by name (Python's `str.format`, schemathesis) cannot take a dotted one."""
+        return openapi_parameter(self.name)
+
 
 @dataclass(frozen=True)
 class PathTemplate:
@@ -149,9 +155,14 @@ def _split(path: str) -> tuple[list[str], str]:
     return segments, verb
 
 
+def openapi_parameter(field: str) -> str:
+    """The OpenAPI path parameter of a template's dotted `{field}`."""
+    return field.replace(".", "_")
+
+
 def _openapi_segment(segment: str) -> str:
     parsed = _VARIABLE.match(segment)
-    return f"{{{parsed['field']}}}" if parsed else segment
+    return f"{{{openapi_parameter(parsed['field'])}}}" if parsed else segment
 
 
 def _decode(value: str, multi_segment: bool) -> str:

@@ -96,6 +96,7 @@ class ServiceHost:
         self._keys: KeyStore | None = None
         self._idempotency: IdempotencyStore | None = None
         self._registry: ModelRegistry | None = None
+        self._operations: Operations | None = None
         self._server: grpc.aio.Server | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._on_stop: list[Hook] = []
@@ -193,13 +194,17 @@ class ServiceHost:
     def operations(self, *kinds: OperationKind[Any, Any]) -> Operations:
         """The service's long-running operations of `kinds`, served as
         `nexus.operations.v1.OperationsService`. Call before `start`; start them with
-        `manage` once what their work needs is started (they take queued work at once)."""
+        `manage` once what their work needs is started (they take queued work at once). A
+        service that does not call it gets none at `start`: every service answers the same
+        routes (`GET /v1/<service>/operations`), with an empty list."""
+        if self._operations is not None:
+            raise RuntimeError(f"{self.name}: operations declared twice")
         config = OperationsConfig(
             workers=self.settings.operations_workers,
             max_attempts=self.settings.operations_max_attempts,
             ack_wait_s=self.settings.operations_ack_wait_s,
         )
-        operations = Operations(self.bus, self.name, kinds, config)
+        operations = self._operations = Operations(self.bus, self.name, kinds, config)
         self.add_servicer(
             operations_pb2_grpc.add_OperationsServiceServicer_to_server,
             OperationsServicer(operations),
@@ -218,6 +223,8 @@ class ServiceHost:
 
     async def start(self) -> int:
         """Binds and starts the server, NOT_SERVING until `set_serving`; returns the port."""
+        if self._operations is None:
+            await self.manage(self.operations())
         reflection.enable_server_reflection(self._service_names, self.server)
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
         self.port = self.server.add_insecure_port(address)

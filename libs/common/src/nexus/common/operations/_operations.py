@@ -142,8 +142,11 @@ class Operations:
         return self._service
 
     async def start(self) -> None:
-        """Opens the bucket and the queue, and starts the workers and the sweeper."""
+        """Opens the bucket and the queue, and starts the workers and the sweeper (none for a
+        service that has no kinds: it only answers that it has no operations)."""
         await self.store.start()
+        if not self._kinds:
+            return
         await self._bus.ensure_streams(STREAM)
         for _ in range(self.config.workers):
             self._consumers.append(await self._consume())
