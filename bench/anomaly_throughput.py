@@ -62,6 +62,7 @@ from nats.js.client import JetStreamContext
 from sklearn.ensemble import IsolationForest
 
 from nexus.anomaly.detectors import Algorithm, AnomalyModel
+from nexus.anomaly.settings import AnomalySettings
 from nexus.anomaly.streamconfig import default_config
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
@@ -321,12 +322,13 @@ def anomaly_child(platform: Platform) -> Child:
     return next(child for child in platform.children if child.name == "anomaly")
 
 
-def in_process_detector(rows: np.ndarray) -> float:
-    """Points/s of the default streaming detector learning the rows in this process."""
+def in_process_detector(rows: np.ndarray, batch: int) -> float:
+    """Points/s of the default streaming detector learning the rows in this process, a fetched
+    batch at a time as the service does."""
     detector = default_config().source_detector()
     started = time.perf_counter()
-    for row in rows.tolist():
-        detector.update(row)
+    for start in range(0, len(rows), batch):
+        detector.update_many(rows[start : start + batch])
     return len(rows) / (time.perf_counter() - started)
 
 
@@ -416,7 +418,7 @@ async def streams(
         "stream": stream,
         "drain": drained,
         "drain_light": light,
-        "detector_in_process": in_process_detector(rows),
+        "detector_in_process": in_process_detector(rows, AnomalySettings().stream_batch),
     }
 
 

@@ -257,6 +257,7 @@ class StreamStates:
         self._kv: KeyValue | None = None
         self._streams: OrderedDict[str, SourceStream] = OrderedDict()
         self._too_large: set[str] = set()
+        self._learning = asyncio.Lock()  # fair: batches learn in the order they asked
 
     async def start(self) -> None:
         """Compiles the detectors (before the first batch waits on it), creates or binds the
@@ -282,11 +283,23 @@ class StreamStates:
     ) -> dict[str, Advanced]:
         """Learns each source's points (in the order given) and saves each source's state.
 
+        One batch at a time: a call waits for the one before it (in the order they came), so
+        that each source learns its batches in order while the next batch is parsed.
+
         Returns:
             Per source: the verdicts of its points, or why they could not be learnt and saved
             (`Unavailable`: KV did not answer; `Aborted`: other replicas kept winning the
             compare-and-set); its points should then be given back.
         """
+        async with self._learning:
+            return await self._advance(batch, config_of, ack_floor)
+
+    async def _advance(
+        self,
+        batch: Mapping[str, Sequence[Point]],
+        config_of: Callable[[str], StreamingConfig],
+        ack_floor: int,
+    ) -> dict[str, Advanced]:
         results: dict[str, Advanced] = {}
         pending = dict(batch)
         for _ in range(SAVE_ATTEMPTS if pending else 0):

@@ -95,32 +95,26 @@ class ExtremeTails(OnlineDetector):
     def update_many(self, values: FloatArray) -> FloatArray:
         values = np.ascontiguousarray(values, dtype=np.float64)
         out = np.empty(len(values))
-        done = 0
-        while done < len(values):
-            at = done
-            done = _run(
-                values, out, at, self._rings, self._sorted, self._meta, self._counters,
-                self._bounds, self._share, self._learning, self._every, self._fixed_period > 0, 2.0,
-            )  # fmt: skip
-            seen = int(self._counters[_SEEN])
-            if (
-                done > at
-                and not self._fixed_period
-                and seen >= self._learning
-                and seen % self._every == 0
-            ):
-                self._find_period()
+        due, periods = self._periods(values)
+        _run(
+            values, out, self._rings, self._sorted, self._meta, self._counters, self._bounds,
+            self._share, self._learning, due, periods, 2.0,
+        )  # fmt: skip
         return out
 
-    def _find_period(self) -> None:
-        period = dominant_period(self._window(VALUE))
-        current = int(self._counters[_PERIOD])
-        if period and current and abs(period - current) <= PERIOD_TOLERANCE * current:
-            return  # the same period, estimated a little differently
-        if period != current:
-            self._counters[_PERIOD] = period
-            # the residuals start over, trusted after RESIDUAL_PERIODS periods of them
-            self._meta[RESIDUAL] = (0, 0, max(self._learning, RESIDUAL_PERIODS * period))
+    def _periods(self, values: FloatArray) -> tuple[np.ndarray, np.ndarray]:
+        """Where period searches fall among `values` (after which of them) and what each finds.
+        A search looks at the value window only, which holds the last values whatever else was
+        learnt, so a call's searches are all made first (holding the GIL once) and the compiled
+        loop, which releases it, goes through the whole series."""
+        seen = int(self._counters[_SEEN]) + np.arange(1, len(values) + 1)
+        due = np.flatnonzero((seen >= self._learning) & (seen % self._every == 0))
+        if self._fixed_period or not len(due):
+            return due[:0], due[:0]
+        history = np.concatenate((self._window(VALUE), values))
+        ends = due + 1 + (len(history) - len(values))
+        periods = [dominant_period(history[max(0, end - self._size) : end]) for end in ends]
+        return due, np.array(periods, dtype=np.int64)
 
     def _window(self, view: int) -> FloatArray:
         """A view's window, oldest first."""
@@ -164,7 +158,6 @@ class ExtremeTails(OnlineDetector):
 def _run(
     values: FloatArray,
     out: FloatArray,
-    at: int,
     rings: FloatArray,
     ordered: FloatArray,
     meta: np.ndarray,
@@ -172,15 +165,15 @@ def _run(
     bounds: FloatArray,
     share: float,
     learning: int,
-    every: int,
-    fixed_period: bool,
+    due: np.ndarray,
+    periods: np.ndarray,
     square: float,
-) -> int:  # pragma: no cover - compiled (its reference is tested against it)
-    """Scores and learns `values[at:]` into `out`; returns where it stopped: at the end, or
-    just after a value that makes a period search due (the caller searches, then goes on)."""
+) -> None:  # pragma: no cover - compiled
+    """Scores and learns `values` into `out`; after `values[due[j]]`, `periods[j]` is what the
+    period search found."""
     size = rings.shape[1]
-    i = at
-    while i < len(values):
+    search = 0
+    for i in range(len(values)):
         value = values[i]
         bounds[_LOW] = min(bounds[_LOW], value)
         bounds[_HIGH] = max(bounds[_HIGH], value)
@@ -195,12 +188,26 @@ def _run(
             views = 3
         p = min(1.0, views * p)  # the smallest of several probabilities, corrected (Bonferroni)
         counters[_SEEN] += 1
-        seen = counters[_SEEN]
-        out[i] = 0.0 if seen <= learning else 1.0 - p
-        i += 1
-        if not fixed_period and seen >= learning and seen % every == 0:
-            break
-    return i
+        out[i] = 0.0 if counters[_SEEN] <= learning else 1.0 - p
+        if search < len(due) and due[search] == i:
+            _new_period(periods[search], meta, counters, learning)
+            search += 1
+
+
+@compiled
+def _new_period(
+    found: int, meta: np.ndarray, counters: np.ndarray, learning: int
+) -> None:  # pragma: no cover - compiled
+    """Takes the period a search found, unless it is the current one estimated a little
+    differently; the residuals then start over, trusted after RESIDUAL_PERIODS periods."""
+    current = counters[_PERIOD]
+    if found and current and abs(found - current) <= PERIOD_TOLERANCE * current:
+        return
+    if found != current:
+        counters[_PERIOD] = found
+        meta[RESIDUAL, _START] = 0
+        meta[RESIDUAL, _COUNT] = 0
+        meta[RESIDUAL, _LEARNING] = max(learning, RESIDUAL_PERIODS * found)
 
 
 @compiled
