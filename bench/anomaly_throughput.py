@@ -25,6 +25,13 @@ without it (points over the wall time less the detector's). The in-process row o
 A third run drains a source configured with the cheapest detector there is (a windowed Gaussian
 over 2 values, `drain_light`): what the path itself, detector aside, reaches.
 
+Measured (`--workload batch`, three runs on the 2 cores shared with other benchmarks, medians;
+docs/adr/0026-stream-throughput.md): in-process Isolation Forest 54,921 points/s, in-process
+default detector 15,350 (a batch at a time); drain 6,144 (ratio 0.100; its learning 139 us a
+point in the service, 40,738 points/s without it), drain_light 7,408 (0.131), stream 2,172
+(0.040). Before the detectors were compiled and the acknowledgements written at once: drain
+2,093 and drain_light 8,218 on an idle machine.
+
 Small-request workload (`--workload small`): N concurrent clients (`--clients 16,64`), each
 sending `ScorePoints` requests of `--small-points` (2) points in a loop for `--small-seconds`,
 over gRPC and as `POST /v1/anomaly/detectors/{name}:score` through the gateway; requests/s, p50
