@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import BadSubjectError
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
@@ -34,7 +35,7 @@ from nexus.common.events import (
     parse_event,
 )
 from nexus.common.events._consumer import HEARTBEAT_S
-from nexus.common.nats import connect
+from nexus.common.nats import NexusClient, connect
 from nexus.common.natsserver import NatsServer
 from nexus.common.settings import NexusSettings
 from nexus.common.testing.events import Recorder as EventRecorder
@@ -635,3 +636,46 @@ async def test_a_batch_whose_handler_raises_comes_again_whole(bus: EventBus, sub
         expected = [1, 2] if point_id in again else [1]
         assert [e.delivery for e in handler.handled(point_id)] == expected, point_id
     assert consumer.failed == len(failed)
+
+
+async def test_batches_handled_two_at_a_time_are_each_acknowledged_once(
+    bus: EventBus, subject: str
+) -> None:
+    ids = [await bus.publish(subject, anomaly(f"p{i}")) for i in range(40)]
+    started: list[list[str]] = []
+    in_hand = most = 0
+
+    async def slow(events: Sequence[Event[AnomalyDetected]]) -> list[Exception | None]:
+        nonlocal in_hand, most
+        started.append([e.id for e in events])
+        in_hand += 1
+        most = max(most, in_hand)
+        await asyncio.sleep(0.2)
+        in_hand -= 1
+        return [None] * len(events)
+
+    consumer = await bus.consume_batches(
+        subject, AnomalyDetected, slow, durable=durable(), stream=STREAM.name, batch=8, depth=2
+    )
+    await eventually(lambda: consumer.processed == 40)
+
+    async def all_acknowledged() -> bool:  # the server applies acknowledgements on its own time
+        info = await bus.js.consumer_info(STREAM.name, consumer.name)
+        return (info.num_ack_pending, info.num_pending) == (0, 0)
+
+    await eventually(all_acknowledged)
+    await consumer.stop()
+    assert most == 2  # the next batch started while one was in hand
+    assert [i for batch in started for i in batch] == ids  # started in delivery order, once
+    assert consumer.duplicates == 0
+
+
+async def test_acknowledging_in_one_write_refuses_a_subject_that_would_inject_commands(
+    nats_client: Client,
+) -> None:
+    assert isinstance(nats_client, NexusClient)
+    sent = nats_client.stats["out_msgs"]
+    for subjects in (["a.b", "x\r\nPUB evil 0"], ["a.b", ""], ["with space"]):
+        with pytest.raises(BadSubjectError):
+            await nats_client.publish_empty(subjects)
+    assert nats_client.stats["out_msgs"] == sent

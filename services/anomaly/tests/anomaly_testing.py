@@ -16,7 +16,7 @@ from nats.js.client import JetStreamContext
 from nexus.anomaly.converters import streaming_of
 from nexus.anomaly.detectors.online import OnlineVerdict, WindowedGaussian
 from nexus.anomaly.streaming import DETECTED_SUBJECT, STREAM, STREAMING
-from nexus.anomaly.streamstate import SourceStream, StreamStates
+from nexus.anomaly.streamstate import Point, SourceStream, StreamStates
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as pb_grpc
 from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
@@ -152,10 +152,11 @@ class ScoringSpy:
         self._unsaved: dict[int, list[tuple[str, tuple[float, ...]]]] = {}
         real_learn, real_save = SourceStream.learn, StreamStates._save
 
-        def learn(stream: SourceStream, seq: int, values: Sequence[float]) -> OnlineVerdict:
-            point = (stream.source, tuple(float(v) for v in values))
-            self._unsaved.setdefault(id(stream), []).append(point)
-            return real_learn(stream, seq, values)
+        def learn(stream: SourceStream, points: Sequence[Point]) -> list[OnlineVerdict]:
+            self._unsaved.setdefault(id(stream), []).extend(
+                (stream.source, tuple(float(v) for v in values)) for _, values in points
+            )
+            return real_learn(stream, points)
 
         async def save(
             states: StreamStates, source: str, stream: SourceStream, data: bytes

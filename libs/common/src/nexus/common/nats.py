@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import nats
@@ -21,6 +21,7 @@ OnState = Callable[[bool], Awaitable[None]]
 """Awaited with False when the connection drops (or closes), True when it is back."""
 
 _WHITESPACE = re.compile(r"\s")  # what str.isspace() calls whitespace
+_UNSAFE_SUBJECT = re.compile(r"[ \t\r\n]")  # what nats-py's publish refuses (no command injection)
 _BYTES_WHITESPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips
 
 
@@ -34,6 +35,38 @@ class NexusClient(Client):
     decodes the block once and tests names with a regular expression, for the same result;
     tests check that it agrees with nats-py's own.
     """
+
+    async def publish_empty(self, subjects: Sequence[str]) -> None:
+        """Publishes an empty message (no reply, no headers) on each subject, as one write.
+
+        What acknowledging a batch of JetStream messages is (each on its own reply subject: an
+        AckAll would also acknowledge the messages a shared consumer gave other replicas);
+        `publish` once per message cost a validation, a command and a flush request each.
+        The same rules as `publish`: subjects must be valid, and while reconnecting the
+        commands are buffered within the pending limit.
+
+        Raises:
+            ConnectionClosedError, ConnectionDrainingError, OutboundBufferLimitError,
+            BadSubjectError: As `publish` would.
+        """
+        if not subjects:
+            return
+        if not all(subjects) or _UNSAFE_SUBJECT.search("".join(subjects)):
+            raise nats.errors.BadSubjectError
+        if self.is_closed:
+            raise nats.errors.ConnectionClosedError
+        if self.is_draining_pubs:
+            raise nats.errors.ConnectionDrainingError
+        command = "".join(f"PUB {subject} 0\r\n\r\n" for subject in subjects).encode()
+        if not self.is_connected and (
+            self._max_pending_size <= 0
+            or len(command) + self._pending_data_size > self._max_pending_size
+        ):
+            raise nats.errors.OutboundBufferLimitError
+        self.stats["out_msgs"] += len(subjects)
+        await self._send_command(command)
+        if self._flush_queue is not None and self._flush_queue.empty():
+            await self._flush_pending()
 
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:

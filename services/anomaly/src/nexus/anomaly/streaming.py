@@ -45,6 +45,9 @@ outage of a consumer."""
 STREAMING = "streaming"
 """Streaming detectors' detections name `streaming:<kind>` as their detector."""
 WATCH_QUEUE = 1024
+DEPTH = 2
+"""Batches handled at once: one is parsed, published and acknowledged on the event loop while
+the one before it learns on the executor (StreamStates learns one batch at a time, in order)."""
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,7 @@ class StreamProcessor:
             batch=self._settings.stream_batch,
             ack_wait_s=self._settings.stream_ack_wait_s,
             max_deliver=self._settings.stream_max_deliver,
+            depth=DEPTH,
         )
 
     async def stop(self) -> None:

@@ -47,6 +47,7 @@ from nexus.anomaly.detectors.online import (
     State,
     decode_state,
     encode_state,
+    warm_up,
 )
 from nexus.anomaly.streamconfig import StreamingConfig
 from nexus.common.errors import Aborted, Unavailable
@@ -121,12 +122,29 @@ class SourceStream:
 
     def apply(self, points: Sequence[Point]) -> list[OnlineVerdict]:
         """Learns each point (in order) not learnt before; verdicts of all of them (a point
-        learnt before gets its recorded verdict)."""
-        verdicts = []
-        for seq, values in points:
-            recorded = self.recorded(seq)
-            verdicts.append(recorded if recorded is not None else self.learn(seq, values))
-        return verdicts
+        learnt before, or earlier in `points`, gets its recorded verdict). The points to learn
+        go through the detector at once."""
+        verdicts: list[OnlineVerdict | None] = []
+        learning: dict[int, int] = {}  # sequence: its place in `verdicts`
+        for seq, _ in points:
+            recorded = None if seq in learning else self.recorded(seq)
+            if recorded is None and seq not in learning:
+                learning[seq] = len(verdicts)
+            verdicts.append(recorded)
+        learnt = self.learn([points[at] for at in learning.values()])
+        for at, verdict in zip(learning.values(), learnt, strict=True):
+            verdicts[at] = verdict
+        return [
+            verdict if verdict is not None else self._again(seq, verdicts[learning[seq]])
+            for (seq, _), verdict in zip(points, verdicts, strict=True)
+        ]
+
+    @staticmethod
+    def _again(seq: int, first: OnlineVerdict | None) -> OnlineVerdict:
+        """The recorded verdict of a point that came twice in one batch."""
+        assert first is not None, f"point {seq} was learnt"
+        flagged = first.is_anomaly
+        return OnlineVerdict(first.likelihood if flagged else 0.0, flagged, 0)
 
     def recorded(self, seq: int) -> OnlineVerdict | None:
         """The verdict of a point learnt before; None when it was not."""
@@ -138,11 +156,13 @@ class SourceStream:
         flagged = not math.isnan(likelihood)
         return OnlineVerdict(likelihood if flagged else 0.0, flagged, 0)
 
-    def learn(self, seq: int, values: Sequence[float]) -> OnlineVerdict:
-        """Scores a point, learns from it, records it."""
-        verdict = self.detector.update(values)
-        self.recent[seq] = verdict.likelihood if verdict.is_anomaly else math.nan
-        return verdict
+    def learn(self, points: Sequence[Point]) -> list[OnlineVerdict]:
+        """Scores points (in order), learns from them, records them."""
+        verdicts = self.detector.update_many([values for _, values in points])
+        recent = self.recent
+        for (seq, _), verdict in zip(points, verdicts, strict=True):
+            recent[seq] = verdict.likelihood if verdict.is_anomaly else math.nan
+        return verdicts
 
     def compact(self, ack_floor: int, max_recent: int) -> None:
         """Forgets what needs no remembering: sequences at or below the consumer's ack floor,
@@ -237,9 +257,14 @@ class StreamStates:
         self._kv: KeyValue | None = None
         self._streams: OrderedDict[str, SourceStream] = OrderedDict()
         self._too_large: set[str] = set()
+        self._learning = asyncio.Lock()  # fair: batches learn in the order they asked
 
     async def start(self) -> None:
-        """Creates or binds the bucket."""
+        """Compiles the detectors (before the first batch waits on it), creates or binds the
+        bucket."""
+        started = time.perf_counter()
+        await self._run(warm_up)
+        log.info("streaming detectors ready in %.1f s", time.perf_counter() - started)
         self._kv = await open_key_value(self._nc.jetstream(), self._config)
 
     def key(self, source: str) -> str:
@@ -258,11 +283,23 @@ class StreamStates:
     ) -> dict[str, Advanced]:
         """Learns each source's points (in the order given) and saves each source's state.
 
+        One batch at a time: a call waits for the one before it (in the order they came), so
+        that each source learns its batches in order while the next batch is parsed.
+
         Returns:
             Per source: the verdicts of its points, or why they could not be learnt and saved
             (`Unavailable`: KV did not answer; `Aborted`: other replicas kept winning the
             compare-and-set); its points should then be given back.
         """
+        async with self._learning:
+            return await self._advance(batch, config_of, ack_floor)
+
+    async def _advance(
+        self,
+        batch: Mapping[str, Sequence[Point]],
+        config_of: Callable[[str], StreamingConfig],
+        ack_floor: int,
+    ) -> dict[str, Advanced]:
         results: dict[str, Advanced] = {}
         pending = dict(batch)
         for _ in range(SAVE_ATTEMPTS if pending else 0):

@@ -175,9 +175,11 @@ class EventBus:
         batch: int = 256,
         max_deliver: int = 5,
         ack_wait_s: float = 30.0,
+        depth: int = 1,
     ) -> Consumer:
         """Starts a durable pull consumer like `consume`, whose handler takes a fetched batch's
-        events at once (in delivery order) and returns each one's outcome.
+        events at once (in delivery order) and returns each one's outcome; `depth` batches at
+        once (each started in delivery order: the handler keeps what must stay in order).
 
         Everything `consume` promises holds per event: each is acknowledged after the handler
         returned None for it, delivered again after a delay when it returned an error, and
@@ -196,6 +198,7 @@ class EventBus:
             message_type,
             handler,
             max_deliver=max_deliver,
+            depth=depth,
         )
         return await _started(consumer, stream)
 

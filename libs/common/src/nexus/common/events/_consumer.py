@@ -34,6 +34,7 @@ from nats.js.errors import NotFoundError
 from opentelemetry import propagate, trace
 
 from nexus.common.events._envelope import Event, M
+from nexus.common.nats import NexusClient
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("nexus.events")
@@ -387,6 +388,18 @@ async def settle(*actions: Callable[[], Awaitable[None]]) -> None:
             await action()
         except NatsError as err:
             log.warning("could not acknowledge a message (%r); it will be redelivered", err)
+
+
+async def acknowledge(nc: Client, msgs: Sequence[Msg]) -> None:
+    """Acknowledges messages, each on its own, in one write when the client can
+    (`NexusClient.publish_empty`); a lost acknowledgement only means a redelivery."""
+    if not isinstance(nc, NexusClient):
+        await settle(*(msg.ack for msg in msgs))
+        return
+    try:
+        await nc.publish_empty([msg.reply for msg in msgs])
+    except NatsError as err:
+        log.warning("could not acknowledge %d messages (%r); they will come again", len(msgs), err)
 
 
 def _nanoseconds(seconds: float) -> int:

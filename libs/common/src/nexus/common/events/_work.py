@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 from contextlib import suppress
 from typing import Generic
@@ -19,6 +20,7 @@ from nexus.common.events._consumer import (
     BatchHandler,
     Consumer,
     Handler,
+    acknowledge,
     run_batch_handler,
     run_handler,
     settle,
@@ -117,9 +119,7 @@ class DurableConsumer(Consumer, Generic[M]):
     async def _settle(self, event: Event[M], msg: Msg, error: Exception | None) -> None:
         """Acknowledges a handled event, or dead-letters or redelivers it after `error`."""
         if error is None:
-            self.processed += 1
-            self._seen.set(event.id, True)
-            self._errors.delete(event.id)
+            self._handled(event)
             await settle(msg.ack)
             return
         self.failed += 1
@@ -131,6 +131,12 @@ class DurableConsumer(Consumer, Generic[M]):
         else:
             self._errors.set(event.id, why)
             await settle(lambda: msg.nak(delay=nak_delay_s(event.delivery)))
+
+    def _handled(self, event: Event[M]) -> None:
+        """Counts an event handled, to be acknowledged (and skipped if delivered again)."""
+        self.processed += 1
+        self._seen.set(event.id, True)
+        self._errors.delete(event.id)
 
     async def _dead_letter(self, msg: Msg, reason: DeadLetterReason, why: str) -> None:
         """Stores the message in the dead-letter stream, then terminates it; when the store
@@ -207,7 +213,11 @@ class BatchWorkConsumer(DurableConsumer[M]):
     """A durable consumer whose handler takes a fetched batch's events at once (to score them
     as one matrix, to write state once per batch). Each message is still settled on its own, by
     the outcome the handler returned for its event; poison messages, duplicates and events past
-    their deliveries are settled before, and never reach the handler."""
+    their deliveries are settled before, and never reach the handler.
+
+    With `depth` > 1, that many batches are handled at once, each started as the one before it
+    was taken (in delivery order): the handler must then order what must stay in order itself
+    (the anomaly stream learns one batch at a time, and parses the next meanwhile)."""
 
     def __init__(
         self,
@@ -219,9 +229,47 @@ class BatchWorkConsumer(DurableConsumer[M]):
         handler: BatchHandler[M],
         *,
         max_deliver: int = 5,
+        depth: int = 1,
     ) -> None:
         super().__init__(nc, stream, config, batch, message_type, max_deliver=max_deliver)
         self._handler = handler
+        self._depth = max(1, depth)
+        self._in_flight: deque[asyncio.Task[None]] = deque()
+
+    async def _run(self) -> None:
+        try:
+            await super()._run()
+        finally:
+            await self._finish_in_flight()
+
+    async def _handle_batch(self, msgs: Sequence[Msg]) -> None:
+        """Handles a batch; with `depth` > 1, starts it and returns once fewer than `depth`
+        batches are in hand, so that the loop takes the next meanwhile."""
+        if self._depth == 1:
+            await super()._handle_batch(msgs)
+            return
+        self._in_flight.append(asyncio.create_task(super()._handle_batch(msgs)))
+        while len(self._in_flight) >= self._depth:
+            await self._finished(self._in_flight.popleft())
+
+    async def _finish_in_flight(self) -> None:
+        """Waits for the batches in hand; cancels them first when the consumer itself is being
+        cancelled (their messages come again after the ack wait)."""
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            for batch in self._in_flight:
+                batch.cancel()
+        while self._in_flight:
+            await self._finished(self._in_flight.popleft())
+
+    async def _finished(self, batch: asyncio.Task[None]) -> None:
+        try:
+            await asyncio.shield(batch)
+        except asyncio.CancelledError:
+            if not batch.cancelled():
+                raise  # the consumer is being cancelled, not the batch
+        except Exception:  # a bug: its messages come again after the ack wait
+            log.exception("consumer %s failed on a batch", self.name)
 
     async def _work(self, msgs: Sequence[Msg], in_hand: dict[int, Msg]) -> None:
         if self._stopping:
@@ -242,8 +290,14 @@ class BatchWorkConsumer(DurableConsumer[M]):
             log.exception("consumer %s failed on a batch", self.name)
             await self._release([msg for _, msg in admitted])
             return
+        handled = []
         for (event, msg), error in zip(admitted, outcomes, strict=True):
-            await self._settle(event, msg, error)
+            if error is None:
+                self._handled(event)
+                handled.append(msg)
+            else:
+                await self._settle(event, msg, error)
+        await acknowledge(self._nc, handled)
 
 
 def nak_delay_s(delivery: int) -> float:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+import numpy as np
+
 from nexus.anomaly.detectors._params import ParamSpec
 from nexus.anomaly.detectors._types import Params
 from nexus.anomaly.detectors.online._base import (
@@ -38,8 +40,21 @@ DEFAULT_KIND = TailsAndContext.KIND
 
 DEFAULT_THRESHOLD = TailsAndContext.DEFAULT_THRESHOLD
 """The default kind's threshold: a point is flagged when its likelihood reaches it."""
+WARM_UP_VALUES = 800
+"""Values that take every kind through its learning period and a period search."""
 DEFAULT_SUPPRESS = 20
 """After a flag, the source's next points that cannot be flagged (one event, one flag)."""
+
+
+def warm_up() -> None:
+    """Compiles every kind's loops (or loads them from the cache) by running each on a short
+    seasonal series and resuming it from its state: the service does this before it consumes
+    or serves, so that no batch waits on the compiler."""
+    series = np.sin(np.arange(WARM_UP_VALUES) / 5.0)
+    for kind in KINDS.values():
+        detector = kind()
+        detector.update_many(series)
+        kind().set_state(detector.get_state())
 
 
 def online_kind(kind: str, field: str = "kind") -> type[OnlineDetector]:
@@ -103,4 +118,5 @@ __all__ = [
     "online_factory",
     "online_kind",
     "online_param_specs",
+    "warm_up",
 ]

@@ -64,6 +64,11 @@ class OnlineDetector(ABC):
     def update(self, value: float) -> float:
         """The anomaly likelihood of `value` (finite) in [0, 1], before learning from it."""
 
+    def update_many(self, values: FloatArray) -> FloatArray:
+        """The likelihoods of `values` in order, each as `update` gives it (a kind whose state
+        steps faster through a series at once overrides this)."""
+        return np.array([self.update(value) for value in values.tolist()], dtype=np.float64)
+
     @abstractmethod
     def get_state(self) -> State:
         """Everything `set_state` needs to resume (copies, not views of live buffers)."""
@@ -153,16 +158,43 @@ class SourceDetector:
 
     def update(self, point: Sequence[float] | FloatArray) -> OnlineVerdict:
         """Scores a (validated: non-empty, finite) point, then learns from it."""
-        if len(point) != len(self._detectors):
-            self._detectors = [self._make() for _ in range(len(point))]
-        likelihood, feature = 0.0, 0
-        for index, (detector, value) in enumerate(zip(self._detectors, point, strict=True)):
-            score = detector.update(min(max(float(value), -VALUE_LIMIT), VALUE_LIMIT))
-            if score > likelihood:
-                likelihood, feature = score, index
-        flagged = likelihood >= self.threshold and self._since_flag >= self.suppress
-        self._since_flag = 0 if flagged else min(self._since_flag + 1, self.suppress)
-        return OnlineVerdict(likelihood, flagged, feature)
+        return self.update_many([point])[0]
+
+    def update_many(
+        self, points: Sequence[Sequence[float] | FloatArray] | FloatArray
+    ) -> list[OnlineVerdict]:
+        """The verdicts of (validated) points in order, as `update` gives them one at a time:
+        each value's detector steps through its values of a run of points of one width at
+        once."""
+        verdicts: list[OnlineVerdict] = []
+        start = 0
+        while start < len(points):
+            width = len(points[start])
+            stop = start + 1
+            while stop < len(points) and len(points[stop]) == width:
+                stop += 1
+            verdicts += self._update_rows(np.array(points[start:stop], dtype=np.float64))
+            start = stop
+        return verdicts
+
+    def _update_rows(self, rows: FloatArray) -> list[OnlineVerdict]:
+        """The verdicts of points of one width (a matrix, a point per row)."""
+        if rows.shape[1] != len(self._detectors):
+            self._detectors = [self._make() for _ in range(rows.shape[1])]
+        rows = np.clip(rows, -VALUE_LIMIT, VALUE_LIMIT)
+        scores = np.empty_like(rows)
+        for index, detector in enumerate(self._detectors):
+            scores[:, index] = detector.update_many(np.ascontiguousarray(rows[:, index]))
+        features = scores.argmax(axis=1)  # the first of the largest, as a running maximum
+        likelihoods = scores[np.arange(len(rows)), features]
+        verdicts = []
+        threshold, suppress, since_flag = self.threshold, self.suppress, self._since_flag
+        for likelihood, feature in zip(likelihoods.tolist(), features.tolist(), strict=True):
+            flagged = likelihood >= threshold and since_flag >= suppress
+            since_flag = 0 if flagged else min(since_flag + 1, suppress)
+            verdicts.append(OnlineVerdict(likelihood, flagged, feature))
+        self._since_flag = since_flag
+        return verdicts
 
     def get_state(self) -> State:
         """The whole state: each value's detector's, under `<index>.`, and the suppression."""

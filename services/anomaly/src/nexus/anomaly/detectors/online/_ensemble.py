@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from nexus.anomaly.detectors._types import Params, ParamValue
+from nexus.anomaly.detectors._types import FloatArray, Params, ParamValue
 from nexus.anomaly.detectors.online._base import OnlineDetector, State
 from nexus.anomaly.detectors.online._context import ContextNovelty
 from nexus.anomaly.detectors.online._tails import ExtremeTails
@@ -43,6 +43,12 @@ class TailsAndContext(OnlineDetector):
         normal = 1.0
         for member in self._members:
             normal *= 1.0 - member.update(value)
+        return 1.0 - normal
+
+    def update_many(self, values: FloatArray) -> FloatArray:
+        normal = np.ones(len(values))
+        for member in self._members:
+            normal *= 1.0 - member.update_many(values)
         return 1.0 - normal
 
     def get_state(self) -> State:

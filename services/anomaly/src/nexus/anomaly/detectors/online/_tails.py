@@ -16,20 +16,23 @@ a spike that recurs daily is not news); within the body, the empirical share. Th
 1 - the smallest of the views' probabilities times their number (Bonferroni's correction: the
 chance that any of them is this extreme by chance). Nothing is flagged during the learning
 period.
+
+The windows are numpy arrays (each a ring of its views in arrival order, and the same views
+sorted), stepped through by a compiled loop (`_run`) that gives the same likelihoods as the
+straightforward Python it replaced (tests/test_online_compiled.py holds that reference).
 """
 
 from __future__ import annotations
 
-import bisect
 import math
-from collections import deque
 from collections.abc import Mapping
 
 import numpy as np
 
 from nexus.anomaly.detectors._params import ParamSpec, integer, number
-from nexus.anomaly.detectors._types import Params
+from nexus.anomaly.detectors._types import FloatArray, Params
 from nexus.anomaly.detectors.online._base import OnlineDetector, State
+from nexus.anomaly.detectors.online._jit import compiled
 
 SPREAD_SPAN = 12
 """Values over which the local spread is measured."""
@@ -47,45 +50,11 @@ PEAK_SHARE = 0.9
 _REL_FLOOR = 1e-3  # of the window's span: the smallest excess scale and spread considered
 _ABS_FLOOR = 1e-12
 
-
-class _Tail:
-    """The tail probability of a view against a sliding window of past views."""
-
-    def __init__(self, size: int, learning: int, share: float) -> None:
-        self.size, self.learning, self.share = size, learning, share
-        self.window: deque[float] = deque()
-        self.sorted: list[float] = []
-
-    def probability(self, x: float) -> float:
-        """Two-sided tail probability of `x` (1.0 while learning), then learns `x`."""
-        p = self._probability(x) if len(self.sorted) >= self.learning else 1.0
-        self.window.append(x)
-        bisect.insort(self.sorted, x)
-        if len(self.window) > self.size:
-            del self.sorted[bisect.bisect_left(self.sorted, self.window.popleft())]
-        return p
-
-    def _probability(self, x: float) -> float:
-        s = self.sorted
-        n = len(s)
-        k = max(MIN_TAIL, int(self.share * n))
-        floor = max(_REL_FLOOR * (s[-1] - s[0]), _ABS_FLOOR * max(abs(s[-1]), abs(s[0])), 1e-300)
-        upper, lower = s[n - k], s[k - 1]
-        if x > upper:
-            scale = max(sum(s[n - k :]) / k - upper, floor)
-            fitted = (k / n) * math.exp(-(x - upper) / scale)
-            p = max(fitted, (n - bisect.bisect_left(s, x)) / n)
-        elif x < lower:
-            scale = max(lower - sum(s[:k]) / k, floor)
-            fitted = (k / n) * math.exp(-(lower - x) / scale)
-            p = max(fitted, bisect.bisect_right(s, x) / n)
-        else:
-            p = min(n - bisect.bisect_left(s, x), bisect.bisect_right(s, x)) / n
-        return min(1.0, 2.0 * p)
-
-    def load(self, values: np.ndarray) -> None:
-        self.window = deque(float(v) for v in values[-self.size :])
-        self.sorted = sorted(self.window)
+# The three views (rows of the window arrays), and the columns of `meta` and `counters`.
+VALUE, RESIDUAL, SPREAD = 0, 1, 2
+_START, _COUNT, _LEARNING = 0, 1, 2  # meta[view]: ring start, views held, views before scoring
+_SEEN, _PERIOD = 0, 1  # counters
+_LOW, _HIGH = 0, 1  # bounds
 
 
 class ExtremeTails(OnlineDetector):
@@ -113,79 +82,54 @@ class ExtremeTails(OnlineDetector):
         self._share = float(self.params["tail_share"])
         self._fixed_period = int(self.params["period"])
         self._every = int(self.params["period_every"])
-        self._value = self._tail()
-        self._residual = self._tail()
-        self._spread = self._tail()
-        self._seen = 0
-        self._period = self._fixed_period
-        self._low = math.inf
-        self._high = -math.inf
-
-    def _tail(self) -> _Tail:
-        return _Tail(self._size, self._learning, self._share)
+        self._rings = np.zeros((3, self._size))
+        self._sorted = np.zeros((3, self._size + 1))
+        self._meta = np.zeros((3, 3), dtype=np.int64)
+        self._meta[:, _LEARNING] = self._learning
+        self._counters = np.array([0, self._fixed_period], dtype=np.int64)
+        self._bounds = np.array([math.inf, -math.inf])
 
     def update(self, value: float) -> float:
-        history = self._value.window
-        self._low, self._high = min(self._low, value), max(self._high, value)
-        p = min(self._value.probability(value), self._spread.probability(self._log_spread()))
-        views = 2
-        if self._period and len(history) > self._period + 1:
-            p = min(p, self._residual.probability(self._seasonal_residual(history, value)))
-            views = 3
-        p = min(1.0, views * p)  # the smallest of several probabilities, corrected (Bonferroni)
-        self._seen += 1
-        if (
-            not self._fixed_period
-            and self._seen >= self._learning
-            and self._seen % self._every == 0
-        ):
-            self._find_period()
-        return 0.0 if self._seen <= self._learning else 1.0 - p
+        return float(self.update_many(np.array([value], dtype=np.float64))[0])
 
-    def _log_spread(self) -> float:
-        """Log of the standard deviation of the last SPREAD_SPAN values (this one included)."""
-        history = self._value.window
-        recent = [history[-i] for i in range(1, min(SPREAD_SPAN, len(history)) + 1)]
-        mean = sum(recent) / len(recent)
-        deviation = math.sqrt(sum((v - mean) ** 2 for v in recent) / len(recent))
-        return math.log(deviation + _REL_FLOOR * (self._high - self._low) + _ABS_FLOOR)
+    def update_many(self, values: FloatArray) -> FloatArray:
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        out = np.empty(len(values))
+        due, periods = self._periods(values)
+        _run(
+            values, out, self._rings, self._sorted, self._meta, self._counters, self._bounds,
+            self._share, self._learning, due, periods, 2.0,
+        )  # fmt: skip
+        return out
 
-    def _seasonal_residual(self, history: deque[float], value: float) -> float:
-        """`value` minus the median of its nearest matches one, two and three periods back, each
-        the closest of the values a step either side of the period (a period is known to a step).
-        """
-        # `history` already holds `value` at [-1]; one period back is [-1 - period]
-        back = []
-        for k in range(1, PERIODS_BACK + 1):
-            at = -1 - k * self._period
-            if -at + 1 > len(history):
-                break
-            back.append(
-                min((history[at - 1], history[at], history[at + 1]), key=lambda v: abs(v - value))
-            )
-        back.sort()
-        return value - back[len(back) // 2]
+    def _periods(self, values: FloatArray) -> tuple[np.ndarray, np.ndarray]:
+        """Where period searches fall among `values` (after which of them) and what each finds.
+        A search looks at the value window only, which holds the last values whatever else was
+        learnt, so a call's searches are all made first (holding the GIL once) and the compiled
+        loop, which releases it, goes through the whole series."""
+        seen = int(self._counters[_SEEN]) + np.arange(1, len(values) + 1)
+        due = np.flatnonzero((seen >= self._learning) & (seen % self._every == 0))
+        if self._fixed_period or not len(due):
+            return due[:0], due[:0]
+        history = np.concatenate((self._window(VALUE), values))
+        ends = due + 1 + (len(history) - len(values))
+        periods = [dominant_period(history[max(0, end - self._size) : end]) for end in ends]
+        return due, np.array(periods, dtype=np.int64)
 
-    def _find_period(self) -> None:
-        period = dominant_period(np.fromiter(self._value.window, float))
-        if (
-            period
-            and self._period
-            and abs(period - self._period) <= PERIOD_TOLERANCE * self._period
-        ):
-            return  # the same period, estimated a little differently
-        if period != self._period:
-            self._period = period
-            self._residual = _Tail(
-                self._size, max(self._learning, RESIDUAL_PERIODS * period), self._share
-            )
+    def _window(self, view: int) -> FloatArray:
+        """A view's window, oldest first."""
+        start, count = int(self._meta[view, _START]), int(self._meta[view, _COUNT])
+        ring = self._rings[view]
+        return np.concatenate((ring[start:count], ring[: max(0, start + count - self._size)]))
 
     def get_state(self) -> State:
+        seen, period = (int(v) for v in self._counters)
+        low, high = (float(v) for v in self._bounds)
         return {
-            "values": np.fromiter(self._value.window, float),
-            "residuals": np.fromiter(self._residual.window, float),
-            "spreads": np.fromiter(self._spread.window, float),
-            "scalars": np.array([self._seen, self._period, self._low, self._high], dtype=float),
+            "values": self._window(VALUE),
+            "residuals": self._window(RESIDUAL),
+            "spreads": self._window(SPREAD),
+            "scalars": np.array([seen, period, low, high], dtype=float),
         }
 
     def set_state(self, state: Mapping[str, np.ndarray]) -> None:
@@ -200,10 +144,206 @@ class ExtremeTails(OnlineDetector):
             raise ValueError(f"not an extreme-tails state: {err}") from None
         if any(len(t) > self._size or not np.all(np.isfinite(t)) for t in tails):
             raise ValueError("state windows larger than this detector's or not finite")
-        for tail, values in zip((self._value, self._residual, self._spread), tails, strict=True):
-            tail.load(values)
-        self._seen, self._period = int(seen), int(period)
-        self._low, self._high = low, high
+        for view, values in enumerate(tails):  # VALUE, RESIDUAL, SPREAD
+            count = len(values)
+            self._rings[view, :count] = values
+            self._sorted[view, :count] = np.sort(values)
+            self._meta[view, _START] = 0
+            self._meta[view, _COUNT] = count
+        self._counters[:] = (int(seen), int(period))
+        self._bounds[:] = (low, high)
+
+
+@compiled
+def _run(
+    values: FloatArray,
+    out: FloatArray,
+    rings: FloatArray,
+    ordered: FloatArray,
+    meta: np.ndarray,
+    counters: np.ndarray,
+    bounds: FloatArray,
+    share: float,
+    learning: int,
+    due: np.ndarray,
+    periods: np.ndarray,
+    square: float,
+) -> None:  # pragma: no cover - compiled
+    """Scores and learns `values` into `out`; after `values[due[j]]`, `periods[j]` is what the
+    period search found."""
+    size = rings.shape[1]
+    search = 0
+    for i in range(len(values)):
+        value = values[i]
+        bounds[_LOW] = min(bounds[_LOW], value)
+        bounds[_HIGH] = max(bounds[_HIGH], value)
+        p = _learn(VALUE, value, rings, ordered, meta, share)
+        spread = _log_spread(rings, meta, bounds, size, square)
+        p = min(p, _learn(SPREAD, spread, rings, ordered, meta, share))
+        views = 2
+        period = counters[_PERIOD]
+        if period and meta[VALUE, _COUNT] > period + 1:
+            residual = _seasonal_residual(rings, meta, value, period, size)
+            p = min(p, _learn(RESIDUAL, residual, rings, ordered, meta, share))
+            views = 3
+        p = min(1.0, views * p)  # the smallest of several probabilities, corrected (Bonferroni)
+        counters[_SEEN] += 1
+        out[i] = 0.0 if counters[_SEEN] <= learning else 1.0 - p
+        if search < len(due) and due[search] == i:
+            _new_period(periods[search], meta, counters, learning)
+            search += 1
+
+
+@compiled
+def _new_period(
+    found: int, meta: np.ndarray, counters: np.ndarray, learning: int
+) -> None:  # pragma: no cover - compiled
+    """Takes the period a search found, unless it is the current one estimated a little
+    differently; the residuals then start over, trusted after RESIDUAL_PERIODS periods."""
+    current = counters[_PERIOD]
+    if found and current and abs(found - current) <= PERIOD_TOLERANCE * current:
+        return
+    if found != current:
+        counters[_PERIOD] = found
+        meta[RESIDUAL, _START] = 0
+        meta[RESIDUAL, _COUNT] = 0
+        meta[RESIDUAL, _LEARNING] = max(learning, RESIDUAL_PERIODS * found)
+
+
+@compiled
+def _learn(
+    view: int, x: float, rings: FloatArray, ordered: FloatArray, meta: np.ndarray, share: float
+) -> float:  # pragma: no cover - compiled
+    """Two-sided tail probability of `x` against a view's window (1.0 while learning), then
+    learns `x` (the oldest view leaves a full window)."""
+    size = rings.shape[1]
+    s = ordered[view]
+    n = meta[view, _COUNT]
+    p = _probability(s, n, x, share) if n >= meta[view, _LEARNING] else 1.0
+    start = meta[view, _START]
+    if n < size:
+        position = _bisect_right(s, n, x)
+        s[position + 1 : n + 1] = s[position:n]  # numba copies an overlapping source first
+        s[position] = x
+        rings[view, (start + n) % size] = x
+        meta[view, _COUNT] = n + 1
+        return p
+    # full: the oldest view leaves as `x` comes, one shift of what lies between them
+    oldest = rings[view, start]
+    rings[view, start] = x
+    meta[view, _START] = (start + 1) % size
+    gone = _bisect_left(s, n, oldest)
+    position = _bisect_right(s, n, x)
+    if position <= gone:
+        s[position + 1 : gone + 1] = s[position:gone]
+        s[position] = x
+    else:
+        s[gone : position - 1] = s[gone + 1 : position]
+        s[position - 1] = x
+    return p
+
+
+@compiled
+def _probability(s: FloatArray, n: int, x: float, share: float) -> float:  # pragma: no cover
+    k = max(MIN_TAIL, int(share * n))
+    floor = max(_REL_FLOOR * (s[n - 1] - s[0]), _ABS_FLOOR * max(abs(s[n - 1]), abs(s[0])), 1e-300)
+    upper, lower = s[n - k], s[k - 1]
+    if x > upper:
+        total = 0.0
+        for j in range(n - k, n):
+            total += s[j]
+        scale = max(total / k - upper, floor)
+        fitted = (k / n) * math.exp(-(x - upper) / scale)
+        p = max(fitted, (n - _bisect_left(s, n, x)) / n)
+    elif x < lower:
+        total = 0.0
+        for j in range(k):
+            total += s[j]
+        scale = max(lower - total / k, floor)
+        fitted = (k / n) * math.exp(-(lower - x) / scale)
+        p = max(fitted, _bisect_right(s, n, x) / n)
+    else:
+        p = min(n - _bisect_left(s, n, x), _bisect_right(s, n, x)) / n
+    return min(1.0, 2.0 * p)
+
+
+@compiled
+def _bisect_left(s: FloatArray, n: int, x: float) -> int:  # pragma: no cover - compiled
+    low, high = 0, n
+    while low < high:
+        middle = (low + high) // 2
+        if s[middle] < x:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+@compiled
+def _bisect_right(s: FloatArray, n: int, x: float) -> int:  # pragma: no cover - compiled
+    low, high = 0, n
+    while low < high:
+        middle = (low + high) // 2
+        if x < s[middle]:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+@compiled
+def _back(rings: FloatArray, meta: np.ndarray, steps: int, size: int) -> float:  # pragma: no cover
+    """The value `steps` back in the value window (1: the latest)."""
+    return float(rings[VALUE, (meta[VALUE, _START] + meta[VALUE, _COUNT] - steps) % size])
+
+
+@compiled
+def _log_spread(
+    rings: FloatArray, meta: np.ndarray, bounds: FloatArray, size: int, square: float
+) -> float:  # pragma: no cover - compiled
+    """Log of the standard deviation of the last SPREAD_SPAN values (the latest included).
+    `square` is 2.0, given at run time: Python squares with the C library's pow, which is not
+    always x * x, and a constant exponent would be compiled into a multiplication."""
+    span = min(SPREAD_SPAN, meta[VALUE, _COUNT])
+    total = 0.0
+    for steps in range(1, span + 1):  # the latest first, as the sums always went
+        total += _back(rings, meta, steps, size)
+    mean = total / span
+    squares = 0.0
+    for steps in range(1, span + 1):
+        squares += math.pow(_back(rings, meta, steps, size) - mean, square)
+    deviation = math.sqrt(squares / span)
+    return math.log(deviation + _REL_FLOOR * (bounds[_HIGH] - bounds[_LOW]) + _ABS_FLOOR)
+
+
+@compiled
+def _seasonal_residual(
+    rings: FloatArray, meta: np.ndarray, value: float, period: int, size: int
+) -> float:  # pragma: no cover - compiled
+    """`value` minus the median of its nearest matches one, two and three periods back, each
+    the closest of the values a step either side of the period (a period is known to a step)."""
+    # the two lowest matches as they come (of at most three): the median is the second
+    first = second = 0.0
+    found = 0
+    for k in range(1, PERIODS_BACK + 1):
+        steps = 1 + k * period  # the window holds `value` as its latest
+        if steps + 1 > meta[VALUE, _COUNT]:
+            break
+        best = _back(rings, meta, steps + 1, size)
+        for candidate in (_back(rings, meta, steps, size), _back(rings, meta, steps - 1, size)):
+            if abs(candidate - value) < abs(best - value):
+                best = candidate
+        if found == 0:
+            first = best
+        elif found == 1:
+            first, second = (best, first) if best < first else (first, best)
+        elif best < first:
+            first, second = best, first
+        elif best < second:
+            second = best
+        found += 1
+    median = first if found == 1 else second  # the middle one of three, the upper of two
+    return value - median
 
 
 def dominant_period(values: np.ndarray) -> int:
