@@ -11,13 +11,16 @@ The scorer is checked first: NAB's windowed Gaussian, rescored on the same serie
 published figures (its per-row outputs rounded to 12 digits, as NAB's result files store them).
 
 Usage: python bench/anomaly_nab.py [--kinds windowed_gaussian,...] [--workers 2] [--data DIR]
-Writes bench/results/anomaly_nab.json. Data: ../shared/data/anomaly/nab/ beside the repository;
---data scores any corpus in NAB's layout (your own labelled series too) and writes beside it.
+Writes bench/results/anomaly_nab.json. Data: shared/data/anomaly/nab/ in a folder above the
+repository; --data scores any corpus in NAB's layout (your own labelled series too): the 34 NAB
+series (recognised by their labels) wherever they lie, with the scorer check and the published
+figures, and any other corpus into bench/results/anomaly_nab_<its folder>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -43,8 +46,18 @@ from nexus.anomaly.evaluation import (
     suppressed_flags,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared/data/anomaly/nab"
-RESULTS = Path(__file__).resolve().parent / "results" / "anomaly_nab.json"
+_CORPUS = Path("shared/data/anomaly/nab")
+DATA = next(
+    (p / _CORPUS for p in Path(__file__).resolve().parents if (p / _CORPUS).is_dir()),
+    Path(__file__).resolve().parents[1].parent / _CORPUS,
+)
+"""The corpus: `shared/data/anomaly/nab` in the nearest folder above this one that has it (a
+worktree's checkout lies deeper than the main one)."""
+RESULTS = Path(__file__).resolve().parent / "results"
+"""Where results are written, whatever corpus was scored (never beside the data)."""
+REFERENCE_LABELS_SHA256 = "4c055a1845b3d46ab6ee77e5ab26433f7ccd75090ae310f54731c522b10fb656"
+"""The labels of the 34 NAB series the published figures are for: a corpus with these labels is
+that part, wherever it lies."""
 PUBLISHED = {  # this part (34 series), from the data's README: standard / low FP / low FN
     "Numenta HTM": (73.6, 68.4, 77.0),
     "CAD OSE": (71.7, 68.1, 75.1),
@@ -79,12 +92,14 @@ def main() -> int:
         return 1
     corpus = load_corpus(args.data)
     scored = ScoredCorpus(corpus)
-    reference = args.data.resolve() == DATA.resolve()
+    labels = args.data / "labels" / "combined_windows.json"
+    reference = hashlib.sha256(labels.read_bytes()).hexdigest() == REFERENCE_LABELS_SHA256
     with ProcessPoolExecutor(args.workers) as pool:
         check = _check_scorer(corpus, scored, pool) if reference else None
         results = [_bench_kind(kind, corpus, scored, pool) for kind in args.kinds]
     _print(check, results, published=reference)
-    output = RESULTS if reference else args.data / "anomaly_nab.json"
+    name = "anomaly_nab" if reference else f"anomaly_nab_{args.data.resolve().name}"
+    output = RESULTS / f"{name}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"check": check, "kinds": results, "before": BEFORE}, indent=2))
     print(f"\nwrote {output}")

@@ -26,6 +26,7 @@ from nexus.api.operations.v1 import operations_pb2_grpc as ops_grpc
 from nexus.common.events import METRICS, EventBus
 from nexus.common.server import ServiceHost
 from nexus.common.testing.keys import make_key
+from nexus.common.testing.waiting import eventually
 
 __all__ = [
     "BASELINE",
@@ -163,7 +164,7 @@ class ScoringSpy:
         ) -> int | Exception | None:
             outcome = await real_save(states, source, stream, data)
             learnt = self._unsaved.pop(id(stream), [])
-            if isinstance(outcome, int):  # saved (or kept in memory, too large to save)
+            if isinstance(outcome, int):  # saved
                 self.scored.update(learnt)
             return outcome
 
@@ -239,3 +240,13 @@ async def streaming_detections(js: JetStreamContext) -> Counter[str]:
         if anomaly.detector.startswith(f"{STREAMING}:"):
             found[anomaly.point_id] += 1
     return found
+
+
+async def all_acked(js: JetStreamContext, durable: str) -> None:
+    """Waits until the consumer `durable` of the metric points has none pending or unacked."""
+    await eventually(lambda: _idle(js, durable), timeout_s=30)
+
+
+async def _idle(js: JetStreamContext, durable: str) -> bool:
+    info = await js.consumer_info("METRICS", durable)
+    return not (info.num_pending or info.num_ack_pending)

@@ -100,6 +100,9 @@ class _Scripted(OnlineDetector):
     def update(self, value: float) -> float:
         return next(self._next)
 
+    def state_bound(self) -> int:
+        return 0
+
     def get_state(self) -> State:
         return {}
 
@@ -110,6 +113,6 @@ class _Scripted(OnlineDetector):
 @pytest.mark.parametrize("suppress", [0, 1, 3, 10])
 def test_the_bench_suppresses_flags_as_a_source_does(suppress: int) -> None:
     likelihood = np.random.default_rng(suppress).random(500)
-    source = SourceDetector(lambda: _Scripted(likelihood.tolist()), 0.8, suppress)
+    source = SourceDetector(lambda **_: _Scripted(likelihood.tolist()), 0.8, suppress)
     flagged = [source.update([0.0]).is_anomaly for _ in likelihood]
     assert suppressed_flags(likelihood, 0.8, suppress).tolist() == flagged

@@ -99,9 +99,12 @@ def test_a_state_resumes_exactly_whichever_saved_it(
         assert back.update(1e3) == resumed.update(1e3)
 
 
-def _reference_ensemble() -> OnlineDetector:
-    ensemble = TailsAndContext()
-    ensemble._members = [ReferenceTails(), ReferenceContext()]
+def _reference_ensemble(state_budget: int | None = None) -> OnlineDetector:
+    """The ensemble of the references, its context memory as large as the compiled one's
+    share of `state_budget`."""
+    ensemble = TailsAndContext(state_budget=state_budget)
+    capacity = ensemble._members[1]._capacity  # type: ignore[attr-defined]
+    ensemble._members = [ReferenceTails(), ReferenceContext({"max_contexts": capacity})]
     return ensemble
 
 

@@ -12,7 +12,9 @@ from nexus.anomaly.detectors.online import (
     DEFAULT_KIND,
     DEFAULT_SUPPRESS,
     DEFAULT_THRESHOLD,
+    MAX_STATE_BYTES,
     OnlineVerdict,
+    TailsAndContext,
     WindowedGaussian,
 )
 from nexus.anomaly.streamconfig import (
@@ -21,10 +23,12 @@ from nexus.anomaly.streamconfig import (
     default_config,
     streaming_config,
 )
-from nexus.anomaly.streamstate import SourceStream
+from nexus.anomaly.streamstate import SourceStream, StateLimits
 from nexus.common.errors import InvalidArgument
 
 KIND = WindowedGaussian.KIND
+LIMITS = StateLimits(MAX_STATE_BYTES, 10_000)
+"""What a KV value holds (NATS's default payload), and the service's default record."""
 
 
 def series(n: int, seed: int = 0) -> list[list[float]]:
@@ -85,12 +89,12 @@ def test_the_model_is_the_kind_and_parsed_parameters_not_the_threshold() -> None
 
 def test_a_saved_state_resumes_as_an_uninterrupted_run() -> None:
     rows = series(200)
-    whole = run(SourceStream("s", config()), rows)
-    first = SourceStream("s", config())
+    whole = run(SourceStream("s", config(), limits=LIMITS), rows)
+    first = SourceStream("s", config(), limits=LIMITS)
     before = run(first, rows[:90])
-    resumed = SourceStream.decode("s", first.encode(), config(), revision=3)
+    resumed = SourceStream.decode("s", first.encode(), config(), revision=3, limits=LIMITS)
     after = run(resumed, rows[90:], first_seq=91)
-    fresh = run(SourceStream("s", config()), rows[90:], first_seq=91)
+    fresh = run(SourceStream("s", config(), limits=LIMITS), rows[90:], first_seq=91)
     assert before + after == whole
     assert after != fresh  # a fresh start would have answered otherwise
     assert resumed.revision == 3
@@ -98,7 +102,7 @@ def test_a_saved_state_resumes_as_an_uninterrupted_run() -> None:
 
 def test_a_learnt_point_is_answered_from_the_record_and_not_learnt_again() -> None:
     rows = series(80)
-    stream = SourceStream("s", config())
+    stream = SourceStream("s", config(), limits=LIMITS)
     verdicts = run(stream, rows)
     state = stream.detector.get_state()
     again = run(stream, rows[30:50], first_seq=31)  # redelivered: already learnt
@@ -109,7 +113,7 @@ def test_a_learnt_point_is_answered_from_the_record_and_not_learnt_again() -> No
 
 
 def test_the_record_forgets_below_the_ack_floor_and_past_its_size() -> None:
-    stream = SourceStream("s", config())
+    stream = SourceStream("s", config(), limits=LIMITS)
     run(stream, series(50))
     stream.compact(ack_floor=20, max_recent=100)
     assert (stream.floor, min(stream.recent), len(stream.recent)) == (20, 21, 30)
@@ -117,7 +121,7 @@ def test_the_record_forgets_below_the_ack_floor_and_past_its_size() -> None:
     assert (stream.floor, min(stream.recent), len(stream.recent)) == (40, 41, 10)
     assert stream.recorded(5) == OnlineVerdict(0.0, False, 0)  # at or below the floor: learnt
     assert stream.recorded(51) is None
-    decoded = SourceStream.decode("s", stream.encode(), config(), revision=1)
+    decoded = SourceStream.decode("s", stream.encode(), config(), revision=1, limits=LIMITS)
     assert (decoded.floor, list(decoded.recent)) == (stream.floor, list(stream.recent))
     assert [decoded.recorded(seq) for seq in stream.recent] == [
         stream.recorded(seq) for seq in stream.recent
@@ -125,9 +129,11 @@ def test_the_record_forgets_below_the_ack_floor_and_past_its_size() -> None:
 
 
 def test_a_state_of_another_model_is_not_resumed_but_a_new_threshold_keeps_it() -> None:
-    stream = SourceStream("s", config())
+    stream = SourceStream("s", config(), limits=LIMITS)
     run(stream, series(60))
-    other = SourceStream.decode("s", stream.encode(), config(window="31"), revision=9)
+    other = SourceStream.decode(
+        "s", stream.encode(), config(window="31"), revision=9, limits=LIMITS
+    )
     assert other.detector.get_state()["width"] == 0  # fresh
     assert (other.revision, other.floor, other.recent) == (9, 0, {})
     stricter = streaming_config(KIND, {"window": "30", "step": "5"}, 0.999, 2)
@@ -140,4 +146,75 @@ def test_a_state_of_another_model_is_not_resumed_but_a_new_threshold_keeps_it() 
 
 def test_a_state_that_is_not_one_is_refused() -> None:
     with pytest.raises(ValueError):  # noqa: PT011 (numpy says why in its own words)
-        SourceStream.decode("s", b"not an npz", config(), revision=1)
+        SourceStream.decode("s", b"not an npz", config(), revision=1, limits=LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("kind", "width", "points"), [(DEFAULT_KIND, 8, 14_000), ("context", 64, 1_500)]
+)
+def test_a_wide_source_state_fits_its_limit_at_every_batch_and_resumes_exactly(
+    kind: str, width: int, points: int
+) -> None:
+    """Each value's detector once bounded only its own state, so a source's whole state (a
+    detector per value and the record) outgrew a KV value: 8 values of the default detector
+    after about 10,000 points, 64 context detectors after a few hundred; from then on nothing
+    was saved. Now each value gets a share: well past those points, with the record full, every
+    batch's state fits, uses most of the room, and resumes as if it had never stopped."""
+    cfg = streaming_config(kind)
+    rows = np.random.default_rng(width).normal(size=(points, width)).tolist()
+    stream = SourceStream("s", cfg, limits=LIMITS)
+    cut = points * 3 // 4
+    largest = 0
+    for start in range(0, cut, 1024):
+        run(stream, rows[start : min(start + 1024, cut)], first_seq=start + 1)
+        stream.compact(ack_floor=0, max_recent=LIMITS.max_recent)
+        largest = max(largest, len(stream.encode()))
+        assert largest <= LIMITS.bytes
+    resumed = SourceStream.decode("s", stream.encode(), cfg, revision=1, limits=LIMITS)
+    assert run(resumed, rows[cut:], first_seq=cut + 1) == run(stream, rows[cut:], cut + 1)
+    stream.compact(ack_floor=0, max_recent=LIMITS.max_recent)
+    resumed.compact(ack_floor=0, max_recent=LIMITS.max_recent)
+    assert resumed.encode() == stream.encode()
+    assert len(stream.encode()) <= LIMITS.bytes
+    assert largest > LIMITS.bytes * 0.6  # the room is used (the learning buffer is reserved)
+
+
+def test_a_single_value_source_keeps_the_whole_context_memory() -> None:
+    """One value's detector gets (nearly) the whole budget: its 20,000 contexts, and so the
+    same likelihoods as the detector alone (the NAB figures), on values that fill its memory."""
+    cfg = default_config()
+    source = cfg.source_detector(LIMITS.detector_budget(cfg))
+    rng = np.random.default_rng(1)  # a range learnt, then 18 levels in any order: many contexts
+    values = np.concatenate([rng.uniform(size=300), rng.uniform(-0.4, 1.4, size=25_000)])
+    got = [v.likelihood for v in source.update_many(values[:, None])]
+    assert got == TailsAndContext().update_many(values).tolist()
+    assert len(source.get_state()["0.context/counts"]) == 20_000
+
+
+def test_a_point_wider_than_a_state_can_hold_is_refused_naming_values() -> None:
+    cfg = default_config()
+    source = cfg.source_detector(LIMITS.detector_budget(cfg))
+    most = source.max_width
+    assert 8 <= most < 64  # the default detector's windows: 48 KB per value
+    source.update([0.0] * most)
+    with pytest.raises(InvalidArgument) as caught:
+        source.update([0.0] * (most + 1))
+    assert [v.field for v in caught.value.violations] == ["values"]
+    context = streaming_config("context")
+    assert context.source_detector(LIMITS.detector_budget(context)).max_width >= 64
+    tiny = StateLimits(LIMITS.max_recent * 16, LIMITS.max_recent)  # the record takes it all
+    assert cfg.source_detector(tiny.detector_budget(cfg)).max_width == 0
+
+
+def test_a_state_saved_with_more_room_resumes_with_its_most_recent_contexts() -> None:
+    """A state saved before a source's values shared the budget (or under a larger one) keeps
+    the most recently seen contexts that fit, as its memory would have evicted the others."""
+    cfg = streaming_config("context", {"learning": "20"})
+    rows = np.random.default_rng(2).normal(size=(3_000, 4)).tolist()
+    roomy = SourceStream("s", cfg, limits=LIMITS)
+    run(roomy, rows)
+    small = StateLimits(LIMITS.bytes // 8, 100)
+    resumed = SourceStream.decode("s", roomy.encode(), cfg, revision=1, limits=small)
+    run(resumed, rows[:500], first_seq=10_000)
+    resumed.compact(ack_floor=0, max_recent=small.max_recent)
+    assert len(resumed.encode()) <= small.bytes

@@ -14,6 +14,7 @@ from anomaly_testing import (
     ScoringSpy,
     StartHost,
     Traffic,
+    all_acked,
     cloud,
     configure_streaming,
     points,
@@ -266,3 +267,31 @@ async def test_a_malformed_point_is_a_dead_letter(
         "nexus.metrics.cpu",
     )
     assert "finite" in letter.error
+
+
+async def test_a_point_too_wide_for_its_source_state_is_a_dead_letter(
+    nats_server: NatsServer, start_anomaly: StartHost
+) -> None:
+    """The default detector keeps windows of 48 KB per value: a point of 64 values could not
+    have its learning saved in one KV value, so it is refused (its field named) rather than
+    learnt into a state that no restart would see; a narrower point of the source is learnt."""
+    common = NexusSettings(nats_url=nats_server.url, registry_signing_key="k", auth_enabled=False)
+    host = await start_anomaly(common)
+    nc = await connect(common, "publisher")
+    bus, letters, js = EventBus(nc, "test"), DeadLetters(nc.jetstream()), nc.jetstream()
+    wide = await bus.publish(
+        "nexus.metrics.wide", MetricPoint(source="wide", id="w", values=[1.0] * 64)
+    )
+    await bus.publish("nexus.metrics.wide", MetricPoint(source="wide", id="n", values=[1.0] * 8))
+    found: list[DeadLetter] = []
+    async with asyncio.timeout(10):
+        while not found:
+            found = await letters.list()
+            await asyncio.sleep(0.05)
+    durable = host.settings.stream_durable  # type: ignore[attr-defined]
+    await all_acked(js, durable)
+    await nc.drain()
+    [letter] = found
+    assert (letter.event_id, letter.reason, letter.deliveries) == (wide, "rejected", 1)
+    assert "values" in letter.error
+    assert "has 64 values" in letter.error

@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import numpy as np
 import pytest
 from anomaly_testing import (
     Client,
     ScoringSpy,
     StartHost,
+    all_acked,
     replay,
     scores,
     spiky,
@@ -24,10 +27,21 @@ from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from nexus.anomaly.detectors.online import WindowedGaussian, decode_state
-from nexus.anomaly.streamstate import BUCKET
+from nexus.anomaly.converters import streaming_of
+from nexus.anomaly.detectors.online import MAX_STATE_BYTES, WindowedGaussian, decode_state
+from nexus.anomaly.settings import AnomalySettings
+from nexus.anomaly.streamconfig import default_config
+from nexus.anomaly.streamstate import (
+    BUCKET,
+    HEADROOM,
+    TOO_LARGE,
+    SourceStream,
+    StateLimits,
+    StreamStates,
+)
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.metrics.v1.events_pb2 import MetricPoint
+from nexus.common.errors import ResourceExhausted
 from nexus.common.events import EventBus
 from nexus.common.nats import connect
 from nexus.common.natsserver import NatsServer
@@ -73,15 +87,6 @@ async def saved_values(js: JetStreamContext, durable: str, source: str) -> list[
 async def saved_window(js: JetStreamContext, durable: str, source: str) -> int:
     """How many values the saved state of `source`'s first value's windowed Gaussian holds."""
     return len(await saved_values(js, durable, source))
-
-
-async def all_acked(js: JetStreamContext, durable: str) -> None:
-    await eventually(lambda: _idle(js, durable), timeout_s=30)
-
-
-async def _idle(js: JetStreamContext, durable: str) -> bool:
-    info = await js.consumer_info("METRICS", durable)
-    return not (info.num_pending or info.num_ack_pending)
 
 
 async def test_a_source_chooses_its_streaming_detector_on_every_replica(
@@ -250,3 +255,60 @@ async def test_state_survives_a_nats_restart(
     found = await scores(js, source)
     await nc.drain()
     assert found == pytest.approx(replay(SMALL, rows))
+
+
+async def test_a_wide_source_is_saved_every_batch_and_a_new_replica_resumes_it(
+    start_anomaly: StartHost, admin_key: str, nats_client: Nats
+) -> None:
+    """64 values a point, a context detector each: the whole state once outgrew a KV value
+    after a few hundred points and was then kept in memory only (its revision stopped, and a
+    replica started in its place resumed an old state). Now every part of the stream is saved,
+    and the state after a restart is that of one uninterrupted detector."""
+    durable, source = unique("stream"), unique("src")
+    config = pb.StreamingConfig(kind="context", parameters={"learning": "50"}, suppress=0)
+    host = await start_anomaly(stream_durable=durable, stream_batch=64)
+    await bind_on(host, admin_key, source, config)
+    rows = np.random.default_rng(9).normal(size=(700, 64)).tolist()
+    bus, js = EventBus(nats_client, "test"), nats_client.jetstream()
+    kv, key = await js.key_value(BUCKET), f"{durable}.{source}"
+    revisions = []
+    for start in range(0, 400, 100):
+        await publish(bus, source, rows[start : start + 100], start)
+        await all_acked(js, durable)
+        revisions.append((await kv.get(key)).revision)
+    assert revisions == sorted(set(revisions))  # each part saved
+    await host.stop()
+    await start_anomaly(stream_durable=durable, stream_batch=64)
+    await publish(bus, source, rows[400:], 400)
+    await all_acked(js, durable)
+    entry = await kv.get(key)
+    assert (entry.revision or 0) > revisions[-1]
+    limits = StateLimits(
+        min(MAX_STATE_BYTES, nats_client.max_payload - HEADROOM),
+        AnomalySettings().stream_recent_points,
+    )
+    streaming = streaming_of(pb.BindSourceRequest(source=source, streaming=config))
+    assert streaming is not None
+    uninterrupted = SourceStream(source, streaming, limits=limits)
+    uninterrupted.learn(list(enumerate(rows)))
+    saved = decode_state(entry.value or b"")
+    expected = uninterrupted.detector.get_state()
+    assert {k for k in saved if k.startswith("detector.")} == {f"detector.{k}" for k in expected}
+    assert all(np.array_equal(saved[f"detector.{k}"], v) for k, v in expected.items())
+    assert len(entry.value or b"") <= limits.bytes
+
+
+async def test_a_state_over_what_kv_holds_is_given_back_and_counted(nats_client: Nats) -> None:
+    """States are built to fit; should one not (the server's payload limit fell), its points
+    are given back (an error, not acknowledged) and counted, never silently kept in memory."""
+    with ThreadPoolExecutor(1) as executor:
+        states = StreamStates(
+            nats_client, executor, consumer=unique("c"), max_sources=4, max_recent=10, ttl_s=0
+        )
+        await states.start()
+        stream = SourceStream("s", default_config(), limits=states.limits)
+        before = TOO_LARGE._value.get()
+        outcome = await states._save("s", stream, b"x" * (states.limits.bytes + 1))
+    assert isinstance(outcome, ResourceExhausted)
+    assert TOO_LARGE._value.get() == before + 1
+    assert states.held("s") is None

@@ -52,17 +52,18 @@ class StreamingConfig:
     threshold: float = DEFAULT_THRESHOLD
     suppress: int = DEFAULT_SUPPRESS
     model: str = ""
-    _make: Callable[[], OnlineDetector] | None = field(default=None, compare=False, repr=False)
+    _make: Callable[..., OnlineDetector] | None = field(default=None, compare=False, repr=False)
 
     @property
     def detector_name(self) -> str:
         """What detections name as their detector: `streaming:<kind>`."""
         return f"streaming:{self.kind}"
 
-    def source_detector(self) -> SourceDetector:
-        """A fresh detector for one source's points."""
+    def source_detector(self, state_budget: int | None = None) -> SourceDetector:
+        """A fresh detector for one source's points, whose state takes at most `state_budget`
+        bytes encoded (None: MAX_STATE_BYTES)."""
         assert self._make is not None, "build it with streaming_config()"
-        return SourceDetector(self._make, self.threshold, self.suppress)
+        return SourceDetector(self._make, self.threshold, self.suppress, state_budget)
 
     def to_json(self) -> dict[str, Any]:
         """What a binding stores (read back with `config_from_json`)."""

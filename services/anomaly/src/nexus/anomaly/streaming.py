@@ -9,7 +9,9 @@ redelivered point is not learnt twice. A source bound to a trained detector is a
 that model, its points as one matrix through the model runtime's batcher. Anomalies are
 published on `nexus.anomaly.detected` with an event id derived from the input's, so a
 redelivered point cannot publish the same anomaly twice. A malformed point is rejected on its
-own: the consumer moves it to the dead letters; a point whose source's state could not be saved,
+own: the consumer moves it to the dead letters, and so is a point with more values than its
+source's streaming detector can keep a saved state for (`StreamStates.max_width`: learning that
+could not be saved would be lost on a restart). A point whose source's state could not be saved,
 or whose anomalies could not be published, comes again.
 """
 
@@ -140,12 +142,36 @@ class StreamProcessor:
         """
         outcomes: Outcomes = [None] * len(events)
         by_source = _by_source(events, outcomes, self._settings.max_features)
+        self._refuse_too_wide(by_source, outcomes)
         streamed, modelled = await asyncio.gather(
             self._stream_detections(by_source, outcomes), self._model_detections(by_source)
         )
         found = {i: streamed.get(i, []) + modelled.get(i, []) for i in streamed.keys() | modelled}
         await self._publish_all(by_source, found, outcomes)
         return outcomes
+
+    def _refuse_too_wide(self, by_source: dict[str, list[Point]], outcomes: Outcomes) -> None:
+        """Takes out of `by_source` the points wider than their source's streaming detector
+        can save a state for; each one's outcome is its InvalidArgument (a dead letter)."""
+        for source, points in list(by_source.items()):
+            config = self.config_of(source)
+            most = self._states.max_width(config)
+            kept = [point for point in points if len(point.values) <= most]
+            if len(kept) == len(points):
+                continue
+            for point in points:
+                if len(point.values) > most:
+                    outcomes[point.index] = InvalidArgument.for_field(
+                        "values",
+                        f"has {len(point.values)} values; the {config.kind} streaming detector of"
+                        f" source {source!r} can save its state for at most {most} values per"
+                        " point (split the source, or choose a kind or parameters with a smaller"
+                        " state)",
+                    )
+            if kept:
+                by_source[source] = kept
+            else:
+                del by_source[source]
 
     async def _stream_detections(
         self, by_source: dict[str, list[Point]], outcomes: Outcomes

@@ -16,7 +16,10 @@ already learnt (its sequence is at most `floor` or among `recent`) is not learnt
 answered with its recorded verdict, so a redelivered point publishes the same anomaly (whose
 event id JetStream de-duplicates). `floor` follows the consumer's ack floor (no point at or
 below it is delivered again); `recent` keeps at most `max_recent` sequences, and past that the
-oldest are folded into `floor`. See docs/adr/0021-streaming-state-and-throughput.md.
+oldest are folded into `floor`. A state always fits one KV value (`StateLimits`: the record at
+its fullest is counted, the detector gets the rest, shared among its values); a source too wide
+for that has its points refused (`max_width`). See docs/adr/0021-streaming-state-and-throughput.md
+and docs/adr/0026-stream-throughput.md.
 """
 
 from __future__ import annotations
@@ -47,10 +50,11 @@ from nexus.anomaly.detectors.online import (
     State,
     decode_state,
     encode_state,
+    state_bytes,
     warm_up,
 )
 from nexus.anomaly.streamconfig import StreamingConfig
-from nexus.common.errors import Aborted, Unavailable
+from nexus.common.errors import Aborted, ResourceExhausted, Unavailable
 from nexus.common.kv import open_key_value
 
 BUCKET = "nexus_anomaly_stream_state"
@@ -69,10 +73,15 @@ SAVED_BYTES = Counter(
     "nexus_anomaly_stream_state_bytes_total",
     "Bytes of streaming detector states saved to KV (one save per source per batch).",
 )
+TOO_LARGE = Counter(
+    "nexus_anomaly_stream_state_too_large_total",
+    "Streaming detector states that could not be saved because they were over what a KV value "
+    "may hold (the source's points were given back, not acknowledged).",
+)
 SAVE_ATTEMPTS = 5
 """Compare-and-set attempts of one batch of a source before its points are given back."""
 _DETECTOR = "detector."
-_HEADROOM = 4096  # a KV value shares the NATS payload limit with the message's headers
+HEADROOM = 4096  # a KV value shares the NATS payload limit with the message's headers
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +90,38 @@ Point = tuple[int, Sequence[float]]
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class StateLimits:
+    """What a source's saved state must fit.
+
+    Attributes:
+        bytes: The most bytes its encoded state may take (what one KV value can hold).
+        max_recent: The most sequences its record of recent points holds.
+    """
+
+    bytes: int
+    max_recent: int
+
+    def detector_budget(self, config: StreamingConfig) -> int:
+        """The bytes left to the source's detector (`SourceDetector.state_budget`) beside the
+        model and the record of learnt points at its fullest (`SourceStream.encode`)."""
+        recent = 8 * self.max_recent
+        return self.bytes - state_bytes(np.asarray(config.model).nbytes, 8, recent, recent)
+
+
 class SourceStream:
     """One source's detector and the sequences of the points it has learnt.
 
     Args:
         source: The source.
         config: The source's configuration (its threshold and suppress apply from now on).
-        detector: Its detector, fresh or resumed.
+        detector: Its detector, fresh or resumed (built within `limits`).
         floor: Every point of the source at or below this sequence was learnt (or is past).
         recent: Sequences above `floor` learnt, each with its likelihood when it was flagged
             (NaN when it was not).
         revision: The KV revision this state was loaded from or saved at (0: none).
+        limits: What the encoded state must fit: a fresh detector gets what the record leaves
+            (`StateLimits.detector_budget`), so that the state always fits.
     """
 
     def __init__(
@@ -102,10 +132,13 @@ class SourceStream:
         floor: int = 0,
         recent: dict[int, float] | None = None,
         revision: int = 0,
+        *,
+        limits: StateLimits,
     ) -> None:
         self.source = source
         self.config = config
-        self.detector = detector or config.source_detector()
+        self.limits = limits
+        self.detector = detector or config.source_detector(limits.detector_budget(config))
         self.floor = floor
         self.recent = recent or {}
         self.revision = revision
@@ -114,7 +147,7 @@ class SourceStream:
         """This stream under `config`: itself with the new threshold and suppression when the
         model is the same, else a fresh detector (keeping the revision, to save over it)."""
         if config.model != self.config.model:
-            return SourceStream(self.source, config, revision=self.revision)
+            return SourceStream(self.source, config, revision=self.revision, limits=self.limits)
         if config != self.config:
             self.detector.retune(config.threshold, config.suppress)
             self.config = config
@@ -191,23 +224,29 @@ class SourceStream:
 
     @classmethod
     def decode(
-        cls, source: str, data: bytes, config: StreamingConfig, revision: int
+        cls,
+        source: str,
+        data: bytes,
+        config: StreamingConfig,
+        revision: int,
+        *,
+        limits: StateLimits,
     ) -> SourceStream:
-        """The stream saved as `data` under `config`; a fresh one when `data` belongs to
-        another model.
+        """The stream saved as `data` under `config`, within `limits`; a fresh one when `data`
+        belongs to another model.
 
         Raises:
-            ValueError: `data` is not such a state.
+            ValueError: `data` is not such a state, or one too wide for `limits`.
         """
         state = decode_state(data)
         if str(state.get("model", "")) != config.model:
-            return cls(source, config, revision=revision)
-        detector = config.source_detector()
+            return cls(source, config, revision=revision, limits=limits)
+        detector = config.source_detector(limits.detector_budget(config))
         detector.set_state(
             {k[len(_DETECTOR) :]: v for k, v in state.items() if k.startswith(_DETECTOR)}
         )
         recent = dict(zip(state["recent"].tolist(), state["flagged"].tolist(), strict=True))
-        return cls(source, config, detector, int(state["floor"]), recent, revision)
+        return cls(source, config, detector, int(state["floor"]), recent, revision, limits=limits)
 
 
 @dataclass(frozen=True)
@@ -256,7 +295,7 @@ class StreamStates:
         )
         self._kv: KeyValue | None = None
         self._streams: OrderedDict[str, SourceStream] = OrderedDict()
-        self._too_large: set[str] = set()
+        self._widths: dict[tuple[str, StateLimits], int] = {}
         self._learning = asyncio.Lock()  # fair: batches learn in the order they asked
 
     async def start(self) -> None:
@@ -270,6 +309,22 @@ class StreamStates:
     def key(self, source: str) -> str:
         """The KV key of a source's state."""
         return f"{self._consumer}.{source}"
+
+    @property
+    def limits(self) -> StateLimits:
+        """What each source's saved state must fit (KV values share the server's payload
+        limit)."""
+        return StateLimits(self._limit(), self._max_recent)
+
+    def max_width(self, config: StreamingConfig) -> int:
+        """The most values a point of a source under `config` may have for its state to be
+        saved (`SourceDetector.max_width` within `limits`; 0: none fits)."""
+        limits = self.limits
+        key = (config.model, limits)
+        if key not in self._widths:
+            budget = limits.detector_budget(config)
+            self._widths[key] = config.source_detector(budget).max_width
+        return self._widths[key]
 
     def held(self, source: str) -> SourceStream | None:
         """The source's stream in memory, if held."""
@@ -369,11 +424,16 @@ class StreamStates:
             entry = await self._bucket().get(self.key(source))
         except KeyNotFoundError as err:  # never saved, or deleted (a tombstone has a revision)
             tombstone = getattr(err.entry, "revision", None) or 0
-            return SourceStream(source, config, revision=tombstone)
+            return SourceStream(source, config, revision=tombstone, limits=self.limits)
         except (NatsError, TimeoutError) as err:
             return Unavailable(f"cannot load the streaming state of {source}: {err!r}")
         decode = partial(
-            SourceStream.decode, source, entry.value or b"", config, entry.revision or 0
+            SourceStream.decode,
+            source,
+            entry.value or b"",
+            config,
+            entry.revision or 0,
+            limits=self.limits,
         )
         try:
             return await self._run(decode)  # CPU work: off the event loop
@@ -381,7 +441,7 @@ class StreamStates:
             log.error(
                 "source %s: its saved streaming state is unusable (%s); starting over", source, err
             )
-            return SourceStream(source, config, revision=entry.revision or 0)
+            return SourceStream(source, config, revision=entry.revision or 0, limits=self.limits)
 
     def _apply(
         self,
@@ -404,15 +464,19 @@ class StreamStates:
     async def _save(self, source: str, stream: SourceStream, data: bytes) -> int | Exception | None:
         """Saves with compare-and-set: the new revision; None when another replica saved the
         source first (its stream is dropped from memory, to be reloaded); what went wrong when
-        KV did not answer (dropped too: memory is ahead of KV)."""
-        if len(data) > self._limit():
-            if source not in self._too_large:
-                self._too_large.add(source)
-                log.warning(
-                    "source %s: its streaming state (%d bytes) is over %d; kept in memory only",
-                    source, len(data), self._limit(),
-                )  # fmt: skip
-            return stream.revision
+        KV did not answer or the state is over what it can hold (dropped too: memory is ahead
+        of KV; the points are given back, not acknowledged)."""
+        limit = self._limit()
+        if len(data) > limit:  # states are built to fit (StateLimits): the server's limit fell
+            self._streams.pop(source, None)
+            TOO_LARGE.inc()
+            log.error(
+                "source %s: its streaming state (%d bytes) is over the %d a KV value can hold;"
+                " its points are given back", source, len(data), limit,
+            )  # fmt: skip
+            return ResourceExhausted.too_large(
+                f"streaming state of source {source}", len(data), limit
+            )
         try:
             stream.revision = await self._bucket().update(
                 self.key(source), data, last=stream.revision
@@ -427,7 +491,7 @@ class StreamStates:
         return stream.revision
 
     def _limit(self) -> int:
-        return min(MAX_STATE_BYTES, self._nc.max_payload - _HEADROOM)
+        return min(MAX_STATE_BYTES, self._nc.max_payload - HEADROOM)
 
     async def _run(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)

@@ -23,6 +23,7 @@ from nexus.anomaly.detectors.online._base import (
     check_threshold,
     decode_state,
     encode_state,
+    state_bytes,
 )
 from nexus.anomaly.detectors.online._context import ContextNovelty
 from nexus.anomaly.detectors.online._ensemble import TailsAndContext
@@ -118,5 +119,6 @@ __all__ = [
     "online_factory",
     "online_kind",
     "online_param_specs",
+    "state_bytes",
     "warm_up",
 ]

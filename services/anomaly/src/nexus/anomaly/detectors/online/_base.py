@@ -39,15 +39,38 @@ MAX_STATE_BYTES = 1 << 20
 """The most bytes one source's encoded state may take (a JetStream KV value stays well below
 NATS's default 1 MiB payload limit; checked when decoding too)."""
 
+NAME_ROOM = 64
+"""The longest name an array of a state is saved under (a source's state prefixes each value's
+names: `detector.<index>.<member>/<name>`)."""
+ARRAY_OVERHEAD = 232 + 2 * NAME_ROOM
+"""Bytes an array takes in an encoded state beyond its data: its zip entry (local header, zip64
+extra, central directory record, the name twice) and its npy header."""
+ARCHIVE_OVERHEAD = 22
+"""Bytes an encoded state takes beyond its arrays (the end of the central directory)."""
+
+
+def state_bytes(*data_bytes: int) -> int:
+    """The most bytes arrays holding `data_bytes` of data each take in an encoded state."""
+    return sum(data_bytes) + ARRAY_OVERHEAD * len(data_bytes)
+
 
 class OnlineDetector(ABC):
     """One univariate series' detector; see the module docstring.
 
     Subclasses declare `KIND` (the name users select it by), `DESCRIPTION`, `PARAMS` and
-    `DEFAULT_THRESHOLD`, and implement `update`, `get_state` and `set_state`.
+    `DEFAULT_THRESHOLD`, and implement `update`, `get_state`, `set_state` and `state_bound`.
+
+    Args:
+        params: The kind's parameters (text or numbers).
+        field: The request field they came in (errors name `<field>.<parameter>`).
+        state_budget: The most bytes the encoded state may ever take (`state_bytes` of its
+            arrays). A kind whose memory can shrink (the context detector) fits itself into it;
+            a kind whose state has a fixed size checks that it fits. None: MAX_STATE_BYTES, and
+            parameters whose state could not fit it are refused.
 
     Raises:
-        InvalidArgument: An unknown parameter or a value out of range.
+        InvalidArgument: An unknown parameter or a value out of range, or a state that cannot
+            fit its budget (see `smallest_state`, which a caller sharing a budget checks first).
     """
 
     KIND: ClassVar[str]
@@ -57,8 +80,15 @@ class OnlineDetector(ABC):
     """The threshold a source gets unless it sets one: where this kind's likelihood means "rare"
     (each kind's scale differs; bench/anomaly_nab.py shows each at its own)."""
 
-    def __init__(self, params: Params | None = None, *, field: str = "params") -> None:
+    def __init__(
+        self,
+        params: Params | None = None,
+        *,
+        field: str = "params",
+        state_budget: int | None = None,
+    ) -> None:
         self.params: dict[str, ParamValue] = parse_params(self.PARAMS, params, field=field)
+        self.state_budget = MAX_STATE_BYTES if state_budget is None else state_budget
 
     @abstractmethod
     def update(self, value: float) -> float:
@@ -68,6 +98,29 @@ class OnlineDetector(ABC):
         """The likelihoods of `values` in order, each as `update` gives it (a kind whose state
         steps faster through a series at once overrides this)."""
         return np.array([self.update(value) for value in values.tolist()], dtype=np.float64)
+
+    @abstractmethod
+    def state_bound(self) -> int:
+        """The most bytes this detector's state can take encoded (within `state_budget`)."""
+
+    def smallest_state(self) -> int:
+        """The least `state_bound` that any budget leaves this kind with these parameters (a
+        kind whose state has a fixed size: that size)."""
+        return self.state_bound()
+
+    def _check_budget(self, field: str) -> None:
+        """Raises when the state, at its largest, cannot fit `state_budget`.
+
+        Raises:
+            InvalidArgument: Naming `field` (the parameter that sizes the state).
+        """
+        bound = self.state_bound()
+        if bound > self.state_budget:
+            raise InvalidArgument.for_field(
+                field,
+                f"the {self.KIND} detector's state could reach {bound} bytes, over the"
+                f" {self.state_budget} it may take",
+            )
 
     @abstractmethod
     def get_state(self) -> State:
@@ -132,20 +185,61 @@ class SourceDetector:
     """One source's detector: an `OnlineDetector` of `kind` per value of its points.
 
     Args:
-        make: Builds one value's detector (a fresh one; all with the same parameters).
+        make: Builds one value's detector (a fresh one; all with the same parameters), given
+            the keyword `state_budget`.
         threshold: A point is flagged when its likelihood reaches this, in (0, 1].
         suppress: After a flag, points that cannot be flagged again (>= 0).
+        state_budget: The most bytes `get_state`'s output may take encoded (None:
+            MAX_STATE_BYTES). Each value's detector gets an equal share of it once the width is
+            known, so the whole state fits whatever the width; a width past `max_width` (even
+            the smallest state per value would not fit) is refused.
 
     A point of another width than the stream's restarts the detectors (a source that gained a
     metric keeps flowing, learning anew). Values beyond +-VALUE_LIMIT reach the detectors as the
     limit.
     """
 
-    def __init__(self, make: Callable[[], OnlineDetector], threshold: float, suppress: int) -> None:
+    def __init__(
+        self,
+        make: Callable[..., OnlineDetector],
+        threshold: float,
+        suppress: int,
+        state_budget: int | None = None,
+    ) -> None:
         self._make = make
         self._detectors: list[OnlineDetector] = []
         self.threshold, self.suppress = _flagging(threshold, suppress)
         self._since_flag = self.suppress  # points since the last flag, capped at `suppress`
+        self.state_budget = MAX_STATE_BYTES if state_budget is None else state_budget
+        self._max_width: int | None = None
+
+    @property
+    def max_width(self) -> int:
+        """The most values a point may have: their detectors' states, each at its smallest,
+        fit `state_budget` (0: not even one does)."""
+        if self._max_width is None:
+            smallest = self._make(state_budget=MAX_STATE_BYTES).smallest_state()
+            self._max_width = max(self._room() // max(smallest, 1), 0)
+        return self._max_width
+
+    def _room(self) -> int:
+        """The budget's bytes left for the values' detectors (after this detector's own)."""
+        return self.state_budget - _OWN_STATE
+
+    def _build(self, width: int) -> list[OnlineDetector]:
+        """Fresh detectors for points of `width` values, each with its share of the budget.
+
+        Raises:
+            InvalidArgument: `width` is over `max_width` (names `values`).
+        """
+        if width > self.max_width:
+            raise InvalidArgument.for_field(
+                "values",
+                f"has {width} values; this source's streaming detector keeps a state that can be"
+                f" saved ({self.state_budget} bytes) for at most {self.max_width} values per point",
+            )
+        share = self._room() // width
+        return [self._make(state_budget=share) for _ in range(width)]
 
     def retune(self, threshold: float, suppress: int) -> None:
         """Flags from now on at `threshold` with `suppress`, keeping what was learnt.
@@ -157,7 +251,8 @@ class SourceDetector:
         self._since_flag = min(self._since_flag, self.suppress)
 
     def update(self, point: Sequence[float] | FloatArray) -> OnlineVerdict:
-        """Scores a (validated: non-empty, finite) point, then learns from it."""
+        """Scores a (validated: non-empty, finite, at most `max_width` values) point, then
+        learns from it."""
         return self.update_many([point])[0]
 
     def update_many(
@@ -180,7 +275,7 @@ class SourceDetector:
     def _update_rows(self, rows: FloatArray) -> list[OnlineVerdict]:
         """The verdicts of points of one width (a matrix, a point per row)."""
         if rows.shape[1] != len(self._detectors):
-            self._detectors = [self._make() for _ in range(rows.shape[1])]
+            self._detectors = self._build(rows.shape[1])
         rows = np.clip(rows, -VALUE_LIMIT, VALUE_LIMIT)
         scores = np.empty_like(rows)
         for index, detector in enumerate(self._detectors):
@@ -217,7 +312,10 @@ class SourceDetector:
             since_flag = int(state["since_flag"])
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"not a source detector's state: {err}") from None
-        detectors = [self._make() for _ in range(width)]
+        try:
+            detectors = self._build(width)
+        except InvalidArgument as err:
+            raise ValueError(f"a state of {width} values cannot fit: {err}") from None
         for index, detector in enumerate(detectors):
             prefix = f"{index}."
             detector.set_state(
@@ -225,6 +323,11 @@ class SourceDetector:
             )
         self._detectors = detectors
         self._since_flag = min(max(since_flag, 0), self.suppress)
+
+
+_OWN_STATE = state_bytes(8, 8) + ARCHIVE_OVERHEAD
+"""What a `SourceDetector`'s encoded state holds beside its detectors' states (`since_flag`,
+`width`, the archive's end)."""
 
 
 def _flagging(threshold: float, suppress: int) -> tuple[float, int]:

@@ -20,7 +20,9 @@ stream whose range is not known in advance:
   `rate_memory` values): a new event in a stream that rarely has any is more telling than one in
   a stream that keeps producing them (a noisy source, or one just after a change).
 - Memory. At most `max_contexts` pairs, least recently seen evicted first, so memory, time per
-  value and the state stay bounded whatever the stream.
+  value and the state stay bounded whatever the stream; fewer when the detector is given a
+  `state_budget` (its share of a source's state) that they would not fit (at least
+  `MIN_CONTEXTS`). A state saved with more pairs resumes with its most recently seen ones.
 
 The learning period's values are kept, and learnt once the range is set; until then it returns 0.
 On NAB's part in ../shared/data (bench/anomaly_nab.py) the event novelty and the new-event rate
@@ -41,9 +43,8 @@ import numpy as np
 
 from nexus.anomaly.detectors._params import ParamSpec, Parser, integer
 from nexus.anomaly.detectors._types import FloatArray, Params, ParamValue
-from nexus.anomaly.detectors.online._base import MAX_STATE_BYTES, OnlineDetector, State
+from nexus.anomaly.detectors.online._base import OnlineDetector, State, state_bytes
 from nexus.anomaly.detectors.online._jit import compiled
-from nexus.common.errors import InvalidArgument
 
 _RELATIVE_WIDTH_FLOOR = 1e-9
 """The narrowest bin, relative to the learnt values' magnitude (a flat learning period)."""
@@ -56,6 +57,10 @@ _MOVED, _STAYED = 1, 2
 """An event's second part: the value moved to its level, or stayed at it."""
 _PARTIAL = 0.5
 """The most a known event scores when some of its contexts are new."""
+MIN_CONTEXTS = 256
+"""The fewest pairs a detector sharing a budget keeps (fewer than `max_contexts` when the budget
+is short): about what ten levels' events and their recent contexts take. A source too wide for
+each value's detector to keep this many is refused (`SourceDetector.max_width`)."""
 _FIRST_ENTRIES = 64
 """Pairs a fresh detector has room for (the arrays grow by doubling, up to `max_contexts`)."""
 
@@ -95,7 +100,8 @@ class ContextNovelty(OnlineDetector):
             "max_contexts",
             20_000,
             integer(16, 200_000),
-            "Most (context, event) pairs remembered; least recently seen evicted first",
+            "Most (context, event) pairs remembered; least recently seen evicted first (fewer"
+            " when a source's values share its state's room)",
         ),
         ParamSpec(
             "rate_memory",
@@ -105,20 +111,25 @@ class ContextNovelty(OnlineDetector):
         ),
     )
 
-    def __init__(self, params: Params | None = None, *, field: str = "params") -> None:
-        super().__init__(params, field=field)
+    def __init__(
+        self,
+        params: Params | None = None,
+        *,
+        field: str = "params",
+        state_budget: int | None = None,
+    ) -> None:
+        super().__init__(params, field=field, state_budget=state_budget)
         self._levels = int(self.params["levels"])
         self._order = int(self.params["order"])
         self._learning = int(self.params["learning"])
-        self._capacity = int(self.params["max_contexts"])
         self._rate_weight = 1.0 / int(self.params["rate_memory"])
-        largest = self._capacity * ((self._order + 2) * 4 + 8) + self._learning * 12
-        if largest > MAX_STATE_BYTES:
-            raise InvalidArgument.for_field(
-                f"{field}.max_contexts",
-                f"the state could reach {largest} bytes, over {MAX_STATE_BYTES}: max_contexts x"
-                " ((order + 2) x 4 + 8) + learning x 12 must stay within it",
-            )
+        asked = int(self.params["max_contexts"])
+        self._capacity = asked
+        if state_budget is None:  # the parameters alone: all of them must fit
+            self._check_budget(f"{field}.max_contexts")
+        else:  # a share of a source's budget: as many contexts as fit it
+            self._capacity = max(min(asked, self._fitting()), min(asked, MIN_CONTEXTS))
+            self._check_budget(field)
         self._most = self._capacity + self._order + 1  # pairs held at once, while learning one
         self._scale = np.zeros(3)
         self._counters = np.zeros(11, dtype=np.int64)
@@ -126,6 +137,29 @@ class ContextNovelty(OnlineDetector):
         self._recent = np.zeros(self._learning, dtype=np.int64)  # a ring of the latest levels
         self._buffer = np.zeros(self._learning)  # the learning period's values, until the range
         self._allocate(min(_FIRST_ENTRIES, self._most))
+
+    def state_bound(self) -> int:
+        return self._bound(self._capacity)
+
+    def smallest_state(self) -> int:
+        return self._bound(min(self._capacity, MIN_CONTEXTS))
+
+    def _bound(self, capacity: int) -> int:
+        """The most bytes the state takes with at most `capacity` pairs (`get_state`'s arrays:
+        the learning period's values, the scale, the runs, the current run, the recent levels,
+        the pairs, their counts)."""
+        learning, order = self._learning, self._order
+        return state_bytes(
+            8 * (learning - 1), 24, 8 * order, 24, 4 * learning, *self._pair_bytes(capacity)
+        )
+
+    def _pair_bytes(self, capacity: int) -> tuple[int, int]:
+        return capacity * (self._order + 2) * 4, capacity * 8
+
+    def _fitting(self) -> int:
+        """The most pairs whose state fits `state_budget`."""
+        room = self.state_budget - self._bound(0)
+        return max(room // sum(self._pair_bytes(1)), 0)
 
     def _allocate(self, entries: int) -> None:
         """Empty memory with room for `entries` pairs."""
@@ -222,11 +256,15 @@ class ContextNovelty(OnlineDetector):
             or (width > 0.0 and bool(len(buffer)))
             or keys.ndim != 2
             or keys.shape != (len(counts), self._order + 2)
-            or len(counts) > self._capacity
             or bool(len(counts) and counts.min() < 1)
             or np.any((keys < np.iinfo(np.int32).min) | (keys > np.iinfo(np.int32).max))
         ):
             raise ValueError("state does not fit this detector's parameters")
+        if len(counts) > self._capacity:  # saved with more room: the least recently seen go
+            keys, counts = (
+                keys[len(counts) - self._capacity :],
+                counts[len(counts) - self._capacity :],
+            )
         self._scale[:] = (origin, width, rate)
         counters = self._counters
         counters[:] = 0

@@ -31,13 +31,37 @@ class TailsAndContext(OnlineDetector):
     DESCRIPTION = "Noisy-OR of the extreme-value tails and the contextual novelty (the default)"
     PARAMS = ()
 
-    def __init__(self, params: Params | None = None, *, field: str = "params") -> None:
-        super().__init__({}, field=field)
+    def __init__(
+        self,
+        params: Params | None = None,
+        *,
+        field: str = "params",
+        state_budget: int | None = None,
+    ) -> None:
+        super().__init__({}, field=field, state_budget=state_budget)
         own = _by_member(params or {}, field)
         self.params = {f"{m}.{k}": v for m, values in own.items() for k, v in values.items()}
-        self._members = [
-            member(own.get(member.KIND), field=f"{field}.{member.KIND}") for member in MEMBERS
+        fields = [f"{field}.{member.KIND}" for member in MEMBERS]
+        alone = [  # each member's parameters checked on their own
+            member(own.get(member.KIND), field=name)
+            for member, name in zip(MEMBERS, fields, strict=True)
         ]
+        # The budget shared: each member in turn gets what the later ones' smallest states
+        # leave, and the next what it takes (a fixed state takes its size; the context memory
+        # fills what is left).
+        left = self.state_budget
+        self._members = []
+        for at, (member, name) in enumerate(zip(MEMBERS, fields, strict=True)):
+            later = sum(other.smallest_state() for other in alone[at + 1 :])
+            built = member(own.get(member.KIND), field=name, state_budget=left - later)
+            left -= built.state_bound()
+            self._members.append(built)
+
+    def state_bound(self) -> int:
+        return sum(member.state_bound() for member in self._members)
+
+    def smallest_state(self) -> int:
+        return sum(member.smallest_state() for member in self._members)
 
     def update(self, value: float) -> float:
         normal = 1.0

@@ -15,7 +15,7 @@ import numpy as np
 
 from nexus.anomaly.detectors._params import ParamSpec, integer
 from nexus.anomaly.detectors._types import Params
-from nexus.anomaly.detectors.online._base import OnlineDetector, State
+from nexus.anomaly.detectors.online._base import OnlineDetector, State, state_bytes
 
 _STD_FLOOR = 1e-6
 
@@ -31,10 +31,17 @@ class WindowedGaussian(OnlineDetector):
         ParamSpec("step", 100, integer(1, 100_000), "Values between re-estimates once full"),
     )
 
-    def __init__(self, params: Params | None = None, *, field: str = "params") -> None:
-        super().__init__(params, field=field)
+    def __init__(
+        self,
+        params: Params | None = None,
+        *,
+        field: str = "params",
+        state_budget: int | None = None,
+    ) -> None:
+        super().__init__(params, field=field, state_budget=state_budget)
         self._window_size = int(self.params["window"])
         self._step = int(self.params["step"])
+        self._check_budget(f"{field}.window")
         self._window: list[float] = []
         self._pending: list[float] = []
         self._mean = 0.0
@@ -60,6 +67,9 @@ class WindowedGaussian(OnlineDetector):
         window = np.asarray(self._window)
         self._mean = float(window.mean())
         self._std = float(window.std()) or _STD_FLOOR
+
+    def state_bound(self) -> int:
+        return state_bytes(8 * self._window_size, 8 * (self._step - 1))  # window, pending
 
     def get_state(self) -> State:
         return {"window": np.asarray(self._window), "pending": np.asarray(self._pending)}

@@ -31,7 +31,7 @@ import numpy as np
 
 from nexus.anomaly.detectors._params import ParamSpec, integer, number
 from nexus.anomaly.detectors._types import FloatArray, Params
-from nexus.anomaly.detectors.online._base import OnlineDetector, State
+from nexus.anomaly.detectors.online._base import OnlineDetector, State, state_bytes
 from nexus.anomaly.detectors.online._jit import compiled
 
 SPREAD_SPAN = 12
@@ -75,9 +75,16 @@ class ExtremeTails(OnlineDetector):
         ParamSpec("period_every", 100, integer(1, 100_000), "Values between period searches"),
     )
 
-    def __init__(self, params: Params | None = None, *, field: str = "params") -> None:
-        super().__init__(params, field=field)
+    def __init__(
+        self,
+        params: Params | None = None,
+        *,
+        field: str = "params",
+        state_budget: int | None = None,
+    ) -> None:
+        super().__init__(params, field=field, state_budget=state_budget)
         self._size = int(self.params["window"])
+        self._check_budget(f"{field}.window")
         self._learning = int(self.params["learning"])
         self._share = float(self.params["tail_share"])
         self._fixed_period = int(self.params["period"])
@@ -121,6 +128,10 @@ class ExtremeTails(OnlineDetector):
         start, count = int(self._meta[view, _START]), int(self._meta[view, _COUNT])
         ring = self._rings[view]
         return np.concatenate((ring[start:count], ring[: max(0, start + count - self._size)]))
+
+    def state_bound(self) -> int:
+        window = 8 * self._size
+        return state_bytes(window, window, window, 32)  # the three views' windows, the scalars
 
     def get_state(self) -> State:
         seen, period = (int(v) for v in self._counters)
