@@ -22,7 +22,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
-from nexus.common.errors import REQUEST_TOO_LARGE, NexusError
+from nexus.common.errors import NexusError
 from nexus.common.idempotency import KEY_FIELD, METADATA_KEY, check_idempotency_key
 from nexus.gateway import tracing
 from nexus.gateway.backends import BACKEND_NOT_FOUND, BackendPool
@@ -37,7 +37,7 @@ from nexus.gateway.errors import (
 )
 from nexus.gateway.httpbody import HttpBodyStream, http_body_response
 from nexus.gateway.keys import ApiKeyLike, Authorizer, raw_key
-from nexus.gateway.multipart import FORM_DATA, FormLimits, boundary_of, read_form
+from nexus.gateway.multipart import FORM_DATA, FormLimits, boundary_of, bounded, read_form
 from nexus.gateway.ratelimit import RateLimiter
 from nexus.gateway.routing import Router
 from nexus.gateway.settings import GatewaySettings
@@ -296,15 +296,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     Content-Length is checked first, and the bytes are counted too (a chunked body has no
     length, and a length may lie).
     """
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise _too_large(limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    declared = request.headers.get("content-length", "")
+    chunks = [chunk async for chunk in bounded(request.stream(), limit, declared)]
     return b"".join(chunks)
 
 
@@ -351,14 +344,6 @@ def require_json(headers: Headers, *, also: str = "") -> None:
         f"the body must be JSON ({expected}), not {declared!r}",
         reason=UNSUPPORTED_MEDIA_TYPE,
         status=415,
-    )
-
-
-def _too_large(limit: int) -> GatewayError:
-    return GatewayError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"the request body is larger than the limit of {limit} bytes",
-        reason=REQUEST_TOO_LARGE,
     )
 
 

@@ -9,7 +9,7 @@ body). Limits are checked as the bytes come: the whole body (`max_body_bytes`), 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -98,18 +98,10 @@ async def read_form(
         GatewayError: 413 beyond a limit (as soon as it is known), 400 for a malformed body or
             a part without a name.
     """
-    if declared_length.isdigit() and int(declared_length) > limits.body_bytes:
-        raise too_large(f"the request body is larger than the limit of {limits.body_bytes} bytes")
     reader = _Reader(limits)
     try:
         parser = MultipartParser(boundary, reader.callbacks())
-        size = 0
-        async for chunk in stream:
-            size += len(chunk)
-            if size > limits.body_bytes:
-                raise too_large(
-                    f"the request body is larger than the limit of {limits.body_bytes} bytes"
-                )
+        async for chunk in bounded(stream, limits.body_bytes, declared_length):
             parser.write(chunk)
         parser.finalize()
     except FormParserError as err:
@@ -117,6 +109,27 @@ async def read_form(
     if not reader.ended:
         raise GatewayError.bad_field("", f"the {FORM_DATA} body ends before its closing boundary")
     return reader.parts
+
+
+async def bounded(
+    stream: AsyncIterable[bytes], limit: int, declared_length: str = ""
+) -> AsyncIterator[bytes]:
+    """The chunks of a request body, refused with 413 as soon as it is known to exceed `limit`
+    bytes: from Content-Length first, then by counting (a chunked body has no length, and a
+    length may lie)."""
+    if declared_length.isdigit() and int(declared_length) > limit:
+        raise body_too_large(limit)
+    size = 0
+    async for chunk in stream:
+        size += len(chunk)
+        if size > limit:
+            raise body_too_large(limit)
+        yield chunk
+
+
+def body_too_large(limit: int) -> GatewayError:
+    """413: the body is over the limit."""
+    return too_large(f"the request body is larger than the limit of {limit} bytes")
 
 
 def too_large(message: str) -> GatewayError:
@@ -168,7 +181,7 @@ class _Reader:
         if self._size > self.limits.part_bytes:
             name = self._name()
             raise too_large(
-                f"{name}: the part is larger than the limit of {self.limits.part_bytes}"
+                f"{name}: the part is larger than the limit of {self.limits.part_bytes} bytes"
             )
         self._chunks.append(data[start:end])
 
