@@ -20,6 +20,7 @@ from types import ModuleType
 from google.api import annotations_pb2, http_pb2  # type: ignore[import-untyped, unused-ignore]
 from google.protobuf.descriptor import (
     Descriptor,
+    FieldDescriptor,
     FileDescriptor,
     MethodDescriptor,
     ServiceDescriptor,
@@ -33,6 +34,27 @@ from nexus.gateway.paths import PathTemplate
 log = logging.getLogger(__name__)
 
 _VERBS = ("get", "put", "post", "delete", "patch")
+HTTP_BODY = "google.api.HttpBody"
+"""A response of this type is sent as its raw `data` with its `content_type` (ADR 0030)."""
+# Well-known types whose JSON form is a string or a scalar, so a query parameter can carry them.
+QUERY_WELL_KNOWN = {
+    "google.protobuf.Timestamp",
+    "google.protobuf.Duration",
+    "google.protobuf.FieldMask",
+    "google.protobuf.StringValue",
+    "google.protobuf.BytesValue",
+    "google.protobuf.Int64Value",
+    "google.protobuf.UInt64Value",
+    "google.protobuf.Int32Value",
+    "google.protobuf.UInt32Value",
+    "google.protobuf.DoubleValue",
+    "google.protobuf.FloatValue",
+    "google.protobuf.BoolValue",
+}
+FILENAME_SUFFIX, CONTENT_TYPE_SUFFIX = "_filename", "_content_type"
+"""A string field `<f>_filename` / `<f>_content_type` beside a bytes field `<f>` (repeated when
+`<f>` is) receives the filename / media type of the file uploaded into `<f>` (ADR 0030)."""
+_MAX_FLAT_DEPTH = 3
 
 
 @dataclass(frozen=True)
@@ -74,6 +96,46 @@ class HttpBinding:
     def server_streaming(self) -> bool:
         """Whether the RPC streams responses (served as Server-Sent Events)."""
         return bool(self.method.server_streaming)
+
+    @cached_property
+    def http_body(self) -> bool:
+        """Whether the response (or its `response_body` field) is a `google.api.HttpBody`,
+        served as raw bytes with its own content type."""
+        output: Descriptor | None = self.method.output_type
+        if self.response_body:
+            output = self.method.output_type.fields_by_name[self.response_body].message_type
+        return output is not None and output.full_name == HTTP_BODY
+
+    @property
+    def media_types(self) -> tuple[str, ...]:
+        """The media types an HttpBody response declares (`response_media_types`), else
+        ("*/*",)."""
+        declared = self.method.GetOptions().Extensions[options_pb2.response_media_types]
+        return tuple(declared) or ("*/*",)
+
+    @cached_property
+    def form_fields(self) -> dict[str, FieldDescriptor]:
+        """The fields a multipart/form-data part may fill, by dotted name relative to the body
+        (the request, or the message field `body` names); empty when the route takes no form:
+        its body holds no bytes field. File metadata fields (`<f>_filename`,
+        `<f>_content_type`) are left out: the file part fills them."""
+        target = self.body_message
+        if target is None:
+            return {}
+        fields = dict(flat_fields(target))
+        if not any(f.type == FieldDescriptor.TYPE_BYTES for f in fields.values()):
+            return {}
+        return {name: f for name, f in fields.items() if file_of(f) is None}
+
+    @property
+    def body_message(self) -> Descriptor | None:
+        """The message the body fills: the request (`*`), the named field's message, or None
+        (no body, or a body field that is not a message)."""
+        if self.body == "*":
+            return self.method.input_type
+        if self.body:
+            return self.method.input_type.fields_by_name[self.body].message_type
+        return None
 
     @cached_property
     def request_class(self) -> type[Message]:
@@ -208,3 +270,40 @@ def resolve_field(message: Descriptor, path: tuple[str, ...]) -> list[Descriptor
                 raise ValueError(f"{'.'.join(path)}: {name!r} is not a message field")
             holders.append(field.message_type)
     return holders
+
+
+def flat_fields(
+    message: Descriptor, prefix: str = "", depth: int = 0
+) -> list[tuple[str, FieldDescriptor]]:
+    """The fields that a flat name (a query parameter, a form part) can fill: scalars, enums,
+    repeated scalars and the well-known types written as strings, with dotted names through
+    singular message fields (at most three deep). Maps and repeated messages are JSON-only."""
+    found: list[tuple[str, FieldDescriptor]] = []
+    for field in message.fields:
+        name = f"{prefix}{field.name}"
+        nested = field.message_type
+        if nested is None or nested.full_name in QUERY_WELL_KNOWN:
+            found.append((name, field))
+        elif (
+            not nested.GetOptions().map_entry and not field.is_repeated and depth < _MAX_FLAT_DEPTH
+        ):
+            found += flat_fields(nested, f"{name}.", depth + 1)
+    return found
+
+
+def file_of(field: FieldDescriptor) -> FieldDescriptor | None:
+    """The bytes field whose uploaded file's metadata `field` receives (`image_filename` and
+    `image_content_type` for `image`), or None."""
+    holders = field.containing_type
+    if field.type != FieldDescriptor.TYPE_STRING or holders is None:
+        return None
+    for suffix in (FILENAME_SUFFIX, CONTENT_TYPE_SUFFIX):
+        if field.name.endswith(suffix):
+            holder = holders.fields_by_name.get(field.name.removesuffix(suffix))
+            if (
+                holder is not None
+                and holder.type == FieldDescriptor.TYPE_BYTES
+                and holder.is_repeated == field.is_repeated
+            ):
+                return holder
+    return None

@@ -22,7 +22,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
-from nexus.common.errors import REQUEST_TOO_LARGE, NexusError
+from nexus.common.errors import NexusError
 from nexus.common.idempotency import KEY_FIELD, METADATA_KEY, check_idempotency_key
 from nexus.gateway import tracing
 from nexus.gateway.backends import BACKEND_NOT_FOUND, BackendPool
@@ -35,12 +35,21 @@ from nexus.gateway.errors import (
     not_found,
     retry_after_seconds,
 )
+from nexus.gateway.httpbody import HttpBodyStream, http_body_response
 from nexus.gateway.keys import ApiKeyLike, Authorizer, raw_key
+from nexus.gateway.multipart import FORM_DATA, FormLimits, boundary_of, bounded, read_form
 from nexus.gateway.ratelimit import RateLimiter
 from nexus.gateway.routing import Router
 from nexus.gateway.settings import GatewaySettings
-from nexus.gateway.sse import EventStream
-from nexus.gateway.transcode import PathValues, build_request, dumps, field_value, response_json
+from nexus.gateway.sse import CallStream, EventStream
+from nexus.gateway.transcode import (
+    PathValues,
+    build_form_request,
+    build_request,
+    dumps,
+    field_value,
+    response_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +93,7 @@ class Gateway:
         span = tracing.start_server_span(request.method, path, request.headers)
         with trace.use_span(span, end_on_exit=False):
             response = await self._respond(request, path, span)
-        if not isinstance(response, EventStream):  # a stream ends its span when it closes
+        if not isinstance(response, CallStream):  # a stream ends its span when it closes
             tracing.finish(span, response.status_code)
         return response
 
@@ -105,16 +114,38 @@ class Gateway:
     ) -> Response:
         key = raw_key(request.headers)
         await self.admit(binding.scope, key, request)
-        if binding.body:
-            require_json(request.headers)
-        body = await read_body(request, self.settings.max_body_bytes)
-        message = await self._transcode(binding, values, query_items(request), body)
+        message = await self._request_message(binding, values, request)
         backend = self._backend(binding, message)
         metadata = call_metadata(key, idempotency(request.headers))
         deadline_s = deadline(request.headers, binding.server_streaming, self.settings)
         if binding.server_streaming:
             return await self._stream(binding, backend, message, metadata, deadline_s, span)
         return await self._unary(binding, backend, message, metadata, deadline_s)
+
+    async def _request_message(
+        self, binding: HttpBinding, values: PathValues, request: Request
+    ) -> Message:
+        """The request message from the path, the query and the body (JSON, or a
+        multipart/form-data form where the route takes one)."""
+        boundary = (
+            body_media(request.headers, form=bool(binding.form_fields)) if binding.body else None
+        )
+        if boundary is None:
+            body = await read_body(request, self.settings.max_body_bytes)
+            return await self._transcode(binding, values, query_items(request), body)
+        parts = await read_form(
+            request.stream(),
+            boundary,
+            self.form_limits,
+            request.headers.get("content-length", ""),
+        )
+        return build_form_request(binding, values, query_items(request), parts)
+
+    @property
+    def form_limits(self) -> FormLimits:
+        """The limits of a multipart/form-data body."""
+        settings = self.settings
+        return FormLimits(settings.max_body_bytes, settings.max_part_bytes, settings.max_form_parts)
 
     async def admit(self, scope: str, key: str | None, request: Request) -> None:
         """Authorizes the caller for `scope` (when auth is on), then takes a rate-limit token.
@@ -191,6 +222,8 @@ class Gateway:
             reply = await call(message, timeout=deadline_s, metadata=metadata, wait_for_ready=False)
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err, backend) from err
+        if binding.http_body:
+            return http_body_response(binding, reply)
         return Response(await self._render(binding, reply), media_type="application/json")
 
     async def _stream(
@@ -205,9 +238,18 @@ class Gateway:
         call = self.pool.stream(backend, binding)(
             message, timeout=deadline_s, metadata=metadata, wait_for_ready=False
         )
+        first = await self._first_read(call, backend)
+        if binding.http_body:
+            return HttpBodyStream(
+                call,
+                first,
+                binding=binding,
+                error_of=lambda err: from_rpc_error(err, backend),
+                on_close=lambda status: tracing.finish(span, status),
+            )
         return EventStream(
             call,
-            await self._first_read(call, backend),
+            first,
             render=lambda reply: dumps(response_json(binding, reply)),
             error_of=lambda err: from_rpc_error(err, backend),
             keepalive_s=self.settings.sse_keepalive_s,
@@ -254,21 +296,33 @@ async def read_body(request: Request, limit: int) -> bytes:
     Content-Length is checked first, and the bytes are counted too (a chunked body has no
     length, and a length may lie).
     """
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise _too_large(limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    declared = request.headers.get("content-length", "")
+    chunks = [chunk async for chunk in bounded(request.stream(), limit, declared)]
     return b"".join(chunks)
 
 
-def require_json(headers: Headers) -> None:
+def body_media(headers: Headers, *, form: bool) -> bytes | None:
+    """What a body is: JSON (None), or, where the route takes forms (`form`), a
+    multipart/form-data form (its boundary).
+
+    Raises:
+        GatewayError: 415 UNSUPPORTED_MEDIA_TYPE for anything else; 400 for a form without a
+            boundary.
+    """
+    declared = headers.get("content-type")
+    if form and declared is not None and _media_type(declared) == FORM_DATA:
+        return boundary_of(declared)
+    require_json(headers, also=FORM_DATA if form else "")
+    return None
+
+
+def _media_type(declared: str) -> str:
+    return declared.partition(";")[0].strip().lower()
+
+
+def require_json(headers: Headers, *, also: str = "") -> None:
     """Refuses a body declared as anything but JSON (415); one declared as nothing is read as
-    JSON.
+    JSON. `also` names another media type the route takes, for the message.
 
     Raises:
         GatewayError: 415 UNSUPPORTED_MEDIA_TYPE.
@@ -284,19 +338,12 @@ def require_json(headers: Headers) -> None:
     )
     if is_json and (charset is None or charset[1].lower() in ("utf-8", "utf8")):
         return
+    expected = "Content-Type: application/json" + (f" or {also}" if also else "")
     raise GatewayError(
         grpc.StatusCode.INVALID_ARGUMENT,
-        f"the body must be JSON (Content-Type: application/json), not {declared!r}",
+        f"the body must be JSON ({expected}), not {declared!r}",
         reason=UNSUPPORTED_MEDIA_TYPE,
         status=415,
-    )
-
-
-def _too_large(limit: int) -> GatewayError:
-    return GatewayError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"the request body is larger than the limit of {limit} bytes",
-        reason=REQUEST_TOO_LARGE,
     )
 
 

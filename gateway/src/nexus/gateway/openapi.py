@@ -17,9 +17,9 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from nexus.api.common.v1 import common_pb2
 from nexus.common import rules
 from nexus.common.idempotency import KEY_FIELD, MAX_KEY_LENGTH, takes_idempotency_key
-from nexus.gateway.descriptors import HttpBinding, resolve_field
+from nexus.gateway.descriptors import HttpBinding, flat_fields, resolve_field
+from nexus.gateway.multipart import FORM_DATA
 from nexus.gateway.paths import openapi_parameter
-from nexus.gateway.transcode import QUERY_WELL_KNOWN
 
 Schema = dict[str, Any]
 
@@ -32,9 +32,15 @@ _ERROR_TEXT = {
     "403": "The API key lacks the scope this operation needs.",
     "404": "No such route, resource or service.",
     "409": "Conflict: the resource exists already, or a concurrent change won (retry).",
-    "413": "Request body (or a batch in it) too large.",
+    "413": (
+        "Request body (or a batch in it, or a part of a form) too large, or a form with too "
+        "many parts."
+    ),
     "414": "The URL is longer than the gateway accepts.",
-    "415": "The body is declared as something other than JSON.",
+    "415": (
+        "The body is declared as something other than JSON (or multipart/form-data, where the "
+        "operation takes it)."
+    ),
     "429": "Rate limit exceeded; see the Retry-After header.",
     "431": "The request headers are larger than the gateway accepts.",
     "500": "Internal error.",
@@ -53,9 +59,9 @@ IDEMPOTENCY_KEY_PATTERN = f"^({'|'.join(_KEY_FORMS)})$"
 """What `check_idempotency_key` accepts: 1 to 255 printable ASCII characters (HTTP trims the
 spaces around a header value); `""` is the empty structured-field string, so no key."""
 _BODY_ONLY = {"415"}  # only an operation that takes a body can get these
-_MAX_QUERY_DEPTH = 3
 
 _T = FieldDescriptor
+_BINARY: Schema = {"type": "string", "format": "binary"}
 _SCALARS: dict[int, Schema] = {
     _T.TYPE_DOUBLE: {"type": "number", "format": "double"},
     _T.TYPE_FLOAT: {"type": "number", "format": "float"},
@@ -311,14 +317,43 @@ def _request_body(binding: HttpBinding, schemas: Schemas) -> dict[str, Any]:
     else:
         schema = schemas.field(request.fields_by_name[binding.body])
         note = f"The request's `{binding.body}` field."
-    return {
-        "required": True,
-        "description": note,
-        "content": {"application/json": {"schema": schema}},
-    }
+    content = {"application/json": {"schema": schema}}
+    if binding.form_fields:
+        content[FORM_DATA] = {"schema": _form_schema(binding, schemas)}
+        note += (
+            " Or a multipart/form-data form: a part per field, by dotted name; files into the "
+            "bytes fields."
+        )
+    return {"required": True, "description": note, "content": content}
+
+
+def _form_schema(binding: HttpBinding, schemas: Schemas) -> Schema:
+    """The multipart/form-data form of a body: a property per field a part can fill, binary for
+    the bytes fields (an array of them for a repeated one)."""
+    properties: dict[str, Schema] = {}
+    for name, field in binding.form_fields.items():
+        if field.type == FieldDescriptor.TYPE_BYTES:
+            properties[name] = (
+                _BINARY if not field.is_repeated else {"type": "array", "items": _BINARY}
+            )
+        else:
+            properties[name] = schemas.field(field)
+    prefix = "" if binding.body == "*" else f"{binding.body}."
+    bound = {v.name.removeprefix(prefix) for v in binding.template.variables}
+    assert binding.body_message is not None  # a route that takes forms has one
+    schema: Schema = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required := [
+        n for n in rules.required_fields(binding.body_message) if n in properties and n not in bound
+    ]:
+        schema["required"] = required
+    return schema
 
 
 def _responses(binding: HttpBinding, schemas: Schemas) -> dict[str, Any]:
+    codes = [c for c in _ERROR_TEXT if binding.body or c not in _BODY_ONLY]
+    errors = {c: {"$ref": f"#/components/responses/{_error_name(c)}"} for c in codes}
+    if binding.http_body:
+        return {"200": _http_body(binding), **errors}
     output = binding.method.output_type
     if binding.response_body:
         schema = schemas.field(output.fields_by_name[binding.response_body])
@@ -330,9 +365,22 @@ def _responses(binding: HttpBinding, schemas: Schemas) -> dict[str, Any]:
     }
     if binding.server_streaming:
         ok = _event_stream(schema)
-    codes = [c for c in _ERROR_TEXT if binding.body or c not in _BODY_ONLY]
-    errors = {c: {"$ref": f"#/components/responses/{_error_name(c)}"} for c in codes}
     return {"200": ok, **errors}
+
+
+def _http_body(binding: HttpBinding) -> dict[str, Any]:
+    """A `google.api.HttpBody` answer: raw bytes of the media types the RPC declares
+    (`response_media_types`), or of any ("*/*")."""
+    described = "The raw body, with its media type as the Content-Type (not JSON)."
+    if binding.server_streaming:
+        described += (
+            " Streamed in chunks; an error after the first chunk cuts the body short (no final "
+            "chunk), so the transfer reads as incomplete."
+        )
+    return {
+        "description": described,
+        "content": {media: {"schema": dict(_BINARY)} for media in binding.media_types},
+    }
 
 
 def _event_stream(schema: Schema) -> dict[str, Any]:
@@ -371,7 +419,7 @@ def _query_parameters(binding: HttpBinding, schemas: Schemas) -> list[dict[str, 
     if binding.body == "*":
         return []
     bound = {v.name for v in binding.template.variables} | {binding.body}
-    fields = _query_fields(binding.method.input_type, "", 0)
+    fields = flat_fields(binding.method.input_type)
     return [
         {
             "name": name,
@@ -383,22 +431,6 @@ def _query_parameters(binding: HttpBinding, schemas: Schemas) -> list[dict[str, 
         for name, field in fields
         if name not in bound and name.split(".")[0] not in bound
     ]
-
-
-def _query_fields(
-    message: Descriptor, prefix: str, depth: int
-) -> list[tuple[str, FieldDescriptor]]:
-    found: list[tuple[str, FieldDescriptor]] = []
-    for field in message.fields:
-        name = f"{prefix}{field.name}"
-        nested = field.message_type
-        if nested is None or nested.full_name in QUERY_WELL_KNOWN:
-            found.append((name, field))
-        elif (
-            not nested.GetOptions().map_entry and not field.is_repeated and depth < _MAX_QUERY_DEPTH
-        ):
-            found += _query_fields(nested, f"{name}.", depth + 1)
-    return found
 
 
 def _health_paths() -> dict[str, dict[str, Any]]:

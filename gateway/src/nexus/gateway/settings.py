@@ -35,6 +35,13 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     """Largest HTTP request body accepted; a larger one gets 413."""
 
+    max_part_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    """Largest part of a multipart/form-data body (a file, a text value); a larger one gets 413.
+    The whole body is bounded by `max_body_bytes` too."""
+
+    max_form_parts: int = Field(default=64, gt=0)
+    """Most parts of a multipart/form-data body; more get 413."""
+
     offload_bytes: int = Field(default=64 * 1024, ge=0)
     """Request bodies and responses larger than this are transcoded (JSON <-> protobuf) on worker
     threads, so the event loop keeps serving other requests and probes meanwhile; smaller ones,

@@ -1,4 +1,4 @@
-"""Server-Sent Events from a gRPC server stream.
+"""Server-Sent Events from a gRPC server stream (and the relay that raw HttpBody streams share).
 
 Each message is `data: <json>\\n\\n`; a status error after the stream started is
 `event: error\\ndata: <error body>\\n\\n`, then the stream closes. The response listens for the
@@ -43,8 +43,62 @@ def error_event(err: GatewayError) -> bytes:
     return f"event: error\ndata: {err.to_json()}\n\n".encode()
 
 
-class EventStream(Response):
-    """An ASGI response that relays a gRPC server stream as Server-Sent Events.
+class CallStream(Response):
+    """An ASGI response that relays a gRPC server stream; a subclass says how (`_relay`).
+
+    The response listens for the client going away meanwhile and then cancels the call.
+
+    Args:
+        call: The running server-streaming call.
+        first: The read of its first message, already started.
+        error_of: Status error -> the gateway error it is answered as.
+        on_close: Called once when the stream ends, however it ends (with the HTTP status).
+        media_type: The Content-Type, when known before the first message.
+    """
+
+    def __init__(
+        self,
+        call: grpc.aio.UnaryStreamCall[Any, Any],
+        first: asyncio.Future[Any],
+        *,
+        error_of: ErrorOf,
+        on_close: Callable[[int], None],
+        media_type: str | None = None,
+    ) -> None:
+        super().__init__(status_code=200, media_type=media_type)
+        self._call = call
+        self._first = first
+        self._error_of = error_of
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        relay = asyncio.ensure_future(self._relay(scope, send))
+        gone = asyncio.ensure_future(_client_gone(receive))
+        status = 499
+        try:
+            done, _ = await asyncio.wait({relay, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if relay in done:
+                status = _relay_status(relay)
+        finally:
+            await self._cleanup(relay, gone)
+            self._on_close(status)
+
+    async def _relay(self, scope: Scope, send: Send) -> int:
+        """Sends the stream; returns the HTTP status it was answered with."""
+        raise NotImplementedError
+
+    async def _cleanup(self, *tasks: asyncio.Future[Any]) -> None:
+        self._call.cancel()  # the backend sees CANCELLED when the client went away
+        self._first.cancel()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+class EventStream(CallStream):
+    """Relays a gRPC server stream as Server-Sent Events.
 
     Args:
         call: The running server-streaming call.
@@ -65,51 +119,29 @@ class EventStream(Response):
         keepalive_s: float,
         on_close: Callable[[int], None],
     ) -> None:
-        super().__init__(status_code=200, media_type="text/event-stream")
-        self._call = call
-        self._first = first
+        super().__init__(
+            call, first, error_of=error_of, on_close=on_close, media_type="text/event-stream"
+        )
         self._render = render
-        self._error_of = error_of
         self._keepalive_s = keepalive_s
-        self._on_close = on_close
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        relay = asyncio.ensure_future(self._relay(send))
-        gone = asyncio.ensure_future(_client_gone(receive))
-        status = 499
-        try:
-            done, _ = await asyncio.wait({relay, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if relay in done:
-                status = _relay_status(relay)
-        finally:
-            await self._cleanup(relay, gone)
-            self._on_close(status)
-
-    async def _cleanup(self, *tasks: asyncio.Future[Any]) -> None:
-        self._call.cancel()  # the backend sees CANCELLED when the client went away
-        self._first.cancel()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-    async def _relay(self, send: Send) -> None:
+    async def _relay(self, scope: Scope, send: Send) -> int:
         await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
         pending: asyncio.Future[Any] = self._first
         while True:
             done, _ = await asyncio.wait({pending}, timeout=self._keepalive_s)
             if not done:
-                await _body(send, KEEPALIVE)
+                await send_chunk(send, KEEPALIVE)
                 continue
             event = self._event(pending)
             if event is None:
                 break
-            await _body(send, event)
+            await send_chunk(send, event)
             if event.startswith(b"event: error"):
                 break
             pending = asyncio.ensure_future(self._call.read())
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return 200
 
     def _event(self, read: asyncio.Future[Any]) -> bytes | None:
         """The event for a finished read; None at the end of the stream."""
@@ -122,17 +154,18 @@ class EventStream(Response):
         return data_event(self._render(message))
 
 
-def _relay_status(relay: asyncio.Future[None]) -> int:
-    """200 when the stream was relayed to its end; a failed write means the client left."""
+def _relay_status(relay: asyncio.Future[int]) -> int:
+    """The status the relay answered; a failed write means the client left."""
     err = relay.exception()
     if err is None:
-        return 200
+        return relay.result()
     if not isinstance(err, OSError):
-        log.error("SSE relay failed", exc_info=err)
+        log.error("stream relay failed", exc_info=err)
     return 499
 
 
-async def _body(send: Send, chunk: bytes) -> None:
+async def send_chunk(send: Send, chunk: bytes) -> None:
+    """One more piece of a response body."""
     await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
 

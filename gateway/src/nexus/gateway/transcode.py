@@ -23,26 +23,19 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from nexus.gateway.descriptors import HttpBinding
+from nexus.gateway.descriptors import (
+    CONTENT_TYPE_SUFFIX,
+    FILENAME_SUFFIX,
+    QUERY_WELL_KNOWN,
+    HttpBinding,
+    file_of,
+    flat_fields,
+)
 from nexus.gateway.errors import GatewayError
 from nexus.gateway.jsonload import IncrementalLoader
+from nexus.gateway.multipart import Part
 from nexus.gateway.plainjson import parse_plain
 
-# Well-known types whose JSON form is a string or a scalar, so a query parameter can carry them.
-QUERY_WELL_KNOWN = {
-    "google.protobuf.Timestamp",
-    "google.protobuf.Duration",
-    "google.protobuf.FieldMask",
-    "google.protobuf.StringValue",
-    "google.protobuf.BytesValue",
-    "google.protobuf.Int64Value",
-    "google.protobuf.UInt64Value",
-    "google.protobuf.Int32Value",
-    "google.protobuf.UInt32Value",
-    "google.protobuf.DoubleValue",
-    "google.protobuf.FloatValue",
-    "google.protobuf.BoolValue",
-}
 _TRUE, _FALSE = {"true", "1"}, {"false", "0"}
 _AT_PATH = re.compile(r" at [A-Za-z_]\w*\.(?P<path>[\w.\[\]]+?)\.*$")
 _NO_FIELD = re.compile(
@@ -94,6 +87,81 @@ def build_request(
         _parse_into(request, _query_tree(binding.method.input_type, query), query_names=True)
     _parse_into(request, _nest(path))
     return request
+
+
+def build_form_request(
+    binding: HttpBinding, path: PathValues, query: Iterable[tuple[str, str]], parts: list[Part]
+) -> Message:
+    """The request message of a multipart/form-data request (ADR 0030).
+
+    Each part fills the field its name gives, dotted, relative to the body (as a JSON body
+    would): a part into a bytes field gives its raw bytes (a repeated one takes several parts),
+    and its filename and content type go to `<field>_filename` / `<field>_content_type` where
+    the message has them; any other part is text, read as a query value would be.
+
+    Raises:
+        GatewayError: INVALID_ARGUMENT naming the part for an unknown name, a file into a
+            field that is not bytes, a second file into a singular field, or a bad value.
+    """
+    query = list(query)
+    if binding.body == "*":
+        _reject_query(query)
+    prefix = "" if binding.body == "*" else f"{binding.body}."
+    request = binding.request_class()
+    texts: list[tuple[str, str]] = []
+    files: list[tuple[str, FieldDescriptor, Part]] = []
+    for part in parts:
+        field = binding.form_fields.get(part.name)
+        if field is None:
+            raise GatewayError.bad_field(part.name, _not_a_part(binding, part.name))
+        if field.type == FieldDescriptor.TYPE_BYTES and field.message_type is None:
+            files.append((prefix + part.name, field, part))
+        elif part.is_file:
+            raise GatewayError.bad_field(part.name, "a file can only fill a bytes field")
+        else:
+            texts.append((prefix + part.name, part.text()))
+    if texts:
+        _parse_into(request, _query_tree(binding.method.input_type, texts), query_names=True)
+    filled: set[str] = set()
+    for key, field, part in files:
+        if not field.is_repeated and key in filled:
+            raise GatewayError.bad_field(key, "takes one file (the field is not repeated)")
+        filled.add(key)
+        _put_file(request, key, field, part)
+    if query:
+        _parse_into(request, _query_tree(binding.method.input_type, query), query_names=True)
+    _parse_into(request, _nest(path))
+    return request
+
+
+def _not_a_part(binding: HttpBinding, name: str) -> str:
+    """Why a form part's name fills no field."""
+    assert binding.body_message is not None  # a route that takes forms has a body message
+    field = dict(flat_fields(binding.body_message)).get(name)
+    if field is not None and (owner := file_of(field)) is not None:
+        return f"filled from the file part {owner.name!r}, not sent as a part of its own"
+    return f"{binding.body_message.full_name} has no field {name!r} that a form part can fill"
+
+
+def _put_file(request: Message, key: str, field: FieldDescriptor, part: Part) -> None:
+    """Puts a file part's bytes into its field, and its filename and content type into the
+    sibling fields that the naming rule gives (when the message has them)."""
+    holder: Any = request
+    for name in key.split(".")[:-1]:
+        holder = getattr(holder, name)
+    _put(holder, field, part.data)
+    metadata = ((FILENAME_SUFFIX, part.filename or ""), (CONTENT_TYPE_SUFFIX, part.content_type))
+    for suffix, value in metadata:
+        sibling = holder.DESCRIPTOR.fields_by_name.get(field.name + suffix)
+        if sibling is not None and file_of(sibling) is field:
+            _put(holder, sibling, value)
+
+
+def _put(holder: Any, field: FieldDescriptor, value: Any) -> None:
+    if field.is_repeated:
+        getattr(holder, field.name).append(value)
+    else:
+        setattr(holder, field.name, value)
 
 
 def field_value(message: Message, path: tuple[str, ...]) -> Any:

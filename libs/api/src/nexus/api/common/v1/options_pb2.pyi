@@ -6,6 +6,7 @@ isort:skip_file
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf.internal import extension_dict as _extension_dict
 import builtins as _builtins
@@ -127,11 +128,17 @@ class FieldRules(_message.Message):
 Global___FieldRules: _TypeAlias = FieldRules  # noqa: Y015
 
 REQUIRED_SCOPE_FIELD_NUMBER: _builtins.int
+RESPONSE_MEDIA_TYPES_FIELD_NUMBER: _builtins.int
 ROUTE_BY_FIELD_FIELD_NUMBER: _builtins.int
 RULES_FIELD_NUMBER: _builtins.int
 required_scope: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _builtins.str]
 """The API-key scope a caller needs, such as "anomaly:invoke" or "models:admin".
 Checked by the gateway at the edge and by the service's auth interceptor.
+"""
+response_media_types: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _containers.RepeatedScalarFieldContainer[_builtins.str]]
+"""For an RPC that answers `google.api.HttpBody` (served as the raw body with its own
+content_type): the media types its bodies can have, such as "image/png" and "image/svg+xml",
+which the gateway's OpenAPI document declares. Without it the document says "*/*".
 """
 route_by_field: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.ServiceOptions, _builtins.str]
 """For a service that every backend mounts (the model registry): the name of the request field
