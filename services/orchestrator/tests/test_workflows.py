@@ -163,7 +163,10 @@ async def test_versions_are_kept_and_the_latest_is_listed(
     assert latest.workflow.version == 2
     assert list(latest.workflow.step_ids) == ["nap", "approve"]
     assert latest.workflow.owner_key_id
-    assert [(w.name, w.version) for w in listed.workflows] == [("sleeper", 2)]
+    # The NATS server is the session's: other tests' workflows are listed too.
+    assert [(w.name, w.version) for w in listed.workflows if w.name == "sleeper"] == [
+        ("sleeper", 2)
+    ]
 
 
 async def test_a_bad_definition_is_invalid_argument_with_the_line(

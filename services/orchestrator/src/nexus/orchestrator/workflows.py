@@ -132,6 +132,10 @@ class WorkflowStore:
             self._parsed[key] = workflow.parsed()
         return self._parsed[key]
 
+    def cached(self, name: str, version: int) -> Definition | None:
+        """The checked definition of a version when this process parsed it already."""
+        return self._parsed.get((name, version))
+
     async def list_latest(
         self, page_size: int, page_token: str
     ) -> tuple[list[WorkflowVersion], str]:
