@@ -4,6 +4,8 @@ and rerun."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +81,12 @@ class Orchestrator:
         assert last is not None
         return last
 
+    async def signal(self, run_id: str, **payload: Any) -> None:
+        struct = Struct()
+        struct.update(payload)
+        request = pb.SignalRunRequest(run_id=run_id, signal="approval", payload=struct)
+        await self.stub.SignalRun(request, metadata=self.key)
+
     async def history(self, run_id: str) -> list[pb.StepExecution]:
         reply = await self.stub.GetRunHistory(
             pb.GetRunHistoryRequest(run_id=run_id), metadata=self.key
@@ -104,27 +112,33 @@ def start_orchestrator(
     start_service: StartService, anomaly: ServiceHost, service_key: str
 ) -> StartOrchestrator:
     async def start(**overrides: object) -> ServiceHost:
-        settings = OrchestratorSettings(
-            grpc_port=0,
-            backends={"anomaly": f"127.0.0.1:{anomaly.port}"},
-            service_key=service_key,
-            ack_wait_s=1.0,
-            **overrides,  # type: ignore[arg-type]
-        )
+        values: dict[str, Any] = {
+            "grpc_port": 0,
+            "backends": {"anomaly": f"127.0.0.1:{anomaly.port}"},
+            "service_key": service_key,
+            "ack_wait_s": 1.0,
+            **overrides,
+        }
+        settings = OrchestratorSettings(**values)
         return await start_service(create, settings)
 
     return start
+
+
+@contextlib.asynccontextmanager
+async def connected(host: ServiceHost, key: str) -> AsyncIterator[Orchestrator]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+        yield Orchestrator(
+            pb_grpc.OrchestratorServiceStub(channel), (("authorization", f"Bearer {key}"),)
+        )
 
 
 @pytest.fixture
 async def orchestrator(
     start_orchestrator: StartOrchestrator, service_key: str
 ) -> AsyncIterator[Orchestrator]:
-    host = await start_orchestrator()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
-        yield Orchestrator(
-            pb_grpc.OrchestratorServiceStub(channel), (("authorization", f"Bearer {service_key}"),)
-        )
+    async with connected(await start_orchestrator(), service_key) as orchestrator:
+        yield orchestrator
 
 
 async def test_a_call_then_a_publish_run_end_to_end(
@@ -165,3 +179,140 @@ async def test_bad_inputs_and_unknown_runs_are_clear_errors(orchestrator: Orches
     assert missing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "inputs.source" in (missing.value.details() or "")
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+FLAKY = """\
+name: flaky
+steps:
+  - id: sources
+    retry: {max_attempts: 3, initial_backoff_s: 0.05, max_backoff_s: 0.1}
+    call:
+      method: nexus.anomaly.v1.AnomalyService/ListSources
+      request: {}
+on_failure:
+  - id: alarm
+    publish:
+      subject: nexus.anomaly.orchestrated
+      type: nexus.anomaly.v1.AnomalyDetected
+      data: {source: "flaky:${run.id}"}
+"""
+
+
+async def test_a_failing_call_is_retried_with_backoff_then_the_on_failure_path_runs(
+    start_orchestrator: StartOrchestrator, service_key: str
+) -> None:
+    host = await start_orchestrator(backends={"anomaly": "127.0.0.1:1"})  # nothing listens
+    async with connected(host, service_key) as orchestrator:
+        await orchestrator.register(FLAKY)
+        run = await orchestrator.start("flaky")
+        done = await orchestrator.finished(run.run_id)
+        steps = await orchestrator.history(run.run_id)
+
+    assert done.state == pb.RUN_STATE_FAILED
+    assert done.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert [(s.step_id, s.state, s.attempts) for s in steps] == [
+        ("sources", pb.STEP_STATE_FAILED, 3),
+        ("alarm", pb.STEP_STATE_SUCCEEDED, 1),
+    ]
+    assert json_format.MessageToDict(steps[1].input) == {"source": f"flaky:{run.run_id}"}
+
+
+APPROVAL = """\
+name: approval
+steps:
+  - id: nap
+    sleep: {seconds: 0.2}
+  - id: approve
+    wait_signal: {name: approval, timeout_s: 1}
+  - id: check
+    switch:
+      cases:
+        - when: "steps.approve.output.ok == true"
+          steps: [{id: approved, sleep: {seconds: 0.01}}]
+      default: [{id: refused, fail: {message: "refused by ${steps.approve.output.by}"}}]
+outputs:
+  approved_by: "${steps.approve.output.by}"
+"""
+
+
+async def test_a_signal_sent_before_the_wait_is_kept_and_the_timer_fires(
+    orchestrator: Orchestrator,
+) -> None:
+    await orchestrator.register(APPROVAL)
+    run = await orchestrator.start("approval")
+    await orchestrator.signal(run.run_id, ok=True, by="ada")
+
+    done = await orchestrator.finished(run.run_id)
+    steps = await orchestrator.history(run.run_id)
+
+    assert done.state == pb.RUN_STATE_SUCCEEDED, done.error.message
+    assert json_format.MessageToDict(done.outputs) == {"approved_by": "ada"}
+    assert [s.step_id for s in steps] == ["nap", "approve", "check", "approved"]
+    assert steps[0].duration.ToNanoseconds() >= 200_000_000
+
+
+async def test_a_run_failed_by_a_signal_timeout_is_rerun_from_that_step(
+    orchestrator: Orchestrator,
+) -> None:
+    await orchestrator.register(APPROVAL)
+    run = await orchestrator.start("approval")
+    failed = await orchestrator.finished(run.run_id)
+
+    await orchestrator.stub.RerunRun(
+        pb.RerunRunRequest(run_id=run.run_id), metadata=orchestrator.key
+    )
+    await orchestrator.signal(run.run_id, ok=False, by="bob")
+    refused = await orchestrator.finished(run.run_id)
+    steps = await orchestrator.history(run.run_id)
+
+    assert failed.state == pb.RUN_STATE_FAILED
+    assert failed.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert refused.state == pb.RUN_STATE_FAILED
+    assert refused.error.message == "refused by bob"
+    assert [(s.step_id, s.state) for s in steps] == [
+        ("nap", pb.STEP_STATE_SUCCEEDED),
+        ("approve", pb.STEP_STATE_FAILED),
+        ("approve", pb.STEP_STATE_SUCCEEDED),
+        ("check", pb.STEP_STATE_SUCCEEDED),
+        ("refused", pb.STEP_STATE_FAILED),
+    ]
+
+
+async def test_cancel_and_the_run_timeout_end_a_waiting_run(orchestrator: Orchestrator) -> None:
+    await orchestrator.register(
+        "name: slow\ntimeout_s: 0.5\nsteps:\n  - {id: nap, sleep: {seconds: 30}}\n"
+    )
+    await orchestrator.register("name: slower\nsteps:\n  - {id: nap, sleep: {seconds: 30}}\n")
+    timing_out = await orchestrator.start("slow")
+    cancelled = await orchestrator.start("slower")
+
+    await orchestrator.stub.CancelRun(
+        pb.CancelRunRequest(run_id=cancelled.run_id), metadata=orchestrator.key
+    )
+
+    assert (await orchestrator.finished(cancelled.run_id)).state == pb.RUN_STATE_CANCELLED
+    assert (await orchestrator.finished(timing_out.run_id)).state == pb.RUN_STATE_TIMED_OUT
+
+
+async def test_a_call_past_its_step_timeout_fails_with_deadline_exceeded(
+    start_orchestrator: StartOrchestrator, service_key: str
+) -> None:
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # a service that accepts connections and never answers
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    host = await start_orchestrator(backends={"anomaly": f"127.0.0.1:{port}"})
+    async with server, connected(host, service_key) as orchestrator:
+        await orchestrator.register(
+            "name: hasty\nsteps:\n  - id: sources\n    timeout_s: 0.3\n"
+            "    retry: {max_attempts: 2, initial_backoff_s: 0}\n"
+            "    call: {method: nexus.anomaly.v1.AnomalyService/ListSources}\n"
+        )
+        run = await orchestrator.start("hasty")
+        done = await orchestrator.finished(run.run_id)
+        steps = await orchestrator.history(run.run_id)
+
+    assert done.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert (steps[0].state, steps[0].attempts) == (pb.STEP_STATE_FAILED, 2)
+    assert steps[0].last_attempt_duration.ToNanoseconds() >= 300_000_000
