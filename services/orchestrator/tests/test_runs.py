@@ -316,3 +316,18 @@ async def test_a_call_past_its_step_timeout_fails_with_deadline_exceeded(
     assert done.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
     assert (steps[0].state, steps[0].attempts) == (pb.STEP_STATE_FAILED, 2)
     assert steps[0].last_attempt_duration.ToNanoseconds() >= 300_000_000
+
+
+async def test_a_workflow_calls_with_no_more_than_the_scopes_of_the_key_that_registered_it(
+    orchestrator: Orchestrator, nexus_settings: NexusSettings
+) -> None:
+    narrow = await make_key(nexus_settings, "orchestrator:admin", "orchestrator:invoke")
+    as_narrow = Orchestrator(orchestrator.stub, (("authorization", f"Bearer {narrow}"),))
+    await as_narrow.register(ALERT.replace("name: alert", "name: narrow"))
+
+    run = await as_narrow.start("narrow", source="cpu")
+    done = await as_narrow.finished(run.run_id)
+
+    assert done.state == pb.RUN_STATE_FAILED
+    assert done.error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert "anomaly:invoke" in done.error.message

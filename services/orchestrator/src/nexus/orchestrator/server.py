@@ -22,7 +22,7 @@ async def create(settings: OrchestratorSettings, common: NexusSettings) -> Servi
     workflows = await host.manage(WorkflowStore(host.nc))
     runs = await host.manage(RunStore(host.nc))
     caller = Caller(settings.backends, settings.service_key.get_secret_value())
-    engine = await host.manage(Engine(host.bus, runs, workflows, caller, settings))
+    engine = await host.manage(Engine(host.bus, runs, workflows, caller, settings, host.keys))
     host.add_servicer(
         pb_grpc.add_OrchestratorServiceServicer_to_server,
         OrchestratorServicer(workflows, engine),

@@ -24,6 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 from nexus.api.orchestrator.v1 import events_pb2
+from nexus.common.auth import KeyStore, required_scope
 from nexus.common.errors import FailedPrecondition, NexusError, NotFound
 from nexus.common.events import DAY_S, GIB, Consumer, Event, EventBus, Stream
 from nexus.orchestrator import expressions
@@ -63,6 +64,7 @@ class Engine:
         workflows: The registered workflows.
         caller: Calls the services.
         settings: Limits and timings.
+        keys: The API keys (None: auth is off, and workflows call with no scope check).
     """
 
     def __init__(
@@ -72,12 +74,14 @@ class Engine:
         workflows: WorkflowStore,
         caller: Caller,
         settings: OrchestratorSettings,
+        keys: KeyStore | None,
     ) -> None:
         self._bus = bus
         self.runs = runs
         self._workflows = workflows
         self._caller = caller
         self._settings = settings
+        self._keys = keys
         self._consumer: Consumer | None = None
         self._timer: asyncio.Task[None] | None = None
 
@@ -137,6 +141,7 @@ class Engine:
             tick=1,
             wake_at=now + self._redrive_s,
             deadline=now + definition.timeout_s if definition.timeout_s else 0.0,
+            owner_key_id=stored.owner_key_id,
             trigger_kind=trigger[0],
             trigger_detail=trigger[1],
         )
@@ -292,6 +297,7 @@ class Engine:
         method = step.spec["method"]
 
         async def act(current: RunRecord, request: Any) -> Any:
+            await self._check_owner(current, method)
             return await self._caller.call(
                 method,
                 request,
@@ -443,6 +449,26 @@ class Engine:
         if cached is not None:
             return cached
         return self._workflows.definition(await self._workflows.get(run.workflow, run.version))
+
+    async def _check_owner(self, run: RunRecord, method: str) -> None:
+        """The key that registered the workflow may call `method` (not revoked, scoped).
+
+        Raises:
+            StepError: PERMISSION_DENIED when it may not (or is gone).
+        """
+        if self._keys is None:
+            return
+        scope = required_scope(method)
+        try:
+            owner = await self._keys.get(run.owner_key_id) if run.owner_key_id else None
+        except NotFound:
+            owner = None
+        if owner is None or owner.revoked or not owner.allows(scope):
+            raise StepError(
+                "PERMISSION_DENIED",
+                f"the key that registered workflow {run.workflow!r} may not call {method} "
+                f"(needs {scope or 'a valid key'}; revoked or missing keys may call nothing)",
+            )
 
     def _attempt_timeout(self, step: Step) -> float:
         return step.timeout_s or self._settings.default_step_timeout_s

@@ -72,6 +72,7 @@ class RunRecord:
     signals: dict[str, list[Any]] = field(default_factory=dict)
     failing: dict[str, str] | None = None
     resume: tuple[str, ...] = ()
+    owner_key_id: str = ""
     trigger_kind: str = "manual"
     trigger_detail: str = ""
 
