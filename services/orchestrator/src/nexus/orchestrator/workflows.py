@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from nats.aio.client import Client
-from nats.errors import Error as NatsError
 from nats.js import api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
-from nexus.common.errors import NotFound, Unavailable
+from nexus.common.errors import NotFound
 from nexus.common.events import MIB
-from nexus.common.kv import open_key_value, update_entry
+from nexus.common.kv import nats_unavailable, open_key_value, update_entry
 from nexus.common.paging import page_request, paginate
 from nexus.orchestrator.definitions import Definition, parse_definition
 
@@ -81,7 +78,7 @@ class WorkflowStore:
 
     async def start(self) -> None:
         """Opens the bucket."""
-        with _backend("open the workflows bucket"):
+        with nats_unavailable("open the workflows bucket"):
             self._kv = await open_key_value(self._nc.jetstream(), _CONFIG)
 
     async def stop(self) -> None:
@@ -95,7 +92,7 @@ class WorkflowStore:
             Unavailable: NATS does not answer.
         """
         definition, fmt = parse_definition(text, fmt)
-        with _backend("register a workflow"):
+        with nats_unavailable("register a workflow"):
             version = await self._latest(definition.name) + 1
             while True:
                 record = _version(definition, text, fmt, owner_key_id, version)
@@ -114,7 +111,7 @@ class WorkflowStore:
         Raises:
             NotFound: No such workflow or version.
         """
-        with _backend("read a workflow"):
+        with nats_unavailable("read a workflow"):
             number = version or await self._latest(name)
             try:
                 entry = await self.kv.get(f"{name}.v{number}") if number else None
@@ -145,7 +142,7 @@ class WorkflowStore:
             InvalidArgument: A bad page size or token.
         """
         page = page_request(page_size, page_token, scope="workflows")
-        with _backend("list workflows"):
+        with nats_unavailable("list workflows"):
             try:
                 keys = await self.kv.keys()
             except NoKeysError:
@@ -183,12 +180,3 @@ def _at_least(version: int):  # type: ignore[no-untyped-def]
         return str(version).encode() if version > current else None
 
     return change
-
-
-@contextmanager
-def _backend(action: str) -> Iterator[None]:
-    """NATS errors as Unavailable."""
-    try:
-        yield
-    except (NatsError, TimeoutError) as err:
-        raise Unavailable(f"cannot {action}: NATS does not answer ({err!r})") from err

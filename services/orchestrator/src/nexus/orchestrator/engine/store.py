@@ -13,14 +13,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 
 from nats.aio.client import Client
-from nats.errors import Error as NatsError
 from nats.js import api
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from nexus.common.errors import NotFound, Unavailable
+from nexus.common.errors import NotFound
 from nexus.common.events import DAY_S, MIB
-from nexus.common.kv import KvEntry, KvFollower, open_key_value, update_entry
+from nexus.common.kv import KvEntry, KvFollower, nats_unavailable, open_key_value, update_entry
 from nexus.orchestrator.engine.records import RunRecord
 
 BUCKET = "nexus_orchestrator_runs"
@@ -64,7 +63,7 @@ class RunStore:
         Raises:
             Unavailable: NATS does not answer.
         """
-        with _backend("open the runs bucket"):
+        with nats_unavailable("open the runs bucket"):
             self._kv = await open_key_value(self._nc.jetstream(), _CONFIG)
         follower = KvFollower(self._nc, BUCKET, self._apply)
         await follower.start()
@@ -88,7 +87,7 @@ class RunStore:
         Raises:
             NotFound: No such run.
         """
-        with _backend("read a run"):
+        with nats_unavailable("read a run"):
             try:
                 entry = await self.kv.get(run_id) if _valid(run_id) else None
             except KeyNotFoundError:
@@ -116,7 +115,7 @@ class RunStore:
                 return None
             return RunRecord(**{**record.__dict__, "updated": time.time()}).encode()
 
-        with _backend("update a run"):
+        with nats_unavailable("update a run"):
             raw, _ = await update_entry(self.kv, run_id, encoded) if _valid(run_id) else (None, 0)
         if raw is None:
             raise NotFound(f"run {run_id!r} not found")
@@ -125,7 +124,7 @@ class RunStore:
     async def records(self) -> list[RunRecord]:
         """Every run, as every replica wrote it so far, newest first."""
         if self._follower is not None:
-            with _backend("list runs"):
+            with nats_unavailable("list runs"):
                 await self._follower.sync(_SYNC_TIMEOUT_S)
         return self.mirrored()
 
@@ -174,12 +173,3 @@ class RunStore:
 
 def _valid(run_id: str) -> bool:
     return bool(run_id) and len(run_id) <= 64 and all(c.isalnum() or c in "-_" for c in run_id)
-
-
-@contextmanager
-def _backend(action: str) -> Iterator[None]:
-    """NATS errors as Unavailable."""
-    try:
-        yield
-    except (NatsError, TimeoutError) as err:
-        raise Unavailable(f"cannot {action}: NATS does not answer ({err!r})") from err
