@@ -331,3 +331,20 @@ async def test_a_workflow_calls_with_no_more_than_the_scopes_of_the_key_that_reg
     assert done.state == pb.RUN_STATE_FAILED
     assert done.error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
     assert "anomaly:invoke" in done.error.message
+
+
+async def test_a_request_the_method_cannot_take_fails_its_step_at_once(
+    orchestrator: Orchestrator,
+) -> None:
+    await orchestrator.register(
+        "name: misfit\nsteps:\n  - id: sources\n    retry: {max_attempts: 5}\n"
+        "    call:\n      method: nexus.anomaly.v1.AnomalyService/ListSources\n"
+        "      request: {page_size: 'many', nothing: 1}\n"
+    )
+    run = await orchestrator.start("misfit")
+    done = await orchestrator.finished(run.run_id)
+    steps = await orchestrator.history(run.run_id)
+
+    assert done.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "nexus.anomaly.v1.ListSourcesRequest" in done.error.message
+    assert (steps[0].state, steps[0].attempts) == (pb.STEP_STATE_FAILED, 1)

@@ -279,6 +279,15 @@ class Engine:
         except StepError as err:
             await self._attempt_failed(run, step, definition, error_of(err.code, err.message))
             return
+        except NexusError as err:  # NATS unavailable for a publish, the key store for a call
+            await self._attempt_failed(run, step, definition, error_of(err.code.value, str(err)))
+            return
+        except Exception:  # a bug or a value the message cannot take: details only in the log
+            log.exception("step %s of run %s failed unexpectedly", step.id, run.run_id)
+            await self._attempt_failed(
+                run, step, definition, error_of("INTERNAL", "internal error")
+            )
+            return
         await self._write(run, lambda r: s.succeed(r, output, s.now(), self._redrive_s))
 
     async def _attempt_failed(
@@ -483,8 +492,8 @@ class Engine:
                 if not run.done and run.wake_at and run.wake_at <= now:
                     try:
                         await self._wake(run, now)
-                    except NexusError as err:
-                        log.warning("cannot wake run %s: %s", run.run_id, err)
+                    except Exception:  # the next scan tries again
+                        log.exception("cannot wake run %s", run.run_id)
 
     async def _wake(self, run: RunRecord, now: float) -> None:
         def change(current: RunRecord) -> RunRecord | None:
