@@ -348,3 +348,22 @@ async def test_a_request_the_method_cannot_take_fails_its_step_at_once(
     assert done.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "nexus.anomaly.v1.ListSourcesRequest" in done.error.message
     assert (steps[0].state, steps[0].attempts) == (pb.STEP_STATE_FAILED, 1)
+
+
+async def test_two_replicas_share_the_runs_and_each_step_runs_once(
+    start_orchestrator: StartOrchestrator, service_key: str
+) -> None:
+    hosts = [await start_orchestrator(), await start_orchestrator()]
+    async with (
+        connected(hosts[0], service_key) as first,
+        connected(hosts[1], service_key) as second,
+    ):
+        await first.register(ALERT.replace("name: alert", "name: shared"))
+        runs = [await (first, second)[i % 2].start("shared", source=f"s{i}") for i in range(20)]
+        done = [await first.finished(run.run_id) for run in runs]
+        histories = [await second.history(run.run_id) for run in runs]
+
+    assert {run.state for run in done} == {pb.RUN_STATE_SUCCEEDED}
+    assert {tuple((s.step_id, s.attempts) for s in steps) for steps in histories} == {
+        (("sources", 1), ("announce", 1))
+    }

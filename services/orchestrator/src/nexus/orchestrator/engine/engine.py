@@ -488,12 +488,11 @@ class Engine:
         while True:
             await asyncio.sleep(min(0.2, self._settings.ack_wait_s / 4))
             now = s.now()
-            for run in self.runs.mirrored():
-                if not run.done and run.wake_at and run.wake_at <= now:
-                    try:
-                        await self._wake(run, now)
-                    except Exception:  # the next scan tries again
-                        log.exception("cannot wake run %s", run.run_id)
+            for run in self.runs.due(now):
+                try:
+                    await self._wake(run, now)
+                except Exception:  # the next scan tries again
+                    log.exception("cannot wake run %s", run.run_id)
 
     async def _wake(self, run: RunRecord, now: float) -> None:
         def change(current: RunRecord) -> RunRecord | None:

@@ -132,6 +132,10 @@ class RunStore:
         """What the mirror holds now, newest first."""
         return sorted(self._mirror.values(), key=lambda r: (-r.created, r.run_id))
 
+    def due(self, now: float) -> list[RunRecord]:
+        """The live runs whose `wake_at` passed, as the mirror holds them."""
+        return [r for r in self._mirror.values() if not r.done and 0 < r.wake_at <= now]
+
     async def watch(self, run_id: str) -> AsyncIterator[RunRecord]:
         """The run as it is now, then each change, until it is done.
 
