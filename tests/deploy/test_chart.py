@@ -28,7 +28,7 @@ CRD_SCHEMAS = {
     "ScaledObject": Path(__file__).parent / "crds" / "scaledobject.json",
     "ServiceMonitor": Path(__file__).parent / "crds" / "servicemonitor.json",
 }
-SERVICES = ["gateway", "anomaly", "llm"]
+SERVICES = ["gateway", "anomaly", "llm", "orchestrator"]
 
 
 def containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
@@ -284,7 +284,10 @@ def test_the_gateway_is_told_every_service(environments: dict[str, Manifests]) -
     assert backends == {
         "anomaly": f"{RELEASE}-nexus-anomaly:50051",
         "llm": f"{RELEASE}-nexus-llm:50051",
+        "orchestrator": f"{RELEASE}-nexus-orchestrator:50051",
     }
+    orchestrator = env_of(deployments["orchestrator"])["NEXUS_ORCHESTRATOR_BACKENDS"]["value"]
+    assert json.loads(orchestrator) == backends
     services = {s["metadata"]["name"] for s in environments["prod"].of_kind("Service")}
     assert {address.split(":")[0] for address in backends.values()} <= services
 
@@ -327,7 +330,7 @@ def test_network_policies_let_only_the_gateway_reach_services_and_only_nexus_rea
             grpc_rule = next(r for r in rules if r["ports"] == [{"port": "grpc"}])
             (peer,) = grpc_rule["from"]
             (expression,) = peer["podSelector"]["matchExpressions"]
-            assert expression["values"] == ["gateway"]
+            assert expression["values"] == ["gateway", "orchestrator"]
     nats = next(p for p in policies if p["metadata"]["name"] == f"{RELEASE}-nexus-nats")
     assert nats["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "nats"}
     peers = [p["podSelector"]["matchLabels"] for p in nats["spec"]["ingress"][0]["from"]]
@@ -339,7 +342,11 @@ def test_metrics_are_annotated_and_monitored(environments: dict[str, Manifests])
     for name, deployment in prod.deployments().items():
         annotations = deployment["spec"]["template"]["metadata"].get("annotations") or {}
         assert (annotations.get("prometheus.io/port") == "9090") is (name != "gateway")
-    assert sorted(prod.component(m) for m in prod.of_kind("ServiceMonitor")) == ["anomaly", "llm"]
+    assert sorted(prod.component(m) for m in prod.of_kind("ServiceMonitor")) == [
+        "anomaly",
+        "llm",
+        "orchestrator",
+    ]
     assert environments["dev"].of_kind("ServiceMonitor") == []
 
 
@@ -373,6 +380,7 @@ def test_a_registry_prefix_and_a_tag_reach_every_image() -> None:
         "gateway": "ghcr.io/acme/nexus/gateway:0.1.0",
         "anomaly": "ghcr.io/acme/nexus/anomaly:0.1.0",
         "llm": "ghcr.io/acme/nexus/llm:9",
+        "orchestrator": "ghcr.io/acme/nexus/orchestrator:0.1.0",
     }
 
 

@@ -165,6 +165,10 @@ block, its name and profile added) for every enabled service. ctx: dict root out
   value: {{ $root.Values.ports.grpc | quote }}
 - name: {{ $prefix }}METRICS_PORT
   value: {{ $root.Values.ports.metrics | quote }}
+{{- if $svc.callsServices }}
+- name: {{ $prefix }}BACKENDS
+  value: {{ include "nexus.backends" . | quote }}
+{{- end }}
 {{- end }}
 - name: {{ $prefix }}SHUTDOWN_GRACE_S
   value: {{ include "nexus.envValue" $svc.shutdownGraceSeconds | quote }}

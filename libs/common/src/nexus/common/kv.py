@@ -9,11 +9,13 @@ after the last entry it handled when NATS restarts or loses the consumer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.errors import (
@@ -109,6 +111,15 @@ async def update_entry(kv: KeyValue, key: str, change: Change) -> tuple[bytes | 
         except KeyWrongLastSequenceError:
             continue
     raise Aborted(f"{key}: {CAS_ATTEMPTS} concurrent changes in a row; retry")
+
+
+@contextmanager
+def nats_unavailable(action: str) -> Iterator[None]:
+    """NATS errors and timeouts inside the block as Unavailable ("cannot <action>: ...")."""
+    try:
+        yield
+    except (NatsError, TimeoutError) as err:
+        raise Unavailable(f"cannot {action}: NATS does not answer ({err!r})") from err
 
 
 def kv_stream(bucket: str) -> str:

@@ -111,6 +111,11 @@ class ServiceHost:
         return self._nc
 
     @property
+    def keys(self) -> KeyStore | None:
+        """The API key store (after `open`); None when auth is off."""
+        return self._keys
+
+    @property
     def bus(self) -> EventBus:
         """The event bus (after `open`)."""
         assert self._bus is not None, "open() first"

@@ -15,14 +15,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from nats.aio.client import Client
-from nats.errors import Error as NatsError
 from nats.js import api
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from nexus.common.errors import NotFound, Unavailable
+from nexus.common.errors import NotFound
 from nexus.common.events import DAY_S, MIB
-from nexus.common.kv import KvEntry, KvFollower, open_key_value, update_entry
+from nexus.common.kv import KvEntry, KvFollower, nats_unavailable, open_key_value, update_entry
 from nexus.common.operations._records import OperationRecord, kv_key, operation_name
 
 log = logging.getLogger(__name__)
@@ -88,7 +87,7 @@ class OperationStore:
         Raises:
             Unavailable: When NATS does not answer.
         """
-        with _backend("open the operations bucket"):
+        with nats_unavailable("open the operations bucket"):
             self._kv = await open_key_value(self._nc.jetstream(), _CONFIG)
         follower = KvFollower(self._nc, BUCKET, self._apply, keys=f"{self._service}.>")
         await follower.start()
@@ -118,7 +117,7 @@ class OperationStore:
         Raises:
             NotFound: No such operation (or it expired).
         """
-        with _backend("read an operation"):
+        with nats_unavailable("read an operation"):
             try:
                 entry = await self.kv.get(kv_key(self._service, operation_id))
             except KeyNotFoundError:
@@ -152,7 +151,7 @@ class OperationStore:
             record = change(OperationRecord.decode(raw))
             return record.encode() if record is not None else None
 
-        with _backend("update an operation"):
+        with nats_unavailable("update an operation"):
             raw, _ = await update_entry(self.kv, kv_key(self._service, operation_id), encoded)
         if raw is None:
             raise NotFound(f"operation {operation_name(self._service, operation_id)} not found")
@@ -161,7 +160,7 @@ class OperationStore:
     async def records(self) -> list[OperationRecord]:
         """Every operation of the service, as every replica wrote it so far, oldest first."""
         if self._follower is not None:
-            with _backend("list operations"):
+            with nats_unavailable("list operations"):
                 await self._follower.sync(_SYNC_TIMEOUT_S)
         return self.mirrored()
 
@@ -214,12 +213,3 @@ class OperationStore:
     def _notify(self, operation_id: str, change: Versioned | None) -> None:
         for queue in self._watchers.get(operation_id, ()):
             queue.put_nowait(change)
-
-
-@contextmanager
-def _backend(action: str) -> Iterator[None]:
-    """NATS errors as Unavailable."""
-    try:
-        yield
-    except (NatsError, TimeoutError) as err:
-        raise Unavailable(f"cannot {action}: NATS does not answer ({err!r})") from err

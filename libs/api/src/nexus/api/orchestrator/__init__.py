@@ -1,0 +1,1 @@
+"""Generated from protos/nexus/orchestrator. Do not edit: run `make protos`."""

@@ -1,0 +1,1 @@
+"""The Nexus orchestrator: durable workflows over every service (calls, events, schedules)."""

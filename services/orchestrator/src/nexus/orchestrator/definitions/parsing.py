@@ -1,0 +1,224 @@
+"""Parsing and checking a definition document, each error naming the field and its line.
+
+Three passes, each reporting every violation it finds: the text (YAML or JSON syntax, at its
+line), the published JSON Schema (`schema.SCHEMA`), then what a schema cannot say: unique step
+ids, CEL expressions that compile, RPC methods and event types that the platform's descriptors
+know (so a service added later is a step at once, with no code here).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import jsonschema
+import yaml
+from google.protobuf import descriptor_pool
+
+from nexus.common.auth import load_api_descriptors
+from nexus.common.errors import FieldViolation, InvalidArgument
+from nexus.orchestrator.definitions.model import Definition
+from nexus.orchestrator.definitions.schema import KINDS, MAX_STEPS, SCHEMA
+from nexus.orchestrator.expressions import ExpressionError, compiled, expressions_in
+
+Path = tuple[str | int, ...]
+MAX_VIOLATIONS = 20
+"""Violations reported at most (the first ones, in document order)."""
+_VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+
+
+def parse_definition(text: str, fmt: str = "") -> tuple[Definition, str]:
+    """The checked definition of a document, and its format ("yaml" or "json").
+
+    Raises:
+        InvalidArgument: One violation per problem (at most `MAX_VIOLATIONS`), each
+            `<field>: <what> (line <n>)`; the message is the first one.
+    """
+    fmt = fmt or ("json" if text.lstrip().startswith("{") else "yaml")
+    document, lines = _load(text, fmt)
+    violations = list(_schema_violations(document, lines))
+    if not violations:
+        violations = list(_semantic_violations(document, lines))
+    if violations:
+        violations = list(dict.fromkeys(violations))[:MAX_VIOLATIONS]
+        first = violations[0]
+        raise InvalidArgument(f"{first.field}: {first.description}", violations=violations)
+    return Definition.of(document), fmt
+
+
+def _load(text: str, fmt: str) -> tuple[dict[str, Any], dict[Path, int]]:
+    try:
+        document = json.loads(text) if fmt == "json" else yaml.safe_load(text)
+    except json.JSONDecodeError as err:
+        raise _syntax(f"not JSON: {err.msg}", err.lineno) from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        raise _syntax(f"not YAML: {getattr(err, 'problem', None) or err}", line) from err
+    if not isinstance(document, dict):
+        raise _syntax("the document must be an object (a mapping)", 1)
+    return document, _lines(text)
+
+
+def _syntax(description: str, line: int) -> InvalidArgument:
+    where = f" (line {line})" if line else ""
+    return InvalidArgument.for_field("definition", f"{description}{where}")
+
+
+def _lines(text: str) -> dict[Path, int]:
+    """The line of every value of the document, by path (YAML's composer marks every node;
+    JSON is YAML, except for rare escapes, where lines are then left out)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[Path, int] = {}
+    _mark(root, (), lines)
+    return lines
+
+
+def _mark(node: yaml.Node | None, path: Path, lines: dict[Path, int]) -> None:
+    if node is None:
+        return
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            lines[(*path, str(key.value))] = key.start_mark.line + 1
+            _mark(value, (*path, str(key.value)), lines)
+            lines[(*path, str(key.value))] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _mark(item, (*path, index), lines)
+
+
+def field_path(path: Path) -> str:
+    """`("steps", 2, "call", "method")` -> `steps[2].call.method`."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text or "definition"
+
+
+def _violation(path: Path, description: str, lines: dict[Path, int]) -> FieldViolation:
+    line = next((lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in lines), 0)
+    where = f" (line {line})" if line else ""
+    return FieldViolation(field_path(path), f"{description}{where}")
+
+
+def _schema_violations(
+    document: dict[str, Any], lines: dict[Path, int]
+) -> Iterator[FieldViolation]:
+    errors = sorted(
+        _VALIDATOR.iter_errors(document), key=lambda e: _order(tuple(e.absolute_path), lines)
+    )
+    for error in errors:
+        yield _violation(_where(error), _describe(error), lines)
+
+
+def _where(error: jsonschema.ValidationError) -> Path:
+    """The path of the value at fault: an unexpected key's own, not its object's."""
+    path: Path = tuple(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = error.schema.get("properties", {})
+        extra = [key for key in error.instance if key not in allowed]
+        if len(extra) == 1:
+            return (*path, extra[0])
+    return path
+
+
+def _order(path: Path, lines: dict[Path, int]) -> tuple[int, str]:
+    return lines.get(path, 0), field_path(path)
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    if error.validator in ("oneOf", "minProperties") and "id" in error.schema.get("required", ()):
+        return "a step has exactly one kind: " + ", ".join(KINDS)
+    return str(error.message)
+
+
+def _semantic_violations(
+    document: dict[str, Any], lines: dict[Path, int]
+) -> Iterator[FieldViolation]:
+    seen: dict[str, Path] = {}
+    count = 0
+    for path, step in _steps(document):
+        count += 1
+        if step["id"] in seen:
+            first = field_path(seen[step["id"]])
+            yield _violation(
+                (*path, "id"), f"duplicate step id {step['id']!r} (first at {first})", lines
+            )
+        seen.setdefault(step["id"], path)
+        yield from (_violation(p, d, lines) for p, d in _step_problems(path, step))
+    if count > MAX_STEPS:
+        yield _violation(("steps",), f"{count} steps; at most {MAX_STEPS}", lines)
+    for name, value in document.get("outputs", {}).items():
+        yield from (
+            _violation(p, d, lines) for p, d in _template_problems(("outputs", name), value)
+        )
+
+
+def _steps(document: dict[str, Any]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    for key in ("steps", "on_failure"):
+        yield from _nested((key,), document.get(key, []))
+
+
+def _nested(path: Path, steps: list[dict[str, Any]]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    for index, step in enumerate(steps):
+        here = (*path, index)
+        yield here, step
+        switch = step.get("switch")
+        if switch:
+            for case_index, case in enumerate(switch["cases"]):
+                yield from _nested((*here, "switch", "cases", case_index, "steps"), case["steps"])
+            yield from _nested((*here, "switch", "default"), switch.get("default", []))
+
+
+def _step_problems(path: Path, step: dict[str, Any]) -> Iterator[tuple[Path, str]]:
+    if "if" in step:
+        yield from _expression_problems((*path, "if"), step["if"])
+    if "call" in step:
+        method = step["call"]["method"]
+        if find_method(method) is None:
+            yield (*path, "call", "method"), f"unknown method {method}"
+        yield from _template_problems((*path, "call", "request"), step["call"].get("request", {}))
+    if "publish" in step:
+        kind = step["publish"]["type"]
+        if find_message(kind) is None:
+            yield (*path, "publish", "type"), f"unknown message type {kind}"
+        yield from _template_problems((*path, "publish", "data"), step["publish"].get("data", {}))
+    if "switch" in step:
+        for index, case in enumerate(step["switch"]["cases"]):
+            yield from _expression_problems((*path, "switch", "cases", index, "when"), case["when"])
+
+
+def _template_problems(path: Path, template: Any) -> Iterator[tuple[Path, str]]:
+    for source in expressions_in(template):
+        yield from _expression_problems(path, source)
+
+
+def _expression_problems(path: Path, source: str) -> Iterator[tuple[Path, str]]:
+    try:
+        compiled(source)
+    except ExpressionError as err:
+        yield path, f"bad expression: {err}"
+
+
+def find_method(name: str) -> Any:
+    """The descriptor of `nexus.<area>.v1.<Service>/<Method>`, or None when no generated
+    module of `nexus.api` declares it."""
+    load_api_descriptors()
+    try:
+        return descriptor_pool.Default().FindMethodByName(name.replace("/", "."))
+    except KeyError:
+        return None
+
+
+def find_message(name: str) -> Any:
+    """The descriptor of a message type of `nexus.api`, or None."""
+    load_api_descriptors()
+    try:
+        return descriptor_pool.Default().FindMessageTypeByName(name)
+    except KeyError:
+        return None

@@ -1,0 +1,139 @@
+"""The JSON Schema of a workflow definition, published as docs/orchestrator/workflow.schema.json
+(a test keeps the two equal)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+MAX_STEPS = 500
+"""Most steps a definition declares, nested ones included."""
+
+_NAME = {"type": "string", "pattern": NAME_PATTERN}
+_EXPRESSION = {"type": "string", "minLength": 1, "maxLength": 2000}
+_SECONDS = {"type": "number", "exclusiveMinimum": 0, "maximum": 31_536_000}
+_STEPS = {"type": "array", "items": {"$ref": "#/$defs/step"}, "maxItems": MAX_STEPS}
+
+_RETRY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
+        "initial_backoff_s": {"type": "number", "minimum": 0, "maximum": 3600},
+        "max_backoff_s": {"type": "number", "minimum": 0, "maximum": 86_400},
+        "multiplier": {"type": "number", "minimum": 1, "maximum": 10},
+        "jitter": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+}
+
+_KINDS: dict[str, Any] = {
+    "call": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["method"],
+        "properties": {
+            "method": {
+                "type": "string",
+                "pattern": r"^nexus\.[a-z][a-z0-9_]*\.v[0-9]+\.[A-Za-z0-9_]+/[A-Za-z0-9_]+$",
+            },
+            "request": {"type": "object"},
+        },
+    },
+    "publish": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["subject", "type"],
+        "properties": {
+            "subject": {"type": "string", "pattern": r"^nexus(\.[A-Za-z0-9_-]+)+$"},
+            "type": {"type": "string", "pattern": r"^nexus\.[A-Za-z0-9_.]+$"},
+            "data": {"type": "object"},
+        },
+    },
+    "switch": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["cases"],
+        "properties": {
+            "cases": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 64,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["when", "steps"],
+                    "properties": {"when": _EXPRESSION, "steps": _STEPS},
+                },
+            },
+            "default": _STEPS,
+        },
+    },
+    "sleep": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["seconds"],
+        "properties": {"seconds": {"type": "number", "minimum": 0, "maximum": 31_536_000}},
+    },
+    "wait_signal": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name"],
+        "properties": {"name": _NAME, "timeout_s": _SECONDS},
+    },
+    "fail": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["message"],
+        "properties": {"message": {"type": "string", "maxLength": 1000}},
+    },
+}
+KINDS = tuple(_KINDS)
+"""The kinds of step, one key of each step."""
+
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://nexus.dev/schemas/orchestrator/workflow.schema.json",
+    "title": "Nexus workflow definition",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "steps"],
+    "properties": {
+        "name": _NAME,
+        "description": {"type": "string", "maxLength": 2000},
+        "inputs": {
+            "type": "object",
+            "maxProperties": 64,
+            "propertyNames": {"pattern": NAME_PATTERN},
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "type": {"enum": ["string", "number", "integer", "boolean", "object", "array"]},
+                    "required": {"type": "boolean"},
+                    "default": {},
+                    "description": {"type": "string", "maxLength": 1000},
+                },
+            },
+        },
+        "timeout_s": _SECONDS,
+        "steps": {**_STEPS, "minItems": 1},
+        "on_failure": _STEPS,
+        "outputs": {"type": "object", "maxProperties": 64},
+    },
+    "$defs": {
+        "step": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["id"],
+            "minProperties": 2,
+            "properties": {
+                "id": _NAME,
+                "if": _EXPRESSION,
+                "timeout_s": _SECONDS,
+                "retry": _RETRY,
+                **_KINDS,
+            },
+            "oneOf": [{"required": [kind]} for kind in _KINDS],
+        }
+    },
+}

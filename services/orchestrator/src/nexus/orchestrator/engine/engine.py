@@ -1,0 +1,533 @@
+"""The run engine: runs advanced one step at a time by whichever replica takes the advance.
+
+An advance is a `RunAdvance` on stream ORCHESTRATOR (`nexus.orchestrator.advance.<run>`, event
+id `<run>:<tick>`) pulled through one durable consumer shared by every replica. The handler
+reads the run, and when the message is of the run's current tick, takes its head step one
+stage further with compare-and-set writes; a write that finds another tick is dropped (another
+replica moved on). A call step records "attempt N open" before it calls with idempotency key
+`orchestrator:<run>:<step>:<N>`; a replica killed mid-call leaves it open, the message comes
+back after the ack wait, and the next replica calls again with the same key, which the callee
+answers with the first outcome (ADR 0019). Every replica mirrors the runs and re-drives each run
+whose `wake_at` passed (timers, backoffs, signal timeouts, the run's deadline, and a lost
+advance), bumping its tick with compare-and-set so that one advance is published per wake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any
+
+from nexus.api.orchestrator.v1 import events_pb2
+from nexus.common.auth import KeyStore, required_scope
+from nexus.common.errors import FailedPrecondition, NexusError, NotFound
+from nexus.common.events import DAY_S, GIB, Consumer, Event, EventBus, Stream
+from nexus.orchestrator import expressions
+from nexus.orchestrator.definitions import Definition
+from nexus.orchestrator.definitions.model import Step
+from nexus.orchestrator.engine import steps as s
+from nexus.orchestrator.engine.calls import NOT_RETRIED, Caller, StepError, message_of
+from nexus.orchestrator.engine.inputs import checked_inputs
+from nexus.orchestrator.engine.records import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    TIMED_OUT,
+    WAITING,
+    RunRecord,
+    error_of,
+)
+from nexus.orchestrator.engine.store import RunStore
+from nexus.orchestrator.settings import OrchestratorSettings
+from nexus.orchestrator.workflows import WorkflowStore
+
+log = logging.getLogger(__name__)
+
+STREAM = Stream(
+    "ORCHESTRATOR", ("nexus.orchestrator.advance.>",), max_age_s=7 * DAY_S, max_bytes=GIB
+)
+DURABLE = "orchestrator-advance"
+_RERUNNABLE = frozenset({FAILED, TIMED_OUT, CANCELLED})
+
+
+class Engine:
+    """Starts, advances, cancels, signals and reruns runs.
+
+    Args:
+        bus: The event bus (the ORCHESTRATOR stream).
+        runs: The run records.
+        workflows: The registered workflows.
+        caller: Calls the services.
+        settings: Limits and timings.
+        keys: The API keys (None: auth is off, and workflows call with no scope check).
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        runs: RunStore,
+        workflows: WorkflowStore,
+        caller: Caller,
+        settings: OrchestratorSettings,
+        keys: KeyStore | None,
+    ) -> None:
+        self._bus = bus
+        self.runs = runs
+        self._workflows = workflows
+        self._caller = caller
+        self._settings = settings
+        self._keys = keys
+        self._consumer: Consumer | None = None
+        self._timer: asyncio.Task[None] | None = None
+
+    @property
+    def _redrive_s(self) -> float:
+        """How long a due run may wait for its advance before a replica's timer re-drives it."""
+        return 2 * self._settings.ack_wait_s
+
+    async def start(self) -> None:
+        await self._bus.ensure_streams(STREAM)
+        self._consumer = await self._bus.consume(
+            f"{STREAM.subjects[0][:-1]}>",
+            events_pb2.RunAdvance,
+            self._handle,
+            durable=DURABLE,
+            stream=STREAM.name,
+            batch=self._settings.step_workers,
+            concurrency=self._settings.step_workers,
+            max_deliver=20,
+            ack_wait_s=self._settings.ack_wait_s,
+        )
+        self._timer = asyncio.create_task(self._wake_forever(), name="orchestrator-timers")
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+        if self._consumer is not None:
+            await self._consumer.stop()
+        await self._caller.close()
+
+    # The API.
+
+    async def start_run(
+        self, workflow: str, version: int, inputs: dict[str, Any], trigger: tuple[str, str]
+    ) -> RunRecord:
+        """Starts a run of a workflow version (0: the latest) with checked inputs.
+
+        Raises:
+            NotFound: No such workflow or version.
+            InvalidArgument: Inputs missing, of the wrong type, or too large.
+        """
+        stored = await self._workflows.get(workflow, version)
+        definition = self._workflows.definition(stored)
+        checked = checked_inputs(definition, inputs, self._settings.max_inputs_bytes)
+        now = s.now()
+        run = RunRecord(
+            run_id=uuid.uuid4().hex,
+            workflow=stored.name,
+            version=stored.version,
+            inputs=checked,
+            created=now,
+            updated=now,
+            state=PENDING,
+            pending=tuple(definition.top_level()),
+            tick=1,
+            wake_at=now + self._redrive_s,
+            deadline=now + definition.timeout_s if definition.timeout_s else 0.0,
+            owner_key_id=stored.owner_key_id,
+            trigger_kind=trigger[0],
+            trigger_detail=trigger[1],
+        )
+        run = await self.runs.create(run)
+        await self._publish(run)
+        return run
+
+    async def cancel(self, run_id: str) -> RunRecord:
+        """Cancels a run: at once when no attempt is in flight, else after it."""
+
+        def change(run: RunRecord) -> RunRecord | None:
+            if run.done or run.cancel_requested:
+                return None
+            current = run.current
+            if current is not None and current.attempt_open:
+                return replace(run, cancel_requested=True)
+            return s.end(run, CANCELLED, s.now(), error_of("CANCELLED", "cancelled"))
+
+        return await self.runs.update(run_id, change)
+
+    async def signal(self, run_id: str, name: str, payload: dict[str, Any]) -> RunRecord:
+        """Delivers a signal; a step waiting for one goes on, else it is kept until one does.
+
+        Raises:
+            FailedPrecondition: The run is done.
+        """
+
+        def change(run: RunRecord) -> RunRecord | None:
+            if run.done:
+                raise FailedPrecondition(f"run {run_id} is {run.state}; it takes no signals")
+            signals = {**run.signals, name: [*run.signals.get(name, []), payload]}
+            run = replace(run, signals=signals)
+            current = run.current
+            if current is not None and current.kind == "wait_signal":
+                run = replace(run, tick=run.tick + 1, wake_at=s.now() + self._redrive_s)
+            return run
+
+        before = await self.runs.get(run_id)
+        run = await self.runs.update(run_id, change)
+        if run.tick != before.tick:
+            await self._publish(run)
+        return run
+
+    async def rerun(self, run_id: str) -> RunRecord:
+        """Runs a FAILED, TIMED_OUT or CANCELLED run again from the step that stopped it.
+
+        Raises:
+            FailedPrecondition: The run is not one of those.
+        """
+        run = await self.runs.get(run_id)
+        definition = await self._definition(run)
+        now = s.now()
+        deadline = now + definition.timeout_s if definition.timeout_s else 0.0
+
+        def change(current: RunRecord) -> RunRecord | None:
+            if current.state not in _RERUNNABLE or not current.resume:
+                raise FailedPrecondition(
+                    f"run {run_id} is {current.state}; only a failed, timed out or cancelled "
+                    "run with steps left is rerun"
+                )
+            return s.rerun(current, now, deadline, self._redrive_s)
+
+        run = await self.runs.update(run_id, change)
+        await self._publish(run)
+        return run
+
+    async def watch(self, run_id: str) -> AsyncIterator[RunRecord]:
+        async for run in self.runs.watch(run_id):
+            yield run
+
+    # Advancing.
+
+    async def _handle(self, event: Event[events_pb2.RunAdvance]) -> None:
+        tick = int(event.id.rsplit(":", 1)[-1]) if ":" in event.id else -1
+        try:
+            run = await self.runs.get(event.data.run_id)
+        except NotFound:
+            return
+        if run.done or run.tick != tick:
+            return  # stale: the run moved on (its current advance is in the queue or timed)
+        await self._advance(run)
+
+    async def _advance(self, run: RunRecord) -> None:
+        now = s.now()
+        definition = await self._definition(run)
+        if run.cancel_requested:
+            await self._write(run, lambda r: s.end(r, CANCELLED, now, _cancelled()))
+            return
+        if run.deadline and now >= run.deadline:
+            await self._write(run, lambda r: s.timed_out(r, now))
+            return
+        if not run.pending:
+            await self._write(run, lambda r: s.next_step(r, now, self._redrive_s))
+            return
+        step = definition.steps[run.pending[0]]
+        try:
+            if _skipped(run, step):
+                await self._write(run, lambda r: s.skip(r, step, now, self._redrive_s))
+                return
+            await _KINDS[step.kind](self, run, step, definition)
+        except expressions.ExpressionError as err:
+            await self._fail(run, definition, error_of("INVALID_ARGUMENT", str(err)))
+
+    async def _effect(
+        self,
+        run: RunRecord,
+        step: Step,
+        definition: Definition,
+        build: Callable[[RunRecord], Any],
+        act: Callable[[RunRecord, Any], Any],
+    ) -> None:
+        """A step with an effect (call, publish): attempt opened, acted, closed."""
+        now = s.now()
+        current = run.current
+        if current is not None and current.state == WAITING and current.wait_until > now:
+            await self._write(run, lambda r: s.wait(r, current.wait_until))
+            return
+        if current is None or not current.attempt_open:
+            input_ = build(run)
+            lease = self._attempt_timeout(step) + self._redrive_s
+
+            def opening(r: RunRecord) -> RunRecord:
+                began = s.begin(r, step, now, input_) if r.current is None else r
+                assert began.current is not None
+                return s.open_attempt(began, began.current, now, lease)
+
+            opened = await self._write(run, opening)
+            if opened is None:
+                return
+            run = opened
+        assert run.current is not None
+        try:
+            output = await act(run, run.current.input)
+            _check_size(output, self._settings.max_output_bytes)
+        except StepError as err:
+            await self._attempt_failed(run, step, definition, error_of(err.code, err.message))
+            return
+        except NexusError as err:  # NATS unavailable for a publish, the key store for a call
+            await self._attempt_failed(run, step, definition, error_of(err.code.value, str(err)))
+            return
+        except Exception:  # a bug or a value the message cannot take: details only in the log
+            log.exception("step %s of run %s failed unexpectedly", step.id, run.run_id)
+            await self._attempt_failed(
+                run, step, definition, error_of("INTERNAL", "internal error")
+            )
+            return
+        await self._write(run, lambda r: s.succeed(r, output, s.now(), self._redrive_s))
+
+    async def _attempt_failed(
+        self, run: RunRecord, step: Step, definition: Definition, error: dict[str, str]
+    ) -> None:
+        current = run.current
+        assert current is not None
+        if error["code"] in NOT_RETRIED or current.attempts >= step.retry.max_attempts:
+            await self._fail(run, definition, error)
+            return
+        now = s.now()
+        until = now + step.retry.backoff_s(current.attempts)
+        await self._write(run, lambda r: s.retry_later(r, error, until, now))
+
+    async def _call(self, run: RunRecord, step: Step, definition: Definition) -> None:
+        method = step.spec["method"]
+
+        async def act(current: RunRecord, request: Any) -> Any:
+            await self._check_owner(current, method)
+            return await self._caller.call(
+                method,
+                request,
+                idempotency_key=s.idempotency_key(current, step.id),
+                timeout_s=self._attempt_timeout(step),
+            )
+
+        def build(current: RunRecord) -> Any:
+            return expressions.render(step.spec.get("request", {}), s.context(current))
+
+        await self._effect(run, step, definition, build, act)
+
+    async def _publish_step(self, run: RunRecord, step: Step, definition: Definition) -> None:
+        subject, type_name = step.spec["subject"], step.spec["type"]
+
+        async def act(current: RunRecord, data: Any) -> Any:
+            message = message_of(type_name, data)
+            event_id = await self._bus.publish(
+                subject, message, event_id=s.idempotency_key(current, step.id)
+            )
+            return {"event_id": event_id, "subject": subject}
+
+        def build(current: RunRecord) -> Any:
+            return expressions.render(step.spec.get("data", {}), s.context(current))
+
+        await self._effect(run, step, definition, build, act)
+
+    async def _switch(self, run: RunRecord, step: Step, definition: Definition) -> None:
+        context = s.context(run)
+        now = s.now()
+        chosen: list[str] = [item["id"] for item in step.spec.get("default", [])]
+        matched = "default"
+        for index, case in enumerate(step.spec["cases"]):
+            if expressions.condition(case["when"], context):
+                chosen, matched = [item["id"] for item in case["steps"]], str(index)
+                break
+
+        def change(r: RunRecord) -> RunRecord:
+            began = s.begin(r, step, now, {"case": matched})
+            return s.expand(began, chosen, {"case": matched}, now, self._redrive_s)
+
+        await self._write(run, change)
+
+    async def _sleep(self, run: RunRecord, step: Step, definition: Definition) -> None:
+        now = s.now()
+        current = run.current
+        if current is None:
+            until = now + float(step.spec["seconds"])
+            await self._write(run, lambda r: s.wait(s.begin(r, step, now), until))
+        elif current.wait_until <= now:
+            await self._write(run, lambda r: s.succeed(r, None, now, self._redrive_s))
+        else:
+            await self._write(run, lambda r: s.wait(r, current.wait_until))
+
+    async def _wait_signal(self, run: RunRecord, step: Step, definition: Definition) -> None:
+        now = s.now()
+        name = step.spec["name"]
+        if run.signals.get(name):
+
+            def take(r: RunRecord) -> RunRecord | None:
+                queued = r.signals.get(name) or []
+                if not queued:
+                    return None
+                began = s.begin(r, step, now) if r.current is None else r
+                rest = replace(began, signals={**began.signals, name: queued[1:]})
+                return s.succeed(rest, queued[0], now, self._redrive_s)
+
+            await self._write(run, take)
+            return
+        current = run.current
+        if current is None:
+            timeout = float(step.spec.get("timeout_s", 0.0))
+            until = now + timeout if timeout else 0.0
+            await self._write(run, lambda r: s.wait(s.begin(r, step, now), until))
+        elif current.wait_until and current.wait_until <= now:
+            error = error_of("DEADLINE_EXCEEDED", f"no signal {name!r} before the step's timeout")
+            await self._fail(run, definition, error)
+        else:
+            await self._write(run, lambda r: s.wait(r, current.wait_until))
+
+    async def _fail_kind(self, run: RunRecord, step: Step, definition: Definition) -> None:
+        message = expressions.render(step.spec["message"], s.context(run))
+        now = s.now()
+        began = run if run.current is not None else None
+
+        def change(r: RunRecord) -> RunRecord:
+            start = r if began is not None else s.begin(r, step, now)
+            error = error_of("FAILED_PRECONDITION", str(message))
+            return s.fail_step(start, definition, error, now, self._redrive_s)
+
+        await self._write(run, change)
+
+    async def _fail(self, run: RunRecord, definition: Definition, error: dict[str, str]) -> None:
+        now = s.now()
+        step = definition.steps[run.pending[0]]
+
+        def change(r: RunRecord) -> RunRecord:
+            began = s.begin(r, step, now) if r.current is None else r
+            return s.fail_step(began, definition, error, now, self._redrive_s)
+
+        await self._write(run, change)
+
+    async def _write(
+        self, run: RunRecord, change: Callable[[RunRecord], RunRecord | None]
+    ) -> RunRecord | None:
+        """Applies `change` when the run is still at `run`'s tick; publishes the advance that
+        follows. None when another replica (or a cancel) moved the run on first."""
+        applied: list[RunRecord] = []
+
+        def fenced(current: RunRecord) -> RunRecord | None:
+            if current.done or current.tick != run.tick:
+                return None
+            head = current.current
+            if current.cancel_requested and head is not None and not head.attempt_open:
+                return s.end(current, CANCELLED, s.now(), _cancelled())
+            new = change(current)
+            if new is not None and new.done and new.state != CANCELLED and not new.outputs:
+                new = self._finish(new)
+            if new is not None:
+                applied.append(new)
+            return new
+
+        await self.runs.update(run.run_id, fenced)
+        if not applied:
+            return None
+        written = applied[-1]
+        if written.tick != run.tick and not written.done:
+            await self._publish(written)
+        return written
+
+    def _finish(self, run: RunRecord) -> RunRecord:
+        if run.state != "SUCCEEDED":
+            return run
+        definition = self._workflows.cached(run.workflow, run.version)
+        try:
+            return replace(run, outputs=s.outputs(run, definition) if definition else {})
+        except expressions.ExpressionError as err:
+            return replace(run, state=FAILED, error=error_of("INVALID_ARGUMENT", str(err)))
+
+    async def _publish(self, run: RunRecord) -> None:
+        await self._bus.publish(
+            f"nexus.orchestrator.advance.{run.run_id}",
+            events_pb2.RunAdvance(run_id=run.run_id),
+            event_id=f"{run.run_id}:{run.tick}",
+        )
+
+    async def _definition(self, run: RunRecord) -> Definition:
+        cached = self._workflows.cached(run.workflow, run.version)
+        if cached is not None:
+            return cached
+        return self._workflows.definition(await self._workflows.get(run.workflow, run.version))
+
+    async def _check_owner(self, run: RunRecord, method: str) -> None:
+        """The key that registered the workflow may call `method` (not revoked, scoped).
+
+        Raises:
+            StepError: PERMISSION_DENIED when it may not (or is gone).
+        """
+        if self._keys is None:
+            return
+        scope = required_scope(method)
+        try:
+            owner = await self._keys.get(run.owner_key_id) if run.owner_key_id else None
+        except NotFound:
+            owner = None
+        if owner is None or owner.revoked or not owner.allows(scope):
+            raise StepError(
+                "PERMISSION_DENIED",
+                f"the key that registered workflow {run.workflow!r} may not call {method} "
+                f"(needs {scope or 'a valid key'}; revoked or missing keys may call nothing)",
+            )
+
+    def _attempt_timeout(self, step: Step) -> float:
+        return step.timeout_s or self._settings.default_step_timeout_s
+
+    # Timers.
+
+    async def _wake_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.2, self._settings.ack_wait_s / 4))
+            now = s.now()
+            for run in self.runs.due(now):
+                try:
+                    await self._wake(run, now)
+                except Exception:  # the next scan tries again
+                    log.exception("cannot wake run %s", run.run_id)
+
+    async def _wake(self, run: RunRecord, now: float) -> None:
+        def change(current: RunRecord) -> RunRecord | None:
+            if current.done or current.tick != run.tick or not current.wake_at:
+                return None
+            if current.wake_at > now:
+                return None
+            return replace(current, tick=current.tick + 1, wake_at=now + self._redrive_s)
+
+        woken = await self.runs.update(run.run_id, change)
+        if woken.tick != run.tick and not woken.done:
+            await self._publish(woken)
+
+
+_KINDS: dict[str, Callable[[Engine, RunRecord, Step, Definition], Any]] = {
+    "call": Engine._call,
+    "publish": Engine._publish_step,
+    "switch": Engine._switch,
+    "sleep": Engine._sleep,
+    "wait_signal": Engine._wait_signal,
+    "fail": Engine._fail_kind,
+}
+
+
+def _skipped(run: RunRecord, step: Step) -> bool:
+    """Whether `step`, about to begin, has a condition that is false."""
+    if run.current is not None or not step.condition:
+        return False
+    return not expressions.condition(step.condition, s.context(run))
+
+
+def _cancelled() -> dict[str, str]:
+    return error_of("CANCELLED", "cancelled")
+
+
+def _check_size(output: Any, limit: int) -> None:
+    if len(json.dumps(output)) > limit:
+        raise StepError("RESOURCE_EXHAUSTED", f"the step's output is larger than {limit} bytes")

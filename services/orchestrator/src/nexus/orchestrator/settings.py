@@ -1,0 +1,38 @@
+"""Settings of the orchestrator (env prefix `NEXUS_ORCHESTRATOR_`)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from nexus.common.settings import ServiceSettings
+
+
+class OrchestratorSettings(ServiceSettings):
+    """The orchestrator's backends, credentials and limits (ports and the rest come from
+    ServiceSettings)."""
+
+    model_config = SettingsConfigDict(env_prefix="NEXUS_ORCHESTRATOR_", extra="ignore")
+
+    backends: dict[str, str] = Field(default_factory=dict)
+    """Service name -> "host:port" of the services steps call (JSON), as the gateway's
+    NEXUS_GATEWAY_BACKENDS; `nexus up` sets it."""
+
+    service_key: SecretStr = SecretStr("")
+    """The orchestrator's own API key, sent on the calls its steps make. The scopes a step may
+    use are those of the key that registered the workflow, checked here before each call."""
+
+    step_workers: int = Field(default=64, gt=0)
+    """Runs one replica advances at once."""
+
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    """Silence after which a step whose replica died goes to another."""
+
+    default_step_timeout_s: float = Field(default=60.0, gt=0)
+    """Limit of one attempt of a call step that sets no timeout_s."""
+
+    max_inputs_bytes: int = Field(default=256 * 1024, gt=0)
+    """Largest inputs of a run (as JSON)."""
+
+    max_output_bytes: int = Field(default=64 * 1024, gt=0)
+    """Largest output a step keeps (as JSON); a larger response fails the step."""

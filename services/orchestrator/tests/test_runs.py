@@ -1,0 +1,369 @@
+"""Runs end to end over a real NATS and real services: a call to the anomaly service and a
+published event; history, list, watch; retries, timeouts, on-failure, timers, signals, cancel
+and rerun."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
+
+from nexus.anomaly.server import create as create_anomaly
+from nexus.anomaly.settings import AnomalySettings
+from nexus.api.anomaly.v1 import events_pb2 as anomaly_events
+from nexus.api.orchestrator.v1 import orchestrator_service_pb2 as pb
+from nexus.api.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
+from nexus.common.events import EventBus
+from nexus.common.server import ServiceHost
+from nexus.common.settings import NexusSettings
+from nexus.common.testing.keys import make_key
+from nexus.common.testing.services import StartService
+from nexus.orchestrator.server import create
+from nexus.orchestrator.settings import OrchestratorSettings
+
+Metadata = tuple[tuple[str, str], ...]
+
+ALERT = """\
+name: alert
+inputs:
+  source: {type: string, required: true}
+steps:
+  - id: sources
+    call:
+      method: nexus.anomaly.v1.AnomalyService/ListSources
+      request: {page_size: 10}
+  - id: announce
+    if: "size(steps.sources.output.bindings) == 0"
+    publish:
+      subject: nexus.anomaly.orchestrated
+      type: nexus.anomaly.v1.AnomalyDetected
+      data:
+        source: "${inputs.source}"
+        detector: "bindings:${size(steps.sources.output.bindings)}"
+        score: 0.5
+outputs:
+  event: "${steps.announce.output.event_id}"
+"""
+
+
+@dataclass
+class Orchestrator:
+    stub: pb_grpc.OrchestratorServiceStub
+    key: Metadata
+
+    async def register(self, definition: str) -> None:
+        await self.stub.RegisterWorkflow(
+            pb.RegisterWorkflowRequest(definition=definition), metadata=self.key
+        )
+
+    async def start(self, workflow: str, **inputs: Any) -> pb.Run:
+        struct = Struct()
+        struct.update(inputs)
+        started = await self.stub.StartRun(
+            pb.StartRunRequest(workflow=workflow, inputs=struct), metadata=self.key
+        )
+        run: pb.Run = started.run
+        return run
+
+    async def finished(self, run_id: str) -> pb.Run:
+        last: pb.Run | None = None
+        async for change in self.stub.WatchRun(
+            pb.WatchRunRequest(run_id=run_id), metadata=self.key, timeout=60
+        ):
+            last = change.run
+        assert last is not None
+        return last
+
+    async def signal(self, run_id: str, **payload: Any) -> None:
+        struct = Struct()
+        struct.update(payload)
+        request = pb.SignalRunRequest(run_id=run_id, signal="approval", payload=struct)
+        await self.stub.SignalRun(request, metadata=self.key)
+
+    async def history(self, run_id: str) -> list[pb.StepExecution]:
+        reply = await self.stub.GetRunHistory(
+            pb.GetRunHistoryRequest(run_id=run_id), metadata=self.key
+        )
+        return list(reply.steps)
+
+
+StartOrchestrator = Callable[..., Awaitable[ServiceHost]]
+
+
+@pytest.fixture
+async def service_key(nexus_settings: NexusSettings) -> str:
+    return await make_key(nexus_settings, "*")
+
+
+@pytest.fixture
+async def anomaly(start_service: StartService) -> ServiceHost:
+    return await start_service(create_anomaly, AnomalySettings(grpc_port=0))
+
+
+@pytest.fixture
+def start_orchestrator(
+    start_service: StartService, anomaly: ServiceHost, service_key: str
+) -> StartOrchestrator:
+    async def start(**overrides: object) -> ServiceHost:
+        values: dict[str, Any] = {
+            "grpc_port": 0,
+            "backends": {"anomaly": f"127.0.0.1:{anomaly.port}"},
+            "service_key": service_key,
+            "ack_wait_s": 1.0,
+            **overrides,
+        }
+        settings = OrchestratorSettings(**values)
+        return await start_service(create, settings)
+
+    return start
+
+
+@contextlib.asynccontextmanager
+async def connected(host: ServiceHost, key: str) -> AsyncIterator[Orchestrator]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+        yield Orchestrator(
+            pb_grpc.OrchestratorServiceStub(channel), (("authorization", f"Bearer {key}"),)
+        )
+
+
+@pytest.fixture
+async def orchestrator(
+    start_orchestrator: StartOrchestrator, service_key: str
+) -> AsyncIterator[Orchestrator]:
+    async with connected(await start_orchestrator(), service_key) as orchestrator:
+        yield orchestrator
+
+
+async def test_a_call_then_a_publish_run_end_to_end(
+    orchestrator: Orchestrator, nats_client: object
+) -> None:
+    bus = EventBus(nats_client, "test")  # type: ignore[arg-type]
+    await orchestrator.register(ALERT)
+
+    run = await orchestrator.start("alert", source="cpu")
+    done = await orchestrator.finished(run.run_id)
+    steps = await orchestrator.history(run.run_id)
+    listed = await orchestrator.stub.ListRuns(
+        pb.ListRunsRequest(workflow="alert"), metadata=orchestrator.key
+    )
+    stored = await bus.js.get_last_msg("ANOMALY", "nexus.anomaly.orchestrated")
+    event = anomaly_events.AnomalyDetected.FromString(stored.data or b"")
+
+    assert done.state == pb.RUN_STATE_SUCCEEDED, done.error.message
+    assert [(s.step_id, s.state, s.attempts) for s in steps] == [
+        ("sources", pb.STEP_STATE_SUCCEEDED, 1),
+        ("announce", pb.STEP_STATE_SUCCEEDED, 1),
+    ]
+    assert (event.source, event.detector) == ("cpu", "bindings:0")
+    assert json_format.MessageToDict(done.outputs) == {
+        "event": f"orchestrator:{run.run_id}:announce:1"
+    }
+    assert [r.run_id for r in listed.runs] == [run.run_id]
+
+
+async def test_bad_inputs_and_unknown_runs_are_clear_errors(orchestrator: Orchestrator) -> None:
+    await orchestrator.register(ALERT)
+
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await orchestrator.start("alert")
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await orchestrator.stub.GetRun(pb.GetRunRequest(run_id="nope"), metadata=orchestrator.key)
+
+    assert missing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "inputs.source" in (missing.value.details() or "")
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+FLAKY = """\
+name: flaky
+steps:
+  - id: sources
+    retry: {max_attempts: 3, initial_backoff_s: 0.05, max_backoff_s: 0.1}
+    call:
+      method: nexus.anomaly.v1.AnomalyService/ListSources
+      request: {}
+on_failure:
+  - id: alarm
+    publish:
+      subject: nexus.anomaly.orchestrated
+      type: nexus.anomaly.v1.AnomalyDetected
+      data: {source: "flaky:${run.id}"}
+"""
+
+
+async def test_a_failing_call_is_retried_with_backoff_then_the_on_failure_path_runs(
+    start_orchestrator: StartOrchestrator, service_key: str
+) -> None:
+    host = await start_orchestrator(backends={"anomaly": "127.0.0.1:1"})  # nothing listens
+    async with connected(host, service_key) as orchestrator:
+        await orchestrator.register(FLAKY)
+        run = await orchestrator.start("flaky")
+        done = await orchestrator.finished(run.run_id)
+        steps = await orchestrator.history(run.run_id)
+
+    assert done.state == pb.RUN_STATE_FAILED
+    assert done.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert [(s.step_id, s.state, s.attempts) for s in steps] == [
+        ("sources", pb.STEP_STATE_FAILED, 3),
+        ("alarm", pb.STEP_STATE_SUCCEEDED, 1),
+    ]
+    assert json_format.MessageToDict(steps[1].input) == {"source": f"flaky:{run.run_id}"}
+
+
+APPROVAL = """\
+name: approval
+steps:
+  - id: nap
+    sleep: {seconds: 0.2}
+  - id: approve
+    wait_signal: {name: approval, timeout_s: 1}
+  - id: check
+    switch:
+      cases:
+        - when: "steps.approve.output.ok == true"
+          steps: [{id: approved, sleep: {seconds: 0.01}}]
+      default: [{id: refused, fail: {message: "refused by ${steps.approve.output.by}"}}]
+outputs:
+  approved_by: "${steps.approve.output.by}"
+"""
+
+
+async def test_a_signal_sent_before_the_wait_is_kept_and_the_timer_fires(
+    orchestrator: Orchestrator,
+) -> None:
+    await orchestrator.register(APPROVAL)
+    run = await orchestrator.start("approval")
+    await orchestrator.signal(run.run_id, ok=True, by="ada")
+
+    done = await orchestrator.finished(run.run_id)
+    steps = await orchestrator.history(run.run_id)
+
+    assert done.state == pb.RUN_STATE_SUCCEEDED, done.error.message
+    assert json_format.MessageToDict(done.outputs) == {"approved_by": "ada"}
+    assert [s.step_id for s in steps] == ["nap", "approve", "check", "approved"]
+    assert steps[0].duration.ToNanoseconds() >= 200_000_000
+
+
+async def test_a_run_failed_by_a_signal_timeout_is_rerun_from_that_step(
+    orchestrator: Orchestrator,
+) -> None:
+    await orchestrator.register(APPROVAL)
+    run = await orchestrator.start("approval")
+    failed = await orchestrator.finished(run.run_id)
+
+    await orchestrator.stub.RerunRun(
+        pb.RerunRunRequest(run_id=run.run_id), metadata=orchestrator.key
+    )
+    await orchestrator.signal(run.run_id, ok=False, by="bob")
+    refused = await orchestrator.finished(run.run_id)
+    steps = await orchestrator.history(run.run_id)
+
+    assert failed.state == pb.RUN_STATE_FAILED
+    assert failed.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert refused.state == pb.RUN_STATE_FAILED
+    assert refused.error.message == "refused by bob"
+    assert [(s.step_id, s.state) for s in steps] == [
+        ("nap", pb.STEP_STATE_SUCCEEDED),
+        ("approve", pb.STEP_STATE_FAILED),
+        ("approve", pb.STEP_STATE_SUCCEEDED),
+        ("check", pb.STEP_STATE_SUCCEEDED),
+        ("refused", pb.STEP_STATE_FAILED),
+    ]
+
+
+async def test_cancel_and_the_run_timeout_end_a_waiting_run(orchestrator: Orchestrator) -> None:
+    await orchestrator.register(
+        "name: slow\ntimeout_s: 0.5\nsteps:\n  - {id: nap, sleep: {seconds: 30}}\n"
+    )
+    await orchestrator.register("name: slower\nsteps:\n  - {id: nap, sleep: {seconds: 30}}\n")
+    timing_out = await orchestrator.start("slow")
+    cancelled = await orchestrator.start("slower")
+
+    await orchestrator.stub.CancelRun(
+        pb.CancelRunRequest(run_id=cancelled.run_id), metadata=orchestrator.key
+    )
+
+    assert (await orchestrator.finished(cancelled.run_id)).state == pb.RUN_STATE_CANCELLED
+    assert (await orchestrator.finished(timing_out.run_id)).state == pb.RUN_STATE_TIMED_OUT
+
+
+async def test_a_call_past_its_step_timeout_fails_with_deadline_exceeded(
+    start_orchestrator: StartOrchestrator, service_key: str
+) -> None:
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # a service that accepts connections and never answers
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    host = await start_orchestrator(backends={"anomaly": f"127.0.0.1:{port}"})
+    async with server, connected(host, service_key) as orchestrator:
+        await orchestrator.register(
+            "name: hasty\nsteps:\n  - id: sources\n    timeout_s: 0.3\n"
+            "    retry: {max_attempts: 2, initial_backoff_s: 0}\n"
+            "    call: {method: nexus.anomaly.v1.AnomalyService/ListSources}\n"
+        )
+        run = await orchestrator.start("hasty")
+        done = await orchestrator.finished(run.run_id)
+        steps = await orchestrator.history(run.run_id)
+
+    assert done.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert (steps[0].state, steps[0].attempts) == (pb.STEP_STATE_FAILED, 2)
+    assert steps[0].last_attempt_duration.ToNanoseconds() >= 300_000_000
+
+
+async def test_a_workflow_calls_with_no_more_than_the_scopes_of_the_key_that_registered_it(
+    orchestrator: Orchestrator, nexus_settings: NexusSettings
+) -> None:
+    narrow = await make_key(nexus_settings, "orchestrator:admin", "orchestrator:invoke")
+    as_narrow = Orchestrator(orchestrator.stub, (("authorization", f"Bearer {narrow}"),))
+    await as_narrow.register(ALERT.replace("name: alert", "name: narrow"))
+
+    run = await as_narrow.start("narrow", source="cpu")
+    done = await as_narrow.finished(run.run_id)
+
+    assert done.state == pb.RUN_STATE_FAILED
+    assert done.error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert "anomaly:invoke" in done.error.message
+
+
+async def test_a_request_the_method_cannot_take_fails_its_step_at_once(
+    orchestrator: Orchestrator,
+) -> None:
+    await orchestrator.register(
+        "name: misfit\nsteps:\n  - id: sources\n    retry: {max_attempts: 5}\n"
+        "    call:\n      method: nexus.anomaly.v1.AnomalyService/ListSources\n"
+        "      request: {page_size: 'many', nothing: 1}\n"
+    )
+    run = await orchestrator.start("misfit")
+    done = await orchestrator.finished(run.run_id)
+    steps = await orchestrator.history(run.run_id)
+
+    assert done.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "nexus.anomaly.v1.ListSourcesRequest" in done.error.message
+    assert (steps[0].state, steps[0].attempts) == (pb.STEP_STATE_FAILED, 1)
+
+
+async def test_two_replicas_share_the_runs_and_each_step_runs_once(
+    start_orchestrator: StartOrchestrator, service_key: str
+) -> None:
+    hosts = [await start_orchestrator(), await start_orchestrator()]
+    async with (
+        connected(hosts[0], service_key) as first,
+        connected(hosts[1], service_key) as second,
+    ):
+        await first.register(ALERT.replace("name: alert", "name: shared"))
+        runs = [await (first, second)[i % 2].start("shared", source=f"s{i}") for i in range(20)]
+        done = [await first.finished(run.run_id) for run in runs]
+        histories = [await second.history(run.run_id) for run in runs]
+
+    assert {run.state for run in done} == {pb.RUN_STATE_SUCCEEDED}
+    assert {tuple((s.step_id, s.attempts) for s in steps) for steps in histories} == {
+        (("sources", 1), ("announce", 1))
+    }

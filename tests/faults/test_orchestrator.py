@@ -1,0 +1,131 @@
+"""The orchestrator SIGKILLed twice in the middle of a run's calls: the run completes on the
+restarted process, each call was made under one idempotency key (attempt 1 of each step), so the
+callee applied each effect once: two trainings, two model versions, one event."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import nats
+import pytest
+from anomaly_testing import cloud, points, unique
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
+
+from nexus.api.models.v1 import model_registry_pb2 as models_pb
+from nexus.api.models.v1 import model_registry_pb2_grpc as models_grpc
+from nexus.api.orchestrator.v1 import orchestrator_service_pb2 as pb
+from nexus.api.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
+from nexus.common.launcher import Platform
+from nexus.common.testing.waiting import eventually
+
+pytestmark = pytest.mark.timeout(300)
+
+TRAIN = {
+    "name": "${inputs.name}",
+    "algorithm": "ALGORITHM_ISOLATION_FOREST",
+    "points": "${inputs.points}",
+    "parameters": {"n_estimators": "1500"},
+}
+RETRAIN = {
+    "name": "retrain",
+    "inputs": {"name": {"type": "string"}, "points": {"type": "array"}},
+    "steps": [
+        {"id": "first", "call": {"method": "nexus.anomaly.v1.AnomalyService/TrainDetector",
+                                 "request": TRAIN}},
+        {"id": "second", "call": {"method": "nexus.anomaly.v1.AnomalyService/TrainDetector",
+                                  "request": TRAIN}},
+        {"id": "announce", "publish": {
+            "subject": "nexus.anomaly.retrained",
+            "type": "nexus.anomaly.v1.AnomalyDetected",
+            "data": {"source": "${inputs.name}",
+                     "model_version": "${steps.second.output.version.version}"},
+        }},
+    ],
+}  # fmt: skip
+
+
+async def test_a_run_whose_orchestrator_is_killed_twice_applies_each_effect_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEXUS_AUTH_ENABLED", "false")
+    monkeypatch.setenv("NEXUS_ORCHESTRATOR_ACK_WAIT_S", "2")
+    platform = Platform(tmp_path, nats_port=0, gateway_port=0, services=["anomaly"])
+    name = unique()
+    try:
+        await platform.start_nats()
+        await platform.start_services()
+        anomaly = platform.children[0]
+        backends = {"anomaly": f"127.0.0.1:{anomaly.port}"}
+        monkeypatch.setenv("NEXUS_ORCHESTRATOR_BACKENDS", json.dumps(backends))
+        platform.services = ["orchestrator"]
+        run_id = await start_run(platform, name)
+        for step in ("first", "second"):
+            await kill_during(platform, run_id, step)
+        done = await finished(platform, run_id)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{anomaly.port}") as channel:
+            model = await models_grpc.ModelRegistryServiceStub(channel).GetModel(
+                models_pb.GetModelRequest(service="anomaly", name=name)
+            )
+        assert platform.nats is not None
+        nc = await nats.connect(platform.nats.url)
+        info = await nc.jetstream().stream_info(
+            "ANOMALY", subjects_filter="nexus.anomaly.retrained"
+        )
+        await nc.close()
+    finally:
+        platform.stop()
+    assert done.run.state == pb.RUN_STATE_SUCCEEDED, done.run.error
+    assert [(s.step_id, s.attempts) for s in done.steps] == [
+        ("first", 1),
+        ("second", 1),
+        ("announce", 1),
+    ]
+    assert sorted(v.version for v in model.model.versions) == ["1", "2"]
+    assert (info.state.subjects or {}).get("nexus.anomaly.retrained") == 1
+
+
+async def start_run(platform: Platform, name: str) -> str:
+    await platform.start_services()
+    inputs = Struct()
+    inputs.update(
+        {"name": name, "points": [json_format.MessageToDict(p) for p in points(cloud(1000, 8))]}
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.children[-1].port}") as channel:
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        await stub.RegisterWorkflow(pb.RegisterWorkflowRequest(definition=json.dumps(RETRAIN)))
+        started = await stub.StartRun(pb.StartRunRequest(workflow="retrain", inputs=inputs))
+    return str(started.run.run_id)
+
+
+async def kill_during(platform: Platform, run_id: str, step: str) -> None:
+    """SIGKILLs the orchestrator once `step`'s call is in flight, and starts another."""
+    orchestrator = platform.children[-1]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{orchestrator.port}") as channel:
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+
+        async def calling() -> bool:
+            run = (await stub.GetRun(pb.GetRunRequest(run_id=run_id))).run
+            return bool(run.current_step == step)
+
+        await eventually(calling, timeout_s=120)
+    orchestrator.process.kill()  # mid-call: no ack, no record written after the call
+    orchestrator.process.wait(10)
+    platform.children.remove(orchestrator)
+    await platform.start_services()
+
+
+class Finished:
+    def __init__(self, run: pb.Run, steps: list[pb.StepExecution]) -> None:
+        self.run, self.steps = run, steps
+
+
+async def finished(platform: Platform, run_id: str) -> Finished:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.children[-1].port}") as channel:
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        watch = stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=240)
+        run = [reply.run async for reply in watch][-1]
+        history = await stub.GetRunHistory(pb.GetRunHistoryRequest(run_id=run_id))
+    return Finished(run, list(history.steps))
