@@ -370,6 +370,15 @@ def test_helm_test_checks_readyz_then_one_authenticated_call(
     assert key == {"name": "nexus-secrets", "key": "NEXUS_GATEWAY_BOOTSTRAP_ADMIN_KEY"}
 
 
+def test_the_orchestrator_calls_with_its_service_key_from_the_secret(
+    environments: dict[str, Manifests],
+) -> None:
+    for env, manifests in environments.items():
+        entry = env_of(manifests.deployments()["orchestrator"])["NEXUS_ORCHESTRATOR_SERVICE_KEY"]
+        assert "value" not in entry, env
+        assert entry["valueFrom"]["secretKeyRef"]["key"] == "NEXUS_ORCHESTRATOR_SERVICE_KEY", env
+
+
 def test_a_registry_prefix_and_a_tag_reach_every_image() -> None:
     manifests = render(
         "values-dev.yaml",

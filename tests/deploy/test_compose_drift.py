@@ -116,6 +116,15 @@ def test_the_gateway_reaches_the_same_backends_on_the_same_port(
         assert address.rsplit(":", 1)[1] == in_chart[backend].rsplit(":", 1)[1], backend
 
 
+def test_the_orchestrator_reaches_what_the_gateway_reaches(
+    compose: dict[str, dict[str, Any]],
+) -> None:
+    gateway = json.loads(environment(compose["gateway"])["NEXUS_GATEWAY_BACKENDS"])
+    orchestrator = json.loads(environment(compose["orchestrator"])["NEXUS_ORCHESTRATOR_BACKENDS"])
+    assert orchestrator == gateway
+    assert "NEXUS_ORCHESTRATOR_SERVICE_KEY" in environment(compose["orchestrator"])
+
+
 def test_the_reading_of_compose_follows_its_conventions() -> None:
     """How compose services are recognised: today's per-service Dockerfiles and the root
     Dockerfile with a SERVICE argument or a nexus/ image."""

@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from nexus.common.auth import KeyStore
-from nexus.common.launcher import RunInfo
+from nexus.common.launcher import RunInfo, read_run_file
 from nexus.common.nats import connect
 from nexus.common.natsserver import NatsServer, free_port
 from nexus.common.settings import NexusSettings
@@ -51,13 +52,94 @@ def test_nexus_up_serves_and_a_ctrl_c_stops_it_in_order(tmp_path: Path) -> None:
 
     assert code == 0, up.output
     stages = re.findall(r"\d\d:\d\d:\d\d stopping (.+)", up.output)
-    assert stages == ["gateway", "anomaly, llm", "nats-server"], up.output
+    assert stages == ["gateway", "anomaly, llm, orchestrator", "nats-server"], up.output
     logs = {p.stem: p.read_text() for p in (tmp_path / "data" / "logs").glob("*.log")}
     assert "Traceback" not in up.output + "".join(logs.values())
     assert '"level": "ERROR"' not in "".join(logs.values())
-    for name in ("gateway", "anomaly", "llm"):
+    for name in ("gateway", "anomaly", "llm", "orchestrator"):
         assert f"{name} stopped" in logs[name]
     assert not (tmp_path / "data" / "run.json").exists()
+
+
+SCORE = """\
+name: up-score
+inputs:
+  x: {type: number, required: true}
+steps:
+  - id: score
+    call:
+      method: nexus.anomaly.v1.AnomalyService/ScorePoints
+      request: {name: up, points: [{values: ["${inputs.x}", "${inputs.x}"]}]}
+outputs:
+  anomalous: "${steps.score.output.scores[0].is_anomaly}"
+"""
+
+
+def test_a_workflow_calls_a_service_through_the_orchestrator_of_nexus_up(
+    tmp_path: Path,
+) -> None:
+    """Auth is on: the orchestrator calls with its own key (made by `nexus up`, kept in the
+    data directory), and only within the scopes of the key that registered the workflow."""
+    data = tmp_path / "data"
+    up = NexusUp(data, ["--nats-port", "0", "--port", "0"])
+    try:
+        url, admin = up.wait_up(timeout_s=120)
+        info = read_run_file(data)
+        assert info is not None
+        narrow = asyncio.run(_make_key(info.nats_url, "orchestrator:*"))
+        with httpx.Client(base_url=url, timeout=30) as http:
+            as_admin = {"Authorization": f"Bearer {admin}"}
+            points = [{"values": [i % 5 * 0.1, i % 3 * 0.1]} for i in range(40)]
+            trained = http.post(
+                "/v1/anomaly/detectors/up:train",
+                json={"points": points, "promote_to": "production"},
+                headers=as_admin,
+            )
+            assert trained.status_code == 200, trained.text
+            ran = _run(http, as_admin, {"x": 9.0})
+            refused = _run(http, {"Authorization": f"Bearer {narrow}"}, {"x": 9.0})
+        up.interrupt()
+    finally:
+        up.kill()
+
+    assert ran["state"] == "RUN_STATE_SUCCEEDED", ran
+    assert ran["outputs"] == {"anomalous": True}
+    assert refused["state"] == "RUN_STATE_FAILED", refused
+    assert "may not call nexus.anomaly.v1.AnomalyService/ScorePoints" in str(refused), refused
+    key_file = data / "orchestrator.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key_file.read_text().strip() not in up.output  # never printed
+
+
+def _run(http: httpx.Client, headers: dict[str, str], inputs: dict[str, float]) -> dict:
+    """Registers SCORE with `headers`' key, runs it, and returns the run once it ends."""
+    registered = http.post(
+        "/v1/orchestrator/workflows", json={"definition": SCORE}, headers=headers
+    )
+    assert registered.status_code == 200, registered.text
+    started = http.post(
+        "/v1/orchestrator/workflows/up-score:run", json={"inputs": inputs}, headers=headers
+    )
+    assert started.status_code == 200, started.text
+    run_id = started.json()["run"]["run_id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        run = http.get(f"/v1/orchestrator/runs/{run_id}", headers=headers).json()["run"]
+        if run["state"] not in ("RUN_STATE_PENDING", "RUN_STATE_RUNNING", "RUN_STATE_WAITING"):
+            return dict(run)
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} did not end: {run}")
+
+
+async def _make_key(nats_url: str, *scopes: str) -> str:
+    nc = await connect(NexusSettings(nats_url=nats_url), "test")
+    keys = KeyStore(nc)
+    try:
+        await keys.start()
+        return (await keys.create("narrow", scopes))[1]
+    finally:
+        await keys.stop()
+        await nc.close()
 
 
 @pytest.fixture

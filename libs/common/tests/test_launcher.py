@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from nexus.common.auth import key_id_of
 from nexus.common.errors import Unavailable
 from nexus.common.launcher import (
     Backoff,
@@ -23,6 +24,7 @@ from nexus.common.launcher import (
     remove_run_file,
     running_platform,
     save_admin_key,
+    service_key,
     signing_key,
 )
 from nexus.common.testing.waiting import eventually
@@ -121,9 +123,12 @@ def test_exits_are_described(code: int | None, said: str) -> None:
 def test_secrets_are_readable_by_their_owner_alone(tmp_path: Path) -> None:
     path = save_admin_key(tmp_path / "data", "nxk_secret")
     key = signing_key(tmp_path / "data")
+    orchestrator = service_key(tmp_path / "data", "orchestrator")
 
     assert path.read_text() == "nxk_secret\n"
     assert signing_key(tmp_path / "data") == key  # made once, then kept
+    assert service_key(tmp_path / "data", "orchestrator") == orchestrator
+    assert key_id_of(orchestrator) is not None  # an API key, as the key store takes it
     for secret in tmp_path.glob("data/*"):
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
 

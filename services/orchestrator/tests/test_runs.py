@@ -20,6 +20,7 @@ from nexus.anomaly.settings import AnomalySettings
 from nexus.api.anomaly.v1 import events_pb2 as anomaly_events
 from nexus.api.orchestrator.v1 import orchestrator_service_pb2 as pb
 from nexus.api.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
+from nexus.common.auth import new_key, open_key_store
 from nexus.common.events import EventBus
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
@@ -369,3 +370,17 @@ async def test_two_replicas_share_the_runs_and_each_step_runs_once(
     assert {tuple((s.step_id, s.attempts) for s in steps) for steps in histories} == {
         (("sources", 1), ("announce", 1))
     }
+
+
+async def test_the_orchestrator_stores_its_service_key_without_its_own_scopes(
+    start_orchestrator: StartOrchestrator, nexus_settings: NexusSettings
+) -> None:
+    _, raw = new_key()  # made elsewhere (nexus up, a Secret), not stored yet
+    await start_orchestrator(service_key=raw)
+    async with open_key_store(nexus_settings, "test") as keys:
+        stored = await keys.verify(raw)
+
+    assert stored.name == "orchestrator"
+    assert stored.allows("anomaly:invoke")
+    assert stored.allows("models:admin")
+    assert not any(scope.startswith("orchestrator:") or scope == "*" for scope in stored.scopes)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 from nexus.api.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
+from nexus.common.auth import KeyStore, key_id_of, scopes_of_rpcs
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 from nexus.orchestrator.engine.calls import Caller
@@ -13,12 +16,14 @@ from nexus.orchestrator.settings import OrchestratorSettings
 from nexus.orchestrator.workflows import WorkflowStore
 
 NAME = "orchestrator"
+log = logging.getLogger(__name__)
 
 
 async def create(settings: OrchestratorSettings, common: NexusSettings) -> ServiceHost:
     """Opens, wires and starts the orchestrator; it is SERVING when this returns."""
     host = ServiceHost(NAME, settings, common)
     await host.open()
+    await store_service_key(host.keys, settings.service_key.get_secret_value())
     workflows = await host.manage(WorkflowStore(host.nc))
     runs = await host.manage(RunStore(host.nc))
     caller = Caller(settings.backends, settings.service_key.get_secret_value())
@@ -31,3 +36,21 @@ async def create(settings: OrchestratorSettings, common: NexusSettings) -> Servi
     await host.start()
     await host.set_serving()
     return host
+
+
+async def store_service_key(keys: KeyStore | None, raw_key: str) -> None:
+    """Stores the orchestrator's own key (`NEXUS_ORCHESTRATOR_SERVICE_KEY`) when absent, as the
+    gateway stores its bootstrap admin key, with the scopes of every RPC but the
+    orchestrator's own (a workflow must not register workflows as this key).
+
+    Raises:
+        InvalidArgument: The key is not shaped like an API key.
+        AlreadyExists: Another key with its id is stored.
+    """
+    if keys is None or not raw_key:
+        return
+    stored = await keys.ensure_key(raw_key, NAME, scopes_of_rpcs(excluding=[NAME]))
+    key = await keys.get(key_id_of(raw_key) or "")
+    log.info("service key %s %s", key.id, "stored" if stored else "already stored")
+    if key.revoked:
+        log.warning("the service key %s is revoked: every call step will be refused", key.id)

@@ -11,11 +11,12 @@ from nexus.common.auth._interceptor import (
     credentials_from_metadata,
     current_api_key,
 )
-from nexus.common.auth._keys import KEY_PREFIX, ApiKey, hash_key, key_id_of
+from nexus.common.auth._keys import KEY_PREFIX, ApiKey, hash_key, key_id_of, new_key
 from nexus.common.auth._scopes import (
     load_api_descriptors,
     required_scope,
     scope_allows,
+    scopes_of_rpcs,
     validate_scopes,
 )
 from nexus.common.auth._store import BUCKET, KeyStore, open_key_store
@@ -31,8 +32,10 @@ __all__ = [
     "hash_key",
     "key_id_of",
     "load_api_descriptors",
+    "new_key",
     "open_key_store",
     "required_scope",
     "scope_allows",
+    "scopes_of_rpcs",
     "validate_scopes",
 ]

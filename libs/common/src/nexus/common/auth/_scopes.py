@@ -13,6 +13,7 @@ import functools
 import importlib
 import pkgutil
 import re
+import sys
 from collections.abc import Iterable
 
 from google.protobuf import descriptor_pool
@@ -89,3 +90,22 @@ def required_scope(full_method: str) -> str:
     except KeyError:
         return ""
     return str(method.GetOptions().Extensions[options_pb2.required_scope])
+
+
+def scopes_of_rpcs(excluding: Iterable[str] = ()) -> list[str]:
+    """Every scope some RPC of `nexus.api` requires, sorted: what a service key needs to call
+    any of them. RPCs of the areas in `excluding` (`orchestrator` for
+    `nexus.orchestrator.v1.*`) do not count.
+    """
+    load_api_descriptors()
+    skipped = {f"nexus.{area}." for area in excluding}
+    found: set[str] = set()
+    for module in list(sys.modules.values()):
+        if not getattr(module, "__name__", "").startswith("nexus.api."):
+            continue
+        file = getattr(module, "DESCRIPTOR", None)
+        for service in getattr(file, "services_by_name", {}).values():
+            if any(service.full_name.startswith(prefix) for prefix in skipped):
+                continue
+            found.update(required_scope(m.full_name) for m in service.methods)
+    return sorted(found - {""})

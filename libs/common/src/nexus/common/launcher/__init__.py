@@ -11,6 +11,7 @@ from nexus.common.launcher._files import (
     remove_run_file,
     running_platform,
     save_admin_key,
+    service_key,
     signing_key,
 )
 from nexus.common.launcher._platform import (
@@ -40,5 +41,6 @@ __all__ = [
     "remove_run_file",
     "running_platform",
     "save_admin_key",
+    "service_key",
     "signing_key",
 ]

@@ -9,6 +9,8 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from nexus.common.auth import new_key
+
 RUN_FILE = "run.json"
 ADMIN_KEY_FILE = "admin.key"
 SIGNING_KEY_FILE = "registry-signing.key"
@@ -30,6 +32,15 @@ def signing_key(data_dir: Path) -> str:
     path = data_dir / SIGNING_KEY_FILE
     if not path.exists():
         write_private(path, secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def service_key(data_dir: Path, service: str) -> str:
+    """The API key `service` calls other services with (`<service>.key`, mode 0600), made once
+    and kept; the service stores it in the key store at start."""
+    path = data_dir / f"{service}.key"
+    if not path.exists():
+        write_private(path, new_key()[1] + "\n")
     return path.read_text().strip()
 
 

@@ -24,12 +24,15 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nexus.common.errors import Unavailable
-from nexus.common.launcher._files import RunInfo, signing_key
+from nexus.common.launcher._files import RunInfo, service_key, signing_key
 from nexus.common.launcher._supervisor import Backoff, Supervised, Supervisor
 from nexus.common.natsserver import NatsServer, ensure_port_free, free_port
 
 GATEWAY = "gateway"
 NATS = "nats-server"
+CALLS_SERVICES = frozenset({"orchestrator"})
+"""Services that call the others (as the chart's `callsServices`): each gets the backend map the
+gateway gets (`NEXUS_<NAME>_BACKENDS`) and a key of its own (`NEXUS_<NAME>_SERVICE_KEY`)."""
 log = logging.getLogger(__name__)
 
 
@@ -129,20 +132,27 @@ class Platform:
 
     async def start_services(self, timeout_s: float = 120.0) -> None:
         """Starts every service and waits until each one reports SERVING."""
-        started = [self._spawn_service(name) for name in self.services]
+        ports = {name: free_port(self.host) for name in self.services}
+        started = [self._spawn_service(name, port, ports) for name, port in ports.items()]
         self.children.extend(started)
         await asyncio.gather(*(self._wait_serving(c, timeout_s) for c in started))
 
-    def _spawn_service(self, name: str) -> Child:
-        port = free_port(self.host)
+    def _spawn_service(self, name: str, port: int, ports: dict[str, int]) -> Child:
         prefix = f"NEXUS_{name.upper()}_"
         env = {**self.env(), f"{prefix}GRPC_PORT": str(port), f"{prefix}GRPC_HOST": self.host}
+        if name in CALLS_SERVICES:
+            env[f"{prefix}BACKENDS"] = json.dumps(self._backends(ports))
+            env[f"{prefix}SERVICE_KEY"] = service_key(self.data_dir, name)
         return self._spawn(name, port, env)
+
+    def _backends(self, ports: dict[str, int]) -> dict[str, str]:
+        """Service name -> "host:port" of every service (what the gateway routes to)."""
+        return {name: f"{self.host}:{port}" for name, port in ports.items()}
 
     async def start_gateway(self, timeout_s: float = 60.0) -> None:
         """Starts the gateway in front of the services and waits until it is ready."""
         self.gateway_port = self.gateway_port or free_port(self.gateway_host)
-        backends = {c.name: f"{self.host}:{c.port}" for c in self.children}
+        backends = self._backends({c.name: c.port for c in self.children})
         env = {
             **self.env(),
             "NEXUS_GATEWAY_HOST": self.gateway_host,
