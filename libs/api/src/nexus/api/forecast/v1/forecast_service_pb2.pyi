@@ -775,7 +775,7 @@ class BacktestResponse(_message.Message):
 
     @_builtins.property
     def overall(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelScore]:
-        """Per candidate: its errors averaged over series (MASE, sMAPE, coverage) or pooled (RMSE)."""
+        """Per candidate: its errors averaged over series."""
 
     @_builtins.property
     def chosen(self) -> Global___Metrics:
