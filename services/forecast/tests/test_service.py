@@ -304,3 +304,33 @@ async def test_huge_uploads_and_unknown_series_are_refused(client: Client) -> No
         )
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
     assert "zz" in (unknown.value.details() or "")
+
+
+async def test_a_fit_reads_an_uploaded_dataset(client: Client) -> None:
+    frame = _long_format(4)
+    uploaded = await client.forecast.UploadDataset(
+        pb.UploadDatasetRequest(data=frame.to_csv(index=False).encode()), metadata=client.metadata
+    )
+    name = unique()
+    fit = pb.FitRequest(
+        name=name,
+        data=pb.SeriesData(dataset_id=uploaded.dataset.id, series_ids=["u1", "u3"]),
+        horizon=7,
+        models=[SN],
+    )
+    started = await client.forecast.StartFit(pb.StartFitRequest(fit=fit), metadata=client.metadata)
+    done = (await _watch(client, started.operation.name))[-1]
+    assert done.state == ops_pb.OPERATION_STATE_SUCCEEDED, done.error
+
+    predicted = await client.forecast.Predict(
+        pb.PredictRequest(name=name, version="1", series_ids=["u3"], horizon=3),
+        metadata=client.metadata,
+    )
+    u3 = frame[frame.unique_id == "u3"]["y"].to_numpy()
+    np.testing.assert_allclose(predicted.forecasts[0].mean, u3[-7:-4])  # a week ago, daily
+    assert predicted.forecasts[0].timestamps[0].ToDatetime() == pd.Timestamp("2024-03-01")
+    with pytest.raises(grpc.aio.AioRpcError) as not_fitted:
+        await client.forecast.Predict(
+            pb.PredictRequest(name=name, version="1", series_ids=["u0"]), metadata=client.metadata
+        )
+    assert not_fitted.value.code() == grpc.StatusCode.NOT_FOUND
