@@ -230,6 +230,14 @@ BAD = [
         grpc.StatusCode.INVALID_ARGUMENT,
         "data.series[0].values",
     ),
+    (  # too short for the one model asked for
+        pb.ForecastRequest(
+            data=_data(proto_series(np.arange(20.0)), season=24), horizon=6, models=[THETA]
+        ),
+        "auto_theta with a season of 24 needs 48",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "data.series[0].values",
+    ),
     (  # horizon longer than the series
         pb.ForecastRequest(data=_data(proto_series(np.arange(30.0))), horizon=31, models=[SN]),
         "longer than series",

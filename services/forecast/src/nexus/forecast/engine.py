@@ -42,6 +42,7 @@ from nexus.forecast.forecasting import (
     SeriesOptions,
     backtest,
     candidates,
+    check_fit_length,
     choose_and_fit,
     forecast_once,
     future_matrix,
@@ -469,6 +470,7 @@ def _forecast(
         series.exogenous, series.future, horizon, f"{series.field}.future_exogenous", kind
     )
     x = series.x if x_future is not None else None
+    check_fit_length(series, kind)
     forecast = forecast_once(kind, series.seasons, series.y, horizon, levels, x, x_future)
     return SeriesResult(series.id, kind, series.horizon_index(horizon), forecast)
 

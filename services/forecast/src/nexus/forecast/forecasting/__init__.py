@@ -1,6 +1,13 @@
 """Forecasting, free of gRPC: series on a grid, statsforecast models, backtests, choices, fits."""
 
-from nexus.forecast.forecasting.backtest import Choice, Plan, backtest, check_length, choose
+from nexus.forecast.forecasting.backtest import (
+    Choice,
+    Plan,
+    backtest,
+    check_fit_length,
+    check_length,
+    choose,
+)
 from nexus.forecast.forecasting.fitting import (
     FittedSeries,
     FittedSet,
@@ -39,6 +46,7 @@ __all__ = [
     "average",
     "backtest",
     "candidates",
+    "check_fit_length",
     "check_length",
     "choose",
     "choose_and_fit",

@@ -89,6 +89,21 @@ def check_length(series: Prepared, kinds: Sequence[ModelKind], plan: Plan) -> No
         )
 
 
+def check_fit_length(series: Prepared, kind: ModelKind) -> None:
+    """Refuses a series too short for the model it is to be fitted with.
+
+    Raises:
+        InvalidArgument: Naming the series' values, its length and what the model needs.
+    """
+    need = min_length(kind, series.seasons)
+    if len(series.y) < need:
+        raise InvalidArgument.for_field(
+            f"{series.field}.values",
+            f"series {series.id!r} has {len(series.y)} values; {kind.value} with a season of "
+            f"{max(series.seasons)} needs {need}",
+        )
+
+
 def backtest(series: Prepared, kinds: Sequence[ModelKind], plan: Plan) -> Choice:
     """Backtests each candidate on one series and chooses (blocking, CPU)."""
     check_length(series, kinds, plan)

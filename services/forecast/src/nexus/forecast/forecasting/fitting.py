@@ -14,7 +14,13 @@ import numpy as np
 import pandas as pd
 
 from nexus.common.errors import InvalidArgument
-from nexus.forecast.forecasting.backtest import Choice, Plan, backtest, check_length
+from nexus.forecast.forecasting.backtest import (
+    Choice,
+    Plan,
+    backtest,
+    check_fit_length,
+    check_length,
+)
 from nexus.forecast.forecasting.metrics import Errors, average
 from nexus.forecast.forecasting.models import USES_EXOGENOUS, ModelKind
 from nexus.forecast.forecasting.predicting import Forecast, fit, predict
@@ -104,7 +110,12 @@ def _only(series: Prepared, kinds: Sequence[ModelKind], plan: Plan) -> Choice:
 
 
 def fit_series(series: Prepared, kind: ModelKind) -> FittedSeries:
-    """`kind` fitted on all of the series."""
+    """`kind` fitted on all of the series.
+
+    Raises:
+        InvalidArgument: The series is too short for the model.
+    """
+    check_fit_length(series, kind)
     uses = kind in USES_EXOGENOUS and series.x is not None
     model = fit(kind, series.seasons, series.y, series.x if uses else None)
     return FittedSeries(
