@@ -28,7 +28,7 @@ CRD_SCHEMAS = {
     "ScaledObject": Path(__file__).parent / "crds" / "scaledobject.json",
     "ServiceMonitor": Path(__file__).parent / "crds" / "servicemonitor.json",
 }
-SERVICES = ["gateway", "anomaly", "llm", "orchestrator"]
+SERVICES = ["gateway", "anomaly", "forecast", "llm", "orchestrator"]
 
 
 def containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
@@ -283,6 +283,7 @@ def test_the_gateway_is_told_every_service(environments: dict[str, Manifests]) -
     backends = json.loads(env_of(deployments["gateway"])["NEXUS_GATEWAY_BACKENDS"]["value"])
     assert backends == {
         "anomaly": f"{RELEASE}-nexus-anomaly:50051",
+        "forecast": f"{RELEASE}-nexus-forecast:50051",
         "llm": f"{RELEASE}-nexus-llm:50051",
         "orchestrator": f"{RELEASE}-nexus-orchestrator:50051",
     }
@@ -325,7 +326,7 @@ def test_network_policies_let_only_the_gateway_reach_services_and_only_nexus_rea
     policies = environments["prod"].of_kind("NetworkPolicy")
     for policy in policies:
         component = environments["prod"].component(policy)
-        if component in ("anomaly", "llm"):
+        if component in ("anomaly", "forecast", "llm"):
             rules = policy["spec"]["ingress"]
             grpc_rule = next(r for r in rules if r["ports"] == [{"port": "grpc"}])
             (peer,) = grpc_rule["from"]
@@ -344,6 +345,7 @@ def test_metrics_are_annotated_and_monitored(environments: dict[str, Manifests])
         assert (annotations.get("prometheus.io/port") == "9090") is (name != "gateway")
     assert sorted(prod.component(m) for m in prod.of_kind("ServiceMonitor")) == [
         "anomaly",
+        "forecast",
         "llm",
         "orchestrator",
     ]
@@ -388,6 +390,7 @@ def test_a_registry_prefix_and_a_tag_reach_every_image() -> None:
     assert images == {
         "gateway": "ghcr.io/acme/nexus/gateway:0.1.0",
         "anomaly": "ghcr.io/acme/nexus/anomaly:0.1.0",
+        "forecast": "ghcr.io/acme/nexus/forecast:0.1.0",
         "llm": "ghcr.io/acme/nexus/llm:9",
         "orchestrator": "ghcr.io/acme/nexus/orchestrator:0.1.0",
     }

@@ -1,0 +1,1 @@
+"""Generated from protos/nexus/forecast. Do not edit: run `make protos`."""

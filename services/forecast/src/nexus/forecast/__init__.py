@@ -1,0 +1,1 @@
+"""The Nexus forecast service: statistical models per series, chosen by backtest, with intervals."""

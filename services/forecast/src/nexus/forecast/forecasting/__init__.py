@@ -1,0 +1,64 @@
+"""Forecasting, free of gRPC: series on a grid, statsforecast models, backtests, choices, fits."""
+
+from nexus.forecast.forecasting.backtest import (
+    Choice,
+    Plan,
+    backtest,
+    check_fit_length,
+    check_length,
+    choose,
+)
+from nexus.forecast.forecasting.fitting import (
+    FittedSeries,
+    FittedSet,
+    Report,
+    choose_and_fit,
+    fit_series,
+    future_matrix,
+    report,
+)
+from nexus.forecast.forecasting.metrics import Errors, average, mase, mase_scale, smape
+from nexus.forecast.forecasting.models import DEFAULT_CANDIDATES, ModelKind, candidates
+from nexus.forecast.forecasting.predicting import Forecast, forecast_once
+from nexus.forecast.forecasting.series import (
+    Prepared,
+    Series,
+    SeriesOptions,
+    default_season,
+    fill_missing,
+    infer_frequency,
+    prepare,
+)
+
+__all__ = [
+    "DEFAULT_CANDIDATES",
+    "Choice",
+    "Errors",
+    "FittedSeries",
+    "FittedSet",
+    "Forecast",
+    "ModelKind",
+    "Plan",
+    "Prepared",
+    "Report",
+    "Series",
+    "SeriesOptions",
+    "average",
+    "backtest",
+    "candidates",
+    "check_fit_length",
+    "check_length",
+    "choose",
+    "choose_and_fit",
+    "default_season",
+    "fill_missing",
+    "fit_series",
+    "forecast_once",
+    "future_matrix",
+    "infer_frequency",
+    "mase",
+    "mase_scale",
+    "prepare",
+    "report",
+    "smape",
+]

@@ -1,0 +1,72 @@
+"""The models a series can get (statsforecast), built for its seasons."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from statsforecast.models import MSTL, AutoARIMA, AutoETS, AutoTheta, SeasonalNaive
+
+from nexus.common.errors import InvalidArgument
+
+
+class ModelKind(Enum):
+    """A forecasting model; the value is its name in reports and the registry."""
+
+    SEASONAL_NAIVE = "seasonal_naive"
+    AUTO_THETA = "auto_theta"
+    AUTO_ETS = "auto_ets"
+    MSTL = "mstl"
+    AUTO_ARIMA = "auto_arima"
+
+
+DEFAULT_CANDIDATES = (
+    ModelKind.SEASONAL_NAIVE,
+    ModelKind.AUTO_THETA,
+    ModelKind.AUTO_ETS,
+    ModelKind.MSTL,
+)
+"""The automatic choice's candidates when none are named. AutoARIMA only when asked for: its
+order search costs 10-100 times the others (ADR 0031)."""
+
+USES_EXOGENOUS = frozenset({ModelKind.AUTO_ARIMA})
+"""Models that use exogenous columns; the others forecast from the series alone."""
+
+
+def build(kind: ModelKind, seasons: tuple[int, ...]) -> Any:
+    """A fresh statsforecast model of `kind` for a series with these seasons."""
+    season = seasons[0]
+    if kind is ModelKind.SEASONAL_NAIVE:
+        return SeasonalNaive(season_length=season)
+    if kind is ModelKind.AUTO_THETA:
+        return AutoTheta(season_length=season)
+    if kind is ModelKind.AUTO_ETS:
+        return AutoETS(season_length=season)
+    if kind is ModelKind.AUTO_ARIMA:
+        return AutoARIMA(season_length=season)
+    return MSTL(season_length=[s for s in seasons if s > 1])
+
+
+def candidates(kinds: tuple[ModelKind, ...], seasons: tuple[int, ...]) -> tuple[ModelKind, ...]:
+    """The candidates a series gets: those named (checked), else the defaults that apply.
+
+    Raises:
+        InvalidArgument: MSTL named for a series without a season.
+    """
+    if not kinds:
+        return tuple(k for k in DEFAULT_CANDIDATES if k is not ModelKind.MSTL or _seasonal(seasons))
+    if ModelKind.MSTL in kinds and not _seasonal(seasons):
+        raise InvalidArgument.for_field("models", "MSTL needs a season longer than 1 step")
+    return tuple(dict.fromkeys(kinds))
+
+
+def min_length(kind: ModelKind, seasons: tuple[int, ...]) -> int:
+    """Fewest observations the model is fitted on: two full seasons for seasonal models."""
+    longest = max(seasons) if kind is ModelKind.MSTL else seasons[0]
+    if kind is ModelKind.SEASONAL_NAIVE:
+        return max(longest, 1) + 1
+    return max(2 * longest, 8) if longest > 1 else 8
+
+
+def _seasonal(seasons: tuple[int, ...]) -> bool:
+    return any(s > 1 for s in seasons)

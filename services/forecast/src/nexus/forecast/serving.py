@@ -1,0 +1,105 @@
+"""A fitted set as the model runtime serves it: the signed set loads whole, each series' model
+is unpacked on first use and kept (least recently used first out)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from nexus.common.errors import InvalidArgument, NotFound
+from nexus.common.runtime import Model, ModelSource
+from nexus.forecast.forecasting import FittedSeries, FittedSet, Forecast, ModelKind
+
+FRAMEWORK = "nexus-forecast"
+"""The registry framework of the fitted sets the service registers."""
+
+Futures = Mapping[str, Mapping[str, np.ndarray]]
+Request = tuple[Sequence[str], int, Sequence[float], Futures]
+"""Series ids, horizon, levels, future exogenous values per series."""
+Result = tuple[str, ModelKind, pd.DatetimeIndex, Forecast]
+
+
+class ServedSet(Model[Request, list[Result]]):
+    """One registered fitted set.
+
+    Args:
+        source: The registry version to load.
+        cache_size: Most series models kept unpacked.
+    """
+
+    def __init__(self, source: ModelSource, cache_size: int) -> None:
+        super().__init__(source)
+        self._cache_size = cache_size
+        self._set: FittedSet | None = None
+        self._unpacked: OrderedDict[str, FittedSeries] = OrderedDict()
+        self._lock = threading.Lock()
+
+    async def load(self) -> None:
+        """Fetches and verifies the signed set; series stay packed until asked for.
+
+        Raises:
+            InvalidArgument: The artifact is not a fitted set.
+        """
+        fitted = await self.source.signed_object()
+        if not isinstance(fitted, FittedSet):
+            raise InvalidArgument(
+                f"model {self.source.name} version {self.source.version} is not a fitted set"
+            )
+        self._set = fitted
+
+    @property
+    def horizon(self) -> int:
+        """The horizon the set was fitted for."""
+        return self._fitted().horizon
+
+    def series(self, series_id: str) -> FittedSeries:
+        """One series' model, unpacked on first use (blocking).
+
+        Raises:
+            NotFound: The set holds no such series.
+        """
+        with self._lock:
+            if (found := self._unpacked.get(series_id)) is not None:
+                self._unpacked.move_to_end(series_id)
+                return found
+        fitted = self._fitted()
+        if series_id not in fitted.packed:
+            raise NotFound(
+                f"model {self.source.name} version {self.source.version} has no series "
+                f"{series_id!r}"
+            )
+        unpacked = fitted.unpack(series_id)
+        with self._lock:
+            self._unpacked[series_id] = unpacked
+            while len(self._unpacked) > self._cache_size:
+                self._unpacked.popitem(last=False)
+        return unpacked
+
+    def predict(self, inputs: Request) -> list[Result]:
+        """Forecasts the series asked for, in order."""
+        series_ids, horizon, levels, futures = inputs
+        results = []
+        for i, series_id in enumerate(series_ids):
+            fitted = self.series(series_id)
+            where = f"futures[{series_id}]" if series_id in futures else f"series_ids[{i}]"
+            index, forecast = fitted.forecast(horizon, levels, futures.get(series_id, {}), where)
+            results.append((series_id, fitted.kind, index, forecast))
+        return results
+
+    def count(self, inputs: Request) -> int:
+        """One prediction per series."""
+        return len(inputs[0])
+
+    def unload(self) -> None:
+        """Lets go of the set and the unpacked series."""
+        with self._lock:
+            self._unpacked.clear()
+        self._set = None
+
+    def _fitted(self) -> FittedSet:
+        assert self._set is not None, "load() first"
+        return self._set

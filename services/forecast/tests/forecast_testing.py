@@ -1,0 +1,72 @@
+"""Helpers for forecast tests: simulated series with known generating models, requests, stubs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import grpc
+import numpy as np
+import pandas as pd
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from nexus.api.forecast.v1 import forecast_service_pb2 as pb
+from nexus.api.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
+from nexus.api.models.v1 import model_registry_pb2_grpc as models_grpc
+from nexus.api.operations.v1 import operations_pb2_grpc as ops_grpc
+from nexus.forecast.forecasting import Series
+
+START = pd.Timestamp("2024-01-01")
+
+
+class Client:
+    """Stubs on one channel, sending an API key with every call."""
+
+    def __init__(self, channel: grpc.aio.Channel, key: str) -> None:
+        self.forecast = pb_grpc.ForecastServiceStub(channel)
+        self.models = models_grpc.ModelRegistryServiceStub(channel)
+        self.operations = ops_grpc.OperationsServiceStub(channel)
+        self.metadata = (("authorization", f"Bearer {key}"),)
+
+
+def unique(prefix: str = "fc") -> str:
+    """A name no other test uses (the session NATS is shared)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def seasonal_random_walk(
+    n: int, season: int, rng: np.random.Generator, sd: float = 1.0
+) -> np.ndarray:
+    """y[t] = y[t - season] + noise: seasonal naive is the true model (exact for h <= season)."""
+    y = np.empty(n)
+    y[:season] = 50 + 10 * rng.normal(size=season)
+    for t in range(season, n):
+        y[t] = y[t - season] + rng.normal(0, sd)
+    return y
+
+
+def local_level(
+    n: int, rng: np.random.Generator, level_sd: float = 0.5, noise_sd: float = 1.0
+) -> np.ndarray:
+    """A random walk seen through noise: simple exponential smoothing (ETS A,N,N) is the true
+    model."""
+    return 100 + np.cumsum(rng.normal(0, level_sd, n)) + rng.normal(0, noise_sd, n)
+
+
+def hourly(values: np.ndarray, series_id: str = "s") -> Series:
+    """An hourly domain series from 2024-01-01."""
+    return Series(series_id, pd.date_range(START, periods=len(values), freq="h"), values)
+
+
+def proto_series(
+    values: Sequence[float], series_id: str = "s", freq: str = "h", skip: Sequence[int] = ()
+) -> pb.Series:
+    """A Series message on a regular grid (positions in `skip` left out)."""
+    index = pd.date_range(START, periods=len(values), freq=freq)
+    keep = [i for i in range(len(values)) if i not in set(skip)]
+    stamps = []
+    for i in keep:
+        stamp = Timestamp()
+        stamp.FromNanoseconds(int(index[i].value))
+        stamps.append(stamp)
+    return pb.Series(id=series_id, timestamps=stamps, values=[float(values[i]) for i in keep])
