@@ -141,7 +141,9 @@ class Platform:
         prefix = f"NEXUS_{name.upper()}_"
         env = {**self.env(), f"{prefix}GRPC_PORT": str(port), f"{prefix}GRPC_HOST": self.host}
         if name in CALLS_SERVICES:
-            env[f"{prefix}BACKENDS"] = json.dumps(self._backends(ports))
+            # The services running already (a child restarted alone) and those starting now.
+            running = {c.name: c.port for c in self.children if c.name not in (name, GATEWAY)}
+            env[f"{prefix}BACKENDS"] = json.dumps(self._backends({**running, **ports}))
             env[f"{prefix}SERVICE_KEY"] = service_key(self.data_dir, name)
         return self._spawn(name, port, env)
 
