@@ -3,7 +3,8 @@
 Every part that keeps state in NATS opens its bucket with `open_key_value` (or its store with
 `open_object_store`), and every part that mirrors a bucket in memory follows it with a
 `KvFollower`: the latest value of each key first, then every change in order, resuming right
-after the last entry it handled when NATS restarts or loses the consumer.
+after the last entry it handled when NATS restarts or loses the consumer. `KvRecords` is the
+usual pair of both: records changed by compare-and-set, mirrored for lists and watches.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Generic, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -260,3 +262,139 @@ class KvFollower:
             async with self._progress:
                 self._revision = max(self._revision, revision)
                 self._progress.notify_all()
+
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Versioned(Generic[R]):
+    """A record and its KV revision (which orders every change of the bucket)."""
+
+    record: R
+    revision: int
+
+
+class KvRecords(Generic[R]):
+    """Records in a KV bucket, each changed only by compare-and-set, mirrored in memory by every
+    replica: the mirror serves lists, per-key change feeds (watches) and listeners.
+
+    Args:
+        nc: The NATS connection.
+        config: The bucket's configuration.
+        decode: A stored value -> its record.
+        keys: The keys followed (NATS wildcards: "svc.>").
+    """
+
+    _SYNC_TIMEOUT_S = 5.0
+
+    def __init__(
+        self,
+        nc: Client,
+        config: api.KeyValueConfig,
+        decode: Callable[[bytes], R],
+        *,
+        keys: str = ">",
+    ) -> None:
+        self._nc = nc
+        self._config = config
+        self._decode = decode
+        self._keys = keys
+        self._kv: KeyValue | None = None
+        self._follower: KvFollower | None = None
+        self._mirror: dict[str, R] = {}
+        self._watchers: dict[str, set[asyncio.Queue[Versioned[R] | None]]] = {}
+        self._listeners: list[Callable[[R], None]] = []
+
+    def on_change(self, listener: Callable[[R], None]) -> None:
+        """Calls `listener` with every record the mirror applies (on the event loop)."""
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        """Opens the bucket and loads the mirror.
+
+        Raises:
+            Unavailable: NATS does not answer.
+        """
+        bucket = self._config.bucket or ""
+        with nats_unavailable(f"open the bucket {bucket}"):
+            self._kv = await open_key_value(self._nc.jetstream(), self._config)
+        follower = KvFollower(self._nc, bucket, self._apply, keys=self._keys)
+        await follower.start()
+        self._follower = follower
+
+    async def stop(self) -> None:
+        """Stops following; open change feeds end."""
+        if self._follower is not None:
+            await self._follower.stop()
+        for queues in self._watchers.values():
+            for queue in queues:
+                queue.put_nowait(None)
+
+    async def get(self, key: str, action: str) -> Versioned[R] | None:
+        """The record stored now under `key` (None: none); `action` names it in errors.
+
+        Raises:
+            Unavailable: NATS does not answer.
+        """
+        assert self._kv is not None, "start() first"
+        with nats_unavailable(action):
+            try:
+                entry = await self._kv.get(key)
+            except KeyNotFoundError:
+                return None
+        if entry is None or not entry.value:
+            return None
+        return Versioned(self._decode(entry.value), entry.revision or 0)
+
+    async def update(self, key: str, change: Change, action: str) -> R | None:
+        """`update_entry` on `key`: the record now stored (None: none, and `change` made none).
+
+        Raises:
+            Aborted: Too many concurrent changes.
+            Unavailable: NATS does not answer.
+        """
+        assert self._kv is not None, "start() first"
+        with nats_unavailable(action):
+            raw, _ = await update_entry(self._kv, key, change)
+        return self._decode(raw) if raw is not None else None
+
+    async def synced(self, action: str) -> list[R]:
+        """Every record, as every replica wrote it so far."""
+        if self._follower is not None:
+            with nats_unavailable(action):
+                await self._follower.sync(self._SYNC_TIMEOUT_S)
+        return self.mirrored()
+
+    def mirrored(self) -> list[R]:
+        """What the mirror holds now (in no particular order)."""
+        return list(self._mirror.values())
+
+    @contextmanager
+    def watching(self, key: str) -> Iterator[asyncio.Queue[Versioned[R] | None]]:
+        """A queue of every change of `key` the mirror applies from now on; None once the
+        record is removed or the mirror stops."""
+        queue: asyncio.Queue[Versioned[R] | None] = asyncio.Queue()
+        self._watchers.setdefault(key, set()).add(queue)
+        try:
+            yield queue
+        finally:
+            queues = self._watchers.get(key, set())
+            queues.discard(queue)
+            if not queues:
+                self._watchers.pop(key, None)
+
+    async def _apply(self, entry: KvEntry) -> None:
+        if entry.removed or not entry.value:
+            self._mirror.pop(entry.key, None)
+            self._notify(entry.key, None)
+            return
+        record = self._decode(entry.value)
+        self._mirror[entry.key] = record
+        self._notify(entry.key, Versioned(record, entry.revision))
+        for listener in self._listeners:
+            listener(record)
+
+    def _notify(self, key: str, change: Versioned[R] | None) -> None:
+        for queue in self._watchers.get(key, ()):
+            queue.put_nowait(change)

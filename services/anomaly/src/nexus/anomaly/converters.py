@@ -15,7 +15,6 @@ from nexus.anomaly.engine import (
     AnomalyEngine,
     Explained,
     Scored,
-    Selector,
     Trained,
     TrainSpec,
 )
@@ -24,7 +23,7 @@ from nexus.anomaly.streamconfig import StreamingConfig, streaming_config
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as pb
 from nexus.api.common.v1 import common_pb2
 from nexus.common.errors import InvalidArgument
-from nexus.common.registry import Resolved
+from nexus.common.registry import Resolved, Selector
 from nexus.common.registry.converters import version_to_proto
 
 ALGORITHMS = {

@@ -31,7 +31,7 @@ from nexus.anomaly.serving import FRAMEWORK, ServedDetector
 from nexus.anomaly.settings import AnomalySettings
 from nexus.common.errors import InvalidArgument, ResourceExhausted
 from nexus.common.operations import NO_PROGRESS, Progress
-from nexus.common.registry import ModelRegistry, ModelVersionInfo, Resolved
+from nexus.common.registry import ModelRegistry, ModelVersionInfo, Resolved, Selector
 from nexus.common.runtime import Batching, ModelRuntime, Served
 
 DEFAULT_CONTAMINATION = 0.1
@@ -84,15 +84,6 @@ class Explained:
     threshold: float
     contributions: list[FeatureContribution]
     model: Resolved
-
-
-@dataclass(frozen=True)
-class Selector:
-    """Which version serves: a pinned version, else the alias's split (sticky per routing key)."""
-
-    alias: str = ""
-    version: str = ""
-    routing_key: str = ""
 
 
 class AnomalyEngine:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from nats.errors import Error as NatsError
 
-from nexus.anomaly.engine import AnomalyEngine, Selector
+from nexus.anomaly.engine import AnomalyEngine
 from nexus.anomaly.settings import AnomalySettings
 from nexus.anomaly.sources import SourceBindings
 from nexus.anomaly.streamconfig import StreamingConfig, default_config
@@ -38,6 +38,7 @@ from nexus.api.metrics.v1.events_pb2 import MetricPoint
 from nexus.common.errors import InvalidArgument, NexusError
 from nexus.common.events import DAY_S, GIB, METRICS, Consumer, Event, EventBus, Stream
 from nexus.common.names import check_name
+from nexus.common.registry import Selector
 
 METRICS_SUBJECT = "nexus.metrics.>"
 DETECTED_SUBJECT = "nexus.anomaly.detected"

@@ -12,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nexus.api.common.v1 import common_pb2
 from nexus.api.forecast.v1 import forecast_service_pb2 as pb
 from nexus.common.errors import InvalidArgument
-from nexus.common.registry import Resolved
+from nexus.common.registry import Resolved, Selector
 from nexus.common.registry.converters import version_to_proto
 from nexus.forecast.datasets import DatasetInfo, Format
 from nexus.forecast.engine import (
@@ -24,7 +24,6 @@ from nexus.forecast.engine import (
     Job,
     Predicted,
     PredictSpec,
-    Selector,
     SeriesResult,
 )
 from nexus.forecast.forecasting import Choice, Errors, ModelKind, Report, Series, SeriesOptions

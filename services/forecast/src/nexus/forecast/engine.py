@@ -25,7 +25,7 @@ from nexus.api.forecast.v1 import events_pb2
 from nexus.common.errors import InvalidArgument, NexusError, ResourceExhausted
 from nexus.common.events import DAY_S, MIB, EventBus, Stream
 from nexus.common.operations import NO_PROGRESS, Progress
-from nexus.common.registry import ModelRegistry, ModelVersionInfo, Resolved
+from nexus.common.registry import ModelRegistry, ModelVersionInfo, Resolved, Selector
 from nexus.common.runtime import ModelRuntime, Served
 from nexus.forecast import datasets
 from nexus.forecast.datasets import DatasetInfo, DatasetStore, Format, Limits
@@ -132,15 +132,6 @@ class Predicted:
 
     forecasts: list[SeriesResult]
     model: Resolved
-
-
-@dataclass(frozen=True)
-class Selector:
-    """Which version serves: a pinned version, else the alias's split (sticky per key)."""
-
-    alias: str = ""
-    version: str = ""
-    routing_key: str = ""
 
 
 @dataclass(frozen=True)

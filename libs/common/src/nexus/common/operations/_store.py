@@ -2,35 +2,27 @@
 
 Key `<service>.<id>`, a JSON record per operation (`OperationRecord`). Every change is a
 compare-and-set (`nexus.common.kv.update_entry`), so a cancel, a heartbeat and a replica that
-takes the work over never overwrite each other. The mirror (a `KvFollower`) serves lists and
+takes the work over never overwrite each other. The mirror (`nexus.common.kv.KvRecords`)
+serves lists and
 the change feeds that watches and the runner's cancellations follow.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 
 from nats.aio.client import Client
 from nats.js import api
-from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
 
 from nexus.common.errors import NotFound
 from nexus.common.events import DAY_S, MIB
-from nexus.common.kv import KvEntry, KvFollower, nats_unavailable, open_key_value, update_entry
+from nexus.common.kv import KvRecords, Versioned
 from nexus.common.operations._records import OperationRecord, kv_key, operation_name
-
-log = logging.getLogger(__name__)
 
 BUCKET = "nexus_operations"
 RETENTION_S = 7 * DAY_S
 """How long an operation is kept (the bucket's TTL, the queue stream's max age)."""
 MAX_RECORD_BYTES = MIB
-_SYNC_TIMEOUT_S = 5.0
 
 _CONFIG = api.KeyValueConfig(
     bucket=BUCKET,
@@ -46,14 +38,6 @@ Change = Callable[[OperationRecord], OperationRecord | None]
 Listener = Callable[[OperationRecord], None]
 
 
-@dataclass(frozen=True)
-class Versioned:
-    """A record and its KV revision (which orders every change of the bucket)."""
-
-    record: OperationRecord
-    revision: int
-
-
 class OperationStore:
     """The operations of one service.
 
@@ -63,23 +47,12 @@ class OperationStore:
     """
 
     def __init__(self, nc: Client, service: str) -> None:
-        self._nc = nc
         self._service = service
-        self._kv: KeyValue | None = None
-        self._follower: KvFollower | None = None
-        self._mirror: dict[str, OperationRecord] = {}
-        self._watchers: dict[str, set[asyncio.Queue[Versioned | None]]] = {}
-        self._listeners: list[Listener] = []
-
-    @property
-    def kv(self) -> KeyValue:
-        """The bucket (after `start`)."""
-        assert self._kv is not None, "start() first"
-        return self._kv
+        self._records = KvRecords(nc, _CONFIG, OperationRecord.decode, keys=f"{service}.>")
 
     def on_change(self, listener: Listener) -> None:
         """Calls `listener` with every record the mirror applies (on the event loop)."""
-        self._listeners.append(listener)
+        self._records.on_change(listener)
 
     async def start(self) -> None:
         """Opens the bucket and loads the mirror.
@@ -87,19 +60,11 @@ class OperationStore:
         Raises:
             Unavailable: When NATS does not answer.
         """
-        with nats_unavailable("open the operations bucket"):
-            self._kv = await open_key_value(self._nc.jetstream(), _CONFIG)
-        follower = KvFollower(self._nc, BUCKET, self._apply, keys=f"{self._service}.>")
-        await follower.start()
-        self._follower = follower
+        await self._records.start()
 
     async def stop(self) -> None:
         """Stops following; open watches end."""
-        if self._follower is not None:
-            await self._follower.stop()
-        for queues in self._watchers.values():
-            for queue in queues:
-                queue.put_nowait(None)
+        await self._records.stop()
 
     async def create(self, record: OperationRecord) -> tuple[OperationRecord, bool]:
         """Stores a new operation; when its id exists (the same idempotent call started it
@@ -111,20 +76,16 @@ class OperationStore:
         stored = await self.update(record.id, lambda current: None, missing=record)
         return stored, stored == record
 
-    async def get(self, operation_id: str) -> Versioned:
+    async def get(self, operation_id: str) -> Versioned[OperationRecord]:
         """The operation as stored now.
 
         Raises:
             NotFound: No such operation (or it expired).
         """
-        with nats_unavailable("read an operation"):
-            try:
-                entry = await self.kv.get(kv_key(self._service, operation_id))
-            except KeyNotFoundError:
-                entry = None
-        if entry is None or not entry.value:
+        found = await self._records.get(kv_key(self._service, operation_id), "read an operation")
+        if found is None:
             raise NotFound(f"operation {operation_name(self._service, operation_id)} not found")
-        return Versioned(OperationRecord.decode(entry.value), entry.revision or 0)
+        return found
 
     async def update(
         self, operation_id: str, change: Change, *, missing: OperationRecord | None = None
@@ -151,22 +112,19 @@ class OperationStore:
             record = change(OperationRecord.decode(raw))
             return record.encode() if record is not None else None
 
-        with nats_unavailable("update an operation"):
-            raw, _ = await update_entry(self.kv, kv_key(self._service, operation_id), encoded)
-        if raw is None:
+        key = kv_key(self._service, operation_id)
+        stored = await self._records.update(key, encoded, "update an operation")
+        if stored is None:
             raise NotFound(f"operation {operation_name(self._service, operation_id)} not found")
-        return OperationRecord.decode(raw)
+        return stored
 
     async def records(self) -> list[OperationRecord]:
         """Every operation of the service, as every replica wrote it so far, oldest first."""
-        if self._follower is not None:
-            with nats_unavailable("list operations"):
-                await self._follower.sync(_SYNC_TIMEOUT_S)
-        return self.mirrored()
+        return sorted(await self._records.synced("list operations"), key=_order)
 
     def mirrored(self) -> list[OperationRecord]:
         """What the mirror holds now, oldest first."""
-        return sorted(self._mirror.values(), key=lambda record: record.order)
+        return sorted(self._records.mirrored(), key=_order)
 
     async def watch(self, operation_id: str) -> AsyncIterator[OperationRecord]:
         """The operation as it is now, then each change, until it is done (or expires).
@@ -174,42 +132,17 @@ class OperationStore:
         Raises:
             NotFound: No such operation.
         """
-        with self._watching(operation_id) as changes:
+        with self._records.watching(kv_key(self._service, operation_id)) as changes:
             current = await self.get(operation_id)
             yield current.record
-            last = current.revision
             while not current.record.done:
                 change = await changes.get()
                 if change is None:
                     return
-                if change.revision > last:
-                    current, last = change, change.revision
+                if change.revision > current.revision:
+                    current = change
                     yield current.record
 
-    @contextmanager
-    def _watching(self, operation_id: str) -> Iterator[asyncio.Queue[Versioned | None]]:
-        queue: asyncio.Queue[Versioned | None] = asyncio.Queue()
-        self._watchers.setdefault(operation_id, set()).add(queue)
-        try:
-            yield queue
-        finally:
-            queues = self._watchers.get(operation_id, set())
-            queues.discard(queue)
-            if not queues:
-                self._watchers.pop(operation_id, None)
 
-    async def _apply(self, entry: KvEntry) -> None:
-        operation_id = entry.key.removeprefix(f"{self._service}.")
-        if entry.removed or not entry.value:
-            self._mirror.pop(operation_id, None)
-            self._notify(operation_id, None)
-            return
-        record = OperationRecord.decode(entry.value)
-        self._mirror[operation_id] = record
-        self._notify(operation_id, Versioned(record, entry.revision))
-        for listener in self._listeners:
-            listener(record)
-
-    def _notify(self, operation_id: str, change: Versioned | None) -> None:
-        for queue in self._watchers.get(operation_id, ()):
-            queue.put_nowait(change)
+def _order(record: OperationRecord) -> str:
+    return record.order

@@ -21,6 +21,7 @@ from nexus.common.registry._types import (
     ModelInfo,
     ModelVersionInfo,
     Resolved,
+    Selector,
 )
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "ModelRegistry",
     "ModelVersionInfo",
     "Resolved",
+    "Selector",
 ]

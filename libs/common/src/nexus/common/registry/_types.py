@@ -82,6 +82,16 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class Selector:
+    """What a request asks to be served by: a pinned version, else the alias's split (sticky per
+    routing key); `resolve` / the runtime's `serving` take its fields."""
+
+    alias: str = ""
+    version: str = ""
+    routing_key: str = ""
+
+
+@dataclass(frozen=True)
 class Resolved:
     """Which version serves a request, and through which alias ("" when the version was pinned)."""
 
