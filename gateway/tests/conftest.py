@@ -154,10 +154,13 @@ class FakeAnomaly(pb_grpc.AnomalyServiceServicer):
     async def WatchAnomalies(
         self, request: pb.WatchAnomaliesRequest, context: Context
     ) -> AsyncIterator[pb.WatchAnomaliesResponse]:
-        """ "nope": NOT_FOUND at once; "fail": two events then an error; "forever": one event,
-        then waits (recording its cancellation); otherwise three events."""
+        """ "nope": NOT_FOUND at once; "late-nope": NOT_FOUND after 0.7 s; "fail": two events
+        then an error; "forever": one event, then waits (recording its cancellation); otherwise
+        three events."""
         self.seen.record(request, context)
-        if request.source == "nope":
+        if request.source == "late-nope":
+            await asyncio.sleep(0.7)
+        if request.source in ("nope", "late-nope"):
             await abort(context, rich_status(grpc.StatusCode.NOT_FOUND, "no source nope"))
         try:
             for i in range({"fail": 2, "forever": 1}.get(request.source, 3)):

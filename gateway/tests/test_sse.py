@@ -63,6 +63,15 @@ async def test_error_before_the_first_message_keeps_its_status(client: httpx.Asy
     assert reply.json()["error"]["message"] == "no source nope"
 
 
+async def test_a_slow_error_before_the_first_message_keeps_its_status(start_gateway: Any) -> None:
+    # The answer is held until the first message or keep-alive, however late the error comes.
+    client = await start_gateway(sse_keepalive_s=60)
+    reply = await client.get(WATCH, params={"source": "late-nope"})
+
+    assert reply.status_code == 404
+    assert reply.json()["error"]["status"] == "NOT_FOUND"
+
+
 async def test_client_disconnect_cancels_the_backend_call(start_gateway: Any, anomaly: Any) -> None:
     # No keep-alive writes: the gateway must notice the disconnect itself, not by a failed write.
     client = await start_gateway(sse_keepalive_s=60)

@@ -238,7 +238,7 @@ class Gateway:
         call = self.pool.stream(backend, binding)(
             message, timeout=deadline_s, metadata=metadata, wait_for_ready=False
         )
-        first = await self._first_read(call, backend)
+        first: asyncio.Future[Any] = asyncio.ensure_future(call.read())
         if binding.http_body:
             return HttpBodyStream(
                 call,
@@ -255,24 +255,6 @@ class Gateway:
             keepalive_s=self.settings.sse_keepalive_s,
             on_close=lambda status: tracing.finish(span, status),
         )
-
-    async def _first_read(
-        self, call: grpc.aio.UnaryStreamCall[Any, Any], backend: str
-    ) -> asyncio.Future[Any]:
-        """Starts reading the stream, waiting briefly for the first message: an error that comes
-        at once gets its real HTTP status rather than a 200 stream that ends in an error event.
-        """
-        first: asyncio.Future[Any] = asyncio.ensure_future(call.read())
-        try:
-            await asyncio.wait({first}, timeout=self.settings.sse_first_message_wait_s)
-        except BaseException:  # cancelled meanwhile: do not leave the call running
-            call.cancel()
-            raise
-        failure = first.exception() if first.done() else None
-        if isinstance(failure, grpc.aio.AioRpcError):
-            call.cancel()
-            raise from_rpc_error(failure, backend)
-        return first
 
 
 def raw_path(request: Request) -> str:

@@ -19,7 +19,6 @@ import grpc
 from google.api import httpbody_pb2  # type: ignore[import-untyped, unused-ignore]
 from google.protobuf.message import Message
 from starlette.responses import Response
-from starlette.types import Message as AsgiMessage
 from starlette.types import Scope, Send
 
 from nexus.gateway.descriptors import HttpBinding
@@ -93,9 +92,7 @@ class HttpBodyStream(CallStream):
             if message is not grpc.aio.EOF:
                 media_type = content_type(http_body_of(self._binding, message))
         except grpc.aio.AioRpcError as err:  # before any byte: the error keeps its status
-            error = self._error_of(err)
-            await error.response()(scope, _nothing, send)
-            return int(error.status)
+            return await self._answer_error(err, scope, send)
         await send({"type": "http.response.start", "status": 200, "headers": _headers(media_type)})
         while message is not grpc.aio.EOF:
             if data := bytes(http_body_of(self._binding, message).data):
@@ -114,8 +111,3 @@ class HttpBodyStream(CallStream):
 def _headers(media_type: str) -> list[tuple[bytes, bytes]]:
     # nginx buffers responses by default, which would hold the chunks back.
     return [(b"content-type", media_type.encode("latin-1")), (b"x-accel-buffering", b"no")]
-
-
-async def _nothing() -> AsgiMessage:
-    """A `receive` for the error response: it reads no request (the body was read before)."""
-    return {"type": "http.request", "body": b"", "more_body": False}

@@ -364,7 +364,7 @@ def _responses(binding: HttpBinding, schemas: Schemas) -> dict[str, Any]:
         "content": {"application/json": {"schema": schema}},
     }
     if binding.server_streaming:
-        ok = _event_stream(schema)
+        ok = _event_stream(schema, schemas.message(common_pb2.ErrorResponse.DESCRIPTOR))
     return {"200": ok, **errors}
 
 
@@ -383,18 +383,36 @@ def _http_body(binding: HttpBinding) -> dict[str, Any]:
     }
 
 
-def _event_stream(schema: Schema) -> dict[str, Any]:
+def _event_stream(message: Schema, error: Schema) -> dict[str, Any]:
+    """Server-Sent Events. Before Open API 3.2 (`itemSchema`), the `schema` of an event stream
+    describes one event: `{event, data}`, with `data` JSON text of the message or, for the
+    `error` event that ends a stream, of an ErrorResponse."""
     return {
         "description": (
-            "Server-Sent Events: each message is `data: <JSON of x-event-schema>`; an error ends "
-            "the stream with `event: error` and `data: <ErrorResponse JSON>`."
+            "Server-Sent Events: each message is `data: <JSON of the message>`; an error after the "
+            "first event ends the stream with `event: error` and `data: <ErrorResponse JSON>` (an "
+            "error before it is answered with its own HTTP status)."
         ),
         "content": {
             "text/event-stream": {
-                "schema": {"type": "string", "x-event-schema": schema},
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "event": {"type": "string", "enum": ["message", "error"]},
+                        "data": {"type": "string"},
+                    },
+                    "oneOf": [_event("message", message), _event("error", error)],
+                }
             }
         },
     }
+
+
+def _event(name: str, payload: Schema) -> Schema:
+    """One kind of event: its name and the schema of the JSON in its `data`."""
+    data = {"type": "string", "contentMediaType": "application/json", "contentSchema": payload}
+    return {"properties": {"event": {"const": name}, "data": data}}
 
 
 def _path_parameters(binding: HttpBinding, schemas: Schemas) -> list[dict[str, Any]]:

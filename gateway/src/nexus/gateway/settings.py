@@ -83,10 +83,6 @@ class GatewaySettings(BaseSettings):
     """Seconds of silence on an SSE stream before a keep-alive comment is sent (proxies close
     idle connections, and a write is how a vanished client is noticed)."""
 
-    sse_first_message_wait_s: float = Field(default=0.5, ge=0)
-    """How long an SSE request waits for the first message before sending its 200: an error that
-    comes at once (a bad request, an unknown name) then gets its real HTTP status."""
-
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     """Seconds in-flight requests get to finish after SIGTERM."""
 

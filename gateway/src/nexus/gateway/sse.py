@@ -1,8 +1,11 @@
 """Server-Sent Events from a gRPC server stream (and the relay that raw HttpBody streams share).
 
 Each message is `data: <json>\\n\\n`; a status error after the stream started is
-`event: error\\ndata: <error body>\\n\\n`, then the stream closes. The response listens for the
-client going away and then cancels the gRPC call, so the backend stops working for nobody.
+`event: error\\ndata: <error body>\\n\\n`, then the stream closes. Nothing is sent before the
+first message (or the first keep-alive), so an error that comes first, as a bad request's does,
+is answered with its own HTTP status however long the backend took to say it.
+The response listens for the client going away and then cancels the gRPC call, so the backend
+stops working for nobody.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import grpc
 from starlette.responses import Response
+from starlette.types import Message as AsgiMessage
 from starlette.types import Receive, Scope, Send
 
 from nexus.gateway.errors import GatewayError
@@ -87,6 +91,12 @@ class CallStream(Response):
         """Sends the stream; returns the HTTP status it was answered with."""
         raise NotImplementedError
 
+    async def _answer_error(self, err: grpc.aio.AioRpcError, scope: Scope, send: Send) -> int:
+        """Answers a status error that came before any byte with its own HTTP status."""
+        error = self._error_of(err)
+        await error.response()(scope, _nothing, send)
+        return int(error.status)
+
     async def _cleanup(self, *tasks: asyncio.Future[Any]) -> None:
         self._call.cancel()  # the backend sees CANCELLED when the client went away
         self._first.cancel()
@@ -126,8 +136,11 @@ class EventStream(CallStream):
         self._keepalive_s = keepalive_s
 
     async def _relay(self, scope: Scope, send: Send) -> int:
-        await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
         pending: asyncio.Future[Any] = self._first
+        await asyncio.wait({pending}, timeout=self._keepalive_s)
+        if pending.done() and isinstance(pending.exception(), grpc.aio.AioRpcError):
+            return await self._answer_error(pending.exception(), scope, send)
+        await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
         while True:
             done, _ = await asyncio.wait({pending}, timeout=self._keepalive_s)
             if not done:
@@ -167,6 +180,11 @@ def _relay_status(relay: asyncio.Future[int]) -> int:
 async def send_chunk(send: Send, chunk: bytes) -> None:
     """One more piece of a response body."""
     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+async def _nothing() -> AsgiMessage:
+    """A `receive` for an error response: it reads no request (the body was read before)."""
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 async def _client_gone(receive: Receive) -> None:

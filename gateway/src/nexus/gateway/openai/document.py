@@ -437,9 +437,18 @@ def _chat() -> Schema:
             "content": {
                 "application/json": {"schema": _ref("CreateChatCompletionResponse")},
                 "text/event-stream": {
+                    # Before Open API 3.2, an event stream's schema describes one event.
                     "schema": {
-                        "type": "string",
-                        "x-event-schema": _ref("CreateChatCompletionStreamResponse"),
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {
+                            "data": {
+                                "type": "string",
+                                "description": "JSON of a chunk (x-event-schema) or of an "
+                                "ErrorResponse, or `[DONE]` at the end.",
+                                "x-event-schema": _ref("CreateChatCompletionStreamResponse"),
+                            }
+                        },
                     }
                 },
             },
