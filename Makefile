@@ -26,7 +26,7 @@ space := $(subst ,, )
 
 # lint-protos also runs buf breaking against main: a change must not break the wire or JSON
 # format of what has landed.
-.PHONY: run test install helm lock check-lock service protos check-protos lint lint-protos format typecheck unit integration faults bench clean
+.PHONY: run test install helm lock check-lock service protos check-protos lint lint-protos format typecheck unit integration faults bench bench-venvs clean
 
 run: install
 	$(BIN)/nexus up
@@ -112,12 +112,30 @@ faults: install
 # litellm-proxy / litellm-proxy-extras releases that the registry does not serve after 1.106, so
 # the proxy row runs the newest litellm whose proxy installs (1.107.0 was a compromised release).
 BENCH_PROXY_LITELLM ?= 1.106.12
-bench: install $(BENCH_STAMP)
+# DBOS (SQLite system database) and Prefect 3, which bench/orchestrator_throughput.py runs beside
+# the orchestrator, each from a venv of its own (bench/engines/*_workloads.py).
+BENCH_DBOS ?= 3.4.0
+BENCH_PREFECT ?= 3.9.1
+BENCH_ENGINES := .venv-bench-dbos/.installed .venv-bench-prefect/.installed
+bench: install $(BENCH_STAMP) $(BENCH_ENGINES)
 	$(PY) bench/anomaly_odds.py
 	$(PY) bench/anomaly_nab.py
 	$(PY) bench/anomaly_throughput.py
 	$(PY) bench/model_runtime.py
 	$(PY) bench/llm_overhead.py --proxy-bin $(BENCH_VENV)/bin/litellm
+	$(PY) -m bench.orchestrator_throughput
+
+bench-venvs: $(BENCH_STAMP) $(BENCH_ENGINES)
+
+.venv-bench-dbos/.installed:
+	test -x .venv-bench-dbos/bin/python || $(PYTHON) -m venv .venv-bench-dbos
+	.venv-bench-dbos/bin/python -m pip install --quiet "dbos==$(BENCH_DBOS)"
+	touch $@
+
+.venv-bench-prefect/.installed:
+	test -x .venv-bench-prefect/bin/python || $(PYTHON) -m venv .venv-bench-prefect
+	.venv-bench-prefect/bin/python -m pip install --quiet "prefect==$(BENCH_PREFECT)"
+	touch $@
 
 $(BENCH_STAMP): $(STAMP)
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
@@ -126,4 +144,4 @@ $(BENCH_STAMP): $(STAMP)
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .venv-bench-dbos .venv-bench-prefect $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

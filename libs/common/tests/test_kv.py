@@ -17,6 +17,7 @@ from nats.js.kv import KeyValue
 from nexus.common.kv import (
     KvEntry,
     KvFollower,
+    KvRecords,
     kv_stream,
     open_key_value,
     open_object_store,
@@ -159,3 +160,29 @@ async def test_open_object_store_creates_then_binds(nats_client: Client) -> None
     await store.put("a", b"payload")
     again = await asyncio.gather(*(open_object_store(js, bucket, config) for _ in range(3)))
     assert all([(await s.get("a")).data == b"payload" for s in again])
+
+
+async def test_records_updated_by_two_writers_in_turn_lose_no_change(nats_client: Client) -> None:
+    # Each writer's next update first tries the value it wrote last, without a read; the other
+    # writer's change in between makes that try fail, and the update reads and applies again.
+    config = api.KeyValueConfig(bucket=_bucket(), history=1)
+    first = KvRecords(nats_client, config, lambda raw: int(raw))
+    second = KvRecords(nats_client, config, lambda raw: int(raw))
+    await first.start()
+    await second.start()
+
+    def add_one(raw: bytes | None) -> bytes:
+        return str(int(raw or b"0") + 1).encode()
+
+    try:
+        for _ in range(10):
+            await first.update("n", add_one, "count")
+            await second.update("n", add_one, "count")
+        await asyncio.gather(*(w.update("n", add_one, "count") for w in (first, second) * 5))
+        stored = await first.get("n", "read")
+    finally:
+        await first.stop()
+        await second.stop()
+
+    assert stored is not None
+    assert stored.record == 30

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 from nexus.common.testing.keys import make_key
 from nexus.common.testing.services import StartService
+from nexus.orchestrator.engine.store import BUCKET, SEAL_STEPS
 from nexus.orchestrator.server import create
 from nexus.orchestrator.settings import OrchestratorSettings
 
@@ -87,6 +89,20 @@ class Orchestrator:
         struct.update(payload)
         request = pb.SignalRunRequest(run_id=run_id, signal="approval", payload=struct)
         await self.stub.SignalRun(request, metadata=self.key)
+
+    async def whole_history(self, run_id: str) -> list[pb.StepExecution]:
+        """Every page of the run's history."""
+        steps: list[pb.StepExecution] = []
+        token = ""
+        while True:
+            reply = await self.stub.GetRunHistory(
+                pb.GetRunHistoryRequest(run_id=run_id, page_size=50, page_token=token),
+                metadata=self.key,
+            )
+            steps.extend(reply.steps)
+            token = reply.next_page_token
+            if not token:
+                return steps
 
     async def history(self, run_id: str) -> list[pb.StepExecution]:
         reply = await self.stub.GetRunHistory(
@@ -384,3 +400,42 @@ async def test_the_orchestrator_stores_its_service_key_without_its_own_scopes(
     assert stored.allows("anomaly:invoke")
     assert stored.allows("models:admin")
     assert not any(scope.startswith("orchestrator:") or scope == "*" for scope in stored.scopes)
+
+
+def _long(steps: int) -> str:
+    """A workflow of `steps` publish steps whose last one and outputs read the first one's."""
+    body = [
+        {
+            "id": f"s{i}",
+            "publish": {
+                "subject": "nexus.anomaly.orchestrated",
+                "type": "nexus.anomaly.v1.AnomalyDetected",
+                "data": {"source": "${steps.s0.output.event_id}" if i == steps - 1 else f"{i}"},
+            },
+        }
+        for i in range(steps)
+    ]
+    outputs = {"first": "${steps.s0.output.event_id}", "count": "${size(steps)}"}
+    return json.dumps({"name": "long", "steps": body, "outputs": outputs})
+
+
+async def test_a_long_run_keeps_a_small_record_and_its_whole_history(
+    orchestrator: Orchestrator, nats_client: object
+) -> None:
+    steps = 2 * SEAL_STEPS + 22  # two sealed chunks and a tail
+    await orchestrator.register(_long(steps))
+
+    run = await orchestrator.start("long")
+    done = await orchestrator.finished(run.run_id)
+    history = await orchestrator.whole_history(run.run_id)
+    kv = await nats_client.jetstream().key_value(BUCKET)  # type: ignore[attr-defined]
+    stored = json.loads((await kv.get(run.run_id)).value)
+
+    first = f"orchestrator:{run.run_id}:s0:1"
+    assert done.state == pb.RUN_STATE_SUCCEEDED, done.error.message
+    assert json_format.MessageToDict(done.outputs) == {"first": first, "count": steps}
+    assert done.steps_executed == steps
+    assert [s.step_id for s in history] == [f"s{i}" for i in range(steps)]
+    assert json_format.MessageToDict(history[-1].input)["source"] == first
+    assert len(stored["history"]) <= SEAL_STEPS  # the record did not grow with the run
+    assert sum(stored["seals"]) + len(stored["history"]) == steps

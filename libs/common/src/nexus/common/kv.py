@@ -10,8 +10,9 @@ usual pair of both: records changed by compare-and-set, mirrored for lists and w
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
@@ -85,9 +86,20 @@ CAS_ATTEMPTS = 64
 """Compare-and-set attempts of `update_entry` before it gives up (Aborted)."""
 
 
-async def update_entry(kv: KeyValue, key: str, change: Change) -> tuple[bytes | None, int]:
+async def update_entry(
+    kv: KeyValue, key: str, change: Change, *, known: tuple[bytes, int] | None = None
+) -> tuple[bytes | None, int]:
     """Applies `change` to the latest value of `key` with compare-and-set (KV create when there
     is none), reading and applying it again each time another writer came first.
+
+    Args:
+        kv: The bucket.
+        key: The key.
+        change: The latest value (None: none) -> the value to write (None: leave it). It may be
+            called several times, on values that turn out stale: it must only compute.
+        known: A value and its revision believed current (the caller's own last write), tried
+            first without a read; if another writer came since, that write fails and the read
+            follows.
 
     Returns:
         The value now stored (what `change` wrote, or the latest value when it wrote nothing)
@@ -97,6 +109,9 @@ async def update_entry(kv: KeyValue, key: str, change: Change) -> tuple[bytes | 
         Aborted: When `CAS_ATTEMPTS` writes in a row lost.
         nats.errors.Error, TimeoutError: When NATS does not answer.
     """
+    if known is not None and (value := change(known[0])) is not None:
+        with suppress(KeyWrongLastSequenceError):
+            return value, await kv.update(key, value, last=known[1])
     for _ in range(CAS_ATTEMPTS):
         try:
             entry = await kv.get(key)
@@ -287,6 +302,7 @@ class KvRecords(Generic[R]):
     """
 
     _SYNC_TIMEOUT_S = 5.0
+    _KEEP_WRITTEN = 4096
 
     def __init__(
         self,
@@ -297,6 +313,7 @@ class KvRecords(Generic[R]):
         keys: str = ">",
     ) -> None:
         self._nc = nc
+        self._written: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
         self._config = config
         self._decode = decode
         self._keys = keys
@@ -356,8 +373,19 @@ class KvRecords(Generic[R]):
         """
         assert self._kv is not None, "start() first"
         with nats_unavailable(action):
-            raw, _ = await update_entry(self._kv, key, change)
+            raw, revision = await update_entry(self._kv, key, change, known=self._written.get(key))
+        self._remember_written(key, raw, revision)
         return self._decode(raw) if raw is not None else None
+
+    def _remember_written(self, key: str, raw: bytes | None, revision: int) -> None:
+        """The value last written or read back by an update: the next update of the key tries
+        it first, without a read (a record changed again and again by one replica, such as a
+        run advanced step after step, then costs one round trip a change)."""
+        self._written.pop(key, None)
+        if raw is not None and revision:
+            self._written[key] = (raw, revision)
+            if len(self._written) > self._KEEP_WRITTEN:
+                self._written.popitem(last=False)
 
     async def synced(self, action: str) -> list[R]:
         """Every record, as every replica wrote it so far."""

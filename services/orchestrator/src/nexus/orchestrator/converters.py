@@ -74,7 +74,7 @@ def run_to_proto(run: RunRecord) -> pb.Run:
         update_time=timestamp(run.updated),
         end_time=timestamp(run.ended),
         cancel_requested=run.cancel_requested,
-        steps_executed=len(run.history),
+        steps_executed=run.executed,
     )
 
 

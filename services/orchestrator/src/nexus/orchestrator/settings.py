@@ -25,6 +25,11 @@ class OrchestratorSettings(ServiceSettings):
     step_workers: int = Field(default=64, gt=0)
     """Runs one replica advances at once."""
 
+    steps_in_place: int = Field(default=100, gt=0)
+    """Steps a replica takes a run on by itself, each written before the next, before handing
+    it back to the queue (1: every step goes through the queue, which spreads the steps of one
+    run over the replicas but costs a publish, a delivery and a read each)."""
+
     ack_wait_s: float = Field(default=30.0, gt=0)
     """Silence after which a step whose replica died goes to another."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-MAX_STEPS = 500
+MAX_STEPS = 1000
 """Most steps a definition declares, nested ones included."""
 
 _NAME = {"type": "string", "pattern": NAME_PATTERN}

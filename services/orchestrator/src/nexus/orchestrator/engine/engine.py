@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 
@@ -52,6 +54,8 @@ STREAM = Stream(
     "ORCHESTRATOR", ("nexus.orchestrator.advance.>",), max_age_s=7 * DAY_S, max_bytes=GIB
 )
 DURABLE = "orchestrator-advance"
+_DRIVEN: ContextVar[tuple[int, list[RunRecord]] | None] = ContextVar("driven", default=None)
+"""In an advance's handler: its tick, and the record due next that it goes on with."""
 _RERUNNABLE = frozenset({FAILED, TIMED_OUT, CANCELLED})
 
 
@@ -220,9 +224,31 @@ class Engine:
             run = await self.runs.get(event.data.run_id)
         except NotFound:
             return
-        if run.done or run.tick != tick:
+        if run.done or (run.tick != tick and run.driver != tick):
             return  # stale: the run moved on (its current advance is in the queue or timed)
-        await self._advance(run)
+        await self._drive(run, tick)
+
+    async def _drive(self, run: RunRecord, tick: int) -> None:
+        """Advances the run, then goes on in place while its next advance is due at once, up to
+        `steps_in_place` steps and a quarter of the ack wait; then hands the run back to the
+        queue. Each step is still written before the next begins, and each write names `tick`
+        as the run's driver: if this replica dies, the advance of `tick` is delivered again (it
+        was never acknowledged) and goes on from the last write, as an advance of the run's
+        own tick would."""
+        due: list[RunRecord] = []
+        token = _DRIVEN.set((tick, due))
+        budget = time.monotonic() + self._settings.ack_wait_s / 4
+        try:
+            await self._advance(run)
+            for _ in range(self._settings.steps_in_place - 1):
+                if not due or time.monotonic() > budget:
+                    break
+                run = due.pop()
+                await self._advance(run)
+        finally:
+            _DRIVEN.reset(token)
+            if due:
+                await self._publish(due[-1])
 
     async def _advance(self, run: RunRecord) -> None:
         now = s.now()
@@ -238,7 +264,7 @@ class Engine:
             return
         step = definition.steps[run.pending[0]]
         try:
-            if _skipped(run, step):
+            if _skipped(await self.runs.expanded(run), step):
                 await self._write(run, lambda r: s.skip(r, step, now, self._redrive_s))
                 return
             await _KINDS[step.kind](self, run, step, definition)
@@ -260,7 +286,7 @@ class Engine:
             await self._write(run, lambda r: s.wait(r, current.wait_until))
             return
         if current is None or not current.attempt_open:
-            input_ = build(run)
+            input_ = build(await self.runs.expanded(run))
             lease = self._attempt_timeout(step) + self._redrive_s
 
             def opening(r: RunRecord) -> RunRecord:
@@ -335,7 +361,7 @@ class Engine:
         await self._effect(run, step, definition, build, act)
 
     async def _switch(self, run: RunRecord, step: Step, definition: Definition) -> None:
-        context = s.context(run)
+        context = s.context(await self.runs.expanded(run))
         now = s.now()
         chosen: list[str] = [item["id"] for item in step.spec.get("default", [])]
         matched = "default"
@@ -388,7 +414,7 @@ class Engine:
             await self._write(run, lambda r: s.wait(r, current.wait_until))
 
     async def _fail_kind(self, run: RunRecord, step: Step, definition: Definition) -> None:
-        message = expressions.render(step.spec["message"], s.context(run))
+        message = expressions.render(step.spec["message"], s.context(await self.runs.expanded(run)))
         now = s.now()
         began = run if run.current is not None else None
 
@@ -416,7 +442,11 @@ class Engine:
         follows. None when another replica (or a cancel) moved the run on first."""
         applied: list[RunRecord] = []
 
+        driven = _DRIVEN.get()
+        await self.runs.expanded(run)  # the sealed history in memory, for the outputs
+
         def fenced(current: RunRecord) -> RunRecord | None:
+            applied.clear()  # called again when `current` was stale
             if current.done or current.tick != run.tick:
                 return None
             head = current.current
@@ -425,6 +455,8 @@ class Engine:
             new = change(current)
             if new is not None and new.done and new.state != CANCELLED and not new.outputs:
                 new = self._finish(new)
+            if new is not None and driven is not None:
+                new = replace(new, driver=driven[0])
             if new is not None:
                 applied.append(new)
             return new
@@ -433,16 +465,23 @@ class Engine:
         if not applied:
             return None
         written = applied[-1]
+        if not written.done:
+            written = await self.runs.seal(written)
         if written.tick != run.tick and not written.done:
-            await self._publish(written)
+            if driven is not None:
+                driven[1][:] = [written]  # the driver goes on with it (or publishes it)
+            else:
+                await self._publish(written)
         return written
 
     def _finish(self, run: RunRecord) -> RunRecord:
         if run.state != "SUCCEEDED":
             return run
         definition = self._workflows.cached(run.workflow, run.version)
+        # The chunks of `run` were read before the write (seals change only after one).
+        whole = self.runs.expanded_now(run) or run
         try:
-            return replace(run, outputs=s.outputs(run, definition) if definition else {})
+            return replace(run, outputs=s.outputs(whole, definition) if definition else {})
         except expressions.ExpressionError as err:
             return replace(run, state=FAILED, error=error_of("INVALID_ARGUMENT", str(err)))
 

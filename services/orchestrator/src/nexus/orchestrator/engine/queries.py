@@ -52,7 +52,7 @@ async def history(
         InvalidArgument: A bad page size or token.
     """
     page = page_request(page_size, page_token, scope=f"history/{run_id}")
-    steps = list(enumerate((await runs.get(run_id)).history))
+    steps = list(enumerate((await runs.expanded(await runs.get(run_id))).history))
     chosen, token = paginate(steps, lambda item: item[0], page)
     return [step for _, step in chosen], token
 

@@ -3,15 +3,17 @@
 One JSON value per run in KV `nexus_orchestrator_runs`, changed only with compare-and-set.
 `tick` counts the advances of the run: the advance message of tick n has the event id
 `<run>:<n>`, so any number of replicas publish it and JetStream stores it once, and a message
-of an older tick is stale. `wake_at` is when the run must be advanced again even if no message
+of an older tick is stale, except the one whose handler went on in place (`driver`, see the
+engine). `wake_at` is when the run must be advanced again even if no message
 comes (a timer, a backoff, a signal's timeout, or a lease over a step in flight).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+import orjson
 
 PENDING, RUNNING, WAITING = "PENDING", "RUNNING", "WAITING"
 SUCCEEDED, FAILED, CANCELLED, TIMED_OUT = "SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"
@@ -50,7 +52,16 @@ class StepRecord:
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One run of a workflow version."""
+    """One run of a workflow version.
+
+    Attributes:
+        history: The step executions not sealed yet (the current one among them), in order.
+        seals: The sizes of the sealed chunks of the history, in order: the executions before
+            `history`, stored apart once finished (see the run store), so that the record of a
+            long run stays small.
+        driver: The tick of the advance whose handler took the run on in place since (0: none):
+            that advance, delivered again because its replica died, goes on from where it was.
+    """
 
     run_id: str
     workflow: str
@@ -75,6 +86,18 @@ class RunRecord:
     owner_key_id: str = ""
     trigger_kind: str = "manual"
     trigger_detail: str = ""
+    driver: int = 0
+    seals: tuple[int, ...] = ()
+
+    @property
+    def sealed(self) -> int:
+        """How many executions are in sealed chunks."""
+        return sum(self.seals)
+
+    @property
+    def executed(self) -> int:
+        """How many step executions the run made (sealed or not)."""
+        return self.sealed + len(self.history)
 
     @property
     def done(self) -> bool:
@@ -102,15 +125,38 @@ class RunRecord:
         }
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        # orjson serialises dataclasses itself, without the deep copy of `asdict`: the record is
+        # rewritten at every step.
+        return orjson.dumps(self)
 
     @classmethod
     def decode(cls, data: bytes) -> RunRecord:
-        raw = json.loads(data)
-        raw["history"] = tuple(StepRecord(**step) for step in raw["history"])
+        # Fields a newer version added are left out: replicas of two versions share the runs.
+        raw = {k: v for k, v in orjson.loads(data).items() if k in _RUN_FIELDS}
+        raw["history"] = tuple(_step(step) for step in raw["history"])
         raw["pending"] = tuple(raw["pending"])
         raw["resume"] = tuple(raw["resume"])
+        raw["seals"] = tuple(raw.get("seals", ()))
         return cls(**raw)
+
+
+_RUN_FIELDS = frozenset(f.name for f in fields(RunRecord))
+_STEP_FIELDS = frozenset(f.name for f in fields(StepRecord))
+
+
+def encode_steps(steps: tuple[StepRecord, ...]) -> bytes:
+    """A sealed chunk of executions."""
+    return orjson.dumps(steps)
+
+
+def decode_steps(data: bytes) -> tuple[StepRecord, ...]:
+    return tuple(_step(step) for step in orjson.loads(data))
+
+
+def _step(raw: dict[str, Any]) -> StepRecord:
+    if raw.keys() <= _STEP_FIELDS:
+        return StepRecord(**raw)
+    return StepRecord(**{k: v for k, v in raw.items() if k in _STEP_FIELDS})
 
 
 def error_of(code: str, message: str) -> dict[str, str]:

@@ -2,22 +2,31 @@
 
 Every change is a compare-and-set (`nexus.common.kv.update_entry`): a replica advancing a run,
 a cancel and a signal never overwrite each other. The mirror (`nexus.common.kv.KvRecords`)
-serves lists,
-watches and the timers every replica keeps.
+serves lists, watches and the timers every replica keeps.
+
+A run's record is rewritten at each step, so it must not grow with the run: once `SEAL_STEPS`
+finished executions lead its history, they are stored as one chunk in KV
+`nexus_orchestrator_history` (key `<run>.<first index>.<count>`, written once, never changed)
+and dropped from the record, which keeps their count in `seals`. Readers that need the whole
+history (expressions over `steps`, the history API) read it `expanded`; chunks are immutable,
+so every replica keeps those it read.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 from nats.aio.client import Client
 from nats.js import api
+from nats.js.kv import KeyValue
 
 from nexus.common.errors import NotFound
 from nexus.common.events import DAY_S, MIB
-from nexus.common.kv import KvRecords
-from nexus.orchestrator.engine.records import RunRecord
+from nexus.common.kv import KvRecords, nats_unavailable, open_key_value
+from nexus.orchestrator.engine.records import RunRecord, StepRecord, decode_steps, encode_steps
 
 BUCKET = "nexus_orchestrator_runs"
 RETENTION_S = 30 * DAY_S
@@ -29,6 +38,19 @@ _CONFIG = api.KeyValueConfig(
     max_value_size=MIB,
     storage=api.StorageType.FILE,
 )
+
+HISTORY_BUCKET = "nexus_orchestrator_history"
+_HISTORY_CONFIG = api.KeyValueConfig(
+    bucket=HISTORY_BUCKET,
+    description="Nexus orchestrator: sealed chunks of the runs' histories",
+    history=1,
+    ttl=RETENTION_S,
+    max_value_size=MIB,
+    storage=api.StorageType.FILE,
+)
+SEAL_STEPS = 16
+"""Finished executions at the head of a record's history that are sealed into one chunk."""
+_KEEP_CHUNKS = 4096
 
 Change = Callable[[RunRecord], RunRecord | None]
 """The run's next record given its latest; None: leave it as it is."""
@@ -42,14 +64,20 @@ class RunStore:
     """
 
     def __init__(self, nc: Client) -> None:
-        self._records = KvRecords(nc, _CONFIG, RunRecord.decode)
+        self._nc = nc
+        self._codec = _Codec()
+        self._records = KvRecords(nc, _CONFIG, self._codec.decode)
+        self._chunks: KeyValue | None = None
+        self._read: OrderedDict[str, tuple[StepRecord, ...]] = OrderedDict()
 
     async def start(self) -> None:
-        """Opens the bucket and loads the mirror.
+        """Opens the buckets and loads the mirror.
 
         Raises:
             Unavailable: NATS does not answer.
         """
+        with nats_unavailable(f"open the bucket {HISTORY_BUCKET}"):
+            self._chunks = await open_key_value(self._nc.jetstream(), _HISTORY_CONFIG)
         await self._records.start()
 
     async def stop(self) -> None:
@@ -84,11 +112,11 @@ class RunStore:
 
         def encoded(raw: bytes | None) -> bytes | None:
             if raw is None:
-                return missing.encode() if missing is not None else None
-            record = change(RunRecord.decode(raw))
+                return self._codec.encode(missing) if missing is not None else None
+            record = change(self._codec.decode(raw))
             if record is None:
                 return None
-            return RunRecord(**{**record.__dict__, "updated": time.time()}).encode()
+            return self._codec.encode(replace(record, updated=time.time()))
 
         stored = (
             await self._records.update(run_id, encoded, "update a run") if _valid(run_id) else None
@@ -96,6 +124,66 @@ class RunStore:
         if stored is None:
             raise NotFound(f"run {run_id!r} not found")
         return stored
+
+    async def expanded(self, run: RunRecord) -> RunRecord:
+        """The record with its sealed executions back in its history: to read, never to write.
+
+        Raises:
+            Unavailable: NATS does not answer.
+        """
+        if not run.seals:
+            return run
+        sealed = [await self._chunk(key) for key in _chunk_keys(run)]
+        return _with_sealed(run, sealed)
+
+    def expanded_now(self, run: RunRecord) -> RunRecord | None:
+        """`expanded` from the chunks in memory; None when one is not."""
+        sealed = [self._read.get(key) for key in _chunk_keys(run)]
+        if any(chunk is None for chunk in sealed):
+            return None
+        return _with_sealed(run, [chunk for chunk in sealed if chunk is not None])
+
+    async def seal(self, run: RunRecord) -> RunRecord:
+        """Seals the finished executions that lead the run's history once there are
+        `SEAL_STEPS` of them: stored as a chunk, then dropped from the record with
+        compare-and-set. Returns the record as stored (`run` when there was nothing to seal).
+
+        Raises:
+            Unavailable: NATS does not answer.
+        """
+        count = _finished_head(run.history)
+        if count < SEAL_STEPS:
+            return run
+        chunk = run.history[:count]
+        key = _chunk_key(run.run_id, run.sealed, count)
+        assert self._chunks is not None, "start() first"
+        with nats_unavailable("seal a run's history"):
+            await self._chunks.put(key, encode_steps(chunk))
+        self._keep(key, chunk)
+
+        def sealed(current: RunRecord) -> RunRecord | None:
+            if current.seals != run.seals or current.history[:count] != chunk:
+                return None  # sealed meanwhile, or not the same run any more
+            return replace(current, history=current.history[count:], seals=(*current.seals, count))
+
+        return await self.update(run.run_id, sealed)
+
+    async def _chunk(self, key: str) -> tuple[StepRecord, ...]:
+        known = self._read.get(key)
+        if known is not None:
+            self._read.move_to_end(key)
+            return known
+        assert self._chunks is not None, "start() first"
+        with nats_unavailable("read a run's history"):
+            entry = await self._chunks.get(key)
+        chunk = decode_steps(entry.value or b"[]")
+        self._keep(key, chunk)
+        return chunk
+
+    def _keep(self, key: str, chunk: tuple[StepRecord, ...]) -> None:
+        self._read[key] = chunk
+        while len(self._read) > _KEEP_CHUNKS:
+            self._read.popitem(last=False)
 
     async def records(self) -> list[RunRecord]:
         """Every run, as every replica wrote it so far, newest first."""
@@ -125,6 +213,66 @@ class RunStore:
                 if change.record.updated >= current.updated and change.record != current:
                     current = change.record
                     yield current
+
+
+class _Codec:
+    """Records to bytes and back, remembering the latest ones: a run's record is read back as
+    the bytes just written (by the compare-and-set, the mirror, the next advance), and a long
+    run's record is large, so each is decoded once rather than at each of those reads."""
+
+    _KEEP_BYTES = 64 * MIB
+
+    def __init__(self) -> None:
+        self._known: OrderedDict[bytes, RunRecord] = OrderedDict()
+        self._bytes = 0
+
+    def encode(self, record: RunRecord) -> bytes:
+        data = record.encode()
+        self._remember(data, record)
+        return data
+
+    def decode(self, data: bytes) -> RunRecord:
+        known = self._known.get(data)
+        if known is not None:
+            self._known.move_to_end(data)
+            return known
+        record = RunRecord.decode(data)
+        self._remember(data, record)
+        return record
+
+    def _remember(self, data: bytes, record: RunRecord) -> None:
+        if data in self._known:
+            return
+        self._known[data] = record
+        self._bytes += len(data)
+        while self._bytes > self._KEEP_BYTES and self._known:
+            dropped, _ = self._known.popitem(last=False)
+            self._bytes -= len(dropped)
+
+
+def _chunk_key(run_id: str, first: int, count: int) -> str:
+    return f"{run_id}.{first}.{count}"
+
+
+def _chunk_keys(run: RunRecord) -> list[str]:
+    keys, first = [], 0
+    for count in run.seals:
+        keys.append(_chunk_key(run.run_id, first, count))
+        first += count
+    return keys
+
+
+def _with_sealed(run: RunRecord, sealed: list[tuple[StepRecord, ...]]) -> RunRecord:
+    history = tuple(step for chunk in sealed for step in chunk)
+    return replace(run, history=(*history, *run.history), seals=())
+
+
+def _finished_head(history: tuple[StepRecord, ...]) -> int:
+    """How many finished executions lead `history`."""
+    for index, step in enumerate(history):
+        if not step.done:
+            return index
+    return len(history)
 
 
 def _newest_first(run: RunRecord) -> tuple[float, str]:

@@ -1,0 +1,1 @@
+"""Other workflow engines' workloads, run by bench/orchestrator_throughput.py in their venvs."""
