@@ -27,6 +27,7 @@ from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 from nexus.common.testing.keys import make_key
 from nexus.common.testing.services import StartService
+from nexus.common.testing.waiting import eventually
 from nexus.orchestrator.engine.store import BUCKET, SEAL_STEPS
 from nexus.orchestrator.server import create
 from nexus.orchestrator.settings import OrchestratorSettings
@@ -439,3 +440,162 @@ async def test_a_long_run_keeps_a_small_record_and_its_whole_history(
     assert json_format.MessageToDict(history[-1].input)["source"] == first
     assert len(stored["history"]) <= SEAL_STEPS  # the record did not grow with the run
     assert sum(stored["seals"]) + len(stored["history"]) == steps
+
+
+FANOUT = """\
+name: fanout
+inputs:
+  sources: {type: array, required: true}
+steps:
+  - id: each
+    map:
+      items: inputs.sources
+      concurrency: 2
+      steps:
+        - id: announce_item
+          publish:
+            subject: nexus.anomaly.orchestrated
+            type: nexus.anomaly.v1.AnomalyDetected
+            data: {source: "${item}", detector: "${run.parent}"}
+  - id: both
+    parallel:
+      branches:
+        - name: left
+          steps:
+            - id: left_nap
+              sleep: {seconds: 0.01}
+            - id: left_count
+              publish:
+                subject: nexus.anomaly.orchestrated
+                type: nexus.anomaly.v1.AnomalyDetected
+                data: {source: "count:${size(steps.each.output)}"}
+        - name: right
+          steps:
+            - id: right_sub
+              workflow: {name: alert, inputs: {source: "sub"}}
+outputs:
+  items: "${steps.each.output}"
+  both: "${steps.both.output}"
+"""
+
+
+async def test_map_parallel_and_a_sub_workflow_run_as_child_runs_and_join(
+    orchestrator: Orchestrator,
+) -> None:
+    await orchestrator.register(ALERT)
+    await orchestrator.register(FANOUT)
+
+    run = await orchestrator.start("fanout", sources=["a", "b", "c"])
+    done = await orchestrator.finished(run.run_id)
+    steps = await orchestrator.history(run.run_id)
+    children = await orchestrator.stub.ListRuns(
+        pb.ListRunsRequest(workflow="fanout", page_size=50), metadata=orchestrator.key
+    )
+
+    assert done.state == pb.RUN_STATE_SUCCEEDED, done.error.message
+    outputs = json_format.MessageToDict(done.outputs)
+    items = outputs["items"]
+    assert [item["subject"] for item in items] == ["nexus.anomaly.orchestrated"] * 3
+    assert len({item["event_id"] for item in items}) == 3  # one child run per item
+    assert outputs["both"]["left"]["subject"] == "nexus.anomaly.orchestrated"
+    assert outputs["both"]["right"]["event"].endswith(":announce:1")  # the sub-workflow's
+    assert [s.step_id for s in steps] == ["each", "both"]
+    assert json_format.MessageToDict(steps[0].output) == {"value": items}  # a list, wrapped
+    kinds = sorted(r.trigger.kind for r in children.runs if r.run_id != run.run_id)
+    assert kinds == ["branch"] * 5  # three items, two branches (the sub-workflow's is "alert")
+
+
+FANFAIL = """\
+name: fanfail
+steps:
+  - id: both
+    parallel:
+      branches:
+        - name: waits
+          steps: [{id: wait_long, wait_signal: {name: never}}]
+        - name: fails
+          steps: [{id: boom, fail: {message: "boom"}}]
+"""
+
+
+async def test_a_failed_branch_fails_the_step_and_cancels_the_other_branches(
+    orchestrator: Orchestrator,
+) -> None:
+    await orchestrator.register(FANFAIL)
+
+    run = await orchestrator.start("fanfail")
+    done = await orchestrator.finished(run.run_id)
+
+    await eventually(
+        lambda: _children_are(orchestrator, run, [pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED]),
+        timeout_s=10,
+    )
+    assert done.state == pb.RUN_STATE_FAILED
+    assert "parallel both[1]" in done.error.message
+    assert done.error.message.endswith("boom")
+
+
+async def _children_are(orchestrator: Orchestrator, parent: pb.Run, states: list[int]) -> bool:
+    """Whether the other runs of the parent's workflow (its children) are in `states`."""
+    listed = await orchestrator.stub.ListRuns(
+        pb.ListRunsRequest(workflow=parent.workflow), metadata=orchestrator.key
+    )
+    return sorted(r.state for r in listed.runs if r.run_id != parent.run_id) == sorted(states)
+
+
+async def test_cancelling_a_run_cancels_the_runs_its_map_started(
+    orchestrator: Orchestrator,
+) -> None:
+    await orchestrator.register(
+        "name: waiting_map\nsteps:\n  - id: each\n    map:\n      items: '[1, 2]'\n"
+        "      steps: [{id: wait_each, wait_signal: {name: never}}]\n"
+    )
+    run = await orchestrator.start("waiting_map")
+
+    await eventually(
+        lambda: _children_are(orchestrator, run, [pb.RUN_STATE_WAITING] * 2), timeout_s=10
+    )
+    await orchestrator.stub.CancelRun(
+        pb.CancelRunRequest(run_id=run.run_id), metadata=orchestrator.key
+    )
+    await eventually(
+        lambda: _children_are(orchestrator, run, [pb.RUN_STATE_CANCELLED] * 2), timeout_s=10
+    )
+
+
+async def test_a_workflow_that_calls_itself_stops_at_the_nesting_limit(
+    orchestrator: Orchestrator,
+) -> None:
+    await orchestrator.register(
+        "name: forever\nsteps:\n  - id: again\n    workflow: {name: forever}\n"
+    )
+
+    done = await orchestrator.finished((await orchestrator.start("forever")).run_id)
+
+    assert done.state == pb.RUN_STATE_FAILED
+    assert done.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "nested more than 8 deep" in done.error.message
+
+
+async def test_bad_fan_out_steps_are_refused_with_their_fields(
+    orchestrator: Orchestrator,
+) -> None:
+    twins = (
+        "name: bad_fanout\nsteps:\n"
+        "  - id: both\n    parallel:\n      branches:\n"
+        "        - {name: x, steps: [{id: one, sleep: {seconds: 0}}]}\n"
+        "        - {name: x, steps: [{id: two, sleep: {seconds: 0}}]}\n"
+    )
+    broken = (
+        "name: bad_fanout\nsteps:\n"
+        "  - id: each\n    map: {items: 'inputs.(', steps: [{id: three, sleep: {seconds: 0}}]}\n"
+    )
+    refused = []
+    for definition in (twins, broken):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await orchestrator.register(definition)
+        refused.append((caught.value.code(), caught.value.details() or ""))
+
+    assert [code for code, _ in refused] == [grpc.StatusCode.INVALID_ARGUMENT] * 2
+    assert "steps[0].parallel.branches: branch names must be unique" in refused[0][1]
+    assert "steps[0].map.items: bad expression" in refused[1][1]

@@ -394,6 +394,10 @@ class KvRecords(Generic[R]):
                 await self._follower.sync(self._SYNC_TIMEOUT_S)
         return self.mirrored()
 
+    def peek(self, key: str) -> R | None:
+        """The record of `key` as the mirror holds it now (None: none, or not yet)."""
+        return self._mirror.get(key)
+
     def mirrored(self) -> list[R]:
         """What the mirror holds now (in no particular order)."""
         return list(self._mirror.values())

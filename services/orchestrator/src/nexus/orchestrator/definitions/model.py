@@ -114,8 +114,19 @@ def _walk(document: dict[str, Any]) -> Iterator[Step]:
 def _walk_steps(steps: list[dict[str, Any]]) -> Iterator[Step]:
     for step in steps:
         yield Step.of(step)
-        switch = step.get("switch")
-        if switch:
-            for case in switch["cases"]:
-                yield from _walk_steps(case["steps"])
-            yield from _walk_steps(switch.get("default", []))
+        for nested in nested_lists(step):
+            yield from _walk_steps(nested)
+
+
+def nested_lists(step: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
+    """The lists of steps inside a (schema-valid) step: a switch's cases and default, a parallel
+    step's branches, a map's steps."""
+    switch = step.get("switch")
+    if switch:
+        for case in switch["cases"]:
+            yield case["steps"]
+        yield switch.get("default", [])
+    for branch in step.get("parallel", {}).get("branches", []):
+        yield branch["steps"]
+    if "map" in step:
+        yield step["map"]["steps"]

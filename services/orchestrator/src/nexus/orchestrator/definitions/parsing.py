@@ -173,6 +173,10 @@ def _nested(path: Path, steps: list[dict[str, Any]]) -> Iterator[tuple[Path, dic
             for case_index, case in enumerate(switch["cases"]):
                 yield from _nested((*here, "switch", "cases", case_index, "steps"), case["steps"])
             yield from _nested((*here, "switch", "default"), switch.get("default", []))
+        for number, branch in enumerate(step.get("parallel", {}).get("branches", [])):
+            yield from _nested((*here, "parallel", "branches", number, "steps"), branch["steps"])
+        if "map" in step:
+            yield from _nested((*here, "map", "steps"), step["map"]["steps"])
 
 
 def _step_problems(path: Path, step: dict[str, Any]) -> Iterator[tuple[Path, str]]:
@@ -191,6 +195,15 @@ def _step_problems(path: Path, step: dict[str, Any]) -> Iterator[tuple[Path, str
     if "switch" in step:
         for index, case in enumerate(step["switch"]["cases"]):
             yield from _expression_problems((*path, "switch", "cases", index, "when"), case["when"])
+    if "map" in step:
+        yield from _expression_problems((*path, "map", "items"), step["map"]["items"])
+    if "parallel" in step:
+        names = [branch["name"] for branch in step["parallel"]["branches"]]
+        if len(set(names)) != len(names):
+            yield (*path, "parallel", "branches"), "branch names must be unique"
+    if "workflow" in step:
+        inputs = step["workflow"].get("inputs", {})
+        yield from _template_problems((*path, "workflow", "inputs"), inputs)
 
 
 def _template_problems(path: Path, template: Any) -> Iterator[tuple[Path, str]]:

@@ -8,6 +8,15 @@ from typing import Any
 NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 MAX_STEPS = 1000
 """Most steps a definition declares, nested ones included."""
+MAX_BRANCHES = 16
+"""Most branches of a `parallel` step."""
+MAX_ITEMS = 1000
+"""Most items a `map` step runs its steps for."""
+MAX_CONCURRENCY = 100
+"""Most items of a `map` step in flight at once (default `DEFAULT_CONCURRENCY`)."""
+DEFAULT_CONCURRENCY = 10
+MAX_DEPTH = 8
+"""Most levels of runs inside runs (`parallel`, `map`, `workflow` steps)."""
 
 _NAME = {"type": "string", "pattern": NAME_PATTERN}
 _EXPRESSION = {"type": "string", "minLength": 1, "maxLength": 2000}
@@ -85,6 +94,44 @@ _KINDS: dict[str, Any] = {
         "additionalProperties": False,
         "required": ["message"],
         "properties": {"message": {"type": "string", "maxLength": 1000}},
+    },
+    "parallel": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["branches"],
+        "properties": {
+            "branches": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_BRANCHES,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name", "steps"],
+                    "properties": {"name": _NAME, "steps": {**_STEPS, "minItems": 1}},
+                },
+            },
+        },
+    },
+    "map": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["items", "steps"],
+        "properties": {
+            "items": _EXPRESSION,
+            "concurrency": {"type": "integer", "minimum": 1, "maximum": MAX_CONCURRENCY},
+            "steps": {**_STEPS, "minItems": 1},
+        },
+    },
+    "workflow": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name"],
+        "properties": {
+            "name": _NAME,
+            "version": {"type": "integer", "minimum": 1},
+            "inputs": {"type": "object"},
+        },
     },
 }
 KINDS = tuple(_KINDS)

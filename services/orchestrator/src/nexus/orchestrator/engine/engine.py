@@ -32,11 +32,13 @@ from nexus.common.events import DAY_S, GIB, Consumer, Event, EventBus, Stream
 from nexus.orchestrator import expressions
 from nexus.orchestrator.definitions import Definition
 from nexus.orchestrator.definitions.model import Step
+from nexus.orchestrator.engine import fanout
 from nexus.orchestrator.engine import steps as s
 from nexus.orchestrator.engine.calls import NOT_RETRIED, Caller, StepError, message_of
 from nexus.orchestrator.engine.inputs import checked_inputs
 from nexus.orchestrator.engine.records import (
     CANCELLED,
+    DONE,
     FAILED,
     PENDING,
     TIMED_OUT,
@@ -164,7 +166,9 @@ class Engine:
                 return replace(run, cancel_requested=True)
             return s.end(run, CANCELLED, s.now(), error_of("CANCELLED", "cancelled"))
 
-        return await self.runs.update(run_id, change)
+        run = await self.runs.update(run_id, change)
+        await self._cancel_children(run)
+        return run
 
     async def signal(self, run_id: str, name: str, payload: dict[str, Any]) -> RunRecord:
         """Delivers a signal; a step waiting for one goes on, else it is kept until one does.
@@ -413,6 +417,114 @@ class Engine:
         else:
             await self._write(run, lambda r: s.wait(r, current.wait_until))
 
+    async def _fan_out(self, run: RunRecord, step: Step, definition: Definition) -> None:
+        """A `parallel`, `map` or `workflow` step: starts its child runs (no more than its
+        concurrency at once), then waits; each child that ends wakes it (`_notify_parent`)."""
+        try:
+            if run.current is None:
+                context = s.context(await self.runs.expanded(run))
+                input_ = fanout.input_of(step, context, run.depth)
+                began = await self._write(run, lambda r: s.begin(r, step, s.now(), input_))
+                if began is None:
+                    return
+                run = began
+            await self._fan_out_step(run, step, definition)
+        except StepError as err:
+            await self._fail(run, definition, error_of(err.code, err.message))
+        except NexusError as err:  # no such workflow, inputs it does not take
+            await self._fail(run, definition, error_of(err.code.value, str(err)))
+
+    async def _fan_out_step(self, run: RunRecord, step: Step, definition: Definition) -> None:
+        current = run.current
+        assert current is not None
+        count, limit = fanout.size(step, current.input)
+        ids = fanout.child_ids(run, step.id, count)
+        started = int((current.output or {}).get("started", 0))
+        children = [await self._child(child_id) for child_id in ids[:started]]
+        failure = fanout.first_failure(children)
+        if failure is not None:
+            index, child = failure
+            await self._cancel_ids(ids[:started])
+            error = child.error or error_of("UNKNOWN", "a child run ended without success")
+            where = f"{step.kind} {step.id}[{index}] (run {child.run_id})"
+            message = f"{where}: {error['message']}"
+            await self._fail(run, definition, error_of(error["code"], message))
+            return
+        ended = [c for c in children if c is not None and c.state in DONE]
+        if started == count and len(ended) == count:
+            output = fanout.result(step, current.input, ended)
+            _check_size(output, self._settings.max_output_bytes)
+            await self._write(run, lambda r: s.succeed(r, output, s.now(), self._redrive_s))
+            return
+        room = max(0, limit - (len(children) - len(ended)))
+        new = range(started, min(count, started + room))
+        for index in new:
+            await self._start_child(run, step, index, ids[index])
+        progress = {"started": started + len(new), "ended": len(ended), "of": count}
+        until = s.now() + self._redrive_s  # each child that ends wakes the step before
+        await self._write(run, lambda r: s.wait(s.progress(r, progress), until))
+
+    async def _start_child(self, run: RunRecord, step: Step, index: int, child_id: str) -> None:
+        now = s.now()
+        current = run.current
+        assert current is not None
+        if step.kind == "workflow":
+            spec = current.input
+            stored = await self._workflows.get(spec["name"], spec["version"])
+            called = self._workflows.definition(stored)
+            inputs = checked_inputs(called, spec["inputs"], self._settings.max_inputs_bytes)
+            record = fanout.workflow_child(
+                run, step, child_id, called, stored.version, inputs, now, self._redrive_s
+            )
+        else:
+            parent_steps = s.context(await self.runs.expanded(run))["steps"]
+            record = fanout.branch_child(
+                run, step, index, child_id, parent_steps, now, self._redrive_s
+            )
+            _check_size(record.seed, self._settings.max_inputs_bytes)
+        created = await self.runs.create(record)
+        if created.tick == 1 and not created.done:
+            await self._publish(created)
+
+    async def _child(self, run_id: str) -> RunRecord | None:
+        """A child run as stored (the mirror when it shows it ended, which cannot change)."""
+        known = self.runs.peek(run_id)
+        if known is not None and known.done:
+            return known
+        try:
+            return await self.runs.get(run_id)
+        except NotFound:
+            return None
+
+    async def _notify_parent(self, child: RunRecord) -> None:
+        """Wakes the step that started `child`, which just ended."""
+
+        def wake(parent: RunRecord) -> RunRecord | None:
+            if parent.done:
+                return None
+            return replace(parent, tick=parent.tick + 1, wake_at=s.now() + self._redrive_s)
+
+        try:
+            parent = await self.runs.update(child.parent, wake)
+        except NotFound:
+            return
+        if not parent.done:
+            await self._publish(parent)
+
+    async def _cancel_children(self, run: RunRecord) -> None:
+        """Cancels the children of the run's last step when it is a fan-out (the run was
+        cancelled while it waited for them)."""
+        last = run.history[-1] if run.history else None
+        if last is None or last.kind not in fanout.KINDS or not isinstance(last.output, dict):
+            return
+        started = int(last.output.get("started", 0))
+        await self._cancel_ids(fanout.child_ids(run, last.step_id, started))
+
+    async def _cancel_ids(self, run_ids: list[str]) -> None:
+        for run_id in run_ids:
+            with contextlib.suppress(NotFound):
+                await self.cancel(run_id)
+
     async def _fail_kind(self, run: RunRecord, step: Step, definition: Definition) -> None:
         message = expressions.render(step.spec["message"], s.context(await self.runs.expanded(run)))
         now = s.now()
@@ -467,6 +579,8 @@ class Engine:
         written = applied[-1]
         if not written.done:
             written = await self.runs.seal(written)
+        elif written.parent:
+            await self._notify_parent(written)
         if written.tick != run.tick and not written.done:
             if driven is not None:
                 driven[1][:] = [written]  # the driver goes on with it (or publishes it)
@@ -480,6 +594,8 @@ class Engine:
         definition = self._workflows.cached(run.workflow, run.version)
         # The chunks of `run` were read before the write (seals change only after one).
         whole = self.runs.expanded_now(run) or run
+        if run.trigger_kind == fanout.BRANCH:
+            return replace(run, outputs=fanout.branch_outputs(whole))
         try:
             return replace(run, outputs=s.outputs(whole, definition) if definition else {})
         except expressions.ExpressionError as err:
@@ -553,6 +669,9 @@ _KINDS: dict[str, Callable[[Engine, RunRecord, Step, Definition], Any]] = {
     "sleep": Engine._sleep,
     "wait_signal": Engine._wait_signal,
     "fail": Engine._fail_kind,
+    "parallel": Engine._fan_out,
+    "map": Engine._fan_out,
+    "workflow": Engine._fan_out,
 }
 
 

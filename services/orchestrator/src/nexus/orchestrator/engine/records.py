@@ -59,6 +59,11 @@ class RunRecord:
         seals: The sizes of the sealed chunks of the history, in order: the executions before
             `history`, stored apart once finished (see the run store), so that the record of a
             long run stays small.
+        parent: The run whose `parallel`, `map` or `workflow` step started this one ("": none).
+        parent_step: That step's id.
+        depth: How many runs contain this one (0 for a run started by a trigger).
+        seed: What a run started by a step sees besides its own steps: `steps` (the parent's
+            steps when it started) and, for an item of a `map`, `item`.
         driver: The tick of the advance whose handler took the run on in place since (0: none):
             that advance, delivered again because its replica died, goes on from where it was.
     """
@@ -88,6 +93,10 @@ class RunRecord:
     trigger_detail: str = ""
     driver: int = 0
     seals: tuple[int, ...] = ()
+    parent: str = ""
+    parent_step: str = ""
+    depth: int = 0
+    seed: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sealed(self) -> int:

@@ -27,12 +27,21 @@ RUN_TIMED_OUT = "DEADLINE_EXCEEDED"
 
 
 def context(run: RunRecord) -> dict[str, Any]:
-    """The variables of expressions: `inputs`, `steps`, `run`."""
-    return {
+    """The variables of expressions: `inputs`, `steps`, `run`, and `item` in a map's item."""
+    steps = run.outputs_by_step()
+    variables = {
         "inputs": run.inputs,
-        "steps": run.outputs_by_step(),
-        "run": {"id": run.run_id, "workflow": run.workflow, "version": run.version},
+        "steps": {**run.seed["steps"], **steps} if "steps" in run.seed else steps,
+        "run": {
+            "id": run.run_id,
+            "workflow": run.workflow,
+            "version": run.version,
+            "parent": run.parent,
+        },
     }
+    if "item" in run.seed:
+        variables["item"] = run.seed["item"]
+    return variables
 
 
 def begin(run: RunRecord, step: Step, now: float, input_: Any = None) -> RunRecord:
@@ -78,6 +87,13 @@ def expand(run: RunRecord, chosen: list[str], output: Any, now: float, r: float)
     assert step is not None
     done = replace(step, state=SUCCEEDED, output=output, ended=now)
     return next_step(replace(run.with_current(done), pending=(*chosen, *run.pending[1:])), now, r)
+
+
+def progress(run: RunRecord, output: Any) -> RunRecord:
+    """The run with its current step's output so far (a fan-out step's children counted)."""
+    step = run.current
+    assert step is not None
+    return run.with_current(replace(step, output=output))
 
 
 def wait(run: RunRecord, until: float) -> RunRecord:

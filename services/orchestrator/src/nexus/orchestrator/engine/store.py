@@ -125,6 +125,10 @@ class RunStore:
             raise NotFound(f"run {run_id!r} not found")
         return stored
 
+    def peek(self, run_id: str) -> RunRecord | None:
+        """The run as the mirror holds it now (None: not there, or not yet)."""
+        return self._records.peek(run_id)
+
     async def expanded(self, run: RunRecord) -> RunRecord:
         """The record with its sealed executions back in its history: to read, never to write.
 

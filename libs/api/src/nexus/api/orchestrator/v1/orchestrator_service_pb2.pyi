@@ -653,7 +653,9 @@ class StepExecution(_message.Message):
     step_id: _builtins.str
     """The step's id (nested steps as "parent.child")."""
     kind: _builtins.str
-    """Its kind: "call", "publish", "switch", "sleep", "wait_signal", "wait_event", "fail"."""
+    """Its kind: "call", "publish", "switch", "sleep", "wait_signal", "wait_event", "fail",
+    "parallel", "map", "workflow".
+    """
     state: Global___StepState.ValueType
     """Where it is in its life."""
     attempts: _builtins.int
