@@ -9,10 +9,11 @@ from nexus.common.auth import KeyStore, key_id_of, scopes_of_rpcs
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 from nexus.orchestrator.engine.calls import Caller
-from nexus.orchestrator.engine.engine import Engine
+from nexus.orchestrator.engine.engine import STREAM, Engine
 from nexus.orchestrator.engine.store import RunStore
 from nexus.orchestrator.servicer import OrchestratorServicer
 from nexus.orchestrator.settings import OrchestratorSettings
+from nexus.orchestrator.triggers import EventStreams, Triggers
 from nexus.orchestrator.workflows import WorkflowStore
 
 NAME = "orchestrator"
@@ -24,10 +25,12 @@ async def create(settings: OrchestratorSettings, common: NexusSettings) -> Servi
     host = ServiceHost(NAME, settings, common)
     await host.open()
     await store_service_key(host.keys, settings.service_key.get_secret_value())
-    workflows = await host.manage(WorkflowStore(host.nc))
+    streams = EventStreams(host.nc, own=frozenset({STREAM.name}))
+    workflows = await host.manage(WorkflowStore(host.nc, check=streams.check))
     runs = await host.manage(RunStore(host.nc))
     caller = Caller(settings.backends, settings.service_key.get_secret_value())
     engine = await host.manage(Engine(host.bus, runs, workflows, caller, settings, host.keys))
+    await host.manage(Triggers(host.nc, host.bus, workflows, engine, host.keys, streams, settings))
     host.add_servicer(
         pb_grpc.add_OrchestratorServiceServicer_to_server,
         OrchestratorServicer(workflows, engine),

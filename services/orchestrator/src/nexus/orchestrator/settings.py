@@ -25,6 +25,9 @@ class OrchestratorSettings(ServiceSettings):
     step_workers: int = Field(default=64, gt=0)
     """Runs one replica advances at once."""
 
+    trigger_concurrency: int = Field(default=32, gt=0, le=1000)
+    """Events of one event trigger that one replica handles at once."""
+
     ack_wait_s: float = Field(default=30.0, gt=0)
     """Silence after which a step whose replica died goes to another."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
 from nats.aio.client import Client
@@ -23,7 +24,7 @@ from nexus.common.paging import page_request, paginate
 from nexus.orchestrator.definitions import Definition, parse_definition
 
 BUCKET = "nexus_orchestrator_workflows"
-_LATEST = "latest"
+LATEST = "latest"
 _CONFIG = api.KeyValueConfig(
     bucket=BUCKET,
     description="Nexus orchestrator: workflow definitions, every version",
@@ -64,10 +65,15 @@ class WorkflowStore:
 
     Args:
         nc: The NATS connection.
+        check: What a definition must pass against the deployment before it is stored (the
+            streams of its event triggers), beyond the checks of `parse_definition`.
     """
 
-    def __init__(self, nc: Client) -> None:
+    def __init__(
+        self, nc: Client, check: Callable[[Definition], Awaitable[None]] | None = None
+    ) -> None:
         self._nc = nc
+        self._check = check
         self._kv: KeyValue | None = None
         self._parsed: dict[tuple[str, int], Definition] = {}
 
@@ -92,6 +98,8 @@ class WorkflowStore:
             Unavailable: NATS does not answer.
         """
         definition, fmt = parse_definition(text, fmt)
+        if self._check is not None:
+            await self._check(definition)
         with nats_unavailable("register a workflow"):
             version = await self._latest(definition.name) + 1
             while True:
@@ -101,7 +109,7 @@ class WorkflowStore:
                     break
                 except KeyWrongLastSequenceError:  # another replica took this number
                     version += 1
-            await update_entry(self.kv, f"{definition.name}.{_LATEST}", _at_least(version))
+            await update_entry(self.kv, f"{definition.name}.{LATEST}", _at_least(version))
         self._parsed[(record.name, record.version)] = definition
         return record
 
@@ -147,13 +155,13 @@ class WorkflowStore:
                 keys = await self.kv.keys()
             except NoKeysError:
                 keys = []
-        names = sorted(k.removesuffix(f".{_LATEST}") for k in keys if k.endswith(f".{_LATEST}"))
+        names = sorted(k.removesuffix(f".{LATEST}") for k in keys if k.endswith(f".{LATEST}"))
         chosen, token = paginate(names, lambda name: name, page)
         return [await self.get(name) for name in chosen], token
 
     async def _latest(self, name: str) -> int:
         try:
-            entry = await self.kv.get(f"{name}.{_LATEST}")
+            entry = await self.kv.get(f"{name}.{LATEST}")
         except KeyNotFoundError:
             return 0
         return int(entry.value or b"0")

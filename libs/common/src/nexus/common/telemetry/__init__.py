@@ -16,6 +16,7 @@ from nexus.common.telemetry.metrics import (
     record_model_eviction,
     record_model_load,
     record_predictions,
+    record_trigger,
     set_models_loaded,
     start_metrics_server,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "record_model_eviction",
     "record_model_load",
     "record_predictions",
+    "record_trigger",
     "set_models_loaded",
     "setup_logging",
     "setup_tracing",

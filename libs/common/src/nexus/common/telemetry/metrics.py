@@ -80,6 +80,13 @@ EVENTS = Counter(
     "NATS events handled, by subject and result (ok, error, retry, ...).",
     ["subject", "result"],
 )
+WORKFLOW_TRIGGERS = Counter(
+    "nexus_workflow_triggers_total",
+    "Firings of workflow triggers (events read, cron ticks), by outcome: started, duplicate, "
+    "filtered (failed the condition), refused (owner key revoked or narrowed), rejected (dead "
+    "letter), missed (cron ticks not run).",
+    ["workflow", "trigger", "outcome"],
+)
 
 FREE_PORT = -1
 """Pass to `start_metrics_server` to serve on a free port (tests)."""
@@ -127,6 +134,11 @@ def record_cache_request(cache: str, hit: bool) -> None:
 def record_event(subject: str, result: str) -> None:
     """Counts one handled event; `result` is a short word such as "ok" or "error"."""
     EVENTS.labels(subject=subject, result=result).inc()
+
+
+def record_trigger(workflow: str, trigger: str, outcome: str, n: int = 1) -> None:
+    """Counts `n` firings of a workflow's trigger with one outcome."""
+    _child(WORKFLOW_TRIGGERS, workflow, trigger, outcome).inc(n)
 
 
 def start_metrics_server(port: int, addr: str = "0.0.0.0") -> int:

@@ -14,8 +14,6 @@ advance), bumping its tick with compare-and-set so that one advance is published
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import uuid
@@ -33,6 +31,7 @@ from nexus.orchestrator.definitions.model import Step
 from nexus.orchestrator.engine import steps as s
 from nexus.orchestrator.engine.calls import NOT_RETRIED, Caller, StepError, message_of
 from nexus.orchestrator.engine.inputs import checked_inputs
+from nexus.orchestrator.engine.owners import owner_allows
 from nexus.orchestrator.engine.records import (
     CANCELLED,
     FAILED,
@@ -43,8 +42,9 @@ from nexus.orchestrator.engine.records import (
     error_of,
 )
 from nexus.orchestrator.engine.store import RunStore
+from nexus.orchestrator.periodic import Periodic
 from nexus.orchestrator.settings import OrchestratorSettings
-from nexus.orchestrator.workflows import WorkflowStore
+from nexus.orchestrator.workflows import WorkflowStore, WorkflowVersion
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,9 @@ class Engine:
         self._settings = settings
         self._keys = keys
         self._consumer: Consumer | None = None
-        self._timer: asyncio.Task[None] | None = None
+        self._timer = Periodic(
+            "orchestrator-timers", min(0.2, settings.ack_wait_s / 4), self._wake_due
+        )
 
     @property
     def _redrive_s(self) -> float:
@@ -103,13 +105,10 @@ class Engine:
             max_deliver=20,
             ack_wait_s=self._settings.ack_wait_s,
         )
-        self._timer = asyncio.create_task(self._wake_forever(), name="orchestrator-timers")
+        self._timer.start()
 
     async def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
+        await self._timer.stop()
         if self._consumer is not None:
             await self._consumer.stop()
         await self._caller.close()
@@ -126,11 +125,37 @@ class Engine:
             InvalidArgument: Inputs missing, of the wrong type, or too large.
         """
         stored = await self._workflows.get(workflow, version)
+        run, _ = await self.begin_run(stored, inputs, trigger)
+        return run
+
+    async def begin_run(
+        self,
+        stored: WorkflowVersion,
+        inputs: dict[str, Any],
+        trigger: tuple[str, str],
+        run_id: str = "",
+    ) -> tuple[RunRecord, bool]:
+        """Starts a run of `stored` with checked inputs.
+
+        Args:
+            stored: The workflow version.
+            inputs: The run's inputs, checked against the declared ones.
+            trigger: What started it (kind, detail).
+            run_id: An id derived from what started the run (an event id, a cron tick), so
+                that starting it again (any replica, any time the run is kept) starts nothing;
+                a fresh one when empty.
+
+        Returns:
+            The run, and whether this call started it (False: a run of that id existed).
+
+        Raises:
+            InvalidArgument: Inputs missing, of the wrong type, or too large.
+        """
         definition = self._workflows.definition(stored)
         checked = checked_inputs(definition, inputs, self._settings.max_inputs_bytes)
         now = s.now()
         run = RunRecord(
-            run_id=uuid.uuid4().hex,
+            run_id=run_id or uuid.uuid4().hex,
             workflow=stored.name,
             version=stored.version,
             inputs=checked,
@@ -145,9 +170,11 @@ class Engine:
             trigger_kind=trigger[0],
             trigger_detail=trigger[1],
         )
-        run = await self.runs.create(run)
-        await self._publish(run)
-        return run
+        stored_run = await self.runs.create(run)
+        made = stored_run.created == run.created and stored_run.trigger_detail == run.trigger_detail
+        if made:
+            await self._publish(stored_run)
+        return stored_run, made
 
     async def cancel(self, run_id: str) -> RunRecord:
         """Cancels a run: at once when no attempt is in flight, else after it."""
@@ -465,14 +492,8 @@ class Engine:
         Raises:
             StepError: PERMISSION_DENIED when it may not (or is gone).
         """
-        if self._keys is None:
-            return
         scope = required_scope(method)
-        try:
-            owner = await self._keys.get(run.owner_key_id) if run.owner_key_id else None
-        except NotFound:
-            owner = None
-        if owner is None or owner.revoked or not owner.allows(scope):
+        if not await owner_allows(self._keys, run.owner_key_id, scope):
             raise StepError(
                 "PERMISSION_DENIED",
                 f"the key that registered workflow {run.workflow!r} may not call {method} "
@@ -484,15 +505,13 @@ class Engine:
 
     # Timers.
 
-    async def _wake_forever(self) -> None:
-        while True:
-            await asyncio.sleep(min(0.2, self._settings.ack_wait_s / 4))
-            now = s.now()
-            for run in self.runs.due(now):
-                try:
-                    await self._wake(run, now)
-                except Exception:  # the next scan tries again
-                    log.exception("cannot wake run %s", run.run_id)
+    async def _wake_due(self) -> None:
+        now = s.now()
+        for run in self.runs.due(now):
+            try:
+                await self._wake(run, now)
+            except Exception:  # the next scan tries again
+                log.exception("cannot wake run %s", run.run_id)
 
     async def _wake(self, run: RunRecord, now: float) -> None:
         def change(current: RunRecord) -> RunRecord | None:
