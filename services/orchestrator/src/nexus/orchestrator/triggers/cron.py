@@ -25,7 +25,7 @@ from nexus.orchestrator import expressions
 from nexus.orchestrator.definitions import Definition, Trigger
 from nexus.orchestrator.periodic import Periodic
 from nexus.orchestrator.triggers.firing import MISSED, REJECTED, Firing
-from nexus.orchestrator.triggers.ticks import Due, due, tick_text
+from nexus.orchestrator.triggers.ticks import Due, due, next_tick, tick_text
 from nexus.orchestrator.workflows import WorkflowVersion
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,13 @@ _CONFIG = api.KeyValueConfig(
 
 @dataclass
 class Schedule:
-    """One cron trigger of a workflow's latest version, and the last tick this replica knows
-    was handled (by any replica)."""
+    """One cron trigger of a workflow's latest version, the last tick this replica knows was
+    handled (by any replica), and the tick after it (0: not known yet)."""
 
     stored: WorkflowVersion
     trigger: Trigger
     last: float = 0.0
+    next_at: float = 0.0
 
     @property
     def key(self) -> str:
@@ -89,7 +90,7 @@ class Schedules:
             t.id: Schedule(stored, t, known[t.id].last if t.id in known else 0.0)
             for t in definition.triggers
             if t.kind == "cron"
-        }
+        }  # the next tick is computed again: the schedule may have changed
 
     def forget(self, workflow: str) -> None:
         """Stops watching a workflow's schedules."""
@@ -105,15 +106,16 @@ class Schedules:
                     log.exception("cron trigger %s failed", schedule.key)
 
     async def _check(self, schedule: Schedule, now: float) -> None:
-        if due(schedule.trigger, schedule.last, now) is None:
-            return  # nothing since the last tick this replica knows of: no read
+        if now < schedule.next_at:
+            return  # the next tick is not due: no read
         schedule.last = await self._last(schedule)
         for _ in range(MAX_TICKS_PER_TURN):
             decision = due(schedule.trigger, schedule.last, now)
             if decision is None:
-                return  # caught up (or another replica handled it)
+                break  # caught up (or another replica handled it)
             await self._handle(schedule, decision)
             await self._advance(schedule, decision.tick)
+        schedule.next_at = next_tick(schedule.trigger, schedule.last)
 
     async def _handle(self, schedule: Schedule, decision: Due) -> None:
         stored, trigger = schedule.stored, schedule.trigger

@@ -95,15 +95,19 @@ class EventTriggers:
         running = self._running.setdefault(name, {})
         for durable in [d for d in running if d not in wanted]:
             await self._retire(running.pop(durable), durable)
-        self._waiting.pop(name, None)
         if stored is None or definition is None:
+            self._waiting.pop(name, None)
             return
         try:
             for durable, trigger in wanted.items():
                 if durable not in running:
                     running[durable] = await self._consume(stored, trigger, durable)
+            self._waiting.pop(name, None)
         except (NexusError, NatsError, TimeoutError) as err:
-            log.warning("cannot consume the triggers of %s yet (%s); retrying", name, err)
+            # Logged once per workflow version, then tried again quietly every few seconds.
+            waiting = self._waiting.get(name)
+            if waiting is None or waiting[0] != stored:
+                log.warning("cannot consume the triggers of %s yet (%s); retrying", name, err)
             self._waiting[name] = (stored, definition)
 
     async def retry_waiting(self) -> None:

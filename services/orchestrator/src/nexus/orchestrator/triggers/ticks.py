@@ -11,7 +11,7 @@ from croniter import croniter
 
 from nexus.orchestrator.definitions import Trigger
 
-MAX_COUNTED = 10_000
+MAX_COUNTED = 1_000
 """Missed ticks counted one by one at most (a long downtime of a fast schedule)."""
 
 
@@ -39,6 +39,11 @@ def latest_tick(trigger: Trigger, now: float) -> float:
     return float(_ticks(trigger, now).get_prev(float))
 
 
+def next_tick(trigger: Trigger, after: float) -> float:
+    """The first tick of the schedule after `after`."""
+    return float(_ticks(trigger, after).get_next(float))
+
+
 def due(trigger: Trigger, last: float, now: float) -> Due | None:
     """The decision about the first tick after `last`, up to `now`; None when none is due.
 
@@ -47,7 +52,7 @@ def due(trigger: Trigger, last: float, now: float) -> Due | None:
     since are missed and give at most one run: the latest of them fires under `fire_once` (the
     default), or when it is itself on time; under `skip` a late one does not.
     """
-    first = _ticks(trigger, last).get_next(float)
+    first = next_tick(trigger, last)
     if first > now:
         return None
     if now - first <= trigger.misfire_grace_s:
