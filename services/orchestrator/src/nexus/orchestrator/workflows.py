@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 
 from nats.aio.client import Client
 from nats.js import api
@@ -19,7 +20,13 @@ from nats.js.kv import KeyValue
 
 from nexus.common.errors import NotFound
 from nexus.common.events import MIB
-from nexus.common.kv import nats_unavailable, open_key_value, update_entry
+from nexus.common.kv import (
+    kv_stream,
+    kv_subject,
+    nats_unavailable,
+    open_key_value,
+    update_entry,
+)
 from nexus.common.paging import page_request, paginate
 from nexus.orchestrator.definitions import Definition, parse_definition
 
@@ -129,6 +136,18 @@ class WorkflowStore:
             what = f"workflow {name!r}" + (f" version {version}" if version else "")
             raise NotFound(f"{what} not found")
         return WorkflowVersion.decode(entry.value)
+
+    async def stored_at(self, workflow: WorkflowVersion) -> datetime:
+        """When NATS stored the version, by the server's clock (what a consumer's start time
+        is compared with, so that the clocks of replicas do not matter).
+
+        Raises:
+            Unavailable: NATS does not answer.
+        """
+        subject = kv_subject(BUCKET, f"{workflow.name}.v{workflow.version}")
+        with nats_unavailable("read when a workflow was stored"):
+            stored = await self._nc.jetstream().get_last_msg(kv_stream(BUCKET), subject)
+        return stored.time or datetime.fromtimestamp(workflow.created, UTC)
 
     def definition(self, workflow: WorkflowVersion) -> Definition:
         """The checked definition of a version (parsed once per process)."""

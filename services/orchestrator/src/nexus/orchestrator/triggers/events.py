@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from functools import partial
 from typing import Any
 
@@ -27,7 +27,7 @@ from nexus.orchestrator.engine.calls import to_json
 from nexus.orchestrator.settings import OrchestratorSettings
 from nexus.orchestrator.triggers.firing import FILTERED, REJECTED, Firing
 from nexus.orchestrator.triggers.streams import EventStreams
-from nexus.orchestrator.workflows import WorkflowVersion
+from nexus.orchestrator.workflows import WorkflowStore, WorkflowVersion
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class EventTriggers:
 
     Args:
         bus: The event bus.
+        workflows: The registered workflows (when each version was stored).
         streams: Finds each trigger's stream.
         firing: Starts the runs.
         settings: Concurrency and ack wait.
@@ -73,11 +74,13 @@ class EventTriggers:
     def __init__(
         self,
         bus: EventBus,
+        workflows: WorkflowStore,
         streams: EventStreams,
         firing: Firing,
         settings: OrchestratorSettings,
     ) -> None:
         self._bus = bus
+        self._workflows = workflows
         self._streams = streams
         self._firing = firing
         self._settings = settings
@@ -146,7 +149,9 @@ class EventTriggers:
             concurrency=self._settings.trigger_concurrency,
             max_deliver=MAX_DELIVER,
             ack_wait_s=self._settings.ack_wait_s,
-            start_time=datetime.fromtimestamp(stored.created, UTC),
+            # Events stored after the version (by the server's clock), whichever replica
+            # makes the consumer first: the start time is part of its configuration.
+            start_time=await self._workflows.stored_at(stored),
         )
         log.info("consuming trigger %s of %s v%d", trigger.id, stored.name, stored.version)
         return _Running(stream, consumer)

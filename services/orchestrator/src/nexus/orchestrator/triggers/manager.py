@@ -51,7 +51,7 @@ class Triggers:
     ) -> None:
         firing = Firing(engine, keys)
         self._workflows = workflows
-        self.events = EventTriggers(bus, streams, firing, settings)
+        self.events = EventTriggers(bus, workflows, streams, firing, settings)
         self.schedules = Schedules(nc, firing)
         self._follower = KvFollower(nc, BUCKET, self._on_latest, keys=f"*.{LATEST}")
         self._retry = Periodic("orchestrator-event-triggers", RETRY_S, self.events.retry_waiting)
