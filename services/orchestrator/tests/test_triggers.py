@@ -284,9 +284,12 @@ async def runs_of(stub: pb_grpc.OrchestratorServiceStub, workflow: str, key: str
     return list(reply.runs)
 
 
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(f"nexus_workflow_{name}", labels) or 0.0
+
+
 def fired(workflow: str, outcome: str) -> float:
-    labels = {"workflow": workflow, "trigger": "hot", "outcome": outcome}
-    return REGISTRY.get_sample_value("nexus_workflow_triggers_total", labels) or 0.0
+    return metric("triggers_total", workflow=workflow, trigger="hot", outcome=outcome)
 
 
 async def test_a_matching_event_starts_one_run_however_often_it_comes_and_others_none(
@@ -311,6 +314,7 @@ async def test_a_matching_event_starts_one_run_however_often_it_comes_and_others
         await events.handled(durable)
         runs = await runs_of(stub, name, admin_key)
         done = [await finished(stub, run.run_id, admin_key) for run in runs]
+        await eventually(lambda: metric("runs_total", workflow=name, state="SUCCEEDED") == 1)
 
     assert [(r.trigger.kind, r.trigger.detail) for r in runs] == [("event", "hot:e-hot")]
     assert [(r.state, json_format.MessageToDict(r.outputs)) for r in done] == [
@@ -318,6 +322,8 @@ async def test_a_matching_event_starts_one_run_however_often_it_comes_and_others
     ]
     assert json_format.MessageToDict(done[0].inputs) == {"source": "cpu", "score": 0.97}
     assert (fired(name, "started"), fired(name, "filtered"), fired(name, "duplicate")) == (1, 1, 1)
+    assert metric("runs_total", workflow=name, state="STARTED") == 1
+    assert metric("step_seconds_count", workflow=name, kind="sleep", state="SUCCEEDED") == 1
 
 
 async def finished(stub: pb_grpc.OrchestratorServiceStub, run_id: str, key: str) -> pb.Run:

@@ -87,6 +87,19 @@ WORKFLOW_TRIGGERS = Counter(
     "letter), missed (cron ticks not run).",
     ["workflow", "trigger", "outcome"],
 )
+WORKFLOW_RUNS = Counter(
+    "nexus_workflow_runs_total",
+    "Workflow runs by state reached: STARTED, then SUCCEEDED, FAILED, CANCELLED or TIMED_OUT "
+    "(runs in progress: STARTED less the others).",
+    ["workflow", "state"],
+)
+WORKFLOW_STEP_DURATION = Histogram(
+    "nexus_workflow_step_seconds",
+    "Time from a step's start to its end (waits, retries and backoffs included), by kind and "
+    "final state.",
+    ["workflow", "kind", "state"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
 
 FREE_PORT = -1
 """Pass to `start_metrics_server` to serve on a free port (tests)."""
@@ -139,6 +152,16 @@ def record_event(subject: str, result: str) -> None:
 def record_trigger(workflow: str, trigger: str, outcome: str, n: int = 1) -> None:
     """Counts `n` firings of a workflow's trigger with one outcome."""
     _child(WORKFLOW_TRIGGERS, workflow, trigger, outcome).inc(n)
+
+
+def record_workflow_run(workflow: str, state: str) -> None:
+    """Counts a run that reached `state` (STARTED, or the state it ended in)."""
+    _child(WORKFLOW_RUNS, workflow, state).inc()
+
+
+def observe_workflow_step(workflow: str, kind: str, state: str, seconds: float) -> None:
+    """Records how long one step of a run took, from its start to its end."""
+    _child(WORKFLOW_STEP_DURATION, workflow, kind, state).observe(seconds)
 
 
 def start_metrics_server(port: int, addr: str = "0.0.0.0") -> int:

@@ -28,6 +28,7 @@ from nexus.common.events import DAY_S, GIB, Consumer, Event, EventBus, Stream
 from nexus.orchestrator import expressions
 from nexus.orchestrator.definitions import Definition
 from nexus.orchestrator.definitions.model import Step
+from nexus.orchestrator.engine import metrics
 from nexus.orchestrator.engine import steps as s
 from nexus.orchestrator.engine.calls import NOT_RETRIED, Caller, StepError, message_of
 from nexus.orchestrator.engine.inputs import checked_inputs
@@ -173,6 +174,7 @@ class Engine:
         stored_run = await self.runs.create(run)
         made = stored_run.created == run.created and stored_run.trigger_detail == run.trigger_detail
         if made:
+            metrics.started(stored_run)
             await self._publish(stored_run)
         return stored_run, made
 
@@ -180,14 +182,21 @@ class Engine:
         """Cancels a run: at once when no attempt is in flight, else after it."""
 
         def change(run: RunRecord) -> RunRecord | None:
+            applied.clear()  # only what the last (written) attempt made counts
             if run.done or run.cancel_requested:
                 return None
             current = run.current
             if current is not None and current.attempt_open:
                 return replace(run, cancel_requested=True)
-            return s.end(run, CANCELLED, s.now(), error_of("CANCELLED", "cancelled"))
+            ended = s.end(run, CANCELLED, s.now(), error_of("CANCELLED", "cancelled"))
+            applied.append((run, ended))
+            return ended
 
-        return await self.runs.update(run_id, change)
+        applied: list[tuple[RunRecord, RunRecord]] = []
+        cancelled = await self.runs.update(run_id, change)
+        for before, after in applied[-1:]:
+            metrics.changed(before, after)
+        return cancelled
 
     async def signal(self, run_id: str, name: str, payload: dict[str, Any]) -> RunRecord:
         """Delivers a signal; a step waiting for one goes on, else it is kept until one does.
@@ -441,25 +450,29 @@ class Engine:
     ) -> RunRecord | None:
         """Applies `change` when the run is still at `run`'s tick; publishes the advance that
         follows. None when another replica (or a cancel) moved the run on first."""
-        applied: list[RunRecord] = []
+        applied: list[tuple[RunRecord, RunRecord]] = []
 
         def fenced(current: RunRecord) -> RunRecord | None:
+            applied.clear()  # only what the last (written) attempt made counts
             if current.done or current.tick != run.tick:
                 return None
             head = current.current
             if current.cancel_requested and head is not None and not head.attempt_open:
-                return s.end(current, CANCELLED, s.now(), _cancelled())
+                ended = s.end(current, CANCELLED, s.now(), _cancelled())
+                applied.append((current, ended))
+                return ended
             new = change(current)
             if new is not None and new.done and new.state != CANCELLED and not new.outputs:
                 new = self._finish(new)
             if new is not None:
-                applied.append(new)
+                applied.append((current, new))
             return new
 
         await self.runs.update(run.run_id, fenced)
         if not applied:
             return None
-        written = applied[-1]
+        before, written = applied[-1]
+        metrics.changed(before, written)
         if written.tick != run.tick and not written.done:
             await self._publish(written)
         return written
