@@ -360,6 +360,30 @@ async def test_a_revoked_key_s_triggers_stop_firing(
     assert (fired(name, "started"), fired(name, "refused")) == (1, 1)
 
 
+async def test_a_new_version_s_triggers_replace_the_old_ones(
+    start_orchestrator: Any, events: Events, admin_key: str
+) -> None:
+    name = f"versions-{events.area}"
+    host = await start_orchestrator()
+    async with stub_of(host) as stub:
+        for condition in ("event.data.score > 0.9", "event.data.score > 0.5"):
+            await stub.RegisterWorkflow(
+                pb.RegisterWorkflowRequest(definition=events.workflow(name, condition)),
+                metadata=bearer(admin_key),
+            )
+        await events.publish("warm", 0.7)
+        await events.handled(f"orchestrator-trigger-{name}-v2-hot")
+        runs = await runs_of(stub, name, admin_key)
+
+        async def old_consumer_gone() -> bool:
+            names = await events.bus.js.consumers_info(events.stream)
+            return all(not info.name.endswith(f"{name}-v1-hot") for info in names)
+
+        await eventually(old_consumer_gone, timeout_s=10)
+
+    assert [(r.version, r.trigger.detail) for r in runs] == [(2, "hot:warm")]
+
+
 async def test_an_event_trigger_needs_one_stream_for_its_subject(
     start_orchestrator: Any, events: Events, admin_key: str
 ) -> None:

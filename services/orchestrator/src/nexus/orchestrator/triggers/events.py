@@ -18,7 +18,7 @@ from google.protobuf import message_factory
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
-from nexus.common.errors import InvalidArgument, NexusError
+from nexus.common.errors import InvalidArgument
 from nexus.common.events import Consumer, Event, EventBus
 from nexus.orchestrator import expressions
 from nexus.orchestrator.definitions import Definition, Trigger
@@ -85,39 +85,27 @@ class EventTriggers:
         self._firing = firing
         self._settings = settings
         self._running: dict[str, dict[str, _Running]] = {}  # workflow -> durable -> consumer
-        self._waiting: dict[str, tuple[WorkflowVersion, Definition]] = {}
 
     async def apply(
         self, name: str, stored: WorkflowVersion | None, definition: Definition | None
     ) -> None:
         """Consumes the event triggers of workflow `name`'s latest version (None: of no
-        version), and stops (and deletes) the consumers of any other."""
+        version), and stops (and deletes) the consumers of any other. Applying it again after
+        a failure starts what is missing.
+
+        Raises:
+            NexusError, nats.errors.Error, TimeoutError: A consumer could not start (no stream
+                holds its subject yet, NATS does not answer).
+        """
         wanted: dict[str, Trigger] = {}
         if stored is not None and definition is not None:
             wanted = {durable_name(stored, t): t for t in definition.triggers if t.kind == "event"}
         running = self._running.setdefault(name, {})
         for durable in [d for d in running if d not in wanted]:
             await self._retire(running.pop(durable), durable)
-        if stored is None or definition is None:
-            self._waiting.pop(name, None)
-            return
-        try:
-            for durable, trigger in wanted.items():
-                if durable not in running:
-                    running[durable] = await self._consume(stored, trigger, durable)
-            self._waiting.pop(name, None)
-        except (NexusError, NatsError, TimeoutError) as err:
-            # Logged once per workflow version, then tried again quietly every few seconds.
-            waiting = self._waiting.get(name)
-            if waiting is None or waiting[0] != stored:
-                log.warning("cannot consume the triggers of %s yet (%s); retrying", name, err)
-            self._waiting[name] = (stored, definition)
-
-    async def retry_waiting(self) -> None:
-        """Tries again the workflows whose consumers could not start (no stream yet, NATS
-        down)."""
-        for stored, definition in list(self._waiting.values()):
-            await self.apply(stored.name, stored, definition)
+        for durable, trigger in wanted.items():
+            if durable not in running and stored is not None:
+                running[durable] = await self._consume(stored, trigger, durable)
 
     async def stop(self) -> None:
         """Stops every consumer (they stay on the server for the other replicas)."""

@@ -4,11 +4,14 @@ the version that `<name>.latest` names, and lets go of those of older versions."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 
 from nexus.common.auth import KeyStore
+from nexus.common.errors import NexusError
 from nexus.common.events import EventBus
 from nexus.common.kv import KvEntry, KvFollower
 from nexus.orchestrator.engine.engine import Engine
@@ -23,7 +26,7 @@ from nexus.orchestrator.workflows import BUCKET, LATEST, WorkflowStore
 log = logging.getLogger(__name__)
 
 RETRY_S = 2.0
-"""How often event triggers that could not start (no stream yet, NATS down) are tried again."""
+"""How often triggers that could not start (no stream yet, NATS down) are tried again."""
 
 
 class Triggers:
@@ -54,7 +57,10 @@ class Triggers:
         self.events = EventTriggers(bus, workflows, streams, firing, settings)
         self.schedules = Schedules(nc, firing)
         self._follower = KvFollower(nc, BUCKET, self._on_latest, keys=f"*.{LATEST}")
-        self._retry = Periodic("orchestrator-event-triggers", RETRY_S, self.events.retry_waiting)
+        self._retry = Periodic("orchestrator-triggers", RETRY_S, self._apply_pending)
+        self._latest: dict[str, int] = {}  # workflow -> its latest version (0: none)
+        self._pending: dict[str, int] = {}  # workflow -> its latest version, not applied yet
+        self._applying = asyncio.Lock()  # one change at a time, in the order versions came
 
     async def start(self) -> None:
         """Starts the triggers of every workflow's latest version, and follows new versions."""
@@ -70,11 +76,32 @@ class Triggers:
 
     async def _on_latest(self, entry: KvEntry) -> None:
         name = entry.key.removesuffix(f".{LATEST}")
-        if entry.removed or not entry.value:
-            await self.events.apply(name, None, None)
-            self.schedules.forget(name)
+        self._latest[name] = 0 if entry.removed or not entry.value else int(entry.value)
+        async with self._applying:
+            await self._apply(name)
+
+    async def _apply(self, name: str) -> None:
+        """Runs the triggers of workflow `name`'s latest version (none when 0); when that
+        fails (no stream holds a subject yet, NATS does not answer), tries again every few
+        seconds, logging it once per version."""
+        version = self._latest[name]
+        try:
+            if not version:
+                self.schedules.forget(name)
+                await self.events.apply(name, None, None)
+            else:
+                stored = await self._workflows.get(name, version)
+                definition = self._workflows.definition(stored)
+                self.schedules.apply(stored, definition)
+                await self.events.apply(name, stored, definition)
+        except (NexusError, NatsError, TimeoutError) as err:
+            if self._pending.get(name) != version:
+                log.warning("triggers of %s v%d wait (%s); retrying", name, version, err)
+            self._pending[name] = version
             return
-        stored = await self._workflows.get(name, int(entry.value))
-        definition = self._workflows.definition(stored)
-        self.schedules.apply(stored, definition)
-        await self.events.apply(name, stored, definition)
+        self._pending.pop(name, None)
+
+    async def _apply_pending(self) -> None:
+        async with self._applying:
+            for name in list(self._pending):
+                await self._apply(name)
