@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -426,6 +427,15 @@ steps:
 """
 
 
+async def runs_at_least(
+    stub: pb_grpc.OrchestratorServiceStub, name: str, key: str, count: int
+) -> None:
+    async def fired() -> bool:
+        return len(await runs_of(stub, name, key)) >= count
+
+    await eventually(fired, timeout_s=20)
+
+
 async def test_two_replicas_fire_a_cron_schedule_once_per_tick(
     start_orchestrator: Any, admin_key: str
 ) -> None:
@@ -437,15 +447,9 @@ async def test_two_replicas_fire_a_cron_schedule_once_per_tick(
             metadata=bearer(admin_key),
         )
 
-        async def runs_at_least(count: int) -> None:
-            async def fired() -> bool:
-                return len(await runs_of(stub, name, admin_key)) >= count
-
-            await eventually(fired, timeout_s=20)
-
-        await runs_at_least(3)
+        await runs_at_least(stub, name, admin_key, 3)
         await hosts[1].stop()  # the other replica goes on alone, missing no tick
-        await runs_at_least(6)
+        await runs_at_least(stub, name, admin_key, 6)
         # A version without the trigger stops it (and leaves the shared NATS quiet).
         await stub.RegisterWorkflow(
             pb.RegisterWorkflowRequest(definition=f"name: {name}\n{STEPS}"),
@@ -462,3 +466,37 @@ async def test_two_replicas_fire_a_cron_schedule_once_per_tick(
         datetime.fromisoformat("2026-07-03T00:00:00+02:00").utcoffset(),
     }
     assert {json_format.MessageToDict(r.inputs)["at"] for r in runs} == set(ticks)
+
+
+async def test_ticks_missed_while_no_replica_ran_give_one_run_and_are_counted(
+    start_orchestrator: Any, admin_key: str
+) -> None:
+    name = f"down-{uuid.uuid4().hex[:8]}"
+    definition = EVERY_SECOND.format(name=name).replace(
+        "timezone: Europe/Berlin", "misfire: fire_once, misfire_grace_s: 0.5"
+    )
+    first = await start_orchestrator()
+    async with stub_of(first) as stub:
+        await stub.RegisterWorkflow(
+            pb.RegisterWorkflowRequest(definition=definition), metadata=bearer(admin_key)
+        )
+        await runs_at_least(stub, name, admin_key, 2)
+        before = len(await runs_of(stub, name, admin_key))
+    await first.stop()
+    await asyncio.sleep(3)  # no replica: about three ticks go by
+    second = await start_orchestrator()
+    async with stub_of(second) as stub:
+        await runs_at_least(stub, name, admin_key, before + 2)
+        await stub.RegisterWorkflow(  # stops the schedule
+            pb.RegisterWorkflowRequest(definition=f"name: {name}\n{STEPS}"),
+            metadata=bearer(admin_key),
+        )
+        runs = await runs_of(stub, name, admin_key)
+
+    ticks = Counter(run.trigger.detail.removeprefix("tick:") for run in runs)
+    seconds = sorted(datetime.fromisoformat(tick).timestamp() for tick in ticks)
+    gaps = [b - a - 1 for a, b in itertools.pairwise(seconds) if b - a > 1]
+    assert set(ticks.values()) == {1}
+    assert len(gaps) == 1  # the downtime: its ticks gave one run, at its end
+    assert gaps[0] >= 2
+    assert metric("triggers_total", workflow=name, trigger="tick", outcome="missed") == gaps[0]
