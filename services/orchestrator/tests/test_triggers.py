@@ -193,7 +193,8 @@ async def admin_key(nexus_settings: NexusSettings) -> str:
 @pytest.fixture
 def start_orchestrator(start_service: StartService) -> Any:
     async def start() -> ServiceHost:
-        return await start_service(create, OrchestratorSettings(grpc_port=0, ack_wait_s=2.0))
+        settings = OrchestratorSettings(grpc_port=0, ack_wait_s=2.0, queue_sample_s=0.1)
+        return await start_service(create, settings)
 
     return start
 
@@ -289,6 +290,11 @@ def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(f"nexus_workflow_{name}", labels) or 0.0
 
 
+def queue(name: str, prefix: str = "orchestrator-trigger-") -> float | None:
+    labels = {"queue": f"{prefix}{name}"}
+    return REGISTRY.get_sample_value("nexus_workflow_queue_pending", labels)
+
+
 def fired(workflow: str, outcome: str) -> float:
     return metric("triggers_total", workflow=workflow, trigger="hot", outcome=outcome)
 
@@ -382,7 +388,13 @@ async def test_a_new_version_s_triggers_replace_the_old_ones(
 
         await eventually(old_consumer_gone, timeout_s=10)
 
+        def queues_shown() -> bool:  # the new version's queue, empty; the old one's, gone
+            return queue(f"{name}-v2-hot") == 0 and queue(f"{name}-v1-hot") is None
+
+        await eventually(queues_shown)
+
     assert [(r.version, r.trigger.detail) for r in runs] == [(2, "hot:warm")]
+    assert queue("orchestrator-advance", prefix="") is not None
 
 
 async def test_an_event_trigger_needs_one_stream_for_its_subject(

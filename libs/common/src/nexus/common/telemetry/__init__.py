@@ -20,6 +20,7 @@ from nexus.common.telemetry.metrics import (
     record_trigger,
     record_workflow_run,
     set_models_loaded,
+    set_workflow_queue,
     start_metrics_server,
 )
 from nexus.common.telemetry.tracing import (
@@ -51,6 +52,7 @@ __all__ = [
     "record_trigger",
     "record_workflow_run",
     "set_models_loaded",
+    "set_workflow_queue",
     "setup_logging",
     "setup_tracing",
     "start_metrics_server",

@@ -10,6 +10,7 @@ names, never request data.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -100,6 +101,13 @@ WORKFLOW_STEP_DURATION = Histogram(
     ["workflow", "kind", "state"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
 )
+WORKFLOW_QUEUES = Gauge(
+    "nexus_workflow_queue_pending",
+    "Messages of an orchestrator queue (run advances, each event trigger's events) not handled "
+    "yet: waiting plus delivered and unacknowledged, as the server counts them (sampled; every "
+    "replica reports the same).",
+    ["queue"],
+)
 
 FREE_PORT = -1
 """Pass to `start_metrics_server` to serve on a free port (tests)."""
@@ -162,6 +170,15 @@ def record_workflow_run(workflow: str, state: str) -> None:
 def observe_workflow_step(workflow: str, kind: str, state: str, seconds: float) -> None:
     """Records how long one step of a run took, from its start to its end."""
     _child(WORKFLOW_STEP_DURATION, workflow, kind, state).observe(seconds)
+
+
+def set_workflow_queue(queue: str, pending: int | None) -> None:
+    """Sets how many messages a queue holds; None removes its series (the queue is gone)."""
+    if pending is None:
+        with contextlib.suppress(KeyError):  # never set
+            WORKFLOW_QUEUES.remove(queue)
+        return
+    WORKFLOW_QUEUES.labels(queue).set(pending)
 
 
 def start_metrics_server(port: int, addr: str = "0.0.0.0") -> int:

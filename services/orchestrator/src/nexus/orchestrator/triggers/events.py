@@ -114,12 +114,13 @@ class EventTriggers:
                 await item.consumer.stop()
         self._running.clear()
 
-    def consumer(self, durable: str) -> Consumer | None:
-        """The running consumer of that name, if any."""
-        for running in self._running.values():
-            if durable in running:
-                return running[durable].consumer
-        return None
+    def queues(self) -> dict[str, str]:
+        """The consumers running here: durable name -> stream."""
+        return {
+            durable: item.stream
+            for running in self._running.values()
+            for durable, item in running.items()
+        }
 
     async def _consume(self, stored: WorkflowVersion, trigger: Trigger, durable: str) -> _Running:
         subject = trigger.spec["subject"]
