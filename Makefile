@@ -117,6 +117,7 @@ bench: install $(BENCH_STAMP)
 	$(PY) bench/anomaly_nab.py
 	$(PY) bench/anomaly_throughput.py
 	$(PY) bench/model_runtime.py
+	$(PY) bench/orchestrator_triggers.py
 	$(PY) bench/llm_overhead.py --proxy-bin $(BENCH_VENV)/bin/litellm
 
 $(BENCH_STAMP): $(STAMP)
