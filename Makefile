@@ -122,6 +122,7 @@ bench: install $(BENCH_STAMP) $(BENCH_ENGINES)
 	$(PY) bench/anomaly_nab.py
 	$(PY) bench/anomaly_throughput.py
 	$(PY) bench/model_runtime.py
+	$(PY) bench/orchestrator_triggers.py
 	$(PY) bench/llm_overhead.py --proxy-bin $(BENCH_VENV)/bin/litellm
 	$(PY) -m bench.orchestrator_throughput
 

@@ -99,6 +99,29 @@ async def test_publish_then_consume_delivers_a_cloud_event(bus: EventBus, subjec
     assert consumer.processed == 1
 
 
+async def test_a_durable_given_a_start_time_skips_what_was_stored_before(
+    bus: EventBus, subject: str
+) -> None:
+    seen = Recorder()
+    await bus.publish(subject, anomaly("before"))
+    stored = await bus.js.get_last_msg(STREAM.name, subject)
+    assert stored.time is not None
+    await asyncio.sleep(0.01)
+    await bus.publish(subject, anomaly("after"))
+    name = durable()
+    start = stored.time + timedelta(milliseconds=1)
+    consumer = await consume(bus, subject, seen, name, start_time=start)
+
+    async def settled() -> bool:  # everything it was to deliver is delivered and acknowledged
+        info = await bus.js.consumer_info(STREAM.name, name)
+        return bool(seen.events) and (info.num_pending, info.num_ack_pending) == (0, 0)
+
+    await eventually(settled)
+    await consumer.stop()
+
+    assert [event.data.point_id for event in seen.events] == ["after"]
+
+
 async def test_republished_event_is_stored_once(bus: EventBus, subject: str) -> None:
     seen = Recorder()
     first = await bus.publish(subject, anomaly("p1"), event_id="fixed-" + uuid.uuid4().hex)

@@ -22,7 +22,7 @@ from nexus.common.errors import InvalidArgument
 
 MAX_EXPRESSION_CHARS = 2_000
 """Longest expression."""
-VARIABLES = frozenset({"inputs", "steps", "run", "item", "event"})
+VARIABLES = frozenset({"inputs", "steps", "run", "item", "event", "tick"})
 """The names an expression may read."""
 
 _WHOLE = re.compile(r"^\$\{(.+)\}$", re.DOTALL)
@@ -52,6 +52,11 @@ def compiled(source: str) -> Any:
             f"unknown variable {unknown[0]!r} (known: {', '.join(sorted(VARIABLES))})"
         )
     return program
+
+
+def roots(source: str) -> frozenset[str]:
+    """The variables a (compiled) expression reads."""
+    return frozenset(_root(name) for name in compiled(source).variables())
 
 
 def evaluate(source: str, context: Mapping[str, Any]) -> Any:

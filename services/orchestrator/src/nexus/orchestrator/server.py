@@ -9,10 +9,12 @@ from nexus.common.auth import KeyStore, key_id_of, scopes_of_rpcs
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 from nexus.orchestrator.engine.calls import Caller
-from nexus.orchestrator.engine.engine import Engine
+from nexus.orchestrator.engine.engine import DURABLE, STREAM, Engine
 from nexus.orchestrator.engine.store import RunStore
+from nexus.orchestrator.queues import QueueGauges
 from nexus.orchestrator.servicer import OrchestratorServicer
 from nexus.orchestrator.settings import OrchestratorSettings
+from nexus.orchestrator.triggers import EventStreams, Triggers
 from nexus.orchestrator.workflows import WorkflowStore
 
 NAME = "orchestrator"
@@ -24,10 +26,18 @@ async def create(settings: OrchestratorSettings, common: NexusSettings) -> Servi
     host = ServiceHost(NAME, settings, common)
     await host.open()
     await store_service_key(host.keys, settings.service_key.get_secret_value())
-    workflows = await host.manage(WorkflowStore(host.nc))
+    streams = EventStreams(host.nc, own=frozenset({STREAM.name}))
+    workflows = await host.manage(WorkflowStore(host.nc, check=streams.check))
     runs = await host.manage(RunStore(host.nc))
     caller = Caller(settings.backends, settings.service_key.get_secret_value())
     engine = await host.manage(Engine(host.bus, runs, workflows, caller, settings, host.keys))
+    triggers = Triggers(host.nc, host.bus, workflows, engine, host.keys, streams, settings)
+    await host.manage(triggers)
+
+    def queues() -> dict[str, str]:
+        return {DURABLE: STREAM.name, **triggers.events.queues()}
+
+    await host.manage(QueueGauges(host.bus.js, queues, settings.queue_sample_s))
     host.add_servicer(
         pb_grpc.add_OrchestratorServiceServicer_to_server,
         OrchestratorServicer(workflows, engine),

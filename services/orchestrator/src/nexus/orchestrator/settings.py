@@ -30,6 +30,12 @@ class OrchestratorSettings(ServiceSettings):
     it back to the queue (1: every step goes through the queue, which spreads the steps of one
     run over the replicas but costs a publish, a delivery and a read each)."""
 
+    trigger_concurrency: int = Field(default=32, gt=0, le=1000)
+    """Events of one event trigger that one replica handles at once."""
+
+    queue_sample_s: float = Field(default=5.0, gt=0)
+    """How often the queues' pending messages are read into the metrics."""
+
     ack_wait_s: float = Field(default=30.0, gt=0)
     """Silence after which a step whose replica died goes to another."""
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 
 from nats.aio.client import Client
 from nats.js import api
@@ -18,12 +20,18 @@ from nats.js.kv import KeyValue
 
 from nexus.common.errors import NotFound
 from nexus.common.events import MIB
-from nexus.common.kv import nats_unavailable, open_key_value, update_entry
+from nexus.common.kv import (
+    kv_stream,
+    kv_subject,
+    nats_unavailable,
+    open_key_value,
+    update_entry,
+)
 from nexus.common.paging import page_request, paginate
 from nexus.orchestrator.definitions import Definition, parse_definition
 
 BUCKET = "nexus_orchestrator_workflows"
-_LATEST = "latest"
+LATEST = "latest"
 _CONFIG = api.KeyValueConfig(
     bucket=BUCKET,
     description="Nexus orchestrator: workflow definitions, every version",
@@ -64,10 +72,15 @@ class WorkflowStore:
 
     Args:
         nc: The NATS connection.
+        check: What a definition must pass against the deployment before it is stored (the
+            streams of its event triggers), beyond the checks of `parse_definition`.
     """
 
-    def __init__(self, nc: Client) -> None:
+    def __init__(
+        self, nc: Client, check: Callable[[Definition], Awaitable[None]] | None = None
+    ) -> None:
         self._nc = nc
+        self._check = check
         self._kv: KeyValue | None = None
         self._parsed: dict[tuple[str, int], Definition] = {}
 
@@ -92,6 +105,8 @@ class WorkflowStore:
             Unavailable: NATS does not answer.
         """
         definition, fmt = parse_definition(text, fmt)
+        if self._check is not None:
+            await self._check(definition)
         with nats_unavailable("register a workflow"):
             version = await self._latest(definition.name) + 1
             while True:
@@ -101,7 +116,7 @@ class WorkflowStore:
                     break
                 except KeyWrongLastSequenceError:  # another replica took this number
                     version += 1
-            await update_entry(self.kv, f"{definition.name}.{_LATEST}", _at_least(version))
+            await update_entry(self.kv, f"{definition.name}.{LATEST}", _at_least(version))
         self._parsed[(record.name, record.version)] = definition
         return record
 
@@ -121,6 +136,18 @@ class WorkflowStore:
             what = f"workflow {name!r}" + (f" version {version}" if version else "")
             raise NotFound(f"{what} not found")
         return WorkflowVersion.decode(entry.value)
+
+    async def stored_at(self, workflow: WorkflowVersion) -> datetime:
+        """When NATS stored the version, by the server's clock (what a consumer's start time
+        is compared with, so that the clocks of replicas do not matter).
+
+        Raises:
+            Unavailable: NATS does not answer.
+        """
+        subject = kv_subject(BUCKET, f"{workflow.name}.v{workflow.version}")
+        with nats_unavailable("read when a workflow was stored"):
+            stored = await self._nc.jetstream().get_last_msg(kv_stream(BUCKET), subject)
+        return stored.time or datetime.fromtimestamp(workflow.created, UTC)
 
     def definition(self, workflow: WorkflowVersion) -> Definition:
         """The checked definition of a version (parsed once per process)."""
@@ -147,13 +174,13 @@ class WorkflowStore:
                 keys = await self.kv.keys()
             except NoKeysError:
                 keys = []
-        names = sorted(k.removesuffix(f".{_LATEST}") for k in keys if k.endswith(f".{_LATEST}"))
+        names = sorted(k.removesuffix(f".{LATEST}") for k in keys if k.endswith(f".{LATEST}"))
         chosen, token = paginate(names, lambda name: name, page)
         return [await self.get(name) for name in chosen], token
 
     async def _latest(self, name: str) -> int:
         try:
-            entry = await self.kv.get(f"{name}.{_LATEST}")
+            entry = await self.kv.get(f"{name}.{LATEST}")
         except KeyNotFoundError:
             return 0
         return int(entry.value or b"0")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from google.protobuf.message import Message
 from nats.aio.client import Client
@@ -117,6 +118,7 @@ class EventBus:
         ack_wait_s: float = 30.0,
         concurrency: int = 1,
         prefetch: bool = True,
+        start_time: datetime | None = None,
     ) -> Consumer:
         """Starts a durable pull consumer; replicas using the same `durable` share its events.
 
@@ -147,6 +149,9 @@ class EventBus:
             prefetch: Ask for the next batch while this one is handled (throughput). Off for
                 long work: a message fetched behind a long one would wait for it while another
                 replica sits idle.
+            start_time: A new durable starts at the first event stored at or after this time
+                rather than the oldest (give every replica the same one: it is part of the
+                consumer's configuration).
 
         Raises:
             FailedPrecondition: When the stream does not exist.
@@ -154,7 +159,7 @@ class EventBus:
         consumer = WorkConsumer(
             self._nc,
             stream,
-            _work_config(subject, durable, batch, ack_wait_s),
+            _work_config(subject, durable, batch, ack_wait_s, start_time),
             batch,
             message_type,
             handler,
@@ -240,12 +245,17 @@ class EventBus:
         return await _started(watcher, stream)
 
 
-def _work_config(subject: str, durable: str, batch: int, ack_wait_s: float) -> api.ConsumerConfig:
+def _work_config(
+    subject: str, durable: str, batch: int, ack_wait_s: float, start_time: datetime | None = None
+) -> api.ConsumerConfig:
     return api.ConsumerConfig(
         name=durable,
         durable_name=durable,
         filter_subject=subject,
-        deliver_policy=api.DeliverPolicy.ALL,
+        deliver_policy=(
+            api.DeliverPolicy.ALL if start_time is None else api.DeliverPolicy.BY_START_TIME
+        ),
+        opt_start_time=start_time,
         ack_policy=api.AckPolicy.EXPLICIT,
         ack_wait=ack_wait_s,
         # The consumer counts deliveries itself: the server would stop redelivering at its

@@ -10,6 +10,7 @@ names, never request data.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -80,6 +81,33 @@ EVENTS = Counter(
     "NATS events handled, by subject and result (ok, error, retry, ...).",
     ["subject", "result"],
 )
+WORKFLOW_TRIGGERS = Counter(
+    "nexus_workflow_triggers_total",
+    "Firings of workflow triggers (events read, cron ticks), by outcome: started, duplicate, "
+    "filtered (failed the condition), refused (owner key revoked or narrowed), rejected (dead "
+    "letter), missed (cron ticks not run).",
+    ["workflow", "trigger", "outcome"],
+)
+WORKFLOW_RUNS = Counter(
+    "nexus_workflow_runs_total",
+    "Workflow runs by state reached: STARTED, then SUCCEEDED, FAILED, CANCELLED or TIMED_OUT "
+    "(runs in progress: STARTED less the others).",
+    ["workflow", "state"],
+)
+WORKFLOW_STEP_DURATION = Histogram(
+    "nexus_workflow_step_seconds",
+    "Time from a step's start to its end (waits, retries and backoffs included), by kind and "
+    "final state.",
+    ["workflow", "kind", "state"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+WORKFLOW_QUEUES = Gauge(
+    "nexus_workflow_queue_pending",
+    "Messages of an orchestrator queue (run advances, each event trigger's events) not handled "
+    "yet: waiting plus delivered and unacknowledged, as the server counts them (sampled; every "
+    "replica reports the same).",
+    ["queue"],
+)
 
 FREE_PORT = -1
 """Pass to `start_metrics_server` to serve on a free port (tests)."""
@@ -127,6 +155,30 @@ def record_cache_request(cache: str, hit: bool) -> None:
 def record_event(subject: str, result: str) -> None:
     """Counts one handled event; `result` is a short word such as "ok" or "error"."""
     EVENTS.labels(subject=subject, result=result).inc()
+
+
+def record_trigger(workflow: str, trigger: str, outcome: str, n: int = 1) -> None:
+    """Counts `n` firings of a workflow's trigger with one outcome."""
+    _child(WORKFLOW_TRIGGERS, workflow, trigger, outcome).inc(n)
+
+
+def record_workflow_run(workflow: str, state: str) -> None:
+    """Counts a run that reached `state` (STARTED, or the state it ended in)."""
+    _child(WORKFLOW_RUNS, workflow, state).inc()
+
+
+def observe_workflow_step(workflow: str, kind: str, state: str, seconds: float) -> None:
+    """Records how long one step of a run took, from its start to its end."""
+    _child(WORKFLOW_STEP_DURATION, workflow, kind, state).observe(seconds)
+
+
+def set_workflow_queue(queue: str, pending: int | None) -> None:
+    """Sets how many messages a queue holds; None removes its series (the queue is gone)."""
+    if pending is None:
+        with contextlib.suppress(KeyError):  # never set
+            WORKFLOW_QUEUES.remove(queue)
+        return
+    WORKFLOW_QUEUES.labels(queue).set(pending)
 
 
 def start_metrics_server(port: int, addr: str = "0.0.0.0") -> int:

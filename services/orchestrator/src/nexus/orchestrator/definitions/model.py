@@ -7,7 +7,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from nexus.orchestrator.definitions.schema import KINDS
+from nexus.orchestrator.definitions.schema import KINDS, MISFIRE_POLICIES, TRIGGER_KINDS
+
+DEFAULT_MISFIRE_GRACE_S = 60.0
+"""How late a cron tick may fire and still count as on time (not missed)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,49 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Trigger:
+    """What starts runs by itself: an event that passes a condition, or a cron schedule.
+
+    Attributes:
+        id: Unique in its workflow; part of the run ids it makes.
+        kind: "event" or "cron".
+        spec: The kind's own fields, as written.
+        inputs: The run's inputs, templates over `event` (event) or `tick` (cron).
+    """
+
+    id: str
+    kind: str
+    spec: dict[str, Any]
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, document: dict[str, Any]) -> Trigger:
+        """The trigger of a (schema-valid) document."""
+        kind = next(kind for kind in TRIGGER_KINDS if kind in document)
+        return cls(document["id"], kind, document[kind], dict(document.get("inputs", {})))
+
+    @property
+    def condition(self) -> str:
+        """An event trigger's CEL condition over `event` ("": every event)."""
+        return str(self.spec.get("condition", ""))
+
+    @property
+    def timezone(self) -> str:
+        """A cron trigger's IANA time zone (UTC unless given)."""
+        return str(self.spec.get("timezone", "UTC"))
+
+    @property
+    def misfire(self) -> str:
+        """A cron trigger's misfire policy (`MISFIRE_POLICIES`; fire_once unless given)."""
+        return str(self.spec.get("misfire", MISFIRE_POLICIES[0]))
+
+    @property
+    def misfire_grace_s(self) -> float:
+        """How late a tick may be and still fire as on time."""
+        return float(self.spec.get("misfire_grace_s", DEFAULT_MISFIRE_GRACE_S))
+
+
+@dataclass(frozen=True)
 class Definition:
     """A workflow definition that passed every check.
 
@@ -104,6 +150,11 @@ class Definition:
     def on_failure(self) -> list[str]:
         """The ids of the on-failure path's steps."""
         return [step["id"] for step in self.document.get("on_failure", [])]
+
+    @property
+    def triggers(self) -> tuple[Trigger, ...]:
+        """The triggers, in the order written."""
+        return tuple(Trigger.of(item) for item in self.document.get("triggers", []))
 
 
 def _walk(document: dict[str, Any]) -> Iterator[Step]:

@@ -11,16 +11,21 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jsonschema
 import yaml
+from croniter import croniter
 from google.protobuf import descriptor_pool
 
 from nexus.common.auth import load_api_descriptors
 from nexus.common.errors import FieldViolation, InvalidArgument
 from nexus.orchestrator.definitions.model import Definition
-from nexus.orchestrator.definitions.schema import KINDS, MAX_STEPS, SCHEMA
-from nexus.orchestrator.expressions import ExpressionError, compiled, expressions_in
+from nexus.orchestrator.definitions.schema import KINDS, MAX_STEPS, SCHEMA, TRIGGER_KINDS
+from nexus.orchestrator.expressions import ExpressionError, compiled, expressions_in, roots
+
+TRIGGER_VARIABLES = {"event": frozenset({"event"}), "cron": frozenset({"tick"})}
+"""What the expressions of each kind of trigger may read (a run has no steps yet)."""
 
 Path = tuple[str | int, ...]
 MAX_VIOLATIONS = 20
@@ -133,6 +138,8 @@ def _order(path: Path, lines: dict[Path, int]) -> tuple[int, str]:
 
 def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator in ("oneOf", "minProperties") and "id" in error.schema.get("required", ()):
+        if "cron" in error.schema.get("properties", {}):
+            return "a trigger has exactly one kind: " + ", ".join(TRIGGER_KINDS)
         return "a step has exactly one kind: " + ", ".join(KINDS)
     return str(error.message)
 
@@ -157,6 +164,67 @@ def _semantic_violations(
         yield from (
             _violation(p, d, lines) for p, d in _template_problems(("outputs", name), value)
         )
+    yield from (_violation(p, d, lines) for p, d in _trigger_problems(document))
+
+
+def _trigger_problems(document: dict[str, Any]) -> Iterator[tuple[Path, str]]:
+    seen: dict[str, int] = {}
+    for index, trigger in enumerate(document.get("triggers", [])):
+        path: Path = ("triggers", index)
+        if trigger["id"] in seen:
+            first = field_path(("triggers", seen[trigger["id"]]))
+            yield (*path, "id"), f"duplicate trigger id {trigger['id']!r} (first at {first})"
+        seen.setdefault(trigger["id"], index)
+        kind = "event" if "event" in trigger else "cron"
+        allowed = TRIGGER_VARIABLES[kind]
+        if kind == "event":
+            yield from _event_problems((*path, "event"), trigger["event"], allowed)
+        else:
+            yield from _cron_problems((*path, "cron"), trigger["cron"])
+        yield from _trigger_input_problems(path, trigger.get("inputs", {}), document, allowed)
+
+
+def _event_problems(
+    path: Path, event: dict[str, Any], allowed: frozenset[str]
+) -> Iterator[tuple[Path, str]]:
+    if find_message(event["type"]) is None:
+        yield (*path, "type"), f"unknown message type {event['type']}"
+    if "condition" in event:
+        yield from _expression_problems((*path, "condition"), event["condition"], allowed)
+
+
+def _cron_problems(path: Path, cron: dict[str, Any]) -> Iterator[tuple[Path, str]]:
+    if not croniter.is_valid(cron["schedule"]):
+        yield (
+            (*path, "schedule"),
+            f"not a cron schedule: {cron['schedule']!r} (minute hour day month weekday, "
+            "and an optional sixth field for seconds)",
+        )
+    if "timezone" in cron and not valid_timezone(cron["timezone"]):
+        yield (*path, "timezone"), f"unknown time zone {cron['timezone']!r} (IANA names)"
+
+
+def valid_timezone(name: str) -> bool:
+    """Whether `name` is an IANA time zone this process knows (`Europe/Berlin`, `UTC`)."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _trigger_input_problems(
+    path: Path, inputs: dict[str, Any], document: dict[str, Any], allowed: frozenset[str]
+) -> Iterator[tuple[Path, str]]:
+    declared = document.get("inputs", {})
+    for name, value in inputs.items():
+        if declared and name not in declared:
+            yield (*path, "inputs", name), "not an input of the workflow"
+        for source in expressions_in(value):
+            yield from _expression_problems((*path, "inputs", name), source, allowed)
+    for name, spec in declared.items():
+        if spec.get("required") and "default" not in spec and name not in inputs:
+            yield (*path, "inputs"), f"the required input {name!r} gets no value"
 
 
 def _steps(document: dict[str, Any]) -> Iterator[tuple[Path, dict[str, Any]]]:
@@ -211,11 +279,18 @@ def _template_problems(path: Path, template: Any) -> Iterator[tuple[Path, str]]:
         yield from _expression_problems(path, source)
 
 
-def _expression_problems(path: Path, source: str) -> Iterator[tuple[Path, str]]:
+def _expression_problems(
+    path: Path, source: str, allowed: frozenset[str] | None = None
+) -> Iterator[tuple[Path, str]]:
     try:
         compiled(source)
     except ExpressionError as err:
         yield path, f"bad expression: {err}"
+        return
+    unknown = sorted(roots(source) - allowed) if allowed is not None else []
+    if unknown:
+        known = ", ".join(sorted(allowed or ()))
+        yield path, f"bad expression: a trigger reads only {known}, not {unknown[0]!r}"
 
 
 def find_method(name: str) -> Any:

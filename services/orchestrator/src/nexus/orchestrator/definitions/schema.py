@@ -17,6 +17,13 @@ MAX_CONCURRENCY = 100
 DEFAULT_CONCURRENCY = 10
 MAX_DEPTH = 8
 """Most levels of runs inside runs (`parallel`, `map`, `workflow` steps)."""
+MAX_TRIGGERS = 16
+"""Most triggers a definition declares."""
+MISFIRE_POLICIES = ("fire_once", "skip")
+"""What a cron trigger does with ticks missed while no replica ran (the first is the default)."""
+SUBJECT_FILTER_PATTERN = r"^nexus((\.([A-Za-z0-9_-]+|\*))+(\.>)?|\.>)$"
+"""A NATS subject filter under `nexus.`: tokens, `*` for one token, a final `>` for the rest."""
+MESSAGE_TYPE_PATTERN = r"^nexus\.[A-Za-z0-9_.]+$"
 
 _NAME = {"type": "string", "pattern": NAME_PATTERN}
 _EXPRESSION = {"type": "string", "minLength": 1, "maxLength": 2000}
@@ -54,7 +61,7 @@ _KINDS: dict[str, Any] = {
         "required": ["subject", "type"],
         "properties": {
             "subject": {"type": "string", "pattern": r"^nexus(\.[A-Za-z0-9_-]+)+$"},
-            "type": {"type": "string", "pattern": r"^nexus\.[A-Za-z0-9_.]+$"},
+            "type": {"type": "string", "pattern": MESSAGE_TYPE_PATTERN},
             "data": {"type": "object"},
         },
     },
@@ -137,6 +144,45 @@ _KINDS: dict[str, Any] = {
 KINDS = tuple(_KINDS)
 """The kinds of step, one key of each step."""
 
+_TRIGGER_KINDS: dict[str, Any] = {
+    "event": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["subject", "type"],
+        "properties": {
+            "subject": {"type": "string", "maxLength": 256, "pattern": SUBJECT_FILTER_PATTERN},
+            "type": {"type": "string", "pattern": MESSAGE_TYPE_PATTERN},
+            "condition": _EXPRESSION,
+        },
+    },
+    "cron": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["schedule"],
+        "properties": {
+            "schedule": {"type": "string", "minLength": 1, "maxLength": 200},
+            "timezone": {"type": "string", "minLength": 1, "maxLength": 64},
+            "misfire": {"enum": list(MISFIRE_POLICIES)},
+            "misfire_grace_s": {"type": "number", "minimum": 0, "maximum": 86_400},
+        },
+    },
+}
+TRIGGER_KINDS = tuple(_TRIGGER_KINDS)
+"""The kinds of trigger (a manual StartRun needs none)."""
+
+
+def _one_kind_of(kinds: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
+    """An object with an `id`, the `common` fields, and exactly one of `kinds`."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id"],
+        "minProperties": 2,
+        "properties": {"id": _NAME, **common, **kinds},
+        "oneOf": [{"required": [kind]} for kind in kinds],
+    }
+
+
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://nexus.dev/schemas/orchestrator/workflow.schema.json",
@@ -166,21 +212,16 @@ SCHEMA: dict[str, Any] = {
         "steps": {**_STEPS, "minItems": 1},
         "on_failure": _STEPS,
         "outputs": {"type": "object", "maxProperties": 64},
+        "triggers": {
+            "type": "array",
+            "items": {"$ref": "#/$defs/trigger"},
+            "maxItems": MAX_TRIGGERS,
+        },
     },
     "$defs": {
-        "step": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["id"],
-            "minProperties": 2,
-            "properties": {
-                "id": _NAME,
-                "if": _EXPRESSION,
-                "timeout_s": _SECONDS,
-                "retry": _RETRY,
-                **_KINDS,
-            },
-            "oneOf": [{"required": [kind]} for kind in _KINDS],
-        }
+        "step": _one_kind_of(_KINDS, {"if": _EXPRESSION, "timeout_s": _SECONDS, "retry": _RETRY}),
+        "trigger": _one_kind_of(
+            _TRIGGER_KINDS, {"inputs": {"type": "object", "maxProperties": 64}}
+        ),
     },
 }

@@ -14,7 +14,6 @@ advance), bumping its tick with compare-and-set so that one advance is published
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -32,10 +31,11 @@ from nexus.common.events import DAY_S, GIB, Consumer, Event, EventBus, Stream
 from nexus.orchestrator import expressions
 from nexus.orchestrator.definitions import Definition
 from nexus.orchestrator.definitions.model import Step
-from nexus.orchestrator.engine import fanout
+from nexus.orchestrator.engine import fanout, metrics
 from nexus.orchestrator.engine import steps as s
 from nexus.orchestrator.engine.calls import NOT_RETRIED, Caller, StepError, message_of
 from nexus.orchestrator.engine.inputs import checked_inputs
+from nexus.orchestrator.engine.owners import owner_allows
 from nexus.orchestrator.engine.records import (
     CANCELLED,
     DONE,
@@ -47,8 +47,9 @@ from nexus.orchestrator.engine.records import (
     error_of,
 )
 from nexus.orchestrator.engine.store import RunStore
+from nexus.orchestrator.periodic import Periodic
 from nexus.orchestrator.settings import OrchestratorSettings
-from nexus.orchestrator.workflows import WorkflowStore
+from nexus.orchestrator.workflows import WorkflowStore, WorkflowVersion
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,9 @@ class Engine:
         self._settings = settings
         self._keys = keys
         self._consumer: Consumer | None = None
-        self._timer: asyncio.Task[None] | None = None
+        self._timer = Periodic(
+            "orchestrator-timers", min(0.2, settings.ack_wait_s / 4), self._wake_due
+        )
 
     @property
     def _redrive_s(self) -> float:
@@ -109,13 +112,10 @@ class Engine:
             max_deliver=20,
             ack_wait_s=self._settings.ack_wait_s,
         )
-        self._timer = asyncio.create_task(self._wake_forever(), name="orchestrator-timers")
+        self._timer.start()
 
     async def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
+        await self._timer.stop()
         if self._consumer is not None:
             await self._consumer.stop()
         await self._caller.close()
@@ -132,11 +132,37 @@ class Engine:
             InvalidArgument: Inputs missing, of the wrong type, or too large.
         """
         stored = await self._workflows.get(workflow, version)
+        run, _ = await self.begin_run(stored, inputs, trigger)
+        return run
+
+    async def begin_run(
+        self,
+        stored: WorkflowVersion,
+        inputs: dict[str, Any],
+        trigger: tuple[str, str],
+        run_id: str = "",
+    ) -> tuple[RunRecord, bool]:
+        """Starts a run of `stored` with checked inputs.
+
+        Args:
+            stored: The workflow version.
+            inputs: The run's inputs, checked against the declared ones.
+            trigger: What started it (kind, detail).
+            run_id: An id derived from what started the run (an event id, a cron tick), so
+                that starting it again (any replica, any time the run is kept) starts nothing;
+                a fresh one when empty.
+
+        Returns:
+            The run, and whether this call started it (False: a run of that id existed).
+
+        Raises:
+            InvalidArgument: Inputs missing, of the wrong type, or too large.
+        """
         definition = self._workflows.definition(stored)
         checked = checked_inputs(definition, inputs, self._settings.max_inputs_bytes)
         now = s.now()
         run = RunRecord(
-            run_id=uuid.uuid4().hex,
+            run_id=run_id or uuid.uuid4().hex,
             workflow=stored.name,
             version=stored.version,
             inputs=checked,
@@ -151,24 +177,33 @@ class Engine:
             trigger_kind=trigger[0],
             trigger_detail=trigger[1],
         )
-        run = await self.runs.create(run)
-        await self._publish(run)
-        return run
+        stored_run = await self.runs.create(run)
+        made = stored_run.created == run.created and stored_run.trigger_detail == run.trigger_detail
+        if made:
+            metrics.started(stored_run)
+            await self._publish(stored_run)
+        return stored_run, made
 
     async def cancel(self, run_id: str) -> RunRecord:
         """Cancels a run: at once when no attempt is in flight, else after it."""
 
         def change(run: RunRecord) -> RunRecord | None:
+            applied.clear()  # only what the last (written) attempt made counts
             if run.done or run.cancel_requested:
                 return None
             current = run.current
             if current is not None and current.attempt_open:
                 return replace(run, cancel_requested=True)
-            return s.end(run, CANCELLED, s.now(), error_of("CANCELLED", "cancelled"))
+            ended = s.end(run, CANCELLED, s.now(), error_of("CANCELLED", "cancelled"))
+            applied.append((run, ended))
+            return ended
 
-        run = await self.runs.update(run_id, change)
-        await self._cancel_children(run)
-        return run
+        applied: list[tuple[RunRecord, RunRecord]] = []
+        cancelled = await self.runs.update(run_id, change)
+        for before, after in applied[-1:]:
+            metrics.changed(before, after)
+        await self._cancel_children(cancelled)
+        return cancelled
 
     async def signal(self, run_id: str, name: str, payload: dict[str, Any]) -> RunRecord:
         """Delivers a signal; a step waiting for one goes on, else it is kept until one does.
@@ -552,31 +587,34 @@ class Engine:
     ) -> RunRecord | None:
         """Applies `change` when the run is still at `run`'s tick; publishes the advance that
         follows. None when another replica (or a cancel) moved the run on first."""
-        applied: list[RunRecord] = []
+        applied: list[tuple[RunRecord, RunRecord]] = []
 
         driven = _DRIVEN.get()
         await self.runs.expanded(run)  # the sealed history in memory, for the outputs
 
         def fenced(current: RunRecord) -> RunRecord | None:
-            applied.clear()  # called again when `current` was stale
+            applied.clear()  # only what the last (written) attempt made counts
             if current.done or current.tick != run.tick:
                 return None
             head = current.current
             if current.cancel_requested and head is not None and not head.attempt_open:
-                return s.end(current, CANCELLED, s.now(), _cancelled())
+                ended = s.end(current, CANCELLED, s.now(), _cancelled())
+                applied.append((current, ended))
+                return ended
             new = change(current)
             if new is not None and new.done and new.state != CANCELLED and not new.outputs:
                 new = self._finish(new)
             if new is not None and driven is not None:
                 new = replace(new, driver=driven[0])
             if new is not None:
-                applied.append(new)
+                applied.append((current, new))
             return new
 
         await self.runs.update(run.run_id, fenced)
         if not applied:
             return None
-        written = applied[-1]
+        before, written = applied[-1]
+        metrics.changed(before, written)
         if not written.done:
             written = await self.runs.seal(written)
         elif written.parent:
@@ -620,14 +658,8 @@ class Engine:
         Raises:
             StepError: PERMISSION_DENIED when it may not (or is gone).
         """
-        if self._keys is None:
-            return
         scope = required_scope(method)
-        try:
-            owner = await self._keys.get(run.owner_key_id) if run.owner_key_id else None
-        except NotFound:
-            owner = None
-        if owner is None or owner.revoked or not owner.allows(scope):
+        if not await owner_allows(self._keys, run.owner_key_id, scope):
             raise StepError(
                 "PERMISSION_DENIED",
                 f"the key that registered workflow {run.workflow!r} may not call {method} "
@@ -639,15 +671,13 @@ class Engine:
 
     # Timers.
 
-    async def _wake_forever(self) -> None:
-        while True:
-            await asyncio.sleep(min(0.2, self._settings.ack_wait_s / 4))
-            now = s.now()
-            for run in self.runs.due(now):
-                try:
-                    await self._wake(run, now)
-                except Exception:  # the next scan tries again
-                    log.exception("cannot wake run %s", run.run_id)
+    async def _wake_due(self) -> None:
+        now = s.now()
+        for run in self.runs.due(now):
+            try:
+                await self._wake(run, now)
+            except Exception:  # the next scan tries again
+                log.exception("cannot wake run %s", run.run_id)
 
     async def _wake(self, run: RunRecord, now: float) -> None:
         def change(current: RunRecord) -> RunRecord | None:
