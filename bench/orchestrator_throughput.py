@@ -84,7 +84,9 @@ def sequential(name: str, steps: int, trigger: str = "") -> str:
     ]
     definition: dict[str, Any] = {"name": name, "steps": body}
     if trigger:
-        definition["triggers"] = [{"event": {"subject": trigger}}]
+        definition["triggers"] = [
+            {"id": "on_event", "event": {"subject": trigger, "type": EVENT_TYPE}}
+        ]
     return json.dumps(definition)
 
 
