@@ -23,7 +23,7 @@ class Client:
         self.recommender = pb_grpc.RecommenderServiceStub(channel)
         self.models = models_grpc.ModelRegistryServiceStub(channel)
         self.operations = ops_grpc.OperationsServiceStub(channel)
-        self.metadata = (("authorization", f"Bearer {key}"),)
+        self.metadata = (("authorization", f"Bearer {key}"),) if key else ()
 
     async def catalog(self, prefix: str = "cat") -> str:
         """A new catalog that no other test uses (the session NATS is shared)."""
