@@ -3,6 +3,7 @@ key."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -30,6 +31,7 @@ async def recommender(start_service: StartService) -> ServiceHost:
     return await start_service(create, small_settings())
 
 
+@contextlib.asynccontextmanager
 async def client_of(host: ServiceHost, key: str) -> AsyncIterator[Client]:
     """A client of one replica."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
@@ -45,5 +47,5 @@ async def key(nexus_settings: NexusSettings) -> str:
 @pytest.fixture
 async def client(recommender: ServiceHost, key: str) -> AsyncIterator[Client]:
     """A client of the service with a key of every scope."""
-    async for c in client_of(recommender, key):
+    async with client_of(recommender, key) as c:
         yield c

@@ -24,7 +24,7 @@ async def test_interactions_survive_a_nats_restart(
 ) -> None:
     common = NexusSettings(nats_url=nats_server.url, registry_signing_key="k", auth_enabled=False)
     first = await start_service(create, small_settings(), common)
-    async for client in client_of(first, ""):
+    async with client_of(first, "") as client:
         catalog = await client.catalog()
         await client.ingest(catalog, two_groups())
         done = await client.train(catalog, pb.ALGORITHM_EASE)
@@ -35,9 +35,9 @@ async def test_interactions_survive_a_nats_restart(
         after_restart = await client.recommend(catalog, "ua0", count=4)
 
     second = await start_service(create, small_settings(), common)
-    async for client in client_of(second, ""):
-        replayed = await client.recommend(catalog, "ua0", count=4)
+    async with client_of(second, "") as client:
         described = await client.recommender.GetCatalog(pb.GetCatalogRequest(name=catalog))
+        replayed = await client.recommend(catalog, "ua0", count=4)
 
     assert sum(i.item_id in group("b") for i in after_restart.items) >= 2
     assert [i.item_id for i in replayed.items] == [i.item_id for i in after_restart.items]

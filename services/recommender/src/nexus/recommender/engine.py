@@ -246,7 +246,8 @@ class RecommenderEngine:
             NotFound: No such catalog, or a version or alias the model does not have.
         """
         await self.catalogs.get(spec.catalog)
-        await self.feed.sync(spec.catalog)  # what any replica stored before counts
+        # No sync with the stream here (a NATS round trip per request): this replica's own
+        # ingests are applied before they answer, other replicas' within milliseconds.
         history, changed = self.feed.log(spec.catalog).history(spec.user)
         query = UserQuery(
             spec.user,

@@ -103,8 +103,9 @@ class Scorer:
             return self.popularity.copy()
         if self.algorithm is Algorithm.POPULARITY:
             return self.popularity.copy()
-        if self.algorithm is Algorithm.EASE:
-            return np.asarray(self._row(known) @ self._similarity, dtype=np.float64)
+        if self.algorithm is Algorithm.EASE:  # x B over the seen rows only
+            seen, weights = self._seen(known)
+            return np.asarray(weights @ self._similarity[seen], dtype=np.float64)
         vector = self._user_vector(user, known, changed)
         return np.asarray(self._factors @ vector, dtype=np.float64)
 
@@ -112,12 +113,12 @@ class Scorer:
         index = self.item_index
         return {index[i]: w for i, w in history.items() if i in index}
 
-    def _row(self, known: Mapping[int, float]) -> np.ndarray:
-        row = np.zeros(len(self.items), dtype=np.float32)
-        binary = self.trained.config.binary
-        for i, w in known.items():
-            row[i] = 1.0 if binary else w
-        return row
+    def _seen(self, known: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray]:
+        """The seen items' indices and their weights (1 for a binary model)."""
+        seen = np.fromiter(known, dtype=np.int64, count=len(known))
+        if self.trained.config.binary:
+            return seen, np.ones(len(seen), dtype=np.float32)
+        return seen, np.fromiter(known.values(), dtype=np.float32, count=len(known))
 
     def _user_vector(self, user: str, known: Mapping[int, float], changed: int) -> np.ndarray:
         u = self.user_index.get(user)
@@ -134,9 +135,8 @@ class Scorer:
         bias (an approximation: BPR has no closed-form user step)."""
         config = self.trained.config
         bpr = self.algorithm is Algorithm.BPR
-        items = np.fromiter(known, dtype=np.int64, count=len(known))
-        weights = np.array([1.0 if config.binary else known[i] for i in items])
-        confidence = (config.alpha if not bpr else 1.0) * weights
+        items, weights = self._seen(known)
+        confidence = (config.alpha if not bpr else 1.0) * weights.astype(np.float64)
         latent = self._factors[items, :-1] if bpr else self._factors[items]
         y = latent.astype(np.float64)
         a = self._gram + (y.T * (confidence - 1.0)) @ y
@@ -150,9 +150,8 @@ class Scorer:
         """The seen item that most explains `item` (None: no history, or popularity)."""
         if not known or self.algorithm is Algorithm.POPULARITY:
             return None
-        seen = np.fromiter(known, dtype=np.int64, count=len(known))
+        seen, weights = self._seen(known)
         if self.algorithm is Algorithm.EASE:
-            weights = np.array([known[i] for i in seen], dtype=np.float32)
             contributions = weights * self._similarity[seen, item]
         else:
             contributions = self._unit[seen] @ self._unit[item]
