@@ -161,6 +161,27 @@ async def test_similar_items_come_from_the_same_group(client: Client) -> None:
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_new_item_with_text_gets_neighbours_by_content(client: Client) -> None:
+    catalog = await _trained(client, EASE)
+    films = [
+        pb.Item(id="a0", text="a heist thriller in los angeles", attributes={"genre": "crime"}),
+        pb.Item(id="a1", text="bank robbery crew thriller", attributes={"genre": "crime"}),
+        pb.Item(id="b0", text="a romantic comedy in paris", attributes={"genre": "comedy"}),
+        pb.Item(id="new", text="a thriller about a bank heist", attributes={"genre": "crime"}),
+    ]
+    await client.recommender.UpsertItems(
+        pb.UpsertItemsRequest(catalog=catalog, items=films), metadata=client.metadata
+    )
+
+    reply = await client.recommender.SimilarItems(
+        pb.SimilarItemsRequest(catalog=catalog, item_id="new", count=5), metadata=client.metadata
+    )
+
+    assert {i.item_id for i in reply.items} == {"a0", "a1"}  # b0 shares no word
+    assert reply.items[0].reason.kind == pb.REASON_KIND_SIMILAR_TO_ITEM
+    assert reply.model.version == ""  # no trained model knows "new"
+
+
 async def test_interactions_published_by_a_producer_count(
     client: Client, nats_client: Nats
 ) -> None:

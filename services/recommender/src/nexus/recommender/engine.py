@@ -36,6 +36,7 @@ from nexus.recommender.recommending import (
     Algorithm,
     Allowed,
     Config,
+    ContentIndex,
     Fitter,
     Interaction,
     ItemQuery,
@@ -44,6 +45,7 @@ from nexus.recommender.recommending import (
     Snapshot,
     UserQuery,
     evaluate,
+    item_text,
     popular,
 )
 from nexus.recommender.serving import FRAMEWORK, ServedModel
@@ -156,6 +158,7 @@ class RecommenderEngine:
             max_bytes=settings.model_cache_bytes,
             frameworks=[FRAMEWORK],
         )
+        self._content: dict[str, tuple[int, ContentIndex]] = {}
 
     async def start(self) -> None:
         """Loads catalogs and items, replays the interactions, follows the registry."""
@@ -272,10 +275,11 @@ class RecommenderEngine:
         return self._titled(spec.catalog, ranked or [], resolved)
 
     async def similar(self, spec: SimilarSpec) -> Recommended:
-        """An item's neighbours by the catalog's serving model.
+        """An item's neighbours by the catalog's serving model; for an item no model knows
+        (or a catalog with none), by the text and attributes of the catalog's items.
 
         Raises:
-            NotFound: No such catalog or model, or an item the model does not know.
+            NotFound: No such catalog, or an item that neither a model nor the items know.
         """
         await self.catalogs.get(spec.catalog)
         query = ItemQuery(
@@ -284,6 +288,21 @@ class RecommenderEngine:
             spec.filters.exclude,
             self._allowed(spec.catalog, spec.filters),
         )
+        ranked, resolved = None, None
+        if self._has_model(spec.catalog):
+            ranked, resolved = await self._similar_by_model(spec, query)
+        if ranked is None:
+            ranked, resolved = await self._similar_by_content(spec.catalog, query), None
+        if ranked is None:
+            raise NotFound(
+                f"item {spec.item!r} has no interactions in a model of catalog {spec.catalog!r} "
+                "and no stored text or attributes"
+            )
+        return self._titled(spec.catalog, ranked, resolved)
+
+    async def _similar_by_model(
+        self, spec: SimilarSpec, query: ItemQuery
+    ) -> tuple[list[Ranked] | None, Resolved]:
         selector = spec.selector
         async with self.models.serving(
             spec.catalog,
@@ -291,14 +310,26 @@ class RecommenderEngine:
             version=selector.version,
             routing_key=selector.routing_key,
         ) as served:
-            ranked = await self.models.predict(served, query)
-            resolved = served.resolved
-        if ranked is None:
-            raise NotFound(
-                f"item {spec.item!r} has no interactions in model {resolved.name} version "
-                f"{resolved.version}"
-            )
-        return self._titled(spec.catalog, ranked, resolved)
+            return await self.models.predict(served, query), served.resolved
+
+    async def _similar_by_content(self, catalog: str, query: ItemQuery) -> list[Ranked] | None:
+        if query.item not in self.items.of(catalog):
+            return None
+        index = await self._content_index(catalog)
+        return await self._run(lambda: index.similar(query))
+
+    async def _content_index(self, catalog: str) -> ContentIndex:
+        """The catalog's TF-IDF index, built again after its items changed."""
+        changes = self.items.changes(catalog)
+        cached = self._content.get(catalog)
+        if cached is not None and cached[0] == changes:
+            return cached[1]
+        items = list(self.items.of(catalog).values())
+        ids = [item.id for item in items]
+        texts = [item_text(item.text, item.attributes) for item in items]
+        index = await self._run(lambda: ContentIndex(ids, texts))
+        self._content[catalog] = (changes, index)
+        return index
 
     def _count(self, count: int) -> int:
         count = count or DEFAULT_COUNT

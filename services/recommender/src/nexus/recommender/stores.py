@@ -142,6 +142,7 @@ class ItemStore:
         config = _config(ITEMS_BUCKET, "Nexus recommender items: attributes and text")
         self._records = KvRecords(nc, config, ItemRecord.decode)
         self._index: dict[str, dict[str, ItemRecord]] = {}
+        self._changes: dict[str, int] = {}
         self._records.on_change(self._apply)
 
     async def start(self) -> None:
@@ -162,8 +163,13 @@ class ItemStore:
         """A catalog's items, by id (the live mirror: read it, don't keep it)."""
         return self._index.get(catalog, {})
 
+    def changes(self, catalog: str) -> int:
+        """How many item changes this replica applied to a catalog (for caches)."""
+        return self._changes.get(catalog, 0)
+
     def _apply(self, item: ItemRecord) -> None:
         self._index.setdefault(item.catalog, {})[item.id] = item
+        self._changes[item.catalog] = self._changes.get(item.catalog, 0) + 1
 
 
 def item_key(catalog: str, item_id: str) -> str:

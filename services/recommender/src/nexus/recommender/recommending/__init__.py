@@ -1,5 +1,6 @@
 """The recommender's domain, free of gRPC: interaction logs, training, serving, evaluation."""
 
+from nexus.recommender.recommending.content import ContentIndex, item_text
 from nexus.recommender.recommending.evaluation import (
     Metrics,
     Report,
@@ -34,6 +35,7 @@ __all__ = [
     "Allowed",
     "CatalogLog",
     "Config",
+    "ContentIndex",
     "Fitter",
     "Interaction",
     "ItemQuery",
@@ -48,6 +50,7 @@ __all__ = [
     "Why",
     "ease",
     "evaluate",
+    "item_text",
     "popular",
     "ranking_metrics",
     "stratified_split",

@@ -765,7 +765,7 @@ class SimilarItemsResponse(_message.Message):
 
     @_builtins.property
     def model(self) -> _common_pb2.ModelRef:
-        """The version that served."""
+        """The version that served (version empty: by text and attributes, no trained model)."""
 
     def __init__(
         self,

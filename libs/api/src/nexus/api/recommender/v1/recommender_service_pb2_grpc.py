@@ -139,7 +139,8 @@ class RecommenderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SimilarItems(self, request, context):
-        """The items most similar to one item, by the serving model.
+        """The items most similar to one item, by the serving model; an item no model knows yet (or a
+        catalog with no model) gets the items closest in text and attributes (cold start).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -55,7 +55,9 @@ class RecommenderServiceStub:
     with no history gets the catalog's popular items.
     """
     SimilarItems: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.SimilarItemsRequest, _recommender_service_pb2.SimilarItemsResponse]
-    """The items most similar to one item, by the serving model."""
+    """The items most similar to one item, by the serving model; an item no model knows yet (or a
+    catalog with no model) gets the items closest in text and attributes (cold start).
+    """
     StartTraining: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.StartTrainingRequest, _recommender_service_pb2.StartTrainingResponse]
     """Starts training a model on the catalog's interactions as a long-running operation and
     answers at once. The model becomes the next version of the model named after the catalog;
@@ -93,7 +95,9 @@ class RecommenderServiceAsyncStub(RecommenderServiceStub):
     with no history gets the catalog's popular items.
     """
     SimilarItems: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.SimilarItemsRequest, _recommender_service_pb2.SimilarItemsResponse]  # type: ignore[assignment]
-    """The items most similar to one item, by the serving model."""
+    """The items most similar to one item, by the serving model; an item no model knows yet (or a
+    catalog with no model) gets the items closest in text and attributes (cold start).
+    """
     StartTraining: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.StartTrainingRequest, _recommender_service_pb2.StartTrainingResponse]  # type: ignore[assignment]
     """Starts training a model on the catalog's interactions as a long-running operation and
     answers at once. The model becomes the next version of the model named after the catalog;
@@ -170,7 +174,9 @@ class RecommenderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _recommender_service_pb2.SimilarItemsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_recommender_service_pb2.SimilarItemsResponse, _abc.Awaitable[_recommender_service_pb2.SimilarItemsResponse]]:
-        """The items most similar to one item, by the serving model."""
+        """The items most similar to one item, by the serving model; an item no model knows yet (or a
+        catalog with no model) gets the items closest in text and attributes (cold start).
+        """
 
     @_abc_1.abstractmethod
     def StartTraining(
