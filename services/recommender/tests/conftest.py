@@ -21,7 +21,14 @@ from nexus.recommender.settings import RecommenderSettings
 def small_settings() -> RecommenderSettings:
     """Small limits, so that the tests can cross them."""
     return RecommenderSettings(
-        grpc_port=0, max_batch_interactions=200, max_batch_items=20, max_results=50, max_weight=100
+        grpc_port=0,
+        max_batch_interactions=200,
+        max_batch_items=20,
+        max_item_attributes=3,
+        max_attribute_chars=16,
+        max_results=50,
+        max_weight=100,
+        max_evaluate_interactions=500,
     )
 
 

@@ -285,3 +285,58 @@ async def test_too_many_results_and_untrained_catalogs_are_clear(client: Client)
     assert done.state == ops_pb.OPERATION_STATE_FAILED
     assert done.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert "no interactions" in done.error.message
+
+
+def _item(attributes: int = 1, value: str = "v") -> pb.Item:
+    return pb.Item(id="i", attributes={f"k{n}": value for n in range(attributes)})
+
+
+@pytest.mark.parametrize(
+    ("items", "code", "where"),
+    [
+        ([_item()] * 21, grpc.StatusCode.RESOURCE_EXHAUSTED, "items"),
+        ([_item(4)], grpc.StatusCode.RESOURCE_EXHAUSTED, "items[0].attributes"),
+        ([_item(1, "x" * 17)], grpc.StatusCode.INVALID_ARGUMENT, "items[0].attributes"),
+    ],
+)
+async def test_oversized_items_are_refused(
+    client: Client, items: list[pb.Item], code: grpc.StatusCode, where: str
+) -> None:
+    catalog = await client.catalog()
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.recommender.UpsertItems(
+            pb.UpsertItemsRequest(catalog=catalog, items=items), metadata=client.metadata
+        )
+
+    assert caught.value.code() == code
+    assert where in (caught.value.details() or "")
+
+
+async def test_evaluations_and_ease_have_limits(
+    client: Client, start_service: StartService, key: str
+) -> None:
+    catalog = await client.catalog()
+    many = [(f"u{u}", f"i{i}") for u in range(26) for i in range(20)]  # 520 interactions
+    await client.ingest(catalog, many[:200])
+    await client.ingest(catalog, many[200:400])
+    await client.ingest(catalog, many[400:])
+    evaluate = pb.EvaluateRequest(catalog=catalog, configs=[pb.ModelConfig(algorithm=POP)])
+    limits = {"max_ease_items": 10, "max_evaluate_interactions": 10_000}
+    narrow = await start_service(create, small_settings().model_copy(update=limits))
+    ease = pb.EvaluateRequest(catalog=catalog, configs=[pb.ModelConfig(algorithm=EASE)])
+
+    with pytest.raises(grpc.aio.AioRpcError) as too_many:
+        await client.recommender.Evaluate(evaluate, metadata=client.metadata)
+    async with client_of(narrow, key) as other:  # Evaluate runs where it is called
+        with pytest.raises(grpc.aio.AioRpcError) as too_wide:
+            await other.recommender.Evaluate(ease, metadata=other.metadata)
+    duplicated = pb.Filters(attributes=[pb.AttributeFilter(key="k", values=["1"])] * 2)
+    with pytest.raises(grpc.aio.AioRpcError) as twice:
+        await client.recommend(catalog, "u0", filters=duplicated)
+
+    assert too_many.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "520" in (too_many.value.details() or "")
+    assert too_wide.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "EASE over 20 items" in (too_wide.value.details() or "")
+    assert twice.value.code() == grpc.StatusCode.INVALID_ARGUMENT
