@@ -389,6 +389,12 @@ class RecommenderEngine:
         if config.algorithm is Algorithm.EASE and items > limit:
             raise ResourceExhausted(f"{where}: EASE over {items} items; at most {limit}")
 
+    async def check_training(self, spec: TrainSpec) -> None:
+        """What can be refused before a training is queued: an unknown catalog, EASE over too
+        many items (as this replica counts them now)."""
+        await self.catalogs.get(spec.catalog)
+        self.check_config(spec.config, self.feed.log(spec.catalog).items)
+
     async def train(self, spec: TrainSpec, progress: Progress = NO_PROGRESS) -> ModelVersionInfo:
         """Trains on every interaction of the catalog, registers the next version of its model,
         optionally promotes it and announces it on nexus.recommender.trained.

@@ -88,7 +88,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self, request: pb.StartTrainingRequest, context: Context
     ) -> pb.StartTrainingResponse:
         spec = converters.train_spec(request.train)  # bad input fails here, not in the operation
-        await self._engine.catalogs.get(spec.catalog)
+        await self._engine.check_training(spec)
         operation = await self._operations.submit(TRAIN, request.train)
         return pb.StartTrainingResponse(operation=operation_to_proto(operation))
 
