@@ -65,7 +65,7 @@ MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
 PUBLISHED = {"BiVAE": 0.475, "BPR (cornac)": 0.442, "LightGCN": 0.420, "SAR": 0.383}
 CONFIGS = {
     "als": Config(Algorithm.ALS, factors=64, iterations=15, regularization=0.05, alpha=1.0),
-    "bpr": Config(Algorithm.BPR, factors=200, iterations=100, learning_rate=0.01),
+    "bpr": Config(Algorithm.BPR, factors=200, iterations=50, learning_rate=0.01),
     "ease": Config(Algorithm.EASE, ease_lambda=500.0, binary=True),
     "popularity": Config(Algorithm.POPULARITY),
 }

@@ -25,7 +25,7 @@ class Algorithm(enum.Enum):
 
 
 FACTOR_MODELS = frozenset({Algorithm.ALS, Algorithm.BPR})
-DEFAULT_ITERATIONS = {Algorithm.ALS: 15, Algorithm.BPR: 100}
+DEFAULT_ITERATIONS = {Algorithm.ALS: 15, Algorithm.BPR: 50}
 
 
 @dataclass(frozen=True)

@@ -798,7 +798,7 @@ class Hyperparameters(_message.Message):
     factors: _builtins.int
     """ALS, BPR: latent factors (default 64)."""
     iterations: _builtins.int
-    """ALS, BPR: passes over the data (default 15 for ALS, 100 for BPR)."""
+    """ALS, BPR: passes over the data (default 15 for ALS, 50 for BPR)."""
     regularization: _builtins.float
     """ALS, BPR: L2 regularisation (default 0.01 for ALS and BPR)."""
     alpha: _builtins.float
