@@ -130,6 +130,23 @@ async def test_filters_exclusions_and_seen_items(client: Client) -> None:
     assert seen("ua0") <= {i.item_id for i in everything.items}
 
 
+async def test_a_candidate_list_is_reranked_and_diversity_mixes_interests(client: Client) -> None:
+    catalog = await _trained(client, EASE)
+    await client.ingest(
+        catalog, [("mix", a) for a in group("a")[:8]] + [("mix", "b0"), ("mix", "b1")]
+    )
+    candidates = pb.Filters(candidate_item_ids=["b5", "a9", "a0", "zz"])
+
+    reranked = await client.recommend(catalog, "ua0", filters=candidates)
+    plain = await client.recommend(catalog, "mix", count=2)
+    diverse = await client.recommend(catalog, "mix", count=2, diversity=0.9)
+
+    assert [i.item_id for i in reranked.items] == ["a9", "b5"]  # a0 is seen, zz unknown
+    assert all(i.item_id in group("a") for i in plain.items)
+    assert [i.item_id in group("a") for i in diverse.items] == [True, False]
+    assert diverse.items[0].item_id == plain.items[0].item_id
+
+
 async def test_a_user_with_no_history_gets_popular_items(client: Client) -> None:
     catalog = await client.catalog()
     await client.ingest(catalog, [*two_groups(), *[(f"x{u}", "b3") for u in range(5)]])

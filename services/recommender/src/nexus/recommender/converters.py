@@ -80,6 +80,7 @@ def filters_of(filters: pb.Filters) -> Filters:
     return Filters(
         attributes=tuple((f.key, frozenset(f.values)) for f in filters.attributes),
         exclude=frozenset(filters.exclude_item_ids),
+        candidates=frozenset(filters.candidate_item_ids),
     )
 
 
@@ -92,6 +93,7 @@ def recommend_spec(request: pb.RecommendRequest) -> RecommendSpec:
         include_seen=request.include_seen,
         filters=filters_of(request.filters),
         selector=Selector(request.alias, request.version, request.routing_key),
+        diversity=request.diversity,
     )
 
 

@@ -62,10 +62,11 @@ DEFAULT_COUNT = 10
 @dataclass(frozen=True)
 class Filters:
     """Which items may be returned: every (attribute, accepted values) must hold; never
-    `exclude`."""
+    `exclude`; only `candidates` when there are any."""
 
     attributes: tuple[tuple[str, frozenset[str]], ...] = ()
     exclude: frozenset[str] = frozenset()
+    candidates: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class RecommendSpec:
     include_seen: bool = False
     filters: Filters = field(default_factory=Filters)
     selector: Selector = field(default_factory=Selector)
+    diversity: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,7 @@ class RecommenderEngine:
             spec.include_seen,
             spec.filters.exclude,
             self._allowed(spec.catalog, spec.filters),
+            spec.diversity,
         )
         if not self._has_model(spec.catalog):
             counts = self.feed.log(spec.catalog).popular()
@@ -345,12 +348,16 @@ class RecommenderEngine:
         return True
 
     def _allowed(self, catalog: str, filters: Filters) -> Allowed | None:
-        if not filters.attributes:
+        if not filters.attributes and not filters.candidates:
             return None
         items = self.items.of(catalog)
-        rules = filters.attributes
+        rules, candidates = filters.attributes, filters.candidates
 
         def allowed(item_id: str) -> bool:
+            if candidates and item_id not in candidates:
+                return False
+            if not rules:
+                return True
             record = items.get(item_id)
             if record is None:
                 return False

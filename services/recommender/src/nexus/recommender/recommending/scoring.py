@@ -16,6 +16,8 @@ Allowed = Callable[[str], bool]
 """Whether an item may be returned (its attribute filters)."""
 _CANDIDATE_FACTOR = 4
 """Candidates looked at per result before sorting every item (filters drop some)."""
+_POOL_FACTOR = 4
+"""Diversity chooses among this many times the items asked for, the best by score."""
 
 
 class Why(enum.Enum):
@@ -48,6 +50,7 @@ class UserQuery:
         include_seen: Whether items in `history` may be returned.
         exclude: Items never to return.
         allowed: The attribute filters (None: every item).
+        diversity: 0 ranks by score; up to 1 trades score for unlikeness to the items before.
     """
 
     user: str
@@ -57,6 +60,7 @@ class UserQuery:
     include_seen: bool = False
     exclude: frozenset[str] = frozenset()
     allowed: Allowed | None = None
+    diversity: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -165,13 +169,49 @@ class Scorer:
         excluded = self._indices(query.exclude)
         if not query.include_seen:
             excluded |= set(known)
-        best = top_n(scores, self.items, query.count, excluded, query.allowed)
+        diverse = query.diversity > 0 and self.algorithm is not Algorithm.POPULARITY
+        pool = query.count * _POOL_FACTOR if diverse else query.count
+        best = top_n(scores, self.items, pool, excluded, query.allowed)
+        if diverse:
+            best = self._diversified(best, query.count, query.diversity)
         out = []
         for i, score in best:
             seen = self.because(i, known)
             why = Why.POPULAR if seen is None else Why.SIMILAR_TO_SEEN
             out.append(Ranked(self.items[i], score, why, "" if seen is None else self.items[seen]))
         return out
+
+    def _diversified(
+        self, pool: list[tuple[int, float]], count: int, diversity: float
+    ) -> list[tuple[int, float]]:
+        """Maximal marginal relevance: greedily the item with the best (1 - diversity) x its
+        score (scaled to [0, 1] within the pool) - diversity x its largest similarity to the
+        items already chosen."""
+        if len(pool) <= 1:
+            return pool[:count]
+        indices = np.array([i for i, _ in pool])
+        scores = np.array([s for _, s in pool])
+        relevance = (scores - scores.min()) / max(float(np.ptp(scores)), 1e-12)
+        vectors = self._item_vectors(indices)
+        similarity = vectors @ vectors.T
+        chosen = [0]
+        closest = similarity[0].copy()
+        while len(chosen) < min(count, len(pool)):
+            value = (1 - diversity) * relevance - diversity * closest
+            value[chosen] = -np.inf
+            pick = int(np.argmax(value))
+            chosen.append(pick)
+            closest = np.maximum(closest, similarity[pick])
+        return [pool[c] for c in chosen]
+
+    def _item_vectors(self, items: np.ndarray) -> np.ndarray:
+        """Unit vectors of items whose dot products are their similarities: the factors, or
+        for EASE each item's column of B (how the other items predict it)."""
+        if self.algorithm is Algorithm.EASE:
+            columns = self._similarity[:, items].T.astype(np.float64)
+            norms = np.linalg.norm(columns, axis=1, keepdims=True)
+            return np.asarray(columns / np.maximum(norms, 1e-12))
+        return np.asarray(self._unit[items], dtype=np.float64)
 
     def similar(self, query: ItemQuery) -> list[Ranked] | None:
         """An item's neighbours (None: the model does not know the item)."""

@@ -535,6 +535,7 @@ class Filters(_message.Message):
 
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    CANDIDATE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def attributes(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttributeFilter]:
         """Every filter must hold (items without stored attributes hold none)."""
@@ -543,15 +544,20 @@ class Filters(_message.Message):
     def exclude_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Items never to return."""
 
+    @_builtins.property
+    def candidate_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """When given, only these items, in the model's order: re-ranks a candidate list."""
+
     def __init__(
         self,
         *,
         attributes: _abc.Iterable[Global___AttributeFilter] | None = ...,
         exclude_item_ids: _abc.Iterable[_builtins.str] | None = ...,
+        candidate_item_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "exclude_item_ids", b"exclude_item_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "candidate_item_ids", b"candidate_item_ids", "exclude_item_ids", b"exclude_item_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -633,6 +639,7 @@ class RecommendRequest(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     ALIAS_FIELD_NUMBER: _builtins.int
     ROUTING_KEY_FIELD_NUMBER: _builtins.int
+    DIVERSITY_FIELD_NUMBER: _builtins.int
     catalog: _builtins.str
     """The catalog."""
     user_id: _builtins.str
@@ -647,6 +654,11 @@ class RecommendRequest(_message.Message):
     """The alias to resolve (default "production")."""
     routing_key: _builtins.str
     """Sticky key for A/B splits (default: the user id)."""
+    diversity: _builtins.float
+    """0: by score alone. Up to 1: each next item is also chosen to be unlike the ones before it
+    (maximal marginal relevance over the model's item similarity; 1: unlikeness alone after the
+    first). The popularity model ignores it.
+    """
     @_builtins.property
     def filters(self) -> Global___Filters:
         """Which items may be returned."""
@@ -662,10 +674,11 @@ class RecommendRequest(_message.Message):
         version: _builtins.str = ...,
         alias: _builtins.str = ...,
         routing_key: _builtins.str = ...,
+        diversity: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filters", b"filters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "catalog", b"catalog", "count", b"count", "filters", b"filters", "include_seen", b"include_seen", "routing_key", b"routing_key", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "catalog", b"catalog", "count", b"count", "diversity", b"diversity", "filters", b"filters", "include_seen", b"include_seen", "routing_key", b"routing_key", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
