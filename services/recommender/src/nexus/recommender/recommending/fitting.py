@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from implicit.cpu.bpr import BayesianPersonalizedRanking
+from threadpoolctl import threadpool_limits
 
 from nexus.recommender.recommending.log import Snapshot
 
@@ -112,7 +113,8 @@ class Fitter:
         self.config = config.resolved()
         self._snapshot = snapshot
         self._matrix = snapshot.matrix(binary=self.config.binary)
-        self._model = _implicit_model(self.config, threads)
+        with threadpool_limits(1, "blas"):  # implicit checks BLAS threads as it is built
+            self._model = _implicit_model(self.config, threads)
         self._done = 0
         self._similarity: np.ndarray | None = None
 
@@ -129,7 +131,8 @@ class Fitter:
     def step(self) -> None:
         """Runs the next step (an ALS or BPR iteration continues from the last one)."""
         if self._model is not None:
-            self._model.fit(self._matrix, show_progress=False)
+            with threadpool_limits(1, "blas"):  # implicit's advice: BLAS threads slow it down
+                self._model.fit(self._matrix, show_progress=False)
         elif self.config.algorithm is Algorithm.EASE:
             self._similarity = ease(self._matrix, self.config.ease_lambda)
         self._done += 1
