@@ -28,7 +28,7 @@ CRD_SCHEMAS = {
     "ScaledObject": Path(__file__).parent / "crds" / "scaledobject.json",
     "ServiceMonitor": Path(__file__).parent / "crds" / "servicemonitor.json",
 }
-SERVICES = ["gateway", "anomaly", "forecast", "llm", "orchestrator"]
+SERVICES = ["gateway", "anomaly", "forecast", "llm", "orchestrator", "recommender"]
 
 
 def containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
@@ -286,6 +286,7 @@ def test_the_gateway_is_told_every_service(environments: dict[str, Manifests]) -
         "forecast": f"{RELEASE}-nexus-forecast:50051",
         "llm": f"{RELEASE}-nexus-llm:50051",
         "orchestrator": f"{RELEASE}-nexus-orchestrator:50051",
+        "recommender": f"{RELEASE}-nexus-recommender:50051",
     }
     orchestrator = env_of(deployments["orchestrator"])["NEXUS_ORCHESTRATOR_BACKENDS"]["value"]
     assert json.loads(orchestrator) == backends
@@ -326,7 +327,7 @@ def test_network_policies_let_only_the_gateway_reach_services_and_only_nexus_rea
     policies = environments["prod"].of_kind("NetworkPolicy")
     for policy in policies:
         component = environments["prod"].component(policy)
-        if component in ("anomaly", "forecast", "llm"):
+        if component in ("anomaly", "forecast", "llm", "recommender"):
             rules = policy["spec"]["ingress"]
             grpc_rule = next(r for r in rules if r["ports"] == [{"port": "grpc"}])
             (peer,) = grpc_rule["from"]
@@ -348,6 +349,7 @@ def test_metrics_are_annotated_and_monitored(environments: dict[str, Manifests])
         "forecast",
         "llm",
         "orchestrator",
+        "recommender",
     ]
     assert environments["dev"].of_kind("ServiceMonitor") == []
 
@@ -393,6 +395,7 @@ def test_a_registry_prefix_and_a_tag_reach_every_image() -> None:
         "forecast": "ghcr.io/acme/nexus/forecast:0.1.0",
         "llm": "ghcr.io/acme/nexus/llm:9",
         "orchestrator": "ghcr.io/acme/nexus/orchestrator:0.1.0",
+        "recommender": "ghcr.io/acme/nexus/recommender:0.1.0",
     }
 
 

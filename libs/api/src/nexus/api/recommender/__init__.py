@@ -1,0 +1,1 @@
+"""Generated from protos/nexus/recommender. Do not edit: run `make protos`."""

@@ -1,0 +1,1 @@
+"""The Nexus recommender service: counts words (the template every service starts from)."""
