@@ -53,6 +53,24 @@ def local_level(
     return 100 + np.cumsum(rng.normal(0, level_sd, n)) + rng.normal(0, noise_sd, n)
 
 
+def logistic_map(n: int, rng: np.random.Generator, noise_sd: float = 0.01) -> np.ndarray:
+    """A nonlinear lag process: x[t] = 3.6 x[t-1] (1 - x[t-1]) + noise, scaled to 50..70. A
+    learner on lags fits it; no linear or smoothing model can."""
+    x = np.empty(n)
+    x[0] = rng.uniform(0.2, 0.8)
+    for t in range(1, n):
+        x[t] = np.clip(3.6 * x[t - 1] * (1 - x[t - 1]) + rng.normal(0, noise_sd), 0.01, 0.99)
+    return 50 + 20 * x
+
+
+def seasonal_ar(n: int, season: int, rng: np.random.Generator, phi: float = 0.7) -> np.ndarray:
+    """A sine season plus an AR(1) with unit noise."""
+    noise, x = rng.normal(size=n), np.zeros(n)
+    for t in range(1, n):
+        x[t] = phi * x[t - 1] + noise[t]
+    return 100 + 5 * np.sin(2 * np.pi * np.arange(n) / season) + x
+
+
 def hourly(values: np.ndarray, series_id: str = "s") -> Series:
     """An hourly domain series from 2024-01-01."""
     return Series(series_id, pd.date_range(START, periods=len(values), freq="h"), values)

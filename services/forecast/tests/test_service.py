@@ -9,7 +9,14 @@ import grpc
 import numpy as np
 import pandas as pd
 import pytest
-from forecast_testing import Client, local_level, proto_series, seasonal_random_walk, unique
+from forecast_testing import (
+    Client,
+    local_level,
+    logistic_map,
+    proto_series,
+    seasonal_random_walk,
+    unique,
+)
 from nats.aio.client import Client as Nats
 
 from nexus.api.forecast.v1 import events_pb2
@@ -20,6 +27,7 @@ from nexus.forecast.engine import FITTED, STREAM
 
 pytestmark = pytest.mark.timeout(180)
 SN, ETS, THETA = pb.MODEL_SEASONAL_NAIVE, pb.MODEL_AUTO_ETS, pb.MODEL_AUTO_THETA
+LGBM = pb.MODEL_LIGHTGBM
 
 
 def _data(*series: pb.Series, season: int = 12) -> pb.SeriesData:
@@ -168,6 +176,55 @@ async def test_a_fit_runs_as_an_operation_registers_a_version_and_serves_predict
     assert "nope" in (unknown.value.details() or "")
 
 
+async def test_lightgbm_is_chosen_fitted_across_series_and_served_from_the_registry(
+    client: Client,
+) -> None:
+    """Noisy logistic maps (a nonlinear lag process): the automatic choice picks LightGBM; a fit
+    registers one global model in the set, and Predict serves it with conformal intervals."""
+    rng = np.random.default_rng(6)
+    data = _data(*[proto_series(logistic_map(150, rng), f"m{i}") for i in range(6)], season=1)
+
+    chosen = await client.forecast.Forecast(
+        pb.ForecastRequest(data=data, horizon=6, backtest=pb.BacktestConfig(windows=2)),
+        metadata=client.metadata,
+    )
+    assert [c.model for c in chosen.choices].count(LGBM) >= 5
+
+    name = unique()
+    fit = pb.FitRequest(
+        name=name, data=data, horizon=6, models=[LGBM, SN], backtest=pb.BacktestConfig(windows=2)
+    )
+    started = await client.forecast.StartFit(pb.StartFitRequest(fit=fit), metadata=client.metadata)
+    done = (await _watch(client, started.operation.name))[-1]
+    assert done.state == ops_pb.OPERATION_STATE_SUCCEEDED, done.error
+    result = pb.FitResponse()
+    assert done.response.Unpack(result)
+    assert result.version.metrics["wins_lightgbm"] >= 5
+
+    predicted = await client.forecast.Predict(
+        pb.PredictRequest(name=name, version="1", series_ids=["m0", "m3"], levels=[80]),
+        metadata=client.metadata,
+    )
+    first = predicted.forecasts[0]
+    assert [f.series_id for f in predicted.forecasts] == ["m0", "m3"]
+    assert first.model == LGBM
+    assert len(first.mean) == 6
+    assert all(lo <= m <= hi for lo, m, hi in zip(*_band(first), strict=True))
+
+    with pytest.raises(grpc.aio.AioRpcError) as beyond:
+        await client.forecast.Predict(
+            pb.PredictRequest(name=name, version="1", series_ids=["m0"], horizon=12, levels=[80]),
+            metadata=client.metadata,
+        )
+    assert beyond.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "calibrated for 6 steps" in (beyond.value.details() or "")
+
+
+def _band(forecast: pb.SeriesForecast) -> tuple[list[float], list[float], list[float]]:
+    interval = forecast.intervals[0]
+    return list(interval.lower), list(forecast.mean), list(interval.upper)
+
+
 async def test_a_cancelled_fit_registers_nothing(client: Client) -> None:
     name = unique()
     rng = np.random.default_rng(4)
@@ -235,6 +292,14 @@ BAD = [
             data=_data(proto_series(np.arange(20.0)), season=24), horizon=6, models=[THETA]
         ),
         "auto_theta with a season of 24 needs 48",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "data.series[0].values",
+    ),
+    (  # too short for a global model and its conformal windows
+        pb.ForecastRequest(
+            data=_data(proto_series(np.arange(1.0, 41.0))), horizon=6, models=[LGBM]
+        ),
+        "lightgbm with a season of 12 and intervals for 6 steps needs 61",
         grpc.StatusCode.INVALID_ARGUMENT,
         "data.series[0].values",
     ),

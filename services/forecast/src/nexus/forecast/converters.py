@@ -34,6 +34,8 @@ MODELS = {
     pb.MODEL_AUTO_THETA: ModelKind.AUTO_THETA,
     pb.MODEL_SEASONAL_NAIVE: ModelKind.SEASONAL_NAIVE,
     pb.MODEL_MSTL: ModelKind.MSTL,
+    pb.MODEL_LIGHTGBM: ModelKind.LIGHTGBM,
+    pb.MODEL_XGBOOST: ModelKind.XGBOOST,
 }
 KINDS = {kind: value for value, kind in MODELS.items()}
 METRICS = {

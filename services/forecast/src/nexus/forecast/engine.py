@@ -30,22 +30,27 @@ from nexus.common.runtime import ModelRuntime, Served
 from nexus.forecast import datasets
 from nexus.forecast.datasets import DatasetInfo, DatasetStore, Format, Limits
 from nexus.forecast.forecasting import (
+    GLOBAL,
     Choice,
     FittedSeries,
     FittedSet,
     Forecast,
+    Known,
     ModelKind,
     Plan,
     Prepared,
     Report,
     Series,
     SeriesOptions,
+    applicable,
     backtest,
-    candidates,
     check_fit_length,
     choose_and_fit,
+    fit_globals,
+    fit_series,
     forecast_once,
     future_matrix,
+    global_backtests,
     prepare,
     report,
 )
@@ -287,26 +292,37 @@ class ForecastEngine:
 
     async def forecast(self, job: Job) -> Forecasted:
         """Chooses a model per series (by backtest, when there are several candidates), fits it
-        on the whole series and forecasts."""
+        on the whole series and forecasts; a global model once for all series that won with
+        it."""
         prepared = await self.series(job, max_series=self.settings.max_sync_series)
         plan = job.plan()
+        kinds = {s.id: applicable(s, job.models, plan) for s in prepared}
+        several = [s for s in prepared if len(kinds[s.id]) > 1]
+        known = await self._run(partial(global_backtests, several, kinds, plan))
 
-        def one(series: Prepared) -> tuple[SeriesResult, Choice | None]:
-            kinds = candidates(job.models, series.seasons)
-            choice = backtest(series, kinds, plan) if len(kinds) > 1 else None
-            kind = choice.model if choice else kinds[0]
-            return _forecast(series, kind, job.horizon, job.levels), choice
+        def choose(series: Prepared) -> Choice | None:
+            ours = kinds[series.id]
+            return backtest(series, ours, plan, known.get(series.id)) if len(ours) > 1 else None
 
-        done = await self._map(one, prepared)
+        found = await self._map(choose, prepared)
+        choices = dict(zip([s.id for s in prepared], found, strict=True))
+        winners = {s.id: c.model if (c := choices[s.id]) else kinds[s.id][0] for s in prepared}
+        shared = await self._run(partial(_forecast_globals, prepared, kinds, winners, job))
+        done = await self._map(
+            lambda s: shared.get(s.id) or _forecast(s, winners[s.id], job.horizon, job.levels),
+            prepared,
+        )
         await self._announce_forecast(common_pb2.ModelRef(), len(done), job)
-        return Forecasted([r for r, _ in done], [c for _, c in done if c is not None])
+        return Forecasted(done, [c for c in choices.values() if c is not None])
 
     async def backtest(self, job: Job) -> Report:
         """Backtests every candidate on every series and says which won each."""
         prepared = await self.series(job, max_series=self.settings.max_sync_series)
         plan = job.plan()
+        kinds = {s.id: applicable(s, job.models, plan) for s in prepared}
+        known = await self._run(partial(global_backtests, prepared, kinds, plan))
         choices = await self._map(
-            lambda s: backtest(s, candidates(job.models, s.seasons), plan), prepared
+            lambda s: backtest(s, kinds[s.id], plan, known.get(s.id)), prepared
         )
         return report(choices)
 
@@ -343,12 +359,17 @@ class ForecastEngine:
         self, job: Job, prepared: list[Prepared], progress: Progress
     ) -> tuple[FittedSet, list[Choice]]:
         plan, fitted, choices = job.plan(), FittedSet(job.horizon), []
-        began, total = time.monotonic(), len(prepared)
+        kinds = {s.id: applicable(s, job.models, plan) for s in prepared}
+        if any(k in GLOBAL for ours in kinds.values() for k in ours):
+            await progress.stage("fitting", 5.0, "backtesting the global models")
+        known = await self._run(partial(global_backtests, prepared, kinds, plan))
+        began, total, wanted = time.monotonic(), len(prepared), set()
         for chunk in _chunks(prepared, self._chunk_size(total)):
-            done = await self._run(partial(_fit_chunk, chunk, job.models, plan))
+            done = await self._run(partial(_fit_chunk, chunk, kinds, plan, known))
             for choice, series in done:
                 choices.append(choice)
                 fitted.add(series)
+                wanted.update([series.shared] if series.shared else [])
             count = len(choices)
             elapsed = time.monotonic() - began
             await progress.report(
@@ -357,6 +378,11 @@ class ForecastEngine:
                 eta_s=elapsed / count * (total - count),
                 message=f"{count}/{total} series",
             )
+        if wanted:
+            await progress.stage("fitting", 95.0, f"fitting {len(wanted)} global model(s)")
+            models = await self._run(partial(fit_globals, prepared, kinds, wanted, job.horizon))
+            for key, model in models.items():
+                fitted.add_shared(key, model)
         return fitted, choices
 
     def _chunk_size(self, total: int) -> int:
@@ -467,9 +493,31 @@ def _forecast(
 
 
 def _fit_chunk(
-    chunk: list[Prepared], models: tuple[ModelKind, ...], plan: Plan
+    chunk: list[Prepared], kinds: Mapping[str, tuple[ModelKind, ...]], plan: Plan, known: Known
 ) -> list[tuple[Choice, FittedSeries]]:
-    return [choose_and_fit(s, candidates(models, s.seasons), plan) for s in chunk]
+    return [choose_and_fit(s, kinds[s.id], plan, known.get(s.id)) for s in chunk]
+
+
+def _forecast_globals(
+    prepared: list[Prepared],
+    kinds: Mapping[str, tuple[ModelKind, ...]],
+    winners: Mapping[str, ModelKind],
+    job: Job,
+) -> dict[str, SeriesResult]:
+    """Forecasts of the series whose model is a global one: each model fitted once across its
+    group (blocking, CPU).
+
+    Raises:
+        InvalidArgument: A series too short for the global model.
+    """
+    ours = [s for s in prepared if winners[s.id] in GLOBAL]
+    fitted = [fit_series(s, winners[s.id], job.horizon) for s in ours]
+    models = fit_globals(prepared, kinds, {f.shared for f in fitted}, job.horizon)
+    found = {}
+    for f in fitted:
+        index, forecast = f.forecast(job.horizon, job.levels, {}, "", models[f.shared])
+        found[f.series_id] = SeriesResult(f.series_id, f.kind, index, forecast)
+    return found
 
 
 def _apply(work: Callable[[Prepared], T], items: list[Prepared]) -> list[T]:

@@ -1,5 +1,6 @@
 """A fitted set as the model runtime serves it: the signed set loads whole, each series' model
-is unpacked on first use and kept (least recently used first out)."""
+is unpacked on first use and kept (least recently used first out); a global model several series
+share is unpacked on the first of them and kept while the set is loaded."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pandas as pd
 
 from nexus.common.errors import InvalidArgument, NotFound
 from nexus.common.runtime import Model, ModelSource
-from nexus.forecast.forecasting import FittedSeries, FittedSet, Forecast, ModelKind
+from nexus.forecast.forecasting import FittedSeries, FittedSet, Forecast, GlobalModel, ModelKind
 
 FRAMEWORK = "nexus-forecast"
 """The registry framework of the fitted sets the service registers."""
@@ -36,6 +37,7 @@ class ServedSet(Model[Request, list[Result]]):
         self._cache_size = cache_size
         self._set: FittedSet | None = None
         self._unpacked: OrderedDict[str, FittedSeries] = OrderedDict()
+        self._shared: dict[str, GlobalModel] = {}
         self._lock = threading.Lock()
 
     async def load(self) -> None:
@@ -79,16 +81,40 @@ class ServedSet(Model[Request, list[Result]]):
                 self._unpacked.popitem(last=False)
         return unpacked
 
+    def shared(self, key: str) -> GlobalModel:
+        """A global model of the set, unpacked on first use (blocking)."""
+        with self._lock:
+            if (found := self._shared.get(key)) is not None:
+                return found
+        model = self._fitted().unpack_shared(key)
+        with self._lock:
+            return self._shared.setdefault(key, model)
+
     def predict(self, inputs: Request) -> list[Result]:
-        """Forecasts the series asked for, in order."""
+        """Forecasts the series asked for, in order (those of one global model in one call)."""
         series_ids, horizon, levels, futures = inputs
+        fitted = [self.series(series_id) for series_id in series_ids]
+        pooled = self._pooled([f for f in fitted if f.shared], horizon, levels)
         results = []
-        for i, series_id in enumerate(series_ids):
-            fitted = self.series(series_id)
-            where = f"futures[{series_id}]" if series_id in futures else f"series_ids[{i}]"
-            index, forecast = fitted.forecast(horizon, levels, futures.get(series_id, {}), where)
-            results.append((series_id, fitted.kind, index, forecast))
+        for i, (series_id, one) in enumerate(zip(series_ids, fitted, strict=True)):
+            if series_id in pooled:
+                index, forecast = one.horizon_index(horizon), pooled[series_id]
+            else:
+                where = f"futures[{series_id}]" if series_id in futures else f"series_ids[{i}]"
+                index, forecast = one.forecast(horizon, levels, futures.get(series_id, {}), where)
+            results.append((series_id, one.kind, index, forecast))
         return results
+
+    def _pooled(
+        self, fitted: Sequence[FittedSeries], horizon: int, levels: Sequence[float]
+    ) -> dict[str, Forecast]:
+        by_key: dict[str, list[str]] = {}
+        for f in fitted:
+            by_key.setdefault(f.shared, []).append(f.series_id)
+        found: dict[str, Forecast] = {}
+        for key, ids in by_key.items():
+            found.update(self.shared(key).forecast(list(dict.fromkeys(ids)), horizon, levels))
+        return found
 
     def count(self, inputs: Request) -> int:
         """One prediction per series."""
@@ -98,6 +124,7 @@ class ServedSet(Model[Request, list[Result]]):
         """Lets go of the set and the unpacked series."""
         with self._lock:
             self._unpacked.clear()
+            self._shared.clear()
         self._set = None
 
     def _fitted(self) -> FittedSet:

@@ -1,24 +1,30 @@
-"""Forecasting, free of gRPC: series on a grid, statsforecast models, backtests, choices, fits."""
+"""Forecasting, free of gRPC: series on a grid, statsforecast models per series, mlforecast
+models across series, backtests, choices, fits."""
 
 from nexus.forecast.forecasting.backtest import (
     Choice,
+    Known,
     Plan,
+    applicable,
     backtest,
     check_fit_length,
     check_length,
     choose,
+    global_backtests,
 )
 from nexus.forecast.forecasting.fitting import (
     FittedSeries,
     FittedSet,
     Report,
     choose_and_fit,
+    fit_globals,
     fit_series,
     future_matrix,
     report,
 )
+from nexus.forecast.forecasting.learners import GlobalModel
 from nexus.forecast.forecasting.metrics import Errors, average, mase, mase_scale, smape
-from nexus.forecast.forecasting.models import DEFAULT_CANDIDATES, ModelKind, candidates
+from nexus.forecast.forecasting.models import DEFAULT_CANDIDATES, GLOBAL, ModelKind, candidates
 from nexus.forecast.forecasting.predicting import Forecast, forecast_once
 from nexus.forecast.forecasting.series import (
     Prepared,
@@ -32,17 +38,21 @@ from nexus.forecast.forecasting.series import (
 
 __all__ = [
     "DEFAULT_CANDIDATES",
+    "GLOBAL",
     "Choice",
     "Errors",
     "FittedSeries",
     "FittedSet",
     "Forecast",
+    "GlobalModel",
+    "Known",
     "ModelKind",
     "Plan",
     "Prepared",
     "Report",
     "Series",
     "SeriesOptions",
+    "applicable",
     "average",
     "backtest",
     "candidates",
@@ -52,9 +62,11 @@ __all__ = [
     "choose_and_fit",
     "default_season",
     "fill_missing",
+    "fit_globals",
     "fit_series",
     "forecast_once",
     "future_matrix",
+    "global_backtests",
     "infer_frequency",
     "mase",
     "mase_scale",

@@ -3,7 +3,8 @@
 Origins: `windows` of them, `step` apart, the last one `horizon` steps before the end; each
 candidate is fitted on the series up to an origin and forecasts `horizon` steps from it. A
 series' errors are the mean over its windows; the winner has the lowest selection error (ties:
-the earlier candidate, simpler first).
+the earlier candidate, simpler first). A global model (LightGBM, XGBoost) is backtested on all
+series of a group at once: per window, one model fitted on every series cut at its own origin.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nexus.common.errors import InvalidArgument
+from nexus.forecast.forecasting import learners
 from nexus.forecast.forecasting.metrics import (
     Errors,
     average,
@@ -24,7 +26,7 @@ from nexus.forecast.forecasting.metrics import (
     rmse,
     smape,
 )
-from nexus.forecast.forecasting.models import ModelKind, min_length
+from nexus.forecast.forecasting.models import GLOBAL, ModelKind, candidates, min_length
 from nexus.forecast.forecasting.predicting import Forecast, forecast_once
 from nexus.forecast.forecasting.series import Prepared
 
@@ -71,16 +73,37 @@ class Choice:
         return self.scores[self.model]
 
 
+def need(kind: ModelKind, seasons: tuple[int, ...], horizon: int) -> int:
+    """Fewest values `kind` is fitted on (a global model: with its conformal windows)."""
+    return learners.min_length(seasons, horizon) if kind in GLOBAL else min_length(kind, seasons)
+
+
+def applicable(series: Prepared, kinds: tuple[ModelKind, ...], plan: Plan) -> tuple[ModelKind, ...]:
+    """A series' candidates: those named (checked), else the defaults that apply to it (the
+    global ones only where the series is long enough for their backtest).
+
+    Raises:
+        InvalidArgument: MSTL named for a series without a season.
+    """
+    found = candidates(kinds, series.seasons)
+    if kinds:
+        return found
+    first = plan.origins(len(series.y))[0]
+    return tuple(
+        k for k in found if k not in GLOBAL or first >= need(k, series.seasons, plan.horizon)
+    )
+
+
 def check_length(series: Prepared, kinds: Sequence[ModelKind], plan: Plan) -> None:
     """Refuses a series too short for the backtest of every candidate.
 
     Raises:
         InvalidArgument: Naming the series' values, its length and what it needs.
     """
-    need = max(min_length(kind, series.seasons) for kind in kinds)
+    need_ = max(need(kind, series.seasons, plan.horizon) for kind in kinds)
     first = plan.origins(len(series.y))[0]
-    if first < need:
-        total = need + plan.horizon + (plan.windows - 1) * plan.stride
+    if first < need_:
+        total = need_ + plan.horizon + (plan.windows - 1) * plan.stride
         raise InvalidArgument.for_field(
             f"{series.field}.values",
             f"series {series.id!r} has {len(series.y)} values; a backtest of {plan.windows} "
@@ -89,26 +112,86 @@ def check_length(series: Prepared, kinds: Sequence[ModelKind], plan: Plan) -> No
         )
 
 
-def check_fit_length(series: Prepared, kind: ModelKind) -> None:
-    """Refuses a series too short for the model it is to be fitted with.
+def check_fit_length(series: Prepared, kind: ModelKind, horizon: int = 0) -> None:
+    """Refuses a series too short for the model it is to be fitted with (for a global model,
+    with conformal windows of `horizon` steps).
 
     Raises:
         InvalidArgument: Naming the series' values, its length and what the model needs.
     """
-    need = min_length(kind, series.seasons)
-    if len(series.y) < need:
+    need_ = need(kind, series.seasons, horizon)
+    if len(series.y) < need_:
         raise InvalidArgument.for_field(
             f"{series.field}.values",
             f"series {series.id!r} has {len(series.y)} values; {kind.value} with a season of "
-            f"{max(series.seasons)} needs {need}",
+            f"{max(series.seasons)}{_horizon(kind, horizon)} needs {need_}",
         )
 
 
-def backtest(series: Prepared, kinds: Sequence[ModelKind], plan: Plan) -> Choice:
-    """Backtests each candidate on one series and chooses (blocking, CPU)."""
+def _horizon(kind: ModelKind, horizon: int) -> str:
+    return f" and intervals for {horizon} steps" if kind in GLOBAL else ""
+
+
+Known = Mapping[str, Mapping[ModelKind, Errors]]
+"""Backtest errors already found (the global models'), by series id and model."""
+
+
+def backtest(
+    series: Prepared,
+    kinds: Sequence[ModelKind],
+    plan: Plan,
+    known: Mapping[ModelKind, Errors] | None = None,
+) -> Choice:
+    """Backtests each candidate on one series and chooses (blocking, CPU). A global candidate
+    takes its errors from `known` (see `global_backtests`), else it is fitted on this series
+    alone."""
     check_length(series, kinds, plan)
-    scores = {kind: _score(series, kind, plan) for kind in kinds}
+    known = known or {}
+    scores = {kind: known.get(kind) or _score(series, kind, plan) for kind in kinds}
     return choose(series.id, scores, plan.metric)
+
+
+def global_backtests(
+    series: Sequence[Prepared], kinds: Mapping[str, Sequence[ModelKind]], plan: Plan
+) -> dict[str, dict[ModelKind, Errors]]:
+    """Backtests each global model on the series that have it among their candidates `kinds`
+    (by id) and are long enough for the backtest; one model per group and window (blocking,
+    CPU)."""
+    found: dict[str, dict[ModelKind, Errors]] = {}
+    for kind in sorted(GLOBAL, key=lambda k: k.value):
+        members = [s for s in series if kind in kinds[s.id] and _fits(s, kinds[s.id], plan)]
+        for part in learners.groups(members).values():
+            for series_id, err in global_scores(kind, part, plan).items():
+                found.setdefault(series_id, {})[kind] = err
+    return found
+
+
+def _fits(series: Prepared, kinds: Sequence[ModelKind], plan: Plan) -> bool:
+    try:
+        check_length(series, kinds, plan)
+    except InvalidArgument:
+        return False
+    return True
+
+
+def global_scores(kind: ModelKind, series: Sequence[Prepared], plan: Plan) -> dict[str, Errors]:
+    """One global model's backtest errors on series of one group (blocking, CPU)."""
+    windows: dict[str, list[Errors]] = {s.id: [] for s in series}
+    for k in range(plan.windows):
+        origins = {s.id: plan.origins(len(s.y))[k] for s in series}
+        try:
+            model = learners.fit_global(
+                kind, series, plan.horizon, origins, intervals=bool(plan.levels)
+            )
+            forecasts = model.forecast(list(origins), plan.horizon, plan.levels)
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as err:
+            log.warning("%s failed on %d series: %s", kind.value, len(series), err)
+            return {s.id: FAILED for s in series}
+        for s in series:
+            o = origins[s.id]
+            actual, scale = s.y[o : o + plan.horizon], mase_scale(s.y[:o], s.season)
+            windows[s.id].append(errors(actual, forecasts[s.id], scale))
+    return {series_id: average(found) for series_id, found in windows.items()}
 
 
 def choose(series_id: str, scores: Mapping[ModelKind, Errors], metric: str) -> Choice:
@@ -131,6 +214,8 @@ def _margin(
 
 
 def _score(series: Prepared, kind: ModelKind, plan: Plan) -> Errors:
+    if kind in GLOBAL:
+        return global_scores(kind, [series], plan)[series.id]
     try:
         windows = [_window(series, kind, plan, origin) for origin in plan.origins(len(series.y))]
     except (ValueError, ArithmeticError, np.linalg.LinAlgError) as err:

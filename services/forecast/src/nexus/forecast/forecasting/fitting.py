@@ -1,19 +1,23 @@
 """Fitted sets: the model each series won, fitted on all of its history, packed per series so
-that a served set unpacks a series' model only when it is first asked for."""
+that a served set unpacks a series' model only when it is first asked for. A global model
+(LightGBM, XGBoost) is packed once per group in the set's `shared` models; the series that won
+with it name it."""
 
 from __future__ import annotations
 
 import pickle
 import zlib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import cloudpickle
 import numpy as np
 import pandas as pd
 
 from nexus.common.errors import InvalidArgument
+from nexus.forecast.forecasting import learners
 from nexus.forecast.forecasting.backtest import (
     Choice,
     Plan,
@@ -21,8 +25,9 @@ from nexus.forecast.forecasting.backtest import (
     check_fit_length,
     check_length,
 )
+from nexus.forecast.forecasting.learners import GlobalModel
 from nexus.forecast.forecasting.metrics import Errors, average
-from nexus.forecast.forecasting.models import USES_EXOGENOUS, ModelKind
+from nexus.forecast.forecasting.models import GLOBAL, USES_EXOGENOUS, ModelKind
 from nexus.forecast.forecasting.predicting import Forecast, fit, predict
 from nexus.forecast.forecasting.series import Prepared
 
@@ -37,17 +42,32 @@ class FittedSeries:
     last: pd.Timestamp
     frequency: str
     exogenous: tuple[str, ...]
+    shared: str = ""
+    """The key of the set's shared global model this series forecasts with ("" for a model
+    of its own)."""
+
+    def horizon_index(self, horizon: int) -> pd.DatetimeIndex:
+        """The timestamps of the next `horizon` steps."""
+        return pd.date_range(self.last, periods=horizon + 1, freq=self.frequency)[1:]
 
     def forecast(
-        self, horizon: int, levels: Sequence[float], future: Mapping[str, np.ndarray], where: str
+        self,
+        horizon: int,
+        levels: Sequence[float],
+        future: Mapping[str, np.ndarray],
+        where: str,
+        shared: GlobalModel | None = None,
     ) -> tuple[pd.DatetimeIndex, Forecast]:
-        """The next `horizon` steps (blocking).
+        """The next `horizon` steps (blocking); `shared`: the global model named by `shared`.
 
         Raises:
-            InvalidArgument: Exogenous values over the horizon missing or of the wrong length.
+            InvalidArgument: Exogenous values over the horizon missing or of the wrong length;
+                intervals beyond a global model's calibrated horizon.
         """
+        index = self.horizon_index(horizon)
+        if shared is not None:
+            return index, shared.forecast([self.series_id], horizon, levels)[self.series_id]
         x_future = future_matrix(self.exogenous, future, horizon, where, self.kind)
-        index = pd.date_range(self.last, periods=horizon + 1, freq=self.frequency)[1:]
         return index, predict(self.kind, self.model, horizon, levels, x_future)
 
 
@@ -58,15 +78,28 @@ class FittedSet:
     horizon: int
     packed: dict[str, bytes] = field(default_factory=dict)
     """Series id -> zlib-compressed pickle of its FittedSeries (inside the signed artifact)."""
+    shared: dict[str, bytes] = field(default_factory=dict)
+    """Key -> zlib-compressed pickle of a global model several series forecast with."""
 
     def add(self, fitted: FittedSeries) -> None:
         """Packs one series' model."""
         self.packed[fitted.series_id] = zlib.compress(pickle.dumps(fitted), 1)
 
+    def add_shared(self, key: str, model: GlobalModel) -> None:
+        """Packs a global model (cloudpickle: mlforecast's Box-Cox keeps a lambda; plain pickle
+        reads the bytes back)."""
+        self.shared[key] = zlib.compress(cloudpickle.dumps(model), 1)
+
     def unpack(self, series_id: str) -> FittedSeries:
         """One series' model. Safe: the packed bytes come from the set's signed artifact."""
         obj = pickle.loads(zlib.decompress(self.packed[series_id]))
         assert isinstance(obj, FittedSeries)
+        return obj
+
+    def unpack_shared(self, key: str) -> GlobalModel:
+        """A global model. Safe: the packed bytes come from the set's signed artifact."""
+        obj = pickle.loads(zlib.decompress(self.shared[key]))
+        assert isinstance(obj, GlobalModel)
         return obj
 
 
@@ -91,31 +124,53 @@ def report(choices: Sequence[Choice]) -> Report:
 
 
 def choose_and_fit(
-    series: Prepared, kinds: Sequence[ModelKind], plan: Plan
+    series: Prepared,
+    kinds: Sequence[ModelKind],
+    plan: Plan,
+    known: Mapping[ModelKind, Errors] | None = None,
 ) -> tuple[Choice, FittedSeries]:
-    """Backtests the candidates (when there are several), then fits the winner on all of the
-    series (blocking, CPU)."""
-    choice = backtest(series, kinds, plan) if len(kinds) > 1 else _only(series, kinds, plan)
-    return choice, fit_series(series, choice.model)
+    """Backtests the candidates (when there are several; a global one's errors from `known`),
+    then fits the winner on all of the series (blocking, CPU). A global winner is fitted later,
+    across series (`fit_globals`); the series names it."""
+    if len(kinds) > 1:
+        choice = backtest(series, kinds, plan, known)
+    else:
+        choice = _only(series, kinds, plan, known)
+    return choice, fit_series(series, choice.model, plan.horizon)
 
 
-def _only(series: Prepared, kinds: Sequence[ModelKind], plan: Plan) -> Choice:
+def _only(
+    series: Prepared,
+    kinds: Sequence[ModelKind],
+    plan: Plan,
+    known: Mapping[ModelKind, Errors] | None,
+) -> Choice:
     """One candidate: backtested too, for its errors, when the series is long enough."""
     try:
         check_length(series, kinds, plan)
     except InvalidArgument:
         nan = float("nan")
         return Choice(series.id, kinds[0], None, 0.0, {kinds[0]: Errors(nan, nan, nan)})
-    return backtest(series, kinds, plan)
+    return backtest(series, kinds, plan, known)
 
 
-def fit_series(series: Prepared, kind: ModelKind) -> FittedSeries:
-    """`kind` fitted on all of the series.
+def shared_key(kind: ModelKind, group: learners.Group) -> str:
+    """The key of a global model in a fitted set."""
+    seasons = ",".join(str(s) for s in group.seasons)
+    return f"{kind.value}/{group.frequency}/{seasons}"
+
+
+def fit_series(series: Prepared, kind: ModelKind, horizon: int = 0) -> FittedSeries:
+    """`kind` fitted on all of the series; for a global model, a reference to the shared model
+    its group gets (`fit_globals`).
 
     Raises:
         InvalidArgument: The series is too short for the model.
     """
-    check_fit_length(series, kind)
+    check_fit_length(series, kind, horizon)
+    if kind in GLOBAL:
+        key = shared_key(kind, learners.group_of(series))
+        return FittedSeries(series.id, kind, None, series.last, series.frequency, (), key)
     uses = kind in USES_EXOGENOUS and series.x is not None
     model = fit(kind, series.seasons, series.y, series.x if uses else None)
     return FittedSeries(
@@ -151,3 +206,22 @@ def future_matrix(
             )
         columns.append(column)
     return np.column_stack(columns)
+
+
+def fit_globals(
+    series: Sequence[Prepared],
+    kinds: Mapping[str, Sequence[ModelKind]],
+    wanted: Collection[str],
+    horizon: int,
+) -> dict[str, GlobalModel]:
+    """The global models named by `wanted` (keys of `shared_key`), each fitted on every series
+    of its group that has it among its candidates `kinds` (by id), with conformal intervals for
+    `horizon` steps (blocking, CPU)."""
+    models = {}
+    for kind in sorted(GLOBAL, key=lambda k: k.value):
+        members = [s for s in series if kind in kinds[s.id]]
+        for group, part in learners.groups(members).items():
+            key = shared_key(kind, group)
+            if key in wanted:
+                models[key] = learners.fit_global(kind, part, horizon)
+    return models

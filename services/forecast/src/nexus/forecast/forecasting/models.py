@@ -1,4 +1,5 @@
-"""The models a series can get (statsforecast), built for its seasons."""
+"""The models a series can get: statsforecast's, fitted per series and built for its seasons,
+and mlforecast's global ones (LightGBM, XGBoost; `learners`), fitted across many series."""
 
 from __future__ import annotations
 
@@ -18,23 +19,36 @@ class ModelKind(Enum):
     AUTO_ETS = "auto_ets"
     MSTL = "mstl"
     AUTO_ARIMA = "auto_arima"
+    LIGHTGBM = "lightgbm"
+    XGBOOST = "xgboost"
 
+
+GLOBAL = frozenset({ModelKind.LIGHTGBM, ModelKind.XGBOOST})
+"""Models fitted on many series at once (`learners`); the others are fitted per series."""
 
 DEFAULT_CANDIDATES = (
     ModelKind.SEASONAL_NAIVE,
     ModelKind.AUTO_THETA,
     ModelKind.AUTO_ETS,
     ModelKind.MSTL,
+    ModelKind.LIGHTGBM,
 )
-"""The automatic choice's candidates when none are named. AutoARIMA only when asked for: its
-order search costs 10-100 times the others (ADR 0031)."""
+"""The automatic choice's candidates when none are named (LightGBM where the series is long
+enough for its backtest, ADR 0033). AutoARIMA only when asked for: its order search costs 10-100
+times the others (ADR 0031); XGBoost only when asked for: it learns what LightGBM does, slower."""
 
 USES_EXOGENOUS = frozenset({ModelKind.AUTO_ARIMA})
 """Models that use exogenous columns; the others forecast from the series alone."""
 
 
 def build(kind: ModelKind, seasons: tuple[int, ...]) -> Any:
-    """A fresh statsforecast model of `kind` for a series with these seasons."""
+    """A fresh statsforecast model of `kind` for a series with these seasons.
+
+    Raises:
+        ValueError: `kind` is a global model (see `learners.build`).
+    """
+    if kind in GLOBAL:
+        raise ValueError(f"{kind.value} is fitted across series (learners)")
     season = seasons[0]
     if kind is ModelKind.SEASONAL_NAIVE:
         return SeasonalNaive(season_length=season)

@@ -30,7 +30,9 @@ class _Model:
 class _ModelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Model.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     MODEL_UNSPECIFIED: _Model.ValueType  # 0
-    """Not set: in a list of candidates, every statistical model (the automatic choice)."""
+    """Not set: in a list of candidates, the automatic choice (seasonal naive, AutoTheta, AutoETS,
+    MSTL, and LightGBM where the series is long enough for its backtest).
+    """
     MODEL_AUTO_ARIMA: _Model.ValueType  # 1
     """AutoARIMA (statsforecast): ARIMA orders chosen by AICc; the only one using exogenous columns."""
     MODEL_AUTO_ETS: _Model.ValueType  # 2
@@ -41,12 +43,20 @@ class _ModelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Model.ValueType
     """Seasonal naive: each value is the one a season before."""
     MODEL_MSTL: _Model.ValueType  # 5
     """MSTL (statsforecast): several seasonalities removed by STL, the rest by AutoETS."""
+    MODEL_LIGHTGBM: _Model.ValueType  # 6
+    """LightGBM (mlforecast), one model across the series of a frequency: lags, rolling means,
+    calendar features, Box-Cox / seasonal differences / per-series scaling; conformal intervals.
+    """
+    MODEL_XGBOOST: _Model.ValueType  # 7
+    """XGBoost (mlforecast), like MODEL_LIGHTGBM with XGBoost as the learner."""
 
 class Model(_Model, metaclass=_ModelEnumTypeWrapper):
     """A forecasting model."""
 
 MODEL_UNSPECIFIED: Model.ValueType  # 0
-"""Not set: in a list of candidates, every statistical model (the automatic choice)."""
+"""Not set: in a list of candidates, the automatic choice (seasonal naive, AutoTheta, AutoETS,
+MSTL, and LightGBM where the series is long enough for its backtest).
+"""
 MODEL_AUTO_ARIMA: Model.ValueType  # 1
 """AutoARIMA (statsforecast): ARIMA orders chosen by AICc; the only one using exogenous columns."""
 MODEL_AUTO_ETS: Model.ValueType  # 2
@@ -57,6 +67,12 @@ MODEL_SEASONAL_NAIVE: Model.ValueType  # 4
 """Seasonal naive: each value is the one a season before."""
 MODEL_MSTL: Model.ValueType  # 5
 """MSTL (statsforecast): several seasonalities removed by STL, the rest by AutoETS."""
+MODEL_LIGHTGBM: Model.ValueType  # 6
+"""LightGBM (mlforecast), one model across the series of a frequency: lags, rolling means,
+calendar features, Box-Cox / seasonal differences / per-series scaling; conformal intervals.
+"""
+MODEL_XGBOOST: Model.ValueType  # 7
+"""XGBoost (mlforecast), like MODEL_LIGHTGBM with XGBoost as the learner."""
 Global___Model: _TypeAlias = Model  # noqa: Y015
 
 class _SelectionMetric:
