@@ -29,6 +29,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from nexus.api.common.v1 import options_pb2
+from nexus.common import routing
 from nexus.gateway.paths import PathTemplate
 
 log = logging.getLogger(__name__)
@@ -179,8 +180,8 @@ def _services(modules: Iterable[ModuleType]) -> Iterator[ServiceDescriptor]:
 
 def service_bindings(service: ServiceDescriptor) -> list[HttpBinding]:
     """The bindings of one service's annotated RPCs (client-streaming RPCs are skipped)."""
-    route_field = service.GetOptions().Extensions[options_pb2.route_by_field]
-    backend = "" if route_field else backend_of_package(service.file.package)
+    route_field = routing.route_field(service)
+    backend = "" if route_field else routing.backend_of_package(service.file.package)
     bindings: list[HttpBinding] = []
     for method in service.methods:
         options = method.GetOptions()
@@ -221,20 +222,6 @@ def _verb_and_path(rule: http_pb2.HttpRule) -> tuple[str, str]:
     if kind == "custom":
         return rule.custom.kind.upper(), rule.custom.path
     raise ValueError(f"http rule without a pattern: {rule}")
-
-
-def backend_of_package(package: str) -> str:
-    """The backend of a proto package: "nexus.anomaly.v1" -> "anomaly"."""
-    parts = package.split(".")
-    if len(parts) != 3 or parts[0] != "nexus":
-        raise ValueError(f"package {package!r} is not nexus.<area>.<version>")
-    return parts[1]
-
-
-def backend_named(value: str) -> str:
-    """The backend a `route_by_field` value names: the value ("anomaly"), or the first segment
-    of a resource name that starts with it ("anomaly/operations/<id>")."""
-    return value.split("/", 1)[0]
 
 
 def _check_fields(binding: HttpBinding) -> None:

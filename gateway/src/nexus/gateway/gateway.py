@@ -24,9 +24,10 @@ from starlette.responses import Response
 
 from nexus.common.errors import NexusError
 from nexus.common.idempotency import KEY_FIELD, METADATA_KEY, check_idempotency_key
+from nexus.common.routing import backend_named
 from nexus.gateway import tracing
 from nexus.gateway.backends import BACKEND_NOT_FOUND, BackendPool
-from nexus.gateway.descriptors import HttpBinding, backend_named
+from nexus.gateway.descriptors import HttpBinding
 from nexus.gateway.errors import (
     GatewayError,
     from_nexus_error,

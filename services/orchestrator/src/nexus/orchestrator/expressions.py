@@ -27,6 +27,7 @@ VARIABLES = frozenset({"inputs", "steps", "run", "item", "event", "tick"})
 
 _WHOLE = re.compile(r"^\$\{(.+)\}$", re.DOTALL)
 _PART = re.compile(r"\$\{(.+?)\}", re.DOTALL)
+_MACRO = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
 
 
 class ExpressionError(ValueError):
@@ -46,7 +47,7 @@ def compiled(source: str) -> Any:
         program = cel.compile(source)
     except ValueError as err:
         raise ExpressionError(_first_line(str(err))) from err
-    unknown = sorted({_root(name) for name in program.variables()} - VARIABLES)
+    unknown = sorted({_root(name) for name in program.variables()} - VARIABLES - _bound(source))
     if unknown:
         raise ExpressionError(
             f"unknown variable {unknown[0]!r} (known: {', '.join(sorted(VARIABLES))})"
@@ -55,8 +56,14 @@ def compiled(source: str) -> Any:
 
 
 def roots(source: str) -> frozenset[str]:
-    """The variables a (compiled) expression reads."""
-    return frozenset(_root(name) for name in compiled(source).variables())
+    """The variables a (compiled) expression reads (not those its macros bind)."""
+    return frozenset(_root(n) for n in compiled(source).variables()) - _bound(source)
+
+
+def _bound(source: str) -> frozenset[str]:
+    """The names that comprehension macros bind (`versions.filter(v, ...)` binds `v`): local to
+    the expression, not variables it reads."""
+    return frozenset(_MACRO.findall(source))
 
 
 def evaluate(source: str, context: Mapping[str, Any]) -> Any:

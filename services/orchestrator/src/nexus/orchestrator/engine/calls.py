@@ -16,6 +16,7 @@ from google.protobuf import json_format, message_factory
 from google.protobuf.message import Message
 
 from nexus.common.idempotency import METADATA_KEY
+from nexus.common.routing import backend_of_request
 from nexus.orchestrator.definitions.parsing import find_message, find_method
 
 _RECONNECT_BACKOFF_MS = 500
@@ -97,7 +98,8 @@ class Caller:
             raise StepError("INVALID_ARGUMENT", f"{method} is not a unary Nexus RPC")
         input_class = message_factory.GetMessageClass(descriptor.input_type)
         output_class = message_factory.GetMessageClass(descriptor.output_type)
-        callable_ = self._channel(method).unary_unary(
+        backend = backend_of_request(descriptor.containing_service, request)
+        callable_ = self._channel(backend).unary_unary(
             "/" + method,
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=output_class.FromString,
@@ -113,8 +115,7 @@ class Caller:
             raise StepError(err.code().name, err.details() or "") from err
         return to_json(response)
 
-    def _channel(self, method: str) -> grpc.aio.Channel:
-        backend = method.split(".")[1]
+    def _channel(self, backend: str) -> grpc.aio.Channel:
         channel = self._channels.get(backend)
         if channel is None:
             address = self._backends.get(backend)

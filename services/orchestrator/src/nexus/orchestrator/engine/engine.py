@@ -57,6 +57,9 @@ STREAM = Stream(
     "ORCHESTRATOR", ("nexus.orchestrator.advance.>",), max_age_s=7 * DAY_S, max_bytes=GIB
 )
 DURABLE = "orchestrator-advance"
+WORKFLOW_EVENTS = Stream("WORKFLOWS", ("nexus.workflows.>",), max_age_s=30 * DAY_S, max_bytes=GIB)
+"""What workflows publish for people and other systems (`nexus.orchestrator.v1.WorkflowEvent`
+on `nexus.workflows.<topic>`, such as the alerts of docs/orchestrator/examples)."""
 _DRIVEN: ContextVar[tuple[int, list[RunRecord]] | None] = ContextVar("driven", default=None)
 """In an advance's handler: its tick, and the record due next that it goes on with."""
 _RERUNNABLE = frozenset({FAILED, TIMED_OUT, CANCELLED})
@@ -100,7 +103,7 @@ class Engine:
         return 2 * self._settings.ack_wait_s
 
     async def start(self) -> None:
-        await self._bus.ensure_streams(STREAM)
+        await self._bus.ensure_streams(STREAM, WORKFLOW_EVENTS)
         self._consumer = await self._bus.consume(
             f"{STREAM.subjects[0][:-1]}>",
             events_pb2.RunAdvance,

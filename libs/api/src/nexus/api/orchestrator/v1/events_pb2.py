@@ -24,13 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nexus/orchestrator/v1/events.proto\x12\x15nexus.orchestrator.v1\"\x1c\n\nRunAdvance\x12\x0e\n\x06run_id\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nexus/orchestrator/v1/events.proto\x12\x15nexus.orchestrator.v1\"\x1c\n\nRunAdvance\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xdd\x01\n\rWorkflowEvent\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x10\n\x08severity\x18\x05 \x01(\t\x12H\n\nattributes\x18\x06 \x03(\x0b\x32\x34.nexus.orchestrator.v1.WorkflowEvent.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nexus.orchestrator.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_WORKFLOWEVENT_ATTRIBUTESENTRY']._loaded_options = None
+  _globals['_WORKFLOWEVENT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_RUNADVANCE']._serialized_start=61
   _globals['_RUNADVANCE']._serialized_end=89
+  _globals['_WORKFLOWEVENT']._serialized_start=92
+  _globals['_WORKFLOWEVENT']._serialized_end=313
+  _globals['_WORKFLOWEVENT_ATTRIBUTESENTRY']._serialized_start=264
+  _globals['_WORKFLOWEVENT_ATTRIBUTESENTRY']._serialized_end=313
 # @@protoc_insertion_point(module_scope)

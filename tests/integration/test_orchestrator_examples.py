@@ -1,0 +1,195 @@
+"""The guide's two example workflows (docs/orchestrator/examples) end to end over real services:
+the anomaly service, the llm service with a tiny local chat model, the orchestrator, one NATS.
+
+The files are registered as they are written, but for the values a deployment fills in (the chat
+model's name, the dataset's id), so the guide cannot drift from what works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import yaml
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
+from llm_service_testing import write_config
+
+from nexus.anomaly.server import create as create_anomaly
+from nexus.anomaly.settings import AnomalySettings
+from nexus.api.anomaly.v1 import anomaly_service_pb2 as anomaly_pb
+from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as anomaly_grpc
+from nexus.api.anomaly.v1 import events_pb2 as anomaly_events
+from nexus.api.models.v1 import model_registry_pb2 as models_pb
+from nexus.api.models.v1 import model_registry_pb2_grpc as models_grpc
+from nexus.api.orchestrator.v1 import events_pb2 as orchestrator_events
+from nexus.api.orchestrator.v1 import orchestrator_service_pb2 as pb
+from nexus.api.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
+from nexus.common.events import EventBus
+from nexus.common.server import ServiceHost
+from nexus.common.settings import NexusSettings
+from nexus.common.testing.keys import make_key
+from nexus.common.testing.services import StartService
+from nexus.common.testing.waiting import eventually
+from nexus.llm.server import create as create_llm
+from nexus.llm.settings import LlmSettings
+from nexus.orchestrator.server import create as create_orchestrator
+from nexus.orchestrator.settings import OrchestratorSettings
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "orchestrator" / "examples"
+Metadata = tuple[tuple[str, str], ...]
+
+
+def example(name: str, **changes: Any) -> tuple[str, str]:
+    """An example's definition with the values a deployment fills in; its workflow's name is
+    made unique (the NATS of the test session is shared)."""
+    document = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
+    unique = f"{document['name']}-{uuid.uuid4().hex[:6]}"
+    document["name"] = unique
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        holder = document
+        for part in parents:
+            holder = holder[int(part)] if part.isdigit() else holder[part]
+        holder[last] = value
+    return unique, yaml.safe_dump(document)
+
+
+@pytest.fixture
+async def platform(
+    start_service: StartService, nexus_settings: NexusSettings, tiny_model: Path, tmp_path: Path
+) -> tuple[ServiceHost, ServiceHost, Metadata]:
+    """The anomaly, llm and orchestrator services; yields the anomaly and orchestrator hosts and
+    an admin key's metadata."""
+    anomaly = await start_service(create_anomaly, AnomalySettings(grpc_port=0))
+    config = write_config(tmp_path / "models.yaml", tiny_model)
+    llm = await start_service(
+        create_llm,
+        LlmSettings(grpc_port=0, config_path=config, model_cache_dir=tmp_path / "cache"),
+    )
+    service_key = await make_key(nexus_settings, "*")
+    backends = {"anomaly": f"127.0.0.1:{anomaly.port}", "llm": f"127.0.0.1:{llm.port}"}
+    orchestrator = await start_service(
+        create_orchestrator,
+        OrchestratorSettings(grpc_port=0, backends=backends, service_key=service_key),
+    )
+    admin = await make_key(nexus_settings, "*")
+    return anomaly, orchestrator, (("authorization", f"Bearer {admin}"),)
+
+
+async def finished(stub: pb_grpc.OrchestratorServiceStub, run_id: str, key: Metadata) -> pb.Run:
+    last: pb.Run | None = None
+    async for change in stub.WatchRun(pb.WatchRunRequest(run_id=run_id), metadata=key, timeout=120):
+        last = change.run
+    assert last is not None
+    return last
+
+
+async def test_an_anomaly_above_the_threshold_is_summarised_and_alerted(
+    platform: tuple[ServiceHost, ServiceHost, Metadata], nats_client: Any
+) -> None:
+    _, orchestrator, key = platform
+    name, definition = example("anomaly-alert", inputs__model__default="tiny")
+    bus = EventBus(nats_client, "test")
+    source = f"cpu-{uuid.uuid4().hex[:6]}"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{orchestrator.port}") as channel:
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        await stub.RegisterWorkflow(pb.RegisterWorkflowRequest(definition=definition), metadata=key)
+        for score in (0.5, 0.97):  # the first one is below the trigger's condition
+            detected = anomaly_events.AnomalyDetected(source=source, score=score, values=[9.5])
+            await bus.publish("nexus.anomaly.detected", detected)
+
+        async def one_run() -> list[pb.Run]:
+            listed = await stub.ListRuns(pb.ListRunsRequest(workflow=name), metadata=key)
+            return list(listed.runs)
+
+        await eventually(lambda: _has_runs(one_run, 1), timeout_s=30)
+        (run,) = await one_run()
+        done = await finished(stub, run.run_id, key)
+        await asyncio.sleep(0.3)  # a second (wrong) run would have started by now
+        runs = await one_run()
+    stored = await nats_client.jetstream().get_last_msg("WORKFLOWS", "nexus.workflows.alerts")
+    alert = orchestrator_events.WorkflowEvent.FromString(stored.data)
+
+    assert done.state == pb.RUN_STATE_SUCCEEDED, done.error.message
+    outputs = json_format.MessageToDict(done.outputs)
+    assert outputs["summary"].startswith("one two three")  # what the tiny model answers
+    assert (alert.workflow, alert.run_id, alert.title) == (name, run.run_id, f"Anomaly on {source}")
+    assert alert.text == outputs["summary"]
+    assert alert.attributes["source"] == source
+    assert [r.run_id for r in runs] == [run.run_id]
+
+
+async def _has_runs(runs: Any, count: int) -> bool:
+    return len(await runs()) >= count
+
+
+def _labelled_csv(seed: int) -> bytes:
+    """Normal points in a cloud and 5 % far outside it, with a label column."""
+    rng = np.random.default_rng(seed)
+    normal = rng.normal(size=(380, 3))
+    outliers = rng.normal(loc=6.0, size=(20, 3))
+    rows = [(*row, 0) for row in normal] + [(*row, 1) for row in outliers]
+    lines = ["a,b,c,label"] + [",".join(f"{v:.5f}" for v in r[:3]) + f",{r[3]}" for r in rows]
+    return "\n".join(lines).encode()
+
+
+async def test_the_nightly_retrain_promotes_a_version_that_scores_better(
+    platform: tuple[ServiceHost, ServiceHost, Metadata],
+) -> None:
+    anomaly, orchestrator, key = platform
+    detector = f"nightly-{uuid.uuid4().hex[:6]}"
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{anomaly.port}") as anomaly_channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{orchestrator.port}") as channel,
+    ):
+        detectors = anomaly_grpc.AnomalyServiceStub(anomaly_channel)
+        registry = models_grpc.ModelRegistryServiceStub(anomaly_channel)
+        uploaded = await detectors.UploadDataset(
+            anomaly_pb.UploadDatasetRequest(
+                name="labelled", csv=_labelled_csv(0), label_column="label"
+            ),
+            metadata=key,
+        )
+        # Production today: a detector trained on noise, its labels random (ROC-AUC near 0.5).
+        rng = np.random.default_rng(1)
+        noise = [anomaly_pb.Point(values=rng.normal(size=3).tolist()) for _ in range(200)]
+        await detectors.TrainDetector(
+            anomaly_pb.TrainDetectorRequest(
+                name=detector,
+                points=noise,
+                labels=[bool(b) for b in rng.integers(0, 2, size=200)],
+                promote_to="production",
+                seed=1,
+            ),
+            metadata=key,
+        )
+        name, definition = example(
+            "nightly-retrain",
+            inputs__detector__default=detector,
+            triggers__0__inputs__dataset=uploaded.dataset.id,
+        )
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        await stub.RegisterWorkflow(pb.RegisterWorkflowRequest(definition=definition), metadata=key)
+        inputs = Struct()
+        inputs.update({"dataset": uploaded.dataset.id})  # what the nightly trigger passes
+        started = await stub.StartRun(
+            pb.StartRunRequest(workflow=name, inputs=inputs), metadata=key
+        )
+        done = await finished(stub, started.run.run_id, key)
+        model = await registry.GetModel(
+            models_pb.GetModelRequest(service="anomaly", name=detector), metadata=key
+        )
+
+    assert done.state == pb.RUN_STATE_SUCCEEDED, done.error.message
+    outputs = json_format.MessageToDict(done.outputs)
+    assert outputs["trained"] == "2"
+    assert outputs["promoted"] is True
+    assert outputs["roc_auc"] > 0.9
+    production = [v.version for v in model.model.versions if "production" in v.aliases]
+    assert production == ["2"]
