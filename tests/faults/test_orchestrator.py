@@ -129,3 +129,66 @@ async def finished(platform: Platform, run_id: str) -> Finished:
         run = [reply.run async for reply in watch][-1]
         history = await stub.GetRunHistory(pb.GetRunHistoryRequest(run_id=run_id))
     return Finished(run, list(history.steps))
+
+
+FANNED = {
+    "name": "fanned",
+    "inputs": {"names": {"type": "array"}, "points": {"type": "array"}},
+    "steps": [
+        {"id": "each", "map": {"items": "inputs.names", "concurrency": 2, "steps": [
+            {"id": "train_item", "call": {
+                "method": "nexus.anomaly.v1.AnomalyService/TrainDetector",
+                "request": {**TRAIN, "name": "${item}", "parameters": {"n_estimators": "600"}},
+            }},
+        ]}},
+    ],
+}  # fmt: skip
+
+
+async def test_a_map_whose_orchestrator_is_killed_trains_each_item_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEXUS_AUTH_ENABLED", "false")
+    monkeypatch.setenv("NEXUS_ORCHESTRATOR_ACK_WAIT_S", "2")
+    platform = Platform(tmp_path, nats_port=0, gateway_port=0, services=["anomaly"])
+    names = [unique() for _ in range(4)]
+    try:
+        await platform.start_nats()
+        await platform.start_services()
+        anomaly = platform.children[0]
+        backends = {"anomaly": f"127.0.0.1:{anomaly.port}"}
+        monkeypatch.setenv("NEXUS_ORCHESTRATOR_BACKENDS", json.dumps(backends))
+        platform.services = ["orchestrator"]
+        await platform.start_services()
+        inputs = Struct()
+        rows = [json_format.MessageToDict(p) for p in points(cloud(1000, 8))]
+        inputs.update({"names": names, "points": rows})
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.children[-1].port}") as ch:
+            stub = pb_grpc.OrchestratorServiceStub(ch)
+            await stub.RegisterWorkflow(pb.RegisterWorkflowRequest(definition=json.dumps(FANNED)))
+            started = await stub.StartRun(pb.StartRunRequest(workflow="fanned", inputs=inputs))
+
+            async def items_training() -> bool:
+                listed = await stub.ListRuns(pb.ListRunsRequest(workflow="fanned"))
+                return any(r.current_step == "train_item" for r in listed.runs)
+
+            await eventually(items_training, timeout_s=120)
+        orchestrator = platform.children[-1]
+        orchestrator.process.kill()  # items in flight: their calls, and the parent waiting
+        orchestrator.process.wait(10)
+        platform.children.remove(orchestrator)
+        await platform.start_services()
+        done = await finished(platform, started.run.run_id)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{anomaly.port}") as channel:
+            registry = models_grpc.ModelRegistryServiceStub(channel)
+            versions = [
+                sorted(v.version for v in (await registry.GetModel(
+                    models_pb.GetModelRequest(service="anomaly", name=name)
+                )).model.versions)
+                for name in names
+            ]  # fmt: skip
+    finally:
+        platform.stop()
+    assert done.run.state == pb.RUN_STATE_SUCCEEDED, done.run.error
+    outputs = json_format.MessageToDict(done.run.outputs) if done.run.outputs else {}
+    assert versions == [["1"]] * len(names), outputs  # each item trained once
