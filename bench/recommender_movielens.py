@@ -80,8 +80,9 @@ CONFIGS = {
     "popularity": Config(Algorithm.POPULARITY),
     "content": Config(Algorithm.CONTENT),
     "hybrid": Config(Algorithm.EASE, ease_lambda=500.0, binary=True, content_weight=0.1),
+    "popularity+content": Config(Algorithm.POPULARITY, content_weight=0.5),
 }
-CONTENT_MODELS = {"content", "hybrid"}
+CONTENT_MODELS = {"content", "hybrid", "popularity+content"}
 
 
 def wheel_path(given: str | None, folder: Path) -> Path:
@@ -308,15 +309,15 @@ def main() -> None:
 
 
 def _print(results: dict[str, list[dict[str, float]]]) -> None:
-    print(f"{'algorithm':<14}{'MAP':>8}{'nDCG@10':>9}{'P@10':>8}{'R@10':>8}{'fit s':>8}")
+    print(f"{'algorithm':<20}{'MAP':>8}{'nDCG@10':>9}{'P@10':>8}{'R@10':>8}{'fit s':>8}")
     for name, rows in results.items():
         mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
         print(
-            f"{name:<14}{mean['map']:>8.3f}{mean['ndcg']:>9.3f}{mean['precision']:>8.3f}"
+            f"{name:<20}{mean['map']:>8.3f}{mean['ndcg']:>9.3f}{mean['precision']:>8.3f}"
             f"{mean['recall']:>8.3f}{mean['fit_s']:>8.1f}"
         )
     for name, ndcg in PUBLISHED.items():
-        print(f"{name + ' (pub.)':<14}{'':>8}{ndcg:>9.3f}")
+        print(f"{name + ' (pub.)':<20}{'':>8}{ndcg:>9.3f}")
 
 
 if __name__ == "__main__":
