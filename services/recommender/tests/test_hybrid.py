@@ -52,6 +52,19 @@ async def test_a_new_item_with_text_reaches_the_top_n_by_its_content(client: Cli
     reason = next(i.reason for i in hybrid.items if i.item_id == "rocket")
     assert (reason.kind, reason.item_id in seen("ua0")) == (pb.REASON_KIND_SIMILAR_TO_SEEN, True)
     assert "rocket" not in [i.item_id for i in alone.items]  # per request: EASE alone
+    diverse = await client.recommend(catalog, "ua0", count=5, diversity=0.5)
+    assert len({i.item_id for i in diverse.items}) == 5  # by the cosine of the embeddings
+
+
+async def test_a_hybrid_without_item_text_is_its_collaborative_model(client: Client) -> None:
+    catalog = await client.catalog("hybrid")
+    await client.ingest(catalog, two_groups())  # no items stored: nothing to embed
+    done = await client.train(catalog, EASE, content_weight=0.5)
+    assert done.state == ops_pb.OPERATION_STATE_SUCCEEDED, done.error
+
+    reply = await client.recommend(catalog, "ua0", count=4)
+
+    assert {i.item_id for i in reply.items} == set(group("a")) - seen("ua0")
 
 
 async def test_little_history_gets_content_and_no_history_popular_items(client: Client) -> None:

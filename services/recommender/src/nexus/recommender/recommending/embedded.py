@@ -32,7 +32,8 @@ class Embedded:
     def __init__(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         self.ids = list(ids)
         self.index = {item: i for i, item in enumerate(self.ids)}
-        self.vectors = np.asarray(vectors, dtype=np.float32).reshape(len(self.ids), -1)
+        rows = np.asarray(vectors, dtype=np.float32)
+        self.vectors = rows if rows.ndim == 2 else rows.reshape(len(self.ids), -1)
         self._aligned: dict[int, tuple[list[str], dict[str, int], np.ndarray]] = {}
 
     @classmethod
