@@ -21,7 +21,12 @@ latency and requests per second. Fold-in: one new interaction of a random user
 the new history in (ALS) or reads it (EASE): the latency of both calls, and how often the
 recommendations moved.
 
-Usage: python bench/recommender_movielens.py [--wheel PATH] [--algorithms als,bpr,ease,popularity]
+Content and hybrid rows: each movie's title and genres (ml-100k.item, from the same wheel)
+embedded by the packaged all-MiniLM-L6-v2 (the model the llm service uses; offline); "hybrid"
+is EASE (as in its own row) blended with those content scores (ADR 0034's rule).
+
+Usage: python bench/recommender_movielens.py [--wheel PATH]
+       [--algorithms als,bpr,ease,popularity,content,hybrid]
        [--seeds 42] [--threads 1] [--serve [--clients 8] [--seconds 10]]
 Writes bench/results/recommender_movielens.json.
 """
@@ -38,6 +43,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,25 +56,33 @@ from nexus.api.recommender.v1 import recommender_service_pb2 as pb
 from nexus.api.recommender.v1 import recommender_service_pb2_grpc as pb_grpc
 from nexus.common.auth import open_key_store
 from nexus.common.launcher import Platform
+from nexus.common.sentence_embeddings import load_local_model
 from nexus.common.settings import NexusSettings
 from nexus.recommender.recommending import (
     Algorithm,
     CatalogLog,
     Config,
+    Embedded,
     Interaction,
     Snapshot,
+    embedding_text,
     evaluate,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
+ITEMS = "recbole/dataset_example/ml-100k/ml-100k.item"
 PUBLISHED = {"BiVAE": 0.475, "BPR (cornac)": 0.442, "LightGCN": 0.420, "SAR": 0.383}
 CONFIGS = {
     "als": Config(Algorithm.ALS, factors=64, iterations=15, regularization=0.05, alpha=1.0),
     "bpr": Config(Algorithm.BPR, factors=200, iterations=50, learning_rate=0.01),
     "ease": Config(Algorithm.EASE, ease_lambda=500.0, binary=True),
     "popularity": Config(Algorithm.POPULARITY),
+    "content": Config(Algorithm.CONTENT),
+    "hybrid": Config(Algorithm.EASE, ease_lambda=500.0, binary=True, content_weight=0.1),
+    "popularity+content": Config(Algorithm.POPULARITY, content_weight=0.5),
 }
+CONTENT_MODELS = {"content", "hybrid", "popularity+content"}
 
 
 def wheel_path(given: str | None, folder: Path) -> Path:
@@ -78,6 +92,25 @@ def wheel_path(given: str | None, folder: Path) -> Path:
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder)]
     subprocess.run([*command, "recbole"], check=True)
     return next(folder.glob("recbole-*.whl"))
+
+
+def movie_texts(wheel: Path) -> dict[str, str]:
+    """Each movie's text for the MiniLM model: its title and its genres (year left out)."""
+    with zipfile.ZipFile(wheel) as archive:
+        lines = archive.read(ITEMS).decode("latin-1").splitlines()[1:]
+    texts = {}
+    for line in lines:
+        item, title, _year, genres = [*line.split("\t"), "", "", ""][:4]
+        texts[item] = embedding_text("", {"title": title, "genres": genres.replace(" ", ", ")})
+    return texts
+
+
+def embedded_movies(texts: dict[str, str]) -> tuple[Embedded, float]:
+    """The movies embedded by the packaged MiniLM model, and the seconds it took."""
+    model = load_local_model("cpu")
+    began = time.perf_counter()
+    index = Embedded.build(texts, lambda t: model.encode(t)[0])
+    return index, time.perf_counter() - began
 
 
 def movielens(wheel: Path) -> CatalogLog:
@@ -234,6 +267,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wheel", help="a recbole wheel on disk (default: pip download it)")
     parser.add_argument("--algorithms", default=",".join(CONFIGS))
+    parser.add_argument(
+        "--content-weight", type=float, help="the hybrid's content share (default 0.1)"
+    )
     parser.add_argument("--seeds", default="42", help="split seeds, comma-separated")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--serve", action="store_true", help="measure the running service too")
@@ -241,21 +277,28 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="load per model")
     args = parser.parse_args()
     names = args.algorithms.split(",")
+    if args.content_weight is not None:
+        CONFIGS["hybrid"] = replace(CONFIGS["hybrid"], content_weight=args.content_weight)
     with tempfile.TemporaryDirectory() as folder:
-        log = movielens(wheel_path(args.wheel, Path(folder)))
+        wheel = wheel_path(args.wheel, Path(folder))
+        log, texts = movielens(wheel), movie_texts(wheel)
     snapshot = log.snapshot()
     print(f"MovieLens 100K: {log.users} users, {log.items} movies, {log.interactions} ratings")
+    embedded, embed_s = embedded_movies(texts) if CONTENT_MODELS & set(names) else (None, 0.0)
+    if embedded is not None:
+        print(f"embedded {len(embedded.ids)} movie texts (title, genres) in {embed_s:.1f} s")
     results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for seed in (int(s) for s in args.seeds.split(",")):
+        configs = [CONFIGS[n] for n in names]
         report = evaluate(
-            snapshot, [CONFIGS[n] for n in names], k=10, seed=seed, threads=args.threads
+            snapshot, configs, k=10, seed=seed, threads=args.threads, embedded=embedded
         )
         for name, scored in zip(names, report.scored, strict=True):
             m = scored.metrics
             row = {"map": m.map, "ndcg": m.ndcg, "precision": m.precision, "recall": m.recall}
             results[name].append(row | {"fit_s": scored.fit_seconds, "seed": seed})
     _print(results)
-    output: dict[str, Any] = {"results": results, "published_ndcg": PUBLISHED}
+    output: dict[str, Any] = {"results": results, "published_ndcg": PUBLISHED, "embed_s": embed_s}
     if args.serve:
         output["serving"] = asyncio.run(serve(snapshot, args))
         print(json.dumps(output["serving"], indent=2))
@@ -266,15 +309,15 @@ def main() -> None:
 
 
 def _print(results: dict[str, list[dict[str, float]]]) -> None:
-    print(f"{'algorithm':<14}{'MAP':>8}{'nDCG@10':>9}{'P@10':>8}{'R@10':>8}{'fit s':>8}")
+    print(f"{'algorithm':<20}{'MAP':>8}{'nDCG@10':>9}{'P@10':>8}{'R@10':>8}{'fit s':>8}")
     for name, rows in results.items():
         mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
         print(
-            f"{name:<14}{mean['map']:>8.3f}{mean['ndcg']:>9.3f}{mean['precision']:>8.3f}"
+            f"{name:<20}{mean['map']:>8.3f}{mean['ndcg']:>9.3f}{mean['precision']:>8.3f}"
             f"{mean['recall']:>8.3f}{mean['fit_s']:>8.1f}"
         )
     for name, ndcg in PUBLISHED.items():
-        print(f"{name + ' (pub.)':<14}{'':>8}{ndcg:>9.3f}")
+        print(f"{name + ' (pub.)':<20}{'':>8}{ndcg:>9.3f}")
 
 
 if __name__ == "__main__":

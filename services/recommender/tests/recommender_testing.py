@@ -103,3 +103,52 @@ async def client_of(host: ServiceHost, key: str) -> AsyncIterator[Client]:
     """A client of one replica."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
         yield Client(channel, key)
+
+
+TOPICS = {
+    "a": ("space", "a science fiction film about astronauts, rockets and a distant planet"),
+    "b": ("cooking", "a cookbook of italian pasta recipes, sauces and baking bread"),
+    "c": ("football", "a documentary about a football club, its players and the league"),
+}
+"""Each item group's theme: its genre attribute and a sentence about it."""
+
+
+def themed_items(names: str = "ab") -> list[pb.Item]:
+    """The items of `group(name)` for each name, with their theme's text and genre and a
+    title ("a3" is "space 3")."""
+    return [
+        pb.Item(
+            id=item,
+            text=f"{TOPICS[name][1]} (part {k})",
+            attributes={"genre": TOPICS[name][0], "title": f"{TOPICS[name][0]} {k}"},
+        )
+        for name in names
+        for k, item in enumerate(group(name))
+    ]
+
+
+async def upsert(client: Client, catalog: str, items: list[pb.Item], batch: int = 20) -> None:
+    """Stores items in batches the small settings accept."""
+    for start in range(0, len(items), batch):
+        request = pb.UpsertItemsRequest(catalog=catalog, items=items[start : start + batch])
+        await client.recommender.UpsertItems(request, metadata=client.metadata)
+
+
+def clustered_topics(seed: int = 7) -> list[tuple[str, str]]:
+    """Three themed groups, each in two halves ("a0"-"a5", "a6"-"a11") that the text cannot
+    tell apart; twelve users per half ("ua0"...), each with four items of their half drawn at
+    random and one item of another group (noise). Content finds the group, interactions the
+    half."""
+    import random
+
+    rng = random.Random(seed)
+    pairs = []
+    for name in TOPICS:
+        others = [i for other in TOPICS if other != name for i in group(other)]
+        for half in range(2):
+            items = group(name)[half * 6 : half * 6 + 6]
+            for u in range(12):
+                user = f"u{name}{half * 12 + u}"
+                chosen = [*rng.sample(items, 4), rng.choice(others)]
+                pairs += [(user, item) for item in chosen]
+    return pairs

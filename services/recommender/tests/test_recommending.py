@@ -1,5 +1,6 @@
 """The domain without a network: fold-in against implicit's own user step, the metrics on a
-ranking worked by hand, the stratified split, and top-N under exclusions and filters."""
+ranking worked by hand, the stratified split, top-N under exclusions and filters, and the
+hybrid's blend rule and user profile worked by hand."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ from nexus.recommender.recommending import (
     Algorithm,
     CatalogLog,
     Config,
+    Embedded,
     Fitter,
     Interaction,
     Scorer,
+    blend,
     ranking_metrics,
     stratified_split,
     top_n,
+    user_weight,
 )
 
 
@@ -107,3 +111,31 @@ def test_top_n_leaves_out_excluded_refused_and_impossible_items() -> None:
 
     assert best == [(1, 4.0), (4, 2.0), (5, 1.0)]
     assert top_n(scores, items, 10, excluded=[0, 1, 3, 4, 5]) == []
+
+
+def test_the_blend_rule_worked_by_hand() -> None:
+    # w_u = w + (1 - w) s / (s + n_u): content alone with no known items, w in the limit.
+    assert user_weight(0.5, 3.0, 0) == 1.0
+    assert user_weight(0.5, 3.0, 1) == pytest.approx(0.875)
+    assert user_weight(0.5, 3.0, 3000) == pytest.approx(0.5, abs=1e-3)
+    collaborative = np.array([3.0, 1.0, 2.0, np.nan])  # z: 1.2247, -1.2247, 0, 0 (unscored)
+    content = np.array([0.0, 1.0, 0.5, 1.0])  # z: -1.5075, 0.9045, -0.3015, 0.9045
+    mixed = blend(collaborative, content, 0.25)
+    z = np.sqrt(1.5)
+    expected = [0.75 * z - 0.25 * 1.5075567, -0.75 * z + 0.25 * 0.9045340, -0.25 * 0.3015113]
+    assert mixed[:3] == pytest.approx(expected, abs=1e-6)
+    assert mixed[3] == pytest.approx(0.25 * 0.9045340, abs=1e-6)  # a new item: content only
+
+
+def test_a_profile_is_the_weighted_mean_of_the_items_embeddings() -> None:
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32)
+    embedded = Embedded(["x", "y", "z"], vectors)
+
+    profile = embedded.profile({"x": 3.0, "y": 1.0, "unknown": 5.0})
+    _, _, rows = embedded.align(["y", "w"])  # a model's items, then the embedded rest
+
+    assert profile == pytest.approx([0.75, 0.25])
+    assert list(rows) == [1, -1, 0, 2]
+    scores = embedded.scores(np.array([0.75, 0.25]), rows)
+    assert math.isnan(scores[1])  # "w" has no text
+    assert scores[[0, 2, 3]] == pytest.approx(np.array([0.25, 0.75, 0.65]) / np.sqrt(0.625))

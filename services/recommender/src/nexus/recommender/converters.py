@@ -28,12 +28,14 @@ ALGORITHMS = {
     pb.ALGORITHM_BPR: Algorithm.BPR,
     pb.ALGORITHM_EASE: Algorithm.EASE,
     pb.ALGORITHM_POPULARITY: Algorithm.POPULARITY,
+    pb.ALGORITHM_CONTENT: Algorithm.CONTENT,
 }
 ENUMS = {
     Algorithm.ALS: pb.ALGORITHM_ALS,
     Algorithm.BPR: pb.ALGORITHM_BPR,
     Algorithm.EASE: pb.ALGORITHM_EASE,
     Algorithm.POPULARITY: pb.ALGORITHM_POPULARITY,
+    Algorithm.CONTENT: pb.ALGORITHM_CONTENT,
 }
 REASONS = {
     Why.SIMILAR_TO_SEEN: pb.REASON_KIND_SIMILAR_TO_SEEN,
@@ -94,6 +96,7 @@ def recommend_spec(request: pb.RecommendRequest) -> RecommendSpec:
         filters=filters_of(request.filters),
         selector=Selector(request.alias, request.version, request.routing_key),
         diversity=request.diversity,
+        content_weight=(request.content_weight if request.HasField("content_weight") else None),
     )
 
 
@@ -157,6 +160,8 @@ def config_of(config: pb.ModelConfig, where: str) -> Config:
         ease_lambda=h.ease_lambda,
         seed=h.seed,
         binary=h.binary,
+        content_weight=h.content_weight,
+        content_shrinkage=h.content_shrinkage,
     )
 
 
@@ -174,6 +179,8 @@ def config_to_proto(config: Config) -> pb.ModelConfig:
             ease_lambda=c.ease_lambda,
             seed=c.seed,
             binary=c.binary,
+            content_weight=c.content_weight,
+            content_shrinkage=c.content_shrinkage,
         ),
     )
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from nexus.api.common.v1 import common_pb2
@@ -30,6 +30,7 @@ from nexus.common.events import DAY_S, MIB, EventBus, Stream
 from nexus.common.operations import NO_PROGRESS, Progress
 from nexus.common.registry import ModelRegistry, ModelVersionInfo, Resolved, Selector
 from nexus.common.runtime import ModelRuntime
+from nexus.common.sentence_embeddings import load_local_model
 from nexus.recommender import wire
 from nexus.recommender.feed import InteractionFeed
 from nexus.recommender.recommending import (
@@ -37,6 +38,7 @@ from nexus.recommender.recommending import (
     Allowed,
     Config,
     ContentIndex,
+    Embedded,
     Fitter,
     Interaction,
     ItemQuery,
@@ -44,6 +46,7 @@ from nexus.recommender.recommending import (
     Report,
     Snapshot,
     UserQuery,
+    embedding_text,
     evaluate,
     item_text,
     popular,
@@ -80,6 +83,7 @@ class RecommendSpec:
     filters: Filters = field(default_factory=Filters)
     selector: Selector = field(default_factory=Selector)
     diversity: float = 0.0
+    content_weight: float | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,7 @@ class RecommenderEngine:
             frameworks=[FRAMEWORK],
         )
         self._content: dict[str, tuple[int, ContentIndex]] = {}
+        self._embedded: dict[str, tuple[int, Embedded, dict[str, str]]] = {}
 
     async def start(self) -> None:
         """Loads catalogs and items, replays the interactions, follows the registry."""
@@ -273,6 +278,9 @@ class RecommenderEngine:
         async with self.models.serving(
             spec.catalog, alias=selector.alias, version=selector.version, routing_key=key
         ) as served:
+            query = replace(query, content_weight=spec.content_weight)
+            if served.model.scorer.content_weight(query) > 0:
+                query = replace(query, embedded=await self.embedded(spec.catalog))
             ranked = await self.models.predict(served, query)
             resolved = served.resolved
         return self._titled(spec.catalog, ranked or [], resolved)
@@ -332,6 +340,25 @@ class RecommenderEngine:
         texts = [item_text(item.text, item.attributes) for item in items]
         index = await self._run(lambda: ContentIndex(ids, texts))
         self._content[catalog] = (changes, index)
+        return index
+
+    async def embedded(self, catalog: str) -> Embedded:
+        """The catalog's item text embedded by the packaged MiniLM model, embedded again (the
+        changed items only) after its items changed; the model loads on first use."""
+        changes = self.items.changes(catalog)
+        cached = self._embedded.get(catalog)
+        if cached is not None and cached[0] == changes:
+            return cached[1]
+        texts = {
+            item.id: embedding_text(item.text, item.attributes)
+            for item in self.items.of(catalog).values()
+        }
+        model = await self._run(lambda: load_local_model(self.settings.embedding_device))
+        previous, previous_texts = (cached[1], cached[2]) if cached is not None else (None, None)
+        index = await self._run(
+            lambda: Embedded.build(texts, lambda t: model.encode(t)[0], previous, previous_texts)
+        )
+        self._embedded[catalog] = (changes, index, texts)
         return index
 
     def _count(self, count: int) -> int:
@@ -456,6 +483,8 @@ class RecommenderEngine:
         for i, config in enumerate(spec.configs):
             self.check_config(config, len(snapshot.items), f"configs[{i}]")
         threads = self.settings.implicit_threads
+        content = any(c.resolved().content_weight > 0 for c in spec.configs)
+        embedded = await self.embedded(spec.catalog) if content else None
         return await self._run(
             lambda: evaluate(
                 snapshot,
@@ -464,6 +493,7 @@ class RecommenderEngine:
                 test_fraction=spec.test_fraction,
                 seed=spec.seed,
                 threads=threads,
+                embedded=embedded,
             )
         )
 

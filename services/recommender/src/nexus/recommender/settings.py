@@ -39,6 +39,10 @@ class RecommenderSettings(ServiceSettings):
     max_evaluate_interactions: int = Field(default=2_000_000, gt=0)
     """Most interactions an Evaluate call trains on while the caller waits."""
 
+    embedding_device: str = "cpu"
+    """Where the packaged MiniLM model embeds item text (content-based and hybrid models):
+    "cpu", "cuda", "cuda:1" or "auto"."""
+
     implicit_threads: int = Field(default=1, gt=0)
     """Threads one ALS or BPR training may use."""
 

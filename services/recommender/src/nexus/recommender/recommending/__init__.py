@@ -1,6 +1,7 @@
 """The recommender's domain, free of gRPC: interaction logs, training, serving, evaluation."""
 
 from nexus.recommender.recommending.content import ContentIndex, item_text
+from nexus.recommender.recommending.embedded import Embedded, blend, embedding_text, user_weight
 from nexus.recommender.recommending.evaluation import (
     Metrics,
     Report,
@@ -36,6 +37,7 @@ __all__ = [
     "CatalogLog",
     "Config",
     "ContentIndex",
+    "Embedded",
     "Fitter",
     "Interaction",
     "ItemQuery",
@@ -48,11 +50,14 @@ __all__ = [
     "Trained",
     "UserQuery",
     "Why",
+    "blend",
     "ease",
+    "embedding_text",
     "evaluate",
     "item_text",
     "popular",
     "ranking_metrics",
     "stratified_split",
     "top_n",
+    "user_weight",
 ]

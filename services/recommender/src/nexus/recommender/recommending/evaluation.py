@@ -12,9 +12,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import scipy.sparse as sp
 
+from nexus.recommender.recommending.embedded import Embedded
 from nexus.recommender.recommending.fitting import Config, Fitter, Trained
 from nexus.recommender.recommending.log import Snapshot
-from nexus.recommender.recommending.scoring import Scorer, top_n
+from nexus.recommender.recommending.scoring import Scorer, UserQuery, top_n
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,11 @@ def evaluate(
     seed: int = 42,
     threads: int = 1,
     on_fitted: Callable[[int], None] | None = None,
+    embedded: Embedded | None = None,
 ) -> Report:
-    """Trains each configuration on the training part and scores its top-k (blocking)."""
+    """Trains each configuration on the training part and scores its top-k (blocking);
+    `embedded` (the catalog's item text embeddings) gives hybrid and content models their
+    content scores."""
     train = stratified_split(snapshot, test_fraction, seed)
     train_data = _subset(snapshot, train)
     truth = snapshot.matrix(~train, binary=True).tolil().rows
@@ -110,7 +114,7 @@ def evaluate(
         began = time.perf_counter()
         trained = Fitter(config, train_data, threads).run()
         fit_seconds = time.perf_counter() - began
-        recommended = _recommend(trained, users, seen, k)
+        recommended = _recommend(trained, users, seen, k, embedded)
         scored.append(
             Scored(trained.config, ranking_metrics(recommended, relevant, k), fit_seconds)
         )
@@ -126,15 +130,24 @@ def _subset(snapshot: Snapshot, mask: np.ndarray) -> Snapshot:
     )
 
 
-def _recommend(trained: Trained, users: list[int], seen: sp.csr_matrix, k: int) -> list[list[int]]:
-    """Each user's top-k unseen items by their trained vector (users and items keep the
-    snapshot's indices: the model was trained on all of them)."""
+def _recommend(
+    trained: Trained, users: list[int], seen: sp.csr_matrix, k: int, embedded: Embedded | None
+) -> list[list[int]]:
+    """Each user's top-k unseen items by their trained vector, blended with content scores
+    for a hybrid (users and items keep the snapshot's indices: the model was trained on all
+    of them; items only the embeddings know come after them)."""
     scorer = Scorer(trained)
     out = []
     for u in users:
         span = slice(seen.indptr[u], seen.indptr[u + 1])
         items, weights = seen.indices[span], seen.data[span]
         history = {trained.items[i]: float(w) for i, w in zip(items, weights, strict=True)}
-        scores = scorer.user_scores(trained.users[u], history, 0)
-        out.append([i for i, _ in top_n(scores, trained.items, k, excluded=items.tolist())])
+        query = UserQuery(trained.users[u], history, 0, k, embedded=embedded)
+        hybrid = scorer.hybrid_scores(query)
+        ids, scores = (
+            (trained.items, scorer.user_scores(trained.users[u], history, 0))
+            if hybrid is None
+            else (hybrid[0], hybrid[2])
+        )
+        out.append([i for i, _ in top_n(scores, ids, k, excluded=items.tolist())])
     return out

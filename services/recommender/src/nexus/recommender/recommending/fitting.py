@@ -23,6 +23,8 @@ class Algorithm(enum.Enum):
     BPR = "bpr"
     EASE = "ease"
     POPULARITY = "popularity"
+    CONTENT = "content"
+    """Content-based alone: item text embeddings (popular items for a user with no text)."""
 
 
 FACTOR_MODELS = frozenset({Algorithm.ALS, Algorithm.BPR})
@@ -42,6 +44,10 @@ class Config:
     ease_lambda: float = 0.0
     seed: int = 0
     binary: bool = False
+    content_weight: float = 0.0
+    """The hybrid: the content score's share in the blend (0: collaborative alone; CONTENT: 1)."""
+    content_shrinkage: float = 0.0
+    """The hybrid: s in w_u = w + (1 - w) s / (s + n_u), a new user's pull to content (3)."""
 
     def resolved(self) -> Config:
         """The same with every default filled in."""
@@ -54,6 +60,8 @@ class Config:
             learning_rate=self.learning_rate or 0.01,
             ease_lambda=self.ease_lambda or 250.0,
             seed=self.seed or 42,
+            content_weight=1.0 if self.algorithm is Algorithm.CONTENT else self.content_weight,
+            content_shrinkage=self.content_shrinkage or 3.0,
         )
 
     def parameters(self) -> dict[str, str]:
@@ -69,6 +77,9 @@ class Config:
             out["learning_rate"] = f"{c.learning_rate:g}"
         if c.algorithm is Algorithm.EASE:
             out["ease_lambda"] = f"{c.ease_lambda:g}"
+        if c.content_weight > 0:
+            out["content_weight"] = f"{c.content_weight:g}"
+            out["content_shrinkage"] = f"{c.content_shrinkage:g}"
         return out
 
 

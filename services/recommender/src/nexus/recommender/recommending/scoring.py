@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nexus.recommender.recommending.embedded import Embedded, blend, user_weight
 from nexus.recommender.recommending.fitting import Algorithm, Trained
 
 Allowed = Callable[[str], bool]
@@ -18,6 +19,10 @@ _CANDIDATE_FACTOR = 4
 """Candidates looked at per result before sorting every item (filters drop some)."""
 _POOL_FACTOR = 4
 """Diversity chooses among this many times the items asked for, the best by score."""
+
+
+_NO_ITEM_MODEL = frozenset({Algorithm.POPULARITY, Algorithm.CONTENT})
+"""Models without item factors or weights: their collaborative side is popularity."""
 
 
 class Why(enum.Enum):
@@ -51,6 +56,8 @@ class UserQuery:
         exclude: Items never to return.
         allowed: The attribute filters (None: every item).
         diversity: 0 ranks by score; up to 1 trades score for unlikeness to the items before.
+        embedded: The catalog's item text embeddings (None: no content scores).
+        content_weight: The hybrid's content share for this request (None: the model's).
     """
 
     user: str
@@ -61,6 +68,8 @@ class UserQuery:
     exclude: frozenset[str] = frozenset()
     allowed: Allowed | None = None
     diversity: float = 0.0
+    embedded: Embedded | None = None
+    content_weight: float | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +114,7 @@ class Scorer:
         known = self._known(history)
         if not known:
             return self.popularity.copy()
-        if self.algorithm is Algorithm.POPULARITY:
+        if self.algorithm in _NO_ITEM_MODEL:
             return self.popularity.copy()
         if self.algorithm is Algorithm.EASE:  # x B over the seen rows only
             seen, weights = self._seen(known)
@@ -152,7 +161,7 @@ class Scorer:
 
     def because(self, item: int, known: Mapping[int, float]) -> int | None:
         """The seen item that most explains `item` (None: no history, or popularity)."""
-        if not known or self.algorithm is Algorithm.POPULARITY:
+        if not known or self.algorithm in _NO_ITEM_MODEL:
             return None
         seen, weights = self._seen(known)
         if self.algorithm is Algorithm.EASE:
@@ -161,15 +170,45 @@ class Scorer:
             contributions = self._unit[seen] @ self._unit[item]
         return int(seen[int(np.argmax(contributions))])
 
+    def content_weight(self, query: UserQuery) -> float:
+        """The content share a request asks for (its own, else the model's)."""
+        if query.content_weight is not None:
+            return query.content_weight
+        return self.trained.config.content_weight
+
+    def hybrid_scores(
+        self, query: UserQuery
+    ) -> tuple[list[str], dict[str, int], np.ndarray] | None:
+        """The blend of collaborative and content scores over the model's items and then the
+        embedded items it does not know (their collaborative score: the average); None when
+        the blend does not apply (no content share, no embeddings, or no seen item with text:
+        a new user gets the collaborative answer, popular items)."""
+        weight, embedded = self.content_weight(query), query.embedded
+        if weight <= 0 or embedded is None:
+            return None
+        profile = embedded.profile(query.history)
+        if profile is None:
+            return None
+        union, positions, rows = embedded.align(self.items)
+        known = self._known(query.history)
+        collaborative = np.full(len(union), np.nan)
+        user = self.user_scores(query.user, query.history, query.changed)
+        collaborative[: len(self.items)] = user
+        share = user_weight(weight, self.trained.config.content_shrinkage, len(known))
+        return union, positions, blend(collaborative, embedded.scores(profile, rows), share)
+
     def recommend(self, query: UserQuery) -> list[Ranked]:
         """A user's top-N, each with the seen item that explains it (popular items for a user
-        with no history the model knows)."""
+        with no history the model knows); blended with content scores for a hybrid."""
+        hybrid = self.hybrid_scores(query)
+        if hybrid is not None:
+            return self._recommend_hybrid(query, *hybrid)
         known = self._known(query.history)
         scores = self.user_scores(query.user, query.history, query.changed)
         excluded = self._indices(query.exclude)
         if not query.include_seen:
             excluded |= set(known)
-        diverse = query.diversity > 0 and self.algorithm is not Algorithm.POPULARITY
+        diverse = query.diversity > 0 and self.algorithm not in _NO_ITEM_MODEL
         pool = query.count * _POOL_FACTOR if diverse else query.count
         best = top_n(scores, self.items, pool, excluded, query.allowed)
         if diverse:
@@ -181,6 +220,29 @@ class Scorer:
             out.append(Ranked(self.items[i], score, why, "" if seen is None else self.items[seen]))
         return out
 
+    def _recommend_hybrid(
+        self, query: UserQuery, union: list[str], positions: dict[str, int], scores: np.ndarray
+    ) -> list[Ranked]:
+        """The hybrid's top-N; diversity by the cosine of the text embeddings; the reason: the
+        model's seen item for an item it knows, else the seen item closest by text."""
+        assert query.embedded is not None
+        excluded = {positions[i] for i in query.exclude if i in positions}
+        if not query.include_seen:
+            excluded |= {positions[i] for i in query.history if i in positions}
+        pool = query.count * _POOL_FACTOR if query.diversity > 0 else query.count
+        best = top_n(scores, union, pool, excluded, query.allowed)
+        if query.diversity > 0:
+            vectors = query.embedded.unit_vectors([union[i] for i, _ in best])
+            best = _mmr(best, vectors, query.count, query.diversity)
+        known = self._known(query.history)
+        out = []
+        for i, score in best:
+            seen = self.because(i, known) if i < len(self.items) else None
+            because = self.items[seen] if seen is not None else None
+            because = because or query.embedded.closest_seen(union[i], list(query.history))
+            out.append(Ranked(union[i], score, Why.SIMILAR_TO_SEEN, because or ""))
+        return out
+
     def _diversified(
         self, pool: list[tuple[int, float]], count: int, diversity: float
     ) -> list[tuple[int, float]]:
@@ -189,20 +251,7 @@ class Scorer:
         items already chosen."""
         if len(pool) <= 1:
             return pool[:count]
-        indices = np.array([i for i, _ in pool])
-        scores = np.array([s for _, s in pool])
-        relevance = (scores - scores.min()) / max(float(np.ptp(scores)), 1e-12)
-        vectors = self._item_vectors(indices)
-        similarity = vectors @ vectors.T
-        chosen = [0]
-        closest = similarity[0].copy()
-        while len(chosen) < min(count, len(pool)):
-            value = (1 - diversity) * relevance - diversity * closest
-            value[chosen] = -np.inf
-            pick = int(np.argmax(value))
-            chosen.append(pick)
-            closest = np.maximum(closest, similarity[pick])
-        return [pool[c] for c in chosen]
+        return _mmr(pool, self._item_vectors(np.array([i for i, _ in pool])), count, diversity)
 
     def _item_vectors(self, items: np.ndarray) -> np.ndarray:
         """Unit vectors of items whose dot products are their similarities: the factors, or
@@ -221,7 +270,7 @@ class Scorer:
         excluded = self._indices(query.exclude) | {index}
         scores = self.item_scores(index)
         best = top_n(scores, self.items, query.count, excluded, query.allowed)
-        why = Why.POPULAR if self.algorithm is Algorithm.POPULARITY else Why.SIMILAR_TO_ITEM
+        why = Why.POPULAR if self.algorithm in _NO_ITEM_MODEL else Why.SIMILAR_TO_ITEM
         return [Ranked(self.items[i], s, why, query.item) for i, s in best]
 
     def _indices(self, items: Collection[str]) -> set[int]:
@@ -233,9 +282,29 @@ class Scorer:
         """Scores of every item as neighbours of `item` (popularity for the popularity model)."""
         if self.algorithm is Algorithm.EASE:
             return np.asarray(self._similarity[item], dtype=np.float64)
-        if self.algorithm is Algorithm.POPULARITY:
+        if self.algorithm in _NO_ITEM_MODEL:
             return self.popularity.copy()
         return np.asarray(self._unit @ self._unit[item], dtype=np.float64)
+
+
+def _mmr(
+    pool: list[tuple[int, float]], vectors: np.ndarray, count: int, diversity: float
+) -> list[tuple[int, float]]:
+    """Maximal marginal relevance over `pool` (best first) with unit `vectors`, a row each."""
+    if len(pool) <= 1:
+        return pool[:count]
+    scores = np.array([s for _, s in pool])
+    relevance = (scores - scores.min()) / max(float(np.ptp(scores)), 1e-12)
+    similarity = vectors @ vectors.T
+    chosen = [0]
+    closest = similarity[0].copy()
+    while len(chosen) < min(count, len(pool)):
+        value = (1 - diversity) * relevance - diversity * closest
+        value[chosen] = -np.inf
+        pick = int(np.argmax(value))
+        chosen.append(pick)
+        closest = np.maximum(closest, similarity[pick])
+    return [pool[c] for c in chosen]
 
 
 def top_n(

@@ -39,6 +39,11 @@ class _AlgorithmEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Algorithm.V
     """EASE: a closed-form item-item model (Steck 2019); at most the service's max_ease_items items."""
     ALGORITHM_POPULARITY: _Algorithm.ValueType  # 4
     """Popularity: the items with the most weight, the same for every user (a baseline)."""
+    ALGORITHM_CONTENT: _Algorithm.ValueType  # 5
+    """Content-based: each item's text and attributes embedded by the packaged all-MiniLM-L6-v2,
+    a user's profile the weighted mean of their items' embeddings, items ranked by cosine
+    (popular items for a user none of whose items has text).
+    """
 
 class Algorithm(_Algorithm, metaclass=_AlgorithmEnumTypeWrapper):
     """A recommendation algorithm."""
@@ -53,6 +58,11 @@ ALGORITHM_EASE: Algorithm.ValueType  # 3
 """EASE: a closed-form item-item model (Steck 2019); at most the service's max_ease_items items."""
 ALGORITHM_POPULARITY: Algorithm.ValueType  # 4
 """Popularity: the items with the most weight, the same for every user (a baseline)."""
+ALGORITHM_CONTENT: Algorithm.ValueType  # 5
+"""Content-based: each item's text and attributes embedded by the packaged all-MiniLM-L6-v2,
+a user's profile the weighted mean of their items' embeddings, items ranked by cosine
+(popular items for a user none of whose items has text).
+"""
 Global___Algorithm: _TypeAlias = Algorithm  # noqa: Y015
 
 class _ReasonKind:
@@ -640,6 +650,7 @@ class RecommendRequest(_message.Message):
     ALIAS_FIELD_NUMBER: _builtins.int
     ROUTING_KEY_FIELD_NUMBER: _builtins.int
     DIVERSITY_FIELD_NUMBER: _builtins.int
+    CONTENT_WEIGHT_FIELD_NUMBER: _builtins.int
     catalog: _builtins.str
     """The catalog."""
     user_id: _builtins.str
@@ -659,6 +670,10 @@ class RecommendRequest(_message.Message):
     (maximal marginal relevance over the model's item similarity; 1: unlikeness alone after the
     first). The popularity model ignores it.
     """
+    content_weight: _builtins.float
+    """The hybrid's content share for this request, 0 to 1 (unset: the model's
+    hyperparameters.content_weight; 0: collaborative alone). See Hyperparameters.content_weight.
+    """
     @_builtins.property
     def filters(self) -> Global___Filters:
         """Which items may be returned."""
@@ -675,12 +690,15 @@ class RecommendRequest(_message.Message):
         alias: _builtins.str = ...,
         routing_key: _builtins.str = ...,
         diversity: _builtins.float = ...,
+        content_weight: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["filters", b"filters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_content_weight", b"_content_weight", "content_weight", b"content_weight", "filters", b"filters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "catalog", b"catalog", "count", b"count", "diversity", b"diversity", "filters", b"filters", "include_seen", b"include_seen", "routing_key", b"routing_key", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_content_weight", b"_content_weight", "alias", b"alias", "catalog", b"catalog", "content_weight", b"content_weight", "count", b"count", "diversity", b"diversity", "filters", b"filters", "include_seen", b"include_seen", "routing_key", b"routing_key", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__content_weight: _TypeAlias = _typing.Literal["content_weight"]  # noqa: Y015
+    _WhichOneofArgType__content_weight: _TypeAlias = _typing.Literal["_content_weight", b"_content_weight"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__content_weight) -> _WhichOneofReturnType__content_weight | None: ...
 
 Global___RecommendRequest: _TypeAlias = RecommendRequest  # noqa: Y015
 
@@ -808,6 +826,8 @@ class Hyperparameters(_message.Message):
     EASE_LAMBDA_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     BINARY_FIELD_NUMBER: _builtins.int
+    CONTENT_WEIGHT_FIELD_NUMBER: _builtins.int
+    CONTENT_SHRINKAGE_FIELD_NUMBER: _builtins.int
     factors: _builtins.int
     """ALS, BPR: latent factors (default 64)."""
     iterations: _builtins.int
@@ -824,6 +844,16 @@ class Hyperparameters(_message.Message):
     """ALS, BPR: random seed (default 42)."""
     binary: _builtins.bool
     """Count each user-item pair once (weight 1) whatever its weights (default: weights add up)."""
+    content_weight: _builtins.float
+    """The hybrid (ALS, BPR, EASE, popularity): the content score's share w, 0 to 1 (default 0:
+    collaborative alone; ALGORITHM_CONTENT: 1). Per user, score = (1 - w_u) z(collaborative)
+    + w_u z(content), each standardised over the items it scores (an item without text, or
+    one the model does not know, counts as average on that side), w_u = w + (1 - w) s /
+    (s + n_u) with n_u the user's items the model knows: a user with little history leans on
+    content, a new item with text competes by its content score.
+    """
+    content_shrinkage: _builtins.float
+    """The hybrid: s above, how long a new user leans on content (default 3 items)."""
     def __init__(
         self,
         *,
@@ -835,10 +865,12 @@ class Hyperparameters(_message.Message):
         ease_lambda: _builtins.float = ...,
         seed: _builtins.int = ...,
         binary: _builtins.bool = ...,
+        content_weight: _builtins.float = ...,
+        content_shrinkage: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "binary", b"binary", "ease_lambda", b"ease_lambda", "factors", b"factors", "iterations", b"iterations", "learning_rate", b"learning_rate", "regularization", b"regularization", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "binary", b"binary", "content_shrinkage", b"content_shrinkage", "content_weight", b"content_weight", "ease_lambda", b"ease_lambda", "factors", b"factors", "iterations", b"iterations", "learning_rate", b"learning_rate", "regularization", b"regularization", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
