@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+from google.api import httpbody_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from nexus.api.common.v1 import common_pb2
@@ -14,6 +15,7 @@ from nexus.api.forecast.v1 import forecast_service_pb2 as pb
 from nexus.common.errors import InvalidArgument
 from nexus.common.registry import Resolved, Selector
 from nexus.common.registry.converters import version_to_proto
+from nexus.forecast.charts import DEFAULT_HEIGHT, DEFAULT_WIDTH, ChartFormat, ChartSpec, Image
 from nexus.forecast.datasets import DatasetInfo, Format
 from nexus.forecast.engine import (
     DEFAULT_LEVELS,
@@ -49,6 +51,11 @@ FORMATS = {
     pb.DATASET_FORMAT_CSV: Format.CSV,
     pb.DATASET_FORMAT_PARQUET: Format.PARQUET,
 }
+CHART_FORMATS = {
+    pb.CHART_FORMAT_UNSPECIFIED: ChartFormat.PNG,
+    pb.CHART_FORMAT_PNG: ChartFormat.PNG,
+    pb.CHART_FORMAT_SVG: ChartFormat.SVG,
+}
 DEFAULT_WINDOWS = 3
 
 
@@ -59,7 +66,9 @@ def upload_format(request: pb.UploadDatasetRequest) -> Format:
     return FORMATS[request.format]
 
 
-def job_of(request: pb.ForecastRequest | pb.BacktestRequest | pb.FitRequest) -> Job:
+def job_of(
+    request: pb.ForecastRequest | pb.BacktestRequest | pb.FitRequest | pb.RenderChartRequest,
+) -> Job:
     """The job a Forecast, Backtest or Fit request describes."""
     backtest = request.backtest
     if backtest.metric not in METRICS:
@@ -73,6 +82,25 @@ def job_of(request: pb.ForecastRequest | pb.BacktestRequest | pb.FitRequest) -> 
         step=backtest.step,
         metric=METRICS[backtest.metric],
     )
+
+
+def chart_spec(request: pb.RenderChartRequest) -> ChartSpec:
+    """How a chart looks (sizes are bounded by the request's field rules)."""
+    if request.format not in CHART_FORMATS:
+        raise InvalidArgument.for_field("format", f"unknown format {request.format}")
+    return ChartSpec(
+        format=CHART_FORMATS[request.format],
+        width=request.width or DEFAULT_WIDTH,
+        height=request.height or DEFAULT_HEIGHT,
+        title=request.title,
+        history=request.history,
+    )
+
+
+def image_to_proto(image: Image) -> pb.RenderChartResponse:
+    """A rendered chart, served raw over HTTP with its media type."""
+    chart = httpbody_pb2.HttpBody(content_type=image.media_type, data=image.data)
+    return pb.RenderChartResponse(chart=chart)
 
 
 def fit_spec(request: pb.FitRequest) -> FitSpec:

@@ -28,6 +28,7 @@ from nexus.common.operations import NO_PROGRESS, Progress
 from nexus.common.registry import ModelRegistry, ModelVersionInfo, Resolved, Selector
 from nexus.common.runtime import ModelRuntime, Served
 from nexus.forecast import datasets
+from nexus.forecast.charts import Chart, ChartSpec, Image, Line, render
 from nexus.forecast.datasets import DatasetInfo, DatasetStore, Format, Limits
 from nexus.forecast.forecasting import (
     GLOBAL,
@@ -53,6 +54,7 @@ from nexus.forecast.forecasting import (
     global_backtests,
     prepare,
     report,
+    window_forecasts,
 )
 from nexus.forecast.serving import FRAMEWORK, ServedSet
 from nexus.forecast.settings import ForecastSettings
@@ -295,6 +297,11 @@ class ForecastEngine:
         on the whole series and forecasts; a global model once for all series that won with
         it."""
         prepared = await self.series(job, max_series=self.settings.max_sync_series)
+        forecasted = await self._forecast(job, prepared)
+        await self._announce_forecast(common_pb2.ModelRef(), len(prepared), job)
+        return forecasted
+
+    async def _forecast(self, job: Job, prepared: list[Prepared]) -> Forecasted:
         plan = job.plan()
         kinds = {s.id: applicable(s, job.models, plan) for s in prepared}
         several = [s for s in prepared if len(kinds[s.id]) > 1]
@@ -312,8 +319,34 @@ class ForecastEngine:
             lambda s: shared.get(s.id) or _forecast(s, winners[s.id], job.horizon, job.levels),
             prepared,
         )
-        await self._announce_forecast(common_pb2.ModelRef(), len(done), job)
         return Forecasted(done, [c for c in choices.values() if c is not None])
+
+    # Charts.
+
+    async def chart(self, job: Job, spec: ChartSpec, show_backtest: bool) -> Image:
+        """One series drawn: history, the forecast of its model (chosen as in `forecast`) with
+        its intervals and, when asked, the chosen model's backtest windows.
+
+        Raises:
+            InvalidArgument: Not exactly one series; see `series` and `check_length`.
+            ResourceExhausted: More history to draw than max_chart_points.
+        """
+        data = job.data
+        if len(data.series) + len(data.series_ids) != 1:
+            raise InvalidArgument.for_field(
+                "data", "a chart draws exactly one series (one series, or one series_ids entry)"
+            )
+        (series,) = await self.series(job, max_series=1)
+        drawn = min(spec.history or len(series.y), len(series.y))
+        if drawn > self.settings.max_chart_points:
+            raise ResourceExhausted.too_large("history", drawn, self.settings.max_chart_points)
+        (result,) = (await self._forecast(job, [series])).forecasts
+        windows = (
+            await self._run(partial(window_forecasts, series, result.model, job.plan()))
+            if show_backtest
+            else []
+        )
+        return await self._run(partial(render, _chart_of(series, result, windows), spec))
 
     async def backtest(self, job: Job) -> Report:
         """Backtests every candidate on every series and says which won each."""
@@ -518,6 +551,13 @@ def _forecast_globals(
         index, forecast = f.forecast(job.horizon, job.levels, {}, "", models[f.shared])
         found[f.series_id] = SeriesResult(f.series_id, f.kind, index, forecast)
     return found
+
+
+def _chart_of(series: Prepared, result: SeriesResult, windows: list[tuple[int, Forecast]]) -> Chart:
+    grid = series.grid(len(series.y))
+    lines = [Line(grid[o : o + len(f.mean)], f) for o, f in windows]
+    title = f"{series.id}: {result.model.value}"
+    return Chart(title, grid, series.y, Line(result.index, result.forecast), lines)
 
 
 def _apply(work: Callable[[Prepared], T], items: list[Prepared]) -> list[T]:

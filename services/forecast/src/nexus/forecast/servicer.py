@@ -51,6 +51,13 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         report = await self._engine.backtest(converters.job_of(request))
         return converters.report_to_proto(report)
 
+    async def RenderChart(
+        self, request: pb.RenderChartRequest, context: Context
+    ) -> pb.RenderChartResponse:
+        spec = converters.chart_spec(request)
+        image = await self._engine.chart(converters.job_of(request), spec, request.show_backtest)
+        return converters.image_to_proto(image)
+
     async def StartFit(self, request: pb.StartFitRequest, context: Context) -> pb.StartFitResponse:
         spec = converters.fit_spec(request.fit)  # bad input fails here, not in the operation
         self._engine.check_job(spec.job, max_series=self._engine.settings.max_series)

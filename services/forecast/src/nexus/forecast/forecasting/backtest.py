@@ -225,14 +225,9 @@ def _score(series: Prepared, kind: ModelKind, plan: Plan) -> Errors:
 
 
 def _window(series: Prepared, kind: ModelKind, plan: Plan, origin: int) -> Errors:
-    history, actual = series.y[:origin], series.y[origin : origin + plan.horizon]
-    x = series.x
-    x_past = x[:origin] if x is not None else None
-    x_future = x[origin : origin + plan.horizon] if x is not None else None
-    forecast = forecast_once(
-        kind, series.seasons, history, plan.horizon, plan.levels, x_past, x_future
-    )
-    return errors(actual, forecast, mase_scale(history, series.season))
+    actual = series.y[origin : origin + plan.horizon]
+    forecast = _window_forecast(series, kind, plan, origin, plan.levels)
+    return errors(actual, forecast, mase_scale(series.y[:origin], series.season))
 
 
 def errors(actual: np.ndarray, forecast: Forecast, scale: float) -> Errors:
@@ -246,3 +241,32 @@ def errors(actual: np.ndarray, forecast: Forecast, scale: float) -> Errors:
             for level, (lower, upper) in forecast.intervals.items()
         },
     )
+
+
+def window_forecasts(series: Prepared, kind: ModelKind, plan: Plan) -> list[tuple[int, Forecast]]:
+    """The forecast of each backtest window of `kind` on one series, with its origin, oldest
+    first (blocking, CPU); for a chart.
+
+    Raises:
+        InvalidArgument: The series is too short for the backtest.
+    """
+    check_length(series, [kind], plan)
+    origins = plan.origins(len(series.y))
+    if kind in GLOBAL:
+        return [(o, _global_window(series, kind, plan, o)) for o in origins]
+    return [(o, _window_forecast(series, kind, plan, o, ())) for o in origins]
+
+
+def _global_window(series: Prepared, kind: ModelKind, plan: Plan, origin: int) -> Forecast:
+    model = learners.fit_global(kind, [series], plan.horizon, {series.id: origin}, intervals=False)
+    return model.forecast([series.id], plan.horizon, ())[series.id]
+
+
+def _window_forecast(
+    series: Prepared, kind: ModelKind, plan: Plan, origin: int, levels: Sequence[float]
+) -> Forecast:
+    x = series.x
+    x_past = x[:origin] if x is not None else None
+    x_future = x[origin : origin + plan.horizon] if x is not None else None
+    y = series.y[:origin]
+    return forecast_once(kind, series.seasons, y, plan.horizon, levels, x_past, x_future)

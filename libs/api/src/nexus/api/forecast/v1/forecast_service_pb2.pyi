@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -126,6 +127,30 @@ DATASET_FORMAT_CSV: DatasetFormat.ValueType  # 1
 DATASET_FORMAT_PARQUET: DatasetFormat.ValueType  # 2
 """Apache Parquet."""
 Global___DatasetFormat: _TypeAlias = DatasetFormat  # noqa: Y015
+
+class _ChartFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChartFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChartFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHART_FORMAT_UNSPECIFIED: _ChartFormat.ValueType  # 0
+    """Not set: PNG."""
+    CHART_FORMAT_PNG: _ChartFormat.ValueType  # 1
+    """PNG (image/png)."""
+    CHART_FORMAT_SVG: _ChartFormat.ValueType  # 2
+    """SVG (image/svg+xml)."""
+
+class ChartFormat(_ChartFormat, metaclass=_ChartFormatEnumTypeWrapper):
+    """The image format of a chart."""
+
+CHART_FORMAT_UNSPECIFIED: ChartFormat.ValueType  # 0
+"""Not set: PNG."""
+CHART_FORMAT_PNG: ChartFormat.ValueType  # 1
+"""PNG (image/png)."""
+CHART_FORMAT_SVG: ChartFormat.ValueType  # 2
+"""SVG (image/svg+xml)."""
+Global___ChartFormat: _TypeAlias = ChartFormat  # noqa: Y015
 
 @_typing.final
 class Exogenous(_message.Message):
@@ -1086,3 +1111,97 @@ class PredictResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PredictResponse: _TypeAlias = PredictResponse  # noqa: Y015
+
+@_typing.final
+class RenderChartRequest(_message.Message):
+    """Request of RenderChart."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    LEVELS_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    BACKTEST_FIELD_NUMBER: _builtins.int
+    SHOW_BACKTEST_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    horizon: _builtins.int
+    """Steps to forecast."""
+    show_backtest: _builtins.bool
+    """Draw the forecast of each backtest window (the chosen model, fitted up to its origin)."""
+    format: Global___ChartFormat.ValueType
+    """PNG or SVG."""
+    width: _builtins.int
+    """Width in pixels; 0: 1000."""
+    height: _builtins.int
+    """Height in pixels; 0: 500."""
+    title: _builtins.str
+    """The chart's title; empty: the series id and the model."""
+    history: _builtins.int
+    """Only the last this many values of the history are drawn; 0: all of it."""
+    @_builtins.property
+    def data(self) -> Global___SeriesData:
+        """Exactly one series: inline, or one series_ids entry of a dataset."""
+
+    @_builtins.property
+    def levels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Interval levels in percent drawn as bands, 0 < level < 100 (empty: none)."""
+
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[Global___Model.ValueType]:
+        """Candidate models (empty: every one, chosen by backtest)."""
+
+    @_builtins.property
+    def backtest(self) -> Global___BacktestConfig:
+        """The backtest that chooses among several candidates, and whose windows are drawn."""
+
+    def __init__(
+        self,
+        *,
+        data: Global___SeriesData | None = ...,
+        horizon: _builtins.int = ...,
+        levels: _abc.Iterable[_builtins.float] | None = ...,
+        models: _abc.Iterable[Global___Model.ValueType] | None = ...,
+        backtest: Global___BacktestConfig | None = ...,
+        show_backtest: _builtins.bool = ...,
+        format: Global___ChartFormat.ValueType = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        title: _builtins.str = ...,
+        history: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data", "format", b"format", "height", b"height", "history", b"history", "horizon", b"horizon", "levels", b"levels", "models", b"models", "show_backtest", b"show_backtest", "title", b"title", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenderChartRequest: _TypeAlias = RenderChartRequest  # noqa: Y015
+
+@_typing.final
+class RenderChartResponse(_message.Message):
+    """Response of RenderChart."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHART_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def chart(self) -> _httpbody_pb2.HttpBody:
+        """The image: content_type image/png or image/svg+xml, data its bytes (over HTTP, the body)."""
+
+    def __init__(
+        self,
+        *,
+        chart: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chart", b"chart"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chart", b"chart"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenderChartResponse: _TypeAlias = RenderChartResponse  # noqa: Y015
