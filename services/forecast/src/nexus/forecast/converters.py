@@ -27,8 +27,11 @@ from nexus.forecast.engine import (
     Predicted,
     PredictSpec,
     SeriesResult,
+    Tuned,
+    TuneSpec,
 )
 from nexus.forecast.forecasting import Choice, Errors, ModelKind, Report, Series, SeriesOptions
+from nexus.forecast.forecasting.tuning import TUNABLE
 
 MODELS = {
     pb.MODEL_AUTO_ARIMA: ModelKind.AUTO_ARIMA,
@@ -57,6 +60,8 @@ CHART_FORMATS = {
     pb.CHART_FORMAT_SVG: ChartFormat.SVG,
 }
 DEFAULT_WINDOWS = 3
+DEFAULT_TRIALS = 20
+DEFAULT_TUNE_SECONDS = 600.0
 
 
 def upload_format(request: pb.UploadDatasetRequest) -> Format:
@@ -69,15 +74,25 @@ def upload_format(request: pb.UploadDatasetRequest) -> Format:
 def job_of(
     request: pb.ForecastRequest | pb.BacktestRequest | pb.FitRequest | pb.RenderChartRequest,
 ) -> Job:
-    """The job a Forecast, Backtest or Fit request describes."""
-    backtest = request.backtest
+    """The job a Forecast, Backtest, Fit or RenderChart request describes."""
+    models = models_of(request.models)
+    return _job(request.data, request.horizon, request.backtest, tuple(request.levels), models)
+
+
+def _job(
+    data: pb.SeriesData,
+    horizon: int,
+    backtest: pb.BacktestConfig,
+    levels: tuple[float, ...] = (),
+    models: tuple[ModelKind, ...] = (),
+) -> Job:
     if backtest.metric not in METRICS:
         raise InvalidArgument.for_field("backtest.metric", f"unknown metric {backtest.metric}")
     return Job(
-        data=data_of(request.data),
-        horizon=request.horizon,
-        levels=tuple(request.levels),
-        models=models_of(request.models),
+        data=data_of(data),
+        horizon=horizon,
+        levels=levels,
+        models=models,
         windows=backtest.windows or DEFAULT_WINDOWS,
         step=backtest.step,
         metric=METRICS[backtest.metric],
@@ -101,6 +116,35 @@ def image_to_proto(image: Image) -> pb.RenderChartResponse:
     """A rendered chart, served raw over HTTP with its media type."""
     chart = httpbody_pb2.HttpBody(content_type=image.media_type, data=image.data)
     return pb.RenderChartResponse(chart=chart)
+
+
+def tune_spec(request: pb.TuneRequest) -> TuneSpec:
+    """A hyperparameter search from its request: LightGBM unless XGBoost is named; 20 trials
+    and 600 s unless a budget is given."""
+    if request.model == pb.MODEL_UNSPECIFIED:
+        kind = ModelKind.LIGHTGBM
+    elif MODELS.get(request.model) in TUNABLE:
+        kind = MODELS[request.model]
+    else:
+        raise InvalidArgument.for_field("model", "only MODEL_LIGHTGBM and MODEL_XGBOOST are tuned")
+    return TuneSpec(
+        job=_job(request.data, request.horizon, request.backtest, models=(kind,)),
+        kind=kind,
+        trials=request.max_trials or DEFAULT_TRIALS,
+        seconds=request.max_seconds or DEFAULT_TUNE_SECONDS,
+        seed=request.seed,
+    )
+
+
+def tuned_to_proto(tuned: Tuned) -> pb.TuneResponse:
+    """A search's result."""
+    return pb.TuneResponse(
+        model=KINDS[tuned.kind],
+        best_parameters=tuned.params,
+        best=metrics_to_proto(tuned.errors),
+        defaults=metrics_to_proto(tuned.defaults),
+        trials=tuned.trials,
+    )
 
 
 def fit_spec(request: pb.FitRequest) -> FitSpec:

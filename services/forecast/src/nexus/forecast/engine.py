@@ -33,6 +33,7 @@ from nexus.forecast.datasets import DatasetInfo, DatasetStore, Format, Limits
 from nexus.forecast.forecasting import (
     GLOBAL,
     Choice,
+    Errors,
     FittedSeries,
     FittedSet,
     Forecast,
@@ -46,6 +47,7 @@ from nexus.forecast.forecasting import (
     applicable,
     backtest,
     check_fit_length,
+    check_length,
     choose_and_fit,
     fit_globals,
     fit_series,
@@ -54,6 +56,7 @@ from nexus.forecast.forecasting import (
     global_backtests,
     prepare,
     report,
+    tuning,
     window_forecasts,
 )
 from nexus.forecast.serving import FRAMEWORK, ServedSet
@@ -104,6 +107,28 @@ class FitSpec:
     job: Job
     promote_to: str = ""
     description: str = ""
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """A hyperparameter search: the job (series, horizon, backtest), the model, the budget."""
+
+    job: Job
+    kind: ModelKind
+    trials: int
+    seconds: float
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """A search's answer: the best parameters, their errors, the defaults' errors."""
+
+    kind: ModelKind
+    params: dict[str, float]
+    errors: Errors
+    defaults: Errors
+    trials: int
 
 
 @dataclass(frozen=True)
@@ -421,6 +446,37 @@ class ForecastEngine:
     def _chunk_size(self, total: int) -> int:
         return max(1, total // (CHUNKS_PER_WORKER * 25))
 
+    # Hyperparameter searches, as operations.
+
+    async def tune(self, spec: TuneSpec, progress: Progress = NO_PROGRESS) -> Tuned:
+        """Searches `spec.kind`'s parameters on the series' backtest error, one trial at a time
+        on the executor, until the trial or time budget is spent (ADR 0037).
+
+        Progress: stages loading, tuning (trials_done, best so far); a cancel takes effect
+        between trials.
+
+        Raises:
+            InvalidArgument: A series too short for the model's backtest; see `series`.
+        """
+        await progress.stage("loading", 0.0, "reading the series")
+        prepared = await self.series(spec.job, max_series=self.settings.max_series)
+        plan = spec.job.plan()
+        for series in prepared:
+            check_length(series, [spec.kind], plan)
+        await progress.stage("tuning", 5.0, f"0/{spec.trials} trials")
+        study = tuning.study(spec.kind, spec.seed)
+        tried: list[tuple[dict[str, float], Errors]] = []
+        began = time.monotonic()
+        while len(tried) < spec.trials and time.monotonic() - began < spec.seconds:
+            trial = study.ask()
+            params = tuning.suggest(trial, spec.kind)
+            errors = await self._run(partial(tuning.score, spec.kind, prepared, plan, params))
+            study.tell(trial, errors.value(plan.metric))
+            tried.append((params, errors))
+            await _report_trials(progress, tried, spec, plan.metric, time.monotonic() - began)
+        params, errors = min(tried, key=lambda t: t[1].value(plan.metric))  # ties: earlier
+        return Tuned(spec.kind, params, errors, tried[0][1], len(tried))
+
     # Predictions from a fitted set.
 
     async def predict(self, spec: PredictSpec) -> Predicted:
@@ -551,6 +607,24 @@ def _forecast_globals(
         index, forecast = f.forecast(job.horizon, job.levels, {}, "", models[f.shared])
         found[f.series_id] = SeriesResult(f.series_id, f.kind, index, forecast)
     return found
+
+
+async def _report_trials(
+    progress: Progress,
+    tried: list[tuple[dict[str, float], Errors]],
+    spec: TuneSpec,
+    metric: str,
+    elapsed: float,
+) -> None:
+    done = len(tried)
+    best = min(e.value(metric) for _, e in tried)
+    share = max(done / spec.trials, elapsed / spec.seconds)
+    await progress.report(
+        percent=5.0 + 95.0 * min(1.0, share),
+        metrics={"trials_done": done, "trials": spec.trials, f"best_{metric}": best},
+        eta_s=min(elapsed / done * (spec.trials - done), max(0.0, spec.seconds - elapsed)),
+        message=f"{done}/{spec.trials} trials, best {metric} {best:.4g}",
+    )
 
 
 def _chart_of(series: Prepared, result: SeriesResult, windows: list[tuple[int, Forecast]]) -> Chart:

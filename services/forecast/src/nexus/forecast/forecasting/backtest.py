@@ -174,14 +174,20 @@ def _fits(series: Prepared, kinds: Sequence[ModelKind], plan: Plan) -> bool:
     return True
 
 
-def global_scores(kind: ModelKind, series: Sequence[Prepared], plan: Plan) -> dict[str, Errors]:
-    """One global model's backtest errors on series of one group (blocking, CPU)."""
+def global_scores(
+    kind: ModelKind,
+    series: Sequence[Prepared],
+    plan: Plan,
+    params: learners.Params | None = None,
+) -> dict[str, Errors]:
+    """One global model's backtest errors on series of one group, with learner parameters
+    `params` over the defaults (blocking, CPU)."""
     windows: dict[str, list[Errors]] = {s.id: [] for s in series}
     for k in range(plan.windows):
         origins = {s.id: plan.origins(len(s.y))[k] for s in series}
         try:
             model = learners.fit_global(
-                kind, series, plan.horizon, origins, intervals=bool(plan.levels)
+                kind, series, plan.horizon, origins, bool(plan.levels), params
             )
             forecasts = model.forecast(list(origins), plan.horizon, plan.levels)
         except (ValueError, ArithmeticError, np.linalg.LinAlgError) as err:

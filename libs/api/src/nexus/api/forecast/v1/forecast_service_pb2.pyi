@@ -1205,3 +1205,167 @@ class RenderChartResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RenderChartResponse: _TypeAlias = RenderChartResponse  # noqa: Y015
+
+@_typing.final
+class TuneRequest(_message.Message):
+    """Request of a hyperparameter search (StartTune's `tune`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    BACKTEST_FIELD_NUMBER: _builtins.int
+    MAX_TRIALS_FIELD_NUMBER: _builtins.int
+    MAX_SECONDS_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    horizon: _builtins.int
+    """Steps forecast from each backtest origin."""
+    model: Global___Model.ValueType
+    """The model searched: MODEL_LIGHTGBM (unset: it) or MODEL_XGBOOST."""
+    max_trials: _builtins.int
+    """Most trials, the first being the defaults; 0: 20."""
+    max_seconds: _builtins.float
+    """No trial starts after this many seconds (a running one finishes); 0: 600."""
+    seed: _builtins.int
+    """Seed of the sampler: the same seed, series and budget in trials try the same parameters."""
+    @_builtins.property
+    def data(self) -> Global___SeriesData:
+        """The series whose backtest error is minimised."""
+
+    @_builtins.property
+    def backtest(self) -> Global___BacktestConfig:
+        """Windows, step and the error minimised."""
+
+    def __init__(
+        self,
+        *,
+        data: Global___SeriesData | None = ...,
+        horizon: _builtins.int = ...,
+        model: Global___Model.ValueType = ...,
+        backtest: Global___BacktestConfig | None = ...,
+        max_trials: _builtins.int = ...,
+        max_seconds: _builtins.float = ...,
+        seed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data", "horizon", b"horizon", "max_seconds", b"max_seconds", "max_trials", b"max_trials", "model", b"model", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TuneRequest: _TypeAlias = TuneRequest  # noqa: Y015
+
+@_typing.final
+class TuneResponse(_message.Message):
+    """Result of a hyperparameter search."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class BestParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    BEST_PARAMETERS_FIELD_NUMBER: _builtins.int
+    BEST_FIELD_NUMBER: _builtins.int
+    DEFAULTS_FIELD_NUMBER: _builtins.int
+    TRIALS_FIELD_NUMBER: _builtins.int
+    model: Global___Model.ValueType
+    """The model searched."""
+    trials: _builtins.int
+    """Trials run."""
+    @_builtins.property
+    def best_parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The best parameters found (learner names: num_leaves, learning_rate, n_estimators,
+        max_depth).
+        """
+
+    @_builtins.property
+    def best(self) -> Global___Metrics:
+        """Their backtest errors, averaged over series."""
+
+    @_builtins.property
+    def defaults(self) -> Global___Metrics:
+        """The defaults' backtest errors (the first trial), to compare."""
+
+    def __init__(
+        self,
+        *,
+        model: Global___Model.ValueType = ...,
+        best_parameters: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        best: Global___Metrics | None = ...,
+        defaults: Global___Metrics | None = ...,
+        trials: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["best", b"best", "defaults", b"defaults"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best", b"best", "best_parameters", b"best_parameters", "defaults", b"defaults", "model", b"model", "trials", b"trials"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TuneResponse: _TypeAlias = TuneResponse  # noqa: Y015
+
+@_typing.final
+class StartTuneRequest(_message.Message):
+    """Request of StartTune."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TUNE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tune(self) -> Global___TuneRequest:
+        """The search (over HTTP, the whole body)."""
+
+    def __init__(
+        self,
+        *,
+        tune: Global___TuneRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tune", b"tune"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tune", b"tune"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartTuneRequest: _TypeAlias = StartTuneRequest  # noqa: Y015
+
+@_typing.final
+class StartTuneResponse(_message.Message):
+    """Response of StartTune."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def operation(self) -> _operations_pb2.Operation:
+        """The operation; its result is a TuneResponse."""
+
+    def __init__(
+        self,
+        *,
+        operation: _operations_pb2.Operation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartTuneResponse: _TypeAlias = StartTuneResponse  # noqa: Y015

@@ -67,6 +67,11 @@ class ForecastServiceStub:
                 request_serializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.RenderChartRequest.SerializeToString,
                 response_deserializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.RenderChartResponse.FromString,
                 _registered_method=True)
+        self.StartTune = channel.unary_unary(
+                '/nexus.forecast.v1.ForecastService/StartTune',
+                request_serializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.StartTuneRequest.SerializeToString,
+                response_deserializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.StartTuneResponse.FromString,
+                _registered_method=True)
 
 
 class ForecastServiceServicer:
@@ -127,6 +132,16 @@ class ForecastServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartTune(self, request, context):
+        """Starts a hyperparameter search of a global model (LightGBM or XGBoost) on the backtest
+        error of the given series, as a long-running operation, within a trial and a time budget.
+        Progress counts trials done and the best error so far; a cancel stops it between trials.
+        Its result is a TuneResponse: the best parameters and their backtest errors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ForecastServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +174,11 @@ def add_ForecastServiceServicer_to_server(servicer, server):
                     servicer.RenderChart,
                     request_deserializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.RenderChartRequest.FromString,
                     response_serializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.RenderChartResponse.SerializeToString,
+            ),
+            'StartTune': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartTune,
+                    request_deserializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.StartTuneRequest.FromString,
+                    response_serializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.StartTuneResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -326,6 +346,33 @@ class ForecastService:
             '/nexus.forecast.v1.ForecastService/RenderChart',
             nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.RenderChartRequest.SerializeToString,
             nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.RenderChartResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartTune(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.forecast.v1.ForecastService/StartTune',
+            nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.StartTuneRequest.SerializeToString,
+            nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.StartTuneResponse.FromString,
             options,
             channel_credentials,
             insecure,
