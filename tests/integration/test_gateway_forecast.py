@@ -135,3 +135,29 @@ async def test_a_chart_is_served_raw_with_its_content_type(
 
     too_wide = await http.post("/v1/forecast:renderChart", json={**body, "width": 4001})
     assert too_wide.status_code == 400
+
+
+async def test_the_document_declares_the_chart_media_types(http: httpx.AsyncClient) -> None:
+    document = (await http.get("/openapi.json")).json()
+    ok = document["paths"]["/v1/forecast:renderChart"]["post"]["responses"]["200"]["content"]
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    assert ok == {"image/png": binary, "image/svg+xml": binary}
+
+
+async def test_a_tuning_search_over_http(http: httpx.AsyncClient) -> None:
+    body = {"data": {"series": [_series("a", 200)]}, "horizon": 6, "maxTrials": 2}
+    started = await http.post("/v1/forecast:startTune", json=body)
+    assert started.status_code == 200, started.text
+    operation = started.json()["operation"]
+    async with asyncio.timeout(60):
+        while not operation.get("done"):
+            await asyncio.sleep(0.2)
+            operation = (await http.get(f"/v1/{operation['name']}")).json()["operation"]
+    assert operation["state"] == "OPERATION_STATE_SUCCEEDED", operation.get("error")
+    assert operation["response"]["trials"] == 2
+    assert set(operation["response"]["best_parameters"]) >= {"num_leaves", "learning_rate"}, (
+        operation["response"]
+    )
+
+    refused = await http.post("/v1/forecast:startTune", json={**body, "model": "MODEL_MSTL"})
+    assert refused.status_code == 400
