@@ -93,6 +93,7 @@ async def test_a_cancelled_search_stops_between_trials(client: Client) -> None:
         (pb.TuneRequest(horizon=4, model=pb.MODEL_AUTO_ETS), "MODEL_LIGHTGBM"),
         (pb.TuneRequest(horizon=4, max_trials=1001), "max_trials"),
         (pb.TuneRequest(horizon=4, max_seconds=-1), "max_seconds"),
+        (pb.TuneRequest(horizon=4, max_seconds=float("nan")), "max_seconds"),
     ],
 )
 async def test_what_cannot_be_tuned_is_refused_at_the_start(

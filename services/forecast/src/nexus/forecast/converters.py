@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -127,6 +128,8 @@ def tune_spec(request: pb.TuneRequest) -> TuneSpec:
         kind = MODELS[request.model]
     else:
         raise InvalidArgument.for_field("model", "only MODEL_LIGHTGBM and MODEL_XGBOOST are tuned")
+    if not math.isfinite(request.max_seconds):  # NaN passes the field's range rule
+        raise InvalidArgument.for_field("max_seconds", f"{request.max_seconds} is not a number")
     return TuneSpec(
         job=_job(request.data, request.horizon, request.backtest, models=(kind,)),
         kind=kind,
