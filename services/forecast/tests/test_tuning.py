@@ -7,7 +7,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from forecast_testing import Client, logistic_map, proto_series, watch
+from forecast_testing import Client, logistic_map, proto_series, unique, watch
 
 from nexus.api.forecast.v1 import forecast_service_pb2 as pb
 from nexus.api.operations.v1 import operations_pb2 as ops_pb
@@ -102,6 +102,65 @@ async def test_what_cannot_be_tuned_is_refused_at_the_start(
     tune.data.CopyFrom(_tune().data)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await _start(client, tune)
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in (refused.value.details() or "")
+
+
+async def test_a_fit_takes_the_parameters_a_search_found(client: Client) -> None:
+    seen = await watch(client, await _start(client, _tune(max_trials=2)))
+    tuned = pb.TuneResponse()
+    assert seen[-1].response.Unpack(tuned)
+    small = {"num_leaves": 7.0, "n_estimators": 20.0, "learning_rate": 0.3}
+
+    async def fit(values: dict[str, float]) -> pb.FitResponse:
+        name = unique()
+        request = pb.FitRequest(
+            name=name,
+            data=_tune().data,
+            horizon=4,
+            models=[pb.MODEL_LIGHTGBM],
+            backtest=pb.BacktestConfig(windows=2),
+            parameters=[pb.LearnerParameters(model=pb.MODEL_LIGHTGBM, values=values)],
+        )
+        started = await client.forecast.StartFit(
+            pb.StartFitRequest(fit=request), metadata=client.metadata
+        )
+        done = (await watch(client, started.operation.name))[-1]
+        assert done.state == ops_pb.OPERATION_STATE_SUCCEEDED, done.error
+        result = pb.FitResponse()
+        assert done.response.Unpack(result)
+        return result
+
+    found, other = await fit(dict(tuned.best_parameters)), await fit(small)
+
+    leaves = found.version.parameters["lightgbm_num_leaves"]
+    assert float(leaves) == pytest.approx(tuned.best_parameters["num_leaves"])
+    assert other.version.parameters["lightgbm_num_leaves"] == "7"
+    # The parameters reach the learner: the backtests differ.
+    assert found.version.metrics["backtest_mase"] != other.version.metrics["backtest_mase"]
+
+
+@pytest.mark.parametrize(
+    ("values", "model", "words"),
+    [
+        ({"max_depth": 3.0}, pb.MODEL_LIGHTGBM, "'max_depth'; known"),
+        ({"num_leaves": 0.5}, pb.MODEL_LIGHTGBM, "out of range"),
+        ({"learning_rate": float("nan")}, pb.MODEL_XGBOOST, "out of range"),
+        ({}, pb.MODEL_AUTO_ETS, "MODEL_LIGHTGBM or MODEL_XGBOOST"),
+    ],
+)
+async def test_bad_learner_parameters_are_refused_at_the_start(
+    client: Client, values: dict[str, float], model: int, words: str
+) -> None:
+    request = pb.FitRequest(
+        name=unique(),
+        data=_tune().data,
+        horizon=4,
+        parameters=[pb.LearnerParameters(model=model, values=values)],  # type: ignore[arg-type]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await client.forecast.StartFit(pb.StartFitRequest(fit=request), metadata=client.metadata)
 
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert words in (refused.value.details() or "")

@@ -32,6 +32,7 @@ from nexus.forecast.engine import (
     TuneSpec,
 )
 from nexus.forecast.forecasting import Choice, Errors, ModelKind, Report, Series, SeriesOptions
+from nexus.forecast.forecasting.learners import DEFAULTS, INTEGER
 from nexus.forecast.forecasting.tuning import TUNABLE
 
 MODELS = {
@@ -62,6 +63,7 @@ CHART_FORMATS = {
 }
 DEFAULT_WINDOWS = 3
 DEFAULT_TRIALS = 20
+MAX_PARAMETER = 10_000.0
 DEFAULT_TUNE_SECONDS = 600.0
 
 
@@ -139,6 +141,31 @@ def tune_spec(request: pb.TuneRequest) -> TuneSpec:
     )
 
 
+def learner_params(given: Sequence[pb.LearnerParameters]) -> dict[ModelKind, dict[str, float]]:
+    """Learner parameters by global model, checked: a tunable model once, known names, values
+    up to MAX_PARAMETER (counts at least 1, rates above 0)."""
+    found: dict[ModelKind, dict[str, float]] = {}
+    for i, entry in enumerate(given):
+        kind = MODELS.get(entry.model)
+        if kind not in TUNABLE or kind in found:
+            raise InvalidArgument.for_field(
+                f"parameters[{i}].model", "MODEL_LIGHTGBM or MODEL_XGBOOST, each once"
+            )
+        for name, value in entry.values.items():
+            if name not in DEFAULTS[kind]:
+                raise InvalidArgument.for_field(
+                    f"parameters[{i}].values", f"{name!r}; known: {', '.join(DEFAULTS[kind])}"
+                )
+            low = 1.0 if name in INTEGER else 0.0  # counts are whole; a rate above 0
+            if not (low <= value <= MAX_PARAMETER and value > 0):  # NaN fails too
+                raise InvalidArgument.for_field(
+                    f"parameters[{i}].values",
+                    f"{name} {value} is out of range ({low:g} to {MAX_PARAMETER:g})",
+                )
+        found[kind] = dict(entry.values)
+    return found
+
+
 def tuned_to_proto(tuned: Tuned) -> pb.TuneResponse:
     """A search's result."""
     return pb.TuneResponse(
@@ -152,7 +179,7 @@ def tuned_to_proto(tuned: Tuned) -> pb.TuneResponse:
 
 def fit_spec(request: pb.FitRequest) -> FitSpec:
     """A fit from its request; backtest coverage at 80 and 95 % unless levels are given."""
-    job = job_of(request)
+    job = replace(job_of(request), params=learner_params(request.parameters))
     if not job.levels:
         job = replace(job, levels=DEFAULT_LEVELS)
     return FitSpec(request.name, job, request.promote_to, request.description)

@@ -93,10 +93,12 @@ class Job:
     windows: int = 3
     step: int = 0
     metric: str = "mase"
+    params: Mapping[ModelKind, Mapping[str, float]] = field(default_factory=dict)
+    """Learner parameters of the global models over their defaults."""
 
     def plan(self) -> Plan:
         """The backtest plan."""
-        return Plan(self.horizon, self.windows, self.step, self.levels, self.metric)
+        return Plan(self.horizon, self.windows, self.step, self.levels, self.metric, self.params)
 
 
 @dataclass(frozen=True)
@@ -438,7 +440,9 @@ class ForecastEngine:
             )
         if wanted:
             await progress.stage("fitting", 95.0, f"fitting {len(wanted)} global model(s)")
-            models = await self._run(partial(fit_globals, prepared, kinds, wanted, job.horizon))
+            models = await self._run(
+                partial(fit_globals, prepared, kinds, wanted, job.horizon, job.params)
+            )
             for key, model in models.items():
                 fitted.add_shared(key, model)
         return fitted, choices
@@ -666,4 +670,9 @@ def _parameters(job: Job, prepared: list[Prepared]) -> dict[str, str]:
         "metric": job.metric,
         "frequencies": ",".join(frequencies)[:256],
         "dataset_id": job.data.dataset_id,
+        **{
+            f"{kind.value}_{name}": f"{value:g}"
+            for kind, params in job.params.items()
+            for name, value in sorted(params.items())
+        },
     }

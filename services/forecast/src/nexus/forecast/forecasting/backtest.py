@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,6 +45,8 @@ class Plan:
     """Steps between origins; 0: the horizon."""
     levels: tuple[float, ...] = ()
     metric: str = "mase"
+    params: Mapping[ModelKind, learners.Params] = field(default_factory=dict)
+    """Learner parameters of the global models over their defaults."""
 
     @property
     def stride(self) -> int:
@@ -183,6 +185,7 @@ def global_scores(
     """One global model's backtest errors on series of one group, with learner parameters
     `params` over the defaults (blocking, CPU)."""
     windows: dict[str, list[Errors]] = {s.id: [] for s in series}
+    params = params if params is not None else plan.params.get(kind)
     for k in range(plan.windows):
         origins = {s.id: plan.origins(len(s.y))[k] for s in series}
         try:

@@ -856,6 +856,7 @@ class FitRequest(_message.Message):
     LEVELS_FIELD_NUMBER: _builtins.int
     PROMOTE_TO_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The model name to register the fitted set under."""
     horizon: _builtins.int
@@ -880,6 +881,12 @@ class FitRequest(_message.Message):
     def levels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Interval levels whose backtest coverage is recorded (empty: 80 and 95)."""
 
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___LearnerParameters]:
+        """Learner parameters of the global models (such as a StartTune result's best_parameters),
+        over their defaults; at most one entry per model.
+        """
+
     def __init__(
         self,
         *,
@@ -891,14 +898,65 @@ class FitRequest(_message.Message):
         levels: _abc.Iterable[_builtins.float] | None = ...,
         promote_to: _builtins.str = ...,
         description: _builtins.str = ...,
+        parameters: _abc.Iterable[Global___LearnerParameters] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data", "description", b"description", "horizon", b"horizon", "levels", b"levels", "models", b"models", "name", b"name", "promote_to", b"promote_to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data", "description", b"description", "horizon", b"horizon", "levels", b"levels", "models", b"models", "name", b"name", "parameters", b"parameters", "promote_to", b"promote_to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FitRequest: _TypeAlias = FitRequest  # noqa: Y015
+
+@_typing.final
+class LearnerParameters(_message.Message):
+    """Parameters of a global model's learner."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ValuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    model: Global___Model.ValueType
+    """MODEL_LIGHTGBM or MODEL_XGBOOST."""
+    @_builtins.property
+    def values(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """By learner name (LightGBM: num_leaves, learning_rate, n_estimators; XGBoost: max_depth,
+        learning_rate, n_estimators), each in (0, 10000].
+        """
+
+    def __init__(
+        self,
+        *,
+        model: Global___Model.ValueType = ...,
+        values: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LearnerParameters: _TypeAlias = LearnerParameters  # noqa: Y015
 
 @_typing.final
 class FitResponse(_message.Message):
