@@ -4,13 +4,16 @@ fit followed as an operation, bad input as 400/404 naming what is wrong."""
 from __future__ import annotations
 
 import asyncio
+import io
 import uuid
 from collections.abc import AsyncIterator
+from xml.etree import ElementTree
 
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from nexus.common.settings import NexusSettings
 from nexus.common.testing.keys import make_key
@@ -100,3 +103,61 @@ async def test_bad_input_is_a_400_naming_the_field(http: httpx.AsyncClient) -> N
     violations = reply.json()["error"]["field_violations"]
     assert violations[0]["field"] == "data.series[0].values"
     assert "20 missing values" in violations[0]["description"]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "media_type"),
+    [("CHART_FORMAT_PNG", "image/png"), ("CHART_FORMAT_SVG", "image/svg+xml")],
+)
+async def test_a_chart_is_served_raw_with_its_content_type(
+    http: httpx.AsyncClient, fmt: str, media_type: str
+) -> None:
+    body = {
+        "data": {"series": [_series("a")]},
+        "horizon": 6,
+        "levels": [80],
+        "models": ["MODEL_SEASONAL_NAIVE"],
+        "format": fmt,
+        "showBacktest": True,
+        "backtest": {"windows": 2},
+    }
+    reply = await http.post("/v1/forecast:renderChart", json=body)
+
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"] == media_type
+    if media_type == "image/png":
+        assert reply.content.startswith(b"\x89PNG\r\n\x1a\n")
+        with Image.open(io.BytesIO(reply.content)) as image:
+            image.load()
+            assert image.size == (1000, 500)
+    else:
+        assert ElementTree.fromstring(reply.content).tag == "{http://www.w3.org/2000/svg}svg"
+
+    too_wide = await http.post("/v1/forecast:renderChart", json={**body, "width": 4001})
+    assert too_wide.status_code == 400
+
+
+async def test_the_document_declares_the_chart_media_types(http: httpx.AsyncClient) -> None:
+    document = (await http.get("/openapi.json")).json()
+    ok = document["paths"]["/v1/forecast:renderChart"]["post"]["responses"]["200"]["content"]
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    assert ok == {"image/png": binary, "image/svg+xml": binary}
+
+
+async def test_a_tuning_search_over_http(http: httpx.AsyncClient) -> None:
+    body = {"data": {"series": [_series("a", 200)]}, "horizon": 6, "maxTrials": 2}
+    started = await http.post("/v1/forecast:startTune", json=body)
+    assert started.status_code == 200, started.text
+    operation = started.json()["operation"]
+    async with asyncio.timeout(60):
+        while not operation.get("done"):
+            await asyncio.sleep(0.2)
+            operation = (await http.get(f"/v1/{operation['name']}")).json()["operation"]
+    assert operation["state"] == "OPERATION_STATE_SUCCEEDED", operation.get("error")
+    assert operation["response"]["trials"] == 2
+    assert set(operation["response"]["best_parameters"]) >= {"num_leaves", "learning_rate"}, (
+        operation["response"]
+    )
+
+    refused = await http.post("/v1/forecast:startTune", json={**body, "model": "MODEL_MSTL"})
+    assert refused.status_code == 400

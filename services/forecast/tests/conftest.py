@@ -20,7 +20,12 @@ from nexus.forecast.settings import ForecastSettings
 async def forecast(start_service: StartService) -> ServiceHost:
     """One running forecast service with small limits."""
     settings = ForecastSettings(
-        grpc_port=0, max_sync_series=20, max_series=200, max_horizon=200, max_dataset_bytes=200_000
+        grpc_port=0,
+        max_sync_series=20,
+        max_series=200,
+        max_horizon=200,
+        max_dataset_bytes=200_000,
+        max_chart_points=500,
     )
     return await start_service(create, settings)
 

@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nexus.api.forecast.v1 import forecast_service_pb2 as pb
 from nexus.api.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
 from nexus.api.models.v1 import model_registry_pb2_grpc as models_grpc
+from nexus.api.operations.v1 import operations_pb2 as ops_pb
 from nexus.api.operations.v1 import operations_pb2_grpc as ops_grpc
 from nexus.forecast.forecasting import Series
 
@@ -27,6 +28,14 @@ class Client:
         self.models = models_grpc.ModelRegistryServiceStub(channel)
         self.operations = ops_grpc.OperationsServiceStub(channel)
         self.metadata = (("authorization", f"Bearer {key}"),)
+
+
+async def watch(client: Client, name: str) -> list[ops_pb.Operation]:
+    """Every state of an operation until it is done."""
+    stream = client.operations.WatchOperation(
+        ops_pb.WatchOperationRequest(name=name), metadata=client.metadata
+    )
+    return [reply.operation async for reply in stream]
 
 
 def unique(prefix: str = "fc") -> str:

@@ -16,6 +16,7 @@ from forecast_testing import (
     proto_series,
     seasonal_random_walk,
     unique,
+    watch,
 )
 from nats.aio.client import Client as Nats
 
@@ -126,13 +127,6 @@ async def test_an_uploaded_dataset_is_forecast_by_id(client: Client, fmt: int) -
     assert reply.forecasts[0].timestamps[0].ToDatetime() == pd.Timestamp("2024-03-01")
 
 
-async def _watch(client: Client, name: str) -> list[ops_pb.Operation]:
-    stream = client.operations.WatchOperation(
-        ops_pb.WatchOperationRequest(name=name), metadata=client.metadata
-    )
-    return [reply.operation async for reply in stream]
-
-
 async def test_a_fit_runs_as_an_operation_registers_a_version_and_serves_predictions(
     client: Client, nats_client: Nats
 ) -> None:
@@ -143,7 +137,7 @@ async def test_a_fit_runs_as_an_operation_registers_a_version_and_serves_predict
     started = await client.forecast.StartFit(pb.StartFitRequest(fit=fit), metadata=client.metadata)
     assert started.operation.name.startswith("forecast/operations/")
 
-    seen = await _watch(client, started.operation.name)
+    seen = await watch(client, started.operation.name)
 
     done = seen[-1]
     assert done.state == ops_pb.OPERATION_STATE_SUCCEEDED, done.error
@@ -195,7 +189,7 @@ async def test_lightgbm_is_chosen_fitted_across_series_and_served_from_the_regis
         name=name, data=data, horizon=6, models=[LGBM, SN], backtest=pb.BacktestConfig(windows=2)
     )
     started = await client.forecast.StartFit(pb.StartFitRequest(fit=fit), metadata=client.metadata)
-    done = (await _watch(client, started.operation.name))[-1]
+    done = (await watch(client, started.operation.name))[-1]
     assert done.state == ops_pb.OPERATION_STATE_SUCCEEDED, done.error
     result = pb.FitResponse()
     assert done.response.Unpack(result)
@@ -392,7 +386,7 @@ async def test_a_fit_reads_an_uploaded_dataset(client: Client) -> None:
         models=[SN],
     )
     started = await client.forecast.StartFit(pb.StartFitRequest(fit=fit), metadata=client.metadata)
-    done = (await _watch(client, started.operation.name))[-1]
+    done = (await watch(client, started.operation.name))[-1]
     assert done.state == ops_pb.OPERATION_STATE_SUCCEEDED, done.error
 
     predicted = await client.forecast.Predict(

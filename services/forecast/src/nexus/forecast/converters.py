@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+from google.api import httpbody_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from nexus.api.common.v1 import common_pb2
@@ -14,6 +16,7 @@ from nexus.api.forecast.v1 import forecast_service_pb2 as pb
 from nexus.common.errors import InvalidArgument
 from nexus.common.registry import Resolved, Selector
 from nexus.common.registry.converters import version_to_proto
+from nexus.forecast.charts import DEFAULT_HEIGHT, DEFAULT_WIDTH, ChartFormat, ChartSpec, Image
 from nexus.forecast.datasets import DatasetInfo, Format
 from nexus.forecast.engine import (
     DEFAULT_LEVELS,
@@ -25,8 +28,12 @@ from nexus.forecast.engine import (
     Predicted,
     PredictSpec,
     SeriesResult,
+    Tuned,
+    TuneSpec,
 )
 from nexus.forecast.forecasting import Choice, Errors, ModelKind, Report, Series, SeriesOptions
+from nexus.forecast.forecasting.learners import DEFAULTS, INTEGER
+from nexus.forecast.forecasting.tuning import TUNABLE
 
 MODELS = {
     pb.MODEL_AUTO_ARIMA: ModelKind.AUTO_ARIMA,
@@ -49,7 +56,15 @@ FORMATS = {
     pb.DATASET_FORMAT_CSV: Format.CSV,
     pb.DATASET_FORMAT_PARQUET: Format.PARQUET,
 }
+CHART_FORMATS = {
+    pb.CHART_FORMAT_UNSPECIFIED: ChartFormat.PNG,
+    pb.CHART_FORMAT_PNG: ChartFormat.PNG,
+    pb.CHART_FORMAT_SVG: ChartFormat.SVG,
+}
 DEFAULT_WINDOWS = 3
+DEFAULT_TRIALS = 20
+MAX_PARAMETER = 10_000.0
+DEFAULT_TUNE_SECONDS = 600.0
 
 
 def upload_format(request: pb.UploadDatasetRequest) -> Format:
@@ -59,25 +74,112 @@ def upload_format(request: pb.UploadDatasetRequest) -> Format:
     return FORMATS[request.format]
 
 
-def job_of(request: pb.ForecastRequest | pb.BacktestRequest | pb.FitRequest) -> Job:
-    """The job a Forecast, Backtest or Fit request describes."""
-    backtest = request.backtest
+def job_of(
+    request: pb.ForecastRequest | pb.BacktestRequest | pb.FitRequest | pb.RenderChartRequest,
+) -> Job:
+    """The job a Forecast, Backtest, Fit or RenderChart request describes."""
+    models = models_of(request.models)
+    return _job(request.data, request.horizon, request.backtest, tuple(request.levels), models)
+
+
+def _job(
+    data: pb.SeriesData,
+    horizon: int,
+    backtest: pb.BacktestConfig,
+    levels: tuple[float, ...] = (),
+    models: tuple[ModelKind, ...] = (),
+) -> Job:
     if backtest.metric not in METRICS:
         raise InvalidArgument.for_field("backtest.metric", f"unknown metric {backtest.metric}")
     return Job(
-        data=data_of(request.data),
-        horizon=request.horizon,
-        levels=tuple(request.levels),
-        models=models_of(request.models),
+        data=data_of(data),
+        horizon=horizon,
+        levels=levels,
+        models=models,
         windows=backtest.windows or DEFAULT_WINDOWS,
         step=backtest.step,
         metric=METRICS[backtest.metric],
     )
 
 
+def chart_spec(request: pb.RenderChartRequest) -> ChartSpec:
+    """How a chart looks (sizes are bounded by the request's field rules)."""
+    if request.format not in CHART_FORMATS:
+        raise InvalidArgument.for_field("format", f"unknown format {request.format}")
+    return ChartSpec(
+        format=CHART_FORMATS[request.format],
+        width=request.width or DEFAULT_WIDTH,
+        height=request.height or DEFAULT_HEIGHT,
+        title=request.title,
+        history=request.history,
+    )
+
+
+def image_to_proto(image: Image) -> pb.RenderChartResponse:
+    """A rendered chart, served raw over HTTP with its media type."""
+    chart = httpbody_pb2.HttpBody(content_type=image.media_type, data=image.data)
+    return pb.RenderChartResponse(chart=chart)
+
+
+def tune_spec(request: pb.TuneRequest) -> TuneSpec:
+    """A hyperparameter search from its request: LightGBM unless XGBoost is named; 20 trials
+    and 600 s unless a budget is given."""
+    if request.model == pb.MODEL_UNSPECIFIED:
+        kind = ModelKind.LIGHTGBM
+    elif MODELS.get(request.model) in TUNABLE:
+        kind = MODELS[request.model]
+    else:
+        raise InvalidArgument.for_field("model", "only MODEL_LIGHTGBM and MODEL_XGBOOST are tuned")
+    if not math.isfinite(request.max_seconds):  # NaN passes the field's range rule
+        raise InvalidArgument.for_field("max_seconds", f"{request.max_seconds} is not a number")
+    return TuneSpec(
+        job=_job(request.data, request.horizon, request.backtest, models=(kind,)),
+        kind=kind,
+        trials=request.max_trials or DEFAULT_TRIALS,
+        seconds=request.max_seconds or DEFAULT_TUNE_SECONDS,
+        seed=request.seed,
+    )
+
+
+def learner_params(given: Sequence[pb.LearnerParameters]) -> dict[ModelKind, dict[str, float]]:
+    """Learner parameters by global model, checked: a tunable model once, known names, values
+    up to MAX_PARAMETER (counts at least 1, rates above 0)."""
+    found: dict[ModelKind, dict[str, float]] = {}
+    for i, entry in enumerate(given):
+        kind = MODELS.get(entry.model)
+        if kind not in TUNABLE or kind in found:
+            raise InvalidArgument.for_field(
+                f"parameters[{i}].model", "MODEL_LIGHTGBM or MODEL_XGBOOST, each once"
+            )
+        for name, value in entry.values.items():
+            if name not in DEFAULTS[kind]:
+                raise InvalidArgument.for_field(
+                    f"parameters[{i}].values", f"{name!r}; known: {', '.join(DEFAULTS[kind])}"
+                )
+            low = 1.0 if name in INTEGER else 0.0  # counts are whole; a rate above 0
+            if not (low <= value <= MAX_PARAMETER and value > 0):  # NaN fails too
+                raise InvalidArgument.for_field(
+                    f"parameters[{i}].values",
+                    f"{name} {value} is out of range ({low:g} to {MAX_PARAMETER:g})",
+                )
+        found[kind] = dict(entry.values)
+    return found
+
+
+def tuned_to_proto(tuned: Tuned) -> pb.TuneResponse:
+    """A search's result."""
+    return pb.TuneResponse(
+        model=KINDS[tuned.kind],
+        best_parameters=tuned.params,
+        best=metrics_to_proto(tuned.errors),
+        defaults=metrics_to_proto(tuned.defaults),
+        trials=tuned.trials,
+    )
+
+
 def fit_spec(request: pb.FitRequest) -> FitSpec:
     """A fit from its request; backtest coverage at 80 and 95 % unless levels are given."""
-    job = job_of(request)
+    job = replace(job_of(request), params=learner_params(request.parameters))
     if not job.levels:
         job = replace(job, levels=DEFAULT_LEVELS)
     return FitSpec(request.name, job, request.promote_to, request.description)

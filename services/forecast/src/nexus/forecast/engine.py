@@ -28,10 +28,12 @@ from nexus.common.operations import NO_PROGRESS, Progress
 from nexus.common.registry import ModelRegistry, ModelVersionInfo, Resolved, Selector
 from nexus.common.runtime import ModelRuntime, Served
 from nexus.forecast import datasets
+from nexus.forecast.charts import Chart, ChartSpec, Image, Line, render
 from nexus.forecast.datasets import DatasetInfo, DatasetStore, Format, Limits
 from nexus.forecast.forecasting import (
     GLOBAL,
     Choice,
+    Errors,
     FittedSeries,
     FittedSet,
     Forecast,
@@ -45,6 +47,7 @@ from nexus.forecast.forecasting import (
     applicable,
     backtest,
     check_fit_length,
+    check_length,
     choose_and_fit,
     fit_globals,
     fit_series,
@@ -53,6 +56,8 @@ from nexus.forecast.forecasting import (
     global_backtests,
     prepare,
     report,
+    tuning,
+    window_forecasts,
 )
 from nexus.forecast.serving import FRAMEWORK, ServedSet
 from nexus.forecast.settings import ForecastSettings
@@ -88,10 +93,12 @@ class Job:
     windows: int = 3
     step: int = 0
     metric: str = "mase"
+    params: Mapping[ModelKind, Mapping[str, float]] = field(default_factory=dict)
+    """Learner parameters of the global models over their defaults."""
 
     def plan(self) -> Plan:
         """The backtest plan."""
-        return Plan(self.horizon, self.windows, self.step, self.levels, self.metric)
+        return Plan(self.horizon, self.windows, self.step, self.levels, self.metric, self.params)
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,28 @@ class FitSpec:
     job: Job
     promote_to: str = ""
     description: str = ""
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """A hyperparameter search: the job (series, horizon, backtest), the model, the budget."""
+
+    job: Job
+    kind: ModelKind
+    trials: int
+    seconds: float
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """A search's answer: the best parameters, their errors, the defaults' errors."""
+
+    kind: ModelKind
+    params: dict[str, float]
+    errors: Errors
+    defaults: Errors
+    trials: int
 
 
 @dataclass(frozen=True)
@@ -295,6 +324,11 @@ class ForecastEngine:
         on the whole series and forecasts; a global model once for all series that won with
         it."""
         prepared = await self.series(job, max_series=self.settings.max_sync_series)
+        forecasted = await self._forecast(job, prepared)
+        await self._announce_forecast(common_pb2.ModelRef(), len(prepared), job)
+        return forecasted
+
+    async def _forecast(self, job: Job, prepared: list[Prepared]) -> Forecasted:
         plan = job.plan()
         kinds = {s.id: applicable(s, job.models, plan) for s in prepared}
         several = [s for s in prepared if len(kinds[s.id]) > 1]
@@ -312,8 +346,34 @@ class ForecastEngine:
             lambda s: shared.get(s.id) or _forecast(s, winners[s.id], job.horizon, job.levels),
             prepared,
         )
-        await self._announce_forecast(common_pb2.ModelRef(), len(done), job)
         return Forecasted(done, [c for c in choices.values() if c is not None])
+
+    # Charts.
+
+    async def chart(self, job: Job, spec: ChartSpec, show_backtest: bool) -> Image:
+        """One series drawn: history, the forecast of its model (chosen as in `forecast`) with
+        its intervals and, when asked, the chosen model's backtest windows.
+
+        Raises:
+            InvalidArgument: Not exactly one series; see `series` and `check_length`.
+            ResourceExhausted: More history to draw than max_chart_points.
+        """
+        data = job.data
+        if len(data.series) + len(data.series_ids) != 1:
+            raise InvalidArgument.for_field(
+                "data", "a chart draws exactly one series (one series, or one series_ids entry)"
+            )
+        (series,) = await self.series(job, max_series=1)
+        drawn = min(spec.history or len(series.y), len(series.y))
+        if drawn > self.settings.max_chart_points:
+            raise ResourceExhausted.too_large("history", drawn, self.settings.max_chart_points)
+        (result,) = (await self._forecast(job, [series])).forecasts
+        windows = (
+            await self._run(partial(window_forecasts, series, result.model, job.plan()))
+            if show_backtest
+            else []
+        )
+        return await self._run(partial(render, _chart_of(series, result, windows), spec))
 
     async def backtest(self, job: Job) -> Report:
         """Backtests every candidate on every series and says which won each."""
@@ -380,13 +440,46 @@ class ForecastEngine:
             )
         if wanted:
             await progress.stage("fitting", 95.0, f"fitting {len(wanted)} global model(s)")
-            models = await self._run(partial(fit_globals, prepared, kinds, wanted, job.horizon))
+            models = await self._run(
+                partial(fit_globals, prepared, kinds, wanted, job.horizon, job.params)
+            )
             for key, model in models.items():
                 fitted.add_shared(key, model)
         return fitted, choices
 
     def _chunk_size(self, total: int) -> int:
         return max(1, total // (CHUNKS_PER_WORKER * 25))
+
+    # Hyperparameter searches, as operations.
+
+    async def tune(self, spec: TuneSpec, progress: Progress = NO_PROGRESS) -> Tuned:
+        """Searches `spec.kind`'s parameters on the series' backtest error, one trial at a time
+        on the executor, until the trial or time budget is spent (ADR 0037).
+
+        Progress: stages loading, tuning (trials_done, best so far); a cancel takes effect
+        between trials.
+
+        Raises:
+            InvalidArgument: A series too short for the model's backtest; see `series`.
+        """
+        await progress.stage("loading", 0.0, "reading the series")
+        prepared = await self.series(spec.job, max_series=self.settings.max_series)
+        plan = spec.job.plan()
+        for series in prepared:
+            check_length(series, [spec.kind], plan)
+        await progress.stage("tuning", 5.0, f"0/{spec.trials} trials")
+        study = tuning.study(spec.kind, spec.seed)
+        tried: list[tuple[dict[str, float], Errors]] = []
+        began = time.monotonic()
+        while len(tried) < spec.trials and time.monotonic() - began < spec.seconds:
+            trial = study.ask()
+            params = tuning.suggest(trial, spec.kind)
+            errors = await self._run(partial(tuning.score, spec.kind, prepared, plan, params))
+            study.tell(trial, errors.value(plan.metric))
+            tried.append((params, errors))
+            await _report_trials(progress, tried, spec, plan.metric, time.monotonic() - began)
+        params, errors = min(tried, key=lambda t: t[1].value(plan.metric))  # ties: earlier
+        return Tuned(spec.kind, params, errors, tried[0][1], len(tried))
 
     # Predictions from a fitted set.
 
@@ -520,6 +613,31 @@ def _forecast_globals(
     return found
 
 
+async def _report_trials(
+    progress: Progress,
+    tried: list[tuple[dict[str, float], Errors]],
+    spec: TuneSpec,
+    metric: str,
+    elapsed: float,
+) -> None:
+    done = len(tried)
+    best = min(e.value(metric) for _, e in tried)
+    share = max(done / spec.trials, elapsed / spec.seconds)
+    await progress.report(
+        percent=5.0 + 95.0 * min(1.0, share),
+        metrics={"trials_done": done, "trials": spec.trials, f"best_{metric}": best},
+        eta_s=min(elapsed / done * (spec.trials - done), max(0.0, spec.seconds - elapsed)),
+        message=f"{done}/{spec.trials} trials, best {metric} {best:.4g}",
+    )
+
+
+def _chart_of(series: Prepared, result: SeriesResult, windows: list[tuple[int, Forecast]]) -> Chart:
+    grid = series.grid(len(series.y))
+    lines = [Line(grid[o : o + len(f.mean)], f) for o, f in windows]
+    title = f"{series.id}: {result.model.value}"
+    return Chart(title, grid, series.y, Line(result.index, result.forecast), lines)
+
+
 def _apply(work: Callable[[Prepared], T], items: list[Prepared]) -> list[T]:
     return [work(s) for s in items]
 
@@ -552,4 +670,9 @@ def _parameters(job: Job, prepared: list[Prepared]) -> dict[str, str]:
         "metric": job.metric,
         "frequencies": ",".join(frequencies)[:256],
         "dataset_id": job.data.dataset_id,
+        **{
+            f"{kind.value}_{name}": f"{value:g}"
+            for kind, params in job.params.items()
+            for name, value in sorted(params.items())
+        },
     }

@@ -7,7 +7,7 @@ from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 from nexus.forecast.datasets import DatasetStore
 from nexus.forecast.engine import ForecastEngine
-from nexus.forecast.servicer import ForecastServicer, fitting
+from nexus.forecast.servicer import ForecastServicer, fitting, tuning
 from nexus.forecast.serving import FRAMEWORK
 from nexus.forecast.settings import ForecastSettings
 
@@ -22,7 +22,7 @@ async def create(settings: ForecastSettings, common: NexusSettings) -> ServiceHo
     engine = ForecastEngine(
         registry, DatasetStore(host.nc.jetstream()), host.bus, settings, host.executor
     )
-    operations = host.operations(fitting(engine))
+    operations = host.operations(fitting(engine), tuning(engine))
     host.add_servicer(
         pb_grpc.add_ForecastServiceServicer_to_server,
         ForecastServicer(engine, operations),

@@ -17,6 +17,8 @@ from nexus.forecast.engine import ForecastEngine
 Context = Any  # grpc.aio.ServicerContext; unused by these handlers
 FIT = "fit"
 """The kind of the operations StartFit starts."""
+TUNE = "tune"
+"""The kind of the operations StartTune starts."""
 
 
 def fitting(engine: ForecastEngine) -> OperationKind[pb.FitRequest, pb.FitResponse]:
@@ -27,6 +29,16 @@ def fitting(engine: ForecastEngine) -> OperationKind[pb.FitRequest, pb.FitRespon
         return converters.fitted_to_proto(fitted, engine.settings.max_report_series)
 
     return OperationKind(FIT, pb.FitRequest, fit)
+
+
+def tuning(engine: ForecastEngine) -> OperationKind[pb.TuneRequest, pb.TuneResponse]:
+    """A hyperparameter search as a kind of long-running operation."""
+
+    async def tune(request: pb.TuneRequest, progress: Progress) -> pb.TuneResponse:
+        tuned = await engine.tune(converters.tune_spec(request), progress)
+        return converters.tuned_to_proto(tuned)
+
+    return OperationKind(TUNE, pb.TuneRequest, tune)
 
 
 class ForecastServicer(pb_grpc.ForecastServiceServicer):
@@ -51,11 +63,26 @@ class ForecastServicer(pb_grpc.ForecastServiceServicer):
         report = await self._engine.backtest(converters.job_of(request))
         return converters.report_to_proto(report)
 
+    async def RenderChart(
+        self, request: pb.RenderChartRequest, context: Context
+    ) -> pb.RenderChartResponse:
+        spec = converters.chart_spec(request)
+        image = await self._engine.chart(converters.job_of(request), spec, request.show_backtest)
+        return converters.image_to_proto(image)
+
     async def StartFit(self, request: pb.StartFitRequest, context: Context) -> pb.StartFitResponse:
         spec = converters.fit_spec(request.fit)  # bad input fails here, not in the operation
         self._engine.check_job(spec.job, max_series=self._engine.settings.max_series)
         operation = await self._operations.submit(FIT, request.fit)
         return pb.StartFitResponse(operation=operation_to_proto(operation))
+
+    async def StartTune(
+        self, request: pb.StartTuneRequest, context: Context
+    ) -> pb.StartTuneResponse:
+        spec = converters.tune_spec(request.tune)  # bad input fails here, not in the operation
+        self._engine.check_job(spec.job, max_series=self._engine.settings.max_series)
+        operation = await self._operations.submit(TUNE, request.tune)
+        return pb.StartTuneResponse(operation=operation_to_proto(operation))
 
     async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
         predicted = await self._engine.predict(converters.predict_spec(request))

@@ -51,3 +51,6 @@ class ForecastSettings(ServiceSettings):
 
     series_cache_size: int = Field(default=10_000, gt=0)
     """Most series models of one fitted set kept unpacked; each is unpacked on first use."""
+
+    max_chart_points: int = Field(default=20_000, gt=0)
+    """Most history values one chart draws (a longer series: ask for its last `history`)."""

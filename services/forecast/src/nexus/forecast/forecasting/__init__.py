@@ -11,6 +11,7 @@ from nexus.forecast.forecasting.backtest import (
     check_length,
     choose,
     global_backtests,
+    window_forecasts,
 )
 from nexus.forecast.forecasting.fitting import (
     FittedSeries,
@@ -73,4 +74,5 @@ __all__ = [
     "prepare",
     "report",
     "smape",
+    "window_forecasts",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,6 +45,8 @@ class Plan:
     """Steps between origins; 0: the horizon."""
     levels: tuple[float, ...] = ()
     metric: str = "mase"
+    params: Mapping[ModelKind, learners.Params] = field(default_factory=dict)
+    """Learner parameters of the global models over their defaults."""
 
     @property
     def stride(self) -> int:
@@ -174,14 +176,21 @@ def _fits(series: Prepared, kinds: Sequence[ModelKind], plan: Plan) -> bool:
     return True
 
 
-def global_scores(kind: ModelKind, series: Sequence[Prepared], plan: Plan) -> dict[str, Errors]:
-    """One global model's backtest errors on series of one group (blocking, CPU)."""
+def global_scores(
+    kind: ModelKind,
+    series: Sequence[Prepared],
+    plan: Plan,
+    params: learners.Params | None = None,
+) -> dict[str, Errors]:
+    """One global model's backtest errors on series of one group, with learner parameters
+    `params` over the defaults (blocking, CPU)."""
     windows: dict[str, list[Errors]] = {s.id: [] for s in series}
+    params = params if params is not None else plan.params.get(kind)
     for k in range(plan.windows):
         origins = {s.id: plan.origins(len(s.y))[k] for s in series}
         try:
             model = learners.fit_global(
-                kind, series, plan.horizon, origins, intervals=bool(plan.levels)
+                kind, series, plan.horizon, origins, bool(plan.levels), params
             )
             forecasts = model.forecast(list(origins), plan.horizon, plan.levels)
         except (ValueError, ArithmeticError, np.linalg.LinAlgError) as err:
@@ -225,14 +234,9 @@ def _score(series: Prepared, kind: ModelKind, plan: Plan) -> Errors:
 
 
 def _window(series: Prepared, kind: ModelKind, plan: Plan, origin: int) -> Errors:
-    history, actual = series.y[:origin], series.y[origin : origin + plan.horizon]
-    x = series.x
-    x_past = x[:origin] if x is not None else None
-    x_future = x[origin : origin + plan.horizon] if x is not None else None
-    forecast = forecast_once(
-        kind, series.seasons, history, plan.horizon, plan.levels, x_past, x_future
-    )
-    return errors(actual, forecast, mase_scale(history, series.season))
+    actual = series.y[origin : origin + plan.horizon]
+    forecast = _window_forecast(series, kind, plan, origin, plan.levels)
+    return errors(actual, forecast, mase_scale(series.y[:origin], series.season))
 
 
 def errors(actual: np.ndarray, forecast: Forecast, scale: float) -> Errors:
@@ -246,3 +250,32 @@ def errors(actual: np.ndarray, forecast: Forecast, scale: float) -> Errors:
             for level, (lower, upper) in forecast.intervals.items()
         },
     )
+
+
+def window_forecasts(series: Prepared, kind: ModelKind, plan: Plan) -> list[tuple[int, Forecast]]:
+    """The forecast of each backtest window of `kind` on one series, with its origin, oldest
+    first (blocking, CPU); for a chart.
+
+    Raises:
+        InvalidArgument: The series is too short for the backtest.
+    """
+    check_length(series, [kind], plan)
+    origins = plan.origins(len(series.y))
+    if kind in GLOBAL:
+        return [(o, _global_window(series, kind, plan, o)) for o in origins]
+    return [(o, _window_forecast(series, kind, plan, o, ())) for o in origins]
+
+
+def _global_window(series: Prepared, kind: ModelKind, plan: Plan, origin: int) -> Forecast:
+    model = learners.fit_global(kind, [series], plan.horizon, {series.id: origin}, intervals=False)
+    return model.forecast([series.id], plan.horizon, ())[series.id]
+
+
+def _window_forecast(
+    series: Prepared, kind: ModelKind, plan: Plan, origin: int, levels: Sequence[float]
+) -> Forecast:
+    x = series.x
+    x_past = x[:origin] if x is not None else None
+    x_future = x[origin : origin + plan.horizon] if x is not None else None
+    y = series.y[:origin]
+    return forecast_once(kind, series.seasons, y, plan.horizon, levels, x_past, x_future)

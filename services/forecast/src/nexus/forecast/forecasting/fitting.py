@@ -213,15 +213,17 @@ def fit_globals(
     kinds: Mapping[str, Sequence[ModelKind]],
     wanted: Collection[str],
     horizon: int,
+    params: Mapping[ModelKind, learners.Params] | None = None,
 ) -> dict[str, GlobalModel]:
     """The global models named by `wanted` (keys of `shared_key`), each fitted on every series
     of its group that has it among its candidates `kinds` (by id), with conformal intervals for
-    `horizon` steps (blocking, CPU)."""
+    `horizon` steps and learner parameters `params[kind]` over the defaults (blocking, CPU)."""
     models = {}
     for kind in sorted(GLOBAL, key=lambda k: k.value):
         members = [s for s in series if kind in kinds[s.id]]
         for group, part in learners.groups(members).items():
             key = shared_key(kind, group)
             if key in wanted:
-                models[key] = learners.fit_global(kind, part, horizon)
+                ours = (params or {}).get(kind)
+                models[key] = learners.fit_global(kind, part, horizon, params=ours)
     return models

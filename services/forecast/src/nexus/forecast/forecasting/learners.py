@@ -95,40 +95,48 @@ def date_features(frequency: str) -> list[str]:
     return ["month"] if step <= pd.Timedelta(days=31) else []
 
 
-def learner(kind: ModelKind) -> Any:
+Params = Mapping[str, float]
+"""Learner parameters that override the defaults (`DEFAULTS`), such as a tuning trial's."""
+DEFAULTS: dict[ModelKind, dict[str, float]] = {
+    ModelKind.LIGHTGBM: {
+        "n_estimators": ROUNDS,
+        "learning_rate": LEARNING_RATE,
+        "num_leaves": LEAVES,
+    },
+    ModelKind.XGBOOST: {"n_estimators": ROUNDS, "learning_rate": LEARNING_RATE, "max_depth": 6},
+}
+INTEGER = frozenset({"n_estimators", "num_leaves", "max_depth"})
+
+
+def parameters(kind: ModelKind, params: Params | None = None) -> dict[str, Any]:
+    """The learner parameters of `kind`: the defaults, overridden by `params` (integers where
+    the learner wants them)."""
+    merged = {**DEFAULTS[kind], **(params or {})}
+    return {k: round(v) if k in INTEGER else float(v) for k, v in merged.items()}
+
+
+def learner(kind: ModelKind, params: Params | None = None) -> Any:
     """A fresh regressor of `kind` (one thread: the service runs many fits side by side)."""
     if kind is ModelKind.LIGHTGBM:
         from lightgbm import LGBMRegressor
 
-        return LGBMRegressor(
-            n_estimators=ROUNDS,
-            learning_rate=LEARNING_RATE,
-            num_leaves=LEAVES,
-            n_jobs=1,
-            random_state=0,
-            verbosity=-1,
-        )
+        return LGBMRegressor(**parameters(kind, params), n_jobs=1, random_state=0, verbosity=-1)
     from xgboost import XGBRegressor
 
-    return XGBRegressor(
-        n_estimators=ROUNDS,
-        learning_rate=LEARNING_RATE,
-        max_depth=6,
-        tree_method="hist",
-        n_jobs=1,
-        random_state=0,
-    )
+    return XGBRegressor(**parameters(kind, params), tree_method="hist", n_jobs=1, random_state=0)
 
 
-def build(kind: ModelKind, group: Group, boxcox: bool = False) -> MLForecast:
+def build(
+    kind: ModelKind, group: Group, boxcox: bool = False, params: Params | None = None
+) -> MLForecast:
     """A fresh mlforecast pipeline of `kind` for a group's series (Box-Cox first when asked:
-    it needs positive values)."""
+    it needs positive values; learner parameters `params` over the defaults)."""
     season = max(group.seasons[0], 1)
     windows: dict[int, list[Any]] = {1: [RollingMean(window_size=max(season, 2))]}
     if season > 1:
         windows[season] = [RollingMean(window_size=season)]
     return MLForecast(
-        models={kind.value: learner(kind)},
+        models={kind.value: learner(kind, params)},
         freq=group.frequency,
         lags=lags(group.seasons),
         lag_transforms=windows,
@@ -223,6 +231,7 @@ def fit_global(
     horizon: int,
     lengths: Mapping[str, int] | None = None,
     intervals: bool = True,
+    params: Params | None = None,
 ) -> GlobalModel:
     """`kind` fitted on every series of one group, cut to `lengths` when given (blocking, CPU).
 
@@ -235,7 +244,7 @@ def fit_global(
     data = frame(series, lengths)
     shortest = int(data.groupby("unique_id").size().min())
     pi = _conformal(group, shortest, horizon) if intervals else None
-    forecaster = build(kind, group, positive(series)).fit(data, prediction_intervals=pi)
+    forecaster = build(kind, group, positive(series), params).fit(data, prediction_intervals=pi)
     return GlobalModel(kind, forecaster, horizon if pi else 0, frozenset(s.id for s in series))
 
 

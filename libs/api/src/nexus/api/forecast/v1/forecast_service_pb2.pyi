@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -126,6 +127,30 @@ DATASET_FORMAT_CSV: DatasetFormat.ValueType  # 1
 DATASET_FORMAT_PARQUET: DatasetFormat.ValueType  # 2
 """Apache Parquet."""
 Global___DatasetFormat: _TypeAlias = DatasetFormat  # noqa: Y015
+
+class _ChartFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChartFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChartFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHART_FORMAT_UNSPECIFIED: _ChartFormat.ValueType  # 0
+    """Not set: PNG."""
+    CHART_FORMAT_PNG: _ChartFormat.ValueType  # 1
+    """PNG (image/png)."""
+    CHART_FORMAT_SVG: _ChartFormat.ValueType  # 2
+    """SVG (image/svg+xml)."""
+
+class ChartFormat(_ChartFormat, metaclass=_ChartFormatEnumTypeWrapper):
+    """The image format of a chart."""
+
+CHART_FORMAT_UNSPECIFIED: ChartFormat.ValueType  # 0
+"""Not set: PNG."""
+CHART_FORMAT_PNG: ChartFormat.ValueType  # 1
+"""PNG (image/png)."""
+CHART_FORMAT_SVG: ChartFormat.ValueType  # 2
+"""SVG (image/svg+xml)."""
+Global___ChartFormat: _TypeAlias = ChartFormat  # noqa: Y015
 
 @_typing.final
 class Exogenous(_message.Message):
@@ -831,6 +856,7 @@ class FitRequest(_message.Message):
     LEVELS_FIELD_NUMBER: _builtins.int
     PROMOTE_TO_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The model name to register the fitted set under."""
     horizon: _builtins.int
@@ -855,6 +881,12 @@ class FitRequest(_message.Message):
     def levels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Interval levels whose backtest coverage is recorded (empty: 80 and 95)."""
 
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___LearnerParameters]:
+        """Learner parameters of the global models (such as a StartTune result's best_parameters),
+        over their defaults; at most one entry per model.
+        """
+
     def __init__(
         self,
         *,
@@ -866,14 +898,65 @@ class FitRequest(_message.Message):
         levels: _abc.Iterable[_builtins.float] | None = ...,
         promote_to: _builtins.str = ...,
         description: _builtins.str = ...,
+        parameters: _abc.Iterable[Global___LearnerParameters] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data", "description", b"description", "horizon", b"horizon", "levels", b"levels", "models", b"models", "name", b"name", "promote_to", b"promote_to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data", "description", b"description", "horizon", b"horizon", "levels", b"levels", "models", b"models", "name", b"name", "parameters", b"parameters", "promote_to", b"promote_to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FitRequest: _TypeAlias = FitRequest  # noqa: Y015
+
+@_typing.final
+class LearnerParameters(_message.Message):
+    """Parameters of a global model's learner."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ValuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    model: Global___Model.ValueType
+    """MODEL_LIGHTGBM or MODEL_XGBOOST."""
+    @_builtins.property
+    def values(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """By learner name (LightGBM: num_leaves, learning_rate, n_estimators; XGBoost: max_depth,
+        learning_rate, n_estimators), each in (0, 10000].
+        """
+
+    def __init__(
+        self,
+        *,
+        model: Global___Model.ValueType = ...,
+        values: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LearnerParameters: _TypeAlias = LearnerParameters  # noqa: Y015
 
 @_typing.final
 class FitResponse(_message.Message):
@@ -1086,3 +1169,261 @@ class PredictResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PredictResponse: _TypeAlias = PredictResponse  # noqa: Y015
+
+@_typing.final
+class RenderChartRequest(_message.Message):
+    """Request of RenderChart."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    LEVELS_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    BACKTEST_FIELD_NUMBER: _builtins.int
+    SHOW_BACKTEST_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    horizon: _builtins.int
+    """Steps to forecast."""
+    show_backtest: _builtins.bool
+    """Draw the forecast of each backtest window (the chosen model, fitted up to its origin)."""
+    format: Global___ChartFormat.ValueType
+    """PNG or SVG."""
+    width: _builtins.int
+    """Width in pixels; 0: 1000."""
+    height: _builtins.int
+    """Height in pixels; 0: 500."""
+    title: _builtins.str
+    """The chart's title; empty: the series id and the model."""
+    history: _builtins.int
+    """Only the last this many values of the history are drawn; 0: all of it."""
+    @_builtins.property
+    def data(self) -> Global___SeriesData:
+        """Exactly one series: inline, or one series_ids entry of a dataset."""
+
+    @_builtins.property
+    def levels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Interval levels in percent drawn as bands, 0 < level < 100 (empty: none)."""
+
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[Global___Model.ValueType]:
+        """Candidate models (empty: every one, chosen by backtest)."""
+
+    @_builtins.property
+    def backtest(self) -> Global___BacktestConfig:
+        """The backtest that chooses among several candidates, and whose windows are drawn."""
+
+    def __init__(
+        self,
+        *,
+        data: Global___SeriesData | None = ...,
+        horizon: _builtins.int = ...,
+        levels: _abc.Iterable[_builtins.float] | None = ...,
+        models: _abc.Iterable[Global___Model.ValueType] | None = ...,
+        backtest: Global___BacktestConfig | None = ...,
+        show_backtest: _builtins.bool = ...,
+        format: Global___ChartFormat.ValueType = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        title: _builtins.str = ...,
+        history: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data", "format", b"format", "height", b"height", "history", b"history", "horizon", b"horizon", "levels", b"levels", "models", b"models", "show_backtest", b"show_backtest", "title", b"title", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenderChartRequest: _TypeAlias = RenderChartRequest  # noqa: Y015
+
+@_typing.final
+class RenderChartResponse(_message.Message):
+    """Response of RenderChart."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHART_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def chart(self) -> _httpbody_pb2.HttpBody:
+        """The image: content_type image/png or image/svg+xml, data its bytes (over HTTP, the body)."""
+
+    def __init__(
+        self,
+        *,
+        chart: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chart", b"chart"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chart", b"chart"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenderChartResponse: _TypeAlias = RenderChartResponse  # noqa: Y015
+
+@_typing.final
+class TuneRequest(_message.Message):
+    """Request of a hyperparameter search (StartTune's `tune`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    BACKTEST_FIELD_NUMBER: _builtins.int
+    MAX_TRIALS_FIELD_NUMBER: _builtins.int
+    MAX_SECONDS_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    horizon: _builtins.int
+    """Steps forecast from each backtest origin."""
+    model: Global___Model.ValueType
+    """The model searched: MODEL_LIGHTGBM (unset: it) or MODEL_XGBOOST."""
+    max_trials: _builtins.int
+    """Most trials, the first being the defaults; 0: 20."""
+    max_seconds: _builtins.float
+    """No trial starts after this many seconds (a running one finishes); 0: 600."""
+    seed: _builtins.int
+    """Seed of the sampler: the same seed, series and budget in trials try the same parameters."""
+    @_builtins.property
+    def data(self) -> Global___SeriesData:
+        """The series whose backtest error is minimised."""
+
+    @_builtins.property
+    def backtest(self) -> Global___BacktestConfig:
+        """Windows, step and the error minimised."""
+
+    def __init__(
+        self,
+        *,
+        data: Global___SeriesData | None = ...,
+        horizon: _builtins.int = ...,
+        model: Global___Model.ValueType = ...,
+        backtest: Global___BacktestConfig | None = ...,
+        max_trials: _builtins.int = ...,
+        max_seconds: _builtins.float = ...,
+        seed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data", "horizon", b"horizon", "max_seconds", b"max_seconds", "max_trials", b"max_trials", "model", b"model", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TuneRequest: _TypeAlias = TuneRequest  # noqa: Y015
+
+@_typing.final
+class TuneResponse(_message.Message):
+    """Result of a hyperparameter search."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class BestParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    BEST_PARAMETERS_FIELD_NUMBER: _builtins.int
+    BEST_FIELD_NUMBER: _builtins.int
+    DEFAULTS_FIELD_NUMBER: _builtins.int
+    TRIALS_FIELD_NUMBER: _builtins.int
+    model: Global___Model.ValueType
+    """The model searched."""
+    trials: _builtins.int
+    """Trials run."""
+    @_builtins.property
+    def best_parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The best parameters found (learner names: num_leaves, learning_rate, n_estimators,
+        max_depth).
+        """
+
+    @_builtins.property
+    def best(self) -> Global___Metrics:
+        """Their backtest errors, averaged over series."""
+
+    @_builtins.property
+    def defaults(self) -> Global___Metrics:
+        """The defaults' backtest errors (the first trial), to compare."""
+
+    def __init__(
+        self,
+        *,
+        model: Global___Model.ValueType = ...,
+        best_parameters: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        best: Global___Metrics | None = ...,
+        defaults: Global___Metrics | None = ...,
+        trials: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["best", b"best", "defaults", b"defaults"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best", b"best", "best_parameters", b"best_parameters", "defaults", b"defaults", "model", b"model", "trials", b"trials"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TuneResponse: _TypeAlias = TuneResponse  # noqa: Y015
+
+@_typing.final
+class StartTuneRequest(_message.Message):
+    """Request of StartTune."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TUNE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tune(self) -> Global___TuneRequest:
+        """The search (over HTTP, the whole body)."""
+
+    def __init__(
+        self,
+        *,
+        tune: Global___TuneRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tune", b"tune"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tune", b"tune"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartTuneRequest: _TypeAlias = StartTuneRequest  # noqa: Y015
+
+@_typing.final
+class StartTuneResponse(_message.Message):
+    """Response of StartTune."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def operation(self) -> _operations_pb2.Operation:
+        """The operation; its result is a TuneResponse."""
+
+    def __init__(
+        self,
+        *,
+        operation: _operations_pb2.Operation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartTuneResponse: _TypeAlias = StartTuneResponse  # noqa: Y015

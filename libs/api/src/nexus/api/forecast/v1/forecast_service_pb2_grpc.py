@@ -62,6 +62,16 @@ class ForecastServiceStub:
                 request_serializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.PredictRequest.SerializeToString,
                 response_deserializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.RenderChart = channel.unary_unary(
+                '/nexus.forecast.v1.ForecastService/RenderChart',
+                request_serializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.RenderChartRequest.SerializeToString,
+                response_deserializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.RenderChartResponse.FromString,
+                _registered_method=True)
+        self.StartTune = channel.unary_unary(
+                '/nexus.forecast.v1.ForecastService/StartTune',
+                request_serializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.StartTuneRequest.SerializeToString,
+                response_deserializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.StartTuneResponse.FromString,
+                _registered_method=True)
 
 
 class ForecastServiceServicer:
@@ -113,6 +123,25 @@ class ForecastServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenderChart(self, request, context):
+        """Draws one series: its history, the forecast with its prediction intervals and, on request,
+        the backtest windows' forecasts, as a PNG or SVG image (over HTTP the raw image, with its
+        Content-Type, the response's `chart`). The model is chosen as in Forecast.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartTune(self, request, context):
+        """Starts a hyperparameter search of a global model (LightGBM or XGBoost) on the backtest
+        error of the given series, as a long-running operation, within a trial and a time budget.
+        Progress counts trials done and the best error so far; a cancel stops it between trials.
+        Its result is a TuneResponse: the best parameters and their backtest errors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ForecastServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +169,16 @@ def add_ForecastServiceServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.PredictRequest.FromString,
                     response_serializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.PredictResponse.SerializeToString,
+            ),
+            'RenderChart': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenderChart,
+                    request_deserializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.RenderChartRequest.FromString,
+                    response_serializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.RenderChartResponse.SerializeToString,
+            ),
+            'StartTune': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartTune,
+                    request_deserializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.StartTuneRequest.FromString,
+                    response_serializer=nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.StartTuneResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -280,6 +319,60 @@ class ForecastService:
             '/nexus.forecast.v1.ForecastService/Predict',
             nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.PredictRequest.SerializeToString,
             nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenderChart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.forecast.v1.ForecastService/RenderChart',
+            nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.RenderChartRequest.SerializeToString,
+            nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.RenderChartResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartTune(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.forecast.v1.ForecastService/StartTune',
+            nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.StartTuneRequest.SerializeToString,
+            nexus_dot_forecast_dot_v1_dot_forecast__service__pb2.StartTuneResponse.FromString,
             options,
             channel_credentials,
             insecure,

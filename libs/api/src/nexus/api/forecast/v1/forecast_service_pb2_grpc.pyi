@@ -59,6 +59,17 @@ class ForecastServiceStub:
     """Forecasts series of a fitted set, with the version an alias (or a pinned version) resolves
     to. Each series' model is loaded on first use.
     """
+    RenderChart: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.RenderChartRequest, _forecast_service_pb2.RenderChartResponse]
+    """Draws one series: its history, the forecast with its prediction intervals and, on request,
+    the backtest windows' forecasts, as a PNG or SVG image (over HTTP the raw image, with its
+    Content-Type, the response's `chart`). The model is chosen as in Forecast.
+    """
+    StartTune: _grpc.UnaryUnaryMultiCallable[_forecast_service_pb2.StartTuneRequest, _forecast_service_pb2.StartTuneResponse]
+    """Starts a hyperparameter search of a global model (LightGBM or XGBoost) on the backtest
+    error of the given series, as a long-running operation, within a trial and a time budget.
+    Progress counts trials done and the best error so far; a cancel stops it between trials.
+    Its result is a TuneResponse: the best parameters and their backtest errors.
+    """
 
 @_typing.type_check_only
 class ForecastServiceAsyncStub(ForecastServiceStub):
@@ -90,6 +101,17 @@ class ForecastServiceAsyncStub(ForecastServiceStub):
     Predict: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.PredictRequest, _forecast_service_pb2.PredictResponse]  # type: ignore[assignment]
     """Forecasts series of a fitted set, with the version an alias (or a pinned version) resolves
     to. Each series' model is loaded on first use.
+    """
+    RenderChart: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.RenderChartRequest, _forecast_service_pb2.RenderChartResponse]  # type: ignore[assignment]
+    """Draws one series: its history, the forecast with its prediction intervals and, on request,
+    the backtest windows' forecasts, as a PNG or SVG image (over HTTP the raw image, with its
+    Content-Type, the response's `chart`). The model is chosen as in Forecast.
+    """
+    StartTune: _aio.UnaryUnaryMultiCallable[_forecast_service_pb2.StartTuneRequest, _forecast_service_pb2.StartTuneResponse]  # type: ignore[assignment]
+    """Starts a hyperparameter search of a global model (LightGBM or XGBoost) on the backtest
+    error of the given series, as a long-running operation, within a trial and a time budget.
+    Progress counts trials done and the best error so far; a cancel stops it between trials.
+    Its result is a TuneResponse: the best parameters and their backtest errors.
     """
 
 class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -149,6 +171,29 @@ class ForecastServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_forecast_service_pb2.PredictResponse, _abc.Awaitable[_forecast_service_pb2.PredictResponse]]:
         """Forecasts series of a fitted set, with the version an alias (or a pinned version) resolves
         to. Each series' model is loaded on first use.
+        """
+
+    @_abc_1.abstractmethod
+    def RenderChart(
+        self,
+        request: _forecast_service_pb2.RenderChartRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forecast_service_pb2.RenderChartResponse, _abc.Awaitable[_forecast_service_pb2.RenderChartResponse]]:
+        """Draws one series: its history, the forecast with its prediction intervals and, on request,
+        the backtest windows' forecasts, as a PNG or SVG image (over HTTP the raw image, with its
+        Content-Type, the response's `chart`). The model is chosen as in Forecast.
+        """
+
+    @_abc_1.abstractmethod
+    def StartTune(
+        self,
+        request: _forecast_service_pb2.StartTuneRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_forecast_service_pb2.StartTuneResponse, _abc.Awaitable[_forecast_service_pb2.StartTuneResponse]]:
+        """Starts a hyperparameter search of a global model (LightGBM or XGBoost) on the backtest
+        error of the given series, as a long-running operation, within a trial and a time budget.
+        Progress counts trials done and the best error so far; a cancel stops it between trials.
+        Its result is a TuneResponse: the best parameters and their backtest errors.
         """
 
 def add_ForecastServiceServicer_to_server(servicer: ForecastServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
