@@ -126,6 +126,8 @@ def summary(raw: dict[str, Any]) -> dict[str, Any]:
         out["concurrent_step"] = percentiles(step_latencies(concurrent["runs"]))
     if "events" in raw:
         out["event_to_first_step"] = percentiles(raw["events"]["latencies_s"])
+    if "failed" in raw:
+        out["failed"] = raw["failed"]
     return out
 
 
@@ -321,6 +323,8 @@ def table(figures: dict[str, dict[str, Any]]) -> None:
             f"{step.get('p99_ms', nan):>9.2f} {event.get('p50_ms', nan):>10.2f} "
             f"{event.get('p99_ms', nan):>10.2f}"
         )
+        for workload, why in f.get("failed", {}).items():
+            print(f"{'':<9} {workload} failed: {why}")
 
 
 def main() -> None:
