@@ -15,6 +15,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from nexus.anomaly.server import create as create_anomaly
 from nexus.anomaly.settings import AnomalySettings
@@ -25,6 +26,7 @@ from nexus.common.auth import new_key, open_key_store
 from nexus.common.events import EventBus
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
+from nexus.common.telemetry import setup_tracing
 from nexus.common.testing.keys import make_key
 from nexus.common.testing.services import StartService
 from nexus.common.testing.waiting import eventually
@@ -599,3 +601,24 @@ async def test_bad_fan_out_steps_are_refused_with_their_fields(
     assert [code for code, _ in refused] == [grpc.StatusCode.INVALID_ARGUMENT] * 2
     assert "steps[0].parallel.branches: branch names must be unique" in refused[0][1]
     assert "steps[0].map.items: bad expression" in refused[1][1]
+
+
+async def test_a_run_is_one_trace_from_its_start_through_the_services_it_calls(
+    orchestrator: Orchestrator, nexus_settings: NexusSettings
+) -> None:
+    exporter = InMemorySpanExporter()
+    setup_tracing("test", nexus_settings, exporter=exporter)
+    await orchestrator.register(ALERT)
+
+    run = await orchestrator.start("alert", source="traced")
+    done = await orchestrator.finished(run.run_id)
+    await asyncio.sleep(0.2)  # the last consumer span ends after its handler returns
+    spans = exporter.get_finished_spans()
+
+    assert done.state == pb.RUN_STATE_SUCCEEDED, done.error.message
+    started = [s for s in spans if s.kind.name == "SERVER" and s.name.endswith("/StartRun")]
+    assert started, [s.name for s in spans]
+    in_trace = {s.name for s in spans if s.context.trace_id == started[-1].context.trace_id}
+    assert any(n.startswith("process nexus.orchestrator.advance") for n in in_trace), in_trace
+    assert any(n.endswith("AnomalyService/ListSources") for n in in_trace), in_trace
+    assert any(n.startswith("publish nexus.anomaly.orchestrated") for n in in_trace), in_trace

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 
 from nexus.common.idempotency import METADATA_KEY
 from nexus.common.routing import backend_of_request
+from nexus.common.telemetry import client_interceptors
 from nexus.orchestrator.definitions.parsing import find_message, find_method
 
 _RECONNECT_BACKOFF_MS = 500
@@ -125,7 +126,10 @@ class Caller:
                 ("grpc.initial_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS),
                 ("grpc.max_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS),
             ]
-            channel = grpc.aio.insecure_channel(address, options=options)
+            # The trace of the advance being handled goes on into the service called.
+            channel = grpc.aio.insecure_channel(
+                address, options=options, interceptors=client_interceptors()
+            )
             self._channels[backend] = channel
         return channel
 
