@@ -33,7 +33,6 @@ import asyncio
 import itertools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.model_runtime import percentiles
 from nexus.api.orchestrator.v1 import events_pb2
 from nexus.api.orchestrator.v1 import orchestrator_service_pb2 as pb
 from nexus.api.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
@@ -91,17 +91,6 @@ def sequential(name: str, steps: int, trigger: str = "") -> str:
 
 
 # Measures over the engines' raw figures (the same for every engine).
-
-
-def percentiles(samples_s: Sequence[float]) -> dict[str, float]:
-    """p50 and p99 in milliseconds."""
-    ordered = sorted(samples_s)
-    if not ordered:
-        return {"p50_ms": float("nan"), "p99_ms": float("nan")}
-    return {
-        "p50_ms": 1000 * statistics.median(ordered),
-        "p99_ms": 1000 * ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
-    }
 
 
 def step_latencies(runs: Sequence[dict[str, Any]]) -> list[float]:

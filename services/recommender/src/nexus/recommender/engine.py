@@ -166,6 +166,7 @@ class RecommenderEngine:
         )
         self._content: dict[str, tuple[int, ContentIndex]] = {}
         self._embedded: dict[str, tuple[int, Embedded, dict[str, str]]] = {}
+        self._embedding: dict[str, asyncio.Lock] = {}  # one embedding of a catalog at a time
 
     async def start(self) -> None:
         """Loads catalogs and items, replays the interactions, follows the registry."""
@@ -344,7 +345,12 @@ class RecommenderEngine:
 
     async def embedded(self, catalog: str) -> Embedded:
         """The catalog's item text embedded by the packaged MiniLM model, embedded again (the
-        changed items only) after its items changed; the model loads on first use."""
+        changed items only) after its items changed; the model loads on first use. Requests
+        that come meanwhile wait for that embedding rather than compute it again."""
+        async with self._embedding.setdefault(catalog, asyncio.Lock()):
+            return await self._embed(catalog)
+
+    async def _embed(self, catalog: str) -> Embedded:
         changes = self.items.changes(catalog)
         cached = self._embedded.get(catalog)
         if cached is not None and cached[0] == changes:
