@@ -4,8 +4,9 @@
 #   docker build --build-arg SERVICE=anomaly -t nexus/anomaly .
 #   docker build --build-arg SERVICE=llm --build-arg VARIANT=cuda -t nexus/llm:latest-cuda .
 # SERVICE is `gateway` or the name of a folder under services/ (a new service needs nothing here).
-# VARIANT is `cpu` (default) or `cuda`, for the services whose lock holds torch: `cpu` installs the
-# locked CPU build, `cuda` the same torch version built for CUDA from TORCH_CUDA_INDEX.
+# VARIANT is `cpu` (default) or `cuda`, for the services whose lock holds torch: `cuda` installs
+# the lock as it is (PyPI's torch is the CUDA build, with its NVIDIA libraries), `cpu` the same
+# torch and torchvision versions built for the CPU, from TORCH_CPU_INDEX, without them.
 # The image runs as uid 10001, with a read-only root filesystem: only /tmp must be writable.
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -38,28 +39,27 @@ FROM ${PYTHON_IMAGE} AS builder
 ARG SERVICE
 ARG VARIANT=cpu
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
-ARG TORCH_CUDA_INDEX=https://download.pytorch.org/whl/cu128
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/nexus
 ENV PATH=/opt/nexus/bin:$PATH
 COPY --from=sources /stage/requirements.lock /tmp/requirements.lock
 RUN set -e; cd /tmp; \
     torch=$(sed -n 's/^torch==\([^ +]*\).*/\1/p' requirements.lock); \
+    vision=$(sed -n 's/^torchvision==\([^ +]*\).*/\1/p' requirements.lock); \
     case "$VARIANT" in cpu|cuda) ;; \
         *) echo "VARIANT=$VARIANT: use cpu or cuda" >&2; exit 1 ;; esac; \
-    if [ -z "$torch" ]; then \
-        if [ "$VARIANT" = cuda ]; then \
-            echo "VARIANT=cuda: $SERVICE does not use torch; build it without VARIANT" >&2; exit 1; \
-        fi; \
+    if [ -z "$torch" ] && [ "$VARIANT" = cuda ]; then \
+        echo "VARIANT=cuda: $SERVICE does not use torch; build it without VARIANT" >&2; exit 1; \
+    fi; \
+    if [ -z "$torch" ] || [ "$VARIANT" = cuda ]; then \
         pip install --require-hashes --no-deps -r requirements.lock; \
-    elif [ "$VARIANT" = cpu ]; then \
-        pip install --require-hashes --no-deps --extra-index-url "$TORCH_CPU_INDEX" \
-            -r requirements.lock; \
     else \
-        awk '/^torch==/ {skip = 1; next} /^[^ ]/ {skip = 0} !skip' requirements.lock > rest.lock; \
+        awk '/^(torch|torchvision|triton|nvidia-[^=]*|cuda-[^=]*)==/ {skip = 1; next} \
+             /^[^ ]/ {skip = 0} !skip' requirements.lock > rest.lock; \
         sed -n 's/^\([^# ][^ ]*==[^ ]*\).*/\1/p' rest.lock > locked.txt; \
         pip install --require-hashes --no-deps -r rest.lock; \
-        pip install --index-url "$TORCH_CUDA_INDEX" -c locked.txt "torch==$torch"; \
+        pip install --no-deps --index-url "$TORCH_CPU_INDEX" "torch==$torch+cpu" \
+            ${vision:+"torchvision==$vision+cpu"}; \
     fi; \
     rm -f requirements.lock rest.lock locked.txt
 COPY --from=sources /stage/packages /tmp/packages

@@ -28,7 +28,9 @@ CRD_SCHEMAS = {
     "ScaledObject": Path(__file__).parent / "crds" / "scaledobject.json",
     "ServiceMonitor": Path(__file__).parent / "crds" / "servicemonitor.json",
 }
-SERVICES = ["gateway", "anomaly", "forecast", "llm", "orchestrator", "recommender"]
+SERVICES = ["gateway", "anomaly", "forecast", "llm", "orchestrator", "recommender", "vision"]
+GPU_SERVICES = ("llm", "vision")
+"""The services values-gpu.yaml moves to the gpu profile."""
 
 
 def containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
@@ -169,7 +171,7 @@ def test_gpus_only_where_the_profile_asks(environments: dict[str, Manifests], en
     for name, deployment in environments[env].deployments().items():
         pod = deployment["spec"]["template"]["spec"]
         (container,) = containers(deployment)
-        gpu = env == "gpu" and name == "llm"
+        gpu = env == "gpu" and name in GPU_SERVICES
         assert ("nvidia.com/gpu" in container["resources"]["limits"]) is gpu, name
         assert container["image"].endswith("-cuda") is gpu
         assert ("runtimeClassName" in pod) is gpu
@@ -197,7 +199,7 @@ def test_a_service_takes_the_gpu_profile_by_values_alone() -> None:
             {"services.llm.replicas": "two"},
             "services.llm.replicas: Invalid type. Expected: integer",
         ),
-        ({"services.vision.replicas": "1"}, "services: Additional property vision is not allowed"),
+        ({"services.visoin.replicas": "1"}, "services: Additional property visoin is not allowed"),
         ({"services.llm.profil": "gpu"}, "Additional property profil is not allowed"),
         (
             {"services.llm.autoscaling.enabled": "yes"},
@@ -287,6 +289,7 @@ def test_the_gateway_is_told_every_service(environments: dict[str, Manifests]) -
         "llm": f"{RELEASE}-nexus-llm:50051",
         "orchestrator": f"{RELEASE}-nexus-orchestrator:50051",
         "recommender": f"{RELEASE}-nexus-recommender:50051",
+        "vision": f"{RELEASE}-nexus-vision:50051",
     }
     orchestrator = env_of(deployments["orchestrator"])["NEXUS_ORCHESTRATOR_BACKENDS"]["value"]
     assert json.loads(orchestrator) == backends
@@ -327,7 +330,7 @@ def test_network_policies_let_only_the_gateway_reach_services_and_only_nexus_rea
     policies = environments["prod"].of_kind("NetworkPolicy")
     for policy in policies:
         component = environments["prod"].component(policy)
-        if component in ("anomaly", "forecast", "llm", "recommender"):
+        if component in ("anomaly", "forecast", "llm", "recommender", "vision"):
             rules = policy["spec"]["ingress"]
             grpc_rule = next(r for r in rules if r["ports"] == [{"port": "grpc"}])
             (peer,) = grpc_rule["from"]
@@ -350,6 +353,7 @@ def test_metrics_are_annotated_and_monitored(environments: dict[str, Manifests])
         "llm",
         "orchestrator",
         "recommender",
+        "vision",
     ]
     assert environments["dev"].of_kind("ServiceMonitor") == []
 
@@ -396,6 +400,7 @@ def test_a_registry_prefix_and_a_tag_reach_every_image() -> None:
         "llm": "ghcr.io/acme/nexus/llm:9",
         "orchestrator": "ghcr.io/acme/nexus/orchestrator:0.1.0",
         "recommender": "ghcr.io/acme/nexus/recommender:0.1.0",
+        "vision": "ghcr.io/acme/nexus/vision:0.1.0",
     }
 
 

@@ -141,7 +141,7 @@ def test_each_deployables_lock_is_hash_checked(name: str) -> None:
     for i in entries:
         assert lines[i + 1].strip().startswith("--hash=sha256:"), lines[i]
     (install,) = [s for s in of("builder", "RUN") if "requirements.lock" in s]
-    assert install.count("--require-hashes") == 3  # no torch, the CPU build, CUDA's other parts
+    assert install.count("--require-hashes") == 2  # the whole lock; all but the torch pair (CPU)
 
 
 def test_the_recipes_stages_meet_where_the_sources_stage_puts_its_files() -> None:

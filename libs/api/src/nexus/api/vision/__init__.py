@@ -1,0 +1,1 @@
+"""Generated from protos/nexus/vision. Do not edit: run `make protos`."""
