@@ -41,7 +41,9 @@ class ServedYolo(Model[Frame, ImageResult]):
 
     def __init__(self, source: ModelSource, settings: VisionSettings) -> None:
         super().__init__(source)
-        self.batching = Batching(settings.max_batch_size, settings.max_batch_wait_ms)
+        self.batching = Batching(
+            settings.max_batch_size, settings.max_batch_wait_ms, settings.concurrent_batches
+        )
         self._settings = settings
         self._yolo: YoloModel | None = None
 

@@ -43,6 +43,8 @@ def open_session(onnx: bytes, *, device: str = "cpu", threads: int = 0) -> ort.I
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    # Idle threads sleep rather than spin: decoding and gRPC share the cores with inference.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(onnx, options, providers=providers_for(device))
     except Exception as err:  # ONNX Runtime's own errors (InvalidProtobuf, Fail...) are many
