@@ -10,12 +10,15 @@ import grpc
 import numpy as np
 import pytest
 from test_yolo import malicious_checkpoint
-from vision_testing import ASSETS, Client
+from vision_testing import ASSETS, Client, small_settings
 from yolo_testing import Trained, shapes_photos
 
 from nexus.api.models.v1 import model_registry_pb2 as models_pb
 from nexus.api.vision.v1 import vision_service_pb2 as pb
+from nexus.common.server import ServiceHost
+from nexus.vision.engine import VisionEngine
 from nexus.vision.images import decode
+from nexus.vision.results import PredictOptions
 
 UNSURE = pb.PredictOptions(confidence=0.001, max_detections=5)  # a 2-epoch model is unsure
 
@@ -186,3 +189,29 @@ async def test_bad_uploads_are_refused(
 
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in (caught.value.details() or "")
+
+
+async def test_a_stream_reads_a_frame_only_when_one_is_done(
+    vision: ServiceHost, client: Client, detector: Trained
+) -> None:
+    await _uploaded(client, detector)
+    engine = VisionEngine(
+        await vision.registry(), vision.bus, small_settings(max_stream_in_flight=2), vision.executor
+    )
+    await engine.start()
+    frames = [_jpeg(i) for i in shapes_photos(8)]
+    pulled = 0
+
+    async def source() -> AsyncIterator[tuple[str, bytes]]:
+        nonlocal pulled
+        for n, frame in enumerate(frames):
+            pulled += 1
+            yield f"f{n}", frame
+
+    seen = []
+    async for frame_id, _ in engine.predict_frames("shapes", source(), PredictOptions()):
+        seen.append(frame_id)
+        assert pulled <= len(seen) + 2  # at most 2 in work beyond those answered
+    await engine.stop()
+
+    assert seen == [f"f{n}" for n in range(8)]
