@@ -103,6 +103,7 @@ async def via_grpc(
         NEXUS_VISION_MAX_BATCH_WAIT_MS=str(args.max_batch_wait_ms),
         NEXUS_VISION_INFERENCE_THREADS=str(args.threads),
         NEXUS_VISION_CONCURRENT_BATCHES=str(args.batches),
+        NEXUS_VISION_RECT_LETTERBOX=str(not args.square).lower(),
     )
     jpegs = [cv2.imencode(".jpg", i, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for i in images]
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,6 +190,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=4)
     parser.add_argument("--max-batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per run")
+    parser.add_argument("--square", action="store_true", help="square letterbox (no rect)")
     parser.add_argument("--batches", type=int, default=2, help="batches run at once (gRPC)")
     return parser.parse_args()
 
@@ -206,7 +208,7 @@ def main() -> None:
     results["ultralytics"] = sequential(
         lambda i: baseline.predict(i, imgsz=IMGSZ, device="cpu", verbose=False), images
     )
-    ours = YoloModel(onnx, device="cpu", threads=args.threads)
+    ours = YoloModel(onnx, device="cpu", threads=args.threads, rect=not args.square)
     results["nexus_in_process"] = sequential(
         lambda i: ours.predict([i], [Filters(PredictOptions())]), images
     )

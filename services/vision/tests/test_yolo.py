@@ -21,13 +21,21 @@ from nexus.vision.yolo.postprocess import Filters, decode_rle, polygons, rle
 MATCHED = 0.9
 
 
-def _both(trained: Trained, images: list[np.ndarray], imgsz: int, conf: float):  # type: ignore[no-untyped-def]
+def _both(trained: Trained, images: list[np.ndarray], imgsz: int, conf: float, rect: bool = False):  # type: ignore[no-untyped-def]
+    """Our results and ultralytics' (rect: image by image, on canvases of stride multiples)."""
     from ultralytics import YOLO
 
-    ours = YoloModel(trained.onnx.read_bytes()).predict(
+    ours = YoloModel(trained.onnx.read_bytes(), rect=rect).predict(
         images, [Filters(PredictOptions(confidence=conf, mask_format=MaskFormat.RLE))] * len(images)
     )
-    theirs = YOLO(str(trained.pt)).predict(images, conf=conf, imgsz=imgsz, verbose=False)
+    reference = YOLO(str(trained.pt))
+    if rect:
+        theirs = [
+            reference.predict(i, conf=conf, imgsz=imgsz, rect=True, verbose=False)[0]
+            for i in images
+        ]
+    else:
+        theirs = reference.predict(images, conf=conf, imgsz=imgsz, verbose=False)
     return ours, theirs
 
 
@@ -48,10 +56,11 @@ def _matches(ours, theirs, top: int = 20) -> list[tuple[int, int]]:  # type: ign
     return pairs
 
 
-def test_detections_match_ultralytics_on_shapes_and_photos(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rect", [False, True], ids=["square", "rect"])
+def test_detections_match_ultralytics_on_shapes_and_photos(tmp_path: Path, rect: bool) -> None:
     detector = untrained(tmp_path, "yolo11n.yaml", 160, confident=True)
     for images in (shapes_photos(), photos()):
-        ours, theirs = _both(detector, images, 160, 0.5)
+        ours, theirs = _both(detector, images, 160, 0.5, rect)
         matched = 0
         for mine, ref in zip(ours, theirs, strict=True):
             matched += len(_matches(mine, ref))
@@ -59,8 +68,10 @@ def test_detections_match_ultralytics_on_shapes_and_photos(tmp_path: Path) -> No
         assert matched > 0
 
 
-def test_masks_match_ultralytics(segmenter: Trained) -> None:
-    ours, theirs = _both(segmenter, shapes_photos(), 128, 0.001)  # 2 epochs: unsure
+@pytest.mark.parametrize("rect", [False, True], ids=["square", "rect"])
+def test_masks_match_ultralytics(segmenter: Trained, rect: bool) -> None:
+    images = [*shapes_photos(), cv2.resize(shapes_photos(1, seed=3)[0], (160, 96))]
+    ours, theirs = _both(segmenter, images, 128, 0.001, rect)  # 2 epochs: unsure
     compared = 0
     for mine, ref in zip(ours, theirs, strict=True):
         for i, j in _matches(mine, ref):

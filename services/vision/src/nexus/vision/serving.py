@@ -52,7 +52,12 @@ class ServedYolo(Model[Frame, ImageResult]):
         onnx = await self.source.artifact()
         settings = self._settings
         self._yolo = await self.source.run(
-            lambda: YoloModel(onnx, device=settings.device, threads=settings.inference_threads)
+            lambda: YoloModel(
+                onnx,
+                device=settings.device,
+                threads=settings.inference_threads,
+                rect=settings.rect_letterbox,
+            )
         )
 
     @property

@@ -73,11 +73,19 @@ class YoloModel:
         onnx: The ONNX file's bytes (an ultralytics export).
         device: "auto", "cpu", "cuda" or "cuda:N".
         threads: Intra-op threads (0: ONNX Runtime's default).
+        rect: Letterbox each image to the smallest canvas of stride multiples that holds it at
+            imgsz (ultralytics' `rect=True`) rather than to the square imgsz, when the model's
+            height and width axes are free: less work for non-square images; images of one
+            shape share a session run.
     """
 
-    def __init__(self, onnx: bytes, *, device: str = "cpu", threads: int = 0) -> None:
+    def __init__(
+        self, onnx: bytes, *, device: str = "cpu", threads: int = 0, rect: bool = False
+    ) -> None:
         self.session = open_session(onnx, device=device, threads=threads)
         self.description = description_of(self.session)
+        shape = self.session.get_inputs()[0].shape
+        self.rect = rect and not isinstance(shape[2], int) and not isinstance(shape[3], int)
         self._input = self.session.get_inputs()[0].name
 
     @property
@@ -125,12 +133,15 @@ class YoloModel:
                 )
                 for i, p, f in zip(images, probabilities, filters, strict=True)
             ]
-        placed = [letterbox(i, size) for i in images]
-        outputs = self._run([p[0] for p in placed], len(images))
-        return [
-            self._objects(outputs, n, box, f)
-            for n, ((_, box), f) in enumerate(zip(placed, filters, strict=True))
-        ]
+        stride = self.description.stride if self.rect else None
+        placed = [letterbox(i, size, stride) for i in images]
+        results: list[ImageResult | None] = [None] * len(images)
+        for members in _by_shape([canvas.shape[:2] for canvas, _ in placed]):
+            outputs = self._run([placed[m][0] for m in members], len(members))
+            shape = placed[members[0]][0].shape[:2]
+            for k, m in enumerate(members):
+                results[m] = self._objects(outputs, k, placed[m][1], filters[m], shape)
+        return [r for r in results if r is not None]
 
     def _run(self, inputs: list[np.ndarray], n: int) -> list[np.ndarray]:
         batch = to_batch(inputs)
@@ -140,7 +151,12 @@ class YoloModel:
         return [o[:n] for o in self.session.run(None, {self._input: batch})]
 
     def _objects(
-        self, outputs: list[np.ndarray], n: int, placed: Letterbox, f: Filters
+        self,
+        outputs: list[np.ndarray],
+        n: int,
+        placed: Letterbox,
+        f: Filters,
+        input_size: tuple[int, int],
     ) -> ImageResult:
         d = self.description
         if d.end2end:
@@ -151,13 +167,21 @@ class YoloModel:
             rows, d.names, placed, kpt_shape=d.kpt_shape if self.task is Task.POSE else None
         )
         if self.task is Task.SEGMENT and found:
-            masks = post.masks(rows, outputs[1][n], d.imgsz, placed, f.options.mask_format)
+            masks = post.masks(rows, outputs[1][n], input_size, placed, f.options.mask_format)
             found = [
                 _with_mask(det, mask)
                 for det, mask in zip(found, masks, strict=True)
                 if mask is not None
             ]
         return ImageResult(placed.width, placed.height, detections=found)
+
+
+def _by_shape(shapes: list[tuple[int, ...]]) -> list[list[int]]:
+    """Indices of the inputs grouped by shape (first-seen order): one session run each."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for n, shape in enumerate(shapes):
+        groups.setdefault(tuple(shape), []).append(n)
+    return list(groups.values())
 
 
 def _with_mask(detection: Detection, mask: Mask) -> Detection:

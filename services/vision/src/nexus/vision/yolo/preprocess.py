@@ -1,9 +1,11 @@
 """Images into a YOLO model's input, as ultralytics' predictors prepare them.
 
-Detection, segmentation and pose: a square-or-not letterbox to the model's imgsz (aspect kept,
-resized with INTER_LINEAR, padded with grey 114, centred; `auto=False`, as ultralytics predicts
-by default), so images of any size stack into one batch. Classification: the shorter side resized
-to imgsz, then a centre crop (ultralytics' classify_transforms). RGB, CHW, float32 in [0, 1].
+Detection, segmentation and pose: a letterbox to the model's imgsz (aspect kept, resized with
+INTER_LINEAR, padded with grey 114, centred): square (`auto=False`, as ultralytics predicts by
+default), so images of any size stack into one batch, or the smallest canvas of stride multiples
+(`auto=True`, ultralytics' `rect=True`), so a non-square image costs less. Classification: the
+shorter side resized to imgsz, then a centre crop (ultralytics' classify_transforms). RGB, CHW,
+float32 in [0, 1].
 """
 
 from __future__ import annotations
@@ -35,15 +37,21 @@ class Letterbox:
         return out
 
 
-def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+def letterbox(
+    image: np.ndarray, size: tuple[int, int], stride: int | None = None
+) -> tuple[np.ndarray, Letterbox]:
     """`image` (BGR HWC) in a `size` (h, w) canvas, and how it was placed (ultralytics'
-    LetterBox with auto=False, scaleup=True, center=True)."""
+    LetterBox with scaleup=True, center=True; with a `stride`, auto=True: the canvas shrinks to
+    the smallest multiple of the stride that holds the resized image)."""
     h0, w0 = image.shape[:2]
     r = min(size[0] / h0, size[1] / w0)
     new_w, new_h = max(round(w0 * r), 1), max(round(h0 * r), 1)
     if (new_w, new_h) != (w0, h0):
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    dw, dh = (size[1] - new_w) / 2, (size[0] - new_h) / 2
+    dw, dh = float(size[1] - new_w), float(size[0] - new_h)
+    if stride:
+        dw, dh = dw % stride, dh % stride
+    dw, dh = dw / 2, dh / 2
     top, bottom = round(dh - 0.1), round(dh + 0.1)
     left, right = round(dw - 0.1), round(dw + 0.1)
     canvas = cv2.copyMakeBorder(
