@@ -4,6 +4,7 @@ Predict, Annotate, PredictStream, A/B splits, and bad input with its status code
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import cv2
 import grpc
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from test_yolo import malicious_checkpoint
 from vision_testing import ASSETS, Client, small_settings
-from yolo_testing import Trained, shapes_photos
+from yolo_testing import Trained, shapes_photos, untrained
 
 from nexus.api.models.v1 import model_registry_pb2 as models_pb
 from nexus.api.vision.v1 import vision_service_pb2 as pb
@@ -215,3 +216,39 @@ async def test_a_stream_reads_a_frame_only_when_one_is_done(
     await engine.stop()
 
     assert seen == [f"f{n}" for n in range(8)]
+
+
+async def test_masks_keypoints_and_classes_come_back_in_their_fields(
+    client: Client, segmenter: Trained, tmp_path: Path
+) -> None:
+    pose = untrained(tmp_path, "yolo11n-pose.yaml", 160, confident=True)
+    classifier = untrained(tmp_path, "yolo11n-cls.yaml", 96)
+    for name, model in (("seg", segmenter), ("pose", pose), ("cls", classifier)):
+        await _upload(client, name, model.onnx.read_bytes(), "onnx")
+    image = [_jpeg(shapes_photos(1)[0])]
+
+    async def predict(name: str, **options: object) -> pb.PredictResponse:
+        request = pb.PredictRequest(
+            model=name,
+            images=image,
+            selector=pb.ModelSelector(version="1"),
+            options=pb.PredictOptions(**options),  # type: ignore[arg-type]
+        )
+        return await client.vision.Predict(request, metadata=client.metadata)
+
+    rle = (await predict("seg", confidence=0.001, mask_format=pb.MASK_FORMAT_RLE)).results[0]
+    polygons = (await predict("seg", confidence=0.001)).results[0]
+    poses = await predict("pose", confidence=0.5, max_detections=3)
+    classes = await predict("cls", top_k=3)
+
+    assert rle.detections
+    assert all(list(d.mask.rle.size) == [160, 160] for d in rle.detections)
+    assert all(sum(d.mask.rle.counts) == 160 * 160 for d in rle.detections)
+    assert all(d.mask.polygons for d in polygons.detections)
+    assert poses.served.task == pb.TASK_POSE
+    assert [len(d.keypoints) for d in poses.results[0].detections] == [17, 17, 17]
+    assert all(0 <= k.score <= 1 for d in poses.results[0].detections for k in d.keypoints)
+    assert classes.served.task == pb.TASK_CLASSIFY
+    top = classes.results[0].classifications
+    assert len(top) == 3
+    assert [c.score for c in top] == sorted((c.score for c in top), reverse=True)
