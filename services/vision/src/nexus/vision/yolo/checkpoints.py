@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import io
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from nexus.vision.yolo.model import description_of, open_session
 ALLOWED_PREFIXES = ("torch.nn.modules.", "ultralytics.nn.")
 """Globals a checkpoint may name beyond torch's own weights-only set: layers and model classes."""
 DEFAULT_IMGSZ = 640
+_EXPORTING = threading.Lock()  # torch.onnx.export keeps global state: one export at a time
 
 
 def check_onnx(onnx: bytes) -> Description:
@@ -91,6 +93,22 @@ def load_checkpoint(checkpoint: bytes) -> tuple[Any, dict[str, Any]]:
     return model.float().eval(), dict(args) if isinstance(args, dict) else {}
 
 
+MAX_IMGSZ = 2048
+
+
+def _imgsz(value: object) -> int:
+    """The training image size of a checkpoint's args (640 when it has none).
+
+    Raises:
+        InvalidArgument: Not a size from 32 to MAX_IMGSZ.
+    """
+    if value is None:
+        return DEFAULT_IMGSZ
+    if isinstance(value, bool) or not isinstance(value, int) or not 32 <= value <= MAX_IMGSZ:
+        raise InvalidArgument.for_field("artifact", f"has a train imgsz of {value!r}")
+    return value
+
+
 def export_checkpoint(checkpoint: bytes) -> bytes:
     """An ultralytics `.pt` exported to ONNX (blocking: run it on the executor).
 
@@ -101,14 +119,15 @@ def export_checkpoint(checkpoint: bytes) -> bytes:
     from ultralytics import YOLO  # type: ignore[attr-defined]
 
     model, args = load_checkpoint(checkpoint)
-    imgsz = args.get("imgsz") or DEFAULT_IMGSZ
+    imgsz = _imgsz(args.get("imgsz"))
     with tempfile.TemporaryDirectory(prefix="nexus-vision-export-") as folder:
         weights = Path(folder) / "model.pt"
         torch.save({"model": model, "train_args": args}, weights)  # what we loaded, alone
         try:
-            exported = YOLO(str(weights)).export(
-                format="onnx", dynamic=True, simplify=False, imgsz=imgsz, device="cpu"
-            )
+            with _EXPORTING:
+                exported = YOLO(str(weights)).export(
+                    format="onnx", dynamic=True, simplify=False, imgsz=imgsz, device="cpu"
+                )
         except (RuntimeError, ValueError, TypeError, AttributeError, KeyError) as err:
             raise InvalidArgument.for_field("artifact", "could not be exported to ONNX") from err
         return Path(exported).read_bytes()

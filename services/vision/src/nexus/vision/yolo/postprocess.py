@@ -50,8 +50,9 @@ def candidates(output: np.ndarray, classes: int, filters: Filters) -> np.ndarray
     order = np.argsort(-conf, kind="stable")[:MAX_NMS]
     rows, conf, best = rows[order], conf[order], best[order]
     xyxy = _xywh_to_xyxy(rows[:, :4])
-    kept = nms(xyxy + best[:, None] * MAX_WH, conf, filters.options.iou)
-    kept = kept[: filters.options.max_detections]
+    kept = nms(
+        xyxy + best[:, None] * MAX_WH, conf, filters.options.iou, filters.options.max_detections
+    )
     extra = rows[kept, 4 + classes :]
     return np.concatenate(
         [xyxy[kept], conf[kept, None], best[kept, None].astype(np.float32), extra], axis=1
@@ -66,12 +67,13 @@ def end2end_rows(output: np.ndarray, filters: Filters) -> np.ndarray:
     return output[keep][: filters.options.max_detections]
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Indices kept by greedy NMS, by descending score (boxes x1 y1 x2 y2)."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int) -> np.ndarray:
+    """Indices kept by greedy NMS, by descending score (boxes x1 y1 x2 y2), at most `limit`
+    (it stops there: the loop runs at most `limit` times however many candidates there are)."""
     order = np.argsort(-scores, kind="stable")
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     kept: list[int] = []
-    while order.size:
+    while order.size and len(kept) < limit:
         i = int(order[0])
         kept.append(i)
         rest = order[1:]
