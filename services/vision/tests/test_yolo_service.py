@@ -252,3 +252,27 @@ async def test_masks_keypoints_and_classes_come_back_in_their_fields(
     top = classes.results[0].classifications
     assert len(top) == 3
     assert [c.score for c in top] == sorted((c.score for c in top), reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("first", "code"),
+    [
+        (pb.PredictStreamRequest(image=b"x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.PredictStreamRequest(model="nope", image=b"x"), grpc.StatusCode.NOT_FOUND),
+        (pb.PredictStreamRequest(model="shapes", image=b"x"), grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+    ids=["no-model", "unknown-model", "not-an-image"],
+)
+async def test_a_bad_stream_ends_with_a_clear_code(
+    client: Client, detector: Trained, first: pb.PredictStreamRequest, code: grpc.StatusCode
+) -> None:
+    await _uploaded(client, detector)
+
+    async def requests() -> AsyncIterator[pb.PredictStreamRequest]:
+        yield first
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in client.vision.PredictStream(requests(), metadata=client.metadata):
+            pass
+
+    assert caught.value.code() == code

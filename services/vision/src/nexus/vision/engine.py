@@ -168,6 +168,9 @@ class VisionEngine:
         """Results of a stream of (frame id, image bytes), in order. At most
         max_stream_in_flight frames are in work; the next frame is read only when there is
         room, so a fast sender is held back by the transport's flow control."""
+        self.yolo.resolve(  # an unknown model fails the stream before any frame is read
+            model, alias=selector.alias, version=selector.version, routing_key=selector.routing_key
+        )
         room = asyncio.Semaphore(self.settings.max_stream_in_flight)
         pending: asyncio.Queue[asyncio.Task[tuple[str, Prediction]] | None] = asyncio.Queue()
 
