@@ -4,6 +4,7 @@ faces, text, enhancement, datasets and training. Plain Python: no gRPC here."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -93,30 +94,30 @@ class VisionEngine:
             InvalidArgument: No images, or one that is not a good JPEG/PNG/WebP.
             ResourceExhausted: Too many images, an image too large in bytes or pixels.
         """
-        limits = self.settings
         if not data:
             raise InvalidArgument.for_field(field, "must hold at least one image")
-        if len(data) > limits.max_images:
-            raise ResourceExhausted.too_large(f"{field} (images)", len(data), limits.max_images)
-        for i, item in enumerate(data):
-            if len(item) > limits.max_image_bytes:
-                raise ResourceExhausted.too_large(
-                    f"{field}[{i}]", len(item), limits.max_image_bytes
-                )
-        loop = asyncio.get_running_loop()
-        return list(
-            await asyncio.gather(
-                *(
-                    loop.run_in_executor(
-                        self._executor,
-                        lambda d=d, i=i: images.decode(
-                            d, max_pixels=limits.max_pixels, field=f"{field}[{i}]"
-                        ),  # type: ignore[misc]
-                    )
-                    for i, d in enumerate(data)
-                )
-            )
-        )
+        if len(data) > self.settings.max_images:
+            raise ResourceExhausted.too_large(field, len(data), self.settings.max_images)
+        named = list(zip(data, [f"{field}[{i}]" for i in range(len(data))], strict=True))
+        if len(data) == 1:
+            named = [(data[0], field)]
+        for item, name in named:  # every size before any decoding
+            self._check_bytes(item, name)
+        return list(await asyncio.gather(*(self._decode(d, n) for d, n in named)))
+
+    async def decode(self, data: bytes, field: str = "image") -> np.ndarray:
+        """Decodes one image within the limits, on the executor (see `decode_all`)."""
+        self._check_bytes(data, field)
+        return await self._decode(data, field)
+
+    def _check_bytes(self, data: bytes, field: str) -> None:
+        if len(data) > self.settings.max_image_bytes:
+            raise ResourceExhausted.too_large(field, len(data), self.settings.max_image_bytes)
+
+    async def _decode(self, data: bytes, field: str) -> np.ndarray:
+        limits = self.settings
+        work = functools.partial(images.decode, data, max_pixels=limits.max_pixels, field=field)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     async def predict(
         self,
@@ -149,7 +150,7 @@ class VisionEngine:
         fmt: images.ImageFormat = images.ImageFormat.JPEG,
     ) -> Annotated:
         """Predicts on one image and draws the results on it (encoded as `fmt`)."""
-        (picture,) = await self.decode_all([data], field="image")
+        picture = await self.decode(data)
         prediction = await self.predict(model, [picture], options, selector)
         result = prediction.results[0]
         loop = asyncio.get_running_loop()
@@ -175,8 +176,8 @@ class VisionEngine:
         pending: asyncio.Queue[asyncio.Task[tuple[str, Prediction]] | None] = asyncio.Queue()
 
         async def one(frame_id: str, data: bytes) -> tuple[str, Prediction]:
-            pictures = await self.decode_all([data], field="image")
-            return frame_id, await self.predict(model, pictures, options, selector)
+            picture = await self.decode(data)
+            return frame_id, await self.predict(model, [picture], options, selector)
 
         async def read() -> None:
             try:
