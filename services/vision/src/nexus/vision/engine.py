@@ -4,6 +4,7 @@ faces, text, enhancement, datasets and training. Plain Python: no gRPC here."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
@@ -14,7 +15,7 @@ import numpy as np
 from nexus.common.errors import InvalidArgument, ResourceExhausted
 from nexus.common.events import EventBus
 from nexus.common.registry import ModelRegistry, Resolved
-from nexus.common.runtime import ModelRuntime
+from nexus.common.runtime import ModelRuntime, Served
 from nexus.vision import drawing, images
 from nexus.vision.results import ImageResult, PredictOptions, Task
 from nexus.vision.serving import FRAMEWORK, Frame, ServedYolo
@@ -204,7 +205,9 @@ class VisionEngine:
                 if (left := pending.get_nowait()) is not None:
                     left.cancel()
 
-    def _serving(self, model: str, selector: Selector):  # type: ignore[no-untyped-def]
+    def _serving(
+        self, model: str, selector: Selector
+    ) -> contextlib.AbstractAsyncContextManager[Served[ServedYolo]]:
         return self.yolo.serving(
             model, alias=selector.alias, version=selector.version, routing_key=selector.routing_key
         )
