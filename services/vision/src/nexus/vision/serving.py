@@ -48,17 +48,20 @@ class ServedYolo(Model[Frame, ImageResult]):
         self._yolo: YoloModel | None = None
 
     async def load(self) -> None:
-        """Fetches the ONNX artifact and opens its session (on the executor)."""
+        """Fetches the ONNX artifact, opens its session and runs it once (on the executor)."""
         onnx = await self.source.artifact()
+        self._yolo = await self.source.run(lambda: self._open(onnx))
+
+    def _open(self, onnx: bytes) -> YoloModel:
         settings = self._settings
-        self._yolo = await self.source.run(
-            lambda: YoloModel(
-                onnx,
-                device=settings.device,
-                threads=settings.inference_threads,
-                rect=settings.rect_letterbox,
-            )
+        model = YoloModel(
+            onnx,
+            device=settings.device,
+            threads=settings.inference_threads,
+            rect=settings.rect_letterbox,
         )
+        model.warm()
+        return model
 
     @property
     def yolo(self) -> YoloModel:

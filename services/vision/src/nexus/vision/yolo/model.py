@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from nexus.common.errors import FailedPrecondition, InvalidArgument
-from nexus.vision.results import Detection, ImageResult, Mask, Task
+from nexus.vision.results import Detection, ImageResult, Mask, PredictOptions, Task
 from nexus.vision.yolo import postprocess as post
 from nexus.vision.yolo.description import Description, describe
 from nexus.vision.yolo.postprocess import Filters
@@ -92,6 +92,12 @@ class YoloModel:
     def task(self) -> Task:
         """What the model does."""
         return self.description.task
+
+    def warm(self) -> None:
+        """One run on a grey image, so the first request does not pay ONNX Runtime's first-run
+        allocations."""
+        h, w = self.description.imgsz
+        self.predict([np.full((h, w, 3), 114, np.uint8)], [Filters(PredictOptions())])
 
     def class_ids(self, names: frozenset[str]) -> frozenset[int] | None:
         """The ids of a class filter (None for no filter).
