@@ -14,7 +14,7 @@ from yolo_testing import Trained, iou, photos, shapes_photos, untrained
 
 from nexus.common.errors import InvalidArgument
 from nexus.vision.results import MaskFormat, PredictOptions, Task
-from nexus.vision.yolo import YoloModel
+from nexus.vision.yolo import YoloModel, describe
 from nexus.vision.yolo.checkpoints import check_onnx, export_checkpoint
 from nexus.vision.yolo.postprocess import Filters, decode_rle, polygons, rle
 
@@ -194,3 +194,18 @@ def test_an_onnx_without_ultralytics_metadata_is_refused(detector: Trained) -> N
         check_onnx(model.SerializeToString())
     with pytest.raises(InvalidArgument, match="not an ONNX model"):
         check_onnx(b"junk")
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"task": "obb", "names": "{0: 'a'}"}, "'obb' model"),
+        ({"task": "detect", "names": "{0: 'a'}", "imgsz": "[100000, 640]"}, "image size"),
+        ({"task": "detect", "names": "__import__('os')"}, "unreadable 'names'"),
+        ({"task": "pose", "names": "{0: 'a'}"}, "kpt_shape"),
+    ],
+    ids=["obb", "huge", "code", "pose-without-keypoints"],
+)
+def test_metadata_that_cannot_be_served_is_refused(metadata: dict[str, str], message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        describe(metadata, dynamic_batch=True)

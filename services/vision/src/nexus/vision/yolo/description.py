@@ -21,6 +21,8 @@ from typing import Any
 from nexus.common.errors import InvalidArgument
 from nexus.vision.results import Task
 
+MAX_IMGSZ = 4096
+"""Largest input side accepted (a bigger one would make every request's canvas huge)."""
 SERVED_TASKS = frozenset(Task)
 """The tasks this service serves (ultralytics' "obb" is not one)."""
 
@@ -75,7 +77,10 @@ def describe(metadata: Mapping[str, str], *, dynamic_batch: bool) -> Description
         )
     task = _task(metadata["task"])
     names = _literal(metadata, "names", dict)
-    imgsz = _literal(metadata, "imgsz", list) if "imgsz" in metadata else [640, 640]
+    imgsz = _literal(metadata, "imgsz", (list, int)) if "imgsz" in metadata else 640
+    imgsz = [imgsz, imgsz] if isinstance(imgsz, int) else imgsz
+    if not all(isinstance(v, int) and 16 <= v <= MAX_IMGSZ for v in imgsz[:2]):
+        raise InvalidArgument.for_field("artifact", f"has an image size of {imgsz!r}")
     kpt = _literal(metadata, "kpt_shape", list) if "kpt_shape" in metadata else None
     if task is Task.POSE and (kpt is None or len(kpt) != 2 or kpt[1] not in (2, 3)):
         raise InvalidArgument.for_field("artifact", "is a pose model without a valid kpt_shape")
@@ -102,7 +107,7 @@ def _task(value: str) -> Task:
         ) from None
 
 
-def _literal(metadata: Mapping[str, str], key: str, kind: type) -> Any:
+def _literal(metadata: Mapping[str, str], key: str, kind: type | tuple[type, ...]) -> Any:
     """A Python literal of the metadata (literal_eval: data only, never code)."""
     try:
         value = ast.literal_eval(metadata[key])
