@@ -30,6 +30,7 @@ from nexus.common.registry import (
     MAGIC,
     ModelChange,
     ModelRegistry,
+    PreparedUpload,
     Resolved,
 )
 from nexus.common.settings import NexusSettings
@@ -197,6 +198,28 @@ async def test_upload_accepts_only_allowed_and_verified_artifacts(registry: Mode
     signed = _signed(KEY, pickle.dumps({"ok": True}))
     assert (await registry.upload("m", signed, framework="sklearn")).version == "2"
     assert await registry.load_object("m", "2") == {"ok": True}
+
+
+async def test_an_upload_hook_checks_and_converts_what_it_accepts(
+    nats_client: Client, service: str
+) -> None:
+    async def to_text(artifact: bytes) -> PreparedUpload:
+        if not artifact.startswith(b"ckpt:"):
+            raise InvalidArgument.for_field("artifact", "is not a checkpoint")
+        return PreparedUpload(artifact[5:].upper(), "text", {"converted": "yes"})
+
+    registry = await started(
+        nats_client, service, upload_hooks={"ckpt": to_text}, max_artifact_bytes=16
+    )
+
+    info = await registry.upload("m", b"ckpt:hello", framework="ckpt", parameters={"a": "b"})
+    assert (info.framework, dict(info.parameters)) == ("text", {"converted": "yes", "a": "b"})
+    assert await registry.load_artifact("m", info.version) == b"HELLO"
+    with pytest.raises(InvalidArgument, match="not a checkpoint"):
+        await registry.upload("m", b"junk", framework="ckpt")
+    with pytest.raises(ResourceExhausted):  # bounded before the hook runs
+        await registry.upload("m", b"ckpt:" + b"x" * 20, framework="ckpt")
+    await registry.stop()
 
 
 async def test_limits_and_names_are_checked(nats_client: Client, service: str) -> None:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from vision_testing import Client, client_of, small_settings
+from yolo_testing import Trained, train
 
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
@@ -31,3 +32,15 @@ async def client(vision: ServiceHost, key: str) -> AsyncIterator[Client]:
     """A client of the service with a key of every scope."""
     async with client_of(vision, key) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def detector(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """A yolo11n detector trained for 2 epochs on shapes (once per session)."""
+    return train(tmp_path_factory.mktemp("detector"), "yolo11n.yaml")
+
+
+@pytest.fixture(scope="session")
+def segmenter(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """A yolo11n-seg trained for 2 epochs on shapes' outlines (once per session)."""
+    return train(tmp_path_factory.mktemp("segmenter"), "yolo11n-seg.yaml", segment=True)

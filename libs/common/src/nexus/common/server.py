@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
@@ -34,7 +34,7 @@ from nexus.common.nats import close, connect
 from nexus.common.operations import OperationKind, Operations, OperationsConfig
 from nexus.common.operations.servicer import SERVICE_NAME as OPERATIONS_SERVICE
 from nexus.common.operations.servicer import OperationsServicer
-from nexus.common.registry import ModelRegistry
+from nexus.common.registry import ModelRegistry, UploadHook
 from nexus.common.registry.servicer import ModelRegistryServicer
 from nexus.common.rules import RulesInterceptor
 from nexus.common.settings import NexusSettings, ServiceSettings
@@ -180,13 +180,23 @@ class ServiceHost:
             chain.append(IdempotencyInterceptor(self._idempotency))
         return chain
 
-    async def registry(self, *, upload_frameworks: Collection[str] = ()) -> ModelRegistry:
+    async def registry(
+        self,
+        *,
+        upload_frameworks: Collection[str] = (),
+        upload_hooks: Mapping[str, UploadHook] | None = None,
+    ) -> ModelRegistry:
         """The service's model registry, started on first use and served as
-        `nexus.models.v1.ModelRegistryService` (scoped to this service's models)."""
+        `nexus.models.v1.ModelRegistryService` (scoped to this service's models);
+        `upload_hooks` check or convert uploads per framework (see ModelRegistry)."""
         if self._registry is None:
             key = self.common.registry_signing_key.get_secret_value().encode()
             self._registry = ModelRegistry(
-                self.bus, self.name, signing_key=key, upload_frameworks=upload_frameworks
+                self.bus,
+                self.name,
+                signing_key=key,
+                upload_frameworks=upload_frameworks,
+                upload_hooks=upload_hooks,
             )
             await self._registry.start()
             self.add_servicer(

@@ -3,11 +3,52 @@ faces, text, enhancement, datasets and training. Plain Python: no gRPC here."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
+import numpy as np
+
+from nexus.common.errors import InvalidArgument, ResourceExhausted
 from nexus.common.events import EventBus
-from nexus.common.registry import ModelRegistry
+from nexus.common.registry import ModelRegistry, Resolved
+from nexus.common.runtime import ModelRuntime, Served
+from nexus.vision import drawing, images
+from nexus.vision.results import ImageResult, PredictOptions, Task
+from nexus.vision.serving import FRAMEWORK, Frame, ServedYolo
 from nexus.vision.settings import VisionSettings
+from nexus.vision.yolo.postprocess import Filters
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which version of a model serves: an alias (A/B split, sticky by routing key) or a
+    pinned version."""
+
+    alias: str = ""
+    version: str = ""
+    routing_key: str = ""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Results of a YOLO model, with the version that served them."""
+
+    results: list[ImageResult]
+    served: Resolved
+    task: Task
+
+
+@dataclass(frozen=True)
+class Annotated:
+    """An image with its results drawn on it."""
+
+    image: bytes
+    media_type: str
+    prediction: Prediction
 
 
 class VisionEngine:
@@ -24,12 +65,149 @@ class VisionEngine:
         self.settings = settings
         self._bus = bus
         self._executor = executor
+        self.yolo = ModelRuntime(
+            registry,
+            lambda source: ServedYolo(source, settings),
+            executor=executor,
+            max_models=settings.model_cache_size,
+            max_bytes=settings.model_cache_bytes,
+            frameworks=(FRAMEWORK,),
+        )
 
     async def start(self) -> None:
         """Starts the parts that follow NATS."""
+        await self.yolo.start()
 
     async def warm(self) -> None:
         """Loads what must be ready before SERVING."""
+        await self.yolo.warm()
 
     async def stop(self) -> None:
         """Stops the parts and lets go of the models."""
+        await self.yolo.stop()
+
+    # YOLO models (detect, segment, pose, classify).
+
+    async def decode_all(self, data: Sequence[bytes], field: str = "images") -> list[np.ndarray]:
+        """Decodes a request's images within the limits (count, bytes, pixels), on the executor.
+
+        Raises:
+            InvalidArgument: No images, or one that is not a good JPEG/PNG/WebP.
+            ResourceExhausted: Too many images, an image too large in bytes or pixels.
+        """
+        if not data:
+            raise InvalidArgument.for_field(field, "must hold at least one image")
+        if len(data) > self.settings.max_images:
+            raise ResourceExhausted.too_large(field, len(data), self.settings.max_images)
+        named = list(zip(data, [f"{field}[{i}]" for i in range(len(data))], strict=True))
+        if len(data) == 1:
+            named = [(data[0], field)]
+        for item, name in named:  # every size before any decoding
+            self._check_bytes(item, name)
+        return list(await asyncio.gather(*(self._decode(d, n) for d, n in named)))
+
+    async def decode(self, data: bytes, field: str = "image") -> np.ndarray:
+        """Decodes one image within the limits, on the executor (see `decode_all`)."""
+        self._check_bytes(data, field)
+        return await self._decode(data, field)
+
+    def _check_bytes(self, data: bytes, field: str) -> None:
+        if len(data) > self.settings.max_image_bytes:
+            raise ResourceExhausted.too_large(field, len(data), self.settings.max_image_bytes)
+
+    async def _decode(self, data: bytes, field: str) -> np.ndarray:
+        limits = self.settings
+        work = functools.partial(images.decode, data, max_pixels=limits.max_pixels, field=field)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    async def predict(
+        self,
+        model: str,
+        pictures: Sequence[np.ndarray],
+        options: PredictOptions,
+        selector: Selector = Selector(),
+    ) -> Prediction:
+        """Runs a model's served version on decoded images; each image joins the model's
+        dynamic batches on its own.
+
+        Raises:
+            NotFound: No such model, alias or version.
+            InvalidArgument: A class filter the model does not have.
+        """
+        async with self._serving(model, selector) as served:
+            yolo = served.model.yolo
+            filters = Filters(options, yolo.class_ids(options.classes))
+            results = await asyncio.gather(
+                *(self.yolo.predict(served, Frame(p, filters)) for p in pictures)
+            )
+            return Prediction(list(results), served.resolved, yolo.task)
+
+    async def annotate(
+        self,
+        model: str,
+        data: bytes,
+        options: PredictOptions,
+        selector: Selector = Selector(),
+        fmt: images.ImageFormat = images.ImageFormat.JPEG,
+    ) -> Annotated:
+        """Predicts on one image and draws the results on it (encoded as `fmt`)."""
+        picture = await self.decode(data)
+        prediction = await self.predict(model, [picture], options, selector)
+        result = prediction.results[0]
+        loop = asyncio.get_running_loop()
+        encoded = await loop.run_in_executor(
+            self._executor, lambda: images.encode(drawing.draw(picture, result), fmt)
+        )
+        return Annotated(encoded, fmt.value, prediction)
+
+    async def predict_frames(
+        self,
+        model: str,
+        frames: AsyncIterator[tuple[str, bytes]],
+        options: PredictOptions,
+        selector: Selector = Selector(),
+    ) -> AsyncIterator[tuple[str, Prediction]]:
+        """Results of a stream of (frame id, image bytes), in order. At most
+        max_stream_in_flight frames are in work; the next frame is read only when there is
+        room, so a fast sender is held back by the transport's flow control."""
+        self.yolo.resolve(  # an unknown model fails the stream before any frame is read
+            model, alias=selector.alias, version=selector.version, routing_key=selector.routing_key
+        )
+        room = asyncio.Semaphore(self.settings.max_stream_in_flight)
+        pending: asyncio.Queue[asyncio.Task[tuple[str, Prediction]] | None] = asyncio.Queue()
+
+        async def one(frame_id: str, data: bytes) -> tuple[str, Prediction]:
+            picture = await self.decode(data)
+            return frame_id, await self.predict(model, [picture], options, selector)
+
+        async def read() -> None:
+            try:
+                while True:
+                    await room.acquire()  # no room: the next frame stays unread
+                    try:
+                        frame_id, data = await anext(frames)
+                    except StopAsyncIteration:
+                        return
+                    await pending.put(asyncio.create_task(one(frame_id, data)))
+            finally:
+                await pending.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await pending.get()) is not None:
+                done = await task
+                room.release()
+                yield done
+            await reader
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                if (left := pending.get_nowait()) is not None:
+                    left.cancel()
+
+    def _serving(
+        self, model: str, selector: Selector
+    ) -> contextlib.AbstractAsyncContextManager[Served[ServedYolo]]:
+        return self.yolo.serving(
+            model, alias=selector.alias, version=selector.version, routing_key=selector.routing_key
+        )

@@ -7,6 +7,7 @@ from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 from nexus.vision.engine import VisionEngine
 from nexus.vision.servicer import VisionServicer
+from nexus.vision.serving import upload_hooks
 from nexus.vision.settings import VisionSettings
 
 NAME = "vision"
@@ -17,7 +18,7 @@ async def create(settings: VisionSettings, common: NexusSettings) -> ServiceHost
     that aliases route to were loaded and warmed)."""
     host = ServiceHost(NAME, settings, common)
     await host.open()
-    registry = await host.registry()
+    registry = await host.registry(upload_hooks=upload_hooks(host.executor))
     engine = VisionEngine(registry, host.bus, settings, host.executor)
     operations = host.operations()
     host.add_servicer(

@@ -5,10 +5,14 @@ Errors are not handled here: domain exceptions propagate to the error intercepto
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
+from nexus.api.vision.v1 import vision_service_pb2 as pb
 from nexus.api.vision.v1 import vision_service_pb2_grpc as pb_grpc
+from nexus.common.errors import InvalidArgument
 from nexus.common.operations import Operations
+from nexus.vision import converters as conv
 from nexus.vision.engine import VisionEngine
 
 Context = Any  # grpc.aio.ServicerContext; unused by most handlers
@@ -20,3 +24,53 @@ class VisionServicer(pb_grpc.VisionServiceServicer):
     def __init__(self, engine: VisionEngine, operations: Operations) -> None:
         self._engine = engine
         self._operations = operations
+
+    # YOLO models.
+
+    async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
+        pictures = await self._engine.decode_all(request.images)
+        prediction = await self._engine.predict(
+            request.model,
+            pictures,
+            conv.options_from_proto(request.options),
+            conv.selector_from_proto(request.selector),
+        )
+        return conv.prediction_to_proto(prediction, list(request.images_filename))
+
+    async def PredictStream(
+        self, request_iterator: AsyncIterator[pb.PredictStreamRequest], context: Context
+    ) -> AsyncIterator[pb.PredictStreamResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            return
+        if not first.model:
+            raise InvalidArgument.for_field("model", "is required on the first message")
+        results = self._engine.predict_frames(
+            first.model,
+            _frames(first, request_iterator),
+            conv.options_from_proto(first.options),
+            conv.selector_from_proto(first.selector),
+        )
+        async for frame_id, prediction in results:
+            yield conv.frame_to_proto(frame_id, prediction)
+
+    async def Annotate(self, request: pb.AnnotateRequest, context: Context) -> pb.AnnotateResponse:
+        annotated = await self._engine.annotate(
+            request.model,
+            request.image,
+            conv.options_from_proto(request.options),
+            conv.selector_from_proto(request.selector),
+            conv.image_format_from_proto(request.format),
+        )
+        return conv.annotated_to_proto(annotated, request.image_filename)
+
+
+async def _frames(
+    first: pb.PredictStreamRequest, rest: AsyncIterator[pb.PredictStreamRequest]
+) -> AsyncIterator[tuple[str, bytes]]:
+    """(frame id, image) of every message; a later one may only repeat the model."""
+    yield first.frame_id, first.image
+    async for message in rest:
+        if message.model and message.model != first.model:
+            raise InvalidArgument.for_field("model", "must not change within a stream")
+        yield message.frame_id, message.image

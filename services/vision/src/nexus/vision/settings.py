@@ -52,6 +52,16 @@ class VisionSettings(ServiceSettings):
     inference_threads: int = Field(default=0, ge=0)
     """Threads of one ONNX Runtime session (0: ONNX Runtime's default, one per core)."""
 
+    rect_letterbox: bool = True
+    """Models exported with free height and width get each image on the smallest canvas of
+    stride multiples (ultralytics' rect=True) rather than a square one: less work for
+    non-square images; images of one shape share a batch."""
+
+    concurrent_batches: int = Field(default=1, gt=0)
+    """Batches of one model version running at once, each on an executor thread with
+    inference_threads threads of its own (on a CPU, keep threads x batches near the cores;
+    while they run, the next batch fills up)."""
+
     max_stream_in_flight: int = Field(default=4, gt=0)
     """Frames of one PredictStream in work at once; the next frame is read only when one
     finishes (back-pressure through gRPC flow control)."""

@@ -12,6 +12,8 @@ from nexus.common.registry._registry import (
     STREAM,
     ChangeCallback,
     ModelRegistry,
+    PreparedUpload,
+    UploadHook,
 )
 from nexus.common.registry._signing import MAGIC
 from nexus.common.registry._types import (
@@ -40,6 +42,8 @@ __all__ = [
     "ModelInfo",
     "ModelRegistry",
     "ModelVersionInfo",
+    "PreparedUpload",
     "Resolved",
     "Selector",
+    "UploadHook",
 ]

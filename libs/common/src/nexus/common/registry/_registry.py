@@ -9,7 +9,7 @@ import io
 import logging
 import math
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -107,6 +107,20 @@ _ARTIFACTS_CONFIG = api.ObjectStoreConfig(
 )
 
 
+@dataclass(frozen=True)
+class PreparedUpload:
+    """What an upload hook answers: the artifact to register, its framework (possibly another
+    one: a checkpoint converted to ONNX), and parameters to record with the version."""
+
+    artifact: bytes
+    framework: str
+    parameters: Mapping[str, str] = field(default_factory=dict)
+
+
+UploadHook = Callable[[bytes], Awaitable[PreparedUpload]]
+"""Checks (and may convert) an uploaded artifact; raises a NexusError to refuse it."""
+
+
 class ModelRegistry:
     """The models of one service: immutable versions, movable aliases, A/B splits.
 
@@ -122,6 +136,10 @@ class ModelRegistry:
         signing_key: HMAC key for the pickles the registry writes; empty disables pickles.
         max_artifact_bytes: Largest artifact accepted.
         upload_frameworks: The frameworks `upload` accepts from outside.
+        upload_hooks: Per upload framework, a callback that checks (and may convert) what is
+            uploaded before it is registered: it answers the artifact, framework and parameters
+            to store, or raises (InvalidArgument) to refuse the upload. A framework with a hook
+            is accepted for upload.
     """
 
     def __init__(
@@ -132,12 +150,14 @@ class ModelRegistry:
         signing_key: bytes,
         max_artifact_bytes: int = 512 * MIB,
         upload_frameworks: Collection[str] = (),
+        upload_hooks: Mapping[str, UploadHook] | None = None,
     ) -> None:
         self._bus = bus
         self._service = check_name(service, "service")
         self._key = signing_key
         self._max_bytes = max_artifact_bytes
-        self._upload_frameworks = frozenset(upload_frameworks)
+        self._hooks = dict(upload_hooks or {})
+        self._upload_frameworks = frozenset(upload_frameworks) | self._hooks.keys()
         self._mirror = Mirror(self._service)
         self._callbacks: list[ChangeCallback] = []
         self._changes: asyncio.Queue[ModelChange] = asyncio.Queue()
@@ -278,6 +298,12 @@ class ModelRegistry:
             await _maybe_thread(
                 len(artifact), lambda: _signing.verified_payload(self._key, artifact)
             )
+        hook = self._hooks.get(framework)
+        if hook is not None:
+            _check_artifact(artifact, framework, self._max_bytes)
+            prepared = await hook(artifact)
+            artifact, framework = prepared.artifact, prepared.framework
+            parameters = {**prepared.parameters, **(parameters or {})}
         return await self.register(
             name,
             artifact,
