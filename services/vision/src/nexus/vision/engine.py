@@ -3,11 +3,21 @@ faces, text, enhancement, datasets and training. Plain Python: no gRPC here."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
+from typing import TypeVar
+
+import numpy as np
 
 from nexus.common.events import EventBus
 from nexus.common.registry import ModelRegistry
+from nexus.vision import enhance, faces, ocr
+from nexus.vision.images import ImageFormat, check_sizes, decode, encode, too_large
+from nexus.vision.results import FaceResult, TextResult
 from nexus.vision.settings import VisionSettings
+
+T = TypeVar("T")
 
 
 class VisionEngine:
@@ -33,3 +43,54 @@ class VisionEngine:
 
     async def stop(self) -> None:
         """Stops the parts and lets go of the models."""
+
+    # Faces, text and enhancement: OpenCV and RapidOCR on the executor (never the event loop).
+
+    async def detect_faces(self, images: Sequence[bytes], min_size: int = 0) -> list[FaceResult]:
+        """The faces of each image (`min_size`: smallest face side, 0 for 1/20 of the shorter
+        side), one result per image in order."""
+        self._check_images(images, "images")
+        return await self._run(
+            lambda: [faces.detect_faces(image, min_size) for image in self._decoded(images)]
+        )
+
+    async def read_text(
+        self, images: Sequence[bytes], min_confidence: float = 0.0
+    ) -> list[TextResult]:
+        """The text of each image in reading order, one result per image in order."""
+        self._check_images(images, "images")
+        threads = self.settings.inference_threads
+        return await self._run(
+            lambda: [
+                ocr.read_text(image, min_confidence, threads=threads)
+                for image in self._decoded(images)
+            ]
+        )
+
+    async def enhance(
+        self, image: bytes, operations: Sequence[enhance.Operation], fmt: ImageFormat
+    ) -> bytes:
+        """The image with the operations applied in order, encoded as `fmt`."""
+        if len(image) > self.settings.max_image_bytes:
+            raise too_large("image", "bytes", len(image), self.settings.max_image_bytes)
+        limit = self.settings.max_pixels
+        return await self._run(
+            lambda: encode(enhance.enhance(self._decode(image, "image"), operations, limit), fmt)
+        )
+
+    def _check_images(self, images: Sequence[bytes], field: str) -> None:
+        settings = self.settings
+        check_sizes(
+            images, max_images=settings.max_images, max_bytes=settings.max_image_bytes, field=field
+        )
+
+    def _decoded(self, images: Sequence[bytes]) -> Iterator[np.ndarray]:
+        """Each image decoded in turn (one decoded image in memory at a time)."""
+        for index, data in enumerate(images):
+            yield self._decode(data, f"images[{index}]")
+
+    def _decode(self, data: bytes, field: str) -> np.ndarray:
+        return decode(data, max_pixels=self.settings.max_pixels, field=field)
+
+    async def _run(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
