@@ -110,6 +110,28 @@ async def test_a_resize_beyond_the_pixel_limit_is_refused_before_any_work(
     assert field_of(caught.value) == "operations[1].resize"
 
 
+async def test_denoise_is_limited_to_max_denoise_pixels_at_its_place_in_the_chain(
+    start_service: StartService, key: str
+) -> None:
+    host = await start_service(create, small_settings(max_denoise_pixels=64 * 64))
+    image = _png(_noisy_grey(np.random.default_rng(2)))  # 128 x 96
+    denoise, shrink = Op(denoise=pb.Denoise()), Op(resize=pb.Resize(width=64))
+
+    async with client_of(host, key) as client:
+        shrunk_first = await client.vision.Enhance(
+            pb.EnhanceRequest(image=image, operations=[shrink, denoise]), metadata=client.metadata
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.vision.Enhance(
+                pb.EnhanceRequest(image=image, operations=[denoise, shrink]),
+                metadata=client.metadata,
+            )
+
+    assert _decoded(shrunk_first).shape == (48, 64, 3)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert field_of(caught.value) == "operations[0].denoise"
+
+
 @pytest.mark.parametrize(
     ("op", "field"),
     [(Op(), "operations[0]"), (Op(resize=pb.Resize()), "operations[0].resize")],

@@ -73,10 +73,19 @@ class VisionEngine:
         """The image with the operations applied in order, encoded as `fmt`."""
         if len(image) > self.settings.max_image_bytes:
             raise too_large("image", "bytes", len(image), self.settings.max_image_bytes)
-        limit = self.settings.max_pixels
-        return await self._run(
-            lambda: encode(enhance.enhance(self._decode(image, "image"), operations, limit), fmt)
-        )
+        settings = self.settings
+
+        def work() -> bytes:
+            decoded = self._decode(image, "image")
+            enhanced = enhance.enhance(
+                decoded,
+                operations,
+                max_pixels=settings.max_pixels,
+                max_denoise_pixels=settings.max_denoise_pixels,
+            )
+            return encode(enhanced, fmt)
+
+        return await self._run(work)
 
     def _check_images(self, images: Sequence[bytes], field: str) -> None:
         settings = self.settings

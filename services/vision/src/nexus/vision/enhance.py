@@ -54,27 +54,46 @@ DENOISE_WINDOW = 7
 DENOISE_SEARCH = 21
 
 
-def enhance(image: np.ndarray, operations: Sequence[Operation], max_pixels: int) -> np.ndarray:
+def enhance(
+    image: np.ndarray,
+    operations: Sequence[Operation],
+    *,
+    max_pixels: int,
+    max_denoise_pixels: int,
+) -> np.ndarray:
     """The image with the operations applied in order.
 
     Raises:
         InvalidArgument: A resize to no size.
-        ResourceExhausted: A resize to more than `max_pixels` pixels (before any work).
+        ResourceExhausted: A resize to more than `max_pixels` pixels, or a denoise of more than
+            `max_denoise_pixels` (checked before any work).
     """
-    check_sizes(image.shape[1], image.shape[0], operations, max_pixels)
+    height, width = image.shape[:2]
+    check_sizes(width, height, operations, max_pixels, max_denoise_pixels)
     for operation in operations:
         image = apply(image, operation)
     return image
 
 
-def check_sizes(width: int, height: int, operations: Sequence[Operation], max_pixels: int) -> None:
-    """Follows the image's size through the resizes; fails on one over the limit."""
+def check_sizes(
+    width: int,
+    height: int,
+    operations: Sequence[Operation],
+    max_pixels: int,
+    max_denoise_pixels: int,
+) -> None:
+    """Follows the image's size through the operations; fails on a resize over `max_pixels` or
+    a denoise of an image over `max_denoise_pixels`."""
     for index, operation in enumerate(operations):
         if isinstance(operation, Resize):
-            width, height = resized(width, height, operation, f"operations[{index}].resize")
+            field = f"operations[{index}].resize"
+            width, height = resized(width, height, operation, field)
             if width * height > max_pixels:
-                field = f"operations[{index}].resize"
                 raise too_large(field, f"({width}x{height}) pixels", width * height, max_pixels)
+        elif isinstance(operation, Denoise) and width * height > max_denoise_pixels:
+            field = f"operations[{index}].denoise"
+            pixels = width * height
+            raise too_large(field, f"({width}x{height}) pixels", pixels, max_denoise_pixels)
 
 
 def resized(width: int, height: int, resize: Resize, field: str = "resize") -> tuple[int, int]:
