@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import cv2
 import numpy as np
 import pytest
@@ -81,3 +83,20 @@ async def test_faces_smaller_than_min_size_are_left_out(client: Client) -> None:
     assert len(sizes) == 2  # the two people in front of the bus, about 55 px each
     assert sizes == sorted(sizes, reverse=True)  # largest first
     assert large_only.results[0].faces == []
+
+
+async def test_concurrent_calls_on_the_worker_threads_agree(client: Client) -> None:
+    # Each executor thread has its own cascade (one holds the image it works on): calls on
+    # different images at once must each get the answer they get alone.
+    bus = cv2.imread(str(ASSETS / "bus.jpg"))
+    zidane = cv2.imread(str(ASSETS / "zidane.jpg"))
+    images = [bus[300:700, :500], zidane[:400, 800:], bus[200:800, 50:350], zidane[50:350, 880:]]
+    requests = [pb.DetectFacesRequest(images=[_png(image)]) for image in images]
+    alone = [await client.vision.DetectFaces(r, metadata=client.metadata) for r in requests]
+
+    together = await asyncio.gather(
+        *(client.vision.DetectFaces(r, metadata=client.metadata) for r in requests * 3)
+    )
+
+    assert [len(reply.results[0].faces) for reply in alone] == [2, 1, 2, 1]
+    assert together == alone * 3

@@ -13,7 +13,7 @@ import numpy as np
 from nexus.common.events import EventBus
 from nexus.common.registry import ModelRegistry
 from nexus.vision import enhance, faces, ocr
-from nexus.vision.images import ImageFormat, check_sizes, decode, encode, too_large
+from nexus.vision.images import ImageFormat, check_sizes, decode, encode, inspect, too_large
 from nexus.vision.results import FaceResult, TextResult
 from nexus.vision.settings import VisionSettings
 
@@ -94,9 +94,13 @@ class VisionEngine:
         )
 
     def _decoded(self, images: Sequence[bytes]) -> Iterator[np.ndarray]:
-        """Each image decoded in turn (one decoded image in memory at a time)."""
-        for index, data in enumerate(images):
-            yield self._decode(data, f"images[{index}]")
+        """Each image decoded in turn (one decoded image in memory at a time), after every
+        header was checked (a bad image fails the call before any work)."""
+        fields = [f"images[{index}]" for index in range(len(images))]
+        for data, field in zip(images, fields, strict=True):
+            inspect(data, max_pixels=self.settings.max_pixels, field=field)
+        for data, field in zip(images, fields, strict=True):
+            yield self._decode(data, field)
 
     def _decode(self, data: bytes, field: str) -> np.ndarray:
         return decode(data, max_pixels=self.settings.max_pixels, field=field)

@@ -10,7 +10,8 @@ OpenCV grouped into it (its "neighbours", `detectMultiScale2`'s numDetections): 
 many nearby positions and scales is more certain. At least MIN_NEIGHBOURS windows are needed, so
 a score is in [1/3, 1): 20 windows give 0.67, 40 give 0.8.
 
-A CascadeClassifier is not thread-safe: each thread has its own (loaded once per thread).
+A CascadeClassifier is not thread-safe (it holds the image it works on; sharing one, concurrent
+calls on different images got wrong answers): each thread has its own, loaded once.
 """
 
 from __future__ import annotations

@@ -44,6 +44,24 @@ def decode(data: bytes, *, max_pixels: int, field: str = "image") -> np.ndarray:
         InvalidArgument: Empty, not a JPEG/PNG/WebP image, truncated or corrupt (`field` named).
         ResourceExhausted: More pixels than `max_pixels` (read from the header, before decoding).
     """
+    image = inspect(data, max_pixels=max_pixels, field=field)
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        rgb = np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as err:  # truncated or corrupt data
+        raise InvalidArgument.for_field(field, f"is a damaged {image.format} file") from err
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def inspect(data: bytes, *, max_pixels: int, field: str = "image") -> Image.Image:
+    """The image in `data`, its header read and checked, no pixel decoded (cheap: check every
+    image of a call this way before decoding the first).
+
+    Raises:
+        InvalidArgument: Empty, not a JPEG/PNG/WebP image, or no pixels (`field` named).
+        ResourceExhausted: More pixels than `max_pixels`.
+    """
     if not data:
         raise InvalidArgument.for_field(field, "is empty")
     image = _open(data, field, max_pixels)
@@ -52,13 +70,7 @@ def decode(data: bytes, *, max_pixels: int, field: str = "image") -> np.ndarray:
         raise too_large(field, f"({width}x{height}) pixels", width * height, max_pixels)
     if width < 1 or height < 1:
         raise InvalidArgument.for_field(field, f"has no pixels ({width}x{height})")
-    try:
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        rgb = np.asarray(image.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as err:  # truncated or corrupt data
-        raise InvalidArgument.for_field(field, f"is a damaged {image.format} file") from err
-    return np.ascontiguousarray(rgb[:, :, ::-1])
+    return image
 
 
 def _open(data: bytes, field: str, max_pixels: int) -> Image.Image:

@@ -11,7 +11,8 @@ Reading order: rows top to bottom, each left to right, where a box whose vertica
 within half the smaller box's height of a row's first box shares that row (ADR 0040). A result's
 text joins the boxes of a row with spaces and the rows with newlines.
 
-RapidOCR's engine keeps per-call state: each thread has its own (loaded once per thread).
+RapidOCR promises no thread-safety (a call that passes thresholds changes the engine's own):
+each thread has its own engine (loaded once per thread, 16 MB of models).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def _line(quad: Sequence[Sequence[float]], text: str, score: float) -> TextLine:
 
 
 def _engine(threads: int) -> Any:
-    """This thread's RapidOCR engine."""
+    """This thread's RapidOCR engine (made on the thread's first call)."""
     engine = getattr(_local, "engine", None)
     if engine is None:
         engine = _local.engine = _new_engine(threads)
