@@ -210,3 +210,17 @@ async def test_enhance_refuses_an_image_over_its_limits(
                     pb.EnhanceRequest(image=image, operations=ops), metadata=client.metadata
                 )
             assert (caught.value.code(), field_of(caught.value)) == (code, "image")
+
+
+async def test_an_unknown_format_is_invalid(client: Client) -> None:
+    request = pb.EnhanceRequest(
+        image=GOOD,
+        operations=[Op(contrast=pb.Contrast())],
+        format=7,  # type: ignore[arg-type]
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.vision.Enhance(request, metadata=client.metadata)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_of(caught.value) == "format"
