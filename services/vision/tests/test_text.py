@@ -15,7 +15,8 @@ RENDERED = ["NEXUS READS TEXT 2026", "Hello world from OpenCV", "the quick brown
 
 # What the photos say, read by eye (no ground truth ships with them): the Latin-script ones.
 # Not here: example.png and example2.png (screenshots of other programs' output),
-# chinese/japanese/korean/thai (scripts the shipped models do not read, or only in part).
+# chinese/japanese/korean/thai (scripts the shipped models do not read, or only in part),
+# skimage_text.png (handwritten formulas at a slant: RapidOCR reads only "S=" and "2" of them).
 PHOTOS = {
     "ocr/easyocr/english.png": """Reduce your risk of coronavirus infection:
 Clean hands with soap and water
