@@ -1,14 +1,18 @@
-"""YOLO models of the vision service through HTTP: a `.pt` uploaded as a multipart form, images
-predicted as form parts and as base64 JSON, an annotated image as the raw response body."""
+"""The vision service through HTTP: a `.pt` uploaded as a multipart form, images predicted as
+form parts and as base64 JSON, an annotated image as the raw response body; an uploaded photo's
+faces, an image enhanced from a base64 JSON body answered as PNG bytes, a bad image as 400."""
 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import cv2
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -20,6 +24,8 @@ from nexus.vision.server import create
 from nexus.vision.settings import VisionSettings
 
 pytestmark = pytest.mark.integration
+
+ZIDANE = Path(str(importlib.util.find_spec("ultralytics").origin)).parent / "assets/zidane.jpg"
 
 
 @pytest.fixture
@@ -103,3 +109,41 @@ async def test_upload_predict_and_annotate_over_http(
     assert annotated.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(annotated.content)).size == (64, 48)
     assert (missing.status_code, bad.status_code) == (404, 400)
+
+
+async def test_faces_of_an_uploaded_photo(http: httpx.AsyncClient) -> None:
+    files = {"images": ("zidane.jpg", ZIDANE.read_bytes(), "image/jpeg")}
+
+    reply = await http.post("/v1/vision/faces:detect", files=files)
+
+    assert reply.status_code == 200, reply.text
+    (result,) = reply.json()["results"]
+    assert (result["width"], result["height"]) == (1280, 720)
+    (face,) = result["faces"]
+    assert 900 < face["box"]["x1"] < face["box"]["x2"] < 1100
+    assert 0 < face["score"] < 1
+
+
+async def test_an_image_enhanced_from_json_comes_back_as_png(http: httpx.AsyncClient) -> None:
+    image = cv2.imencode(".png", np.full((30, 40, 3), 90, np.uint8))[1].tobytes()
+    body = {
+        "image": base64.b64encode(image).decode(),
+        "operations": [{"contrast": {}}, {"resize": {"width": 80}}],
+        "format": "IMAGE_FORMAT_PNG",
+    }
+
+    reply = await http.post("/v1/vision/images:enhance", json=body)
+
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"] == "image/png"
+    decoded = cv2.imdecode(np.frombuffer(reply.content, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == (60, 80, 3)
+
+
+async def test_a_file_that_is_not_an_image_is_a_400_naming_it(http: httpx.AsyncClient) -> None:
+    files = [("images", ("a.jpg", ZIDANE.read_bytes())), ("images", ("b.jpg", b"plain text"))]
+
+    reply = await http.post("/v1/vision/faces:detect", files=files)
+
+    assert reply.status_code == 400
+    assert "images[1]" in reply.text

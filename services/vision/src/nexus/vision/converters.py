@@ -2,20 +2,50 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from google.api import httpbody_pb2
 
 from nexus.api.vision.v1 import vision_service_pb2 as pb
+from nexus.common.errors import InvalidArgument
 from nexus.common.registry import Resolved
+from nexus.vision import enhance
 from nexus.vision.engine import Annotated, Prediction, Selector
 from nexus.vision.images import ImageFormat
 from nexus.vision.results import (
+    Box,
     Detection,
+    FaceResult,
     ImageResult,
     Mask,
     MaskFormat,
     PredictOptions,
     Task,
+    TextLine,
+    TextResult,
 )
+
+# Shared shapes.
+
+
+def box_to_proto(box: Box) -> pb.Box:
+    """A box in pixels."""
+    return pb.Box(x1=box.x1, y1=box.y1, x2=box.x2, y2=box.y2)
+
+
+def image_format(value: int, field: str = "format") -> ImageFormat:
+    """The answer's image format (unset: JPEG)."""
+    if value == pb.IMAGE_FORMAT_PNG:
+        return ImageFormat.PNG
+    if value in (pb.IMAGE_FORMAT_UNSPECIFIED, pb.IMAGE_FORMAT_JPEG):
+        return ImageFormat.JPEG
+    raise InvalidArgument.for_field(field, f"unknown image format {value}")
+
+
+def image_to_http_body(data: bytes, fmt: ImageFormat) -> httpbody_pb2.HttpBody:
+    """Encoded image bytes with their media type (the HTTP body of image answers)."""
+    return httpbody_pb2.HttpBody(content_type=fmt.value, data=data)
+
 
 # YOLO models: Predict, PredictStream, Annotate.
 
@@ -47,11 +77,6 @@ def selector_from_proto(selector: pb.ModelSelector) -> Selector:
     return Selector(selector.alias, selector.version, selector.routing_key)
 
 
-def image_format_from_proto(fmt: int) -> ImageFormat:
-    """The answer's format (JPEG unless PNG)."""
-    return ImageFormat.PNG if fmt == pb.IMAGE_FORMAT_PNG else ImageFormat.JPEG
-
-
 def served_to_proto(served: Resolved, task: Task) -> pb.Served:
     """The version that served."""
     return pb.Served(model=served.name, version=served.version, task=_TASKS[task])
@@ -72,12 +97,11 @@ def result_to_proto(result: ImageResult, filename: str = "") -> pb.ImageResult:
 
 
 def _detection(d: Detection) -> pb.Detection:
-    b = d.box
     return pb.Detection(
         class_id=d.class_id,
         class_name=d.class_name,
         score=d.score,
-        box=pb.Box(x1=b.x1, y1=b.y1, x2=b.x2, y2=b.y2),
+        box=box_to_proto(d.box),
         mask=_mask(d.mask) if d.mask is not None else None,
         keypoints=[pb.Keypoint(x=k.x, y=k.y, score=k.score) for k in d.keypoints],
     )
@@ -117,3 +141,67 @@ def annotated_to_proto(annotated: Annotated, filename: str = "") -> pb.AnnotateR
         result=result_to_proto(prediction.results[0], filename),
         served=served_to_proto(prediction.served, prediction.task),
     )
+
+
+# Faces, text, enhancement.
+
+
+def faces_to_proto(results: Sequence[FaceResult]) -> pb.DetectFacesResponse:
+    """The faces of each image."""
+    return pb.DetectFacesResponse(results=[_face_result(result) for result in results])
+
+
+def _face_result(result: FaceResult) -> pb.FaceResult:
+    faces = [pb.Face(box=box_to_proto(face.box), score=face.score) for face in result.faces]
+    return pb.FaceResult(width=result.width, height=result.height, faces=faces)
+
+
+def text_to_proto(results: Sequence[TextResult]) -> pb.ReadTextResponse:
+    """The lines of text of each image."""
+    return pb.ReadTextResponse(results=[_text_result(result) for result in results])
+
+
+def _text_result(result: TextResult) -> pb.TextResult:
+    lines = [_text_line(line) for line in result.lines]
+    return pb.TextResult(width=result.width, height=result.height, lines=lines, text=result.text)
+
+
+def _text_line(line: TextLine) -> pb.TextLine:
+    return pb.TextLine(
+        text=line.text,
+        confidence=line.confidence,
+        quad=pb.Polygon(points=line.quad),
+        box=box_to_proto(line.box),
+    )
+
+
+def enhance_operations(
+    operations: Sequence[pb.EnhanceOperation],
+) -> list[enhance.Operation]:
+    """The enhancement operations in order; a zero parameter takes its default."""
+    return [_operation(op, f"operations[{i}]") for i, op in enumerate(operations)]
+
+
+def _operation(op: pb.EnhanceOperation, field: str) -> enhance.Operation:
+    kind = op.WhichOneof("operation")
+    if kind == "denoise":
+        return enhance.Denoise(strength=op.denoise.strength or enhance.Denoise.strength)
+    if kind == "contrast":
+        return enhance.Contrast(clip_limit=op.contrast.clip_limit or enhance.Contrast.clip_limit)
+    if kind == "sharpen":
+        return enhance.Sharpen(
+            amount=op.sharpen.amount or enhance.Sharpen.amount,
+            radius=op.sharpen.radius or enhance.Sharpen.radius,
+        )
+    if kind == "resize":
+        if not (op.resize.width or op.resize.height):
+            raise InvalidArgument.for_field(f"{field}.resize", "needs a width, a height or both")
+        return enhance.Resize(width=op.resize.width, height=op.resize.height)
+    raise InvalidArgument.for_field(
+        field, "names no operation (denoise, contrast, sharpen, resize)"
+    )
+
+
+def enhanced_to_proto(data: bytes, fmt: ImageFormat) -> pb.EnhanceResponse:
+    """The enhanced image."""
+    return pb.EnhanceResponse(image=image_to_http_body(data, fmt))

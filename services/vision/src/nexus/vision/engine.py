@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
-from nexus.common.errors import InvalidArgument, ResourceExhausted
 from nexus.common.events import EventBus
 from nexus.common.registry import ModelRegistry, Resolved
 from nexus.common.runtime import ModelRuntime, Served
-from nexus.vision import drawing, images
-from nexus.vision.results import ImageResult, PredictOptions, Task
+from nexus.vision import drawing, enhance, faces, images, ocr
+from nexus.vision.results import FaceResult, ImageResult, PredictOptions, Task, TextResult
 from nexus.vision.serving import FRAMEWORK, Frame, ServedYolo
 from nexus.vision.settings import VisionSettings
 from nexus.vision.yolo.postprocess import Filters
@@ -49,6 +48,9 @@ class Annotated:
     image: bytes
     media_type: str
     prediction: Prediction
+
+
+T = TypeVar("T")
 
 
 class VisionEngine:
@@ -86,39 +88,46 @@ class VisionEngine:
         """Stops the parts and lets go of the models."""
         await self.yolo.stop()
 
-    # YOLO models (detect, segment, pose, classify).
+    # Images in: every count and size checked, then every header, before any pixel is decoded.
 
     async def decode_all(self, data: Sequence[bytes], field: str = "images") -> list[np.ndarray]:
         """Decodes a request's images within the limits (count, bytes, pixels), on the executor.
 
         Raises:
-            InvalidArgument: No images, or one that is not a good JPEG/PNG/WebP.
-            ResourceExhausted: Too many images, an image too large in bytes or pixels.
+            InvalidArgument: No images, or one that is not a good JPEG/PNG/WebP (named).
+            ResourceExhausted: Too many images, or one too large in bytes or pixels (named).
         """
-        if not data:
-            raise InvalidArgument.for_field(field, "must hold at least one image")
-        if len(data) > self.settings.max_images:
-            raise ResourceExhausted.too_large(field, len(data), self.settings.max_images)
-        named = list(zip(data, [f"{field}[{i}]" for i in range(len(data))], strict=True))
-        if len(data) == 1:
-            named = [(data[0], field)]
-        for item, name in named:  # every size before any decoding
-            self._check_bytes(item, name)
-        return list(await asyncio.gather(*(self._decode(d, n) for d, n in named)))
+        self._check_images(data, field)
+        return await self._run(lambda: list(self._decoded(data, field)))
 
     async def decode(self, data: bytes, field: str = "image") -> np.ndarray:
         """Decodes one image within the limits, on the executor (see `decode_all`)."""
-        self._check_bytes(data, field)
-        return await self._decode(data, field)
-
-    def _check_bytes(self, data: bytes, field: str) -> None:
         if len(data) > self.settings.max_image_bytes:
-            raise ResourceExhausted.too_large(field, len(data), self.settings.max_image_bytes)
+            raise images.too_large(field, "bytes", len(data), self.settings.max_image_bytes)
+        return await self._run(lambda: self._decode(data, field))
 
-    async def _decode(self, data: bytes, field: str) -> np.ndarray:
-        limits = self.settings
-        work = functools.partial(images.decode, data, max_pixels=limits.max_pixels, field=field)
+    def _check_images(self, data: Sequence[bytes], field: str) -> None:
+        settings = self.settings
+        images.check_sizes(
+            data, max_images=settings.max_images, max_bytes=settings.max_image_bytes, field=field
+        )
+
+    def _decoded(self, data: Sequence[bytes], field: str) -> Iterator[np.ndarray]:
+        """Each image decoded in turn (blocking), after every header was checked (a bad image
+        fails the call before any work)."""
+        fields = [f"{field}[{index}]" for index in range(len(data))]
+        for item, name in zip(data, fields, strict=True):
+            images.inspect(item, max_pixels=self.settings.max_pixels, field=name)
+        for item, name in zip(data, fields, strict=True):
+            yield self._decode(item, name)
+
+    def _decode(self, data: bytes, field: str) -> np.ndarray:
+        return images.decode(data, max_pixels=self.settings.max_pixels, field=field)
+
+    async def _run(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    # YOLO models (detect, segment, pose, classify).
 
     async def predict(
         self,
@@ -154,10 +163,7 @@ class VisionEngine:
         picture = await self.decode(data)
         prediction = await self.predict(model, [picture], options, selector)
         result = prediction.results[0]
-        loop = asyncio.get_running_loop()
-        encoded = await loop.run_in_executor(
-            self._executor, lambda: images.encode(drawing.draw(picture, result), fmt)
-        )
+        encoded = await self._run(lambda: images.encode(drawing.draw(picture, result), fmt))
         return Annotated(encoded, fmt.value, prediction)
 
     async def predict_frames(
@@ -211,3 +217,45 @@ class VisionEngine:
         return self.yolo.serving(
             model, alias=selector.alias, version=selector.version, routing_key=selector.routing_key
         )
+
+    # Faces, text and enhancement: OpenCV and RapidOCR on the executor (never the event loop).
+
+    async def detect_faces(self, data: Sequence[bytes], min_size: int = 0) -> list[FaceResult]:
+        """The faces of each image (`min_size`: smallest face side, 0 for 1/20 of the shorter
+        side), one result per image in order; one decoded image in memory at a time."""
+        self._check_images(data, "images")
+        return await self._run(
+            lambda: [faces.detect_faces(image, min_size) for image in self._decoded(data, "images")]
+        )
+
+    async def read_text(
+        self, data: Sequence[bytes], min_confidence: float = 0.0
+    ) -> list[TextResult]:
+        """The text of each image in reading order, one result per image in order."""
+        self._check_images(data, "images")
+        threads = self.settings.inference_threads
+        return await self._run(
+            lambda: [
+                ocr.read_text(image, min_confidence, threads=threads)
+                for image in self._decoded(data, "images")
+            ]
+        )
+
+    async def enhance(
+        self, data: bytes, operations: Sequence[enhance.Operation], fmt: images.ImageFormat
+    ) -> bytes:
+        """The image with the operations applied in order, encoded as `fmt`."""
+        if len(data) > self.settings.max_image_bytes:
+            raise images.too_large("image", "bytes", len(data), self.settings.max_image_bytes)
+        settings = self.settings
+
+        def work() -> bytes:
+            enhanced = enhance.enhance(
+                self._decode(data, "image"),
+                operations,
+                max_pixels=settings.max_pixels,
+                max_denoise_pixels=settings.max_denoise_pixels,
+            )
+            return images.encode(enhanced, fmt)
+
+        return await self._run(work)

@@ -135,13 +135,18 @@ class TextLine:
 
 @dataclass(frozen=True)
 class TextResult:
-    """The text of one image, lines in reading order."""
+    """The text of one image: lines in reading order, grouped in rows (boxes side by side)."""
 
     width: int
     height: int
-    lines: list[TextLine]
+    rows: list[list[TextLine]]
+
+    @property
+    def lines(self) -> list[TextLine]:
+        """The lines in reading order: rows top to bottom, each left to right."""
+        return [line for row in self.rows for line in row]
 
     @property
     def text(self) -> str:
-        """The lines joined by newlines."""
-        return "\n".join(line.text for line in self.lines)
+        """What it says: the lines of a row joined by spaces, the rows by newlines."""
+        return "\n".join(" ".join(line.text for line in row) for row in self.rows)

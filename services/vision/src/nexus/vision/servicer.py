@@ -60,9 +60,27 @@ class VisionServicer(pb_grpc.VisionServiceServicer):
             request.image,
             conv.options_from_proto(request.options),
             conv.selector_from_proto(request.selector),
-            conv.image_format_from_proto(request.format),
+            conv.image_format(request.format),
         )
         return conv.annotated_to_proto(annotated, request.image_filename)
+
+    # Faces, text, enhancement.
+
+    async def DetectFaces(
+        self, request: pb.DetectFacesRequest, context: Context
+    ) -> pb.DetectFacesResponse:
+        results = await self._engine.detect_faces(list(request.images), request.min_size)
+        return conv.faces_to_proto(results)
+
+    async def ReadText(self, request: pb.ReadTextRequest, context: Context) -> pb.ReadTextResponse:
+        results = await self._engine.read_text(list(request.images), request.min_confidence)
+        return conv.text_to_proto(results)
+
+    async def Enhance(self, request: pb.EnhanceRequest, context: Context) -> pb.EnhanceResponse:
+        operations = conv.enhance_operations(request.operations)
+        fmt = conv.image_format(request.format)
+        data = await self._engine.enhance(request.image, operations, fmt)
+        return conv.enhanced_to_proto(data, fmt)
 
 
 async def _frames(

@@ -71,3 +71,7 @@ class VisionSettings(ServiceSettings):
 
     model_cache_bytes: int = Field(default=2 * 1024 * MIB, gt=0)
     """Most bytes of loaded model versions."""
+
+    max_denoise_pixels: int = Field(default=16_000_000, gt=0)
+    """Most pixels an image may have where Enhance denoises it (non-local means costs about
+    1.5 s of one core per megapixel: 16 Mpx is about 25 s); resize down first for more."""
