@@ -6,7 +6,7 @@ from nexus.api.vision.v1 import vision_service_pb2_grpc as pb_grpc
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 from nexus.vision.engine import VisionEngine
-from nexus.vision.servicer import VisionServicer
+from nexus.vision.servicer import VisionServicer, training
 from nexus.vision.settings import VisionSettings
 
 NAME = "vision"
@@ -19,7 +19,7 @@ async def create(settings: VisionSettings, common: NexusSettings) -> ServiceHost
     await host.open()
     registry = await host.registry()
     engine = VisionEngine(registry, host.bus, settings, host.executor)
-    operations = host.operations()
+    operations = host.operations(training(engine))
     host.add_servicer(
         pb_grpc.add_VisionServiceServicer_to_server,
         VisionServicer(engine, operations),  # type: ignore[abstract]  # RPCs land next
