@@ -4,6 +4,8 @@ line."""
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import grpc
@@ -105,7 +107,20 @@ def _bad(case: str, files: dict[str, bytes]) -> tuple[bytes, tuple[str, ...]]:
     if case == "no val folder":
         files["data.yaml"] = files["data.yaml"].replace(b"images/val", b"images/test")
         return zip_of(files), ("images/test",)
+    if case == "tiff image":
+        files["images/train/extra.tif"] = b"II*\x00"
+        return zip_of(files), ("images/train/extra.tif", "JPEG, PNG or WebP")
+    if case == "damaged entry":
+        return _damaged(files, label), (label, "cannot be read")
     raise AssertionError(case)
+
+
+def _damaged(files: dict[str, bytes], label: str) -> bytes:
+    """The zip with one label entry stored uncompressed and changed after its CRC was taken."""
+    buffer = io.BytesIO(zip_of({k: v for k, v in files.items() if k != label}))
+    with zipfile.ZipFile(buffer, "a") as archive:
+        archive.writestr(label, b"0 0.5 0.5 0.125 0.125\n", compress_type=zipfile.ZIP_STORED)
+    return buffer.getvalue().replace(b"0 0.5 0.5 0.125 0.125", b"0 0.5 0.5 0.125 0.126")
 
 
 INVALID_CASES = [
@@ -121,6 +136,8 @@ INVALID_CASES = [
     "names missing",
     "yaml with python tags",
     "no val folder",
+    "tiff image",
+    "damaged entry",
 ]
 
 

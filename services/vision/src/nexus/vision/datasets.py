@@ -18,6 +18,7 @@ import math
 import posixpath
 import stat
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +40,8 @@ BUCKET = "nexus_vision_datasets"
 FIELD = "archive"
 DATA_YAML = "data.yaml"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+OTHER_IMAGE_SUFFIXES = frozenset({".bmp", ".dng", ".mpo", ".tif", ".tiff", ".pfm", ".heic"})
+"""Images ultralytics would train on too, which the service does not decode: refused."""
 TOLERANCE = 1e-3
 """How far outside [0, 1] a normalised coordinate may be (rounding in labelling tools)."""
 MAX_CLASSES = 1000
@@ -133,7 +136,7 @@ def check(data: bytes, limits: Limits) -> Contents:
         task, objects = _check_labels(archive, layout, images, members)
         for paths in images.values():
             for path in paths:
-                decode(archive.read(members[path]), max_pixels=limits.max_pixels, field=path)
+                decode(_read(archive, members[path]), max_pixels=limits.max_pixels, field=path)
     counts = {split: len(paths) for split, paths in images.items()}
     return Contents(layout, task, counts, objects)
 
@@ -149,6 +152,14 @@ def _open_zip(data: bytes) -> zipfile.ZipFile:
         return zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, ValueError, EOFError) as err:
         raise InvalidArgument.for_field(FIELD, "is not a zip file") from err
+
+
+def _read(archive: zipfile.ZipFile, entry: zipfile.ZipInfo) -> bytes:
+    """An entry's bytes (never more than its declared size; zipfile checks the CRC)."""
+    try:
+        return archive.read(entry)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
+        raise InvalidArgument.for_field(FIELD, f"{entry.filename}: cannot be read ({err})") from err
 
 
 def _safe_members(archive: zipfile.ZipFile, limits: Limits) -> dict[str, zipfile.ZipInfo]:
@@ -208,7 +219,7 @@ def _read_layout(archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo]) 
         raise InvalidArgument.for_field(FIELD, f"has no {DATA_YAML} at its top")
     path = found[0]
     try:
-        document = yaml.safe_load(archive.read(members[path]))
+        document = yaml.safe_load(_read(archive, members[path]))
     except yaml.YAMLError as err:
         raise InvalidArgument.for_field(FIELD, f"{path}: is not valid YAML") from err
     if not isinstance(document, dict):
@@ -231,7 +242,7 @@ def _layout(path: str, document: dict[str, Any]) -> Layout:
 
 def _names(path: str, names: object) -> list[str]:
     if isinstance(names, dict):
-        if sorted(names) != list(range(len(names))):
+        if set(names) != set(range(len(names))):
             raise InvalidArgument.for_field(FIELD, f"{path}: names ids must be 0 to n-1")
         names = [names[i] for i in range(len(names))]
     if not isinstance(names, list) or not names:
@@ -282,6 +293,9 @@ def _split_images(layout: Layout, split: str, members: dict[str, zipfile.ZipInfo
             FIELD, f"{DATA_YAML}: {split}: {folder!r} must be a folder under an images/ folder"
         )
     prefix = folder + "/"
+    for path in members:
+        if path.startswith(prefix) and posixpath.splitext(path)[1].lower() in OTHER_IMAGE_SUFFIXES:
+            raise InvalidArgument.for_field(FIELD, f"{path}: images must be JPEG, PNG or WebP")
     images = sorted(
         path
         for path in members
@@ -310,7 +324,7 @@ def _check_labels(
         for image in paths:
             path = label_path(image)
             if path in members:  # no label file: a background image
-                reader.read(path, archive.read(members[path]))
+                reader.read(path, _read(archive, members[path]))
     if reader.task is None:
         raise InvalidArgument.for_field(FIELD, "has no labelled objects")
     return reader.task, reader.objects
