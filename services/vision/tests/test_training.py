@@ -9,14 +9,21 @@ import time
 from pathlib import Path
 
 import grpc
+import onnxruntime
 import pytest
 from training_testing import average_precision_50, dataset_files, upload, zip_of
-from vision_testing import Client
+from vision_testing import Client, client_of, small_settings
 
 from nexus.api.models.v1 import model_registry_pb2 as models_pb
 from nexus.api.operations.v1 import operations_pb2 as ops_pb
 from nexus.api.vision.v1 import vision_service_pb2 as pb
+from nexus.common.idempotency import running_as
 from nexus.common.server import ServiceHost
+from nexus.common.testing.services import StartService
+from nexus.vision.datasets import DatasetStore
+from nexus.vision.engine import dataset_limits
+from nexus.vision.server import create
+from nexus.vision.training import Trainer, TrainSpec
 
 MAP50_BOUND = 0.5
 """mAP50 on 40 new images the trained detector must reach (measured 0.84 here; none is 0)."""
@@ -105,6 +112,8 @@ async def test_a_trained_detector_finds_shapes_on_new_images(
     assert score >= MAP50_BOUND
     assert trained.map50 >= MAP50_BOUND
     assert len(epochs_seen) >= 10  # progress after each epoch (a watch may merge close ones)
+    assert any(s.progress.eta.seconds > 0 for s in states if s.progress.message == "epoch 5/30")
+    assert {"box_loss", "map50_95", "epochs"} <= set(states[-2].progress.metrics)
     assert epochs_seen[-1] == 30
     version = model.model.versions[0]
     assert version.framework == "onnx"
@@ -113,9 +122,47 @@ async def test_a_trained_detector_finds_shapes_on_new_images(
     assert version.parameters["task"] == "detect"
 
 
-async def test_a_cancelled_training_stops_and_registers_nothing(
-    client: Client, tmp_path: Path
+def with_keypoints(files: dict[str, bytes]) -> dict[str, bytes]:
+    """The dataset as a pose dataset: two keypoints (x, y, visibility) per shape."""
+    files["data.yaml"] += b"kpt_shape: [2, 3]\nflip_idx: [1, 0]\n"
+    for name in [n for n in files if n.endswith(".txt")]:
+        lines = files[name].decode().splitlines()
+        files[name] = "".join(f"{line} 0.3 0.3 2 0.6 0.6 2\n" for line in lines).encode()
+    return files
+
+
+@pytest.mark.parametrize("task", [pb.TASK_SEGMENT, pb.TASK_POSE], ids=["segment", "pose"])
+async def test_segment_and_pose_datasets_train_their_own_kind_of_model(
+    vision: ServiceHost, client: Client, tmp_path: Path, task: int
 ) -> None:
+    files = dataset_files(tmp_path / "d", train=8, val=2, size=64, segment=task == pb.TASK_SEGMENT)
+    dataset = await upload(client, zip_of(with_keypoints(files) if task == pb.TASK_POSE else files))
+    name = await start(client, start_request(dataset.id, "kind", epochs=1, image_size=64))
+    done = (await watch(client, name))[-1]
+    trained = pb.TrainResponse()
+    assert done.response.Unpack(trained), done.error
+    registry = await vision.registry()
+    onnx = onnxruntime.InferenceSession(await registry.load_artifact("kind", trained.version))
+    metadata = onnx.get_modelmeta().custom_metadata_map
+
+    assert trained.task == task
+    assert metadata["task"] == {pb.TASK_SEGMENT: "segment", pb.TASK_POSE: "pose"}[task]
+    assert metadata.get("kpt_shape") == ("[2, 3]" if task == pb.TASK_POSE else None)
+
+
+async def test_a_cancelled_training_stops_and_registers_nothing(
+    start_service: StartService, key: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "trainings"
+    folder.mkdir()
+    host = await start_service(create, small_settings(training_dir=str(folder)))
+    async with client_of(host, key) as client:
+        await _cancel_a_training(client, tmp_path)
+
+    assert list(folder.iterdir()) == []  # its temporary folder went with it
+
+
+async def _cancel_a_training(client: Client, tmp_path: Path) -> None:
     dataset = await upload(client, zip_of(dataset_files(tmp_path, train=16, val=4)))
     name = await start(client, start_request(dataset.id, "cancelled", epochs=200))
     stream = client.operations.WatchOperation(
@@ -137,3 +184,39 @@ async def test_a_cancelled_training_stops_and_registers_nothing(
     assert done.state == ops_pb.OPERATION_STATE_CANCELLED
     assert max(s.progress.metrics.get("epoch", 0) for s in states) < 200
     assert "cancelled" not in [m.name for m in models.models]
+
+
+class Stages:
+    """A Progress that keeps the stages the work started."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def stage(self, stage: str, percent: float | None = None, message: str = "") -> None:
+        self.seen.append(stage)
+
+    async def report(self, **progress: object) -> None:
+        return None
+
+
+async def test_a_training_run_again_finds_its_version_without_training_again(
+    vision: ServiceHost, client: Client, tmp_path: Path
+) -> None:
+    dataset = await upload(client, zip_of(dataset_files(tmp_path, train=4, val=2, size=64)))
+    datasets = DatasetStore(vision.bus.js)
+    await datasets.start()
+    registry = await vision.registry()
+    trainer = Trainer(
+        datasets, registry, vision.executor, dataset_limits(small_settings()), 9, "cpu"
+    )
+    spec = TrainSpec("again", dataset.id, epochs=1, image_size=64, batch_size=8)
+    first_run, run_again = Stages(), Stages()
+
+    with running_as("operation:vision/operations/" + "a" * 32):  # as the operation's attempts
+        first = await trainer.train(spec, first_run)
+        again = await trainer.train(spec, run_again)
+
+    assert again == first
+    assert "training" in first_run.seen
+    assert run_again.seen == []  # found before anything was fetched or trained
+    assert [v.version for v in registry.get_model_now("again").versions] == ["1"]

@@ -103,15 +103,15 @@ def check(spec: TrainSpec, task: Task, max_epochs: int) -> None:
     """
     known = architectures(task)
     if spec.architecture.removesuffix(SUFFIXES.get(task, "")) not in known:
+        weights = "." in spec.architecture  # yolo11n.pt: ultralytics would download it
         why = (
-            "weights files are not fetched; name an architecture"
-            if "." in spec.architecture
-            else ""
+            "is a file; weights are not fetched"
+            if weights
+            else f"is not a {task.value} architecture"
         )
         raise InvalidArgument.for_field(
             "train.architecture",
-            f"{spec.architecture!r} does not train {task.value} datasets {why}".rstrip()
-            + f" (one of: {', '.join(known)})",
+            f"{spec.architecture!r} {why}; name an architecture: {', '.join(known)}",
         )
     if not 1 <= spec.epochs <= max_epochs:
         raise InvalidArgument.for_field("train.epochs", f"must be 1 to {max_epochs}")
