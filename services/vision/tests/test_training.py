@@ -169,10 +169,12 @@ async def _cancel_a_training(client: Client, tmp_path: Path) -> None:
         ops_pb.WatchOperationRequest(name=name), metadata=client.metadata, timeout=120
     )
     states: list[ops_pb.Operation] = []
+    cancelled_at = 0.0
     async for reply in stream:
         states.append(reply.operation)
-        first_epoch = reply.operation.progress.metrics.get("epoch", 0) >= 1
-        if first_epoch and not any(s.cancel_requested for s in states):
+        epoch = reply.operation.progress.metrics.get("epoch", 0)
+        if epoch >= 1 and not cancelled_at:
+            cancelled_at = epoch
             await client.operations.CancelOperation(
                 ops_pb.CancelOperationRequest(name=name), metadata=client.metadata
             )
@@ -182,7 +184,8 @@ async def _cancel_a_training(client: Client, tmp_path: Path) -> None:
     )
 
     assert done.state == ops_pb.OPERATION_STATE_CANCELLED
-    assert max(s.progress.metrics.get("epoch", 0) for s in states) < 200
+    # It stops at a batch of the epoch running when the cancel came (one more for slack).
+    assert max(s.progress.metrics.get("epoch", 0) for s in states) <= cancelled_at + 2
     assert "cancelled" not in [m.name for m in models.models]
 
 
