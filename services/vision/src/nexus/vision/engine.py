@@ -12,7 +12,7 @@ from nexus.common.registry import ModelRegistry
 from nexus.vision import datasets
 from nexus.vision.datasets import DatasetInfo, DatasetStore
 from nexus.vision.settings import VisionSettings
-from nexus.vision.training import Trained, Trainer, TrainSpec, device_of
+from nexus.vision.training import Trained, Trainer, TrainSpec
 
 
 class VisionEngine:
@@ -29,16 +29,7 @@ class VisionEngine:
         self.settings = settings
         self._bus = bus
         self._executor = executor
-        self.datasets = DatasetStore(bus.js)
-        self.trainer = Trainer(
-            self.datasets,
-            registry,
-            executor,
-            dataset_limits(settings),
-            settings.max_epochs,
-            device_of(settings.device),
-            settings.training_dir,
-        )
+        self.datasets, self.trainer = _training(registry, bus, settings, executor)
 
     async def start(self) -> None:
         """Starts the parts that follow NATS."""
@@ -86,3 +77,21 @@ def dataset_limits(settings: VisionSettings) -> datasets.Limits:
         max_ratio=settings.max_dataset_ratio,
         max_pixels=settings.max_pixels,
     )
+
+
+def _training(
+    registry: ModelRegistry, bus: EventBus, settings: VisionSettings, executor: Executor
+) -> tuple[DatasetStore, Trainer]:
+    """The dataset store and the trainer over it."""
+    store = DatasetStore(bus.js)
+    limits = dataset_limits(settings)
+    trainer = Trainer(
+        store,
+        registry,
+        executor,
+        limits,
+        settings.max_epochs,
+        settings.device,
+        settings.training_dir,
+    )
+    return store, trainer

@@ -141,6 +141,7 @@ class Trainer:
     limits: Limits
     max_epochs: int
     device: str
+    """The service's device setting ("auto", "cpu", "cuda:1"), resolved when a training runs."""
     folder: str = ""
 
     async def dataset_for(self, spec: TrainSpec) -> DatasetInfo:
@@ -198,7 +199,8 @@ class Trainer:
             model = YOLO(model_yaml(spec.architecture, task), task=task.value)
             for event, callback in monitor.callbacks().items():
                 model.add_callback(event, callback)
-            model.train(**_train_arguments(spec, data_yaml, Path(tmp) / "runs", self.device))
+            device = device_of(self.device)
+            model.train(**_train_arguments(spec, data_yaml, Path(tmp) / "runs", device))
             trainer = model.trainer
             assert trainer is not None, "trained"
             monitor.exporting()
