@@ -19,6 +19,8 @@ import posixpath
 import stat
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +34,7 @@ from nats.js.object_store import ObjectStore
 
 from nexus.common.errors import REQUEST_TOO_LARGE, InvalidArgument, NotFound, ResourceExhausted
 from nexus.common.idempotency import new_id
-from nexus.common.kv import open_object_store
+from nexus.common.kv import nats_unavailable, open_object_store
 from nexus.vision.images import decode
 from nexus.vision.results import Task
 
@@ -490,7 +492,8 @@ class DatasetStore:
             kpt_shape=contents.layout.kpt_shape,
         )
         meta = ObjectMeta(name=info.id, description=info.to_json())
-        await self._bucket().put(info.id, data, meta=meta)
+        with nats_unavailable("store the dataset"):
+            await self._bucket().put(info.id, data, meta=meta)
         return info
 
     async def info(self, dataset_id: str) -> DatasetInfo:
@@ -499,10 +502,8 @@ class DatasetStore:
         Raises:
             NotFound: No such dataset.
         """
-        try:
+        with _stored("read the dataset", dataset_id):
             found = await self._bucket().get_info(dataset_id)
-        except NotFoundError as err:
-            raise NotFound(f"dataset {dataset_id!r} does not exist") from err
         return DatasetInfo.from_json(found.description or "{}")
 
     async def fetch(self, dataset_id: str) -> bytes:
@@ -511,12 +512,20 @@ class DatasetStore:
         Raises:
             NotFound: No such dataset.
         """
-        try:
+        with _stored("read the dataset", dataset_id):
             result = await self._bucket().get(dataset_id)
-        except NotFoundError as err:
-            raise NotFound(f"dataset {dataset_id!r} does not exist") from err
         return result.data or b""
 
     def _bucket(self) -> ObjectStore:
         assert self._store is not None, "start() first"
         return self._store
+
+
+@contextmanager
+def _stored(action: str, dataset_id: str) -> Iterator[None]:
+    """A missing object as NotFound, NATS errors as Unavailable."""
+    with nats_unavailable(action):
+        try:
+            yield
+        except NotFoundError as err:
+            raise NotFound(f"dataset {dataset_id!r} does not exist") from err
