@@ -3,6 +3,7 @@ Predict, Annotate, PredictStream, A/B splits, and bad input with its status code
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -46,14 +47,15 @@ async def _uploaded(client: Client, detector: Trained, name: str = "shapes") -> 
 async def test_a_pt_and_an_onnx_upload_serve_the_same_detections(
     client: Client, detector: Trained
 ) -> None:
-    pt = await _upload(client, "shapes", detector.pt.read_bytes(), "ultralytics")
-    onnx = await _upload(client, "shapes", detector.onnx.read_bytes(), "onnx")
+    name = f"shapes-{uuid.uuid4().hex[:8]}"  # the session's NATS is shared: a model of its own
+    pt = await _upload(client, name, detector.pt.read_bytes(), "ultralytics")
+    onnx = await _upload(client, name, detector.onnx.read_bytes(), "onnx")
     images = [_jpeg(i) for i in shapes_photos(3)]
 
     answers = [
         await client.vision.Predict(
             pb.PredictRequest(
-                model="shapes",
+                model=name,
                 images=images,
                 images_filename=["a.jpg"],
                 selector=pb.ModelSelector(version=v),
@@ -61,12 +63,12 @@ async def test_a_pt_and_an_onnx_upload_serve_the_same_detections(
             ),
             metadata=client.metadata,
         )
-        for v in ("1", "2")
+        for v in (pt.version, onnx.version)
     ]
 
     assert (pt.framework, onnx.framework) == ("onnx", "onnx")
     assert pt.parameters["task"] == "detect"
-    assert [a.served.version for a in answers] == ["1", "2"]
+    assert [a.served.version for a in answers] == [pt.version, onnx.version]
     assert answers[0].served.task == pb.TASK_DETECT
     assert len(answers[0].results) == 3
     assert answers[0].results[0].filename == "a.jpg"

@@ -13,12 +13,15 @@ from typing import TypeVar
 import numpy as np
 
 from nexus.common.events import EventBus
+from nexus.common.operations import Progress
 from nexus.common.registry import ModelRegistry, Resolved
 from nexus.common.runtime import ModelRuntime, Served
-from nexus.vision import drawing, enhance, faces, images, ocr
+from nexus.vision import datasets, drawing, enhance, faces, images, ocr
+from nexus.vision.datasets import DatasetInfo, DatasetStore
 from nexus.vision.results import FaceResult, ImageResult, PredictOptions, Task, TextResult
 from nexus.vision.serving import FRAMEWORK, Frame, ServedYolo
 from nexus.vision.settings import VisionSettings
+from nexus.vision.training import Trained, Trainer, TrainSpec
 from nexus.vision.yolo.postprocess import Filters
 
 
@@ -75,9 +78,11 @@ class VisionEngine:
             max_bytes=settings.model_cache_bytes,
             frameworks=(FRAMEWORK,),
         )
+        self.datasets, self.trainer = _training(registry, bus, settings, executor)
 
     async def start(self) -> None:
         """Starts the parts that follow NATS."""
+        await self.datasets.start()
         await self.yolo.start()
 
     async def warm(self) -> None:
@@ -259,3 +264,57 @@ class VisionEngine:
             return images.encode(enhanced, fmt)
 
         return await self._run(work)
+
+    # Datasets and training.
+
+    async def upload_dataset(self, name: str, data: bytes) -> DatasetInfo:
+        """Checks a dataset zip whole (on the executor: it decodes every image) and stores it.
+
+        Raises:
+            ResourceExhausted, InvalidArgument: As `datasets.check`.
+        """
+        limits = self.trainer.limits
+        datasets.check_size(len(data), limits)  # before a thread is taken
+        contents = await self._run(lambda: datasets.check(data, limits))
+        return await self.datasets.put(name, data, contents)
+
+    async def get_dataset(self, dataset_id: str) -> DatasetInfo:
+        """A stored dataset's description; NotFound for an unknown id."""
+        return await self.datasets.info(dataset_id)
+
+    async def check_training(self, spec: TrainSpec) -> None:
+        """Checks a training before it is queued: its dataset exists, and it fits it."""
+        await self.trainer.dataset_for(spec)
+
+    async def train(self, spec: TrainSpec, progress: Progress) -> Trained:
+        """A training operation's work (see `nexus.vision.training`)."""
+        return await self.trainer.train(spec, progress)
+
+
+def dataset_limits(settings: VisionSettings) -> datasets.Limits:
+    """What a dataset zip may hold, from the settings."""
+    return datasets.Limits(
+        max_bytes=settings.max_dataset_bytes,
+        max_entries=settings.max_dataset_entries,
+        max_uncompressed_bytes=settings.max_dataset_uncompressed_bytes,
+        max_ratio=settings.max_dataset_ratio,
+        max_pixels=settings.max_pixels,
+    )
+
+
+def _training(
+    registry: ModelRegistry, bus: EventBus, settings: VisionSettings, executor: Executor
+) -> tuple[DatasetStore, Trainer]:
+    """The dataset store and the trainer over it."""
+    store = DatasetStore(bus.js)
+    limits = dataset_limits(settings)
+    trainer = Trainer(
+        store,
+        registry,
+        executor,
+        limits,
+        settings.max_epochs,
+        settings.device,
+        settings.training_dir,
+    )
+    return store, trainer

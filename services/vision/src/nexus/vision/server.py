@@ -6,7 +6,7 @@ from nexus.api.vision.v1 import vision_service_pb2_grpc as pb_grpc
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings
 from nexus.vision.engine import VisionEngine
-from nexus.vision.servicer import VisionServicer
+from nexus.vision.servicer import VisionServicer, training
 from nexus.vision.serving import upload_hooks
 from nexus.vision.settings import VisionSettings
 
@@ -20,10 +20,10 @@ async def create(settings: VisionSettings, common: NexusSettings) -> ServiceHost
     await host.open()
     registry = await host.registry(upload_hooks=upload_hooks(host.executor))
     engine = VisionEngine(registry, host.bus, settings, host.executor)
-    operations = host.operations()
+    operations = host.operations(training(engine))
     host.add_servicer(
         pb_grpc.add_VisionServiceServicer_to_server,
-        VisionServicer(engine, operations),  # type: ignore[abstract]  # RPCs land next
+        VisionServicer(engine, operations),
         "nexus.vision.v1.VisionService",
     )
     await host.start()

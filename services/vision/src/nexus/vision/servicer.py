@@ -11,11 +11,24 @@ from typing import Any
 from nexus.api.vision.v1 import vision_service_pb2 as pb
 from nexus.api.vision.v1 import vision_service_pb2_grpc as pb_grpc
 from nexus.common.errors import InvalidArgument
-from nexus.common.operations import Operations
+from nexus.common.operations import OperationKind, Operations, Progress
+from nexus.common.operations.converters import operation_to_proto
 from nexus.vision import converters as conv
 from nexus.vision.engine import VisionEngine
 
 Context = Any  # grpc.aio.ServicerContext; unused by most handlers
+TRAIN = "train"
+"""The kind of the operations StartTraining starts."""
+
+
+def training(engine: VisionEngine) -> OperationKind[pb.TrainRequest, pb.TrainResponse]:
+    """A training as a kind of long-running operation."""
+
+    async def train(request: pb.TrainRequest, progress: Progress) -> pb.TrainResponse:
+        trained = await engine.train(conv.train_spec(request), progress)
+        return conv.trained_to_proto(trained)
+
+    return OperationKind(TRAIN, pb.TrainRequest, train)
 
 
 class VisionServicer(pb_grpc.VisionServiceServicer):
@@ -81,6 +94,28 @@ class VisionServicer(pb_grpc.VisionServiceServicer):
         fmt = conv.image_format(request.format)
         data = await self._engine.enhance(request.image, operations, fmt)
         return conv.enhanced_to_proto(data, fmt)
+
+    # Datasets and training.
+
+    async def UploadDataset(
+        self, request: pb.UploadDatasetRequest, context: Context
+    ) -> pb.UploadDatasetResponse:
+        info = await self._engine.upload_dataset(request.name, request.archive)
+        return pb.UploadDatasetResponse(dataset=conv.dataset_to_proto(info))
+
+    async def GetDataset(
+        self, request: pb.GetDatasetRequest, context: Context
+    ) -> pb.GetDatasetResponse:
+        info = await self._engine.get_dataset(request.id)
+        return pb.GetDatasetResponse(dataset=conv.dataset_to_proto(info))
+
+    async def StartTraining(
+        self, request: pb.StartTrainingRequest, context: Context
+    ) -> pb.StartTrainingResponse:
+        spec = conv.train_spec(request.train)  # bad input fails here, not in the operation
+        await self._engine.check_training(spec)
+        operation = await self._operations.submit(TRAIN, request.train)
+        return pb.StartTrainingResponse(operation=operation_to_proto(operation))
 
 
 async def _frames(

@@ -35,8 +35,22 @@ class VisionSettings(ServiceSettings):
     max_dataset_bytes: int = Field(default=60 * MIB, gt=0)
     """Largest dataset zip (it travels in one gRPC message: keep under max_message_bytes)."""
 
+    max_dataset_entries: int = Field(default=50_000, gt=0)
+    """Most files and folders a dataset zip may hold."""
+
+    max_dataset_uncompressed_bytes: int = Field(default=2 * 1024 * MIB, gt=0)
+    """Most bytes a dataset zip may expand to (zip bombs)."""
+
+    max_dataset_ratio: float = Field(default=200.0, gt=1)
+    """Largest compression ratio of one entry of a dataset zip (entries over 64 KiB; images
+    barely compress, so a higher ratio is a zip bomb)."""
+
     max_epochs: int = Field(default=300, gt=0)
     """Most epochs a training may ask for."""
+
+    training_dir: str = ""
+    """Where trainings extract their dataset and write their runs (a temporary folder each,
+    removed when it ends); empty is the system's temporary folder."""
 
     device: str = "auto"
     """Where YOLO models run and train: "cpu", "cuda", "cuda:1", or "auto" (the first GPU when

@@ -1,0 +1,96 @@
+"""Helpers for dataset and training tests: zips as {path: bytes}, requests, and scoring a
+detector on new generated shapes."""
+
+from __future__ import annotations
+
+import io
+import stat
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from vision_testing import SHAPES, Client, shapes_dataset, shapes_image, zipped
+
+from nexus.api.vision.v1 import vision_service_pb2 as pb
+
+
+def dataset_files(root: Path, **options: object) -> dict[str, bytes]:
+    """A generated shapes dataset as {path in the zip: bytes}."""
+    shapes_dataset(root, **options)  # type: ignore[arg-type]
+    with zipfile.ZipFile(io.BytesIO(zipped(root))) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def zip_of(files: dict[str, bytes], symlinks: tuple[str, ...] = ()) -> bytes:
+    """Zip bytes of `files` (deflated), with `symlinks` entries marked as symbolic links."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            info = zipfile.ZipInfo(name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            if name in symlinks:
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+async def upload(client: Client, archive: bytes, name: str = "shapes") -> pb.Dataset:
+    """Uploads a dataset zip; returns what was stored."""
+    request = pb.UploadDatasetRequest(name=name, archive=archive)
+    reply = await client.vision.UploadDataset(request, metadata=client.metadata)
+    return reply.dataset
+
+
+def average_precision_50(onnx_path: Path, images: int, seed: int, size: int = 128) -> float:
+    """mAP at IoU 0.5 (all-point interpolation, mean over the classes) of an exported detector
+    on `images` new generated shapes images."""
+    from ultralytics import YOLO
+
+    model = YOLO(str(onnx_path), task="detect")
+    rng = np.random.default_rng(seed)
+    found: dict[int, list[tuple[float, bool]]] = {c: [] for c in range(len(SHAPES))}
+    truth = dict.fromkeys(found, 0)
+    for _ in range(images):
+        image, shapes = shapes_image(rng, size, count=int(rng.integers(1, 4)))
+        result = model.predict(image, imgsz=size, conf=0.01, verbose=False, device="cpu")[0]
+        boxes = result.boxes
+        for shape in shapes:
+            truth[shape.class_id] += 1
+        taken: set[int] = set()
+        for box, cls, score in zip(
+            boxes.xyxy.tolist(), boxes.cls.tolist(), boxes.conf.tolist(), strict=True
+        ):
+            match = _best_match(box, int(cls), shapes, taken)
+            if match is not None:
+                taken.add(match)
+            found[int(cls)].append((float(score), match is not None))
+    return float(np.mean([_ap(found[c], truth[c]) for c in found]))
+
+
+def _best_match(box: list[float], cls: int, shapes: list, taken: set[int]) -> int | None:
+    best, best_iou = None, 0.5
+    for i, shape in enumerate(shapes):
+        if i not in taken and shape.class_id == cls and (iou := _iou(box, shape.box)) >= best_iou:
+            best, best_iou = i, iou
+    return best
+
+
+def _iou(a: list[float], b: tuple[float, ...]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _ap(detections: list[tuple[float, bool]], positives: int) -> float:
+    if positives == 0:
+        return 0.0
+    hits = np.array([hit for _, hit in sorted(detections, key=lambda d: -d[0])], dtype=float)
+    if hits.size == 0:
+        return 0.0
+    tp = np.cumsum(hits)
+    recall = np.concatenate([[0.0], tp / positives])
+    precision = np.concatenate([[1.0], tp / np.arange(1, hits.size + 1)])
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    return float(np.sum((recall[1:] - recall[:-1]) * envelope[1:]))
