@@ -50,6 +50,16 @@ class RecommenderServiceStub:
     """
     UpsertItems: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.UpsertItemsRequest, _recommender_service_pb2.UpsertItemsResponse]
     """Creates or replaces items: attributes (for filters) and text."""
+    UpsertUsers: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.UpsertUsersRequest, _recommender_service_pb2.UpsertUsersResponse]
+    """Creates or replaces users' attributes ("country": "DE", "age_band": "30-39"): a user with
+    no history gets the items popular among the users who share their attributes first.
+    """
+    SetRules: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.SetRulesRequest, _recommender_service_pb2.SetRulesResponse]
+    """Replaces the catalog's business rules (boost, bury, pin, cap, exclude), applied after
+    scoring by Recommend and SimilarItems on every replica. An empty list removes them all.
+    """
+    GetRules: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.GetRulesRequest, _recommender_service_pb2.GetRulesResponse]
+    """The catalog's business rules."""
     Recommend: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.RecommendRequest, _recommender_service_pb2.RecommendResponse]
     """The top items for a user, with a reason each and the model version that served. A user
     with no history gets the catalog's popular items.
@@ -90,6 +100,16 @@ class RecommenderServiceAsyncStub(RecommenderServiceStub):
     """
     UpsertItems: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.UpsertItemsRequest, _recommender_service_pb2.UpsertItemsResponse]  # type: ignore[assignment]
     """Creates or replaces items: attributes (for filters) and text."""
+    UpsertUsers: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.UpsertUsersRequest, _recommender_service_pb2.UpsertUsersResponse]  # type: ignore[assignment]
+    """Creates or replaces users' attributes ("country": "DE", "age_band": "30-39"): a user with
+    no history gets the items popular among the users who share their attributes first.
+    """
+    SetRules: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.SetRulesRequest, _recommender_service_pb2.SetRulesResponse]  # type: ignore[assignment]
+    """Replaces the catalog's business rules (boost, bury, pin, cap, exclude), applied after
+    scoring by Recommend and SimilarItems on every replica. An empty list removes them all.
+    """
+    GetRules: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.GetRulesRequest, _recommender_service_pb2.GetRulesResponse]  # type: ignore[assignment]
+    """The catalog's business rules."""
     Recommend: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.RecommendRequest, _recommender_service_pb2.RecommendResponse]  # type: ignore[assignment]
     """The top items for a user, with a reason each and the model version that served. A user
     with no history gets the catalog's popular items.
@@ -157,6 +177,34 @@ class RecommenderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_recommender_service_pb2.UpsertItemsResponse, _abc.Awaitable[_recommender_service_pb2.UpsertItemsResponse]]:
         """Creates or replaces items: attributes (for filters) and text."""
+
+    @_abc_1.abstractmethod
+    def UpsertUsers(
+        self,
+        request: _recommender_service_pb2.UpsertUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_recommender_service_pb2.UpsertUsersResponse, _abc.Awaitable[_recommender_service_pb2.UpsertUsersResponse]]:
+        """Creates or replaces users' attributes ("country": "DE", "age_band": "30-39"): a user with
+        no history gets the items popular among the users who share their attributes first.
+        """
+
+    @_abc_1.abstractmethod
+    def SetRules(
+        self,
+        request: _recommender_service_pb2.SetRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_recommender_service_pb2.SetRulesResponse, _abc.Awaitable[_recommender_service_pb2.SetRulesResponse]]:
+        """Replaces the catalog's business rules (boost, bury, pin, cap, exclude), applied after
+        scoring by Recommend and SimilarItems on every replica. An empty list removes them all.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRules(
+        self,
+        request: _recommender_service_pb2.GetRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_recommender_service_pb2.GetRulesResponse, _abc.Awaitable[_recommender_service_pb2.GetRulesResponse]]:
+        """The catalog's business rules."""
 
     @_abc_1.abstractmethod
     def Recommend(
