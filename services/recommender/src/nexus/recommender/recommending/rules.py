@@ -138,23 +138,32 @@ class RuleSet:
     ) -> list[Ranked]:
         """The model's ranking (best first, already filtered) after the boosts, caps and pins,
         cut to `count`; an item a rule moved carries the rule in its reason."""
-        moved = self._boosted(ranked, attributes)
+        marks: dict[str, tuple[Why, str]] = {}
+        moved = self._boosted(ranked, attributes, marks)
         capped = self._capped(moved, attributes)
-        return self._pinned(capped, ranked, eligible)[:count]
+        shown = self._pinned(capped, ranked, eligible)[:count]
+        return [_marked(r, marks) for r in shown]  # marked last: only the items shown
 
-    def _boosted(self, ranked: Sequence[Ranked], attributes: Attributes) -> list[Ranked]:
-        boosts = self._of(Boost)
-        if not boosts:
+    def _boosted(
+        self, ranked: Sequence[Ranked], attributes: Attributes, marks: dict[str, tuple[Why, str]]
+    ) -> list[Ranked]:
+        """The ranking after the boosts; `marks` gets how and by which rule each moved item
+        moved (several: the rule with the largest shift)."""
+        by_key: dict[str, dict[str, list[tuple[str, int]]]] = {}  # key -> value -> rules
+        for name, boost in self._of(Boost):
+            values = by_key.setdefault(boost.match.key, {})
+            for value in boost.match.values:
+                values.setdefault(value, []).append((name, boost.shift))
+        if not by_key:
             return list(ranked)
         order = []
         for place, item in enumerate(ranked):
-            found = attributes(item.item)
-            hits = [(name, b.shift) for name, b in boosts if b.match.holds(found)]
+            found = attributes(item.item) or {}
+            hits = [h for k, table in by_key.items() for h in table.get(found.get(k, ""), ())]
             shift = sum(s for _, s in hits)
             if shift:
-                why = Why.BOOSTED if shift > 0 else Why.BURIED
                 strongest = max(hits, key=lambda h: abs(h[1]))[0]
-                item = dataclasses.replace(item, placed=why, rule=strongest)
+                marks[item.item] = (Why.BOOSTED if shift > 0 else Why.BURIED, strongest)
             order.append((place - shift, place, item))
         return [item for _, _, item in sorted(order, key=lambda p: (p[0], p[1]))]
 
@@ -190,6 +199,14 @@ class RuleSet:
             base = by_item.get(pin.item) or Ranked(pin.item, _score_at(out, at), Why.PINNED)
             out.insert(at, dataclasses.replace(base, placed=Why.PINNED, rule=name))
         return out
+
+
+def _marked(ranked: Ranked, marks: Mapping[str, tuple[Why, str]]) -> Ranked:
+    """An item with the boost that moved it (a pinned item keeps its pin)."""
+    mark = marks.get(ranked.item)
+    if mark is None or ranked.placed is not None:
+        return ranked
+    return dataclasses.replace(ranked, placed=mark[0], rule=mark[1])
 
 
 def _score_at(ranked: Sequence[Ranked], at: int) -> float:
