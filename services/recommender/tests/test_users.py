@@ -1,10 +1,9 @@
 """Users with attributes over real gRPC with a real NATS: a user with no history gets the items
 popular in their segment (the users who share their attributes) before the catalog's popular
-items, with or without a trained model; bad users are refused."""
+items, with or without a trained model (bad users: test_service.py, beside bad items)."""
 
 from __future__ import annotations
 
-import grpc
 import pytest
 from recommender_testing import Client
 
@@ -61,30 +60,3 @@ async def test_a_new_user_gets_what_is_popular_in_their_segment(
         assert {i.item_id for i in reply.items} <= set(F_ITEMS)
         assert {i.reason.kind for i in reply.items} == {pb.REASON_KIND_POPULAR}
     assert german.model.version == ("" if algorithm is None else "1")
-
-
-def _user(attributes: int = 1, value: str = "v") -> pb.User:
-    return pb.User(id="u", attributes={f"k{n}": value for n in range(attributes)})
-
-
-@pytest.mark.parametrize(
-    ("users", "code", "where"),
-    [
-        ([_user()] * 21, grpc.StatusCode.RESOURCE_EXHAUSTED, "users"),
-        ([_user(4)], grpc.StatusCode.RESOURCE_EXHAUSTED, "users[0].attributes"),
-        ([_user(1, "x" * 17)], grpc.StatusCode.INVALID_ARGUMENT, "users[0].attributes"),
-        ([pb.User(attributes={"k": "v"})], grpc.StatusCode.INVALID_ARGUMENT, "users[0].id"),
-    ],
-)
-async def test_bad_users_are_refused(
-    client: Client, users: list[pb.User], code: grpc.StatusCode, where: str
-) -> None:
-    catalog = await client.catalog()
-
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await client.recommender.UpsertUsers(
-            pb.UpsertUsersRequest(catalog=catalog, users=users), metadata=client.metadata
-        )
-
-    assert caught.value.code() == code
-    assert where in (caught.value.details() or "")

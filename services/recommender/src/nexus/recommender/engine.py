@@ -78,6 +78,8 @@ T = TypeVar("T")
 STREAM = Stream("RECOMMENDER", ("nexus.recommender.>",), max_age_s=7 * DAY_S, max_bytes=256 * MIB)
 TRAINED = "nexus.recommender.trained"
 DEFAULT_COUNT = 10
+SEGMENT_TTL_S = 1.0
+"""Longest a segment's popular items are served after its users' interactions changed."""
 
 
 @dataclass(frozen=True)
@@ -177,8 +179,8 @@ class RecommenderEngine:
         self.items = ItemStore(bus.nc)
         self.users = UserStore(bus.nc)
         self.rules = RuleStore(bus.nc)
-        self._segments: TTLCache[tuple[str, frozenset[tuple[str, str]], int, int], dict[str, int]]
-        self._segments = TTLCache("recommender_segments", maxsize=1024)
+        self._segments: TTLCache[tuple[str, frozenset[tuple[str, str]], int], dict[str, int]]
+        self._segments = TTLCache("recommender_segments", maxsize=1024, ttl_s=SEGMENT_TTL_S)
         self.feed = InteractionFeed(bus, settings, self._decode)
         self.models = ModelRuntime(
             registry,
@@ -407,13 +409,15 @@ class RecommenderEngine:
 
     def _segment(self, catalog: str, user: str) -> dict[str, int] | None:
         """Users per item among the users who share every attribute of `user` (None: the
-        user has no stored attributes); counted again after users or interactions change."""
+        user has no stored attributes); counted again after the catalog's users change, and
+        at most SEGMENT_TTL_S after its interactions did (a scan of the catalog's users on
+        the event loop: not once per request of a busy catalog)."""
         record = self.users.of(catalog).get(user)
         if record is None or not record.attributes:
             return None
         log_ = self.feed.log(catalog)
         attributes = frozenset(record.attributes.items())
-        key = (catalog, attributes, self.users.changes(catalog), log_.interactions)
+        key = (catalog, attributes, self.users.changes(catalog))
         counts = self._segments.get(key)
         if counts is None:
             users = {u.id: u.attributes for u in self.users.of(catalog).values() if u.id != user}
