@@ -675,7 +675,7 @@ class RecommendRequest(_message.Message):
     catalog: _builtins.str
     """The catalog."""
     user_id: _builtins.str
-    """The user (unknown users get popular items)."""
+    """The user (unknown users get popular items: their segment's first)."""
     count: _builtins.int
     """How many items: 0 means 10; at most the service's max_results."""
     include_seen: _builtins.bool

@@ -169,8 +169,9 @@ class RecommenderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Recommend(self, request, context):
-        """The top items for a user, with a reason each and the model version that served. A user
-        with no history gets the catalog's popular items.
+        """The top items for a user, with a reason each and the model version that served, after the
+        catalog's business rules. A user with no history gets the items popular among the users
+        who share their attributes (UpsertUsers), then the catalog's popular items.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -178,7 +179,8 @@ class RecommenderServiceServicer:
 
     def SimilarItems(self, request, context):
         """The items most similar to one item, by the serving model; an item no model knows yet (or a
-        catalog with no model) gets the items closest in text and attributes (cold start).
+        catalog with no model) gets the items closest in text and attributes (cold start). The
+        catalog's business rules apply.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -61,12 +61,14 @@ class RecommenderServiceStub:
     GetRules: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.GetRulesRequest, _recommender_service_pb2.GetRulesResponse]
     """The catalog's business rules."""
     Recommend: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.RecommendRequest, _recommender_service_pb2.RecommendResponse]
-    """The top items for a user, with a reason each and the model version that served. A user
-    with no history gets the catalog's popular items.
+    """The top items for a user, with a reason each and the model version that served, after the
+    catalog's business rules. A user with no history gets the items popular among the users
+    who share their attributes (UpsertUsers), then the catalog's popular items.
     """
     SimilarItems: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.SimilarItemsRequest, _recommender_service_pb2.SimilarItemsResponse]
     """The items most similar to one item, by the serving model; an item no model knows yet (or a
-    catalog with no model) gets the items closest in text and attributes (cold start).
+    catalog with no model) gets the items closest in text and attributes (cold start). The
+    catalog's business rules apply.
     """
     StartTraining: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.StartTrainingRequest, _recommender_service_pb2.StartTrainingResponse]
     """Starts training a model on the catalog's interactions as a long-running operation and
@@ -111,12 +113,14 @@ class RecommenderServiceAsyncStub(RecommenderServiceStub):
     GetRules: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.GetRulesRequest, _recommender_service_pb2.GetRulesResponse]  # type: ignore[assignment]
     """The catalog's business rules."""
     Recommend: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.RecommendRequest, _recommender_service_pb2.RecommendResponse]  # type: ignore[assignment]
-    """The top items for a user, with a reason each and the model version that served. A user
-    with no history gets the catalog's popular items.
+    """The top items for a user, with a reason each and the model version that served, after the
+    catalog's business rules. A user with no history gets the items popular among the users
+    who share their attributes (UpsertUsers), then the catalog's popular items.
     """
     SimilarItems: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.SimilarItemsRequest, _recommender_service_pb2.SimilarItemsResponse]  # type: ignore[assignment]
     """The items most similar to one item, by the serving model; an item no model knows yet (or a
-    catalog with no model) gets the items closest in text and attributes (cold start).
+    catalog with no model) gets the items closest in text and attributes (cold start). The
+    catalog's business rules apply.
     """
     StartTraining: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.StartTrainingRequest, _recommender_service_pb2.StartTrainingResponse]  # type: ignore[assignment]
     """Starts training a model on the catalog's interactions as a long-running operation and
@@ -212,8 +216,9 @@ class RecommenderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _recommender_service_pb2.RecommendRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_recommender_service_pb2.RecommendResponse, _abc.Awaitable[_recommender_service_pb2.RecommendResponse]]:
-        """The top items for a user, with a reason each and the model version that served. A user
-        with no history gets the catalog's popular items.
+        """The top items for a user, with a reason each and the model version that served, after the
+        catalog's business rules. A user with no history gets the items popular among the users
+        who share their attributes (UpsertUsers), then the catalog's popular items.
         """
 
     @_abc_1.abstractmethod
@@ -223,7 +228,8 @@ class RecommenderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_recommender_service_pb2.SimilarItemsResponse, _abc.Awaitable[_recommender_service_pb2.SimilarItemsResponse]]:
         """The items most similar to one item, by the serving model; an item no model knows yet (or a
-        catalog with no model) gets the items closest in text and attributes (cold start).
+        catalog with no model) gets the items closest in text and attributes (cold start). The
+        catalog's business rules apply.
         """
 
     @_abc_1.abstractmethod
