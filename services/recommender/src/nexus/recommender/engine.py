@@ -195,7 +195,8 @@ class RecommenderEngine:
         self._embedding: dict[str, asyncio.Lock] = {}  # one embedding of a catalog at a time
 
     async def start(self) -> None:
-        """Loads catalogs and items, replays the interactions, follows the registry."""
+        """Loads catalogs, items, users and rules, replays the interactions, follows the
+        registry."""
         await self._bus.ensure_streams(STREAM)
         for part in (self.catalogs, self.items, self.users, self.rules, self.feed, self.models):
             await part.start()
