@@ -153,6 +153,10 @@ async def test_rules_set_on_one_replica_hold_on_another(
             pb.SimilarItemsRequest(catalog=catalog, item_id="b2", count=11),
             metadata=other.metadata,
         )
+    third = await start_service(create, small_settings())  # loads the rules as it starts
+    async with client_of(third, key) as late:
+        first = await late.recommend(catalog, "ua0", count=4)
+    assert _ids(first)[0] == "b5"
     assert _ids(similar)[0] == "b5"
     assert similar.items[0].reason.kind == pb.REASON_KIND_PINNED
     assert "b6" not in _ids(similar)

@@ -5,10 +5,13 @@ items, with or without a trained model (bad users: test_service.py, beside bad i
 from __future__ import annotations
 
 import pytest
-from recommender_testing import Client
+from recommender_testing import Client, client_of, small_settings
 
 from nexus.api.operations.v1 import operations_pb2 as ops_pb
 from nexus.api.recommender.v1 import recommender_service_pb2 as pb
+from nexus.common.testing.services import StartService
+from nexus.common.testing.waiting import eventually
+from nexus.recommender.server import create
 
 pytestmark = pytest.mark.timeout(120)
 D_ITEMS, F_ITEMS = ["d0", "d1", "d2"], ["f0", "f1", "f2", "f3"]
@@ -60,3 +63,29 @@ async def test_a_new_user_gets_what_is_popular_in_their_segment(
         assert {i.item_id for i in reply.items} <= set(F_ITEMS)
         assert {i.reason.kind for i in reply.items} == {pb.REASON_KIND_POPULAR}
     assert german.model.version == ("" if algorithm is None else "1")
+
+
+async def test_users_stored_on_one_replica_count_on_another(
+    client: Client, start_service: StartService, key: str
+) -> None:
+    catalog = await client.catalog()
+    pairs, users = _segments()
+    await client.ingest(catalog, pairs)
+    second = await start_service(create, small_settings())
+    newcomer = pb.User(id="new-de", attributes={"country": "DE"})
+
+    await client.recommender.UpsertUsers(
+        pb.UpsertUsersRequest(catalog=catalog, users=users[:10]), metadata=client.metadata
+    )
+    await client.recommender.UpsertUsers(
+        pb.UpsertUsersRequest(catalog=catalog, users=[*users[10:], newcomer]),
+        metadata=client.metadata,
+    )
+
+    async with client_of(second, key) as other:
+
+        async def segmented() -> bool:  # the second replica follows the users' bucket
+            reply = await other.recommend(catalog, "new-de", count=3)
+            return sorted(i.item_id for i in reply.items) == D_ITEMS
+
+        await eventually(segmented, timeout_s=10)
