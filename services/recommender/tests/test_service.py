@@ -276,6 +276,11 @@ async def test_unknown_catalogs_are_not_found_and_names_are_unique(client: Clien
             pb.StartTrainingRequest(train=pb.TrainRequest(catalog="nope")), metadata=md
         ),
         api.GetCatalog(pb.GetCatalogRequest(name="nope"), metadata=md),
+        api.SetRules(pb.SetRulesRequest(catalog="nope"), metadata=md),
+        api.GetRules(pb.GetRulesRequest(catalog="nope"), metadata=md),
+        api.UpsertUsers(
+            pb.UpsertUsersRequest(catalog="nope", users=[pb.User(id="u")]), metadata=md
+        ),
     ]
     for call in calls:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
