@@ -102,3 +102,45 @@ async def test_bad_input_is_clear_over_http(http: httpx.AsyncClient) -> None:
     assert violation["field"] == "interactions[0].weight"
     assert too_many.status_code == 413, too_many.text
     assert unknown.status_code == 404
+
+
+async def test_rules_and_users_over_http(http: httpx.AsyncClient) -> None:
+    name = f"gw-{uuid.uuid4().hex[:8]}"
+    await http.post("/v1/recommender/catalogs", json={"name": name})
+    base = f"/v1/recommender/catalogs/{name}"
+    await http.post(f"{base}/interactions:ingest", json={"interactions": _interactions()})
+    users = [
+        {"id": "v", "attributes": {"country": "DE"}},
+        {"id": "new", "attributes": {"country": "DE"}},
+    ]
+    rules = [
+        {"name": "hero", "pin": {"item_id": "f3", "position": 1}},
+        {
+            "name": "promo",
+            "boost": {"match": {"key": "brand", "values": ["acme"]}, "shift": 3},
+            "start_time": "2026-01-01T00:00:00Z",
+        },
+    ]
+
+    upserted = await http.post(f"{base}/users:upsert", json={"users": users})
+    stored = await http.put(f"{base}/rules", json={"rules": rules})
+    got = await http.get(f"{base}/rules")
+    reply = await http.post(f"{base}:recommend", json={"user_id": "new", "count": 2})
+    bad = await http.put(
+        f"{base}/rules", json={"rules": [{"name": "r", "cap": {"key": "brand", "max_items": 0}}]}
+    )
+
+    assert upserted.json() == {"upserted": 2}
+    assert stored.status_code == 200, stored.text
+    assert got.json()["rules"] == stored.json()["rules"]
+    assert got.json()["rules"][1]["start_time"] == "2026-01-01T00:00:00Z"
+    first, second = reply.json()["items"]
+    assert (first["item_id"], first["reason"]["kind"], first["reason"]["rule"]) == (
+        "f3",
+        "REASON_KIND_PINNED",
+        "hero",
+    )
+    assert second["item_id"] in {"f0", "g1"}  # what "v", the other German, interacted with
+    assert second["reason"]["kind"] == "REASON_KIND_SEGMENT_POPULAR"
+    assert bad.status_code == 400
+    assert bad.json()["error"]["field_violations"][0]["field"] == "rules[0].cap.max_items"

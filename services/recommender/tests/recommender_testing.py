@@ -56,6 +56,11 @@ class Client:
         )
         return [reply.operation async for reply in watch][-1]
 
+    async def set_rules(self, catalog: str, *rules: pb.Rule) -> pb.SetRulesResponse:
+        """Replaces a catalog's business rules."""
+        request = pb.SetRulesRequest(catalog=catalog, rules=rules)
+        return await self.recommender.SetRules(request, metadata=self.metadata)
+
     async def recommend(self, catalog: str, user: str, **fields: object) -> pb.RecommendResponse:
         """Recommend for a user."""
         request = pb.RecommendRequest(catalog=catalog, user_id=user, **fields)  # type: ignore[arg-type]
@@ -93,6 +98,7 @@ def small_settings() -> RecommenderSettings:
         max_item_attributes=3,
         max_attribute_chars=16,
         max_results=50,
+        max_rules=5,
         max_weight=100,
         max_evaluate_interactions=500,
     )

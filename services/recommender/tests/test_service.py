@@ -276,6 +276,11 @@ async def test_unknown_catalogs_are_not_found_and_names_are_unique(client: Clien
             pb.StartTrainingRequest(train=pb.TrainRequest(catalog="nope")), metadata=md
         ),
         api.GetCatalog(pb.GetCatalogRequest(name="nope"), metadata=md),
+        api.SetRules(pb.SetRulesRequest(catalog="nope"), metadata=md),
+        api.GetRules(pb.GetRulesRequest(catalog="nope"), metadata=md),
+        api.UpsertUsers(
+            pb.UpsertUsersRequest(catalog="nope", users=[pb.User(id="u")]), metadata=md
+        ),
     ]
     for call in calls:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -307,23 +312,38 @@ def _item(attributes: int = 1, value: str = "v") -> pb.Item:
     return pb.Item(id="i", attributes={f"k{n}": value for n in range(attributes)})
 
 
+def _user(attributes: int = 1, value: str = "v") -> pb.User:
+    return pb.User(id="u", attributes={f"k{n}": value for n in range(attributes)})
+
+
 @pytest.mark.parametrize(
-    ("items", "code", "where"),
+    ("records", "code", "where"),
     [
         ([_item()] * 21, grpc.StatusCode.RESOURCE_EXHAUSTED, "items"),
         ([_item(4)], grpc.StatusCode.RESOURCE_EXHAUSTED, "items[0].attributes"),
         ([_item(1, "x" * 17)], grpc.StatusCode.INVALID_ARGUMENT, "items[0].attributes"),
+        ([_user()] * 21, grpc.StatusCode.RESOURCE_EXHAUSTED, "users"),
+        ([_user(4)], grpc.StatusCode.RESOURCE_EXHAUSTED, "users[0].attributes"),
+        ([_user(1, "x" * 17)], grpc.StatusCode.INVALID_ARGUMENT, "users[0].attributes"),
+        ([pb.User(attributes={"k": "v"})], grpc.StatusCode.INVALID_ARGUMENT, "users[0].id"),
     ],
 )
-async def test_oversized_items_are_refused(
-    client: Client, items: list[pb.Item], code: grpc.StatusCode, where: str
+async def test_oversized_items_and_users_are_refused(
+    client: Client, records: list[pb.Item] | list[pb.User], code: grpc.StatusCode, where: str
 ) -> None:
     catalog = await client.catalog()
+    api = client.recommender
+    if isinstance(records[0], pb.Item):
+        call = api.UpsertItems(
+            pb.UpsertItemsRequest(catalog=catalog, items=records), metadata=client.metadata
+        )
+    else:
+        call = api.UpsertUsers(
+            pb.UpsertUsersRequest(catalog=catalog, users=records), metadata=client.metadata
+        )
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await client.recommender.UpsertItems(
-            pb.UpsertItemsRequest(catalog=catalog, items=items), metadata=client.metadata
-        )
+        await call
 
     assert caught.value.code() == code
     assert where in (caught.value.details() or "")

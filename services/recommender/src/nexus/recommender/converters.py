@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from nexus.api.common.v1 import common_pb2
 from nexus.api.recommender.v1 import recommender_service_pb2 as pb
 from nexus.common.errors import InvalidArgument
@@ -19,8 +21,23 @@ from nexus.recommender.engine import (
     SimilarSpec,
     TrainSpec,
 )
-from nexus.recommender.recommending import Algorithm, Config, Interaction, Report, Why
-from nexus.recommender.stores import CatalogInfo, ItemRecord
+from nexus.recommender.recommending import (
+    Algorithm,
+    Boost,
+    Cap,
+    Config,
+    Effect,
+    Exclude,
+    Interaction,
+    Match,
+    Pin,
+    Ranked,
+    Report,
+    Rule,
+    Why,
+    Window,
+)
+from nexus.recommender.stores import CatalogInfo, CatalogRules, ItemRecord, UserRecord
 
 ALGORITHMS = {
     pb.ALGORITHM_UNSPECIFIED: Algorithm.ALS,
@@ -41,6 +58,10 @@ REASONS = {
     Why.SIMILAR_TO_SEEN: pb.REASON_KIND_SIMILAR_TO_SEEN,
     Why.POPULAR: pb.REASON_KIND_POPULAR,
     Why.SIMILAR_TO_ITEM: pb.REASON_KIND_SIMILAR_TO_ITEM,
+    Why.SEGMENT_POPULAR: pb.REASON_KIND_SEGMENT_POPULAR,
+    Why.BOOSTED: pb.REASON_KIND_BOOSTED,
+    Why.BURIED: pb.REASON_KIND_BURIED,
+    Why.PINNED: pb.REASON_KIND_PINNED,
 }
 DEFAULT_K, DEFAULT_TEST_FRACTION, DEFAULT_SEED = 10, 0.25, 42
 
@@ -74,6 +95,75 @@ def items_of(request: pb.UpsertItemsRequest) -> list[ItemRecord]:
     ]
 
 
+def users_of(request: pb.UpsertUsersRequest) -> list[UserRecord]:
+    """A request's users."""
+    return [UserRecord(request.catalog, user.id, dict(user.attributes)) for user in request.users]
+
+
+def _match_of(match: pb.AttributeFilter) -> Match:
+    return Match(match.key, frozenset(match.values))
+
+
+def _effect_of(rule: pb.Rule, where: str) -> Effect:
+    match rule.WhichOneof("effect"):
+        case "boost":
+            return Boost(_match_of(rule.boost.match), rule.boost.shift)
+        case "pin":
+            return Pin(rule.pin.item_id, rule.pin.position)
+        case "cap":
+            return Cap(rule.cap.key, rule.cap.max_items)
+        case "exclude":
+            return Exclude(_match_of(rule.exclude.match))
+    raise InvalidArgument.for_field(f"{where}.effect", "one of boost, pin, cap, exclude")
+
+
+def _seconds(stamp: Timestamp, given: bool) -> float | None:
+    return float(stamp.seconds + stamp.nanos / 1e9) if given else None
+
+
+def rules_of(request: pb.SetRulesRequest) -> list[Rule]:
+    """A request's rules (each with exactly one effect)."""
+    return [
+        Rule(
+            rule.name,
+            _effect_of(rule, f"rules[{i}]"),
+            Window(
+                _seconds(rule.start_time, rule.HasField("start_time")),
+                _seconds(rule.end_time, rule.HasField("end_time")),
+            ),
+        )
+        for i, rule in enumerate(request.rules)
+    ]
+
+
+def _filter(match: Match) -> pb.AttributeFilter:
+    return pb.AttributeFilter(key=match.key, values=sorted(match.values))
+
+
+def _rule_to_proto(rule: Rule) -> pb.Rule:
+    out = pb.Rule(name=rule.name)
+    match rule.effect:
+        case Boost(match=m, shift=shift):
+            out.boost.CopyFrom(pb.Boost(match=_filter(m), shift=shift))
+        case Pin(item=item, position=position):
+            out.pin.CopyFrom(pb.Pin(item_id=item, position=position))
+        case Cap(key=key, limit=limit):
+            out.cap.CopyFrom(pb.Cap(key=key, max_items=limit))
+        case Exclude(match=m):
+            out.exclude.CopyFrom(pb.Exclude(match=_filter(m)))
+    if rule.window.start is not None:
+        out.start_time.FromNanoseconds(round(rule.window.start * 1e9))
+    if rule.window.end is not None:
+        out.end_time.FromNanoseconds(round(rule.window.end * 1e9))
+    return out
+
+
+def rules_to_proto(stored: CatalogRules) -> tuple[list[pb.Rule], Timestamp | None]:
+    """A catalog's rules and when they were stored (None: never)."""
+    updated = timestamp(stored.updated) if stored.updated is not None else None
+    return [_rule_to_proto(r) for r in stored.rules.rules], updated
+
+
 def filters_of(filters: pb.Filters) -> Filters:
     """Which items may be returned."""
     keys = [f.key for f in filters.attributes]
@@ -97,6 +187,7 @@ def recommend_spec(request: pb.RecommendRequest) -> RecommendSpec:
         selector=Selector(request.alias, request.version, request.routing_key),
         diversity=request.diversity,
         content_weight=(request.content_weight if request.HasField("content_weight") else None),
+        ignore_rules=request.ignore_rules,
     )
 
 
@@ -108,21 +199,27 @@ def similar_spec(request: pb.SimilarItemsRequest) -> SimilarSpec:
         count=request.count,
         filters=filters_of(request.filters),
         selector=Selector(request.alias, request.version, request.routing_key),
+        ignore_rules=request.ignore_rules,
     )
 
 
-def _reason(why: Why, item: str, title: str) -> pb.Reason:
+def _reason(ranked: Ranked, title: str) -> pb.Reason:
+    """The kind says what placed the item (a rule, else the model); the text, for people,
+    says why the model chose it (or "featured" for a pinned item the model did not rank)."""
     texts = {
         Why.SIMILAR_TO_SEEN: f"because you liked {title}",
         Why.POPULAR: "popular right now",
         Why.SIMILAR_TO_ITEM: f"similar to {title}",
+        Why.SEGMENT_POPULAR: "popular with people like you",
     }
-    return pb.Reason(kind=REASONS[why], item_id=item, text=texts[why])
+    kind = REASONS[ranked.placed or ranked.why]
+    text = texts.get(ranked.why, "featured")
+    return pb.Reason(kind=kind, item_id=ranked.because, text=text, rule=ranked.rule)
 
 
 def _items(recommended: Recommended) -> list[pb.ScoredItem]:
     return [
-        pb.ScoredItem(item_id=r.item, score=r.score, reason=_reason(r.why, r.because, title))
+        pb.ScoredItem(item_id=r.item, score=r.score, reason=_reason(r, title))
         for r, title in recommended.items
     ]
 

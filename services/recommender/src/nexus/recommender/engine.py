@@ -14,11 +14,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from nexus.api.common.v1 import common_pb2
 from nexus.api.recommender.v1 import events_pb2
 from nexus.api.recommender.v1 import recommender_service_pb2 as pb
+from nexus.common.caching import TTLCache
 from nexus.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -39,27 +41,45 @@ from nexus.recommender.recommending import (
     Config,
     ContentIndex,
     Embedded,
+    Exclude,
     Fitter,
     Interaction,
     ItemQuery,
     Ranked,
     Report,
+    Rule,
+    RuleSet,
     Snapshot,
     UserQuery,
     embedding_text,
     evaluate,
     item_text,
     popular,
+    segment_of,
 )
+from nexus.recommender.rules_check import check_rules
 from nexus.recommender.serving import FRAMEWORK, ServedModel
 from nexus.recommender.settings import RecommenderSettings
-from nexus.recommender.stores import CatalogInfo, CatalogStore, ItemRecord, ItemStore
+from nexus.recommender.stores import (
+    CatalogInfo,
+    CatalogRules,
+    CatalogStore,
+    ItemRecord,
+    ItemStore,
+    PerCatalog,
+    R,
+    RuleStore,
+    UserRecord,
+    UserStore,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 STREAM = Stream("RECOMMENDER", ("nexus.recommender.>",), max_age_s=7 * DAY_S, max_bytes=256 * MIB)
 TRAINED = "nexus.recommender.trained"
 DEFAULT_COUNT = 10
+SEGMENT_TTL_S = 1.0
+"""Longest a segment's popular items are served after its users' interactions changed."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +104,7 @@ class RecommendSpec:
     selector: Selector = field(default_factory=Selector)
     diversity: float = 0.0
     content_weight: float | None = None
+    ignore_rules: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +116,7 @@ class SimilarSpec:
     count: int = 0
     filters: Filters = field(default_factory=Filters)
     selector: Selector = field(default_factory=Selector)
+    ignore_rules: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,6 +177,10 @@ class RecommenderEngine:
         self._executor = executor
         self.catalogs = CatalogStore(bus.nc)
         self.items = ItemStore(bus.nc)
+        self.users = UserStore(bus.nc)
+        self.rules = RuleStore(bus.nc)
+        self._segments: TTLCache[tuple[str, frozenset[tuple[str, str]], int], dict[str, int]]
+        self._segments = TTLCache("recommender_segments", maxsize=1024, ttl_s=SEGMENT_TTL_S)
         self.feed = InteractionFeed(bus, settings, self._decode)
         self.models = ModelRuntime(
             registry,
@@ -169,9 +195,10 @@ class RecommenderEngine:
         self._embedding: dict[str, asyncio.Lock] = {}  # one embedding of a catalog at a time
 
     async def start(self) -> None:
-        """Loads catalogs and items, replays the interactions, follows the registry."""
+        """Loads catalogs, items, users and rules, replays the interactions, follows the
+        registry."""
         await self._bus.ensure_streams(STREAM)
-        for part in (self.catalogs, self.items, self.feed, self.models):
+        for part in (self.catalogs, self.items, self.users, self.rules, self.feed, self.models):
             await part.start()
 
     async def warm(self) -> None:
@@ -180,7 +207,7 @@ class RecommenderEngine:
 
     async def stop(self) -> None:
         """Stops following and lets go of the models."""
-        for part in (self.models, self.feed, self.items, self.catalogs):
+        for part in (self.models, self.feed, self.rules, self.users, self.items, self.catalogs):
             await part.stop()
 
     # Catalogs and data.
@@ -221,37 +248,63 @@ class RecommenderEngine:
         return len(interactions)
 
     async def upsert_items(self, catalog: str, items: Sequence[ItemRecord]) -> int:
-        """Creates or replaces items.
+        """Creates or replaces items (NotFound: no such catalog; ResourceExhausted or
+        InvalidArgument: too many items or attributes, or too long ones)."""
+        return await self._upsert(self.items, "items", catalog, items)
+
+    async def upsert_users(self, catalog: str, users: Sequence[UserRecord]) -> int:
+        """Creates or replaces users' attributes (errors as `upsert_items`)."""
+        return await self._upsert(self.users, "users", catalog, users)
+
+    async def _upsert(
+        self, store: PerCatalog[R], what: str, catalog: str, records: Sequence[R]
+    ) -> int:
+        self._check_records(what, [record.attributes for record in records])
+        await self.catalogs.get(catalog)
+        for record in records:
+            await store.put(record)
+        return len(records)
+
+    def _check_records(self, what: str, attributes: Sequence[Mapping[str, str]]) -> None:
+        s = self.settings
+        if len(attributes) > s.max_batch_items:
+            raise ResourceExhausted.too_large(what, len(attributes), s.max_batch_items)
+        for i, given in enumerate(attributes):
+            if len(given) > s.max_item_attributes:
+                where = f"{what}[{i}].attributes"
+                raise ResourceExhausted.too_large(where, len(given), s.max_item_attributes)
+            for key, value in given.items():
+                if not key or max(len(key), len(value)) > s.max_attribute_chars:
+                    raise _bad_attribute(f"{what}[{i}]", key, s.max_attribute_chars)
+
+    async def set_rules(self, catalog: str, rules: Sequence[Rule]) -> CatalogRules:
+        """Replaces a catalog's business rules; every replica applies them within milliseconds,
+        this one before this returns.
 
         Raises:
             NotFound: No such catalog.
-            ResourceExhausted: Too many items or attributes.
+            InvalidArgument: A rule that cannot hold (naming `rules[i].field`).
+            ResourceExhausted: More rules than allowed, or too large to store.
         """
-        self._check_items(items)
+        check_rules(rules, self.settings.max_rules, self.settings.max_attribute_chars)
         await self.catalogs.get(catalog)
-        for item in items:
-            await self.items.put(item)
-        return len(items)
+        stored = CatalogRules(catalog, RuleSet(tuple(rules)), datetime.now(UTC))
+        if len(stored.encode()) > MIB:
+            raise ResourceExhausted.too_large("rules (bytes stored)", len(stored.encode()), MIB)
+        await self.rules.put(stored)
+        return stored
 
-    def _check_items(self, items: Sequence[ItemRecord]) -> None:
-        s = self.settings
-        if len(items) > s.max_batch_items:
-            raise ResourceExhausted.too_large("items", len(items), s.max_batch_items)
-        for i, item in enumerate(items):
-            if len(item.attributes) > s.max_item_attributes:
-                where = f"items[{i}].attributes"
-                raise ResourceExhausted.too_large(
-                    where, len(item.attributes), s.max_item_attributes
-                )
-            for key, value in item.attributes.items():
-                if not key or max(len(key), len(value)) > s.max_attribute_chars:
-                    raise _bad_attribute(i, key, s.max_attribute_chars)
+    async def get_rules(self, catalog: str) -> CatalogRules:
+        """A catalog's rules as stored now (whichever replica set them)."""
+        await self.catalogs.get(catalog)
+        return await self.rules.read(catalog)
 
     # Serving.
 
     async def recommend(self, spec: RecommendSpec) -> Recommended:
         """A user's top-N by the catalog's serving model (the user's newest interactions
-        folded in); popular items while the catalog has no model.
+        folded in); popular items while the catalog has no model (for a user with no history
+        and attributes, first those popular in their segment); then the catalog's rules.
 
         Raises:
             NotFound: No such catalog, or a version or alias the model does not have.
@@ -260,20 +313,30 @@ class RecommenderEngine:
         # No sync with the stream here (a NATS round trip per request): this replica's own
         # ingests are applied before they answer, other replicas' within milliseconds.
         history, changed = self.feed.log(spec.catalog).history(spec.user)
+        rules = self._rules_now(spec.catalog, spec.ignore_rules)
+        count = self._count(spec.count)
+        skip = spec.filters.exclude if spec.include_seen else spec.filters.exclude | set(history)
         query = UserQuery(
             spec.user,
             history,
             changed,
-            self._count(spec.count),
+            rules.pool(count),
             spec.include_seen,
             spec.filters.exclude,
-            self._allowed(spec.catalog, spec.filters),
+            self._allowed(spec.catalog, spec.filters, rules),
             spec.diversity,
+            segment=None if history else self._segment(spec.catalog, spec.user),
         )
+        ranked, resolved = await self._recommend(spec, query)
+        ruled = self._ruled(spec.catalog, rules, ranked, count, skip, query.allowed)
+        return self._titled(spec.catalog, ruled, resolved)
+
+    async def _recommend(
+        self, spec: RecommendSpec, query: UserQuery
+    ) -> tuple[list[Ranked], Resolved | None]:
         if not self._has_model(spec.catalog):
             counts = self.feed.log(spec.catalog).popular()
-            live = await self._run(lambda: popular(counts, query))
-            return self._titled(spec.catalog, live, None)
+            return await self._run(lambda: popular(counts, query)), None
         selector = spec.selector
         key = selector.routing_key or spec.user
         async with self.models.serving(
@@ -283,22 +346,24 @@ class RecommenderEngine:
             if served.model.scorer.content_weight(query) > 0:
                 query = replace(query, embedded=await self.embedded(spec.catalog))
             ranked = await self.models.predict(served, query)
-            resolved = served.resolved
-        return self._titled(spec.catalog, ranked or [], resolved)
+            return ranked or [], served.resolved
 
     async def similar(self, spec: SimilarSpec) -> Recommended:
         """An item's neighbours by the catalog's serving model; for an item no model knows
-        (or a catalog with none), by the text and attributes of the catalog's items.
+        (or a catalog with none), by the text and attributes of the catalog's items; then
+        the catalog's rules.
 
         Raises:
             NotFound: No such catalog, or an item that neither a model nor the items know.
         """
         await self.catalogs.get(spec.catalog)
+        rules = self._rules_now(spec.catalog, spec.ignore_rules)
+        count = self._count(spec.count)
         query = ItemQuery(
             spec.item,
-            self._count(spec.count),
+            rules.pool(count),
             spec.filters.exclude,
-            self._allowed(spec.catalog, spec.filters),
+            self._allowed(spec.catalog, spec.filters, rules),
         )
         ranked, resolved = None, None
         if self._has_model(spec.catalog):
@@ -310,7 +375,56 @@ class RecommenderEngine:
                 f"item {spec.item!r} has no interactions in a model of catalog {spec.catalog!r} "
                 "and no stored text or attributes"
             )
-        return self._titled(spec.catalog, ranked, resolved)
+        skip = spec.filters.exclude | {spec.item}
+        ruled = self._ruled(spec.catalog, rules, ranked, count, skip, query.allowed)
+        return self._titled(spec.catalog, ruled, resolved)
+
+    def _rules_now(self, catalog: str, ignore: bool) -> RuleSet:
+        """The catalog's rules in force now (only the exclusions when a request ignores
+        rules)."""
+        return self.rules.of(catalog).rules.at(time.time(), ranking=not ignore)
+
+    def _ruled(
+        self,
+        catalog: str,
+        rules: RuleSet,
+        ranked: list[Ranked],
+        count: int,
+        skip: frozenset[str] | set[str],
+        allowed: Allowed | None,
+    ) -> list[Ranked]:
+        """The model's ranking after the boosts, caps and pins of `rules`, cut to `count`; a
+        pinned item must not be in `skip` and must pass `allowed`."""
+        if not rules.ranks:
+            return ranked[:count]
+        items = self.items.of(catalog)
+
+        def attributes(item_id: str) -> Mapping[str, str] | None:
+            record = items.get(item_id)
+            return record.attributes if record is not None else None
+
+        def eligible(item_id: str) -> bool:
+            return item_id not in skip and (allowed is None or allowed(item_id))
+
+        return rules.apply(ranked, count, attributes, eligible)
+
+    def _segment(self, catalog: str, user: str) -> dict[str, int] | None:
+        """Users per item among the users who share every attribute of `user` (None: the
+        user has no stored attributes); counted again after the catalog's users change, and
+        at most SEGMENT_TTL_S after its interactions did (a scan of the catalog's users on
+        the event loop: not once per request of a busy catalog)."""
+        record = self.users.of(catalog).get(user)
+        if record is None or not record.attributes:
+            return None
+        log_ = self.feed.log(catalog)
+        attributes = frozenset(record.attributes.items())
+        key = (catalog, attributes, self.users.changes(catalog))
+        counts = self._segments.get(key)
+        if counts is None:
+            users = {u.id: u.attributes for u in self.users.of(catalog).values() if u.id != user}
+            counts = log_.users_per_item(segment_of(record.attributes, users))
+            self._segments.set(key, counts)
+        return counts
 
     async def _similar_by_model(
         self, spec: SimilarSpec, query: ItemQuery
@@ -380,21 +494,25 @@ class RecommenderEngine:
             return False
         return True
 
-    def _allowed(self, catalog: str, filters: Filters) -> Allowed | None:
-        if not filters.attributes and not filters.candidates:
+    def _allowed(self, catalog: str, filters: Filters, rules: RuleSet) -> Allowed | None:
+        """What the attribute filters, the candidate list and the exclude rules allow (None:
+        every item)."""
+        excluding = any(isinstance(r.effect, Exclude) for r in rules.rules)
+        if not filters.attributes and not filters.candidates and not excluding:
             return None
         items = self.items.of(catalog)
-        rules, candidates = filters.attributes, filters.candidates
+        wanted, candidates = filters.attributes, filters.candidates
 
         def allowed(item_id: str) -> bool:
             if candidates and item_id not in candidates:
                 return False
-            if not rules:
-                return True
             record = items.get(item_id)
-            if record is None:
+            attributes = record.attributes if record is not None else None
+            if excluding and rules.excluded(attributes):
                 return False
-            return all(record.attributes.get(key) in values for key, values in rules)
+            if not wanted:
+                return True
+            return attributes is not None and all(attributes.get(k) in v for k, v in wanted)
 
         return allowed
 
@@ -531,9 +649,9 @@ class RecommenderEngine:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
 
-def _bad_attribute(index: int, key: str, limit: int) -> NexusError:
+def _bad_attribute(where: str, key: str, limit: int) -> NexusError:
     return InvalidArgument.for_field(
-        f"items[{index}].attributes[{key[:32]!r}]", f"names and values of 1-{limit} characters"
+        f"{where}.attributes[{key[:32]!r}]", f"names and values of 1-{limit} characters"
     )
 
 

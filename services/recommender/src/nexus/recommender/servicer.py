@@ -72,6 +72,21 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         upserted = await self._engine.upsert_items(request.catalog, converters.items_of(request))
         return pb.UpsertItemsResponse(upserted=upserted)
 
+    async def UpsertUsers(
+        self, request: pb.UpsertUsersRequest, context: Context
+    ) -> pb.UpsertUsersResponse:
+        upserted = await self._engine.upsert_users(request.catalog, converters.users_of(request))
+        return pb.UpsertUsersResponse(upserted=upserted)
+
+    async def SetRules(self, request: pb.SetRulesRequest, context: Context) -> pb.SetRulesResponse:
+        stored = await self._engine.set_rules(request.catalog, converters.rules_of(request))
+        rules, updated = converters.rules_to_proto(stored)
+        return pb.SetRulesResponse(rules=rules, update_time=updated)
+
+    async def GetRules(self, request: pb.GetRulesRequest, context: Context) -> pb.GetRulesResponse:
+        rules, updated = converters.rules_to_proto(await self._engine.get_rules(request.catalog))
+        return pb.GetRulesResponse(rules=rules, update_time=updated)
+
     async def Recommend(
         self, request: pb.RecommendRequest, context: Context
     ) -> pb.RecommendResponse:

@@ -21,10 +21,14 @@ class RecommenderSettings(ServiceSettings):
     """Most items one UpsertItems call may carry."""
 
     max_item_attributes: int = Field(default=32, gt=0)
-    """Most attributes of one item."""
+    """Most attributes of one item or one user (UpsertUsers' batches are capped by
+    max_batch_items too)."""
 
     max_attribute_chars: int = Field(default=256, gt=0)
-    """Longest attribute name or value."""
+    """Longest attribute name or value (of items, users, and the attributes rules match)."""
+
+    max_rules: int = Field(default=100, gt=0)
+    """Most business rules of one catalog (every Recommend and SimilarItems applies them)."""
 
     max_weight: float = Field(default=1_000_000.0, gt=0)
     """Largest weight of one interaction."""

@@ -129,6 +129,15 @@ class CatalogLog:
         """Users per item."""
         return dict(zip(self._item_ids, self._popularity, strict=True))
 
+    def users_per_item(self, users: Iterable[str]) -> dict[str, int]:
+        """How many of `users` interacted with each item (items none of them did: absent)."""
+        counts: dict[int, int] = {}
+        for user in users:
+            index = self._users.get(user)
+            for item in self._histories[index] if index is not None else ():
+                counts[item] = counts.get(item, 0) + 1
+        return {self._item_ids[i]: n for i, n in counts.items()}
+
     def snapshot(self) -> Snapshot:
         """Copies of everything applied so far (cheap: flat arrays)."""
         return Snapshot(

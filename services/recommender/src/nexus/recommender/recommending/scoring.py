@@ -12,6 +12,7 @@ import numpy as np
 
 from nexus.recommender.recommending.embedded import Embedded, blend, user_weight
 from nexus.recommender.recommending.fitting import Algorithm, Trained
+from nexus.recommender.recommending.segments import segment_first
 
 Allowed = Callable[[str], bool]
 """Whether an item may be returned (its attribute filters)."""
@@ -31,16 +32,24 @@ class Why(enum.Enum):
     SIMILAR_TO_SEEN = "similar_to_seen"
     POPULAR = "popular"
     SIMILAR_TO_ITEM = "similar_to_item"
+    SEGMENT_POPULAR = "segment_popular"
+    BOOSTED = "boosted"
+    BURIED = "buried"
+    PINNED = "pinned"
 
 
 @dataclass(frozen=True)
 class Ranked:
-    """One result: the item, its score, why, and the item behind it ("" for none)."""
+    """One result: the item, its score, why the model chose it, the item behind it ("" for
+    none); and when a business rule moved it, the rule and how it moved it (`placed`: BOOSTED,
+    BURIED or PINNED)."""
 
     item: str
     score: float
     why: Why
     because: str = ""
+    rule: str = ""
+    placed: Why | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,8 @@ class UserQuery:
         diversity: 0 ranks by score; up to 1 trades score for unlikeness to the items before.
         embedded: The catalog's item text embeddings (None: no content scores).
         content_weight: The hybrid's content share for this request (None: the model's).
+        segment: For a user with no history: users per item among the users who share their
+            attributes (None or empty: no segment; popular items).
     """
 
     user: str
@@ -70,6 +81,11 @@ class UserQuery:
     diversity: float = 0.0
     embedded: Embedded | None = None
     content_weight: float | None = None
+    segment: Mapping[str, int] | None = None
+
+    def cold_why(self, item: str) -> Why:
+        """Why a user with no history gets `item`: popular in their segment, or overall."""
+        return Why.SEGMENT_POPULAR if self.segment and item in self.segment else Why.POPULAR
 
 
 @dataclass(frozen=True)
@@ -205,6 +221,8 @@ class Scorer:
             return self._recommend_hybrid(query, *hybrid)
         known = self._known(query.history)
         scores = self.user_scores(query.user, query.history, query.changed)
+        if not known and query.segment:
+            scores = segment_first(self.items, query.segment, scores)
         excluded = self._indices(query.exclude)
         if not query.include_seen:
             excluded |= set(known)
@@ -216,7 +234,7 @@ class Scorer:
         out = []
         for i, score in best:
             seen = self.because(i, known)
-            why = Why.POPULAR if seen is None else Why.SIMILAR_TO_SEEN
+            why = query.cold_why(self.items[i]) if seen is None else Why.SIMILAR_TO_SEEN
             out.append(Ranked(self.items[i], score, why, "" if seen is None else self.items[seen]))
         return out
 
@@ -348,10 +366,13 @@ def _pick(
 
 
 def popular(counts: Mapping[str, int], query: UserQuery) -> list[Ranked]:
-    """The most popular items by live counts (a catalog with no trained model yet)."""
+    """The most popular items by live counts (a catalog with no trained model yet); for a user
+    with a segment, its popular items first."""
     items = list(counts)
     scores = np.fromiter(counts.values(), dtype=np.float64, count=len(items))
+    if query.segment:
+        scores = segment_first(items, query.segment, scores)
     skip = set(query.exclude) if query.include_seen else set(query.exclude) | set(query.history)
     excluded = [i for i, item in enumerate(items) if item in skip]
     best = top_n(scores, items, query.count, excluded, query.allowed)
-    return [Ranked(items[i], s, Why.POPULAR) for i, s in best]
+    return [Ranked(items[i], s, query.cold_why(items[i])) for i, s in best]

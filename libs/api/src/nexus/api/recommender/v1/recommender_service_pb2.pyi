@@ -79,6 +79,14 @@ class _ReasonKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasonKind
     """Popular in the catalog (no history, or the popularity model)."""
     REASON_KIND_SIMILAR_TO_ITEM: _ReasonKind.ValueType  # 3
     """Close to the item asked about (SimilarItems)."""
+    REASON_KIND_SEGMENT_POPULAR: _ReasonKind.ValueType  # 4
+    """Popular among the users who share the user's attributes (a user with no history)."""
+    REASON_KIND_BOOSTED: _ReasonKind.ValueType  # 5
+    """Placed higher by a boost rule (`rule`)."""
+    REASON_KIND_BURIED: _ReasonKind.ValueType  # 6
+    """Placed lower by a bury rule (`rule`, a boost with a negative shift)."""
+    REASON_KIND_PINNED: _ReasonKind.ValueType  # 7
+    """Placed at its position by a pin rule (`rule`)."""
 
 class ReasonKind(_ReasonKind, metaclass=_ReasonKindEnumTypeWrapper):
     """Why an item was recommended."""
@@ -91,6 +99,14 @@ REASON_KIND_POPULAR: ReasonKind.ValueType  # 2
 """Popular in the catalog (no history, or the popularity model)."""
 REASON_KIND_SIMILAR_TO_ITEM: ReasonKind.ValueType  # 3
 """Close to the item asked about (SimilarItems)."""
+REASON_KIND_SEGMENT_POPULAR: ReasonKind.ValueType  # 4
+"""Popular among the users who share the user's attributes (a user with no history)."""
+REASON_KIND_BOOSTED: ReasonKind.ValueType  # 5
+"""Placed higher by a boost rule (`rule`)."""
+REASON_KIND_BURIED: ReasonKind.ValueType  # 6
+"""Placed lower by a bury rule (`rule`, a boost with a negative shift)."""
+REASON_KIND_PINNED: ReasonKind.ValueType  # 7
+"""Placed at its position by a pin rule (`rule`)."""
 Global___ReasonKind: _TypeAlias = ReasonKind  # noqa: Y015
 
 @_typing.final
@@ -582,22 +598,26 @@ class Reason(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     ITEM_ID_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
     kind: Global___ReasonKind.ValueType
     """The kind of reason."""
     item_id: _builtins.str
     """The item it refers to (the seen item, or the item asked about), if any."""
     text: _builtins.str
     """A short sentence for people ("because you liked Heat")."""
+    rule: _builtins.str
+    """The business rule that changed the item's place (kinds BOOSTED, BURIED, PINNED), if any."""
     def __init__(
         self,
         *,
         kind: Global___ReasonKind.ValueType = ...,
         item_id: _builtins.str = ...,
         text: _builtins.str = ...,
+        rule: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "kind", b"kind", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "kind", b"kind", "rule", b"rule", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -651,10 +671,11 @@ class RecommendRequest(_message.Message):
     ROUTING_KEY_FIELD_NUMBER: _builtins.int
     DIVERSITY_FIELD_NUMBER: _builtins.int
     CONTENT_WEIGHT_FIELD_NUMBER: _builtins.int
+    IGNORE_RULES_FIELD_NUMBER: _builtins.int
     catalog: _builtins.str
     """The catalog."""
     user_id: _builtins.str
-    """The user (unknown users get popular items)."""
+    """The user (unknown users get popular items: their segment's first)."""
     count: _builtins.int
     """How many items: 0 means 10; at most the service's max_results."""
     include_seen: _builtins.bool
@@ -674,6 +695,10 @@ class RecommendRequest(_message.Message):
     """The hybrid's content share for this request, 0 to 1 (unset: the model's
     hyperparameters.content_weight; 0: collaborative alone). See Hyperparameters.content_weight.
     """
+    ignore_rules: _builtins.bool
+    """Leave the catalog's boost, bury, pin and cap rules out (to measure the model alone);
+    its exclude rules hold all the same.
+    """
     @_builtins.property
     def filters(self) -> Global___Filters:
         """Which items may be returned."""
@@ -691,10 +716,11 @@ class RecommendRequest(_message.Message):
         routing_key: _builtins.str = ...,
         diversity: _builtins.float = ...,
         content_weight: _builtins.float | None = ...,
+        ignore_rules: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_content_weight", b"_content_weight", "content_weight", b"content_weight", "filters", b"filters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_content_weight", b"_content_weight", "alias", b"alias", "catalog", b"catalog", "content_weight", b"content_weight", "count", b"count", "diversity", b"diversity", "filters", b"filters", "include_seen", b"include_seen", "routing_key", b"routing_key", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_content_weight", b"_content_weight", "alias", b"alias", "catalog", b"catalog", "content_weight", b"content_weight", "count", b"count", "diversity", b"diversity", "filters", b"filters", "ignore_rules", b"ignore_rules", "include_seen", b"include_seen", "routing_key", b"routing_key", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__content_weight: _TypeAlias = _typing.Literal["content_weight"]  # noqa: Y015
     _WhichOneofArgType__content_weight: _TypeAlias = _typing.Literal["_content_weight", b"_content_weight"]  # noqa: Y015
@@ -747,6 +773,7 @@ class SimilarItemsRequest(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     ALIAS_FIELD_NUMBER: _builtins.int
     ROUTING_KEY_FIELD_NUMBER: _builtins.int
+    IGNORE_RULES_FIELD_NUMBER: _builtins.int
     catalog: _builtins.str
     """The catalog."""
     item_id: _builtins.str
@@ -759,6 +786,8 @@ class SimilarItemsRequest(_message.Message):
     """The alias to resolve (default "production")."""
     routing_key: _builtins.str
     """Sticky key for A/B splits."""
+    ignore_rules: _builtins.bool
+    """Leave the catalog's boost, bury, pin and cap rules out; its exclude rules hold."""
     @_builtins.property
     def filters(self) -> Global___Filters:
         """Which items may be returned."""
@@ -773,10 +802,11 @@ class SimilarItemsRequest(_message.Message):
         version: _builtins.str = ...,
         alias: _builtins.str = ...,
         routing_key: _builtins.str = ...,
+        ignore_rules: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filters", b"filters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "catalog", b"catalog", "count", b"count", "filters", b"filters", "item_id", b"item_id", "routing_key", b"routing_key", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "catalog", b"catalog", "count", b"count", "filters", b"filters", "ignore_rules", b"ignore_rules", "item_id", b"item_id", "routing_key", b"routing_key", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1159,3 +1189,383 @@ class EvaluateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EvaluateResponse: _TypeAlias = EvaluateResponse  # noqa: Y015
+
+@_typing.final
+class User(_message.Message):
+    """A user's attributes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AttributesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Its id (the user_id of interactions)."""
+    @_builtins.property
+    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Attributes that place the user in a segment ("country": "DE"); at most the service's
+        max_item_attributes, names and values of at most max_attribute_chars characters.
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___User: _TypeAlias = User  # noqa: Y015
+
+@_typing.final
+class UpsertUsersRequest(_message.Message):
+    """Request of UpsertUsers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATALOG_FIELD_NUMBER: _builtins.int
+    USERS_FIELD_NUMBER: _builtins.int
+    catalog: _builtins.str
+    """The catalog."""
+    @_builtins.property
+    def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___User]:
+        """The users: at least one, at most the service's max_batch_items."""
+
+    def __init__(
+        self,
+        *,
+        catalog: _builtins.str = ...,
+        users: _abc.Iterable[Global___User] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog", "users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertUsersRequest: _TypeAlias = UpsertUsersRequest  # noqa: Y015
+
+@_typing.final
+class UpsertUsersResponse(_message.Message):
+    """Response of UpsertUsers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPSERTED_FIELD_NUMBER: _builtins.int
+    upserted: _builtins.int
+    """Users stored."""
+    def __init__(
+        self,
+        *,
+        upserted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["upserted", b"upserted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertUsersResponse: _TypeAlias = UpsertUsersResponse  # noqa: Y015
+
+@_typing.final
+class Boost(_message.Message):
+    """Moves the items that match up (shift > 0, a boost) or down (shift < 0, a bury) by `shift`
+    places of the model's ranking; the shifts of several matching rules add up.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCH_FIELD_NUMBER: _builtins.int
+    SHIFT_FIELD_NUMBER: _builtins.int
+    shift: _builtins.int
+    """Places to move: -1000 to 1000, not 0."""
+    @_builtins.property
+    def match(self) -> Global___AttributeFilter:
+        """Items it applies to."""
+
+    def __init__(
+        self,
+        *,
+        match: Global___AttributeFilter | None = ...,
+        shift: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["match", b"match"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["match", b"match", "shift", b"shift"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Boost: _TypeAlias = Boost  # noqa: Y015
+
+@_typing.final
+class Pin(_message.Message):
+    """Puts one item at one position (when the request's filters allow it; a pin beyond the number
+    of items asked for shows nothing).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    item_id: _builtins.str
+    """The item."""
+    position: _builtins.int
+    """Its position, from 1."""
+    def __init__(
+        self,
+        *,
+        item_id: _builtins.str = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "position", b"position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Pin: _TypeAlias = Pin  # noqa: Y015
+
+@_typing.final
+class Cap(_message.Message):
+    """At most `max_items` results share one value of attribute `key` ("at most 2 per brand");
+    items without the attribute are not counted.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    MAX_ITEMS_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The attribute."""
+    max_items: _builtins.int
+    """Most results per value."""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        max_items: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "max_items", b"max_items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Cap: _TypeAlias = Cap  # noqa: Y015
+
+@_typing.final
+class Exclude(_message.Message):
+    """Never returns the items that match (out of stock); holds even when a request ignores rules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def match(self) -> Global___AttributeFilter:
+        """Items it applies to."""
+
+    def __init__(
+        self,
+        *,
+        match: Global___AttributeFilter | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["match", b"match"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["match", b"match"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Exclude: _TypeAlias = Exclude  # noqa: Y015
+
+@_typing.final
+class Rule(_message.Message):
+    """A business rule of a catalog: one effect, optionally only within a time window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BOOST_FIELD_NUMBER: _builtins.int
+    PIN_FIELD_NUMBER: _builtins.int
+    CAP_FIELD_NUMBER: _builtins.int
+    EXCLUDE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Its name, unique among the catalog's rules (reasons name it)."""
+    @_builtins.property
+    def boost(self) -> Global___Boost:
+        """Moves matching items up or down."""
+
+    @_builtins.property
+    def pin(self) -> Global___Pin:
+        """Puts an item at a position."""
+
+    @_builtins.property
+    def cap(self) -> Global___Cap:
+        """Caps how many results share an attribute value."""
+
+    @_builtins.property
+    def exclude(self) -> Global___Exclude:
+        """Leaves matching items out."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When it starts to apply (unset: always has)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it stops applying (unset: never); after start_time."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        boost: Global___Boost | None = ...,
+        pin: Global___Pin | None = ...,
+        cap: Global___Cap | None = ...,
+        exclude: Global___Exclude | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["boost", b"boost", "cap", b"cap", "effect", b"effect", "end_time", b"end_time", "exclude", b"exclude", "pin", b"pin", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["boost", b"boost", "cap", b"cap", "effect", b"effect", "end_time", b"end_time", "exclude", b"exclude", "name", b"name", "pin", b"pin", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_effect: _TypeAlias = _typing.Literal["boost", "pin", "cap", "exclude"]  # noqa: Y015
+    _WhichOneofArgType_effect: _TypeAlias = _typing.Literal["effect", b"effect"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_effect) -> _WhichOneofReturnType_effect | None: ...
+
+Global___Rule: _TypeAlias = Rule  # noqa: Y015
+
+@_typing.final
+class SetRulesRequest(_message.Message):
+    """Request of SetRules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATALOG_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    catalog: _builtins.str
+    """The catalog."""
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rule]:
+        """The rules, replacing the catalog's: at most the service's max_rules (none: no rules)."""
+
+    def __init__(
+        self,
+        *,
+        catalog: _builtins.str = ...,
+        rules: _abc.Iterable[Global___Rule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog", "rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetRulesRequest: _TypeAlias = SetRulesRequest  # noqa: Y015
+
+@_typing.final
+class SetRulesResponse(_message.Message):
+    """Response of SetRules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rule]:
+        """The rules stored."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When they were stored."""
+
+    def __init__(
+        self,
+        *,
+        rules: _abc.Iterable[Global___Rule] | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetRulesResponse: _TypeAlias = SetRulesResponse  # noqa: Y015
+
+@_typing.final
+class GetRulesRequest(_message.Message):
+    """Request of GetRules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATALOG_FIELD_NUMBER: _builtins.int
+    catalog: _builtins.str
+    """The catalog."""
+    def __init__(
+        self,
+        *,
+        catalog: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRulesRequest: _TypeAlias = GetRulesRequest  # noqa: Y015
+
+@_typing.final
+class GetRulesResponse(_message.Message):
+    """Response of GetRules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rule]:
+        """The rules (none: the catalog has none)."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When they were stored (unset: never)."""
+
+    def __init__(
+        self,
+        *,
+        rules: _abc.Iterable[Global___Rule] | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRulesResponse: _TypeAlias = GetRulesResponse  # noqa: Y015

@@ -64,6 +64,21 @@ class RecommenderServiceStub:
                 request_serializer=nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.UpsertItemsRequest.SerializeToString,
                 response_deserializer=nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.UpsertItemsResponse.FromString,
                 _registered_method=True)
+        self.UpsertUsers = channel.unary_unary(
+                '/nexus.recommender.v1.RecommenderService/UpsertUsers',
+                request_serializer=nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.UpsertUsersRequest.SerializeToString,
+                response_deserializer=nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.UpsertUsersResponse.FromString,
+                _registered_method=True)
+        self.SetRules = channel.unary_unary(
+                '/nexus.recommender.v1.RecommenderService/SetRules',
+                request_serializer=nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.SetRulesRequest.SerializeToString,
+                response_deserializer=nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.SetRulesResponse.FromString,
+                _registered_method=True)
+        self.GetRules = channel.unary_unary(
+                '/nexus.recommender.v1.RecommenderService/GetRules',
+                request_serializer=nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.GetRulesRequest.SerializeToString,
+                response_deserializer=nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.GetRulesResponse.FromString,
+                _registered_method=True)
         self.Recommend = channel.unary_unary(
                 '/nexus.recommender.v1.RecommenderService/Recommend',
                 request_serializer=nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.RecommendRequest.SerializeToString,
@@ -130,9 +145,33 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpsertUsers(self, request, context):
+        """Creates or replaces users' attributes ("country": "DE", "age_band": "30-39"): a user with
+        no history gets the items popular among the users who share their attributes first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRules(self, request, context):
+        """Replaces the catalog's business rules (boost, bury, pin, cap, exclude), applied after
+        scoring by Recommend and SimilarItems on every replica. An empty list removes them all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRules(self, request, context):
+        """The catalog's business rules.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Recommend(self, request, context):
-        """The top items for a user, with a reason each and the model version that served. A user
-        with no history gets the catalog's popular items.
+        """The top items for a user, with a reason each and the model version that served, after the
+        catalog's business rules. A user with no history gets the items popular among the users
+        who share their attributes (UpsertUsers), then the catalog's popular items.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,7 +179,8 @@ class RecommenderServiceServicer:
 
     def SimilarItems(self, request, context):
         """The items most similar to one item, by the serving model; an item no model knows yet (or a
-        catalog with no model) gets the items closest in text and attributes (cold start).
+        catalog with no model) gets the items closest in text and attributes (cold start). The
+        catalog's business rules apply.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -190,6 +230,21 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.UpsertItems,
                     request_deserializer=nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.UpsertItemsRequest.FromString,
                     response_serializer=nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.UpsertItemsResponse.SerializeToString,
+            ),
+            'UpsertUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertUsers,
+                    request_deserializer=nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.UpsertUsersRequest.FromString,
+                    response_serializer=nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.UpsertUsersResponse.SerializeToString,
+            ),
+            'SetRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRules,
+                    request_deserializer=nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.SetRulesRequest.FromString,
+                    response_serializer=nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.SetRulesResponse.SerializeToString,
+            ),
+            'GetRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRules,
+                    request_deserializer=nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.GetRulesRequest.FromString,
+                    response_serializer=nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.GetRulesResponse.SerializeToString,
             ),
             'Recommend': grpc.unary_unary_rpc_method_handler(
                     servicer.Recommend,
@@ -352,6 +407,87 @@ class RecommenderService:
             '/nexus.recommender.v1.RecommenderService/UpsertItems',
             nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.UpsertItemsRequest.SerializeToString,
             nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.UpsertItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.recommender.v1.RecommenderService/UpsertUsers',
+            nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.UpsertUsersRequest.SerializeToString,
+            nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.UpsertUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.recommender.v1.RecommenderService/SetRules',
+            nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.SetRulesRequest.SerializeToString,
+            nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.SetRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.recommender.v1.RecommenderService/GetRules',
+            nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.GetRulesRequest.SerializeToString,
+            nexus_dot_recommender_dot_v1_dot_recommender__service__pb2.GetRulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,13 +50,25 @@ class RecommenderServiceStub:
     """
     UpsertItems: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.UpsertItemsRequest, _recommender_service_pb2.UpsertItemsResponse]
     """Creates or replaces items: attributes (for filters) and text."""
+    UpsertUsers: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.UpsertUsersRequest, _recommender_service_pb2.UpsertUsersResponse]
+    """Creates or replaces users' attributes ("country": "DE", "age_band": "30-39"): a user with
+    no history gets the items popular among the users who share their attributes first.
+    """
+    SetRules: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.SetRulesRequest, _recommender_service_pb2.SetRulesResponse]
+    """Replaces the catalog's business rules (boost, bury, pin, cap, exclude), applied after
+    scoring by Recommend and SimilarItems on every replica. An empty list removes them all.
+    """
+    GetRules: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.GetRulesRequest, _recommender_service_pb2.GetRulesResponse]
+    """The catalog's business rules."""
     Recommend: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.RecommendRequest, _recommender_service_pb2.RecommendResponse]
-    """The top items for a user, with a reason each and the model version that served. A user
-    with no history gets the catalog's popular items.
+    """The top items for a user, with a reason each and the model version that served, after the
+    catalog's business rules. A user with no history gets the items popular among the users
+    who share their attributes (UpsertUsers), then the catalog's popular items.
     """
     SimilarItems: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.SimilarItemsRequest, _recommender_service_pb2.SimilarItemsResponse]
     """The items most similar to one item, by the serving model; an item no model knows yet (or a
-    catalog with no model) gets the items closest in text and attributes (cold start).
+    catalog with no model) gets the items closest in text and attributes (cold start). The
+    catalog's business rules apply.
     """
     StartTraining: _grpc.UnaryUnaryMultiCallable[_recommender_service_pb2.StartTrainingRequest, _recommender_service_pb2.StartTrainingResponse]
     """Starts training a model on the catalog's interactions as a long-running operation and
@@ -90,13 +102,25 @@ class RecommenderServiceAsyncStub(RecommenderServiceStub):
     """
     UpsertItems: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.UpsertItemsRequest, _recommender_service_pb2.UpsertItemsResponse]  # type: ignore[assignment]
     """Creates or replaces items: attributes (for filters) and text."""
+    UpsertUsers: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.UpsertUsersRequest, _recommender_service_pb2.UpsertUsersResponse]  # type: ignore[assignment]
+    """Creates or replaces users' attributes ("country": "DE", "age_band": "30-39"): a user with
+    no history gets the items popular among the users who share their attributes first.
+    """
+    SetRules: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.SetRulesRequest, _recommender_service_pb2.SetRulesResponse]  # type: ignore[assignment]
+    """Replaces the catalog's business rules (boost, bury, pin, cap, exclude), applied after
+    scoring by Recommend and SimilarItems on every replica. An empty list removes them all.
+    """
+    GetRules: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.GetRulesRequest, _recommender_service_pb2.GetRulesResponse]  # type: ignore[assignment]
+    """The catalog's business rules."""
     Recommend: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.RecommendRequest, _recommender_service_pb2.RecommendResponse]  # type: ignore[assignment]
-    """The top items for a user, with a reason each and the model version that served. A user
-    with no history gets the catalog's popular items.
+    """The top items for a user, with a reason each and the model version that served, after the
+    catalog's business rules. A user with no history gets the items popular among the users
+    who share their attributes (UpsertUsers), then the catalog's popular items.
     """
     SimilarItems: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.SimilarItemsRequest, _recommender_service_pb2.SimilarItemsResponse]  # type: ignore[assignment]
     """The items most similar to one item, by the serving model; an item no model knows yet (or a
-    catalog with no model) gets the items closest in text and attributes (cold start).
+    catalog with no model) gets the items closest in text and attributes (cold start). The
+    catalog's business rules apply.
     """
     StartTraining: _aio.UnaryUnaryMultiCallable[_recommender_service_pb2.StartTrainingRequest, _recommender_service_pb2.StartTrainingResponse]  # type: ignore[assignment]
     """Starts training a model on the catalog's interactions as a long-running operation and
@@ -159,13 +183,42 @@ class RecommenderServiceServicer(metaclass=_abc_1.ABCMeta):
         """Creates or replaces items: attributes (for filters) and text."""
 
     @_abc_1.abstractmethod
+    def UpsertUsers(
+        self,
+        request: _recommender_service_pb2.UpsertUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_recommender_service_pb2.UpsertUsersResponse, _abc.Awaitable[_recommender_service_pb2.UpsertUsersResponse]]:
+        """Creates or replaces users' attributes ("country": "DE", "age_band": "30-39"): a user with
+        no history gets the items popular among the users who share their attributes first.
+        """
+
+    @_abc_1.abstractmethod
+    def SetRules(
+        self,
+        request: _recommender_service_pb2.SetRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_recommender_service_pb2.SetRulesResponse, _abc.Awaitable[_recommender_service_pb2.SetRulesResponse]]:
+        """Replaces the catalog's business rules (boost, bury, pin, cap, exclude), applied after
+        scoring by Recommend and SimilarItems on every replica. An empty list removes them all.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRules(
+        self,
+        request: _recommender_service_pb2.GetRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_recommender_service_pb2.GetRulesResponse, _abc.Awaitable[_recommender_service_pb2.GetRulesResponse]]:
+        """The catalog's business rules."""
+
+    @_abc_1.abstractmethod
     def Recommend(
         self,
         request: _recommender_service_pb2.RecommendRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_recommender_service_pb2.RecommendResponse, _abc.Awaitable[_recommender_service_pb2.RecommendResponse]]:
-        """The top items for a user, with a reason each and the model version that served. A user
-        with no history gets the catalog's popular items.
+        """The top items for a user, with a reason each and the model version that served, after the
+        catalog's business rules. A user with no history gets the items popular among the users
+        who share their attributes (UpsertUsers), then the catalog's popular items.
         """
 
     @_abc_1.abstractmethod
@@ -175,7 +228,8 @@ class RecommenderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_recommender_service_pb2.SimilarItemsResponse, _abc.Awaitable[_recommender_service_pb2.SimilarItemsResponse]]:
         """The items most similar to one item, by the serving model; an item no model knows yet (or a
-        catalog with no model) gets the items closest in text and attributes (cold start).
+        catalog with no model) gets the items closest in text and attributes (cold start). The
+        catalog's business rules apply.
         """
 
     @_abc_1.abstractmethod
