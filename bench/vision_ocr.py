@@ -8,7 +8,9 @@ per session (0: its default, one per core). One untimed pass loads the models an
 
 Measured (one run, 2 cores shared with other helpers' work, `--seconds 10`): see ADR 0040.
 
-Usage: python bench/vision_ocr.py [--seconds 10] [--threads 0]
+Also a row of `python -m bench.vision_throughput`.
+
+Usage: python -m bench.vision_ocr [--seconds 10] [--threads 0]
 Writes bench/results/vision_ocr.json.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -26,15 +29,8 @@ from nexus.vision.images import decode
 from nexus.vision.ocr import read_text
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ("data", "vision")
-DATA = next(
-    (
-        p
-        for p in (ROOT.parent.joinpath("shared", *SHARED), Path("/work/shared").joinpath(*SHARED))
-        if p.is_dir()
-    ),
-    ROOT.parent.joinpath("shared", *SHARED),
-)  # a checkout beside shared/ (main), or a worktree of it
+DATA = Path(os.environ.get("NEXUS_SHARED_DATA") or ROOT.parent / "shared" / "data") / "vision"
+"""The vision data beside the checkout (or under $NEXUS_SHARED_DATA)."""
 PHOTOS = (
     "ocr/easyocr/english.png",
     "ocr/easyocr/french.jpg",

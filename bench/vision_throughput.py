@@ -1,8 +1,8 @@
-"""The vision service's throughput: YOLO detection (and, later, OCR) in images/s with p50/p99.
+"""The vision service's throughput: YOLO detection in images/s with p50/p99, and OCR images/s.
 
 A YOLOv8n-sized detector (`YOLO("yolov8n.yaml")`, untrained weights: speed does not depend on
 them) at 640x640 on the CPU, on the photos that ship with ultralytics (and the shared ones in
-/work/shared/data/vision when present), three ways:
+../shared/data/vision, or $NEXUS_SHARED_DATA/vision, when present), three ways:
 
 - ultralytics: `YOLO.predict` in this process, one decoded image per call (the baseline);
 - nexus in-process: the service's ONNX Runtime model (`nexus.vision.yolo.YoloModel`), one
@@ -11,7 +11,8 @@ them) at 640x640 on the CPU, on the photos that ship with ultralytics (and the s
   the model uploaded as ONNX through the registry, `--concurrency` clients each sending one JPEG
   per Predict call for `--seconds`; the service batches concurrent images (dynamic batching,
   `--max-batch-size`, `--max-batch-wait-ms`). Its figures include JPEG decoding, which the two
-  in-process ones do not pay.
+  in-process ones do not pay;
+- ocr: ReadText's domain path on the text photos (bench.vision_ocr), one thread, images/s.
 
 Usage: python -m bench.vision_throughput [--images 24] [--seconds 20] [--concurrency 8]
        [--threads 1] [--batches 2] [--max-batch-size 4]
@@ -38,6 +39,8 @@ import numpy as np
 
 import nexus.vision  # noqa: F401  (ultralytics offline before it is imported)
 from bench.model_runtime import percentiles
+from bench.vision_ocr import DATA as VISION_DATA
+from bench.vision_ocr import ocr_images_per_second, text_images
 from nexus.api.models.v1 import model_registry_pb2 as models_pb
 from nexus.api.models.v1 import model_registry_pb2_grpc as models_grpc
 from nexus.api.vision.v1 import vision_service_pb2 as pb
@@ -50,7 +53,7 @@ from nexus.vision.yolo import YoloModel
 from nexus.vision.yolo.postprocess import Filters
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vision_throughput.json"
-SHARED = Path("/work/shared/data/vision")
+SHARED = VISION_DATA
 IMGSZ = 640
 MODEL = "bench-yolov8n"
 
@@ -163,23 +166,28 @@ async def _load(
     }
 
 
-def ocr_throughput(images: list[np.ndarray], args: argparse.Namespace) -> dict[str, Any] | None:
-    """OCR (ReadText) images/s: TO BE ADDED BY THE LEAD once the OCR engine lands (vimages).
-    Returns None until then, and the report leaves the row out."""
-    return None
+def ocr_throughput(args: argparse.Namespace) -> dict[str, Any]:
+    """OCR (ReadText's domain path: decode, detect, recognise, reading order) images/s on the
+    text photos of the vision data, else rendered text (bench.vision_ocr)."""
+    photos = text_images()
+    measured = ocr_images_per_second(list(photos.values()), args.ocr_seconds)
+    return {"photos": sorted(photos), **measured}
 
 
 def report(results: dict[str, Any]) -> None:
     base = results["ultralytics"]["images_per_s"]
     print(f"yolov8n (untrained) at {IMGSZ}x{IMGSZ}, CPU, {results['cores']} cores")
     print(f"{'path':<22}{'images/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'ratio':>8}")
-    for path in ("ultralytics", "nexus_in_process", "nexus_grpc", "ocr"):
-        row = results.get(path)
-        if row:
-            print(
-                f"{path:<22}{row['images_per_s']:>10.2f}{row['p50_ms']:>10.1f}"
-                f"{row['p99_ms']:>10.1f}{row['images_per_s'] / base:>8.2f}"
-            )
+    for path in ("ultralytics", "nexus_in_process", "nexus_grpc"):
+        row = results[path]
+        print(
+            f"{path:<22}{row['images_per_s']:>10.2f}{row['p50_ms']:>10.1f}"
+            f"{row['p99_ms']:>10.1f}{row['images_per_s'] / base:>8.2f}"
+        )
+    ocr = results["ocr"]
+    print(
+        f"{'ocr (ReadText)':<22}{ocr['images_per_second']:>10.2f}   ({len(ocr['photos'])} images)"
+    )
 
 
 def parse() -> argparse.Namespace:
@@ -187,6 +195,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=24, help="images per in-process run")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the gRPC load")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent gRPC clients")
+    parser.add_argument("--ocr-seconds", type=float, default=10.0, help="length of the OCR run")
     parser.add_argument("--max-batch-size", type=int, default=4)
     parser.add_argument("--max-batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per run")
@@ -213,7 +222,7 @@ def main() -> None:
         lambda i: ours.predict([i], [Filters(PredictOptions())]), images
     )
     results["nexus_grpc"] = asyncio.run(via_grpc(onnx, images, args))
-    results["ocr"] = ocr_throughput(images, args)
+    results["ocr"] = ocr_throughput(args)
     results["grpc_over_ultralytics"] = (
         results["nexus_grpc"]["images_per_s"] / results["ultralytics"]["images_per_s"]
     )

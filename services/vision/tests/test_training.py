@@ -11,7 +11,14 @@ from pathlib import Path
 import grpc
 import onnxruntime
 import pytest
-from training_testing import average_precision_50, dataset_files, upload, zip_of
+from training_testing import (
+    average_precision_50,
+    dataset_files,
+    new_shapes,
+    predicted,
+    upload,
+    zip_of,
+)
 from vision_testing import Client, client_of, small_settings
 
 from nexus.api.models.v1 import model_registry_pb2 as models_pb
@@ -92,10 +99,9 @@ async def test_a_trained_detector_finds_shapes_on_new_images(
     done = states[-1]
     trained = pb.TrainResponse()
     assert done.response.Unpack(trained), done.error
-    onnx = tmp_path / "shapes.onnx"
-    registry = await vision.registry()
-    onnx.write_bytes(await registry.load_artifact("trained-shapes", trained.version))
-    score = average_precision_50(onnx, images=40, seed=1234)
+    pictures, truths = zip(*new_shapes(images=40, seed=1234), strict=True)
+    found = await predicted(client, "trained-shapes", trained.version, list(pictures), 4)
+    score = average_precision_50(found, list(truths))  # served by the service, over gRPC
     model = await client.models.GetModel(
         models_pb.GetModelRequest(service="vision", name="trained-shapes"), metadata=client.metadata
     )

@@ -1,5 +1,5 @@
 """Helpers for dataset and training tests: zips as {path: bytes}, requests, and scoring a
-detector on new generated shapes."""
+detector the service serves on new generated shapes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import stat
 import zipfile
 from pathlib import Path
 
+import cv2
 import numpy as np
-from vision_testing import SHAPES, Client, shapes_dataset, shapes_image, zipped
+from vision_testing import SHAPES, Client, Shape, shapes_dataset, shapes_image, zipped
 
 from nexus.api.vision.v1 import vision_service_pb2 as pb
 
@@ -41,30 +42,50 @@ async def upload(client: Client, archive: bytes, name: str = "shapes") -> pb.Dat
     return reply.dataset
 
 
-def average_precision_50(onnx_path: Path, images: int, seed: int, size: int = 128) -> float:
-    """mAP at IoU 0.5 (all-point interpolation, mean over the classes) of an exported detector
-    on `images` new generated shapes images."""
-    from ultralytics import YOLO
+Found = tuple[list[float], int, float]
+"""A detection: box (x1, y1, x2, y2 in pixels), class id, score."""
 
-    model = YOLO(str(onnx_path), task="detect")
+
+def new_shapes(images: int, seed: int, size: int = 128) -> list[tuple[np.ndarray, list[Shape]]]:
+    """New generated shapes images (one to three shapes each) with the shapes drawn."""
     rng = np.random.default_rng(seed)
-    found: dict[int, list[tuple[float, bool]]] = {c: [] for c in range(len(SHAPES))}
-    truth = dict.fromkeys(found, 0)
-    for _ in range(images):
-        image, shapes = shapes_image(rng, size, count=int(rng.integers(1, 4)))
-        result = model.predict(image, imgsz=size, conf=0.01, verbose=False, device="cpu")[0]
-        boxes = result.boxes
+    return [shapes_image(rng, size, count=int(rng.integers(1, 4))) for _ in range(images)]
+
+
+async def predicted(
+    client: Client, model: str, version: str, pictures: list[np.ndarray], max_images: int
+) -> list[list[Found]]:
+    """The service's detections (Predict, the version pinned, confidence 0.01) of each image."""
+    options = pb.PredictOptions(confidence=0.01)
+    found: list[list[Found]] = []
+    for at in range(0, len(pictures), max_images):
+        jpegs = [cv2.imencode(".jpg", p)[1].tobytes() for p in pictures[at : at + max_images]]
+        request = pb.PredictRequest(
+            model=model, images=jpegs, selector=pb.ModelSelector(version=version), options=options
+        )
+        reply = await client.vision.Predict(request, metadata=client.metadata)
+        found += [
+            [([d.box.x1, d.box.y1, d.box.x2, d.box.y2], d.class_id, d.score) for d in r.detections]
+            for r in reply.results
+        ]
+    return found
+
+
+def average_precision_50(found: list[list[Found]], truths: list[list[Shape]]) -> float:
+    """mAP at IoU 0.5 (all-point interpolation, mean over the classes) of each image's
+    detections against its shapes."""
+    hits: dict[int, list[tuple[float, bool]]] = {c: [] for c in range(len(SHAPES))}
+    positives = dict.fromkeys(hits, 0)
+    for detections, shapes in zip(found, truths, strict=True):
         for shape in shapes:
-            truth[shape.class_id] += 1
+            positives[shape.class_id] += 1
         taken: set[int] = set()
-        for box, cls, score in zip(
-            boxes.xyxy.tolist(), boxes.cls.tolist(), boxes.conf.tolist(), strict=True
-        ):
-            match = _best_match(box, int(cls), shapes, taken)
+        for box, cls, score in sorted(detections, key=lambda d: -d[2]):
+            match = _best_match(box, cls, shapes, taken)
             if match is not None:
                 taken.add(match)
-            found[int(cls)].append((float(score), match is not None))
-    return float(np.mean([_ap(found[c], truth[c]) for c in found]))
+            hits[cls].append((score, match is not None))
+    return float(np.mean([_ap(hits[c], positives[c]) for c in hits]))
 
 
 def _best_match(box: list[float], cls: int, shapes: list, taken: set[int]) -> int | None:
