@@ -220,6 +220,18 @@ def _number(bound: float) -> int | float:
 # The same rules as JSON schema.
 
 
+_NUMBER_TYPES = frozenset(
+    {
+        FieldDescriptor.CPPTYPE_INT32,
+        FieldDescriptor.CPPTYPE_INT64,
+        FieldDescriptor.CPPTYPE_UINT32,
+        FieldDescriptor.CPPTYPE_UINT64,
+        FieldDescriptor.CPPTYPE_FLOAT,
+        FieldDescriptor.CPPTYPE_DOUBLE,
+    }
+)
+
+
 def keywords(field: FieldDescriptor) -> tuple[Schema, Schema]:
     """JSON-schema keywords of the field's rules: for each value, and for the list (for a
     repeated field; empty otherwise)."""
@@ -234,6 +246,8 @@ def keywords(field: FieldDescriptor) -> tuple[Schema, Schema]:
         value["pattern"] = f"^({pattern})?$" if optional else f"^{pattern}$"
     if rules.required and field.type == FieldDescriptor.TYPE_STRING and not field.is_repeated:
         value["minLength"] = 1
+    if rules.required and _is_number(field) and not field.is_repeated:
+        value["not"] = {"const": 0}  # a required number's zero is "not set" in proto3
     if rules.HasField("max_length"):
         value["maxLength"] = rules.max_length
     if rules.min_length:
@@ -246,6 +260,10 @@ def keywords(field: FieldDescriptor) -> tuple[Schema, Schema]:
         if rules.HasField("max_items"):
             container["maxItems"] = rules.max_items
     return value, container
+
+
+def _is_number(field: FieldDescriptor) -> bool:
+    return field.cpp_type in _NUMBER_TYPES
 
 
 def required_fields(message: Descriptor) -> list[str]:
