@@ -3,14 +3,12 @@ masks, keypoints and class probabilities; and what an upload must be to be serve
 
 from __future__ import annotations
 
-import io
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from yolo_testing import Trained, iou, photos, shapes_photos, untrained
+from yolo_testing import Trained, iou, malicious_checkpoint, photos, shapes_photos, untrained
 
 from nexus.common.errors import InvalidArgument
 from nexus.vision.results import MaskFormat, PredictOptions, Task
@@ -155,20 +153,6 @@ def test_a_checkpoint_exports_to_the_same_model(detector: Trained) -> None:
     assert YoloModel(onnx).predict(image, options) == YoloModel(detector.onnx.read_bytes()).predict(
         image, options
     )
-
-
-class _Boom:
-    def __reduce__(self) -> tuple[object, ...]:
-        return (os.system, ("echo pwned",))
-
-
-def malicious_checkpoint() -> bytes:
-    """A checkpoint whose pickle calls os.system when loaded freely."""
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save({"model": _Boom()}, buffer)
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,8 @@ import cv2
 import grpc
 import numpy as np
 import pytest
-from test_yolo import malicious_checkpoint
 from vision_testing import ASSETS, Client, small_settings
-from yolo_testing import Trained, shapes_photos, untrained
+from yolo_testing import Trained, malicious_checkpoint, shapes_photos, untrained
 
 from nexus.api.models.v1 import model_registry_pb2 as models_pb
 from nexus.api.vision.v1 import vision_service_pb2 as pb

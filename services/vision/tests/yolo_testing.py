@@ -4,6 +4,8 @@ generated shapes, untrained pose and classification models from ultralytics' yam
 
 from __future__ import annotations
 
+import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,3 +99,17 @@ def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
     return w * h / union if union > 0 else 0.0
+
+
+class _Boom:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (os.system, ("echo pwned",))
+
+
+def malicious_checkpoint() -> bytes:
+    """A checkpoint whose pickle calls os.system when loaded freely."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"model": _Boom()}, buffer)
+    return buffer.getvalue()
