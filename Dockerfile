@@ -6,7 +6,9 @@
 # SERVICE is `gateway` or the name of a folder under services/ (a new service needs nothing here).
 # VARIANT is `cpu` (default) or `cuda`, for the services whose lock holds torch: `cuda` installs
 # the lock as it is (PyPI's torch is the CUDA build, with its NVIDIA libraries), `cpu` the same
-# torch and torchvision versions built for the CPU, from TORCH_CPU_INDEX, without them.
+# torch and torchvision versions built for the CPU, from TORCH_CPU_INDEX, without them. A `cuda`
+# image whose lock holds onnxruntime lays onnxruntime-gpu of the same version over it (the same
+# `onnxruntime` module, with the CUDA provider, on torch's CUDA 13 libraries; ADR 0038).
 # The image runs as uid 10001, with a read-only root filesystem: only /tmp must be writable.
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -46,6 +48,7 @@ COPY --from=sources /stage/requirements.lock /tmp/requirements.lock
 RUN set -e; cd /tmp; \
     torch=$(sed -n 's/^torch==\([^ +]*\).*/\1/p' requirements.lock); \
     vision=$(sed -n 's/^torchvision==\([^ +]*\).*/\1/p' requirements.lock); \
+    ort=$(sed -n 's/^onnxruntime==\([^ +]*\).*/\1/p' requirements.lock); \
     case "$VARIANT" in cpu|cuda) ;; \
         *) echo "VARIANT=$VARIANT: use cpu or cuda" >&2; exit 1 ;; esac; \
     if [ -z "$torch" ] && [ "$VARIANT" = cuda ]; then \
@@ -53,6 +56,9 @@ RUN set -e; cd /tmp; \
     fi; \
     if [ -z "$torch" ] || [ "$VARIANT" = cuda ]; then \
         pip install --require-hashes --no-deps -r requirements.lock; \
+        if [ "$VARIANT" = cuda ] && [ -n "$ort" ]; then \
+            pip install --no-deps "onnxruntime-gpu==$ort"; \
+        fi; \
     else \
         awk '/^(torch|torchvision|triton|nvidia-[^=]*|cuda-[^=]*)==/ {skip = 1; next} \
              /^[^ ]/ {skip = 0} !skip' requirements.lock > rest.lock; \

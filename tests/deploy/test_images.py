@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import tomllib
 from dataclasses import dataclass
@@ -142,6 +143,74 @@ def test_each_deployables_lock_is_hash_checked(name: str) -> None:
         assert lines[i + 1].strip().startswith("--hash=sha256:"), lines[i]
     (install,) = [s for s in of("builder", "RUN") if "requirements.lock" in s]
     assert install.count("--require-hashes") == 2  # the whole lock; all but the torch pair (CPU)
+
+
+def _install(
+    name: str, variant: str, tmp_path: Path
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Runs the builder's install step for a deployable and variant with a `pip` that records
+    its arguments (and the lock files it is given) instead of installing."""
+    work, bin_dir = tmp_path / "tmp", tmp_path / "bin"
+    work.mkdir()
+    bin_dir.mkdir()
+    shutil.copy(deployables()[name] / "requirements.lock", work / "requirements.lock")
+    log = tmp_path / "pip.log"
+    pip = bin_dir / "pip"
+    pip.write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\n'
+        'for a in "$@"; do case "$a" in *.lock) echo "=== $a" >> ' + str(log) + "; "
+        'cat "$a" >> ' + str(log) + " ;; esac; done\n"
+    )
+    pip.chmod(0o755)
+    script = next(s for s in of("builder", "RUN") if "requirements.lock" in s)
+    script = script.replace("cd /tmp", f"cd {work}")
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "SERVICE": name,
+        "VARIANT": variant,
+        "TORCH_CPU_INDEX": "https://cpu.example/whl",
+    }
+    ran = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    return ran, (log.read_text().splitlines() if log.exists() else [])
+
+
+@pytest.mark.parametrize("variant", ["cpu", "cuda"])
+def test_the_install_step_takes_the_right_torch_and_onnx_runtime_builds(
+    variant: str, tmp_path: Path
+) -> None:
+    ran, calls = _install("vision", variant, tmp_path)
+    lock = locked_names(deployables()["vision"] / "requirements.lock")
+    installed = [c for c in calls if c.startswith("install ")]  # the pip calls, in order
+
+    assert ran.returncode == 0, ran.stderr
+    assert {"torch", "torchvision", "onnxruntime"} <= lock
+    if variant == "cuda":  # the whole lock hash-checked, then the GPU build of ONNX Runtime
+        assert installed[0].startswith("install --require-hashes --no-deps -r requirements.lock")
+        version = next(
+            line.split("==")[1].split()[0]
+            for line in (deployables()["vision"] / "requirements.lock").read_text().splitlines()
+            if line.startswith("onnxruntime==")
+        )
+        assert installed[-1] == f"install --no-deps onnxruntime-gpu=={version}"
+    else:  # all but the torch pair and CUDA's libraries hash-checked, then the +cpu builds
+        rest = [c for c in calls if c.startswith("=== ")]
+        assert rest == ["=== rest.lock"]
+        kept = {c.split("==")[0] for c in calls if "==" in c and not c.startswith(("install", "="))}
+        assert not {
+            n for n in kept if n in {"torch", "torchvision", "triton"} or n.startswith("nvidia-")
+        }
+        assert "onnxruntime" in kept
+        assert installed[-1].startswith("install --no-deps --index-url https://cpu.example/whl")
+        assert "torch==" in installed[-1]
+        assert "+cpu" in installed[-1]
+        assert not any("onnxruntime-gpu" in c for c in installed)
+
+
+def test_a_service_without_torch_refuses_the_cuda_variant(tmp_path: Path) -> None:
+    ran, _ = _install("gateway", "cuda", tmp_path)
+
+    assert ran.returncode == 1
+    assert "does not use torch" in ran.stderr
 
 
 def test_the_recipes_stages_meet_where_the_sources_stage_puts_its_files() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -31,7 +32,18 @@ def providers_for(device: str) -> list[str | tuple[str, dict[str, str]]]:
     if CUDA not in available:
         raise FailedPrecondition(f"device {device!r}: this ONNX Runtime has no CUDA provider")
     index = device.partition(":")[2] or "0"
+    _preload_cuda()
     return [(CUDA, {"device_id": index}), CPU]
+
+
+@functools.cache
+def _preload_cuda() -> None:
+    """Loads the CUDA and cuDNN libraries of the NVIDIA pip packages (the ones torch uses)
+    before the first CUDA session, as onnxruntime-gpu asks for pip-installed CUDA; a session
+    whose CUDA provider still cannot start runs on the CPU, which ONNX Runtime logs."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload()
 
 
 def open_session(onnx: bytes, *, device: str = "cpu", threads: int = 0) -> ort.InferenceSession:
