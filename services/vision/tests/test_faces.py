@@ -7,7 +7,7 @@ import asyncio
 import cv2
 import numpy as np
 import pytest
-from vision_testing import ASSETS, VISION_DATA, Client, shapes_image
+from vision_testing import ASSETS, VISION_DATA, Client, iou, shapes_image
 
 from nexus.api.vision.v1 import vision_service_pb2 as pb
 
@@ -16,12 +16,8 @@ def _png(image: np.ndarray) -> bytes:
     return cv2.imencode(".png", image)[1].tobytes()
 
 
-def _iou(box: pb.Box, other: tuple[float, float, float, float]) -> float:
-    x1, y1 = max(box.x1, other[0]), max(box.y1, other[1])
-    x2, y2 = min(box.x2, other[2]), min(box.y2, other[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    area = (box.x2 - box.x1) * (box.y2 - box.y1) + (other[2] - other[0]) * (other[3] - other[1])
-    return inter / (area - inter)
+def _corners(box: pb.Box) -> tuple[float, float, float, float]:
+    return box.x1, box.y1, box.x2, box.y2
 
 
 async def test_the_frontal_face_in_zidane_jpg_is_found(client: Client) -> None:
@@ -36,7 +32,7 @@ async def test_the_frontal_face_in_zidane_jpg_is_found(client: Client) -> None:
     # Ancelotti faces the camera (looked at by eye: about x 920-1070, y 110-260); Zidane,
     # shouting in half profile, is not a frontal face.
     (face,) = result.faces
-    assert _iou(face.box, (920, 110, 1070, 260)) > 0.7
+    assert iou(_corners(face.box), (920, 110, 1070, 260)) > 0.7
     assert 0.5 < face.score < 1
 
 
@@ -50,7 +46,7 @@ async def test_the_astronauts_face_is_found(client: Client) -> None:
     )
 
     (face,) = reply.results[0].faces
-    assert _iou(face.box, (178, 69, 270, 161)) > 0.7  # by eye: her face
+    assert iou(_corners(face.box), (178, 69, 270, 161)) > 0.7  # by eye: her face
     assert face.score > 0.7
 
 

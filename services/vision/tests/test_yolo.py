@@ -8,7 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from yolo_testing import Trained, iou, malicious_checkpoint, photos, shapes_photos, untrained
+from vision_testing import iou
+from yolo_testing import Trained, malicious_checkpoint, photos, shapes_photos, untrained
 
 from nexus.common.errors import InvalidArgument
 from nexus.vision.results import MaskFormat, PredictOptions, Task

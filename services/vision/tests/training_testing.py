@@ -10,7 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from vision_testing import SHAPES, Client, Shape, shapes_dataset, shapes_image, zipped
+from vision_testing import SHAPES, Client, Shape, iou, shapes_dataset, shapes_image, zipped
 
 from nexus.api.vision.v1 import vision_service_pb2 as pb
 
@@ -91,17 +91,13 @@ def average_precision_50(found: list[list[Found]], truths: list[list[Shape]]) ->
 def _best_match(box: list[float], cls: int, shapes: list, taken: set[int]) -> int | None:
     best, best_iou = None, 0.5
     for i, shape in enumerate(shapes):
-        if i not in taken and shape.class_id == cls and (iou := _iou(box, shape.box)) >= best_iou:
-            best, best_iou = i, iou
+        if (
+            i not in taken
+            and shape.class_id == cls
+            and (overlap := iou(box, shape.box)) >= best_iou
+        ):
+            best, best_iou = i, overlap
     return best
-
-
-def _iou(a: list[float], b: tuple[float, ...]) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _ap(detections: list[tuple[float, bool]], positives: int) -> float:

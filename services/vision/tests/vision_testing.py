@@ -8,7 +8,7 @@ import importlib.util
 import io
 import os
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,3 +153,11 @@ def zipped(root: Path) -> bytes:
             if path.is_file():
                 archive.write(path, path.relative_to(root).as_posix())
     return buffer.getvalue()
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two x1 y1 x2 y2 boxes (0 for empty ones)."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0

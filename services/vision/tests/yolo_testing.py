@@ -93,14 +93,6 @@ def photos() -> list[np.ndarray]:
     return [image for p in paths if (image := cv2.imread(str(p))) is not None]
 
 
-def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    """IoU of two x1 y1 x2 y2 boxes (0 for empty ones)."""
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
-
-
 class _Boom:
     def __reduce__(self) -> tuple[object, ...]:
         return (os.system, ("echo pwned",))

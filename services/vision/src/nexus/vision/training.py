@@ -30,6 +30,7 @@ from nexus.common.operations import OperationCancelled, Progress
 from nexus.common.registry import ModelRegistry, ModelVersionInfo
 from nexus.vision.datasets import DatasetInfo, DatasetStore, Limits, extract
 from nexus.vision.results import Task
+from nexus.vision.yolo.checkpoints import export_weights
 
 FRAMEWORK = "onnx"
 DEFAULT_ARCHITECTURE = "yolo11n"
@@ -204,12 +205,9 @@ class Trainer:
             trainer = model.trainer
             assert trainer is not None, "trained"
             monitor.exporting()
-            best = YOLO(str(trainer.best), task=task.value)
-            exported = best.export(
-                format="onnx", dynamic=True, simplify=False, imgsz=spec.image_size, device="cpu"
-            )
+            onnx = export_weights(Path(trainer.best), spec.image_size, task.value)
             figures = _figures(trainer.metrics or {}, task)
-            return _Run(Path(exported).read_bytes(), figures, trainer.epoch + 1)
+            return _Run(onnx, figures, trainer.epoch + 1)
 
 
 def _train_arguments(spec: TrainSpec, data_yaml: Path, runs: Path, device: str) -> dict[str, Any]:

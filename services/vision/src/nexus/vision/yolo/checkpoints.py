@@ -109,6 +109,19 @@ def _imgsz(value: object) -> int:
     return value
 
 
+def export_weights(weights: Path, imgsz: int, task: str | None = None) -> bytes:
+    """Weights this process wrote (a training's best.pt, or a checkpoint loaded safely and
+    saved again) exported to ONNX as the service serves them: the batch axis free, not
+    simplified (offline). One export at a time; blocking: run it on the executor."""
+    from ultralytics import YOLO  # type: ignore[attr-defined]
+
+    with _EXPORTING:
+        exported = YOLO(str(weights), task=task).export(
+            format="onnx", dynamic=True, simplify=False, imgsz=imgsz, device="cpu"
+        )
+    return Path(exported).read_bytes()
+
+
 def export_checkpoint(checkpoint: bytes) -> bytes:
     """An ultralytics `.pt` exported to ONNX (blocking: run it on the executor).
 
@@ -116,7 +129,6 @@ def export_checkpoint(checkpoint: bytes) -> bytes:
         InvalidArgument: See `load_checkpoint`; or ultralytics cannot export it.
     """
     import torch
-    from ultralytics import YOLO  # type: ignore[attr-defined]
 
     model, args = load_checkpoint(checkpoint)
     imgsz = _imgsz(args.get("imgsz"))
@@ -124,10 +136,6 @@ def export_checkpoint(checkpoint: bytes) -> bytes:
         weights = Path(folder) / "model.pt"
         torch.save({"model": model, "train_args": args}, weights)  # what we loaded, alone
         try:
-            with _EXPORTING:
-                exported = YOLO(str(weights)).export(
-                    format="onnx", dynamic=True, simplify=False, imgsz=imgsz, device="cpu"
-                )
+            return export_weights(weights, imgsz)
         except (RuntimeError, ValueError, TypeError, AttributeError, KeyError) as err:
             raise InvalidArgument.for_field("artifact", "could not be exported to ONNX") from err
-        return Path(exported).read_bytes()
