@@ -23,6 +23,8 @@ halves; what wins on one only was fitted to that half's series.
   (Burnaev and Ishimtsev 2016, NAB's `knncad`: embeddings of the last 19 values, the mean
   distance to the 27 nearest among the last 1,000 that do not overlap, its p-value among the
   last 1,000 such distances).
+- `differences`: a third member in the noisy-OR that sees the series' innovations: `tails` over
+  the first differences (a jump within the range, an ARIMA(0, 1, 0) residual).
 - `spatial`: Numenta's spatial rule beside the ensemble: a value more than 5% of the range seen
   beyond it scores 1.
 - `warm_up_600`, `tails_warm_up_600`: the learning period as long as NAB's probationary period
@@ -73,6 +75,7 @@ def main() -> int:
     with ProcessPoolExecutor(args.workers) as pool:
         runs = {name: _run(kind, params, corpus, pool) for name, (kind, params) in RUNS.items()}
         runs["knn"] = list(pool.map(_knn_cad, [s.values for s in corpus]))
+        runs["differences"] = list(pool.map(_tails_of_differences, [s.values for s in corpus]))
     whole = ScoredCorpus(corpus)
     rows = []
     for name, candidate in CANDIDATES.items():
@@ -142,6 +145,11 @@ def conformal(scores: np.ndarray, memory: int = 2000, learning: int = 150) -> np
     return out
 
 
+def _tails_of_differences(values: np.ndarray) -> np.ndarray:
+    differences = np.diff(np.asarray(values, dtype=np.float64), prepend=float(values[0]))
+    return _likelihoods("tails", {}, differences)
+
+
 def _knn_cad(values: np.ndarray) -> np.ndarray:
     return _knn_loop(np.asarray(values, dtype=np.float64), 19, 1000, 27, 1000, 150)
 
@@ -208,6 +216,9 @@ CANDIDATES: dict[str, Candidate] = {
     ],
     "conformal_ensemble": lambda r, c: [1.0 - conformal(e) for e in r["ensemble"]],
     "knn_cad": lambda r, c: [_noisy_or(e, k) for e, k in zip(r["ensemble"], r["knn"], strict=True)],
+    "differences": lambda r, c: [
+        _noisy_or(e, d) for e, d in zip(r["ensemble"], r["differences"], strict=True)
+    ],
     "spatial": lambda r, c: [
         np.maximum(e, _spatial(s.values)) for e, s in zip(r["ensemble"], c, strict=True)
     ],
