@@ -426,9 +426,12 @@ class ForecastEngine:
             await progress.stage("fitting", 5.0, "backtesting the global models")
         known = await self._run(partial(global_backtests, prepared, kinds, plan))
         began, total, wanted = time.monotonic(), len(prepared), set()
-        for chunk in _chunks(prepared, self._chunk_size(total)):
-            done = await self._run(partial(_fit_chunk, chunk, kinds, plan, known))
-            for choice, series in done:
+        chunks = _chunks(prepared, self._chunk_size(total))
+        for batch in _chunks(chunks, max(1, self.settings.workers)):  # one chunk per worker
+            parts = await asyncio.gather(
+                *(self._run(partial(_fit_chunk, chunk, kinds, plan, known)) for chunk in batch)
+            )
+            for choice, series in (pair for part in parts for pair in part):
                 choices.append(choice)
                 fitted.add(series)
                 wanted.update([series.shared] if series.shared else [])
