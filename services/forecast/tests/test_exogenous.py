@@ -111,6 +111,10 @@ async def test_the_service_forecasts_with_future_values_and_refuses_without(
     assert missing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "series[2].future_exogenous" in (missing.value.details() or "")
     assert "'promo'" in (missing.value.details() or "")
+    with_future = pb.SeriesData(series=[s for s in given if s.id != "s2"])
+    ask = pb.ForecastRequest(data=with_future, horizon=HORIZON, models=[pb.MODEL_LIGHTGBM])
+    forecasted = await client.forecast.Forecast(ask, metadata=client.metadata)
+    assert [len(f.mean) for f in forecasted.forecasts] == [HORIZON] * 3
 
     name = unique()
     fit = pb.FitRequest(
