@@ -17,11 +17,11 @@ from nexus.api.operations.v1 import operations_pb2 as ops_pb
 from nexus.common.launcher import Platform
 
 pytestmark = pytest.mark.timeout(240)
-SERIES = 40
+SERIES = 60
 
 
 def slow_fit(name: str) -> pb.StartFitRequest:
-    """A fit of seconds: 40 series of 300 hours, AutoTheta backtested and fitted on each (about
+    """A fit of seconds: 60 series of 300 hours, AutoTheta backtested and fitted on each (about
     0.15 s a series here)."""
     rng = np.random.default_rng(4)
     series = [proto_series(local_level(300, rng), f"s{i}") for i in range(SERIES)]
