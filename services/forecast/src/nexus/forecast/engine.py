@@ -331,6 +331,8 @@ class ForecastEngine:
     async def _forecast(self, job: Job, prepared: list[Prepared]) -> Forecasted:
         plan = job.plan()
         kinds = {s.id: applicable(s, job.models, plan) for s in prepared}
+        for s in prepared:
+            _check_futures(s, kinds[s.id], job.horizon)
         several = [s for s in prepared if len(kinds[s.id]) > 1]
         known = await self._run(partial(global_backtests, several, kinds, plan))
 
@@ -424,9 +426,12 @@ class ForecastEngine:
             await progress.stage("fitting", 5.0, "backtesting the global models")
         known = await self._run(partial(global_backtests, prepared, kinds, plan))
         began, total, wanted = time.monotonic(), len(prepared), set()
-        for chunk in _chunks(prepared, self._chunk_size(total)):
-            done = await self._run(partial(_fit_chunk, chunk, kinds, plan, known))
-            for choice, series in done:
+        chunks = _chunks(prepared, self._chunk_size(total))
+        for batch in _chunks(chunks, max(1, self.settings.workers)):  # one chunk per worker
+            parts = await asyncio.gather(
+                *(self._run(partial(_fit_chunk, chunk, kinds, plan, known)) for chunk in batch)
+            )
+            for choice, series in (pair for part in parts for pair in part):
                 choices.append(choice)
                 fitted.add(series)
                 wanted.update([series.shared] if series.shared else [])
@@ -585,6 +590,18 @@ def _forecast(
     return SeriesResult(series.id, kind, series.horizon_index(horizon), forecast)
 
 
+def _check_futures(series: Prepared, kinds: Sequence[ModelKind], horizon: int) -> None:
+    """A series forecast by a model that uses its exogenous columns needs their values over the
+    horizon: refused before any backtest runs.
+
+    Raises:
+        InvalidArgument: Naming the column missing, short or not finite.
+    """
+    where = f"{series.field}.future_exogenous"
+    for kind in kinds:
+        future_matrix(series.exogenous, series.future, horizon, where, kind)
+
+
 def _fit_chunk(
     chunk: list[Prepared], kinds: Mapping[str, tuple[ModelKind, ...]], plan: Plan, known: Known
 ) -> list[tuple[Choice, FittedSeries]]:
@@ -607,8 +624,9 @@ def _forecast_globals(
     fitted = [fit_series(s, winners[s.id], job.horizon) for s in ours]
     models = fit_globals(prepared, kinds, {f.shared for f in fitted}, job.horizon)
     found = {}
-    for f in fitted:
-        index, forecast = f.forecast(job.horizon, job.levels, {}, "", models[f.shared])
+    for s, f in zip(ours, fitted, strict=True):
+        where = f"{s.field}.future_exogenous"
+        index, forecast = f.forecast(job.horizon, job.levels, s.future, where, models[f.shared])
         found[f.series_id] = SeriesResult(f.series_id, f.kind, index, forecast)
     return found
 

@@ -13,7 +13,14 @@ import pandas as pd
 
 from nexus.common.errors import InvalidArgument, NotFound
 from nexus.common.runtime import Model, ModelSource
-from nexus.forecast.forecasting import FittedSeries, FittedSet, Forecast, GlobalModel, ModelKind
+from nexus.forecast.forecasting import (
+    FittedSeries,
+    FittedSet,
+    Forecast,
+    GlobalModel,
+    ModelKind,
+    future_matrix,
+)
 
 FRAMEWORK = "nexus-forecast"
 """The registry framework of the fitted sets the service registers."""
@@ -94,26 +101,36 @@ class ServedSet(Model[Request, list[Result]]):
         """Forecasts the series asked for, in order (those of one global model in one call)."""
         series_ids, horizon, levels, futures = inputs
         fitted = [self.series(series_id) for series_id in series_ids]
-        pooled = self._pooled([f for f in fitted if f.shared], horizon, levels)
+        wheres = [_where(series_id, i, futures) for i, series_id in enumerate(series_ids)]
+        shared = [(f, w) for f, w in zip(fitted, wheres, strict=True) if f.shared]
+        pooled = self._pooled(shared, horizon, levels, futures)
         results = []
-        for i, (series_id, one) in enumerate(zip(series_ids, fitted, strict=True)):
+        for series_id, one, where in zip(series_ids, fitted, wheres, strict=True):
             if series_id in pooled:
                 index, forecast = one.horizon_index(horizon), pooled[series_id]
             else:
-                where = f"futures[{series_id}]" if series_id in futures else f"series_ids[{i}]"
                 index, forecast = one.forecast(horizon, levels, futures.get(series_id, {}), where)
             results.append((series_id, one.kind, index, forecast))
         return results
 
     def _pooled(
-        self, fitted: Sequence[FittedSeries], horizon: int, levels: Sequence[float]
+        self,
+        fitted: Sequence[tuple[FittedSeries, str]],
+        horizon: int,
+        levels: Sequence[float],
+        futures: Futures,
     ) -> dict[str, Forecast]:
-        by_key: dict[str, list[str]] = {}
-        for f in fitted:
-            by_key.setdefault(f.shared, []).append(f.series_id)
+        """Forecasts of series of global models, one call per model; each series' future
+        exogenous values checked first (`where`: its field in the request)."""
+        by_key: dict[str, dict[str, np.ndarray | None]] = {}
+        for f, where in fitted:
+            given = futures.get(f.series_id, {})
+            x = future_matrix(f.exogenous, given, horizon, where, f.kind)
+            by_key.setdefault(f.shared, {})[f.series_id] = x
         found: dict[str, Forecast] = {}
-        for key, ids in by_key.items():
-            found.update(self.shared(key).forecast(list(dict.fromkeys(ids)), horizon, levels))
+        for key, xs in by_key.items():
+            known = {i: x for i, x in xs.items() if x is not None}
+            found.update(self.shared(key).forecast(list(xs), horizon, levels, known))
         return found
 
     def count(self, inputs: Request) -> int:
@@ -130,3 +147,8 @@ class ServedSet(Model[Request, list[Result]]):
     def _fitted(self) -> FittedSet:
         assert self._set is not None, "load() first"
         return self._set
+
+
+def _where(series_id: str, position: int, futures: Futures) -> str:
+    """The request field a series' future exogenous values are checked under."""
+    return f"futures[{series_id}]" if series_id in futures else f"series_ids[{position}]"

@@ -192,7 +192,8 @@ def global_scores(
             model = learners.fit_global(
                 kind, series, plan.horizon, origins, bool(plan.levels), params
             )
-            forecasts = model.forecast(list(origins), plan.horizon, plan.levels)
+            futures = window_futures(series, origins, plan.horizon)
+            forecasts = model.forecast(list(origins), plan.horizon, plan.levels, futures)
         except (ValueError, ArithmeticError, np.linalg.LinAlgError) as err:
             log.warning("%s failed on %d series: %s", kind.value, len(series), err)
             return {s.id: FAILED for s in series}
@@ -201,6 +202,14 @@ def global_scores(
             actual, scale = s.y[o : o + plan.horizon], mase_scale(s.y[:o], s.season)
             windows[s.id].append(errors(actual, forecasts[s.id], scale))
     return {series_id: average(found) for series_id, found in windows.items()}
+
+
+def window_futures(
+    series: Sequence[Prepared], origins: Mapping[str, int], horizon: int
+) -> dict[str, np.ndarray]:
+    """The exogenous values of each series over the window after its origin (what happened:
+    a backtest forecasts as if they had been known)."""
+    return {s.id: s.x[origins[s.id] : origins[s.id] + horizon] for s in series if s.x is not None}
 
 
 def choose(series_id: str, scores: Mapping[ModelKind, Errors], metric: str) -> Choice:
@@ -267,8 +276,10 @@ def window_forecasts(series: Prepared, kind: ModelKind, plan: Plan) -> list[tupl
 
 
 def _global_window(series: Prepared, kind: ModelKind, plan: Plan, origin: int) -> Forecast:
-    model = learners.fit_global(kind, [series], plan.horizon, {series.id: origin}, intervals=False)
-    return model.forecast([series.id], plan.horizon, ())[series.id]
+    origins = {series.id: origin}
+    model = learners.fit_global(kind, [series], plan.horizon, origins, intervals=False)
+    futures = window_futures([series], origins, plan.horizon)
+    return model.forecast([series.id], plan.horizon, (), futures)[series.id]
 
 
 def _window_forecast(
