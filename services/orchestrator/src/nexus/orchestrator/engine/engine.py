@@ -47,6 +47,7 @@ from nexus.orchestrator.engine.records import (
     error_of,
 )
 from nexus.orchestrator.engine.store import RunStore
+from nexus.orchestrator.engine.waits import EventHints, EventLog, condition_of, waiting_on
 from nexus.orchestrator.periodic import Periodic
 from nexus.orchestrator.settings import OrchestratorSettings
 from nexus.orchestrator.workflows import WorkflowStore, WorkflowVersion
@@ -96,6 +97,8 @@ class Engine:
         self._timer = Periodic(
             "orchestrator-timers", min(0.2, settings.ack_wait_s / 4), self._wake_due
         )
+        self._events = EventLog(bus.nc)
+        self._hints = EventHints(bus.nc, runs.live, self._wake_for_event)
 
     @property
     def _redrive_s(self) -> float:
@@ -115,10 +118,12 @@ class Engine:
             max_deliver=20,
             ack_wait_s=self._settings.ack_wait_s,
         )
+        await self._hints.start()
         self._timer.start()
 
     async def stop(self) -> None:
         await self._timer.stop()
+        await self._hints.stop()
         if self._consumer is not None:
             await self._consumer.stop()
         await self._caller.close()
@@ -131,9 +136,11 @@ class Engine:
         """Starts a run of a workflow version (0: the latest) with checked inputs.
 
         Raises:
-            NotFound: No such workflow or version.
+            NotFound: No such workflow or version, or the workflow was deleted.
             InvalidArgument: Inputs missing, of the wrong type, or too large.
         """
+        if version:
+            await self._workflows.get(workflow)  # not deleted
         stored = await self._workflows.get(workflow, version)
         run, _ = await self.begin_run(stored, inputs, trigger)
         return run
@@ -455,6 +462,69 @@ class Engine:
         else:
             await self._write(run, lambda r: s.wait(r, current.wait_until))
 
+    async def _wait_event(self, run: RunRecord, step: Step, definition: Definition) -> None:
+        """Waits for an event on the step's subject that passes its condition, read from the
+        stream from where it stood when the step began (so none is missed while no replica
+        runs); the first one found is the step's output."""
+        spec = step.spec
+        try:
+            await self._hints.ensure(spec["subject"])  # before looking: later events are hinted
+            if run.current is None:
+                began = await self._begin_wait_event(run, step)
+                if began is None:
+                    return
+                run = began
+            await self._look_for_event(run, step, definition)
+        except FailedPrecondition as err:  # no stream holds the subject (any more)
+            await self._fail(run, definition, error_of(err.code.value, str(err)))
+
+    async def _begin_wait_event(self, run: RunRecord, step: Step) -> RunRecord | None:
+        now = s.now()
+        subject = step.spec["subject"]
+        stream = await self._bus.stream_of(subject)
+        input_ = {"subject": subject, "stream": stream}
+        input_["from_seq"] = await self._events.start_seq(stream)
+        timeout = float(step.spec.get("timeout_s", 0.0))
+        until = now + timeout if timeout else 0.0
+        poll = now + self._settings.wait_event_poll_s
+        return await self._write(
+            run, lambda r: s.wait_event(s.begin(r, step, now, input_), until, poll, None)
+        )
+
+    async def _look_for_event(self, run: RunRecord, step: Step, definition: Definition) -> None:
+        current = run.current
+        assert current is not None
+        now = s.now()
+        wait = {"next_seq": current.input["from_seq"], **current.input, **(current.output or {})}
+        matches = condition_of(
+            step.spec.get("condition", ""), s.context(await self.runs.expanded(run))
+        )
+        scan = await self._events.scan(wait, step.spec["type"], matches, current.wait_until)
+        if scan.event is not None:
+            event = scan.event
+            _check_size(event, self._settings.max_output_bytes)
+            await self._write(run, lambda r: s.succeed(r, event, now, self._redrive_s))
+        elif current.wait_until and current.wait_until <= now and not scan.more:
+            message = f"no event on {wait['subject']} passed the condition before the timeout"
+            await self._fail(run, definition, error_of("DEADLINE_EXCEEDED", message))
+        else:
+            poll = now if scan.more else now + self._settings.wait_event_poll_s
+            progress = {"next_seq": scan.next_seq}
+            await self._write(run, lambda r: s.wait_event(r, current.wait_until, poll, progress))
+
+    async def _wake_for_event(self, run: RunRecord) -> None:
+        """Wakes a run waiting for an event (a message came on its subject)."""
+
+        def change(current: RunRecord) -> RunRecord | None:
+            if current.done or current.tick != run.tick or not waiting_on(current):
+                return None
+            return replace(current, tick=current.tick + 1, wake_at=s.now() + self._redrive_s)
+
+        with contextlib.suppress(NotFound):
+            woken = await self.runs.update(run.run_id, change)
+            if woken.tick != run.tick and not woken.done:
+                await self._publish(woken)
+
     async def _fan_out(self, run: RunRecord, step: Step, definition: Definition) -> None:
         """A `parallel`, `map` or `workflow` step: starts its child runs (no more than its
         concurrency at once), then waits; each child that ends wakes it (`_notify_parent`)."""
@@ -675,6 +745,7 @@ class Engine:
     # Timers.
 
     async def _wake_due(self) -> None:
+        await self._hints.refresh()
         now = s.now()
         for run in self.runs.due(now):
             try:
@@ -701,6 +772,7 @@ _KINDS: dict[str, Callable[[Engine, RunRecord, Step, Definition], Any]] = {
     "switch": Engine._switch,
     "sleep": Engine._sleep,
     "wait_signal": Engine._wait_signal,
+    "wait_event": Engine._wait_event,
     "fail": Engine._fail_kind,
     "parallel": Engine._fan_out,
     "map": Engine._fan_out,

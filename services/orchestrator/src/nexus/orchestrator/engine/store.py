@@ -197,6 +197,10 @@ class RunStore:
         """What the mirror holds now, newest first."""
         return sorted(self._records.mirrored(), key=_newest_first)
 
+    def live(self) -> list[RunRecord]:
+        """The runs not done, as the mirror holds them (in no particular order)."""
+        return [r for r in self._records.mirrored() if not r.done]
+
     def due(self, now: float) -> list[RunRecord]:
         """The live runs whose `wake_at` passed, as the mirror holds them."""
         return [r for r in self._records.mirrored() if not r.done and 0 < r.wake_at <= now]
