@@ -372,6 +372,24 @@ async def test_a_request_the_method_cannot_take_fails_its_step_at_once(
     assert (steps[0].state, steps[0].attempts) == (pb.STEP_STATE_FAILED, 1)
 
 
+async def test_a_publish_the_message_cannot_take_fails_its_step_with_its_attempt_recorded(
+    orchestrator: Orchestrator,
+) -> None:
+    # A publish step's opening is written with its outcome (ADR 0035): here, the failure.
+    await orchestrator.register(
+        "name: misfit-event\nsteps:\n  - id: tell\n    retry: {max_attempts: 5}\n"
+        "    publish:\n      subject: nexus.anomaly.orchestrated\n"
+        "      type: nexus.anomaly.v1.AnomalyDetected\n      data: {score: high}\n"
+    )
+    run = await orchestrator.start("misfit-event")
+    done = await orchestrator.finished(run.run_id)
+    steps = await orchestrator.history(run.run_id)
+
+    assert done.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert (steps[0].state, steps[0].attempts) == (pb.STEP_STATE_FAILED, 1)
+    assert json_format.MessageToDict(steps[0].input) == {"score": "high"}
+
+
 async def test_two_replicas_share_the_runs_and_each_step_runs_once(
     start_orchestrator: StartOrchestrator, service_key: str
 ) -> None:

@@ -29,6 +29,7 @@ from nexus.common.kv import (
 )
 from nexus.common.paging import page_request, paginate
 from nexus.orchestrator.definitions import Definition, parse_definition
+from nexus.orchestrator.definitions.parsing import load_definition
 
 BUCKET = "nexus_orchestrator_workflows"
 LATEST = "latest"
@@ -55,8 +56,8 @@ class WorkflowVersion:
     step_ids: tuple[str, ...]
 
     def parsed(self) -> Definition:
-        """The checked definition (cached per version by the caller)."""
-        return parse_definition(self.definition, self.format)[0]
+        """The definition, checked when it was registered (cached per version by the caller)."""
+        return load_definition(self.definition, self.format)
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()

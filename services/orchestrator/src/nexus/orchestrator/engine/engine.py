@@ -313,7 +313,7 @@ class Engine:
             return
         step = definition.steps[run.pending[0]]
         try:
-            if _skipped(await self.runs.expanded(run), step):
+            if step.condition and _skipped(await self.runs.expanded(run), step):
                 await self._write(run, lambda r: s.skip(r, step, now, self._redrive_s))
                 return
             await _KINDS[step.kind](self, run, step, definition)
@@ -327,15 +327,26 @@ class Engine:
         definition: Definition,
         build: Callable[[RunRecord], Any],
         act: Callable[[RunRecord, Any], Any],
+        *,
+        open_first: bool = True,
     ) -> None:
-        """A step with an effect (call, publish): attempt opened, acted, closed."""
+        """A step with an effect (call, publish): attempt opened, acted, closed.
+
+        With `open_first` (a call), "attempt N open" is written before acting, so that a
+        replica that dies mid-call leaves the attempt for the next to make again with the same
+        key and request. Without it (a publish, whose key is the event id that JetStream stores
+        once), the opening is written together with the outcome: a replica that dies between
+        the publish and the write leaves the attempt unrecorded, and the next one makes the
+        same attempt N, with the same event id, over the same record (one write less a step).
+        """
         now = s.now()
         current = run.current
         if current is not None and current.state == WAITING and current.wait_until > now:
             await self._write(run, lambda r: s.wait(r, current.wait_until))
             return
+        prepared: Callable[[RunRecord], RunRecord] | None = None
         if current is None or not current.attempt_open:
-            input_ = build(await self.runs.expanded(run))
+            input_ = build(await self._readable(run, step.spec))
             lease = self._attempt_timeout(step) + self._redrive_s
 
             def opening(r: RunRecord) -> RunRecord:
@@ -343,39 +354,49 @@ class Engine:
                 assert began.current is not None
                 return s.open_attempt(began, began.current, now, lease)
 
-            opened = await self._write(run, opening)
-            if opened is None:
-                return
-            run = opened
+            if open_first:
+                opened = await self._write(run, opening)
+                if opened is None:
+                    return
+                run = opened
+            else:
+                run, prepared = opening(run), opening
         assert run.current is not None
         try:
             output = await act(run, run.current.input)
             _check_size(output, self._settings.max_output_bytes)
         except StepError as err:
-            await self._attempt_failed(run, step, definition, error_of(err.code, err.message))
-            return
+            error = error_of(err.code, err.message)
         except NexusError as err:  # NATS unavailable for a publish, the key store for a call
-            await self._attempt_failed(run, step, definition, error_of(err.code.value, str(err)))
-            return
+            error = error_of(err.code.value, str(err))
         except Exception:  # a bug or a value the message cannot take: details only in the log
             log.exception("step %s of run %s failed unexpectedly", step.id, run.run_id)
-            await self._attempt_failed(
-                run, step, definition, error_of("INTERNAL", "internal error")
-            )
+            error = error_of("INTERNAL", "internal error")
+        else:
+            ready = prepared or _unchanged
+            await self._write(run, lambda r: s.succeed(ready(r), output, s.now(), self._redrive_s))
             return
-        await self._write(run, lambda r: s.succeed(r, output, s.now(), self._redrive_s))
+        await self._attempt_failed(run, step, definition, error, prepared)
 
     async def _attempt_failed(
-        self, run: RunRecord, step: Step, definition: Definition, error: dict[str, str]
+        self,
+        run: RunRecord,
+        step: Step,
+        definition: Definition,
+        error: dict[str, str],
+        prepared: Callable[[RunRecord], RunRecord] | None = None,
     ) -> None:
+        """A failed attempt: retried after its backoff, or the step failed. `prepared`: what
+        the attempt's record needs first (its opening, when it was not written)."""
         current = run.current
         assert current is not None
         if error["code"] in NOT_RETRIED or current.attempts >= step.retry.max_attempts:
-            await self._fail(run, definition, error)
+            await self._fail(run, definition, error, prepared)
             return
         now = s.now()
         until = now + step.retry.backoff_s(current.attempts)
-        await self._write(run, lambda r: s.retry_later(r, error, until, now))
+        ready = prepared or _unchanged
+        await self._write(run, lambda r: s.retry_later(ready(r), error, until, now))
 
     async def _call(self, run: RunRecord, step: Step, definition: Definition) -> None:
         method = step.spec["method"]
@@ -407,7 +428,7 @@ class Engine:
         def build(current: RunRecord) -> Any:
             return expressions.render(step.spec.get("data", {}), s.context(current))
 
-        await self._effect(run, step, definition, build, act)
+        await self._effect(run, step, definition, build, act, open_first=False)
 
     async def _switch(self, run: RunRecord, step: Step, definition: Definition) -> None:
         context = s.context(await self.runs.expanded(run))
@@ -645,11 +666,19 @@ class Engine:
 
         await self._write(run, change)
 
-    async def _fail(self, run: RunRecord, definition: Definition, error: dict[str, str]) -> None:
+    async def _fail(
+        self,
+        run: RunRecord,
+        definition: Definition,
+        error: dict[str, str],
+        prepared: Callable[[RunRecord], RunRecord] | None = None,
+    ) -> None:
         now = s.now()
         step = definition.steps[run.pending[0]]
 
         def change(r: RunRecord) -> RunRecord:
+            if prepared is not None:
+                r = prepared(r)
             began = s.begin(r, step, now) if r.current is None else r
             return s.fail_step(began, definition, error, now, self._redrive_s)
 
@@ -663,7 +692,7 @@ class Engine:
         applied: list[tuple[RunRecord, RunRecord]] = []
 
         driven = _DRIVEN.get()
-        await self.runs.expanded(run)  # the sealed history in memory, for the outputs
+        await self.runs.load_chunks(run)  # the sealed history in memory, for the outputs
 
         def fenced(current: RunRecord) -> RunRecord | None:
             applied.clear()  # only what the last (written) attempt made counts
@@ -698,6 +727,11 @@ class Engine:
             else:
                 await self._publish(written)
         return written
+
+    async def _readable(self, run: RunRecord, template: Any) -> RunRecord:
+        """The run as expressions of `template` read it: with its sealed history when one
+        reads `steps` (building it is O(steps) per step of a long run), else as it is."""
+        return await self.runs.expanded(run) if expressions.reads(template, "steps") else run
 
     def _finish(self, run: RunRecord) -> RunRecord:
         if run.state != "SUCCEEDED":
@@ -785,6 +819,10 @@ def _skipped(run: RunRecord, step: Step) -> bool:
     if run.current is not None or not step.condition:
         return False
     return not expressions.condition(step.condition, s.context(run))
+
+
+def _unchanged(run: RunRecord) -> RunRecord:
+    return run
 
 
 def _cancelled() -> dict[str, str]:
