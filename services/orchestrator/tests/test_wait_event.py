@@ -151,9 +151,11 @@ async def test_the_first_matching_event_after_the_wait_began_completes_the_step(
     orchestrator: tuple[pb_grpc.OrchestratorServiceStub, Any, EventBus],
 ) -> None:
     stub, key, bus = orchestrator
-    subject = f"nexus.testwaits.{uuid.uuid4().hex}"
+    area = f"nexus.testwaits.{uuid.uuid4().hex}"
+    subject = f"{area}.cpu"
     await bus.publish(subject, detected("cpu", 0.9))  # before the wait: not seen
-    run_id = await start(stub, key, f"w{uuid.uuid4().hex[:8]}", subject, 60)
+    run_id = await start(stub, key, f"w{uuid.uuid4().hex[:8]}", f"{area}.*", 60)
+    await bus.publish(f"{area}.x.y", detected("cpu", 0.9))  # not under the filter
     await bus.publish(subject, detected("disk", 0.9))  # another source
     await bus.publish(subject, detected("cpu", 0.1))  # below the threshold
     wanted = await bus.publish(subject, detected("cpu", 0.7))
