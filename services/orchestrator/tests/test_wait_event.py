@@ -5,6 +5,7 @@ non-matching one do not), and a wait with no such event times out into the on-fa
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -83,17 +84,28 @@ def test_bad_wait_event_steps_are_refused_at_their_field(text: str, field: str, 
     assert any(f == field and words in d for f, d in found), found
 
 
-@pytest.fixture
-async def orchestrator(
-    start_service: StartService, nexus_settings: Any, nats_client: Any
-) -> AsyncIterator[tuple[pb_grpc.OrchestratorServiceStub, Any, EventBus]]:
+Connected = tuple[pb_grpc.OrchestratorServiceStub, Any, EventBus]
+
+
+@contextlib.asynccontextmanager
+async def connected(
+    start_service: StartService, nexus_settings: Any, nats_client: Any, **overrides: Any
+) -> AsyncIterator[Connected]:
     key = await make_key(nexus_settings, "*")
     bus = EventBus(nats_client, "test")
     await bus.ensure_streams(WAITS)
-    settings = OrchestratorSettings(grpc_port=0, service_key=key, ack_wait_s=1.0)
+    settings = OrchestratorSettings(grpc_port=0, service_key=key, ack_wait_s=1.0, **overrides)
     host: ServiceHost = await start_service(create, settings)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
         yield pb_grpc.OrchestratorServiceStub(channel), (("authorization", f"Bearer {key}"),), bus
+
+
+@pytest.fixture
+async def orchestrator(
+    start_service: StartService, nexus_settings: Any, nats_client: Any
+) -> AsyncIterator[Connected]:
+    async with connected(start_service, nexus_settings, nats_client) as made:
+        yield made
 
 
 CONFIRM = """\
@@ -207,3 +219,18 @@ async def test_a_wait_on_a_subject_no_stream_holds_is_refused_at_registration(
     assert "steps[0].wait_event.subject: no JetStream stream holds nexus.nowhere.seen" in (
         refused.value.details() or ""
     )
+
+
+async def test_an_event_larger_than_a_step_output_may_be_fails_the_step(
+    start_service: StartService, nexus_settings: Any, nats_client: Any
+) -> None:
+    made = connected(start_service, nexus_settings, nats_client, max_output_bytes=1000)
+    async with made as (stub, key, bus):
+        subject = f"nexus.testwaits.{uuid.uuid4().hex}"
+        run_id = await start(stub, key, f"w{uuid.uuid4().hex[:8]}", subject, 60)
+        large = anomaly_events.AnomalyDetected(source="cpu", score=0.9, detector="x" * 2000)
+        await bus.publish(subject, large)
+        done = await finished(stub, key, run_id)
+
+    assert done.state == pb.RUN_STATE_FAILED
+    assert done.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]

@@ -498,6 +498,8 @@ class Engine:
             await self._look_for_event(run, step, definition)
         except FailedPrecondition as err:  # no stream holds the subject (any more)
             await self._fail(run, definition, error_of(err.code.value, str(err)))
+        except StepError as err:  # the event is larger than a step's output may be
+            await self._fail(run, definition, error_of(err.code, err.message))
 
     async def _begin_wait_event(self, run: RunRecord, step: Step) -> RunRecord | None:
         now = s.now()
