@@ -160,21 +160,23 @@ def detected(source: str, score: float) -> anomaly_events.AnomalyDetected:
 
 
 async def test_the_first_matching_event_after_the_wait_began_completes_the_step(
-    orchestrator: tuple[pb_grpc.OrchestratorServiceStub, Any, EventBus],
+    start_service: StartService, nexus_settings: Any, nats_client: Any
 ) -> None:
-    stub, key, bus = orchestrator
-    area = f"nexus.testwaits.{uuid.uuid4().hex}"
-    subject = f"{area}.cpu"
-    await bus.publish(subject, detected("cpu", 0.9))  # before the wait: not seen
-    run_id = await start(stub, key, f"w{uuid.uuid4().hex[:8]}", f"{area}.*", 60)
-    await bus.publish(f"{area}.x.y", detected("cpu", 0.9))  # not under the filter
-    await bus.publish(subject, detected("disk", 0.9))  # another source
-    await bus.publish(subject, detected("cpu", 0.1))  # below the threshold
-    wanted = await bus.publish(subject, detected("cpu", 0.7))
-    await bus.publish(subject, detected("cpu", 0.8))  # after the one that completed it
+    # No poll in the test's time: the events' hints wake the run.
+    made = connected(start_service, nexus_settings, nats_client, wait_event_poll_s=3600)
+    async with made as (stub, key, bus):
+        area = f"nexus.testwaits.{uuid.uuid4().hex}"
+        subject = f"{area}.cpu"
+        await bus.publish(subject, detected("cpu", 0.9))  # before the wait: not seen
+        run_id = await start(stub, key, f"w{uuid.uuid4().hex[:8]}", f"{area}.*", 60)
+        await bus.publish(f"{area}.x.y", detected("cpu", 0.9))  # not under the filter
+        await bus.publish(subject, detected("disk", 0.9))  # another source
+        await bus.publish(subject, detected("cpu", 0.1))  # below the threshold
+        wanted = await bus.publish(subject, detected("cpu", 0.7))
+        await bus.publish(subject, detected("cpu", 0.8))  # after the one that completed it
 
-    done = await finished(stub, key, run_id)
-    history = await stub.GetRunHistory(pb.GetRunHistoryRequest(run_id=run_id), metadata=key)
+        done = await finished(stub, key, run_id)
+        history = await stub.GetRunHistory(pb.GetRunHistoryRequest(run_id=run_id), metadata=key)
 
     assert done.state == pb.RUN_STATE_SUCCEEDED, done.error.message
     assert json_format.MessageToDict(done.outputs) == {"event": wanted, "score": 0.7}

@@ -510,9 +510,12 @@ class Engine:
         timeout = float(step.spec.get("timeout_s", 0.0))
         until = now + timeout if timeout else 0.0
         poll = now + self._settings.wait_event_poll_s
-        return await self._write(
+        began = await self._write(
             run, lambda r: s.wait_event(s.begin(r, step, now, input_), until, poll, None)
         )
+        if began is not None:
+            self._hints.note(began)
+        return began
 
     async def _look_for_event(self, run: RunRecord, step: Step, definition: Definition) -> None:
         current = run.current

@@ -180,11 +180,14 @@ class EventHints:
         self._subscriptions: dict[str, Subscription] = {}
         self._used: dict[str, float] = {}
         self._dirty: set[str] = set()
+        self._noted: dict[str, tuple[RunRecord, float]] = {}  # begun here: run, when
         self._signal = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._started = False
+        self._since = 0.0
 
     async def start(self) -> None:
+        self._since = time.time()
         self._task = asyncio.create_task(self._wake_loop(), name="orchestrator-event-hints")
 
     async def stop(self) -> None:
@@ -210,15 +213,22 @@ class EventHints:
         except NatsError as err:
             raise Unavailable(f"cannot subscribe to {subject}: {err!r}") from err
 
+    def note(self, run: RunRecord) -> None:
+        """A run this replica just began waiting (hinted even before its mirror shows it)."""
+        self._noted[run.run_id] = (run, time.monotonic())
+
     async def refresh(self) -> None:
-        """Follows the subjects the mirrored runs wait on; on the first turn, wakes every
-        waiting run (events may have come while no replica ran)."""
+        """Follows the subjects the mirrored runs wait on; on the first turn, wakes every run
+        that began waiting before this replica started (events may have come while no replica
+        ran)."""
         now = time.monotonic()
-        waiting = [(run, waiting_on(run)) for run in self._runs() if not run.done]
+        live = self._runs()
+        self._forget_noted(live)
+        waiting = [(run, waiting_on(run)) for run in live]
         for run, subject in waiting:
             if subject:
                 await self.ensure(subject)
-                if not self._started:
+                if not self._started and run.current and run.current.started < self._since:
                     await self._wake_one(run)
         self._started = True
         for subject in [s for s, used in self._used.items() if now - used > KEEP_SUBSCRIPTION_S]:
@@ -237,9 +247,21 @@ class EventHints:
             await self._signal.wait()
             self._signal.clear()
             dirty, self._dirty = self._dirty, set()
-            for run in self._runs():
+            runs = {run.run_id: run for run in self._runs()}
+            for run_id, (noted, _) in self._noted.items():
+                if run_id not in runs or runs[run_id].tick < noted.tick:
+                    runs[run_id] = noted
+            for run in runs.values():
                 if not run.done and waiting_on(run) in dirty:
                     await self._wake_one(run)
+
+    def _forget_noted(self, live: list[RunRecord]) -> None:
+        """Drops the noted runs that the mirror shows as far on, or noted long ago."""
+        ticks = {run.run_id: run.tick for run in live}
+        now = time.monotonic()
+        for run_id, (noted, when) in list(self._noted.items()):
+            if ticks.get(run_id, -1) >= noted.tick or now - when > KEEP_SUBSCRIPTION_S:
+                del self._noted[run_id]
 
     async def _wake_one(self, run: RunRecord) -> None:
         try:
