@@ -4,6 +4,7 @@ callee applied each effect once: two trainings, two model versions, one event.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -14,10 +15,12 @@ from anomaly_testing import cloud, points, unique
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
 
+from nexus.api.anomaly.v1.events_pb2 import AnomalyDetected
 from nexus.api.models.v1 import model_registry_pb2 as models_pb
 from nexus.api.models.v1 import model_registry_pb2_grpc as models_grpc
 from nexus.api.orchestrator.v1 import orchestrator_service_pb2 as pb
 from nexus.api.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
+from nexus.common.events import DAY_S, MIB, EventBus, Stream
 from nexus.common.launcher import Platform
 from nexus.common.testing.waiting import eventually
 
@@ -192,3 +195,72 @@ async def test_a_map_whose_orchestrator_is_killed_trains_each_item_once(
     assert done.run.state == pb.RUN_STATE_SUCCEEDED, done.run.error
     outputs = json_format.MessageToDict(done.run.outputs) if done.run.outputs else {}
     assert versions == [["1"]] * len(names), outputs  # each item trained once
+
+
+WAITS = Stream("TESTWAITS", ("nexus.testwaits.>",), max_age_s=DAY_S, max_bytes=64 * MIB)
+CONFIRM = {
+    "name": "confirm",
+    "inputs": {"source": {"type": "string"}},
+    "steps": [
+        {"id": "confirmed", "wait_event": {
+            "subject": "nexus.testwaits.seen",
+            "type": "nexus.anomaly.v1.AnomalyDetected",
+            "condition": "event.data.source == inputs.source",
+        }},
+    ],
+    "outputs": {"event": "${steps.confirmed.output.id}"},
+}  # fmt: skip
+
+
+async def test_a_wait_for_an_event_survives_a_sigkill_and_a_nats_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The orchestrator is SIGKILLed while its run waits, NATS restarts, and the events come
+    while no orchestrator runs: the restarted one completes the step with that event (when it
+    starts: no poll comes in the test's time)."""
+    monkeypatch.setenv("NEXUS_AUTH_ENABLED", "false")
+    monkeypatch.setenv("NEXUS_ORCHESTRATOR_ACK_WAIT_S", "2")
+    monkeypatch.setenv("NEXUS_ORCHESTRATOR_WAIT_EVENT_POLL_S", "3600")
+    platform = Platform(tmp_path, nats_port=0, gateway_port=0, services=["orchestrator"])
+    try:
+        url = await platform.start_nats()
+        nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        bus = EventBus(nc, "test")
+        await bus.ensure_streams(WAITS)
+        await platform.start_services()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.children[-1].port}") as ch:
+            stub = pb_grpc.OrchestratorServiceStub(ch)
+            await stub.RegisterWorkflow(pb.RegisterWorkflowRequest(definition=json.dumps(CONFIRM)))
+            inputs = Struct()
+            inputs.update({"source": "cpu"})
+            started = await stub.StartRun(pb.StartRunRequest(workflow="confirm", inputs=inputs))
+            run_id = started.run.run_id
+
+            async def waiting() -> bool:
+                run = (await stub.GetRun(pb.GetRunRequest(run_id=run_id))).run
+                return bool(run.state == pb.RUN_STATE_WAITING)
+
+            await eventually(waiting, timeout_s=60)
+
+        async def advance_acknowledged() -> bool:  # else its redelivery would find the event
+            info = await nc.jetstream().consumer_info("ORCHESTRATOR", "orchestrator-advance")
+            return bool(info.num_ack_pending == 0 and info.num_pending == 0)
+
+        await eventually(advance_acknowledged, timeout_s=30)
+        orchestrator = platform.children.pop()
+        orchestrator.process.kill()
+        orchestrator.process.wait(10)
+        assert platform.nats is not None
+        # Stopped, not killed: a SIGKILL may lose the advance's acknowledgement, whose
+        # redelivery would then find the event before the restarted replica looks by itself.
+        await asyncio.to_thread(platform.nats.restart)
+        await bus.publish("nexus.testwaits.seen", AnomalyDetected(source="disk", score=1))
+        wanted = await bus.publish("nexus.testwaits.seen", AnomalyDetected(source="cpu", score=1))
+        await platform.start_services()
+        done = await finished(platform, run_id)
+        await nc.close()
+    finally:
+        platform.stop()
+    assert done.run.state == pb.RUN_STATE_SUCCEEDED, done.run.error
+    assert json_format.MessageToDict(done.run.outputs) == {"event": wanted}
+    assert [(s.step_id, s.attempts) for s in done.steps] == [("confirmed", 0)]

@@ -186,3 +186,36 @@ async def test_records_updated_by_two_writers_in_turn_lose_no_change(nats_client
 
     assert stored is not None
     assert stored.record == 30
+
+
+async def test_the_mirror_decodes_a_record_written_many_times_once_when_read(
+    nats_client: Client,
+) -> None:
+    config = api.KeyValueConfig(bucket=_bucket(), history=1)
+    decoded: list[bytes] = []
+
+    def decode(raw: bytes) -> int:
+        decoded.append(raw)
+        return int(raw)
+
+    writer = KvRecords(nats_client, config, lambda raw: int(raw))
+    reader = KvRecords(nats_client, config, decode)
+    await writer.start()
+    await reader.start()
+    try:
+        for n in range(1, 11):
+            await writer.update("n", lambda _raw, n=n: str(n).encode(), "count")
+        with reader.watching("w") as changes:
+            await writer.update("w", lambda _raw: b"7", "watched")
+            watched = await changes.get()
+        mirrored = await reader.synced("read")
+        peeked = reader.peek("n")
+    finally:
+        await writer.stop()
+        await reader.stop()
+
+    assert watched is not None  # a watched key is decoded as it comes
+    assert watched.record == 7
+    assert sorted(mirrored) == [7, 10]
+    assert peeked == 10
+    assert decoded == [b"7", b"10"]

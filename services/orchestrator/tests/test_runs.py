@@ -355,21 +355,38 @@ async def test_a_workflow_calls_with_no_more_than_the_scopes_of_the_key_that_reg
     assert "anomaly:invoke" in done.error.message
 
 
-async def test_a_request_the_method_cannot_take_fails_its_step_at_once(
-    orchestrator: Orchestrator,
+@pytest.mark.parametrize(
+    ("effect", "named", "recorded"),
+    [
+        (
+            "call:\n      method: nexus.anomaly.v1.AnomalyService/ListSources\n"
+            "      request: {page_size: 'many', nothing: 1}\n",
+            "nexus.anomaly.v1.ListSourcesRequest",
+            {"page_size": "many", "nothing": 1},
+        ),
+        # A publish step's opening is written with its outcome (ADR 0035): here, the failure.
+        (
+            "publish:\n      subject: nexus.anomaly.orchestrated\n"
+            "      type: nexus.anomaly.v1.AnomalyDetected\n      data: {score: high}\n",
+            "nexus.anomaly.v1.AnomalyDetected",
+            {"score": "high"},
+        ),
+    ],
+)
+async def test_a_request_or_message_that_cannot_be_built_fails_its_step_at_once(
+    orchestrator: Orchestrator, effect: str, named: str, recorded: dict[str, Any]
 ) -> None:
     await orchestrator.register(
-        "name: misfit\nsteps:\n  - id: sources\n    retry: {max_attempts: 5}\n"
-        "    call:\n      method: nexus.anomaly.v1.AnomalyService/ListSources\n"
-        "      request: {page_size: 'many', nothing: 1}\n"
+        f"name: misfit\nsteps:\n  - id: sources\n    retry: {{max_attempts: 5}}\n    {effect}"
     )
     run = await orchestrator.start("misfit")
     done = await orchestrator.finished(run.run_id)
     steps = await orchestrator.history(run.run_id)
 
     assert done.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert "nexus.anomaly.v1.ListSourcesRequest" in done.error.message
+    assert named in done.error.message
     assert (steps[0].state, steps[0].attempts) == (pb.STEP_STATE_FAILED, 1)
+    assert json_format.MessageToDict(steps[0].input) == recorded
 
 
 async def test_two_replicas_share_the_runs_and_each_step_runs_once(

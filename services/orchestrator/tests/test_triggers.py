@@ -397,6 +397,60 @@ async def test_a_new_version_s_triggers_replace_the_old_ones(
     assert queue("orchestrator-advance", prefix="") is not None
 
 
+async def test_a_deleted_workflow_s_triggers_stop_on_every_replica_and_its_runs_finish(
+    start_orchestrator: Any, events: Events, admin_key: str, nexus_settings: NexusSettings
+) -> None:
+    reader = await make_key(nexus_settings, "orchestrator:read")
+    name = f"deleted-{events.area}"
+    durable = f"orchestrator-trigger-{name}-v1-hot"
+    holding = events.workflow(name, "true").replace(
+        STEPS, "steps:\n  - {id: hold, wait_signal: {name: go}}\n"
+    )
+    replicas = [await start_orchestrator(), await start_orchestrator()]
+    async with stub_of(replicas[0]) as stub, stub_of(replicas[1]) as other:
+        admin = bearer(admin_key)
+        await stub.RegisterWorkflow(pb.RegisterWorkflowRequest(definition=holding), metadata=admin)
+        await events.publish("before", 0.5)
+        await events.handled(durable)
+        [in_flight] = await runs_of(stub, name, admin_key)
+        with pytest.raises(grpc.aio.AioRpcError) as narrow:
+            await stub.DeleteWorkflow(pb.DeleteWorkflowRequest(name=name), metadata=bearer(reader))
+        deleted = await other.DeleteWorkflow(pb.DeleteWorkflowRequest(name=name), metadata=admin)
+
+        async def consumer_gone() -> bool:
+            infos = await events.bus.js.consumers_info(events.stream)
+            return all(info.name != durable for info in infos)
+
+        await eventually(consumer_gone, timeout_s=10)
+        refused = []
+        for call in (
+            stub.GetWorkflow(pb.GetWorkflowRequest(name=name), metadata=admin),
+            stub.StartRun(pb.StartRunRequest(workflow=name), metadata=admin),
+            stub.StartRun(pb.StartRunRequest(workflow=name, version=1), metadata=admin),
+            stub.DeleteWorkflow(pb.DeleteWorkflowRequest(name=name), metadata=admin),
+            stub.DeleteWorkflow(pb.DeleteWorkflowRequest(name="never-was"), metadata=admin),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            refused.append(caught.value.code())
+        listed = await stub.ListWorkflows(pb.ListWorkflowsRequest(page_size=500), metadata=admin)
+        kept = await stub.GetWorkflow(pb.GetWorkflowRequest(name=name, version=1), metadata=admin)
+        signal = pb.SignalRunRequest(run_id=in_flight.run_id, signal="go")
+        await other.SignalRun(signal, metadata=admin)
+        done = await finished(stub, in_flight.run_id, admin_key)
+        again = await stub.RegisterWorkflow(
+            pb.RegisterWorkflowRequest(definition=holding), metadata=admin
+        )
+
+    assert narrow.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert deleted.last_version == 1
+    assert refused == [grpc.StatusCode.NOT_FOUND] * 5
+    assert name not in [w.name for w in listed.workflows]
+    assert kept.workflow.version == 1
+    assert (done.state, done.version) == (pb.RUN_STATE_SUCCEEDED, 1)
+    assert again.workflow.version == 2
+
+
 async def test_an_event_trigger_needs_one_stream_for_its_subject(
     start_orchestrator: Any, events: Events, admin_key: str
 ) -> None:

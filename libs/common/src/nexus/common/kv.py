@@ -320,6 +320,7 @@ class KvRecords(Generic[R]):
         self._kv: KeyValue | None = None
         self._follower: KvFollower | None = None
         self._mirror: dict[str, R] = {}
+        self._undecoded: dict[str, bytes] = {}  # key -> its latest value, decoded when read
         self._watchers: dict[str, set[asyncio.Queue[Versioned[R] | None]]] = {}
         self._listeners: list[Callable[[R], None]] = []
 
@@ -396,10 +397,16 @@ class KvRecords(Generic[R]):
 
     def peek(self, key: str) -> R | None:
         """The record of `key` as the mirror holds it now (None: none, or not yet)."""
+        raw = self._undecoded.pop(key, None)
+        if raw is not None:
+            self._mirror[key] = self._decode(raw)
         return self._mirror.get(key)
 
     def mirrored(self) -> list[R]:
         """What the mirror holds now (in no particular order)."""
+        for key, raw in self._undecoded.items():
+            self._mirror[key] = self._decode(raw)
+        self._undecoded.clear()
         return list(self._mirror.values())
 
     @contextmanager
@@ -417,9 +424,16 @@ class KvRecords(Generic[R]):
                 self._watchers.pop(key, None)
 
     async def _apply(self, entry: KvEntry) -> None:
+        self._undecoded.pop(entry.key, None)
         if entry.removed or not entry.value:
             self._mirror.pop(entry.key, None)
             self._notify(entry.key, None)
+            return
+        if not self._listeners and entry.key not in self._watchers:
+            # Decoded when read: a record written many times between two reads of the mirror
+            # (a run advanced step after step by another replica) is decoded once.
+            self._mirror.pop(entry.key, None)
+            self._undecoded[entry.key] = entry.value
             return
         record = self._decode(entry.value)
         self._mirror[entry.key] = record

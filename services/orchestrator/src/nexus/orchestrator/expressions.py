@@ -114,6 +114,11 @@ def expressions_in(template: Any) -> list[str]:
     return []
 
 
+def reads(template: Any, variable: str) -> bool:
+    """Whether an expression of a value reads `variable` (a value with none reads nothing)."""
+    return any(variable in roots(source) for source in expressions_in(template))
+
+
 def _render_string(text: str, context: Mapping[str, Any]) -> Any:
     whole = _WHOLE.match(text)
     if whole and "${" not in whole.group(1):

@@ -56,6 +56,12 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             workflows=[converters.workflow_to_proto(w) for w in workflows], next_page_token=token
         )
 
+    async def DeleteWorkflow(
+        self, request: pb.DeleteWorkflowRequest, context: Context
+    ) -> pb.DeleteWorkflowResponse:
+        last = await self._workflows.delete(request.name)
+        return pb.DeleteWorkflowResponse(last_version=last)
+
     async def StartRun(self, request: pb.StartRunRequest, context: Context) -> pb.StartRunResponse:
         run = await self._engine.start_run(
             request.workflow,

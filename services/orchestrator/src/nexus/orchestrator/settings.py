@@ -36,6 +36,10 @@ class OrchestratorSettings(ServiceSettings):
     queue_sample_s: float = Field(default=5.0, gt=0)
     """How often the queues' pending messages are read into the metrics."""
 
+    wait_event_poll_s: float = Field(default=5.0, gt=0, le=3600)
+    """How often a run waiting for an event looks at the stream with no hint (a message on its
+    subject wakes it at once; the poll covers a hint lost while replicas or NATS restarted)."""
+
     ack_wait_s: float = Field(default=30.0, gt=0)
     """Silence after which a step whose replica died goes to another."""
 

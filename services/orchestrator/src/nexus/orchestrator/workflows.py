@@ -18,7 +18,7 @@ from nats.js import api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
-from nexus.common.errors import NotFound
+from nexus.common.errors import Aborted, NotFound
 from nexus.common.events import MIB
 from nexus.common.kv import (
     kv_stream,
@@ -29,6 +29,7 @@ from nexus.common.kv import (
 )
 from nexus.common.paging import page_request, paginate
 from nexus.orchestrator.definitions import Definition, parse_definition
+from nexus.orchestrator.definitions.parsing import load_definition
 
 BUCKET = "nexus_orchestrator_workflows"
 LATEST = "latest"
@@ -55,8 +56,8 @@ class WorkflowVersion:
     step_ids: tuple[str, ...]
 
     def parsed(self) -> Definition:
-        """The checked definition (cached per version by the caller)."""
-        return parse_definition(self.definition, self.format)[0]
+        """The definition, checked when it was registered (cached per version by the caller)."""
+        return load_definition(self.definition, self.format)
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -120,11 +121,35 @@ class WorkflowStore:
         self._parsed[(record.name, record.version)] = definition
         return record
 
+    async def delete(self, name: str) -> int:
+        """Deletes a workflow: its `latest` key goes, which stops its triggers on every replica
+        (they follow those keys) and hides it from `get` of the latest version, `list_latest`
+        and new runs; its versions stay, for the runs in flight. Returns the last version.
+
+        Raises:
+            NotFound: No such workflow (or deleted already).
+            Aborted: A version was registered meanwhile.
+            Unavailable: NATS does not answer.
+        """
+        with nats_unavailable("delete a workflow"):
+            try:
+                entry = await self.kv.get(f"{name}.{LATEST}")
+            except KeyNotFoundError:
+                entry = None
+            if entry is None or not entry.value:
+                raise NotFound(f"workflow {name!r} not found")
+            try:  # only the value read: a version registered meanwhile is not deleted unseen
+                await self.kv.delete(f"{name}.{LATEST}", last=entry.revision)
+            except KeyWrongLastSequenceError as err:
+                raise Aborted(f"workflow {name!r} changed while being deleted; retry") from err
+        return int(entry.value)
+
     async def get(self, name: str, version: int = 0) -> WorkflowVersion:
         """One version of a workflow (0: the latest).
 
         Raises:
-            NotFound: No such workflow or version.
+            NotFound: No such workflow or version (a deleted workflow's versions are read only
+                by number).
         """
         with nats_unavailable("read a workflow"):
             number = version or await self._latest(name)

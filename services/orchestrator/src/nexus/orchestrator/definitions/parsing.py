@@ -26,6 +26,8 @@ from nexus.orchestrator.expressions import ExpressionError, compiled, expression
 
 TRIGGER_VARIABLES = {"event": frozenset({"event"}), "cron": frozenset({"tick"})}
 """What the expressions of each kind of trigger may read (a run has no steps yet)."""
+WAIT_EVENT_VARIABLES = frozenset({"event", "inputs", "steps", "run", "item"})
+"""What a `wait_event` step's condition may read: the event and the run's context."""
 
 Path = tuple[str | int, ...]
 MAX_VIOLATIONS = 20
@@ -50,6 +52,17 @@ def parse_definition(text: str, fmt: str = "") -> tuple[Definition, str]:
         first = violations[0]
         raise InvalidArgument(f"{first.field}: {first.description}", violations=violations)
     return Definition.of(document), fmt
+
+
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_definition(text: str, fmt: str) -> Definition:
+    """A stored definition, which `parse_definition` accepted when it was registered: loaded
+    without its checks (every replica loads every version it runs or triggers; the checks of
+    a long definition take a second of CPU)."""
+    document = json.loads(text) if fmt == "json" else yaml.load(text, Loader=_FAST_LOADER)
+    return Definition.of(document)
 
 
 def _load(text: str, fmt: str) -> tuple[dict[str, Any], dict[Path, int]]:
@@ -227,6 +240,11 @@ def _trigger_input_problems(
             yield (*path, "inputs"), f"the required input {name!r} gets no value"
 
 
+def step_paths(document: dict[str, Any]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every step of a (schema-valid) document with its path, nested ones included."""
+    return _steps(document)
+
+
 def _steps(document: dict[str, Any]) -> Iterator[tuple[Path, dict[str, Any]]]:
     for key in ("steps", "on_failure"):
         yield from _nested((key,), document.get(key, []))
@@ -260,6 +278,8 @@ def _step_problems(path: Path, step: dict[str, Any]) -> Iterator[tuple[Path, str
         if find_message(kind) is None:
             yield (*path, "publish", "type"), f"unknown message type {kind}"
         yield from _template_problems((*path, "publish", "data"), step["publish"].get("data", {}))
+    if "wait_event" in step:
+        yield from _wait_event_problems((*path, "wait_event"), step["wait_event"])
     if "switch" in step:
         for index, case in enumerate(step["switch"]["cases"]):
             yield from _expression_problems((*path, "switch", "cases", index, "when"), case["when"])
@@ -274,13 +294,22 @@ def _step_problems(path: Path, step: dict[str, Any]) -> Iterator[tuple[Path, str
         yield from _template_problems((*path, "workflow", "inputs"), inputs)
 
 
+def _wait_event_problems(path: Path, wait: dict[str, Any]) -> Iterator[tuple[Path, str]]:
+    if find_message(wait["type"]) is None:
+        yield (*path, "type"), f"unknown message type {wait['type']}"
+    if "condition" in wait:
+        yield from _expression_problems(
+            (*path, "condition"), wait["condition"], WAIT_EVENT_VARIABLES, "a wait_event step"
+        )
+
+
 def _template_problems(path: Path, template: Any) -> Iterator[tuple[Path, str]]:
     for source in expressions_in(template):
         yield from _expression_problems(path, source)
 
 
 def _expression_problems(
-    path: Path, source: str, allowed: frozenset[str] | None = None
+    path: Path, source: str, allowed: frozenset[str] | None = None, reader: str = "a trigger"
 ) -> Iterator[tuple[Path, str]]:
     try:
         compiled(source)
@@ -290,7 +319,7 @@ def _expression_problems(
     unknown = sorted(roots(source) - allowed) if allowed is not None else []
     if unknown:
         known = ", ".join(sorted(allowed or ()))
-        yield path, f"bad expression: a trigger reads only {known}, not {unknown[0]!r}"
+        yield path, f"bad expression: {reader} reads only {known}, not {unknown[0]!r}"
 
 
 def find_method(name: str) -> Any:

@@ -30,6 +30,19 @@ _EXPRESSION = {"type": "string", "minLength": 1, "maxLength": 2000}
 _SECONDS = {"type": "number", "exclusiveMinimum": 0, "maximum": 31_536_000}
 _STEPS = {"type": "array", "items": {"$ref": "#/$defs/step"}, "maxItems": MAX_STEPS}
 
+_EVENT: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["subject", "type"],
+    "properties": {
+        "subject": {"type": "string", "maxLength": 256, "pattern": SUBJECT_FILTER_PATTERN},
+        "type": {"type": "string", "pattern": MESSAGE_TYPE_PATTERN},
+        "condition": _EXPRESSION,
+    },
+}
+"""Events of a subject filter, of a type, that pass a condition (an event trigger's, and a
+`wait_event` step's with its `timeout_s`)."""
+
 _RETRY = {
     "type": "object",
     "additionalProperties": False,
@@ -96,6 +109,7 @@ _KINDS: dict[str, Any] = {
         "required": ["name"],
         "properties": {"name": _NAME, "timeout_s": _SECONDS},
     },
+    "wait_event": {**_EVENT, "properties": {**_EVENT["properties"], "timeout_s": _SECONDS}},
     "fail": {
         "type": "object",
         "additionalProperties": False,
@@ -145,16 +159,7 @@ KINDS = tuple(_KINDS)
 """The kinds of step, one key of each step."""
 
 _TRIGGER_KINDS: dict[str, Any] = {
-    "event": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["subject", "type"],
-        "properties": {
-            "subject": {"type": "string", "maxLength": 256, "pattern": SUBJECT_FILTER_PATTERN},
-            "type": {"type": "string", "pattern": MESSAGE_TYPE_PATTERN},
-            "condition": _EXPRESSION,
-        },
-    },
+    "event": _EVENT,
     "cron": {
         "type": "object",
         "additionalProperties": False,

@@ -47,6 +47,7 @@ from nexus.orchestrator.engine.records import (
     error_of,
 )
 from nexus.orchestrator.engine.store import RunStore
+from nexus.orchestrator.engine.waits import EventHints, EventLog, condition_of, waiting_on
 from nexus.orchestrator.periodic import Periodic
 from nexus.orchestrator.settings import OrchestratorSettings
 from nexus.orchestrator.workflows import WorkflowStore, WorkflowVersion
@@ -96,6 +97,8 @@ class Engine:
         self._timer = Periodic(
             "orchestrator-timers", min(0.2, settings.ack_wait_s / 4), self._wake_due
         )
+        self._events = EventLog(bus.nc)
+        self._hints = EventHints(bus.nc, runs.live, self._wake_for_event)
 
     @property
     def _redrive_s(self) -> float:
@@ -115,10 +118,12 @@ class Engine:
             max_deliver=20,
             ack_wait_s=self._settings.ack_wait_s,
         )
+        await self._hints.start()
         self._timer.start()
 
     async def stop(self) -> None:
         await self._timer.stop()
+        await self._hints.stop()
         if self._consumer is not None:
             await self._consumer.stop()
         await self._caller.close()
@@ -131,9 +136,11 @@ class Engine:
         """Starts a run of a workflow version (0: the latest) with checked inputs.
 
         Raises:
-            NotFound: No such workflow or version.
+            NotFound: No such workflow or version, or the workflow was deleted.
             InvalidArgument: Inputs missing, of the wrong type, or too large.
         """
+        if version:
+            await self._workflows.get(workflow)  # not deleted
         stored = await self._workflows.get(workflow, version)
         run, _ = await self.begin_run(stored, inputs, trigger)
         return run
@@ -306,7 +313,7 @@ class Engine:
             return
         step = definition.steps[run.pending[0]]
         try:
-            if _skipped(await self.runs.expanded(run), step):
+            if step.condition and _skipped(await self.runs.expanded(run), step):
                 await self._write(run, lambda r: s.skip(r, step, now, self._redrive_s))
                 return
             await _KINDS[step.kind](self, run, step, definition)
@@ -320,15 +327,26 @@ class Engine:
         definition: Definition,
         build: Callable[[RunRecord], Any],
         act: Callable[[RunRecord, Any], Any],
+        *,
+        open_first: bool = True,
     ) -> None:
-        """A step with an effect (call, publish): attempt opened, acted, closed."""
+        """A step with an effect (call, publish): attempt opened, acted, closed.
+
+        With `open_first` (a call), "attempt N open" is written before acting, so that a
+        replica that dies mid-call leaves the attempt for the next to make again with the same
+        key and request. Without it (a publish, whose key is the event id that JetStream stores
+        once), the opening is written together with the outcome: a replica that dies between
+        the publish and the write leaves the attempt unrecorded, and the next one makes the
+        same attempt N, with the same event id, over the same record (one write less a step).
+        """
         now = s.now()
         current = run.current
         if current is not None and current.state == WAITING and current.wait_until > now:
             await self._write(run, lambda r: s.wait(r, current.wait_until))
             return
+        prepared: Callable[[RunRecord], RunRecord] | None = None
         if current is None or not current.attempt_open:
-            input_ = build(await self.runs.expanded(run))
+            input_ = build(await self._readable(run, step.spec))
             lease = self._attempt_timeout(step) + self._redrive_s
 
             def opening(r: RunRecord) -> RunRecord:
@@ -336,39 +354,49 @@ class Engine:
                 assert began.current is not None
                 return s.open_attempt(began, began.current, now, lease)
 
-            opened = await self._write(run, opening)
-            if opened is None:
-                return
-            run = opened
+            if open_first:
+                opened = await self._write(run, opening)
+                if opened is None:
+                    return
+                run = opened
+            else:
+                run, prepared = opening(run), opening
         assert run.current is not None
         try:
             output = await act(run, run.current.input)
             _check_size(output, self._settings.max_output_bytes)
         except StepError as err:
-            await self._attempt_failed(run, step, definition, error_of(err.code, err.message))
-            return
+            error = error_of(err.code, err.message)
         except NexusError as err:  # NATS unavailable for a publish, the key store for a call
-            await self._attempt_failed(run, step, definition, error_of(err.code.value, str(err)))
-            return
+            error = error_of(err.code.value, str(err))
         except Exception:  # a bug or a value the message cannot take: details only in the log
             log.exception("step %s of run %s failed unexpectedly", step.id, run.run_id)
-            await self._attempt_failed(
-                run, step, definition, error_of("INTERNAL", "internal error")
-            )
+            error = error_of("INTERNAL", "internal error")
+        else:
+            ready = prepared or _unchanged
+            await self._write(run, lambda r: s.succeed(ready(r), output, s.now(), self._redrive_s))
             return
-        await self._write(run, lambda r: s.succeed(r, output, s.now(), self._redrive_s))
+        await self._attempt_failed(run, step, definition, error, prepared)
 
     async def _attempt_failed(
-        self, run: RunRecord, step: Step, definition: Definition, error: dict[str, str]
+        self,
+        run: RunRecord,
+        step: Step,
+        definition: Definition,
+        error: dict[str, str],
+        prepared: Callable[[RunRecord], RunRecord] | None = None,
     ) -> None:
+        """A failed attempt: retried after its backoff, or the step failed. `prepared`: what
+        the attempt's record needs first (its opening, when it was not written)."""
         current = run.current
         assert current is not None
         if error["code"] in NOT_RETRIED or current.attempts >= step.retry.max_attempts:
-            await self._fail(run, definition, error)
+            await self._fail(run, definition, error, prepared)
             return
         now = s.now()
         until = now + step.retry.backoff_s(current.attempts)
-        await self._write(run, lambda r: s.retry_later(r, error, until, now))
+        ready = prepared or _unchanged
+        await self._write(run, lambda r: s.retry_later(ready(r), error, until, now))
 
     async def _call(self, run: RunRecord, step: Step, definition: Definition) -> None:
         method = step.spec["method"]
@@ -400,7 +428,7 @@ class Engine:
         def build(current: RunRecord) -> Any:
             return expressions.render(step.spec.get("data", {}), s.context(current))
 
-        await self._effect(run, step, definition, build, act)
+        await self._effect(run, step, definition, build, act, open_first=False)
 
     async def _switch(self, run: RunRecord, step: Step, definition: Definition) -> None:
         context = s.context(await self.runs.expanded(run))
@@ -454,6 +482,74 @@ class Engine:
             await self._fail(run, definition, error)
         else:
             await self._write(run, lambda r: s.wait(r, current.wait_until))
+
+    async def _wait_event(self, run: RunRecord, step: Step, definition: Definition) -> None:
+        """Waits for an event on the step's subject that passes its condition, read from the
+        stream from where it stood when the step began (so none is missed while no replica
+        runs); the first one found is the step's output."""
+        spec = step.spec
+        try:
+            await self._hints.ensure(spec["subject"])  # before looking: later events are hinted
+            if run.current is None:
+                began = await self._begin_wait_event(run, step)
+                if began is None:
+                    return
+                run = began
+            await self._look_for_event(run, step, definition)
+        except FailedPrecondition as err:  # no stream holds the subject (any more)
+            await self._fail(run, definition, error_of(err.code.value, str(err)))
+        except StepError as err:  # the event is larger than a step's output may be
+            await self._fail(run, definition, error_of(err.code, err.message))
+
+    async def _begin_wait_event(self, run: RunRecord, step: Step) -> RunRecord | None:
+        now = s.now()
+        subject = step.spec["subject"]
+        stream = await self._bus.stream_of(subject)
+        input_ = {"subject": subject, "stream": stream}
+        input_["from_seq"] = await self._events.start_seq(stream)
+        timeout = float(step.spec.get("timeout_s", 0.0))
+        until = now + timeout if timeout else 0.0
+        poll = now + self._settings.wait_event_poll_s
+        began = await self._write(
+            run, lambda r: s.wait_event(s.begin(r, step, now, input_), until, poll, None)
+        )
+        if began is not None:
+            self._hints.note(began)
+        return began
+
+    async def _look_for_event(self, run: RunRecord, step: Step, definition: Definition) -> None:
+        current = run.current
+        assert current is not None
+        now = s.now()
+        wait = {"next_seq": current.input["from_seq"], **current.input, **(current.output or {})}
+        matches = condition_of(
+            step.spec.get("condition", ""), s.context(await self.runs.expanded(run))
+        )
+        scan = await self._events.scan(wait, step.spec["type"], matches, current.wait_until)
+        if scan.event is not None:
+            event = scan.event
+            _check_size(event, self._settings.max_output_bytes)
+            await self._write(run, lambda r: s.succeed(r, event, now, self._redrive_s))
+        elif current.wait_until and current.wait_until <= now and not scan.more:
+            message = f"no event on {wait['subject']} passed the condition before the timeout"
+            await self._fail(run, definition, error_of("DEADLINE_EXCEEDED", message))
+        else:
+            poll = now if scan.more else now + self._settings.wait_event_poll_s
+            progress = {"next_seq": scan.next_seq}
+            await self._write(run, lambda r: s.wait_event(r, current.wait_until, poll, progress))
+
+    async def _wake_for_event(self, run: RunRecord) -> None:
+        """Wakes a run waiting for an event (a message came on its subject)."""
+
+        def change(current: RunRecord) -> RunRecord | None:
+            if current.done or current.tick != run.tick or not waiting_on(current):
+                return None
+            return replace(current, tick=current.tick + 1, wake_at=s.now() + self._redrive_s)
+
+        with contextlib.suppress(NotFound):
+            woken = await self.runs.update(run.run_id, change)
+            if woken.tick != run.tick and not woken.done:
+                await self._publish(woken)
 
     async def _fan_out(self, run: RunRecord, step: Step, definition: Definition) -> None:
         """A `parallel`, `map` or `workflow` step: starts its child runs (no more than its
@@ -575,11 +671,19 @@ class Engine:
 
         await self._write(run, change)
 
-    async def _fail(self, run: RunRecord, definition: Definition, error: dict[str, str]) -> None:
+    async def _fail(
+        self,
+        run: RunRecord,
+        definition: Definition,
+        error: dict[str, str],
+        prepared: Callable[[RunRecord], RunRecord] | None = None,
+    ) -> None:
         now = s.now()
         step = definition.steps[run.pending[0]]
 
         def change(r: RunRecord) -> RunRecord:
+            if prepared is not None:
+                r = prepared(r)
             began = s.begin(r, step, now) if r.current is None else r
             return s.fail_step(began, definition, error, now, self._redrive_s)
 
@@ -593,7 +697,7 @@ class Engine:
         applied: list[tuple[RunRecord, RunRecord]] = []
 
         driven = _DRIVEN.get()
-        await self.runs.expanded(run)  # the sealed history in memory, for the outputs
+        await self.runs.load_chunks(run)  # the sealed history in memory, for the outputs
 
         def fenced(current: RunRecord) -> RunRecord | None:
             applied.clear()  # only what the last (written) attempt made counts
@@ -628,6 +732,11 @@ class Engine:
             else:
                 await self._publish(written)
         return written
+
+    async def _readable(self, run: RunRecord, template: Any) -> RunRecord:
+        """The run as expressions of `template` read it: with its sealed history when one
+        reads `steps` (building it is O(steps) per step of a long run), else as it is."""
+        return await self.runs.expanded(run) if expressions.reads(template, "steps") else run
 
     def _finish(self, run: RunRecord) -> RunRecord:
         if run.state != "SUCCEEDED":
@@ -675,6 +784,7 @@ class Engine:
     # Timers.
 
     async def _wake_due(self) -> None:
+        await self._hints.refresh()
         now = s.now()
         for run in self.runs.due(now):
             try:
@@ -701,6 +811,7 @@ _KINDS: dict[str, Callable[[Engine, RunRecord, Step, Definition], Any]] = {
     "switch": Engine._switch,
     "sleep": Engine._sleep,
     "wait_signal": Engine._wait_signal,
+    "wait_event": Engine._wait_event,
     "fail": Engine._fail_kind,
     "parallel": Engine._fan_out,
     "map": Engine._fan_out,
@@ -713,6 +824,10 @@ def _skipped(run: RunRecord, step: Step) -> bool:
     if run.current is not None or not step.condition:
         return False
     return not expressions.condition(step.condition, s.context(run))
+
+
+def _unchanged(run: RunRecord) -> RunRecord:
+    return run
 
 
 def _cancelled() -> dict[str, str]:

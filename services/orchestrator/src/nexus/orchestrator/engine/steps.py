@@ -104,6 +104,13 @@ def wait(run: RunRecord, until: float) -> RunRecord:
     return replace(run.with_current(waiting), state=WAITING, wake_at=_earliest(until, run))
 
 
+def wait_event(run: RunRecord, until: float, poll: float, output: Any) -> RunRecord:
+    """The run waiting for an event until `until` (0: no timeout), looking at the stream
+    again at `poll` at the latest; `output`: how far it read."""
+    waiting = wait(progress(run, output), until)
+    return replace(waiting, wake_at=min(t for t in (waiting.wake_at, poll) if t))
+
+
 def retry_later(run: RunRecord, error: dict[str, str], until: float, now: float) -> RunRecord:
     """The failed attempt closed; the step waits for its backoff."""
     step = run.current

@@ -140,6 +140,16 @@ class RunStore:
         sealed = [await self._chunk(key) for key in _chunk_keys(run)]
         return _with_sealed(run, sealed)
 
+    async def load_chunks(self, run: RunRecord) -> None:
+        """Reads the run's sealed chunks that are not in memory (for `expanded_now`).
+
+        Raises:
+            Unavailable: NATS does not answer.
+        """
+        for key in _chunk_keys(run):
+            if key not in self._read:
+                await self._chunk(key)
+
     def expanded_now(self, run: RunRecord) -> RunRecord | None:
         """`expanded` from the chunks in memory; None when one is not."""
         sealed = [self._read.get(key) for key in _chunk_keys(run)]
@@ -196,6 +206,10 @@ class RunStore:
     def mirrored(self) -> list[RunRecord]:
         """What the mirror holds now, newest first."""
         return sorted(self._records.mirrored(), key=_newest_first)
+
+    def live(self) -> list[RunRecord]:
+        """The runs not done, as the mirror holds them (in no particular order)."""
+        return [r for r in self._records.mirrored() if not r.done]
 
     def due(self, now: float) -> list[RunRecord]:
         """The live runs whose `wake_at` passed, as the mirror holds them."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC
 from functools import partial
 from typing import Any
 
@@ -23,7 +22,7 @@ from nexus.common.events import Consumer, Event, EventBus
 from nexus.orchestrator import expressions
 from nexus.orchestrator.definitions import Definition, Trigger
 from nexus.orchestrator.definitions.parsing import find_message
-from nexus.orchestrator.engine.calls import to_json
+from nexus.orchestrator.engine.waits import event_value
 from nexus.orchestrator.settings import OrchestratorSettings
 from nexus.orchestrator.triggers.firing import FILTERED, REJECTED, Firing
 from nexus.orchestrator.triggers.streams import EventStreams
@@ -38,20 +37,6 @@ MAX_DELIVER = 5
 def durable_name(stored: WorkflowVersion, trigger: Trigger) -> str:
     """The consumer of a trigger of one workflow version (a new version gets new consumers)."""
     return f"orchestrator-trigger-{stored.name}-v{stored.version}-{trigger.id}"
-
-
-def event_value(event: Event[Any]) -> dict[str, Any]:
-    """`event` of a trigger's expressions: the CloudEvent's attributes and its payload as
-    protobuf JSON (field names as in the protos)."""
-    return {
-        "id": event.id,
-        "type": event.type,
-        "source": event.source,
-        "subject": event.subject,
-        "about": event.subject_hint,
-        "time": event.time.astimezone(UTC).isoformat(),
-        "data": to_json(event.data),
-    }
 
 
 @dataclass

@@ -10,6 +10,7 @@ from nats.errors import Error as NatsError
 
 from nexus.common.errors import InvalidArgument, Unavailable
 from nexus.orchestrator.definitions import Definition
+from nexus.orchestrator.definitions.parsing import field_path, step_paths
 
 _API_TIMEOUT_S = 5.0
 
@@ -49,16 +50,22 @@ class EventStreams:
         return names[0]
 
     async def check(self, definition: Definition) -> None:
-        """Checks the stream of every event trigger of a definition before it is stored.
+        """Checks the stream of every event trigger and `wait_event` step of a definition
+        before it is stored.
 
         Raises:
-            InvalidArgument: As `stream_of`, on `triggers[<i>].event.subject`.
+            InvalidArgument: As `stream_of`, on `triggers[<i>].event.subject` or the step's
+                `wait_event.subject`.
             Unavailable: NATS does not answer.
         """
         for index, trigger in enumerate(definition.triggers):
             if trigger.kind == "event":
                 field = f"triggers[{index}].event.subject"
                 await self.stream_of(trigger.spec["subject"], field)
+        for path, step in step_paths(definition.document):
+            if "wait_event" in step:
+                field = field_path((*path, "wait_event", "subject"))
+                await self.stream_of(step["wait_event"]["subject"], field)
 
     async def _names(self, subject: str) -> list[str]:
         request = json.dumps({"subject": subject}).encode()

@@ -340,6 +340,50 @@ class ListWorkflowsResponse(_message.Message):
 Global___ListWorkflowsResponse: _TypeAlias = ListWorkflowsResponse  # noqa: Y015
 
 @_typing.final
+class DeleteWorkflowRequest(_message.Message):
+    """Request of DeleteWorkflow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The workflow's name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWorkflowRequest: _TypeAlias = DeleteWorkflowRequest  # noqa: Y015
+
+@_typing.final
+class DeleteWorkflowResponse(_message.Message):
+    """Response of DeleteWorkflow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAST_VERSION_FIELD_NUMBER: _builtins.int
+    last_version: _builtins.int
+    """The version that was the latest when it was deleted."""
+    def __init__(
+        self,
+        *,
+        last_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_version", b"last_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWorkflowResponse: _TypeAlias = DeleteWorkflowResponse  # noqa: Y015
+
+@_typing.final
 class Trigger(_message.Message):
     """What started a run."""
 
@@ -666,7 +710,7 @@ class StepExecution(_message.Message):
 
     @_builtins.property
     def output(self) -> _struct_pb2.Struct:
-        """What it gave (the call's response, the signal's payload, ...)."""
+        """What it gave (the call's response, the signal's payload, the event waited for, ...)."""
 
     @_builtins.property
     def error(self) -> _status_pb2.Status:

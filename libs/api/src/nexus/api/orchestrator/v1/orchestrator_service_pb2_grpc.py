@@ -53,6 +53,11 @@ class OrchestratorServiceStub:
                 request_serializer=nexus_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListWorkflowsRequest.SerializeToString,
                 response_deserializer=nexus_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListWorkflowsResponse.FromString,
                 _registered_method=True)
+        self.DeleteWorkflow = channel.unary_unary(
+                '/nexus.orchestrator.v1.OrchestratorService/DeleteWorkflow',
+                request_serializer=nexus_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.DeleteWorkflowRequest.SerializeToString,
+                response_deserializer=nexus_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.DeleteWorkflowResponse.FromString,
+                _registered_method=True)
         self.StartRun = channel.unary_unary(
                 '/nexus.orchestrator.v1.OrchestratorService/StartRun',
                 request_serializer=nexus_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.StartRunRequest.SerializeToString,
@@ -120,6 +125,17 @@ class OrchestratorServiceServicer:
 
     def ListWorkflows(self, request, context):
         """Lists workflows (their latest versions), by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWorkflow(self, request, context):
+        """Deletes a workflow: its triggers stop on every replica, and it is no longer listed, read
+        as the latest version or started (a run of any of its versions is NOT_FOUND); runs in
+        flight go on with the version they started with, whose definition stays readable by
+        version. Registering the name again starts after its last version. NOT_FOUND when no
+        workflow has that name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -203,6 +219,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.ListWorkflows,
                     request_deserializer=nexus_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListWorkflowsRequest.FromString,
                     response_serializer=nexus_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListWorkflowsResponse.SerializeToString,
+            ),
+            'DeleteWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWorkflow,
+                    request_deserializer=nexus_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.DeleteWorkflowRequest.FromString,
+                    response_serializer=nexus_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.DeleteWorkflowResponse.SerializeToString,
             ),
             'StartRun': grpc.unary_unary_rpc_method_handler(
                     servicer.StartRun,
@@ -330,6 +351,33 @@ class OrchestratorService:
             '/nexus.orchestrator.v1.OrchestratorService/ListWorkflows',
             nexus_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListWorkflowsRequest.SerializeToString,
             nexus_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.ListWorkflowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.orchestrator.v1.OrchestratorService/DeleteWorkflow',
+            nexus_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.DeleteWorkflowRequest.SerializeToString,
+            nexus_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.DeleteWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

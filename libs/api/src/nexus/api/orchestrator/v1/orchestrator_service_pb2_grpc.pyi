@@ -46,6 +46,13 @@ class OrchestratorServiceStub:
     """Gets a workflow: its latest version, or the version asked for."""
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ListWorkflowsRequest, _orchestrator_service_pb2.ListWorkflowsResponse]
     """Lists workflows (their latest versions), by name."""
+    DeleteWorkflow: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.DeleteWorkflowRequest, _orchestrator_service_pb2.DeleteWorkflowResponse]
+    """Deletes a workflow: its triggers stop on every replica, and it is no longer listed, read
+    as the latest version or started (a run of any of its versions is NOT_FOUND); runs in
+    flight go on with the version they started with, whose definition stays readable by
+    version. Registering the name again starts after its last version. NOT_FOUND when no
+    workflow has that name.
+    """
     StartRun: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.StartRunRequest, _orchestrator_service_pb2.StartRunResponse]
     """Starts a run of a workflow with inputs (the manual trigger, and the webhook). The run keeps
     the version it started with. Answers at once with the run, PENDING.
@@ -91,6 +98,13 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """Gets a workflow: its latest version, or the version asked for."""
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.ListWorkflowsRequest, _orchestrator_service_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
     """Lists workflows (their latest versions), by name."""
+    DeleteWorkflow: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.DeleteWorkflowRequest, _orchestrator_service_pb2.DeleteWorkflowResponse]  # type: ignore[assignment]
+    """Deletes a workflow: its triggers stop on every replica, and it is no longer listed, read
+    as the latest version or started (a run of any of its versions is NOT_FOUND); runs in
+    flight go on with the version they started with, whose definition stays readable by
+    version. Registering the name again starts after its last version. NOT_FOUND when no
+    workflow has that name.
+    """
     StartRun: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.StartRunRequest, _orchestrator_service_pb2.StartRunResponse]  # type: ignore[assignment]
     """Starts a run of a workflow with inputs (the manual trigger, and the webhook). The run keeps
     the version it started with. Answers at once with the run, PENDING.
@@ -151,6 +165,19 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_service_pb2.ListWorkflowsResponse, _abc.Awaitable[_orchestrator_service_pb2.ListWorkflowsResponse]]:
         """Lists workflows (their latest versions), by name."""
+
+    @_abc_1.abstractmethod
+    def DeleteWorkflow(
+        self,
+        request: _orchestrator_service_pb2.DeleteWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_service_pb2.DeleteWorkflowResponse, _abc.Awaitable[_orchestrator_service_pb2.DeleteWorkflowResponse]]:
+        """Deletes a workflow: its triggers stop on every replica, and it is no longer listed, read
+        as the latest version or started (a run of any of its versions is NOT_FOUND); runs in
+        flight go on with the version they started with, whose definition stays readable by
+        version. Registering the name again starts after its last version. NOT_FOUND when no
+        workflow has that name.
+        """
 
     @_abc_1.abstractmethod
     def StartRun(
