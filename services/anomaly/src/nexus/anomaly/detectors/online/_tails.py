@@ -230,10 +230,10 @@ def _learn(
     size = rings.shape[1]
     s = ordered[view]
     n = meta[view, _COUNT]
-    p = _probability(s, n, x, share) if n >= meta[view, _LEARNING] else 1.0
+    position = _bisect_right(s, n, x)  # where `x` goes, which the probability needs too
+    p = _probability(s, n, x, position, share) if n >= meta[view, _LEARNING] else 1.0
     start = meta[view, _START]
     if n < size:
-        position = _bisect_right(s, n, x)
         s[position + 1 : n + 1] = s[position:n]  # numba copies an overlapping source first
         s[position] = x
         rings[view, (start + n) % size] = x
@@ -244,7 +244,6 @@ def _learn(
     rings[view, start] = x
     meta[view, _START] = (start + 1) % size
     gone = _bisect_left(s, n, oldest)
-    position = _bisect_right(s, n, x)
     if position <= gone:
         s[position + 1 : gone + 1] = s[position:gone]
         s[position] = x
@@ -255,7 +254,11 @@ def _learn(
 
 
 @compiled
-def _probability(s: FloatArray, n: int, x: float, share: float) -> float:  # pragma: no cover
+def _probability(
+    s: FloatArray, n: int, x: float, right: int, share: float
+) -> float:  # pragma: no cover - compiled
+    """The two-sided tail probability of `x` against the sorted `s[:n]`; `right` is
+    `_bisect_right(s, n, x)`."""
     k = max(MIN_TAIL, int(share * n))
     floor = max(_REL_FLOOR * (s[n - 1] - s[0]), _ABS_FLOOR * max(abs(s[n - 1]), abs(s[0])), 1e-300)
     upper, lower = s[n - k], s[k - 1]
@@ -272,9 +275,9 @@ def _probability(s: FloatArray, n: int, x: float, share: float) -> float:  # pra
             total += s[j]
         scale = max(lower - total / k, floor)
         fitted = (k / n) * math.exp(-(lower - x) / scale)
-        p = max(fitted, _bisect_right(s, n, x) / n)
+        p = max(fitted, right / n)
     else:
-        p = min(n - _bisect_left(s, n, x), _bisect_right(s, n, x)) / n
+        p = min(n - _bisect_left(s, n, x), right) / n
     return min(1.0, 2.0 * p)
 
 
@@ -316,13 +319,19 @@ def _log_spread(
     `square` is 2.0, given at run time: Python squares with the C library's pow, which is not
     always x * x, and a constant exponent would be compiled into a multiplication."""
     span = min(SPREAD_SPAN, meta[VALUE, _COUNT])
+    latest = (meta[VALUE, _START] + meta[VALUE, _COUNT] - 1) % size
+    values = rings[VALUE]
     total = 0.0
-    for steps in range(1, span + 1):  # the latest first, as the sums always went
-        total += _back(rings, meta, steps, size)
+    at = latest
+    for _ in range(span):  # the latest first, as the sums always went
+        total += values[at]
+        at = at - 1 if at else size - 1  # a step back in the ring, without a division
     mean = total / span
     squares = 0.0
-    for steps in range(1, span + 1):
-        squares += math.pow(_back(rings, meta, steps, size) - mean, square)
+    at = latest
+    for _ in range(span):
+        squares += math.pow(values[at] - mean, square)
+        at = at - 1 if at else size - 1
     deviation = math.sqrt(squares / span)
     return math.log(deviation + _REL_FLOOR * (bounds[_HIGH] - bounds[_LOW]) + _ABS_FLOOR)
 
