@@ -92,9 +92,8 @@ _KEYS_LIMIT = 1024
 def _header_key(name: str) -> str | None:
     """The header name as nats-py reads it, None when it skips the header (a name not ASCII, or
     with whitespace inside); remembered while `_KEYS` has room."""
-    key: str | None = name.strip(_BYTES_WHITESPACE)
-    if not key.isascii() or _WHITESPACE.search(key):
-        key = None
+    stripped = name.strip(_BYTES_WHITESPACE)
+    key = stripped if stripped.isascii() and not _WHITESPACE.search(stripped) else None
     if len(_KEYS) < _KEYS_LIMIT:
         _KEYS[name] = key
     return key

@@ -125,7 +125,10 @@ class EventBus:
         `timeout_s` (a lost write, a restarting server) is published again through `publish`'s
         retries: the event id makes JetStream store it once.
         """
-        attributes = {"messaging.system": "nats", "messaging.batch.message_count": len(events)}
+        attributes: dict[str, str | int] = {
+            "messaging.system": "nats",
+            "messaging.batch.message_count": len(events),
+        }
         with _tracer.start_as_current_span(
             f"publish {subject}", kind=trace.SpanKind.PRODUCER, attributes=attributes
         ):
