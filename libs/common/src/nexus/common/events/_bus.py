@@ -348,7 +348,12 @@ async def _unacknowledged(
     written); the indexes of those that did not come, or came as errors (the rest cancelled)."""
     pending = [future for future in sent if future is not None]
     if pending:
-        await asyncio.wait(pending, timeout=timeout_s)
+        try:
+            await asyncio.wait(pending, timeout=timeout_s)
+        except asyncio.CancelledError:  # nobody will wait for them: free their slots now
+            for waiting in pending:
+                waiting.cancel()
+            raise
     missing = []
     for index, future in enumerate(sent):
         if future is None or future.cancelled():
