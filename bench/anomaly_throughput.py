@@ -30,7 +30,11 @@ docs/adr/0026-stream-throughput.md): in-process Isolation Forest 54,921 points/s
 default detector 15,350 (a batch at a time); drain 6,144 (ratio 0.100; its learning 139 us a
 point in the service, 40,738 points/s without it), drain_light 7,408 (0.131), stream 2,172
 (0.040). Before the detectors were compiled and the acknowledgements written at once: drain
-2,093 and drain_light 8,218 on an idle machine.
+2,093 and drain_light 8,218 on an idle machine. After a batch's detections were published at
+once and the period searches made together (docs/adr/0047-anomaly-stream-throughput.md),
+three runs alternating with the code before, load 5 to 10: drain 5,346 against 4,492 (medians;
+more in each pair), stream 2,062 against 1,910; the spread between runs of one code is larger
+than that, so the ADR also gives CPU time per point (the service 85 us against 93).
 
 Small-request workload (`--workload small`): N concurrent clients (`--clients 16,64`), each
 sending `ScorePoints` requests of `--small-points` (2) points in a loop for `--small-seconds`,

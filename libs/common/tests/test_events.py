@@ -314,6 +314,25 @@ async def test_publish_gives_up_with_unavailable(bus: EventBus) -> None:
         await bus.publish(f"nowhere.{uuid.uuid4().hex}", anomaly("p"), timeout_s=0.2, retries=1)
 
 
+async def test_publish_many_stores_each_event_once_and_says_which_failed(
+    bus: EventBus, subject: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("nexus.common.events._publish.publish_backoff_s", lambda attempt: 0.01)
+    events = [(anomaly(f"p{i}"), f"id-{uuid.uuid4().hex}") for i in range(50)]
+    assert await bus.publish_many(subject, events) == [None] * 50
+    assert await bus.publish_many(subject, events[:10]) == [None] * 10  # again: stored once
+    info = await bus.js.stream_info(STREAM.name, subjects_filter=subject)
+    assert info.state.subjects == {subject: 50}
+    seen = Recorder()
+    consumer = await consume(bus, subject, seen)
+    await eventually(lambda: len(seen.ids) == 50, timeout_s=10)
+    await consumer.stop()
+    assert seen.ids == [event_id for _, event_id in events]  # in order
+    nowhere = f"nowhere.{uuid.uuid4().hex}"  # no stream takes it: every one fails, none raises
+    outcomes = await bus.publish_many(nowhere, events[:3], timeout_s=0.2, retries=1)
+    assert [type(outcome) for outcome in outcomes] == [Unavailable] * 3
+
+
 async def test_consume_on_missing_stream_is_a_failed_precondition(bus: EventBus) -> None:
     with pytest.raises(FailedPrecondition, match="does not exist"):
         await bus.consume(

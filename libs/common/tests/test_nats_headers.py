@@ -7,6 +7,7 @@ import random
 import pytest
 from nats.aio.client import Client
 
+from nexus.common import nats as nexus_nats
 from nexus.common.nats import NexusClient
 
 ENVELOPE = (
@@ -44,3 +45,10 @@ def test_random_header_blocks_parse_as_nats_py_parses_them() -> None:
         raw = b"".join(rng.choice(PIECES) for _ in range(rng.randint(0, 24)))
         for block in (raw, raw + b"\r\n\r\n", b"k: " + raw + b"\r\nj: v\r\n\r\n"):
             assert NexusClient._parse_header_lines(block) == Client._parse_header_lines(block)
+
+
+def test_the_names_remembered_are_bounded() -> None:
+    for i in range(2 * nexus_nats._KEYS_LIMIT):
+        block = f"name-{i}: v\r\nbad name {i}: w\r\n".encode()
+        assert NexusClient._parse_header_lines(block) == Client._parse_header_lines(block)
+    assert len(nexus_nats._KEYS) == nexus_nats._KEYS_LIMIT

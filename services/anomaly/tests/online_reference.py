@@ -13,7 +13,8 @@ import numpy as np
 
 from nexus.anomaly.detectors._types import FloatArray, Params
 from nexus.anomaly.detectors.online import ContextNovelty, ExtremeTails, OnlineDetector, State
-from nexus.anomaly.detectors.online._base import MAX_STATE_BYTES
+from nexus.anomaly.detectors.online._base import MAX_STATE_BYTES, Periods, Searches
+from nexus.anomaly.detectors.online._periods import MIN_AUTOCORRELATION, PEAK_SHARE
 from nexus.anomaly.detectors.online._tails import (
     _ABS_FLOOR,
     _REL_FLOOR,
@@ -22,7 +23,6 @@ from nexus.anomaly.detectors.online._tails import (
     PERIODS_BACK,
     RESIDUAL_PERIODS,
     SPREAD_SPAN,
-    dominant_period,
 )
 from nexus.common.errors import InvalidArgument
 
@@ -153,8 +153,11 @@ class ReferenceTails(ExtremeTails):
                 self._size, max(self._learning, RESIDUAL_PERIODS * period), self._share
             )
 
-    def update_many(self, values: FloatArray) -> FloatArray:
-        return OnlineDetector.update_many(self, values)
+    def update_many(self, values: FloatArray, periods: Periods | None = None) -> FloatArray:
+        return OnlineDetector.update_many(self, values)  # it searches itself, one at a time
+
+    def period_searches(self, values: FloatArray) -> Searches:
+        return OnlineDetector.period_searches(self, values)
 
     def get_state(self) -> State:
         return {
@@ -348,7 +351,7 @@ class ReferenceContext(ContextNovelty):
             merged[new] = merged.pop(new, 0) + count
         self._memory = merged
 
-    def update_many(self, values: FloatArray) -> FloatArray:
+    def update_many(self, values: FloatArray, periods: Periods | None = None) -> FloatArray:
         return OnlineDetector.update_many(self, values)
 
     # -- state -------------------------------------------------------------------------------
@@ -402,3 +405,32 @@ class ReferenceContext(ContextNovelty):
         self._runs, self._level, self._run, self._since_check = runs, level, run, since
         self._recent = deque(recent, maxlen=self._learning)
         self._memory = memory
+
+
+def dominant_period(values: np.ndarray) -> int:
+    """The period search as first written, one window at a time (the service makes a batch's
+    searches together: `_periods.dominant_periods`)."""
+    x = values - values.mean()
+    n = len(x)
+    energy = float(x @ x)
+    if n < 8 or energy <= 0.0:
+        return 0
+    spectrum = np.fft.rfft(x, 2 * n)
+    lags = np.arange(n // 3)
+    # per overlapping pair, so that the falling overlap does not pull peaks to shorter lags
+    autocorrelation = (
+        np.fft.irfft(spectrum * np.conj(spectrum))[: n // 3] * n / ((n - lags) * energy)
+    )
+    negative = np.flatnonzero(autocorrelation < 0)
+    if not len(negative) or negative[0] >= len(autocorrelation) - 1:
+        return 0
+    start = max(2, int(negative[0]))
+    tail = autocorrelation[start:]
+    if tail.max() < MIN_AUTOCORRELATION:
+        return 0
+    # the shortest lag that is a local peak nearly as high as the highest: a period, not a multiple
+    near = np.flatnonzero(tail >= PEAK_SHARE * tail.max())
+    lag = start + int(near[0])
+    while lag + 1 < len(autocorrelation) and autocorrelation[lag + 1] > autocorrelation[lag]:
+        lag += 1
+    return lag

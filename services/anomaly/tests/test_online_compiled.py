@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from online_reference import ReferenceContext, ReferenceTails
+from online_reference import ReferenceContext, ReferenceTails, dominant_period
 
 from nexus.anomaly.detectors.online import (
     ContextNovelty,
@@ -18,6 +18,7 @@ from nexus.anomaly.detectors.online import (
     SourceDetector,
     TailsAndContext,
 )
+from nexus.anomaly.detectors.online._periods import dominant_periods
 
 N = 5000
 
@@ -120,3 +121,21 @@ def test_a_source_detector_gives_the_verdicts_of_points_one_at_a_time() -> None:
     for start in range(0, len(points), 1024):
         got += batched.update_many(points[start : start + 1024])
     assert got == expected
+
+
+def test_period_searches_made_together_find_what_each_alone_finds() -> None:
+    rng = np.random.default_rng(11)
+    windows = [
+        SERIES[name][start : start + length]
+        for name in SERIES
+        for start, length in ((0, 2000), (1000, 2000), (17, 300), (0, 7), (5, 9), (3, 2000))
+    ] + [np.full(100, 2.0), rng.normal(size=2000), 1e150 * rng.normal(size=2000)]
+    t = np.arange(2000)
+    windows += [
+        np.sin(2 * np.pi * t[:n] / p) + 0.1 * rng.normal(size=n)
+        for p in (24, 150)
+        for n in (2000, 500)
+    ]
+    found = dominant_periods(windows)
+    assert found.tolist() == [dominant_period(window) for window in windows]
+    assert len(set(found.tolist())) > 3  # several periods found, in windows of several lengths

@@ -18,7 +18,7 @@ from nexus.anomaly.detectors.online import (
     encode_state,
     online_factory,
 )
-from nexus.anomaly.detectors.online._tails import dominant_period
+from nexus.anomaly.detectors.online._periods import dominant_period
 from nexus.anomaly.evaluation import suppressed_flags
 from nexus.common.errors import InvalidArgument
 

@@ -77,11 +77,26 @@ class NexusClient(Client):
             name, sep, value = line.partition(":")
             if not sep:
                 continue
-            key = name.strip(_BYTES_WHITESPACE)
-            if not key.isascii() or _WHITESPACE.search(key):
-                continue  # as nats-py: a name not ASCII, or with whitespace inside, is skipped
-            out[key] = value.strip(_BYTES_WHITESPACE)
+            key = _KEYS.get(name) or _header_key(name)  # a skipped or empty name: checked again
+            if key is not None:
+                out[key] = value.strip(_BYTES_WHITESPACE)
         return out
+
+
+_KEYS: dict[str, str | None] = {}
+"""Header names as they came, to what `_header_key` made of them: messages of a stream carry the
+same few names, and a lookup is cheaper than the checks (bounded: names come from the network)."""
+_KEYS_LIMIT = 1024
+
+
+def _header_key(name: str) -> str | None:
+    """The header name as nats-py reads it, None when it skips the header (a name not ASCII, or
+    with whitespace inside); remembered while `_KEYS` has room."""
+    stripped = name.strip(_BYTES_WHITESPACE)
+    key = stripped if stripped.isascii() and not _WHITESPACE.search(stripped) else None
+    if len(_KEYS) < _KEYS_LIMIT:
+        _KEYS[name] = key
+    return key
 
 
 async def connect(settings: NexusSettings, name: str, *, on_state: OnState | None = None) -> Client:

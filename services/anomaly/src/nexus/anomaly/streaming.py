@@ -247,30 +247,25 @@ class StreamProcessor:
         self, by_source: dict[str, list[Point]], found: Found, outcomes: Outcomes
     ) -> None:
         """Publishes the anomalies of every point still in good standing (its source's state
-        saved); a point whose anomaly could not be published gets that error as its outcome."""
-        points = [
-            point
+        saved), all at once; a point whose anomaly could not be published gets that error as
+        its outcome."""
+        sending = [
+            (point, detection)
             for points in by_source.values()
             for point in points
             if point.index in found and outcomes[point.index] is None
+            for detection in found[point.index]
         ]
-        sent = await asyncio.gather(
-            *(self._publish(point, found[point.index]) for point in points),
-            return_exceptions=True,
-        )
-        for point, result in zip(points, sent, strict=True):
-            if isinstance(result, Exception):
-                outcomes[point.index] = result
-            elif isinstance(result, BaseException):
-                raise result
-
-    async def _publish(self, point: Point, detections: list[Detection]) -> None:
-        for detection in detections:
-            await self._bus.publish(
-                DETECTED_SUBJECT,
-                _anomaly(point, detection),
-                event_id=f"{point.event.id}.{detection.detector}.{detection.version}",
-            )
+        if not sending:
+            return
+        events = [
+            (_anomaly(point, d), f"{point.event.id}.{d.detector}.{d.version}")
+            for point, d in sending
+        ]
+        sent = await self._bus.publish_many(DETECTED_SUBJECT, events)
+        for (point, _), error in zip(sending, sent, strict=True):
+            if error is not None and outcomes[point.index] is None:
+                outcomes[point.index] = error
 
     async def watch(self, source: str) -> AsyncIterator[AnomalyDetected]:
         """Anomalies as they are published (of one source, or all when empty)."""

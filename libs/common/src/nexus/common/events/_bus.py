@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 from google.protobuf.message import Message
@@ -17,7 +19,7 @@ from nexus.common.errors import FailedPrecondition, Unavailable
 from nexus.common.events._consumer import BatchHandler, Consumer, Handler
 from nexus.common.events._envelope import M, build_headers, new_event_id
 from nexus.common.events._follower import WatchConsumer
-from nexus.common.events._publish import publish_retrying
+from nexus.common.events._publish import RETRYABLE, publish_retrying
 from nexus.common.events._streams import Stream, ensure_stream
 from nexus.common.events._work import BatchWorkConsumer, WorkConsumer
 
@@ -104,6 +106,69 @@ class EventBus:
                 self._js, subject, payload, headers, timeout_s=timeout_s, retries=retries
             )
         return event_id
+
+    async def publish_many(
+        self,
+        subject: str,
+        events: Sequence[tuple[Message, str]],
+        *,
+        timeout_s: float = 5.0,
+        retries: int = 6,
+    ) -> list[Exception | None]:
+        """Publishes `(message, event_id)` pairs as `publish` would, all written before any
+        acknowledgement is awaited (one span for them all); each one's outcome: None once
+        JetStream stored it, else the `Unavailable` that `publish` would have raised.
+
+        `publish` awaits each acknowledgement with a timer and a span of its own, which was
+        the largest cost of a batch of detections on the anomaly stream
+        (docs/adr/0047-anomaly-stream-throughput.md). What was not acknowledged within
+        `timeout_s` (a lost write, a restarting server) is published again through `publish`'s
+        retries: the event id makes JetStream store it once.
+        """
+        attributes: dict[str, str | int] = {
+            "messaging.system": "nats",
+            "messaging.batch.message_count": len(events),
+        }
+        with _tracer.start_as_current_span(
+            f"publish {subject}", kind=trace.SpanKind.PRODUCER, attributes=attributes
+        ):
+            sent = [await self._publish_async(subject, m, i) for m, i in events]
+            again = await _unacknowledged(sent, timeout_s)
+            retried = await asyncio.gather(
+                *(
+                    self.publish(
+                        subject,
+                        events[i][0],
+                        event_id=events[i][1],
+                        timeout_s=timeout_s,
+                        retries=retries,
+                    )
+                    for i in again
+                ),
+                return_exceptions=True,
+            )
+        outcomes: list[Exception | None] = [None] * len(events)
+        for index, result in zip(again, retried, strict=True):
+            if isinstance(result, Exception):
+                outcomes[index] = result
+            elif isinstance(result, BaseException):
+                raise result
+        return outcomes
+
+    async def _publish_async(
+        self, subject: str, message: Message, event_id: str
+    ) -> asyncio.Future[api.PubAck] | None:
+        """Writes one event without awaiting its acknowledgement; None when it could not even
+        be written (it is then published again the slow way)."""
+        headers = build_headers(message, event_id=event_id, source=self._source, subject_hint=None)
+        propagate.inject(headers)
+        try:
+            return await self._js.publish_async(
+                subject, message.SerializeToString(), headers=headers
+            )
+        except (NatsError, *RETRYABLE) as err:
+            log.debug("async publish to %s failed (%r); publishing again", subject, err)
+            return None
 
     async def consume(
         self,
@@ -274,3 +339,28 @@ async def _started(consumer: Consumer, stream: str) -> Consumer:
     except (NatsError, TimeoutError) as err:
         raise Unavailable(f"cannot create a consumer on stream {stream}: {err!r}") from err
     return consumer
+
+
+async def _unacknowledged(
+    sent: Sequence[asyncio.Future[api.PubAck] | None], timeout_s: float
+) -> list[int]:
+    """Waits up to `timeout_s` for the acknowledgements of what was written (None: not even
+    written); the indexes of those that did not come, or came as errors (the rest cancelled)."""
+    pending = [future for future in sent if future is not None]
+    if pending:
+        try:
+            await asyncio.wait(pending, timeout=timeout_s)
+        except asyncio.CancelledError:  # nobody will wait for them: free their slots now
+            for waiting in pending:
+                waiting.cancel()
+            raise
+    missing = []
+    for index, future in enumerate(sent):
+        if future is None or future.cancelled():
+            missing.append(index)
+        elif not future.done():
+            future.cancel()
+            missing.append(index)
+        elif future.exception() is not None:
+            missing.append(index)
+    return missing

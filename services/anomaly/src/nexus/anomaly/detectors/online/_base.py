@@ -25,12 +25,19 @@ import numpy as np
 
 from nexus.anomaly.detectors._params import ParamSpec, parse_params
 from nexus.anomaly.detectors._types import FloatArray, Params, ParamValue
+from nexus.anomaly.detectors.online._periods import dominant_periods
 from nexus.common.errors import InvalidArgument
 
 VALUE_LIMIT = 1e150
 """Values are judged and learnt within this magnitude (a larger one as the limit: still the most
 extreme value a detector has seen), so that squares and sums over a window stay finite for any
 finite input."""
+
+Searches = tuple[np.ndarray, list[np.ndarray]]
+"""Period searches a detector makes over a series: after which values (indexes), and the
+window each one looks at."""
+Periods = tuple[np.ndarray, np.ndarray]
+"""The searches' results: after which values, and the period each found."""
 
 State = dict[str, np.ndarray]
 """A detector's whole state: names to arrays (scalars as 0-d arrays)."""
@@ -94,10 +101,16 @@ class OnlineDetector(ABC):
     def update(self, value: float) -> float:
         """The anomaly likelihood of `value` (finite) in [0, 1], before learning from it."""
 
-    def update_many(self, values: FloatArray) -> FloatArray:
+    def update_many(self, values: FloatArray, periods: Periods | None = None) -> FloatArray:
         """The likelihoods of `values` in order, each as `update` gives it (a kind whose state
-        steps faster through a series at once overrides this)."""
+        steps faster through a series at once overrides this). `periods`: what the searches
+        of `period_searches(values)` found, when the caller made them."""
         return np.array([self.update(value) for value in values.tolist()], dtype=np.float64)
+
+    def period_searches(self, values: FloatArray) -> Searches:
+        """The period searches `update_many(values)` makes (a source's detectors make theirs
+        together: `SourceDetector`); this kind makes none."""
+        return _NO_SEARCHES
 
     @abstractmethod
     def state_bound(self) -> int:
@@ -277,9 +290,11 @@ class SourceDetector:
         if rows.shape[1] != len(self._detectors):
             self._detectors = self._build(rows.shape[1])
         rows = np.clip(rows, -VALUE_LIMIT, VALUE_LIMIT)
+        columns = [np.ascontiguousarray(column) for column in rows.T]
+        periods = _search_periods(self._detectors, columns)
         scores = np.empty_like(rows)
-        for index, detector in enumerate(self._detectors):
-            scores[:, index] = detector.update_many(np.ascontiguousarray(rows[:, index]))
+        for index, (detector, column) in enumerate(zip(self._detectors, columns, strict=True)):
+            scores[:, index] = detector.update_many(column, periods[index])
         features = scores.argmax(axis=1)  # the first of the largest, as a running maximum
         likelihoods = scores[np.arange(len(rows)), features]
         verdicts = []
@@ -328,6 +343,22 @@ class SourceDetector:
 _OWN_STATE = state_bytes(8, 8) + ARCHIVE_OVERHEAD
 """What a `SourceDetector`'s encoded state holds beside its detectors' states (`since_flag`,
 `width`, the archive's end)."""
+
+
+_NO_SEARCHES: Searches = (np.zeros(0, dtype=np.int64), [])
+
+
+def _search_periods(
+    detectors: Sequence[OnlineDetector], columns: Sequence[FloatArray]
+) -> list[Periods]:
+    """Every detector's period searches over its column, made together."""
+    searches = [d.period_searches(c) for d, c in zip(detectors, columns, strict=True)]
+    found = dominant_periods([window for _, windows in searches for window in windows])
+    periods, start = [], 0
+    for due, windows in searches:
+        periods.append((due, found[start : start + len(windows)]))
+        start += len(windows)
+    return periods
 
 
 def _flagging(threshold: float, suppress: int) -> tuple[float, int]:

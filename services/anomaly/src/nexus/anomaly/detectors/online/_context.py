@@ -43,7 +43,7 @@ import numpy as np
 
 from nexus.anomaly.detectors._params import ParamSpec, Parser, integer
 from nexus.anomaly.detectors._types import FloatArray, Params, ParamValue
-from nexus.anomaly.detectors.online._base import OnlineDetector, State, state_bytes
+from nexus.anomaly.detectors.online._base import OnlineDetector, Periods, State, state_bytes
 from nexus.anomaly.detectors.online._jit import compiled
 
 _RELATIVE_WIDTH_FLOOR = 1e-9
@@ -198,7 +198,7 @@ class ContextNovelty(OnlineDetector):
     def update(self, value: float) -> float:
         return float(self.update_many(np.array([value], dtype=np.float64))[0])
 
-    def update_many(self, values: FloatArray) -> FloatArray:
+    def update_many(self, values: FloatArray, periods: Periods | None = None) -> FloatArray:
         values = np.ascontiguousarray(values, dtype=np.float64)
         out = np.empty(len(values))
         done = 0

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from nexus.anomaly.detectors._types import FloatArray, Params, ParamValue
-from nexus.anomaly.detectors.online._base import OnlineDetector, State
+from nexus.anomaly.detectors.online._base import OnlineDetector, Periods, Searches, State
 from nexus.anomaly.detectors.online._context import ContextNovelty
 from nexus.anomaly.detectors.online._tails import ExtremeTails
 from nexus.common.errors import InvalidArgument
@@ -69,11 +69,14 @@ class TailsAndContext(OnlineDetector):
             normal *= 1.0 - member.update(value)
         return 1.0 - normal
 
-    def update_many(self, values: FloatArray) -> FloatArray:
+    def update_many(self, values: FloatArray, periods: Periods | None = None) -> FloatArray:
         normal = np.ones(len(values))
-        for member in self._members:
-            normal *= 1.0 - member.update_many(values)
+        for member in self._members:  # only `tails` searches for periods
+            normal *= 1.0 - member.update_many(values, periods)
         return 1.0 - normal
+
+    def period_searches(self, values: FloatArray) -> Searches:
+        return self._members[0].period_searches(values)  # `tails` (MEMBERS)
 
     def get_state(self) -> State:
         return {

@@ -31,8 +31,15 @@ import numpy as np
 
 from nexus.anomaly.detectors._params import ParamSpec, integer, number
 from nexus.anomaly.detectors._types import FloatArray, Params
-from nexus.anomaly.detectors.online._base import OnlineDetector, State, state_bytes
+from nexus.anomaly.detectors.online._base import (
+    OnlineDetector,
+    Periods,
+    Searches,
+    State,
+    state_bytes,
+)
 from nexus.anomaly.detectors.online._jit import compiled
+from nexus.anomaly.detectors.online._periods import dominant_periods
 
 SPREAD_SPAN = 12
 """Values over which the local spread is measured."""
@@ -41,12 +48,8 @@ RESIDUAL_PERIODS = 2
 """Periods the seasonal reference looks back (the median of their values)."""
 MIN_TAIL = 10
 """The fewest extreme views a tail is fitted on."""
-MIN_AUTOCORRELATION = 0.5
-"""A period is accepted when the autocorrelation at its lag reaches this."""
 PERIOD_TOLERANCE = 0.02
 """A period found within this share of the current one is the same period (kept, not relearnt)."""
-PEAK_SHARE = 0.9
-"""Peaks within this share of the highest compete, and the shortest lag wins (not a multiple)."""
 _REL_FLOOR = 1e-3  # of the window's span: the smallest excess scale and spread considered
 _ABS_FLOOR = 1e-12
 
@@ -99,29 +102,31 @@ class ExtremeTails(OnlineDetector):
     def update(self, value: float) -> float:
         return float(self.update_many(np.array([value], dtype=np.float64))[0])
 
-    def update_many(self, values: FloatArray) -> FloatArray:
+    def update_many(self, values: FloatArray, periods: Periods | None = None) -> FloatArray:
         values = np.ascontiguousarray(values, dtype=np.float64)
         out = np.empty(len(values))
-        due, periods = self._periods(values)
+        if periods is None:
+            due, windows = self.period_searches(values)
+            periods = due, dominant_periods(windows)
         _run(
             values, out, self._rings, self._sorted, self._meta, self._counters, self._bounds,
-            self._share, self._learning, due, periods, 2.0,
+            self._share, self._learning, periods[0], periods[1], 2.0,
         )  # fmt: skip
         return out
 
-    def _periods(self, values: FloatArray) -> tuple[np.ndarray, np.ndarray]:
-        """Where period searches fall among `values` (after which of them) and what each finds.
-        A search looks at the value window only, which holds the last values whatever else was
-        learnt, so a call's searches are all made first (holding the GIL once) and the compiled
-        loop, which releases it, goes through the whole series."""
+    def period_searches(self, values: FloatArray) -> Searches:
+        """Where period searches fall among `values` (after which of them) and the window each
+        looks at. A search looks at the value window only, which holds the last values whatever
+        else was learnt, so a call's searches are all made first (holding the GIL once, for
+        all of a source's values together: `dominant_periods`) and the compiled loop, which
+        releases it, goes through the whole series."""
         seen = int(self._counters[_SEEN]) + np.arange(1, len(values) + 1)
         due = np.flatnonzero((seen >= self._learning) & (seen % self._every == 0))
         if self._fixed_period or not len(due):
-            return due[:0], due[:0]
+            return due[:0], []
         history = np.concatenate((self._window(VALUE), values))
         ends = due + 1 + (len(history) - len(values))
-        periods = [dominant_period(history[max(0, end - self._size) : end]) for end in ends]
-        return due, np.array(periods, dtype=np.int64)
+        return due, [history[max(0, end - self._size) : end] for end in ends.tolist()]
 
     def _window(self, view: int) -> FloatArray:
         """A view's window, oldest first."""
@@ -230,10 +235,10 @@ def _learn(
     size = rings.shape[1]
     s = ordered[view]
     n = meta[view, _COUNT]
-    p = _probability(s, n, x, share) if n >= meta[view, _LEARNING] else 1.0
+    position = _bisect_right(s, n, x)  # where `x` goes, which the probability needs too
+    p = _probability(s, n, x, position, share) if n >= meta[view, _LEARNING] else 1.0
     start = meta[view, _START]
     if n < size:
-        position = _bisect_right(s, n, x)
         s[position + 1 : n + 1] = s[position:n]  # numba copies an overlapping source first
         s[position] = x
         rings[view, (start + n) % size] = x
@@ -244,7 +249,6 @@ def _learn(
     rings[view, start] = x
     meta[view, _START] = (start + 1) % size
     gone = _bisect_left(s, n, oldest)
-    position = _bisect_right(s, n, x)
     if position <= gone:
         s[position + 1 : gone + 1] = s[position:gone]
         s[position] = x
@@ -255,7 +259,11 @@ def _learn(
 
 
 @compiled
-def _probability(s: FloatArray, n: int, x: float, share: float) -> float:  # pragma: no cover
+def _probability(
+    s: FloatArray, n: int, x: float, right: int, share: float
+) -> float:  # pragma: no cover - compiled
+    """The two-sided tail probability of `x` against the sorted `s[:n]`; `right` is
+    `_bisect_right(s, n, x)`."""
     k = max(MIN_TAIL, int(share * n))
     floor = max(_REL_FLOOR * (s[n - 1] - s[0]), _ABS_FLOOR * max(abs(s[n - 1]), abs(s[0])), 1e-300)
     upper, lower = s[n - k], s[k - 1]
@@ -272,9 +280,9 @@ def _probability(s: FloatArray, n: int, x: float, share: float) -> float:  # pra
             total += s[j]
         scale = max(lower - total / k, floor)
         fitted = (k / n) * math.exp(-(lower - x) / scale)
-        p = max(fitted, _bisect_right(s, n, x) / n)
+        p = max(fitted, right / n)
     else:
-        p = min(n - _bisect_left(s, n, x), _bisect_right(s, n, x)) / n
+        p = min(n - _bisect_left(s, n, x), right) / n
     return min(1.0, 2.0 * p)
 
 
@@ -316,13 +324,19 @@ def _log_spread(
     `square` is 2.0, given at run time: Python squares with the C library's pow, which is not
     always x * x, and a constant exponent would be compiled into a multiplication."""
     span = min(SPREAD_SPAN, meta[VALUE, _COUNT])
+    latest = (meta[VALUE, _START] + meta[VALUE, _COUNT] - 1) % size
+    values = rings[VALUE]
     total = 0.0
-    for steps in range(1, span + 1):  # the latest first, as the sums always went
-        total += _back(rings, meta, steps, size)
+    at = latest
+    for _ in range(span):  # the latest first, as the sums always went
+        total += values[at]
+        at = at - 1 if at else size - 1  # a step back in the ring, without a division
     mean = total / span
     squares = 0.0
-    for steps in range(1, span + 1):
-        squares += math.pow(_back(rings, meta, steps, size) - mean, square)
+    at = latest
+    for _ in range(span):
+        squares += math.pow(values[at] - mean, square)
+        at = at - 1 if at else size - 1
     deviation = math.sqrt(squares / span)
     return math.log(deviation + _REL_FLOOR * (bounds[_HIGH] - bounds[_LOW]) + _ABS_FLOOR)
 
@@ -355,32 +369,3 @@ def _seasonal_residual(
         found += 1
     median = first if found == 1 else second  # the middle one of three, the upper of two
     return value - median
-
-
-def dominant_period(values: np.ndarray) -> int:
-    """The lag of the autocorrelation's first near-highest peak after it first turns negative,
-    if it reaches MIN_AUTOCORRELATION; else 0 (no clear period)."""
-    x = values - values.mean()
-    n = len(x)
-    energy = float(x @ x)
-    if n < 8 or energy <= 0.0:
-        return 0
-    spectrum = np.fft.rfft(x, 2 * n)
-    lags = np.arange(n // 3)
-    # per overlapping pair, so that the falling overlap does not pull peaks to shorter lags
-    autocorrelation = (
-        np.fft.irfft(spectrum * np.conj(spectrum))[: n // 3] * n / ((n - lags) * energy)
-    )
-    negative = np.flatnonzero(autocorrelation < 0)
-    if not len(negative) or negative[0] >= len(autocorrelation) - 1:
-        return 0
-    start = max(2, int(negative[0]))
-    tail = autocorrelation[start:]
-    if tail.max() < MIN_AUTOCORRELATION:
-        return 0
-    # the shortest lag that is a local peak nearly as high as the highest: a period, not a multiple
-    near = np.flatnonzero(tail >= PEAK_SHARE * tail.max())
-    lag = start + int(near[0])
-    while lag + 1 < len(autocorrelation) and autocorrelation[lag + 1] > autocorrelation[lag]:
-        lag += 1
-    return lag
