@@ -13,7 +13,7 @@ import pandas as pd
 
 from nexus.common.errors import InvalidArgument, NotFound
 from nexus.common.runtime import Model, ModelSource
-from nexus.forecast.forecasting import FittedSeries, FittedSet, Forecast, GlobalModel, ModelKind
+from nexus.forecast.forecasting import FittedSeries, FittedSet, Forecast, ModelKind, SharedModel
 
 FRAMEWORK = "nexus-forecast"
 """The registry framework of the fitted sets the service registers."""
@@ -37,7 +37,7 @@ class ServedSet(Model[Request, list[Result]]):
         self._cache_size = cache_size
         self._set: FittedSet | None = None
         self._unpacked: OrderedDict[str, FittedSeries] = OrderedDict()
-        self._shared: dict[str, GlobalModel] = {}
+        self._shared: dict[str, SharedModel] = {}
         self._lock = threading.Lock()
 
     async def load(self) -> None:
@@ -81,7 +81,7 @@ class ServedSet(Model[Request, list[Result]]):
                 self._unpacked.popitem(last=False)
         return unpacked
 
-    def shared(self, key: str) -> GlobalModel:
+    def shared(self, key: str) -> SharedModel:
         """A global model of the set, unpacked on first use (blocking)."""
         with self._lock:
             if (found := self._shared.get(key)) is not None:

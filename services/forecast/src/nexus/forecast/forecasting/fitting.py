@@ -10,7 +10,7 @@ import zlib
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 import numpy as np
@@ -28,8 +28,15 @@ from nexus.forecast.forecasting.backtest import (
 from nexus.forecast.forecasting.learners import GlobalModel
 from nexus.forecast.forecasting.metrics import Errors, average
 from nexus.forecast.forecasting.models import GLOBAL, USES_EXOGENOUS, ModelKind
+from nexus.forecast.forecasting.neural import NeuralModel
 from nexus.forecast.forecasting.predicting import Forecast, fit, predict
 from nexus.forecast.forecasting.series import Prepared
+
+if TYPE_CHECKING:
+    from nexus.forecast.forecasting.prophet_model import ProphetOptions
+
+SharedModel = GlobalModel | NeuralModel
+"""A model several series of a set forecast with."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ class FittedSeries:
         levels: Sequence[float],
         future: Mapping[str, np.ndarray],
         where: str,
-        shared: GlobalModel | None = None,
+        shared: SharedModel | None = None,
     ) -> tuple[pd.DatetimeIndex, Forecast]:
         """The next `horizon` steps (blocking); `shared`: the global model named by `shared`.
 
@@ -85,7 +92,7 @@ class FittedSet:
         """Packs one series' model."""
         self.packed[fitted.series_id] = zlib.compress(pickle.dumps(fitted), 1)
 
-    def add_shared(self, key: str, model: GlobalModel) -> None:
+    def add_shared(self, key: str, model: SharedModel) -> None:
         """Packs a global model (cloudpickle: mlforecast's Box-Cox keeps a lambda; plain pickle
         reads the bytes back)."""
         self.shared[key] = zlib.compress(cloudpickle.dumps(model), 1)
@@ -96,10 +103,10 @@ class FittedSet:
         assert isinstance(obj, FittedSeries)
         return obj
 
-    def unpack_shared(self, key: str) -> GlobalModel:
+    def unpack_shared(self, key: str) -> SharedModel:
         """A global model. Safe: the packed bytes come from the set's signed artifact."""
         obj = pickle.loads(zlib.decompress(self.shared[key]))
-        assert isinstance(obj, GlobalModel)
+        assert isinstance(obj, GlobalModel | NeuralModel)
         return obj
 
 
@@ -136,7 +143,7 @@ def choose_and_fit(
         choice = backtest(series, kinds, plan, known)
     else:
         choice = _only(series, kinds, plan, known)
-    return choice, fit_series(series, choice.model, plan.horizon)
+    return choice, fit_series(series, choice.model, plan.horizon, plan.prophet)
 
 
 def _only(
@@ -160,9 +167,11 @@ def shared_key(kind: ModelKind, group: learners.Group) -> str:
     return f"{kind.value}/{group.frequency}/{seasons}"
 
 
-def fit_series(series: Prepared, kind: ModelKind, horizon: int = 0) -> FittedSeries:
-    """`kind` fitted on all of the series; for a global model, a reference to the shared model
-    its group gets (`fit_globals`).
+def fit_series(
+    series: Prepared, kind: ModelKind, horizon: int = 0, prophet: ProphetOptions | None = None
+) -> FittedSeries:
+    """`kind` fitted on all of the series (Prophet with `prophet`); for a global model, a
+    reference to the shared model its group gets (`fit_globals`).
 
     Raises:
         InvalidArgument: The series is too short for the model.
@@ -172,7 +181,8 @@ def fit_series(series: Prepared, kind: ModelKind, horizon: int = 0) -> FittedSer
         key = shared_key(kind, learners.group_of(series))
         return FittedSeries(series.id, kind, None, series.last, series.frequency, (), key)
     uses = kind in USES_EXOGENOUS and series.x is not None
-    model = fit(kind, series.seasons, series.y, series.x if uses else None)
+    dates = series.grid(len(series.y))
+    model = fit(kind, series.seasons, series.y, series.x if uses else None, dates, prophet)
     return FittedSeries(
         series.id,
         kind,
@@ -214,7 +224,7 @@ def fit_globals(
     wanted: Collection[str],
     horizon: int,
     params: Mapping[ModelKind, learners.Params] | None = None,
-) -> dict[str, GlobalModel]:
+) -> dict[str, SharedModel]:
     """The global models named by `wanted` (keys of `shared_key`), each fitted on every series
     of its group that has it among its candidates `kinds` (by id), with conformal intervals for
     `horizon` steps and learner parameters `params[kind]` over the defaults (blocking, CPU)."""
