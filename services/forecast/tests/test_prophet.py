@@ -131,6 +131,9 @@ def test_a_fitted_set_serves_prophet_with_its_regressor() -> None:
     with pytest.raises(InvalidArgument) as missing:
         one.forecast(14, (), {}, "futures[0]")
     assert missing.value.violations[0].field == "futures[0]"
+    alone = fit_series(series, ModelKind.PROPHET, 14, ProphetOptions(regressors=False))
+    assert alone.exogenous == ()
+    assert len(alone.forecast(14, (), {}, "futures[0]")[1].mean) == 14
 
 
 def _stamp(day: str) -> Timestamp:

@@ -58,6 +58,7 @@ from nexus.forecast.forecasting import (
     prepare,
     report,
     tuning,
+    uses_exogenous,
     window_forecasts,
 )
 from nexus.forecast.forecasting.prophet_model import ProphetOptions
@@ -588,8 +589,9 @@ def check_levels(levels: Sequence[float], where: str) -> None:
 
 def _forecast(series: Prepared, kind: ModelKind, job: Job) -> SeriesResult:
     horizon = job.horizon
+    names = series.exogenous if uses_exogenous(series, kind, job.prophet) else ()
     x_future = future_matrix(
-        series.exogenous, series.future, horizon, f"{series.field}.future_exogenous", kind
+        names, series.future, horizon, f"{series.field}.future_exogenous", kind
     )
     x = series.x if x_future is not None else None
     check_fit_length(series, kind)

@@ -23,6 +23,7 @@ from nexus.forecast.forecasting.fitting import (
     fit_series,
     future_matrix,
     report,
+    uses_exogenous,
 )
 from nexus.forecast.forecasting.learners import GlobalModel
 from nexus.forecast.forecasting.metrics import Errors, average, mase, mase_scale, smape
@@ -76,5 +77,6 @@ __all__ = [
     "prepare",
     "report",
     "smape",
+    "uses_exogenous",
     "window_forecasts",
 ]

@@ -180,7 +180,7 @@ def fit_series(
     if kind in GLOBAL:
         key = shared_key(kind, learners.group_of(series))
         return FittedSeries(series.id, kind, None, series.last, series.frequency, (), key)
-    uses = kind in USES_EXOGENOUS and series.x is not None
+    uses = uses_exogenous(series, kind, prophet)
     dates = series.grid(len(series.y))
     model = fit(kind, series.seasons, series.y, series.x if uses else None, dates, prophet)
     return FittedSeries(
@@ -191,6 +191,14 @@ def fit_series(
         series.frequency,
         series.exogenous if uses else (),
     )
+
+
+def uses_exogenous(series: Prepared, kind: ModelKind, prophet: ProphetOptions | None) -> bool:
+    """Whether `kind` is fitted on the series' exogenous columns (Prophet: unless its options
+    leave them out)."""
+    if kind is ModelKind.PROPHET and prophet is not None and not prophet.regressors:
+        return False
+    return kind in USES_EXOGENOUS and series.x is not None
 
 
 def future_matrix(

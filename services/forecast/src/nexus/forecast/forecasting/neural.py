@@ -6,7 +6,9 @@ windows of history: the last `input_size` values in, the next `horizon` values o
 series of any level and scale train one network; both networks add a linear map of the window to
 their output (a shortcut that carries level and season from the first epoch).
 
-- LSTM: an LSTM (one layer by default) over the window, the last state to the horizon.
+- LSTM: a two-layer LSTM over the window's patches (about 16 steps of several
+  values: a recurrent pass over a week of hours one by one learned slowly), its last state to
+  the horizon.
 - Transformer: the window cut into patches (about 16 tokens), each embedded with its position,
   a Transformer encoder over them, all tokens to the horizon.
 
@@ -52,16 +54,16 @@ SEED = 0
 Params = Mapping[str, float]
 DEFAULTS: dict[ModelKind, dict[str, float]] = {
     ModelKind.LSTM: {
-        "epochs": 20,
-        "max_seconds": 60,
+        "epochs": 60,
+        "max_seconds": 300,
         "hidden_size": 64,
         "layers": 2,
         "learning_rate": 0.003,
         "batch_size": 128,
     },
     ModelKind.TRANSFORMER: {
-        "epochs": 20,
-        "max_seconds": 60,
+        "epochs": 60,
+        "max_seconds": 300,
         "hidden_size": 32,
         "layers": 2,
         "learning_rate": 0.001,
@@ -106,7 +108,7 @@ def check_params(kind: ModelKind, params: Params, where: str) -> None:
         low = 1.0 if name in INTEGER else 0.0
         if not (low <= value <= MAXIMA[name] and value > 0):  # NaN fails too
             raise InvalidArgument.for_field(
-                where, f"{name} {value} is out of range ({low:g} to {MAXIMA[name]:g})"
+                where, f"{name} {value:g} is out of range ({low:g} to {MAXIMA[name]:g})"
             )
 
 
@@ -117,8 +119,10 @@ def parameters(kind: ModelKind, params: Params | None = None) -> dict[str, float
 
 
 def input_size(seasons: tuple[int, ...], horizon: int) -> int:
-    """Values a window shows the network: two seasons or two horizons, within bounds."""
-    return int(min(MAX_INPUT, max(2 * max(seasons[0], 1), 2 * horizon, MIN_INPUT)))
+    """Values a window shows the network: two seasons, two horizons or the longest
+    seasonality, within bounds (M4 Hourly: a week of hours, OWA 0.560 against 0.685 with four
+    days, ADR 0043)."""
+    return int(min(MAX_INPUT, max(2 * max(seasons[0], 1), 2 * horizon, max(seasons), MIN_INPUT)))
 
 
 def min_length(seasons: tuple[int, ...], horizon: int) -> int:
@@ -127,29 +131,41 @@ def min_length(seasons: tuple[int, ...], horizon: int) -> int:
     return input_size(seasons, horizon) + h + CALIBRATION_HORIZONS * h
 
 
-class LSTMNet(nn.Module):
-    """An LSTM over the window, its last state to the horizon, plus a linear shortcut."""
+class _Patched(nn.Module):
+    """The window cut into about TOKENS patches (the first value repeated in front to fill)."""
 
-    def __init__(self, inputs: int, outputs: int, hidden: int, layers: int) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(1, hidden, num_layers=layers, batch_first=True)
-        self.head = nn.Linear(hidden, outputs)
-        self.skip = nn.Linear(inputs, outputs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(x.unsqueeze(-1))
-        return self.head(out[:, -1]) + self.skip(x)  # type: ignore[no-any-return]
-
-
-class TransformerNet(nn.Module):
-    """Patches of the window through a Transformer encoder to the horizon, plus a linear
-    shortcut."""
-
-    def __init__(self, inputs: int, outputs: int, hidden: int, layers: int) -> None:
+    def __init__(self, inputs: int) -> None:
         super().__init__()
         self.patch = math.ceil(inputs / TOKENS)
         self.tokens = math.ceil(inputs / self.patch)
         self.pad = self.tokens * self.patch - inputs
+
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        padded = torch.cat([x[:, :1].expand(-1, self.pad), x], dim=1)
+        return padded.reshape(len(x), self.tokens, self.patch)
+
+
+class LSTMNet(_Patched):
+    """An LSTM over the window's patches, its last state to the horizon, plus a linear
+    shortcut."""
+
+    def __init__(self, inputs: int, outputs: int, hidden: int, layers: int) -> None:
+        super().__init__(inputs)
+        self.lstm = nn.LSTM(self.patch, hidden, num_layers=layers, batch_first=True)
+        self.head = nn.Linear(hidden, outputs)
+        self.skip = nn.Linear(inputs, outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.patches(x))
+        return self.head(out[:, -1]) + self.skip(x)  # type: ignore[no-any-return]
+
+
+class TransformerNet(_Patched):
+    """Patches of the window through a Transformer encoder to the horizon, plus a linear
+    shortcut."""
+
+    def __init__(self, inputs: int, outputs: int, hidden: int, layers: int) -> None:
+        super().__init__(inputs)
         width = max(HEADS, hidden - hidden % HEADS)
         self.embed = nn.Linear(self.patch, width)
         self.position = nn.Parameter(torch.zeros(self.tokens, width))
@@ -161,8 +177,7 @@ class TransformerNet(nn.Module):
         self.skip = nn.Linear(inputs, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padded = torch.cat([x[:, :1].expand(-1, self.pad), x], dim=1)
-        tokens = self.embed(padded.reshape(len(x), self.tokens, self.patch)) + self.position
+        tokens = self.embed(self.patches(x)) + self.position
         encoded = self.encoder(tokens)
         return self.head(encoded.flatten(1)) + self.skip(x)  # type: ignore[no-any-return]
 

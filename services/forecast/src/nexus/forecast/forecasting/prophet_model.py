@@ -25,7 +25,9 @@ logging.getLogger("prophet.plot").setLevel(logging.CRITICAL)  # "Importing plotl
 from prophet import Prophet  # noqa: E402  # after the logger above is quiet
 from prophet.make_holidays import make_holidays_df  # noqa: E402
 
-logging.getLogger("cmdstanpy").setLevel(logging.WARNING)  # a line per fit otherwise
+_stan = logging.getLogger("cmdstanpy")  # cmdstanpy sets INFO and its own handler unless one is set:
+_stan.addHandler(logging.NullHandler())  # two lines per fit otherwise; warnings still propagate
+_stan.setLevel(logging.WARNING)
 UNCERTAINTY_SAMPLES = 300
 SEED = 0
 MODES = ("additive", "multiplicative")
