@@ -6,20 +6,21 @@ seasonal naive error at lag 24) and OWA, the mean of both relative to the publis
 (18.383 / 2.395). The scorer is checked first: seasonal naive must give the published
 13.912 / 1.193. Each model goes through the service's own code (`nexus.forecast.forecasting`:
 the series put on its grid, the model fitted, forecast). The statistical models are fitted per
-series on --jobs worker processes (Prophet too, on its synthetic hourly timestamps); LightGBM and
-XGBoost are global (mlforecast), the LSTM and Transformer global networks: one model fitted
-across all series, in the main process (torch with the threads OMP_NUM_THREADS allows). "auto" is the per-series choice by a
+series on --jobs worker processes; LightGBM and XGBoost are global (mlforecast): one model
+fitted across all series, in the main process. "auto" is the per-series choice by a
 rolling-origin backtest (the service's default candidates, or --candidates): the global
 candidates backtested across series first, then the per-series candidates on the workers, then
 the global winners fitted once (with conformal calibration, as the service does).
 "statsforecast AutoARIMA" calls statsforecast directly in the same process, as the side-by-side
 baseline; it costs about 75 s a series on one core here, so --arima-series N runs it on the
 first N series only, and every model is then also scored on those N series beside it. Fit +
-predict time is wall time.
+predict time is wall time. Prophet runs per series on the workers (on the bench's synthetic
+hourly timestamps); the LSTM and the Transformer are global like LightGBM (torch with the
+threads OMP_NUM_THREADS allows it).
 
 Usage: python bench/forecast_m4.py [--models seasonal_naive,auto_theta,auto_ets,mstl,lightgbm,
-       xgboost,prophet,lstm,transformer,auto,statsforecast_auto_arima] [--series N] [--arima-series N] [--jobs N]
-       [--windows 2] [--candidates ...] [--data DIR]
+       xgboost,prophet,lstm,transformer,auto,statsforecast_auto_arima] [--series N]
+       [--arima-series N] [--jobs N] [--windows 2] [--candidates ...] [--data DIR]
 Writes bench/results/forecast_m4.json. Data: ../shared/data/forecasting/m4/ beside the
 repository (Hourly-train.csv, Hourly-test.csv, m4_published_point_scores_by_frequency.csv).
 """

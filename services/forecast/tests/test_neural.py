@@ -57,7 +57,7 @@ def test_a_network_learns_a_seasonal_ar_process_better_than_seasonal_naive(
 ) -> None:
     """12 series of a daily sine plus an AR(1) (phi 0.8), 12 steps past their end: seasonal naive
     carries a season-old AR state and two noises; the network should use the recent AR state
-    (MASE measured: 0.82 of seasonal naive's for both networks)."""
+    (MASE measured: 0.80 of seasonal naive's for the LSTM, 0.83 for the Transformer)."""
     rng = np.random.default_rng(4)
     horizon, length = 12, 300
     ys = [seasonal_ar(length + horizon, 24, rng, phi=0.8) for _ in range(12)]

@@ -19,8 +19,10 @@ from nexus.forecast.converters import fit_spec, prophet_of
 from nexus.forecast.forecasting import (
     FittedSet,
     ModelKind,
+    Plan,
     Series,
     SeriesOptions,
+    backtest,
     fit_series,
     forecast_once,
     prepare,
@@ -73,6 +75,26 @@ def test_prophet_recovers_a_changepoint_and_us_holidays() -> None:
     assert holiday.any()
     assert _mae(y, told) < 0.6 * _mae(y, plain)
     assert float(np.mean(told[holiday] - np.mean(told))) < -8
+
+
+def test_the_automatic_choice_picks_prophet_where_holidays_and_a_trend_made_the_series() -> None:
+    """Two years of a weekly season on a rising trend, minus 20 on US holidays; candidates
+    seasonal naive, AutoETS and Prophet told of US holidays: Prophet should win the backtest."""
+    rng = np.random.default_rng(4)
+    dates = pd.date_range(START, periods=730, freq="D")
+    us = holidays.country_holidays("US", years=range(2021, 2024))
+    effect = np.array([-20.0 if d.date() in us else 0.0 for d in dates])
+    t = np.arange(len(dates))
+    y = 100 + 0.1 * t + 4 * np.sin(2 * np.pi * t / 7) + effect + rng.normal(0, 1, len(t))
+    series = prepare(_daily(y), SeriesOptions(season_length=7), 0)
+    plan = Plan(horizon=60, windows=2, prophet=ProphetOptions(countries=("US",)))
+
+    choice = backtest(
+        series, (ModelKind.SEASONAL_NAIVE, ModelKind.AUTO_ETS, ModelKind.PROPHET), plan
+    )
+
+    assert choice.model is ModelKind.PROPHET
+    assert choice.margin_percent > 20
 
 
 def test_prophet_learns_custom_events_with_their_window() -> None:

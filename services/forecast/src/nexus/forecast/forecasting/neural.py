@@ -55,7 +55,7 @@ Params = Mapping[str, float]
 DEFAULTS: dict[ModelKind, dict[str, float]] = {
     ModelKind.LSTM: {
         "epochs": 60,
-        "max_seconds": 300,
+        "max_seconds": 900,
         "hidden_size": 64,
         "layers": 2,
         "learning_rate": 0.003,
@@ -63,7 +63,7 @@ DEFAULTS: dict[ModelKind, dict[str, float]] = {
     },
     ModelKind.TRANSFORMER: {
         "epochs": 60,
-        "max_seconds": 300,
+        "max_seconds": 900,
         "hidden_size": 32,
         "layers": 2,
         "learning_rate": 0.001,
