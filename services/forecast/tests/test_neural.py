@@ -6,11 +6,8 @@ bad parameters are refused."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
-import torch
 from forecast_testing import hourly, logistic_map, packed, seasonal_ar
 
 from nexus.api.forecast.v1 import forecast_service_pb2 as pb
@@ -34,16 +31,6 @@ from nexus.forecast.forecasting.neural import fit_global
 
 QUICK = {"epochs": 6.0, "hidden_size": 32.0, "batch_size": 64.0}
 """A short training: enough for these processes, seconds on one core."""
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread, as a service beside others would set: on a loaded 2-core machine
-    torch's default threads contend (a training measured 8x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _series(ys: list[np.ndarray], season: int, prefix: str = "s") -> list[Prepared]:

@@ -227,7 +227,11 @@ async def test_prophet_and_a_network_are_backtested_fitted_and_served(client: Cl
         horizon=6,
         models=[pb.MODEL_PROPHET, pb.MODEL_LSTM],
         backtest=pb.BacktestConfig(windows=2),
-        parameters=[pb.LearnerParameters(model=pb.MODEL_LSTM, values={"epochs": 3})],
+        parameters=[
+            pb.LearnerParameters(
+                model=pb.MODEL_LSTM, values={"epochs": 3, "hidden_size": 16, "layers": 1}
+            )
+        ],
         prophet=pb.ProphetOptions(countries=["US"], changepoint_prior_scale=0.1),
     )
     started = await client.forecast.StartFit(pb.StartFitRequest(fit=fit), metadata=client.metadata)
