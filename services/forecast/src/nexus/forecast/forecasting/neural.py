@@ -27,6 +27,7 @@ forecast window's standard deviation.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,8 @@ MAXIMA = {
 }
 INTEGER = frozenset({"epochs", "hidden_size", "layers", "batch_size"})
 _device = "auto"
+_SEEDED = threading.Lock()
+"""Held while a network's initial weights are drawn from torch's (global) seeded generator."""
 
 
 def use_device(name: str) -> None:
@@ -260,7 +263,7 @@ def fit_global(
     ys = {s.id: s.y[: lengths[s.id]] if lengths else s.y for s in series}
     config = {"inputs": inputs, "outputs": h, "hidden": int(p["hidden_size"])}
     config["layers"] = int(p["layers"])
-    with torch.random.fork_rng(devices=[]):
+    with _SEEDED, torch.random.fork_rng(devices=[]):  # one thread at a time: a global state
         torch.manual_seed(SEED)
         net = network(kind, config).to(device())
     trainer = _Trainer(net, p, inputs, h)

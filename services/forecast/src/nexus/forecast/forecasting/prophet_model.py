@@ -11,6 +11,7 @@ level: the same series and options give the same forecast.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +30,7 @@ _stan = logging.getLogger("cmdstanpy")  # cmdstanpy sets INFO and its own handle
 _stan.addHandler(logging.NullHandler())  # two lines per fit otherwise; warnings still propagate
 _stan.setLevel(logging.WARNING)
 UNCERTAINTY_SAMPLES = 300
+_SAMPLING = threading.Lock()
 SEED = 0
 MODES = ("additive", "multiplicative")
 MAX_CHANGEPOINTS = 200
@@ -227,12 +229,13 @@ def _predict(model: Any, future: pd.DataFrame, levels: Sequence[float]) -> Forec
         model.uncertainty_samples = samples_n
     if not levels:
         return Forecast(mean)
-    state = np.random.get_state()  # Prophet samples from numpy's global generator
-    try:
-        np.random.seed(SEED)
-        samples = model.predictive_samples(future)["yhat"]
-    finally:
-        np.random.set_state(state)
+    with _SAMPLING:  # Prophet samples from numpy's global generator: one draw at a time
+        state = np.random.get_state()
+        try:
+            np.random.seed(SEED)
+            samples = model.predictive_samples(future)["yhat"]
+        finally:
+            np.random.set_state(state)
     intervals = {
         level: (
             np.quantile(samples, (1 - level / 100) / 2, axis=1),
