@@ -14,11 +14,13 @@ the global winners fitted once (with conformal calibration, as the service does)
 "statsforecast AutoARIMA" calls statsforecast directly in the same process, as the side-by-side
 baseline; it costs about 75 s a series on one core here, so --arima-series N runs it on the
 first N series only, and every model is then also scored on those N series beside it. Fit +
-predict time is wall time.
+predict time is wall time. Prophet runs per series on the workers (on the bench's synthetic
+hourly timestamps); the LSTM and the Transformer are global like LightGBM (torch with the
+threads OMP_NUM_THREADS allows it).
 
 Usage: python bench/forecast_m4.py [--models seasonal_naive,auto_theta,auto_ets,mstl,lightgbm,
-       xgboost,auto,statsforecast_auto_arima] [--series N] [--arima-series N] [--jobs N]
-       [--windows 2] [--candidates ...] [--data DIR]
+       xgboost,prophet,lstm,transformer,auto,statsforecast_auto_arima] [--series N]
+       [--arima-series N] [--jobs N] [--windows 2] [--candidates ...] [--data DIR]
 Writes bench/results/forecast_m4.json. Data: ../shared/data/forecasting/m4/ beside the
 repository (Hourly-train.csv, Hourly-test.csv, m4_published_point_scores_by_frequency.csv).
 """
@@ -78,6 +80,9 @@ MODELS = [
     "mstl",
     "lightgbm",
     "xgboost",
+    "prophet",
+    "lstm",
+    "transformer",
     "auto",
     "statsforecast_auto_arima",
 ]
@@ -122,7 +127,9 @@ def forecast_service(work: Work) -> tuple[np.ndarray | None, str]:
     prepared = _prepared(series_id, y)
     if model != "auto":
         kind = ModelKind(model)
-        return forecast_once(kind, prepared.seasons, prepared.y, HORIZON, ()).mean, kind.value
+        dates = prepared.grid(len(prepared.y) + HORIZON)  # Prophet's
+        mean = forecast_once(kind, prepared.seasons, prepared.y, HORIZON, (), dates=dates).mean
+        return mean, kind.value
     plan = Plan(horizon=HORIZON, windows=windows)
     choice, fitted = choose_and_fit(prepared, kinds, plan, known)
     if fitted.shared:

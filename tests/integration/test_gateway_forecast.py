@@ -105,6 +105,40 @@ async def test_bad_input_is_a_400_naming_the_field(http: httpx.AsyncClient) -> N
     assert "20 missing values" in violations[0]["description"]
 
 
+async def test_prophet_settings_and_network_parameters_bind_from_json(
+    http: httpx.AsyncClient,
+) -> None:
+    prophet = {
+        "countries": ["US"],
+        "events": [{"name": "sale", "dates": ["2024-01-02T00:00:00Z"], "upperWindow": 1}],
+        "changepointPriorScale": 0.1,
+        "seasonalityMode": "SEASONALITY_MODE_MULTIPLICATIVE",
+    }
+    body = {
+        "data": {"series": [_series("a")]},
+        "horizon": 6,
+        "levels": [80],
+        "models": ["MODEL_PROPHET"],
+        "prophet": prophet,
+    }
+    reply = await http.post("/v1/forecast:forecast", json=body)
+    assert reply.status_code == 200, reply.text
+    (one,) = reply.json()["forecasts"]
+    assert (one["model"], len(one["mean"])) == ("MODEL_PROPHET", 6)
+
+    refused = await http.post(
+        "/v1/forecast:backtest",
+        json={
+            **body,
+            "prophet": {**prophet, "countries": ["XX"]},
+            "parameters": [{"model": "MODEL_TRANSFORMER", "values": {"epochs": 2}}],
+        },
+    )
+    assert refused.status_code == 400
+    violations = refused.json()["error"]["field_violations"]
+    assert violations[0]["field"] == "prophet.countries[0]"
+
+
 @pytest.mark.parametrize(
     ("fmt", "media_type"),
     [("CHART_FORMAT_PNG", "image/png"), ("CHART_FORMAT_SVG", "image/svg+xml")],

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
+import torch
 from forecast_testing import Client
 
 from nexus.common.server import ServiceHost
@@ -14,6 +15,16 @@ from nexus.common.testing.keys import make_key
 from nexus.common.testing.services import StartService
 from nexus.forecast.server import create
 from nexus.forecast.settings import ForecastSettings
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread, as a deployment beside other work sets with OMP_NUM_THREADS: on a loaded
+    2-core machine torch's default threads contend (a network's training measured 8x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -15,7 +16,7 @@ from nexus.api.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
 from nexus.api.models.v1 import model_registry_pb2_grpc as models_grpc
 from nexus.api.operations.v1 import operations_pb2 as ops_pb
 from nexus.api.operations.v1 import operations_pb2_grpc as ops_grpc
-from nexus.forecast.forecasting import Series
+from nexus.forecast.forecasting import FittedSeries, FittedSet, Series, SharedModel
 
 START = pd.Timestamp("2024-01-01")
 
@@ -97,3 +98,18 @@ def proto_series(
         stamp.FromNanoseconds(int(index[i].value))
         stamps.append(stamp)
     return pb.Series(id=series_id, timestamps=stamps, values=[float(values[i]) for i in keep])
+
+
+def packed(
+    horizon: int, fitted: Sequence[FittedSeries], models: Mapping[str, SharedModel]
+) -> FittedSet:
+    """A fitted set of these series and global models, through pickle and back (as the
+    registry stores it)."""
+    found = FittedSet(horizon)
+    for f in fitted:
+        found.add(f)
+    for key, model in models.items():
+        found.add_shared(key, model)
+    loaded = pickle.loads(pickle.dumps(found))
+    assert isinstance(loaded, FittedSet)
+    return loaded

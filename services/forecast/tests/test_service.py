@@ -214,6 +214,44 @@ async def test_lightgbm_is_chosen_fitted_across_series_and_served_from_the_regis
     assert "calibrated for 6 steps" in (beyond.value.details() or "")
 
 
+async def test_prophet_and_a_network_are_backtested_fitted_and_served(client: Client) -> None:
+    """Candidates Prophet (with US holidays) and the LSTM (a short training) through a fit: each
+    series gets one of them, the set serves them with intervals."""
+    rng = np.random.default_rng(7)
+    series = [proto_series(logistic_map(160, rng), f"m{i}") for i in range(2)]
+    series += [proto_series(seasonal_random_walk(160, 12, rng), f"s{i}") for i in range(2)]
+    name = unique()
+    fit = pb.FitRequest(
+        name=name,
+        data=_data(*series),
+        horizon=6,
+        models=[pb.MODEL_PROPHET, pb.MODEL_LSTM],
+        backtest=pb.BacktestConfig(windows=2),
+        parameters=[
+            pb.LearnerParameters(
+                model=pb.MODEL_LSTM, values={"epochs": 3, "hidden_size": 16, "layers": 1}
+            )
+        ],
+        prophet=pb.ProphetOptions(countries=["US"], changepoint_prior_scale=0.1),
+    )
+    started = await client.forecast.StartFit(pb.StartFitRequest(fit=fit), metadata=client.metadata)
+    done = (await watch(client, started.operation.name))[-1]
+    assert done.state == ops_pb.OPERATION_STATE_SUCCEEDED, done.error
+    result = pb.FitResponse()
+    assert done.response.Unpack(result)
+    assert {c.model for c in result.choices} <= {pb.MODEL_PROPHET, pb.MODEL_LSTM}
+    assert all(len(c.scores) == 2 for c in result.choices)
+    assert result.version.parameters["lstm_epochs"] == "3"
+
+    predicted = await client.forecast.Predict(
+        pb.PredictRequest(name=name, version="1", series_ids=["m0", "s1"], levels=[80]),
+        metadata=client.metadata,
+    )
+    for forecast in predicted.forecasts:
+        assert len(forecast.mean) == 6
+        assert all(lo <= m <= hi for lo, m, hi in zip(*_band(forecast), strict=True))
+
+
 def _band(forecast: pb.SeriesForecast) -> tuple[list[float], list[float], list[float]]:
     interval = forecast.intervals[0]
     return list(interval.lower), list(forecast.mean), list(interval.upper)
@@ -322,6 +360,37 @@ BAD = [
         "does not exist",
         grpc.StatusCode.NOT_FOUND,
         "",
+    ),
+    (  # an unknown country for Prophet's holidays
+        pb.ForecastRequest(
+            data=_data(proto_series(np.arange(30.0))),
+            horizon=2,
+            models=[pb.MODEL_PROPHET],
+            prophet=pb.ProphetOptions(countries=["XX"]),
+        ),
+        "unknown country 'XX'",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "prophet.countries[0]",
+    ),
+    (  # a custom event's window out of range
+        pb.ForecastRequest(
+            data=_data(proto_series(np.arange(30.0))),
+            horizon=2,
+            prophet=pb.ProphetOptions(events=[pb.ProphetEvent(name="e", upper_window=99)]),
+        ),
+        "99",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "prophet.events[0].upper_window",
+    ),
+    (  # a network's training budget over its limit
+        pb.ForecastRequest(
+            data=_data(proto_series(np.arange(30.0))),
+            horizon=2,
+            parameters=[pb.LearnerParameters(model=pb.MODEL_LSTM, values={"epochs": 5000})],
+        ),
+        "epochs 5000 is out of range",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "parameters[0].values",
     ),
     (  # a bad level
         pb.ForecastRequest(data=_data(proto_series(np.arange(30.0))), horizon=2, levels=[100]),

@@ -147,7 +147,7 @@ async def test_a_fit_takes_the_parameters_a_search_found(client: Client) -> None
         ({"max_depth": 3.0}, pb.MODEL_LIGHTGBM, "'max_depth'; known"),
         ({"num_leaves": 0.5}, pb.MODEL_LIGHTGBM, "out of range"),
         ({"learning_rate": float("nan")}, pb.MODEL_XGBOOST, "out of range"),
-        ({}, pb.MODEL_AUTO_ETS, "MODEL_LIGHTGBM or MODEL_XGBOOST"),
+        ({}, pb.MODEL_AUTO_ETS, "MODEL_LIGHTGBM, MODEL_XGBOOST, MODEL_LSTM or MODEL_TRANSFORMER"),
     ],
 )
 async def test_bad_learner_parameters_are_refused_at_the_start(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -31,8 +32,18 @@ from nexus.forecast.engine import (
     Tuned,
     TuneSpec,
 )
-from nexus.forecast.forecasting import Choice, Errors, ModelKind, Report, Series, SeriesOptions
+from nexus.forecast.forecasting import (
+    Choice,
+    Errors,
+    ModelKind,
+    Report,
+    Series,
+    SeriesOptions,
+    neural,
+)
 from nexus.forecast.forecasting.learners import DEFAULTS, INTEGER
+from nexus.forecast.forecasting.models import NEURAL
+from nexus.forecast.forecasting.prophet_model import Event, ProphetOptions, check
 from nexus.forecast.forecasting.tuning import TUNABLE
 
 MODELS = {
@@ -43,6 +54,9 @@ MODELS = {
     pb.MODEL_MSTL: ModelKind.MSTL,
     pb.MODEL_LIGHTGBM: ModelKind.LIGHTGBM,
     pb.MODEL_XGBOOST: ModelKind.XGBOOST,
+    pb.MODEL_PROPHET: ModelKind.PROPHET,
+    pb.MODEL_LSTM: ModelKind.LSTM,
+    pb.MODEL_TRANSFORMER: ModelKind.TRANSFORMER,
 }
 KINDS = {kind: value for value, kind in MODELS.items()}
 METRICS = {
@@ -77,9 +91,58 @@ def upload_format(request: pb.UploadDatasetRequest) -> Format:
 def job_of(
     request: pb.ForecastRequest | pb.BacktestRequest | pb.FitRequest | pb.RenderChartRequest,
 ) -> Job:
-    """The job a Forecast, Backtest, Fit or RenderChart request describes."""
+    """The job a Forecast, Backtest, Fit or RenderChart request describes (with the global
+    models' parameters and Prophet's settings where the request has them)."""
     models = models_of(request.models)
-    return _job(request.data, request.horizon, request.backtest, tuple(request.levels), models)
+    job = _job(request.data, request.horizon, request.backtest, tuple(request.levels), models)
+    if isinstance(request, pb.RenderChartRequest):
+        return job
+    return replace(
+        job, params=learner_params(request.parameters), prophet=prophet_of(request.prophet)
+    )
+
+
+SEASONALITY_MODES: dict[int, Literal["additive", "multiplicative"]] = {
+    pb.SEASONALITY_MODE_UNSPECIFIED: "additive",
+    pb.SEASONALITY_MODE_ADDITIVE: "additive",
+    pb.SEASONALITY_MODE_MULTIPLICATIVE: "multiplicative",
+}
+DEFAULT_PROPHET = ProphetOptions()
+
+
+def prophet_of(options: pb.ProphetOptions) -> ProphetOptions:
+    """Prophet's settings, checked (unset fields: Prophet's defaults).
+
+    Raises:
+        InvalidArgument: An unknown country or mode, a bad scale, an event without a name or
+            dates, naming the field under `prophet`.
+    """
+    if options.seasonality_mode not in SEASONALITY_MODES:
+        raise InvalidArgument.for_field(
+            "prophet.seasonality_mode", f"unknown mode {options.seasonality_mode}"
+        )
+    if not math.isfinite(options.changepoint_prior_scale):
+        raise InvalidArgument.for_field(
+            "prophet.changepoint_prior_scale", f"{options.changepoint_prior_scale} is not a number"
+        )
+    found = ProphetOptions(
+        countries=tuple(options.countries),
+        events=tuple(
+            Event(e.name, _dates(e.dates), e.lower_window, e.upper_window) for e in options.events
+        ),
+        changepoint_prior_scale=options.changepoint_prior_scale
+        or DEFAULT_PROPHET.changepoint_prior_scale,
+        n_changepoints=options.n_changepoints or DEFAULT_PROPHET.n_changepoints,
+        changepoints=_dates(options.changepoints),
+        seasonality_mode=SEASONALITY_MODES[options.seasonality_mode],
+        regressors=not options.ignore_exogenous,
+    )
+    check(found)
+    return found
+
+
+def _dates(timestamps: Sequence[Timestamp]) -> tuple[pd.Timestamp, ...]:
+    return tuple(_index(timestamps))
 
 
 def _job(
@@ -142,15 +205,20 @@ def tune_spec(request: pb.TuneRequest) -> TuneSpec:
 
 
 def learner_params(given: Sequence[pb.LearnerParameters]) -> dict[ModelKind, dict[str, float]]:
-    """Learner parameters by global model, checked: a tunable model once, known names, values
-    up to MAX_PARAMETER (counts at least 1, rates above 0)."""
+    """Learner parameters by global model, checked: a global model once, known names, values
+    up to MAX_PARAMETER (counts at least 1, rates above 0; the networks' own maxima)."""
     found: dict[ModelKind, dict[str, float]] = {}
     for i, entry in enumerate(given):
         kind = MODELS.get(entry.model)
-        if kind not in TUNABLE or kind in found:
+        if kind not in (*TUNABLE, *NEURAL) or kind in found:
             raise InvalidArgument.for_field(
-                f"parameters[{i}].model", "MODEL_LIGHTGBM or MODEL_XGBOOST, each once"
+                f"parameters[{i}].model",
+                "MODEL_LIGHTGBM, MODEL_XGBOOST, MODEL_LSTM or MODEL_TRANSFORMER, each once",
             )
+        if kind in NEURAL:
+            neural.check_params(kind, entry.values, f"parameters[{i}].values")
+            found[kind] = dict(entry.values)
+            continue
         for name, value in entry.values.items():
             if name not in DEFAULTS[kind]:
                 raise InvalidArgument.for_field(
@@ -179,7 +247,7 @@ def tuned_to_proto(tuned: Tuned) -> pb.TuneResponse:
 
 def fit_spec(request: pb.FitRequest) -> FitSpec:
     """A fit from its request; backtest coverage at 80 and 95 % unless levels are given."""
-    job = replace(job_of(request), params=learner_params(request.parameters))
+    job = job_of(request)
     if not job.levels:
         job = replace(job, levels=DEFAULT_LEVELS)
     return FitSpec(request.name, job, request.promote_to, request.description)

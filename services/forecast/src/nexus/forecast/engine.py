@@ -54,11 +54,14 @@ from nexus.forecast.forecasting import (
     forecast_once,
     future_matrix,
     global_backtests,
+    neural,
     prepare,
     report,
     tuning,
+    uses_exogenous,
     window_forecasts,
 )
+from nexus.forecast.forecasting.prophet_model import ProphetOptions
 from nexus.forecast.serving import FRAMEWORK, ServedSet
 from nexus.forecast.settings import ForecastSettings
 
@@ -95,10 +98,20 @@ class Job:
     metric: str = "mase"
     params: Mapping[ModelKind, Mapping[str, float]] = field(default_factory=dict)
     """Learner parameters of the global models over their defaults."""
+    prophet: ProphetOptions | None = None
+    """Prophet's settings (None: its defaults)."""
 
     def plan(self) -> Plan:
         """The backtest plan."""
-        return Plan(self.horizon, self.windows, self.step, self.levels, self.metric, self.params)
+        return Plan(
+            self.horizon,
+            self.windows,
+            self.step,
+            self.levels,
+            self.metric,
+            self.params,
+            self.prophet,
+        )
 
 
 @dataclass(frozen=True)
@@ -197,6 +210,7 @@ class ForecastEngine:
         self.settings = settings
         self._bus = bus
         self._executor = executor
+        neural.use_device(settings.neural_device)
         self.models = ModelRuntime(
             registry,
             lambda source: ServedSet(source, settings.series_cache_size),
@@ -345,7 +359,7 @@ class ForecastEngine:
         winners = {s.id: c.model if (c := choices[s.id]) else kinds[s.id][0] for s in prepared}
         shared = await self._run(partial(_forecast_globals, prepared, kinds, winners, job))
         done = await self._map(
-            lambda s: shared.get(s.id) or _forecast(s, winners[s.id], job.horizon, job.levels),
+            lambda s: shared.get(s.id) or _forecast(s, winners[s.id], job),
             prepared,
         )
         return Forecasted(done, [c for c in choices.values() if c is not None])
@@ -578,15 +592,18 @@ def check_levels(levels: Sequence[float], where: str) -> None:
         raise InvalidArgument.for_field(where, "levels must be distinct")
 
 
-def _forecast(
-    series: Prepared, kind: ModelKind, horizon: int, levels: tuple[float, ...]
-) -> SeriesResult:
+def _forecast(series: Prepared, kind: ModelKind, job: Job) -> SeriesResult:
+    horizon = job.horizon
+    names = series.exogenous if uses_exogenous(series, kind, job.prophet) else ()
     x_future = future_matrix(
-        series.exogenous, series.future, horizon, f"{series.field}.future_exogenous", kind
+        names, series.future, horizon, f"{series.field}.future_exogenous", kind
     )
     x = series.x if x_future is not None else None
     check_fit_length(series, kind)
-    forecast = forecast_once(kind, series.seasons, series.y, horizon, levels, x, x_future)
+    dates = series.grid(len(series.y) + horizon)
+    forecast = forecast_once(
+        kind, series.seasons, series.y, horizon, job.levels, x, x_future, dates, job.prophet
+    )
     return SeriesResult(series.id, kind, series.horizon_index(horizon), forecast)
 
 
@@ -622,7 +639,7 @@ def _forecast_globals(
     """
     ours = [s for s in prepared if winners[s.id] in GLOBAL]
     fitted = [fit_series(s, winners[s.id], job.horizon) for s in ours]
-    models = fit_globals(prepared, kinds, {f.shared for f in fitted}, job.horizon)
+    models = fit_globals(prepared, kinds, {f.shared for f in fitted}, job.horizon, job.params)
     found = {}
     for s, f in zip(ours, fitted, strict=True):
         where = f"{s.field}.future_exogenous"

@@ -17,8 +17,8 @@ from nexus.forecast.forecasting import (
     FittedSeries,
     FittedSet,
     Forecast,
-    GlobalModel,
     ModelKind,
+    SharedModel,
     future_matrix,
 )
 
@@ -44,7 +44,7 @@ class ServedSet(Model[Request, list[Result]]):
         self._cache_size = cache_size
         self._set: FittedSet | None = None
         self._unpacked: OrderedDict[str, FittedSeries] = OrderedDict()
-        self._shared: dict[str, GlobalModel] = {}
+        self._shared: dict[str, SharedModel] = {}
         self._lock = threading.Lock()
 
     async def load(self) -> None:
@@ -88,7 +88,7 @@ class ServedSet(Model[Request, list[Result]]):
                 self._unpacked.popitem(last=False)
         return unpacked
 
-    def shared(self, key: str) -> GlobalModel:
+    def shared(self, key: str) -> SharedModel:
         """A global model of the set, unpacked on first use (blocking)."""
         with self._lock:
             if (found := self._shared.get(key)) is not None:

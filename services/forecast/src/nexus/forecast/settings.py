@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -54,3 +56,7 @@ class ForecastSettings(ServiceSettings):
 
     max_chart_points: int = Field(default=20_000, gt=0)
     """Most history values one chart draws (a longer series: ask for its last `history`)."""
+
+    neural_device: Literal["auto", "cpu"] = "auto"
+    """Where the LSTM and Transformer train: "auto" on CUDA when torch sees a GPU, "cpu" always
+    on the CPU (with torch's thread setting: the process's, e.g. OMP_NUM_THREADS)."""

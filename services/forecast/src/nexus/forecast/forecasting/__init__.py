@@ -17,11 +17,13 @@ from nexus.forecast.forecasting.fitting import (
     FittedSeries,
     FittedSet,
     Report,
+    SharedModel,
     choose_and_fit,
     fit_globals,
     fit_series,
     future_matrix,
     report,
+    uses_exogenous,
 )
 from nexus.forecast.forecasting.learners import GlobalModel
 from nexus.forecast.forecasting.metrics import Errors, average, mase, mase_scale, smape
@@ -53,6 +55,7 @@ __all__ = [
     "Report",
     "Series",
     "SeriesOptions",
+    "SharedModel",
     "applicable",
     "average",
     "backtest",
@@ -74,5 +77,6 @@ __all__ = [
     "prepare",
     "report",
     "smape",
+    "uses_exogenous",
     "window_forecasts",
 ]

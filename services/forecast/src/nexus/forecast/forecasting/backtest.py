@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nexus.common.errors import InvalidArgument
-from nexus.forecast.forecasting import learners
+from nexus.forecast.forecasting import learners, neural
 from nexus.forecast.forecasting.metrics import (
     Errors,
     average,
@@ -26,9 +27,12 @@ from nexus.forecast.forecasting.metrics import (
     rmse,
     smape,
 )
-from nexus.forecast.forecasting.models import GLOBAL, ModelKind, candidates, min_length
+from nexus.forecast.forecasting.models import GLOBAL, NEURAL, ModelKind, candidates, min_length
 from nexus.forecast.forecasting.predicting import Forecast, forecast_once
 from nexus.forecast.forecasting.series import Prepared
+
+if TYPE_CHECKING:
+    from nexus.forecast.forecasting.prophet_model import ProphetOptions
 
 log = logging.getLogger(__name__)
 METRICS = ("mase", "smape", "rmse")
@@ -47,6 +51,8 @@ class Plan:
     metric: str = "mase"
     params: Mapping[ModelKind, learners.Params] = field(default_factory=dict)
     """Learner parameters of the global models over their defaults."""
+    prophet: ProphetOptions | None = None
+    """How Prophet is fitted (None: its defaults)."""
 
     @property
     def stride(self) -> int:
@@ -77,6 +83,8 @@ class Choice:
 
 def need(kind: ModelKind, seasons: tuple[int, ...], horizon: int) -> int:
     """Fewest values `kind` is fitted on (a global model: with its conformal windows)."""
+    if kind in NEURAL:
+        return neural.min_length(seasons, horizon)
     return learners.min_length(seasons, horizon) if kind in GLOBAL else min_length(kind, seasons)
 
 
@@ -289,4 +297,7 @@ def _window_forecast(
     x_past = x[:origin] if x is not None else None
     x_future = x[origin : origin + plan.horizon] if x is not None else None
     y = series.y[:origin]
-    return forecast_once(kind, series.seasons, y, plan.horizon, levels, x_past, x_future)
+    dates = series.grid(origin + plan.horizon)
+    return forecast_once(
+        kind, series.seasons, y, plan.horizon, levels, x_past, x_future, dates, plan.prophet
+    )

@@ -10,7 +10,7 @@ import zlib
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 import numpy as np
@@ -28,8 +28,15 @@ from nexus.forecast.forecasting.backtest import (
 from nexus.forecast.forecasting.learners import GlobalModel
 from nexus.forecast.forecasting.metrics import Errors, average
 from nexus.forecast.forecasting.models import GLOBAL, USES_EXOGENOUS, ModelKind
+from nexus.forecast.forecasting.neural import NeuralModel
 from nexus.forecast.forecasting.predicting import Forecast, fit, predict
 from nexus.forecast.forecasting.series import Prepared
+
+if TYPE_CHECKING:
+    from nexus.forecast.forecasting.prophet_model import ProphetOptions
+
+SharedModel = GlobalModel | NeuralModel
+"""A model several series of a set forecast with."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ class FittedSeries:
         levels: Sequence[float],
         future: Mapping[str, np.ndarray],
         where: str,
-        shared: GlobalModel | None = None,
+        shared: SharedModel | None = None,
     ) -> tuple[pd.DatetimeIndex, Forecast]:
         """The next `horizon` steps (blocking); `shared`: the global model named by `shared`.
 
@@ -87,7 +94,7 @@ class FittedSet:
         """Packs one series' model."""
         self.packed[fitted.series_id] = zlib.compress(pickle.dumps(fitted), 1)
 
-    def add_shared(self, key: str, model: GlobalModel) -> None:
+    def add_shared(self, key: str, model: SharedModel) -> None:
         """Packs a global model (cloudpickle: mlforecast's Box-Cox keeps a lambda; plain pickle
         reads the bytes back)."""
         self.shared[key] = zlib.compress(cloudpickle.dumps(model), 1)
@@ -98,10 +105,10 @@ class FittedSet:
         assert isinstance(obj, FittedSeries)
         return obj
 
-    def unpack_shared(self, key: str) -> GlobalModel:
+    def unpack_shared(self, key: str) -> SharedModel:
         """A global model. Safe: the packed bytes come from the set's signed artifact."""
         obj = pickle.loads(zlib.decompress(self.shared[key]))
-        assert isinstance(obj, GlobalModel)
+        assert isinstance(obj, GlobalModel | NeuralModel)
         return obj
 
 
@@ -138,7 +145,7 @@ def choose_and_fit(
         choice = backtest(series, kinds, plan, known)
     else:
         choice = _only(series, kinds, plan, known)
-    return choice, fit_series(series, choice.model, plan.horizon)
+    return choice, fit_series(series, choice.model, plan.horizon, plan.prophet)
 
 
 def _only(
@@ -163,9 +170,11 @@ def shared_key(kind: ModelKind, group: learners.Group) -> str:
     return f"{kind.value}/{group.frequency}/{seasons}{exogenous}"
 
 
-def fit_series(series: Prepared, kind: ModelKind, horizon: int = 0) -> FittedSeries:
-    """`kind` fitted on all of the series; for a global model, a reference to the shared model
-    its group gets (`fit_globals`).
+def fit_series(
+    series: Prepared, kind: ModelKind, horizon: int = 0, prophet: ProphetOptions | None = None
+) -> FittedSeries:
+    """`kind` fitted on all of the series (Prophet with `prophet`); for a global model, a
+    reference to the shared model its group gets (`fit_globals`).
 
     Raises:
         InvalidArgument: The series is too short for the model.
@@ -174,11 +183,11 @@ def fit_series(series: Prepared, kind: ModelKind, horizon: int = 0) -> FittedSer
     if kind in GLOBAL:
         group = learners.group_of(series)
         key = shared_key(kind, group)
-        return FittedSeries(
-            series.id, kind, None, series.last, series.frequency, group.exogenous, key
-        )
-    uses = kind in USES_EXOGENOUS and series.x is not None
-    model = fit(kind, series.seasons, series.y, series.x if uses else None)
+        columns = group.exogenous if kind in USES_EXOGENOUS else ()
+        return FittedSeries(series.id, kind, None, series.last, series.frequency, columns, key)
+    uses = uses_exogenous(series, kind, prophet)
+    dates = series.grid(len(series.y))
+    model = fit(kind, series.seasons, series.y, series.x if uses else None, dates, prophet)
     return FittedSeries(
         series.id,
         kind,
@@ -187,6 +196,14 @@ def fit_series(series: Prepared, kind: ModelKind, horizon: int = 0) -> FittedSer
         series.frequency,
         series.exogenous if uses else (),
     )
+
+
+def uses_exogenous(series: Prepared, kind: ModelKind, prophet: ProphetOptions | None) -> bool:
+    """Whether `kind` is fitted on the series' exogenous columns (Prophet: unless its options
+    leave them out)."""
+    if kind is ModelKind.PROPHET and prophet is not None and not prophet.regressors:
+        return False
+    return kind in USES_EXOGENOUS and series.x is not None
 
 
 def future_matrix(
@@ -220,7 +237,7 @@ def fit_globals(
     wanted: Collection[str],
     horizon: int,
     params: Mapping[ModelKind, learners.Params] | None = None,
-) -> dict[str, GlobalModel]:
+) -> dict[str, SharedModel]:
     """The global models named by `wanted` (keys of `shared_key`), each fitted on every series
     of its group that has it among its candidates `kinds` (by id), with conformal intervals for
     `horizon` steps and learner parameters `params[kind]` over the defaults (blocking, CPU)."""

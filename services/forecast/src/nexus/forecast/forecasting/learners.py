@@ -25,9 +25,9 @@ from mlforecast.lag_transforms import RollingMean
 from mlforecast.target_transforms import Differences, LocalBoxCox, LocalStandardScaler
 from mlforecast.utils import PredictionIntervals
 
-from nexus.common.errors import InvalidArgument
-from nexus.forecast.forecasting.models import GLOBAL, ModelKind
-from nexus.forecast.forecasting.predicting import Forecast
+from nexus.forecast.forecasting import neural
+from nexus.forecast.forecasting.models import GLOBAL, NEURAL, ModelKind
+from nexus.forecast.forecasting.predicting import Forecast, check_calibrated
 from nexus.forecast.forecasting.series import Prepared
 
 MIN_CONFORMAL_WINDOWS = 2
@@ -201,16 +201,7 @@ class GlobalModel:
         Raises:
             InvalidArgument: Intervals asked for beyond the calibrated horizon.
         """
-        if levels and not self.horizon:
-            raise InvalidArgument.for_field(
-                "levels", f"{self.kind.value} was fitted without intervals (series too short)"
-            )
-        if levels and horizon > self.horizon:
-            raise InvalidArgument.for_field(
-                "horizon",
-                f"{self.kind.value} intervals were calibrated for {self.horizon} steps; "
-                f"{horizon} asked (refit with the longer horizon, or ask for no levels)",
-            )
+        check_calibrated(self.kind, self.horizon, horizon, levels)
         windows = self.forecaster.prediction_intervals.n_windows if levels else 0
         asked = {level: conformal_level(level, windows) for level in levels}
         ids = list(dict.fromkeys(series_ids))
@@ -271,12 +262,15 @@ def fit_global(
     lengths: Mapping[str, int] | None = None,
     intervals: bool = True,
     params: Params | None = None,
-) -> GlobalModel:
-    """`kind` fitted on every series of one group, cut to `lengths` when given (blocking, CPU).
+) -> GlobalModel | neural.NeuralModel:
+    """`kind` fitted on every series of one group, cut to `lengths` when given (blocking, CPU;
+    a neural kind: `neural.fit_global`).
 
     Conformal intervals are calibrated for `horizon` steps on as many held-out windows as the
     shortest series allows, up to MAX_CONFORMAL_WINDOWS.
     """
+    if kind in NEURAL:
+        return neural.fit_global(kind, series, horizon, lengths, intervals, params)
     if kind not in GLOBAL:
         raise ValueError(f"{kind.value} is not a global model")
     group = group_of(series[0])

@@ -21,9 +21,14 @@ class ModelKind(Enum):
     AUTO_ARIMA = "auto_arima"
     LIGHTGBM = "lightgbm"
     XGBOOST = "xgboost"
+    PROPHET = "prophet"
+    LSTM = "lstm"
+    TRANSFORMER = "transformer"
 
 
-GLOBAL = frozenset({ModelKind.LIGHTGBM, ModelKind.XGBOOST})
+NEURAL = frozenset({ModelKind.LSTM, ModelKind.TRANSFORMER})
+"""Neural networks (`neural`), global like the gradient-boosted ones (ADR 0043)."""
+GLOBAL = frozenset({ModelKind.LIGHTGBM, ModelKind.XGBOOST}) | NEURAL
 """Models fitted on many series at once (`learners`); the others are fitted per series."""
 
 DEFAULT_CANDIDATES = (
@@ -35,11 +40,16 @@ DEFAULT_CANDIDATES = (
 )
 """The automatic choice's candidates when none are named (LightGBM where the series is long
 enough for its backtest, ADR 0033). AutoARIMA only when asked for: its order search costs 10-100
-times the others (ADR 0031); XGBoost only when asked for: it learns what LightGBM does, slower."""
+times the others (ADR 0031); XGBoost only when asked for: it learns what LightGBM does, slower.
+Prophet, the LSTM and the Transformer only when asked for (ADR 0043): Prophet did worse than
+seasonal naive on M4 Hourly; the networks did as well as LightGBM or better there, but each
+backtest window costs a training (minutes of a core for a set of M4 Hourly's size)."""
 
-USES_EXOGENOUS = frozenset({ModelKind.AUTO_ARIMA, ModelKind.LIGHTGBM, ModelKind.XGBOOST})
-"""Models that use exogenous columns (the global ones as dynamic features, ADR 0045); the
-others forecast from the series alone."""
+USES_EXOGENOUS = frozenset(
+    {ModelKind.AUTO_ARIMA, ModelKind.PROPHET, ModelKind.LIGHTGBM, ModelKind.XGBOOST}
+)
+"""Models that use exogenous columns (Prophet as regressors, the global gradient-boosted ones
+as dynamic features, ADR 0045); the others forecast from the series alone."""
 
 
 def build(kind: ModelKind, seasons: tuple[int, ...]) -> Any:
@@ -48,8 +58,8 @@ def build(kind: ModelKind, seasons: tuple[int, ...]) -> Any:
     Raises:
         ValueError: `kind` is a global model (see `learners.build`).
     """
-    if kind in GLOBAL:
-        raise ValueError(f"{kind.value} is fitted across series (learners)")
+    if kind in GLOBAL or kind is ModelKind.PROPHET:
+        raise ValueError(f"{kind.value} is not a statsforecast model (learners, prophet_model)")
     season = seasons[0]
     if kind is ModelKind.SEASONAL_NAIVE:
         return SeasonalNaive(season_length=season)

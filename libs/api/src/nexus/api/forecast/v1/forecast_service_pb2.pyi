@@ -52,6 +52,16 @@ class _ModelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Model.ValueType
     """
     MODEL_XGBOOST: _Model.ValueType  # 7
     """XGBoost (mlforecast), like MODEL_LIGHTGBM with XGBoost as the learner."""
+    MODEL_PROPHET: _Model.ValueType  # 8
+    """Prophet (per series): trend with changepoints, calendar seasonalities, holidays and the
+    series' exogenous columns as regressors; settings in the request's `prophet`.
+    """
+    MODEL_LSTM: _Model.ValueType  # 9
+    """An LSTM, one network across the series of a frequency: windows of standardised history in,
+    the horizon out at once; conformal intervals from held-out windows.
+    """
+    MODEL_TRANSFORMER: _Model.ValueType  # 10
+    """A Transformer encoder over patches of the window, like MODEL_LSTM otherwise."""
 
 class Model(_Model, metaclass=_ModelEnumTypeWrapper):
     """A forecasting model."""
@@ -78,6 +88,16 @@ calendar features, Box-Cox / seasonal differences / per-series scaling; conforma
 """
 MODEL_XGBOOST: Model.ValueType  # 7
 """XGBoost (mlforecast), like MODEL_LIGHTGBM with XGBoost as the learner."""
+MODEL_PROPHET: Model.ValueType  # 8
+"""Prophet (per series): trend with changepoints, calendar seasonalities, holidays and the
+series' exogenous columns as regressors; settings in the request's `prophet`.
+"""
+MODEL_LSTM: Model.ValueType  # 9
+"""An LSTM, one network across the series of a frequency: windows of standardised history in,
+the horizon out at once; conformal intervals from held-out windows.
+"""
+MODEL_TRANSFORMER: Model.ValueType  # 10
+"""A Transformer encoder over patches of the window, like MODEL_LSTM otherwise."""
 Global___Model: _TypeAlias = Model  # noqa: Y015
 
 class _SelectionMetric:
@@ -131,6 +151,30 @@ DATASET_FORMAT_CSV: DatasetFormat.ValueType  # 1
 DATASET_FORMAT_PARQUET: DatasetFormat.ValueType  # 2
 """Apache Parquet."""
 Global___DatasetFormat: _TypeAlias = DatasetFormat  # noqa: Y015
+
+class _SeasonalityMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SeasonalityModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SeasonalityMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SEASONALITY_MODE_UNSPECIFIED: _SeasonalityMode.ValueType  # 0
+    """Not set: additive."""
+    SEASONALITY_MODE_ADDITIVE: _SeasonalityMode.ValueType  # 1
+    """Seasonal effects add to the trend."""
+    SEASONALITY_MODE_MULTIPLICATIVE: _SeasonalityMode.ValueType  # 2
+    """Seasonal effects scale with the trend."""
+
+class SeasonalityMode(_SeasonalityMode, metaclass=_SeasonalityModeEnumTypeWrapper):
+    """How Prophet's seasonalities combine with the trend."""
+
+SEASONALITY_MODE_UNSPECIFIED: SeasonalityMode.ValueType  # 0
+"""Not set: additive."""
+SEASONALITY_MODE_ADDITIVE: SeasonalityMode.ValueType  # 1
+"""Seasonal effects add to the trend."""
+SEASONALITY_MODE_MULTIPLICATIVE: SeasonalityMode.ValueType  # 2
+"""Seasonal effects scale with the trend."""
+Global___SeasonalityMode: _TypeAlias = SeasonalityMode  # noqa: Y015
 
 class _ChartFormat:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -693,6 +737,8 @@ class ForecastRequest(_message.Message):
     LEVELS_FIELD_NUMBER: _builtins.int
     MODELS_FIELD_NUMBER: _builtins.int
     BACKTEST_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    PROPHET_FIELD_NUMBER: _builtins.int
     horizon: _builtins.int
     """Steps to forecast."""
     @_builtins.property
@@ -711,6 +757,14 @@ class ForecastRequest(_message.Message):
     def backtest(self) -> Global___BacktestConfig:
         """The backtest that chooses among several candidates."""
 
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___LearnerParameters]:
+        """Parameters of the global models (see FitRequest.parameters)."""
+
+    @_builtins.property
+    def prophet(self) -> Global___ProphetOptions:
+        """Prophet's settings, when it is a candidate."""
+
     def __init__(
         self,
         *,
@@ -719,10 +773,12 @@ class ForecastRequest(_message.Message):
         levels: _abc.Iterable[_builtins.float] | None = ...,
         models: _abc.Iterable[Global___Model.ValueType] | None = ...,
         backtest: Global___BacktestConfig | None = ...,
+        parameters: _abc.Iterable[Global___LearnerParameters] | None = ...,
+        prophet: Global___ProphetOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data", "prophet", b"prophet"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data", "horizon", b"horizon", "levels", b"levels", "models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data", "horizon", b"horizon", "levels", b"levels", "models", b"models", "parameters", b"parameters", "prophet", b"prophet"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -769,6 +825,8 @@ class BacktestRequest(_message.Message):
     LEVELS_FIELD_NUMBER: _builtins.int
     MODELS_FIELD_NUMBER: _builtins.int
     BACKTEST_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    PROPHET_FIELD_NUMBER: _builtins.int
     horizon: _builtins.int
     """Steps forecast from each origin."""
     @_builtins.property
@@ -787,6 +845,14 @@ class BacktestRequest(_message.Message):
     def backtest(self) -> Global___BacktestConfig:
         """Windows, step and the error to choose by."""
 
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___LearnerParameters]:
+        """Parameters of the global models (see FitRequest.parameters)."""
+
+    @_builtins.property
+    def prophet(self) -> Global___ProphetOptions:
+        """Prophet's settings, when it is a candidate."""
+
     def __init__(
         self,
         *,
@@ -795,10 +861,12 @@ class BacktestRequest(_message.Message):
         levels: _abc.Iterable[_builtins.float] | None = ...,
         models: _abc.Iterable[Global___Model.ValueType] | None = ...,
         backtest: Global___BacktestConfig | None = ...,
+        parameters: _abc.Iterable[Global___LearnerParameters] | None = ...,
+        prophet: Global___ProphetOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data", "prophet", b"prophet"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data", "horizon", b"horizon", "levels", b"levels", "models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data", "horizon", b"horizon", "levels", b"levels", "models", b"models", "parameters", b"parameters", "prophet", b"prophet"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -861,6 +929,7 @@ class FitRequest(_message.Message):
     PROMOTE_TO_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    PROPHET_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The model name to register the fitted set under."""
     horizon: _builtins.int
@@ -891,6 +960,10 @@ class FitRequest(_message.Message):
         over their defaults; at most one entry per model.
         """
 
+    @_builtins.property
+    def prophet(self) -> Global___ProphetOptions:
+        """Prophet's settings, when it is a candidate."""
+
     def __init__(
         self,
         *,
@@ -903,10 +976,11 @@ class FitRequest(_message.Message):
         promote_to: _builtins.str = ...,
         description: _builtins.str = ...,
         parameters: _abc.Iterable[Global___LearnerParameters] | None = ...,
+        prophet: Global___ProphetOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data", "prophet", b"prophet"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data", "description", b"description", "horizon", b"horizon", "levels", b"levels", "models", b"models", "name", b"name", "parameters", b"parameters", "promote_to", b"promote_to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backtest", b"backtest", "data", b"data", "description", b"description", "horizon", b"horizon", "levels", b"levels", "models", b"models", "name", b"name", "parameters", b"parameters", "promote_to", b"promote_to", "prophet", b"prophet"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -941,11 +1015,13 @@ class LearnerParameters(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
     model: Global___Model.ValueType
-    """MODEL_LIGHTGBM or MODEL_XGBOOST."""
+    """MODEL_LIGHTGBM, MODEL_XGBOOST, MODEL_LSTM or MODEL_TRANSFORMER."""
     @_builtins.property
     def values(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """By learner name (LightGBM: num_leaves, learning_rate, n_estimators; XGBoost: max_depth,
-        learning_rate, n_estimators), each in (0, 10000].
+        learning_rate, n_estimators), each in (0, 10000]. The networks: epochs (to 1000),
+        max_seconds (training budget per fit, to 3600), hidden_size (to 512), layers (to 4),
+        learning_rate (to 1), batch_size (to 4096).
         """
 
     def __init__(
@@ -961,6 +1037,94 @@ class LearnerParameters(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LearnerParameters: _TypeAlias = LearnerParameters  # noqa: Y015
+
+@_typing.final
+class ProphetOptions(_message.Message):
+    """Prophet's settings (MODEL_PROPHET)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNTRIES_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    CHANGEPOINT_PRIOR_SCALE_FIELD_NUMBER: _builtins.int
+    N_CHANGEPOINTS_FIELD_NUMBER: _builtins.int
+    CHANGEPOINTS_FIELD_NUMBER: _builtins.int
+    SEASONALITY_MODE_FIELD_NUMBER: _builtins.int
+    IGNORE_EXOGENOUS_FIELD_NUMBER: _builtins.int
+    changepoint_prior_scale: _builtins.float
+    """Trend flexibility in (0, 100]; larger follows more changes. 0: 0.05."""
+    n_changepoints: _builtins.int
+    """Potential changepoints spread over the first 80 % of the history; 0: 25."""
+    seasonality_mode: Global___SeasonalityMode.ValueType
+    """Additive (default) or multiplicative seasonality."""
+    ignore_exogenous: _builtins.bool
+    """Leave the series' exogenous columns out (by default each is an extra regressor)."""
+    @_builtins.property
+    def countries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Country codes whose public holidays are effects, such as "US" or "DE" (Prophet's calendars)."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProphetEvent]:
+        """Holidays of your own: each a name, its dates and a window of days around them."""
+
+    @_builtins.property
+    def changepoints(self) -> _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]:
+        """Explicit changepoints instead (those outside a fit's history are left out of it)."""
+
+    def __init__(
+        self,
+        *,
+        countries: _abc.Iterable[_builtins.str] | None = ...,
+        events: _abc.Iterable[Global___ProphetEvent] | None = ...,
+        changepoint_prior_scale: _builtins.float = ...,
+        n_changepoints: _builtins.int = ...,
+        changepoints: _abc.Iterable[_timestamp_pb2.Timestamp] | None = ...,
+        seasonality_mode: Global___SeasonalityMode.ValueType = ...,
+        ignore_exogenous: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changepoint_prior_scale", b"changepoint_prior_scale", "changepoints", b"changepoints", "countries", b"countries", "events", b"events", "ignore_exogenous", b"ignore_exogenous", "n_changepoints", b"n_changepoints", "seasonality_mode", b"seasonality_mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProphetOptions: _TypeAlias = ProphetOptions  # noqa: Y015
+
+@_typing.final
+class ProphetEvent(_message.Message):
+    """A custom Prophet holiday."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DATES_FIELD_NUMBER: _builtins.int
+    LOWER_WINDOW_FIELD_NUMBER: _builtins.int
+    UPPER_WINDOW_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Its name, unique among the events."""
+    lower_window: _builtins.int
+    """Days before each date it reaches, 0 to -60."""
+    upper_window: _builtins.int
+    """Days after each date it reaches, 0 to 60."""
+    @_builtins.property
+    def dates(self) -> _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]:
+        """The days it falls on."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        dates: _abc.Iterable[_timestamp_pb2.Timestamp] | None = ...,
+        lower_window: _builtins.int = ...,
+        upper_window: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dates", b"dates", "lower_window", b"lower_window", "name", b"name", "upper_window", b"upper_window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProphetEvent: _TypeAlias = ProphetEvent  # noqa: Y015
 
 @_typing.final
 class FitResponse(_message.Message):
