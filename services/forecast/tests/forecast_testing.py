@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import uuid
 from collections.abc import Sequence
 
@@ -15,7 +16,7 @@ from nexus.api.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
 from nexus.api.models.v1 import model_registry_pb2_grpc as models_grpc
 from nexus.api.operations.v1 import operations_pb2 as ops_pb
 from nexus.api.operations.v1 import operations_pb2_grpc as ops_grpc
-from nexus.forecast.forecasting import Series
+from nexus.forecast.forecasting import FittedSeries, FittedSet, GlobalModel, Series
 
 START = pd.Timestamp("2024-01-01")
 
@@ -97,3 +98,27 @@ def proto_series(
         stamp.FromNanoseconds(int(index[i].value))
         stamps.append(stamp)
     return pb.Series(id=series_id, timestamps=stamps, values=[float(values[i]) for i in keep])
+
+
+def slowing_growth(n: int, season: int, rng: np.random.Generator) -> np.ndarray:
+    """Growth that slows (a logarithm at a random rate) plus a sine season and a little noise:
+    seasonal naive falls behind it and a linear drift (AutoTheta) overshoots it, so their errors
+    have opposite signs and their mean forecasts better than either."""
+    t = np.arange(n)
+    growth = 30 * rng.uniform(0.5, 1.5) * np.log1p(t / 10)
+    return 100 + growth + 5 * np.sin(2 * np.pi * t / season) + rng.normal(0, 0.3, n)
+
+
+def round_trip(
+    horizon: int, fitted: Sequence[FittedSeries], models: dict[str, GlobalModel]
+) -> FittedSet:
+    """A fitted set packed from these series and shared models, pickled and read back as the
+    registry stores it."""
+    packed = FittedSet(horizon)
+    for f in fitted:
+        packed.add(f)
+    for key, model in models.items():
+        packed.add_shared(key, model)
+    loaded = pickle.loads(pickle.dumps(packed))
+    assert isinstance(loaded, FittedSet)
+    return loaded

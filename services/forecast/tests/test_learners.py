@@ -4,15 +4,12 @@ nonlinear lag process generated the series, a fitted set serves it, bad input is
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
-from forecast_testing import hourly, logistic_map, seasonal_ar
+from forecast_testing import hourly, logistic_map, round_trip, seasonal_ar
 
 from nexus.common.errors import InvalidArgument
 from nexus.forecast.forecasting import (
-    FittedSet,
     ModelKind,
     Plan,
     SeriesOptions,
@@ -83,13 +80,7 @@ def test_a_fitted_set_serves_a_global_model_as_fitted() -> None:
     kinds = {s.id: (ModelKind.XGBOOST,) for s in series}
     fitted = [fit_series(s, ModelKind.XGBOOST, 6) for s in series]
     models = fit_globals(series, kinds, {f.shared for f in fitted}, 6)
-    packed = FittedSet(6)
-    for f in fitted:
-        packed.add(f)
-    for key, model in models.items():
-        packed.add_shared(key, model)
-
-    loaded = pickle.loads(pickle.dumps(packed))
+    loaded = round_trip(6, fitted, models)
     one = loaded.unpack("m2")
     index, forecast = one.forecast(6, (90.0,), {}, "x", loaded.unpack_shared(one.shared))
     direct = models[one.shared].forecast(["m2"], 6, (90.0,))["m2"]

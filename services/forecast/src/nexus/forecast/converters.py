@@ -43,6 +43,7 @@ MODELS = {
     pb.MODEL_MSTL: ModelKind.MSTL,
     pb.MODEL_LIGHTGBM: ModelKind.LIGHTGBM,
     pb.MODEL_XGBOOST: ModelKind.XGBOOST,
+    pb.MODEL_ENSEMBLE: ModelKind.ENSEMBLE,
 }
 KINDS = {kind: value for value, kind in MODELS.items()}
 METRICS = {

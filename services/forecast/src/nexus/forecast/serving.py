@@ -1,6 +1,7 @@
 """A fitted set as the model runtime serves it: the signed set loads whole, each series' model
 is unpacked on first use and kept (least recently used first out); a global model several series
-share is unpacked on the first of them and kept while the set is loaded."""
+share is unpacked on the first of them and kept while the set is loaded; an ensemble's members
+forecast as the series' own models do, and their forecasts are combined (ADR 0044)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import pandas as pd
 
 from nexus.common.errors import InvalidArgument, NotFound
 from nexus.common.runtime import Model, ModelSource
-from nexus.forecast.forecasting import FittedSeries, FittedSet, Forecast, GlobalModel, ModelKind
+from nexus.forecast.forecasting import (
+    FittedSeries,
+    FittedSet,
+    Forecast,
+    GlobalModel,
+    ModelKind,
+    ensembles,
+)
 
 FRAMEWORK = "nexus-forecast"
 """The registry framework of the fitted sets the service registers."""
@@ -91,29 +99,35 @@ class ServedSet(Model[Request, list[Result]]):
             return self._shared.setdefault(key, model)
 
     def predict(self, inputs: Request) -> list[Result]:
-        """Forecasts the series asked for, in order (those of one global model in one call)."""
+        """Forecasts the series asked for, in order (those of one global model in one call, an
+        ensemble's global members among them)."""
         series_ids, horizon, levels, futures = inputs
         fitted = [self.series(series_id) for series_id in series_ids]
-        pooled = self._pooled([f for f in fitted if f.shared], horizon, levels)
+        parts = [p for f in fitted for p in (f.members or (f,))]
+        pooled = self._pooled([p for p in parts if p.shared], horizon, levels)
         results = []
         for i, (series_id, one) in enumerate(zip(series_ids, fitted, strict=True)):
-            if series_id in pooled:
-                index, forecast = one.horizon_index(horizon), pooled[series_id]
-            else:
-                where = f"futures[{series_id}]" if series_id in futures else f"series_ids[{i}]"
-                index, forecast = one.forecast(horizon, levels, futures.get(series_id, {}), where)
-            results.append((series_id, one.kind, index, forecast))
+            where = f"futures[{series_id}]" if series_id in futures else f"series_ids[{i}]"
+            future = futures.get(series_id, {})
+            found = [
+                pooled.get((p.shared, series_id)) or p.forecast(horizon, levels, future, where)[1]
+                for p in one.members or (one,)
+            ]
+            forecast = ensembles.combine(found) if one.members else found[0]
+            results.append((series_id, one.kind, one.horizon_index(horizon), forecast))
         return results
 
     def _pooled(
         self, fitted: Sequence[FittedSeries], horizon: int, levels: Sequence[float]
-    ) -> dict[str, Forecast]:
+    ) -> dict[tuple[str, str], Forecast]:
+        """Forecasts by (shared model, series id)."""
         by_key: dict[str, list[str]] = {}
         for f in fitted:
             by_key.setdefault(f.shared, []).append(f.series_id)
-        found: dict[str, Forecast] = {}
+        found: dict[tuple[str, str], Forecast] = {}
         for key, ids in by_key.items():
-            found.update(self.shared(key).forecast(list(dict.fromkeys(ids)), horizon, levels))
+            forecasts = self.shared(key).forecast(list(dict.fromkeys(ids)), horizon, levels)
+            found.update({(key, series_id): f for series_id, f in forecasts.items()})
         return found
 
     def count(self, inputs: Request) -> int:
