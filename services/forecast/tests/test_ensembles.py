@@ -101,23 +101,24 @@ def test_the_choice_picks_the_ensemble_where_its_members_err_in_opposite_directi
 
 
 def test_ensemble_intervals_cover_near_their_level() -> None:
-    """120 local-level series, 6 steps past each; the ensemble of AutoETS and AutoTheta (both
-    near the generating model) averages their bounds. Steps of a series are correlated:
-    tolerance 0.06 at 80 %, 0.04 at 95 % (as AutoETS's own test)."""
-    rng = np.random.default_rng(11)
+    """150 local-level series of 200 values, 6 steps past each; the ensemble of AutoETS and
+    AutoTheta (both near the generating model) averages their bounds. Steps of a series are
+    correlated, and the members' own intervals run a little narrow: over seeds 1-4 the ensemble
+    covered 0.77-0.79 at 80 % and 0.94-0.95 at 95 %. Tolerance: 0.05 at 80 %, 0.03 at 95 %."""
+    rng = np.random.default_rng(1)
     options = SeriesOptions(season_length=1)
     inside: dict[float, list[bool]] = {level: [] for level in LEVELS}
-    for i in range(120):
-        y = local_level(86, rng)
-        series = prepare(hourly(y[:80], f"l{i}"), options, 0)
+    for i in range(150):
+        y = local_level(206, rng)
+        series = prepare(hourly(y[:200], f"l{i}"), options, 0)
         _, forecast = fit_series(series, ENSEMBLE, 6, (ETS, THETA)).forecast_with(
             6, LEVELS, {}, "x", {}
         )
         for level, (lower, upper) in forecast.intervals.items():
-            inside[level].extend((y[80:] >= lower) & (y[80:] <= upper))
+            inside[level].extend((y[200:] >= lower) & (y[200:] <= upper))
 
-    assert float(np.mean(inside[80.0])) == pytest.approx(0.80, abs=0.06)
-    assert float(np.mean(inside[95.0])) == pytest.approx(0.95, abs=0.04)
+    assert float(np.mean(inside[80.0])) == pytest.approx(0.80, abs=0.05)
+    assert float(np.mean(inside[95.0])) == pytest.approx(0.95, abs=0.03)
 
 
 @pytest.mark.timeout(180)
