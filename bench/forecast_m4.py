@@ -25,7 +25,7 @@ row ("auto (service)") times all three calls, over real gRPC, beside the in-proc
 Usage: python bench/forecast_m4.py [--models seasonal_naive,auto_theta,auto_ets,mstl,lightgbm,
        xgboost,auto,statsforecast_auto_arima] [--series N] [--arima-series N] [--jobs N]
        [--windows 2] [--candidates ...] [--data DIR] [--every N] [--service]
-Writes bench/results/forecast_m4.json. Data: ../shared/data/forecasting/m4/ beside the
+Writes bench/results/forecast_m4.json (or --out). Data: ../shared/data/forecasting/m4/ beside the
 repository (Hourly-train.csv, Hourly-test.csv, m4_published_point_scores_by_frequency.csv).
 """
 
@@ -373,7 +373,7 @@ def main() -> None:
             )
         )
     print_published(args.data)
-    out = ROOT / "bench" / "results" / "forecast_m4.json"
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = {
         "series": len(train),
@@ -412,6 +412,7 @@ def _arguments() -> argparse.Namespace:
         "--windows", type=int, default=2, help="backtest windows of the auto choice"
     )
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "forecast_m4.json")
     parser.add_argument(
         "--service", action="store_true", help="the auto choice through the running service too"
     )
