@@ -10,7 +10,15 @@ reward_low_FN_rate; 0 = detect nothing, 100 = perfect):
 The scorer is checked first: NAB's windowed Gaussian, rescored on the same series, must give its
 published figures (its per-row outputs rounded to 12 digits, as NAB's result files store them).
 
+`--split` also scores each kind's likelihoods on two disjoint halves of the corpus, each half
+scored on its own (its own threshold, normalised by its own null and perfect detectors), beside
+the whole: `alternate` (the series in name order, even places / odd places) or `family`
+(AWS CloudWatch / the artificial and ad-exchange series). A change to a detector is chosen on one
+half and must also win on the other (ADR 0048): what wins on one half only was fitted to its
+series.
+
 Usage: python bench/anomaly_nab.py [--kinds windowed_gaussian,...] [--workers 2] [--data DIR]
+                                   [--split alternate|family]
 Writes bench/results/anomaly_nab.json. Data: shared/data/anomaly/nab/ in a folder above the
 repository; --data scores any corpus in NAB's layout (your own labelled series too): the 34 NAB
 series (recognised by their labels) wherever they lie, with the scorer check and the published
@@ -82,6 +90,12 @@ THRESHOLDS = sorted(
     {*np.linspace(0.5, 0.99, 50).round(4), *(1 - 10.0 ** -np.arange(2, 8.01, 0.25))}
 )
 NO_ANOMALY = "artificialNoAnomaly/"
+SPLITS = {
+    "alternate": lambda index, name: index % 2 == 0,
+    "family": lambda index, name: name.startswith("realAWSCloudwatch/"),
+}
+"""How `--split` halves a corpus: True puts a series (its place in name order, its name) in the
+first half."""
 
 
 def main() -> int:
@@ -96,8 +110,10 @@ def main() -> int:
     reference = hashlib.sha256(labels.read_bytes()).hexdigest() == REFERENCE_LABELS_SHA256
     with ProcessPoolExecutor(args.workers) as pool:
         check = _check_scorer(corpus, scored, pool) if reference else None
-        results = [_bench_kind(kind, corpus, scored, pool) for kind in args.kinds]
+        results = [_bench_kind(kind, corpus, scored, pool, args.split) for kind in args.kinds]
     _print(check, results, published=reference)
+    if args.split:
+        _print_split(args.split, results)
     name = "anomaly_nab" if reference else f"anomaly_nab_{args.data.resolve().name}"
     output = RESULTS / f"{name}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +134,11 @@ def _arguments() -> argparse.Namespace:
         default=DATA,
         help="a corpus in NAB's layout (data/, labels/combined_windows.json); other than the "
         "default, the published figures and the scorer check do not apply",
+    )
+    parser.add_argument(
+        "--split",
+        choices=sorted(SPLITS),
+        help="also score each kind on two halves of the corpus, each on its own",
     )
     return parser.parse_args()
 
@@ -148,8 +169,40 @@ def _check_scorer(
     return {"detector": "Windowed Gaussian", "published": want, "rescored": got, "ok": ok}
 
 
+def _halves(split: str, corpus: list[LabelledSeries]) -> tuple[list[int], list[int]]:
+    """The places of the series in each half of `corpus` under `split`."""
+    first = [SPLITS[split](index, s.name) for index, s in enumerate(corpus)]
+    return (
+        [i for i, inside in enumerate(first) if inside],
+        [i for i, inside in enumerate(first) if not inside],
+    )
+
+
+def _split_scores(
+    split: str, corpus: list[LabelledSeries], likelihoods: list[np.ndarray]
+) -> list[dict[str, Any]]:
+    """Each half's three profile scores (NAB's protocol, the half scored on its own)."""
+    halves = []
+    for places in _halves(split, corpus):
+        part = ScoredCorpus([corpus[i] for i in places])
+        scores = [part.score([likelihoods[i] for i in places], p) for p in PROFILES]
+        halves.append(
+            {
+                "series": len(places),
+                "windows": part.labelled_windows,
+                "scores": [s.score for s in scores],
+                "false_positives": scores[0].false_positives,
+            }
+        )
+    return halves
+
+
 def _bench_kind(
-    kind: str, corpus: list[LabelledSeries], scored: ScoredCorpus, pool: ProcessPoolExecutor
+    kind: str,
+    corpus: list[LabelledSeries],
+    scored: ScoredCorpus,
+    pool: ProcessPoolExecutor,
+    split: str | None = None,
 ) -> dict[str, Any]:
     likelihoods, seconds = _run(kind, corpus, pool)
     rows = sum(len(s.values) for s in corpus)
@@ -182,6 +235,8 @@ def _bench_kind(
         for s, f in zip(corpus, flags, strict=True)
         if s.name.startswith(NO_ANOMALY)
     }
+    if split:
+        result["split"] = {"by": split, "halves": _split_scores(split, corpus, likelihoods)}
     return result
 
 
@@ -212,6 +267,25 @@ def _print(check: dict[str, Any] | None, results: list[dict[str, Any]], *, publi
                 print(f"  {name:55} {count}")
     for result in results:
         print(f"{result['kind']}: {result['microseconds_per_value']:.1f} us per value")
+
+
+def _print_split(split: str, results: list[dict[str, Any]]) -> None:
+    print(f"\nsplit by {split}: each half scored on its own (NAB's protocol), then the whole")
+    print(f"{'detector':24} {'first half':>25} {'second half':>25} {'whole':>25}")
+    for result in results:
+        first, second = result["split"]["halves"]
+        whole = [result["likelihood"][p.name]["score"] for p in PROFILES]
+        print(
+            f"  {result['kind']:22} {_short(first['scores'])} {_short(second['scores'])}"
+            f" {_short(whole)}"
+        )
+    first, second = results[0]["split"]["halves"]
+    for name, half in (("first", first), ("second", second)):
+        print(f"  {name} half: {half['series']} series, {half['windows']} windows")
+
+
+def _short(scores: list[float]) -> str:
+    return f"{scores[0]:9.1f}{scores[1]:8.1f}{scores[2]:8.1f}"
 
 
 def _figures(scores: tuple[float, ...] | list[float]) -> str:

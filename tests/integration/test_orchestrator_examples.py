@@ -1,5 +1,6 @@
-"""The guide's two example workflows (docs/orchestrator/examples) end to end over real services:
-the anomaly service, the llm service with a tiny local chat model, the orchestrator, one NATS.
+"""The guide's example workflows (docs/orchestrator/examples) end to end over real services:
+the anomaly service, the llm service with a tiny local chat model, the forecast service, the
+orchestrator, one NATS.
 
 The files are registered as they are written, but for the values a deployment fills in (the chat
 model's name, the dataset's id), so the guide cannot drift from what works.
@@ -14,6 +15,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from google.protobuf import json_format
@@ -25,8 +27,12 @@ from nexus.anomaly.settings import AnomalySettings
 from nexus.api.anomaly.v1 import anomaly_service_pb2 as anomaly_pb
 from nexus.api.anomaly.v1 import anomaly_service_pb2_grpc as anomaly_grpc
 from nexus.api.anomaly.v1 import events_pb2 as anomaly_events
+from nexus.api.forecast.v1 import forecast_service_pb2 as forecast_pb
+from nexus.api.forecast.v1 import forecast_service_pb2_grpc as forecast_grpc
 from nexus.api.models.v1 import model_registry_pb2 as models_pb
 from nexus.api.models.v1 import model_registry_pb2_grpc as models_grpc
+from nexus.api.operations.v1 import operations_pb2 as ops_pb
+from nexus.api.operations.v1 import operations_pb2_grpc as ops_grpc
 from nexus.api.orchestrator.v1 import events_pb2 as orchestrator_events
 from nexus.api.orchestrator.v1 import orchestrator_service_pb2 as pb
 from nexus.api.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
@@ -36,6 +42,8 @@ from nexus.common.settings import NexusSettings
 from nexus.common.testing.keys import make_key
 from nexus.common.testing.services import StartService
 from nexus.common.testing.waiting import eventually
+from nexus.forecast.server import create as create_forecast
+from nexus.forecast.settings import ForecastSettings
 from nexus.llm.server import create as create_llm
 from nexus.llm.settings import LlmSettings
 from nexus.orchestrator.server import create as create_orchestrator
@@ -103,16 +111,10 @@ async def test_an_anomaly_above_the_threshold_is_summarised_and_alerted(
         for score in (0.5, 0.97):  # the first one is below the trigger's condition
             detected = anomaly_events.AnomalyDetected(source=source, score=score, values=[9.5])
             await bus.publish("nexus.anomaly.detected", detected)
-
-        async def one_run() -> list[pb.Run]:
-            listed = await stub.ListRuns(pb.ListRunsRequest(workflow=name), metadata=key)
-            return list(listed.runs)
-
-        await eventually(lambda: _has_runs(one_run, 1), timeout_s=30)
-        (run,) = await one_run()
+        run = await first_run(stub, name, key)
         done = await finished(stub, run.run_id, key)
         await asyncio.sleep(0.3)  # a second (wrong) run would have started by now
-        runs = await one_run()
+        runs = await runs_of(stub, name, key)
     stored = await nats_client.jetstream().get_last_msg("WORKFLOWS", "nexus.workflows.alerts")
     alert = orchestrator_events.WorkflowEvent.FromString(stored.data)
 
@@ -125,8 +127,21 @@ async def test_an_anomaly_above_the_threshold_is_summarised_and_alerted(
     assert [r.run_id for r in runs] == [run.run_id]
 
 
-async def _has_runs(runs: Any, count: int) -> bool:
-    return len(await runs()) >= count
+async def runs_of(
+    stub: pb_grpc.OrchestratorServiceStub, workflow: str, key: Metadata
+) -> list[pb.Run]:
+    listed = await stub.ListRuns(pb.ListRunsRequest(workflow=workflow), metadata=key)
+    return list(listed.runs)
+
+
+async def first_run(stub: pb_grpc.OrchestratorServiceStub, workflow: str, key: Metadata) -> pb.Run:
+    """The first run of a workflow that an event starts, once it is there."""
+
+    async def started() -> bool:
+        return bool(await runs_of(stub, workflow, key))
+
+    await eventually(started, timeout_s=60)
+    return (await runs_of(stub, workflow, key))[0]
 
 
 def _labelled_csv(seed: int) -> bytes:
@@ -193,3 +208,95 @@ async def test_the_nightly_retrain_promotes_a_version_that_scores_better(
     assert outputs["roc_auc"] > 0.9
     production = [v.version for v in model.model.versions if "production" in v.aliases]
     assert production == ["2"]
+
+
+@pytest.fixture
+async def forecasting(
+    start_service: StartService, nexus_settings: NexusSettings
+) -> tuple[ServiceHost, ServiceHost, Metadata]:
+    """The forecast and orchestrator services; yields both hosts and an admin key's metadata."""
+    forecast = await start_service(create_forecast, ForecastSettings(grpc_port=0))
+    service_key = await make_key(nexus_settings, "*")
+    orchestrator = await start_service(
+        create_orchestrator,
+        OrchestratorSettings(
+            grpc_port=0,
+            backends={"forecast": f"127.0.0.1:{forecast.port}"},
+            service_key=service_key,
+        ),
+    )
+    admin = await make_key(nexus_settings, "*")
+    return forecast, orchestrator, (("authorization", f"Bearer {admin}"),)
+
+
+def _stores_csv(stores: list[str]) -> bytes:
+    """90 days of weekly-seasonal demand per store, long format."""
+    rng = np.random.default_rng(3)
+    days = pd.date_range("2024-01-01", periods=90, freq="D")
+    lines = ["unique_id,ds,y"]
+    for store in stores:
+        y = 100 + 20 * np.sin(2 * np.pi * np.arange(90) / 7) + rng.normal(0, 3, 90)
+        lines += [f"{store},{d.date()},{v:.3f}" for d, v in zip(days, y, strict=True)]
+    return "\n".join(lines).encode()
+
+
+async def test_the_nightly_refit_fits_promotes_and_its_event_forecasts_and_publishes(
+    forecasting: tuple[ServiceHost, ServiceHost, Metadata], nats_client: Any
+) -> None:
+    """nightly-refit, run by hand as its cron trigger would, starts the fit operation; the
+    fit's nexus.forecast.fitted starts forecast-on-refit, which forecasts with the new version
+    and publishes the forecasts."""
+    forecast, orchestrator, key = forecasting
+    model, stores = f"demand-{uuid.uuid4().hex[:6]}", ["store-1", "store-2", "store-3"]
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{forecast.port}") as forecast_channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{orchestrator.port}") as channel,
+    ):
+        uploaded = await forecast_grpc.ForecastServiceStub(forecast_channel).UploadDataset(
+            forecast_pb.UploadDatasetRequest(name="stores", data=_stores_csv(stores)),
+            metadata=key,
+        )
+        refit, refit_yaml = example(
+            "nightly-refit",
+            inputs__model__default=model,
+            triggers__0__inputs__dataset=uploaded.dataset.id,
+        )
+        on_refit, on_refit_yaml = example(
+            "forecast-on-refit",
+            triggers__0__event__condition=f"event.data.model.name == '{model}'",
+        )
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        for definition in (on_refit_yaml, refit_yaml):
+            await stub.RegisterWorkflow(
+                pb.RegisterWorkflowRequest(definition=definition), metadata=key
+            )
+        inputs = Struct()
+        inputs.update({"dataset": uploaded.dataset.id})  # what the nightly trigger passes
+        started = await stub.StartRun(
+            pb.StartRunRequest(workflow=refit, inputs=inputs), metadata=key
+        )
+        fitted = await finished(stub, started.run.run_id, key)
+        operation = json_format.MessageToDict(fitted.outputs)["operation"]
+        run = await first_run(stub, on_refit, key)
+        done = await finished(stub, run.run_id, key)
+        runs = await runs_of(stub, on_refit, key)
+        ended = await ops_grpc.OperationsServiceStub(forecast_channel).GetOperation(
+            ops_pb.GetOperationRequest(name=operation), metadata=key
+        )
+        production = await models_grpc.ModelRegistryServiceStub(forecast_channel).GetModel(
+            models_pb.GetModelRequest(service="forecast", name=model), metadata=key
+        )
+    stored = await nats_client.jetstream().get_last_msg("WORKFLOWS", "nexus.workflows.forecasts")
+    published = orchestrator_events.WorkflowEvent.FromString(stored.data)
+
+    assert fitted.state == pb.RUN_STATE_SUCCEEDED, fitted.error.message
+    assert ended.operation.state == ops_pb.OPERATION_STATE_SUCCEEDED
+    assert [v.aliases for v in production.model.versions] == [["production"]]
+    assert done.state == pb.RUN_STATE_SUCCEEDED, done.error.message
+    assert [r.run_id for r in runs] == [run.run_id]  # one run per fit
+    outputs = json_format.MessageToDict(done.outputs)
+    assert outputs["version"] == "1"
+    assert [f["series_id"] for f in outputs["forecasts"]] == stores
+    assert all(len(f["mean"]) == 14 for f in outputs["forecasts"])  # the fit's horizon
+    assert (published.run_id, published.attributes["model"]) == (run.run_id, model)
+    assert published.text.startswith("3 series forecast with version 1, from 2024-03-31")

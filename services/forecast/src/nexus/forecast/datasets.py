@@ -137,21 +137,41 @@ def to_series(frame: pd.DataFrame, dataset_id: str, only: Sequence[str] = ()) ->
     Raises:
         NotFound: A series named in `only` that the dataset does not hold.
     """
-    groups = dict(tuple(frame.groupby("unique_id", sort=True)))
-    wanted = list(only) or list(groups)
-    unknown = [s for s in wanted if s not in groups]
+    order = np.argsort(frame["unique_id"].to_numpy(), kind="stable")
+    table = frame.iloc[order]
+    spans = _spans(table["unique_id"].to_numpy())
+    wanted = list(only) or list(spans)
+    unknown = [s for s in wanted if s not in spans]
     if unknown:
         raise NotFound(f"dataset {dataset_id!r} has no series {unknown[:5]}")
-    exogenous = [c for c in frame.columns if c not in REQUIRED]
-    return [_series(groups[s], s, exogenous) for s in wanted]
+    stamps = pd.DatetimeIndex(table["ds"])
+    columns = {c: table[c].to_numpy(np.float64) for c in table.columns if c not in REQUIRED}
+    values = table["y"].to_numpy(np.float64)
+    return [_series(s, slice(*spans[s]), stamps, values, columns) for s in wanted]
 
 
-def _series(group: pd.DataFrame, series_id: str, exogenous: list[str]) -> Series:
+def _spans(ids: np.ndarray) -> dict[str, tuple[int, int]]:
+    """Series id -> (first row, row after its last) of rows sorted by id (slicing arrays: a
+    DataFrame per series costs about 0.5 ms each, seconds for 10,000 series)."""
+    if not len(ids):
+        return {}
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    ends = np.r_[starts[1:], len(ids)]
+    return {str(ids[a]): (int(a), int(b)) for a, b in zip(starts, ends, strict=True)}
+
+
+def _series(
+    series_id: str,
+    rows: slice,
+    stamps: pd.DatetimeIndex,
+    values: np.ndarray,
+    columns: dict[str, np.ndarray],
+) -> Series:
     return Series(
         id=series_id,
-        timestamps=pd.DatetimeIndex(group["ds"]),
-        values=group["y"].to_numpy(np.float64),
-        exogenous={c: group[c].to_numpy(np.float64) for c in exogenous},
+        timestamps=stamps[rows],
+        values=values[rows],
+        exogenous={c: column[rows] for c, column in columns.items()},
         field=f"data.dataset_id[{series_id}]",
     )
 

@@ -333,6 +333,8 @@ class ForecastEngine:
     async def _forecast(self, job: Job, prepared: list[Prepared]) -> Forecasted:
         plan = job.plan()
         kinds = {s.id: applicable(s, job.models, plan) for s in prepared}
+        for s in prepared:
+            _check_futures(s, kinds[s.id], job.horizon)
         several = [s for s in prepared if len(kinds[s.id]) > 1]
         known = await self._run(partial(global_backtests, several, kinds, plan))
 
@@ -438,9 +440,12 @@ class ForecastEngine:
             await progress.stage("fitting", 5.0, "backtesting the global models")
         known = await self._run(partial(global_backtests, prepared, kinds, plan))
         began, total, wanted = time.monotonic(), len(prepared), set()
-        for chunk in _chunks(prepared, self._chunk_size(total)):
-            done = await self._run(partial(_fit_chunk, chunk, kinds, plan, known))
-            for choice, series in done:
+        chunks = _chunks(prepared, self._chunk_size(total))
+        for batch in _chunks(chunks, max(1, self.settings.workers)):  # one chunk per worker
+            parts = await asyncio.gather(
+                *(self._run(partial(_fit_chunk, chunk, kinds, plan, known)) for chunk in batch)
+            )
+            for choice, series in (pair for part in parts for pair in part):
                 choices.append(choice)
                 fitted.add(series)
                 wanted.update(series.shared_keys())
@@ -597,6 +602,18 @@ def _forecast(
     check_fit_length(series, kind)
     forecast = forecast_once(kind, series.seasons, series.y, horizon, levels, x, x_future)
     return SeriesResult(series.id, kind, series.horizon_index(horizon), forecast)
+
+
+def _check_futures(series: Prepared, kinds: Sequence[ModelKind], horizon: int) -> None:
+    """A series forecast by a model that uses its exogenous columns needs their values over the
+    horizon: refused before any backtest runs.
+
+    Raises:
+        InvalidArgument: Naming the column missing, short or not finite.
+    """
+    where = f"{series.field}.future_exogenous"
+    for kind in kinds:
+        future_matrix(series.exogenous, series.future, horizon, where, kind)
 
 
 def _fit_chunk(

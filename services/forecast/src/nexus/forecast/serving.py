@@ -21,6 +21,7 @@ from nexus.forecast.forecasting import (
     GlobalModel,
     ModelKind,
     ensembles,
+    future_matrix,
 )
 
 FRAMEWORK = "nexus-forecast"
@@ -103,11 +104,16 @@ class ServedSet(Model[Request, list[Result]]):
         ensemble's global members among them)."""
         series_ids, horizon, levels, futures = inputs
         fitted = [self.series(series_id) for series_id in series_ids]
-        parts = [p for f in fitted for p in (f.members or (f,))]
-        pooled = self._pooled([p for p in parts if p.shared], horizon, levels)
+        wheres = [_where(series_id, i, futures) for i, series_id in enumerate(series_ids)]
+        shared = [
+            (p, w)
+            for f, w in zip(fitted, wheres, strict=True)
+            for p in f.members or (f,)
+            if p.shared
+        ]
+        pooled = self._pooled(shared, horizon, levels, futures)
         results = []
-        for i, (series_id, one) in enumerate(zip(series_ids, fitted, strict=True)):
-            where = f"futures[{series_id}]" if series_id in futures else f"series_ids[{i}]"
+        for series_id, one, where in zip(series_ids, fitted, wheres, strict=True):
             future = futures.get(series_id, {})
             found = [
                 pooled.get((p.shared, series_id)) or p.forecast(horizon, levels, future, where)[1]
@@ -118,15 +124,24 @@ class ServedSet(Model[Request, list[Result]]):
         return results
 
     def _pooled(
-        self, fitted: Sequence[FittedSeries], horizon: int, levels: Sequence[float]
+        self,
+        fitted: Sequence[tuple[FittedSeries, str]],
+        horizon: int,
+        levels: Sequence[float],
+        futures: Futures,
     ) -> dict[tuple[str, str], Forecast]:
-        """Forecasts by (shared model, series id)."""
-        by_key: dict[str, list[str]] = {}
-        for f in fitted:
-            by_key.setdefault(f.shared, []).append(f.series_id)
+        """Forecasts of series of global models (an ensemble's members among them) by (model,
+        series id), one call per model; each series' future exogenous values checked first
+        (`where`: its field in the request)."""
+        by_key: dict[str, dict[str, np.ndarray | None]] = {}
+        for f, where in fitted:
+            given = futures.get(f.series_id, {})
+            x = future_matrix(f.exogenous, given, horizon, where, f.kind)
+            by_key.setdefault(f.shared, {})[f.series_id] = x
         found: dict[tuple[str, str], Forecast] = {}
-        for key, ids in by_key.items():
-            forecasts = self.shared(key).forecast(list(dict.fromkeys(ids)), horizon, levels)
+        for key, xs in by_key.items():
+            known = {i: x for i, x in xs.items() if x is not None}
+            forecasts = self.shared(key).forecast(list(xs), horizon, levels, known)
             found.update({(key, series_id): f for series_id, f in forecasts.items()})
         return found
 
@@ -144,3 +159,8 @@ class ServedSet(Model[Request, list[Result]]):
     def _fitted(self) -> FittedSet:
         assert self._set is not None, "load() first"
         return self._set
+
+
+def _where(series_id: str, position: int, futures: Futures) -> str:
+    """The request field a series' future exogenous values are checked under."""
+    return f"futures[{series_id}]" if series_id in futures else f"series_ids[{position}]"

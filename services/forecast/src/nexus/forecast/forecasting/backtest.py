@@ -222,7 +222,8 @@ def global_scores(
             model = learners.fit_global(
                 kind, series, plan.horizon, origins, bool(plan.levels), params
             )
-            forecasts = model.forecast(list(origins), plan.horizon, plan.levels)
+            futures = window_futures(series, origins, plan.horizon)
+            forecasts = model.forecast(list(origins), plan.horizon, plan.levels, futures)
         except (ValueError, ArithmeticError, np.linalg.LinAlgError) as err:
             log.warning("%s failed on %d series: %s", kind.value, len(series), err)
             return {s.id: FAILED for s in series}
@@ -234,6 +235,14 @@ def global_scores(
 
 def _kept(found: Errors, forecasts: Sequence[Forecast], keep: bool) -> Errors:
     return replace(found, windows=tuple(forecasts)) if keep else found
+
+
+def window_futures(
+    series: Sequence[Prepared], origins: Mapping[str, int], horizon: int
+) -> dict[str, np.ndarray]:
+    """The exogenous values of each series over the window after its origin (what happened:
+    a backtest forecasts as if they had been known)."""
+    return {s.id: s.x[origins[s.id] : origins[s.id] + horizon] for s in series if s.x is not None}
 
 
 def choose(series_id: str, scores: Mapping[ModelKind, Errors], metric: str) -> Choice:
@@ -308,8 +317,10 @@ def window_forecasts(
 
 
 def _global_window(series: Prepared, kind: ModelKind, plan: Plan, origin: int) -> Forecast:
-    model = learners.fit_global(kind, [series], plan.horizon, {series.id: origin}, intervals=False)
-    return model.forecast([series.id], plan.horizon, ())[series.id]
+    origins = {series.id: origin}
+    model = learners.fit_global(kind, [series], plan.horizon, origins, intervals=False)
+    futures = window_futures([series], origins, plan.horizon)
+    return model.forecast([series.id], plan.horizon, (), futures)[series.id]
 
 
 def _window_forecast(

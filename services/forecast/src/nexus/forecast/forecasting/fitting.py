@@ -72,9 +72,11 @@ class FittedSeries:
                 intervals beyond a global model's calibrated horizon.
         """
         index = self.horizon_index(horizon)
-        if shared is not None:
-            return index, shared.forecast([self.series_id], horizon, levels)[self.series_id]
         x_future = future_matrix(self.exogenous, future, horizon, where, self.kind)
+        if shared is not None:
+            futures = {self.series_id: x_future} if x_future is not None else None
+            found = shared.forecast([self.series_id], horizon, levels, futures)
+            return index, found[self.series_id]
         return index, predict(self.kind, self.model, horizon, levels, x_future)
 
     def forecast_with(
@@ -86,7 +88,7 @@ class FittedSeries:
         models: Mapping[str, GlobalModel],
     ) -> tuple[pd.DatetimeIndex, Forecast]:
         """Like `forecast`, any model: `models` holds the shared global models by key (see
-        `keys`); an ensemble combines its members' forecasts (blocking)."""
+        `shared_keys`); an ensemble combines its members' forecasts (blocking)."""
         if not self.members:
             return self.forecast(horizon, levels, future, where, models.get(self.shared))
         parts = [m.forecast_with(horizon, levels, future, where, models)[1] for m in self.members]
@@ -180,7 +182,8 @@ def _only(
 def shared_key(kind: ModelKind, group: learners.Group) -> str:
     """The key of a global model in a fitted set."""
     seasons = ",".join(str(s) for s in group.seasons)
-    return f"{kind.value}/{group.frequency}/{seasons}"
+    exogenous = f"/{','.join(group.exogenous)}" if group.exogenous else ""
+    return f"{kind.value}/{group.frequency}/{seasons}{exogenous}"
 
 
 def fit_series(
@@ -201,8 +204,11 @@ def fit_series(
         )
     check_fit_length(series, kind, horizon)
     if kind in GLOBAL:
-        key = shared_key(kind, learners.group_of(series))
-        return FittedSeries(series.id, kind, None, series.last, series.frequency, (), key)
+        group = learners.group_of(series)
+        key = shared_key(kind, group)
+        return FittedSeries(
+            series.id, kind, None, series.last, series.frequency, group.exogenous, key
+        )
     uses = kind in USES_EXOGENOUS and series.x is not None
     model = fit(kind, series.seasons, series.y, series.x if uses else None)
     return FittedSeries(

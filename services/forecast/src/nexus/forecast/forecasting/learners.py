@@ -7,6 +7,9 @@ Box-Cox transformed per series (when every value of the group is positive), diff
 season and scaled per series, so series of any level and scale train one model. Forecasts are
 recursive; the intervals are mlforecast's conformal ones (`PredictionIntervals`, per series and
 step, from up to MAX_CONFORMAL_WINDOWS windows of the horizon held out at fit time).
+
+A series' exogenous columns are dynamic features of the model (ADR 0045): series with the same
+columns train together, and a forecast needs the columns' values over the horizon.
 """
 
 from __future__ import annotations
@@ -43,15 +46,18 @@ LEAVES = 63
 
 @dataclass(frozen=True)
 class Group:
-    """Series one global model learns from together: one frequency, the same seasons."""
+    """Series one global model learns from together: one frequency, the same seasons, the same
+    exogenous columns."""
 
     frequency: str
     seasons: tuple[int, ...]
+    exogenous: tuple[str, ...] = ()
 
 
 def group_of(series: Prepared) -> Group:
     """The group a series trains in."""
-    return Group(series.frequency, series.seasons)
+    exogenous = series.exogenous if series.x is not None else ()
+    return Group(series.frequency, series.seasons, exogenous)
 
 
 def positive(series: Sequence[Prepared]) -> bool:
@@ -151,12 +157,23 @@ def build(
 
 
 def frame(series: Sequence[Prepared], lengths: Mapping[str, int] | None = None) -> pd.DataFrame:
-    """Series in mlforecast's long format, each cut to `lengths[id]` values when given."""
+    """Series in mlforecast's long format, exogenous columns after `y`, each cut to
+    `lengths[id]` values when given."""
     parts = []
     for s in series:
         n = lengths[s.id] if lengths else len(s.y)
-        parts.append(pd.DataFrame({"unique_id": s.id, "ds": s.grid(n), "y": s.y[:n]}))
+        columns = _columns(group_of(s).exogenous, s.x[:n] if s.x is not None else None)
+        parts.append(pd.DataFrame({"unique_id": s.id, "ds": s.grid(n), "y": s.y[:n], **columns}))
     return pd.concat(parts, ignore_index=True)
+
+
+def _columns(names: Sequence[str], x: np.ndarray | None) -> dict[str, np.ndarray]:
+    return {name: x[:, i] for i, name in enumerate(names)} if x is not None else {}
+
+
+Futures = Mapping[str, np.ndarray]
+"""Exogenous values over the horizon by series id: a matrix of horizon rows, one column per
+exogenous column of the group (in its order)."""
 
 
 @dataclass
@@ -168,11 +185,18 @@ class GlobalModel:
     horizon: int
     """The longest horizon its intervals were calibrated for."""
     series_ids: frozenset[str]
+    exogenous: tuple[str, ...] = ()
+    """The exogenous columns it learned from; forecasts need their future values."""
 
     def forecast(
-        self, series_ids: Sequence[str], horizon: int, levels: Sequence[float]
+        self,
+        series_ids: Sequence[str],
+        horizon: int,
+        levels: Sequence[float],
+        futures: Futures | None = None,
     ) -> dict[str, Forecast]:
-        """The next `horizon` steps of each series (blocking).
+        """The next `horizon` steps of each series (blocking), with the exogenous columns'
+        values over the horizon `futures` (checked by the caller, `fitting.future_matrix`).
 
         Raises:
             InvalidArgument: Intervals asked for beyond the calibrated horizon.
@@ -189,10 +213,25 @@ class GlobalModel:
             )
         windows = self.forecaster.prediction_intervals.n_windows if levels else 0
         asked = {level: conformal_level(level, windows) for level in levels}
+        ids = list(dict.fromkeys(series_ids))
         out = self.forecaster.predict(
-            h=horizon, level=sorted(set(asked.values())) or None, ids=list(series_ids)
+            h=horizon,
+            level=sorted(set(asked.values())) or None,
+            ids=ids,
+            X_df=self._future_frame(ids, horizon, futures or {}),
         )
         return _forecasts(out, self.kind.value, asked)
+
+    def _future_frame(self, ids: list[str], horizon: int, futures: Futures) -> pd.DataFrame | None:
+        if not self.exogenous:
+            return None
+        grid = pd.DataFrame(self.forecaster.make_future_dataframe(horizon))
+        grid = grid[grid["unique_id"].isin(ids)]
+        parts = []
+        for series_id, rows in grid.groupby("unique_id", sort=False):
+            values = _columns(self.exogenous, futures[str(series_id)])
+            parts.append(rows.assign(**values))
+        return pd.concat(parts, ignore_index=True)
 
 
 def conformal_level(level: float, windows: int) -> float:
@@ -244,8 +283,11 @@ def fit_global(
     data = frame(series, lengths)
     shortest = int(data.groupby("unique_id").size().min())
     pi = _conformal(group, shortest, horizon) if intervals else None
-    forecaster = build(kind, group, positive(series), params).fit(data, prediction_intervals=pi)
-    return GlobalModel(kind, forecaster, horizon if pi else 0, frozenset(s.id for s in series))
+    forecaster = build(kind, group, positive(series), params).fit(
+        data, prediction_intervals=pi, static_features=[]
+    )
+    ids = frozenset(s.id for s in series)
+    return GlobalModel(kind, forecaster, horizon if pi else 0, ids, group.exogenous)
 
 
 def _conformal(group: Group, shortest: int, horizon: int) -> PredictionIntervals | None:

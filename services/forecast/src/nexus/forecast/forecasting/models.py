@@ -44,8 +44,9 @@ enough for its backtest, ADR 0033). AutoARIMA only when asked for: its order sea
 times the others (ADR 0031); XGBoost only when asked for: it learns what LightGBM does, slower.
 The ensemble last: it combines the others (ADR 0044)."""
 
-USES_EXOGENOUS = frozenset({ModelKind.AUTO_ARIMA})
-"""Models that use exogenous columns; the others forecast from the series alone."""
+USES_EXOGENOUS = frozenset({ModelKind.AUTO_ARIMA, ModelKind.LIGHTGBM, ModelKind.XGBOOST})
+"""Models that use exogenous columns (the global ones as dynamic features, ADR 0045); the
+others forecast from the series alone."""
 
 
 def build(kind: ModelKind, seasons: tuple[int, ...]) -> Any:

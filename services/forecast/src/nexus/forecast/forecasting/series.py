@@ -93,7 +93,7 @@ def prepare(series: Series, options: SeriesOptions, max_missing_run: int) -> Pre
     frequency = options.frequency or infer_frequency(index, f"{where}.timestamps")
     grid = _grid(index, frequency, f"{where}.timestamps")
     limit = options.max_missing_run or max_missing_run
-    values = pd.Series(series.values, index=index).reindex(grid).to_numpy(dtype=np.float64)
+    values = _on_grid(series.values, index, grid)
     first = _first_observed(values, f"{where}.values")
     y, filled = fill_missing(values[first:], limit, f"{where}.values")
     names = tuple(sorted(series.exogenous))
@@ -174,23 +174,37 @@ def _grid(index: pd.DatetimeIndex, frequency: str, where: str) -> pd.DatetimeInd
         pd.tseries.frequencies.to_offset(frequency)
     except ValueError as err:
         raise InvalidArgument.for_field("options.frequency", f"unknown: {frequency!r}") from err
-    bad = _off_grid(index, frequency)
+    grid = pd.date_range(index[0], index[-1], freq=frequency)
+    bad = _off_grid(index, frequency, grid)
     if bad is not None:
         raise InvalidArgument.for_field(
             f"{where}[{bad}]",
             f"timestamps are irregular: {index[bad]} is not on the {frequency} grid from "
             f"{index[0]}",
         )
-    return pd.date_range(index[0], index[-1], freq=frequency)
+    return grid
 
 
-def _off_grid(index: pd.DatetimeIndex, frequency: str) -> int | None:
+def _off_grid(
+    index: pd.DatetimeIndex, frequency: str, grid: pd.DatetimeIndex | None = None
+) -> int | None:
     """The position of the first timestamp off the grid that starts at the first one."""
-    grid = pd.date_range(index[0], index[-1], freq=frequency)
+    if grid is None:
+        grid = pd.date_range(index[0], index[-1], freq=frequency)
     if len(grid) == 0 or grid[0] != index[0]:
         return 0
+    if len(grid) == len(index) and (grid.asi8 == index.asi8).all():
+        return None  # every step given: the usual case, without a set lookup
     inside = index.isin(grid)
     return None if inside.all() else int(np.flatnonzero(~inside)[0])
+
+
+def _on_grid(values: FloatArray, index: pd.DatetimeIndex, grid: pd.DatetimeIndex) -> FloatArray:
+    """Values at the grid's steps, NaN where no timestamp was given (the timestamps lie on it)."""
+    if len(index) == len(grid):  # on the grid and as many: the same steps
+        return np.asarray(values, dtype=np.float64)
+    series = pd.Series(values, index=index).reindex(grid)
+    return np.asarray(series, dtype=np.float64)
 
 
 def _first_observed(values: FloatArray, where: str) -> int:
@@ -241,7 +255,7 @@ def _exogenous(
     columns = []
     for name in sorted(series.exogenous):
         where = f"{series.field}.exogenous[{name}]"
-        raw = pd.Series(series.exogenous[name], index=index).reindex(grid).to_numpy(np.float64)
+        raw = _on_grid(series.exogenous[name], index, grid)
         if np.isnan(raw[first:]).all() or np.isnan(raw[-1]):
             raise InvalidArgument.for_field(where, "needs its last value and at least one other")
         column, _ = fill_missing(raw[first:], limit, where)

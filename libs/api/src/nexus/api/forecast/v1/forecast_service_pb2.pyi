@@ -35,7 +35,9 @@ class _ModelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Model.ValueType
     MSTL, LightGBM where the series is long enough for its backtest, and the ensemble).
     """
     MODEL_AUTO_ARIMA: _Model.ValueType  # 1
-    """AutoARIMA (statsforecast): ARIMA orders chosen by AICc; the only one using exogenous columns."""
+    """AutoARIMA (statsforecast): ARIMA orders chosen by AICc; uses exogenous columns (so do the
+    global models, LightGBM and XGBoost, as dynamic features).
+    """
     MODEL_AUTO_ETS: _Model.ValueType  # 2
     """AutoETS (statsforecast): exponential smoothing, error/trend/season chosen by AICc."""
     MODEL_AUTO_THETA: _Model.ValueType  # 3
@@ -64,7 +66,9 @@ MODEL_UNSPECIFIED: Model.ValueType  # 0
 MSTL, LightGBM where the series is long enough for its backtest, and the ensemble).
 """
 MODEL_AUTO_ARIMA: Model.ValueType  # 1
-"""AutoARIMA (statsforecast): ARIMA orders chosen by AICc; the only one using exogenous columns."""
+"""AutoARIMA (statsforecast): ARIMA orders chosen by AICc; uses exogenous columns (so do the
+global models, LightGBM and XGBoost, as dynamic features).
+"""
 MODEL_AUTO_ETS: Model.ValueType  # 2
 """AutoETS (statsforecast): exponential smoothing, error/trend/season chosen by AICc."""
 MODEL_AUTO_THETA: Model.ValueType  # 3
