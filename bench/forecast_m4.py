@@ -18,30 +18,50 @@ predict time is wall time. Prophet runs per series on the workers (on the bench'
 hourly timestamps); the LSTM and the Transformer are global like LightGBM (torch with the
 threads OMP_NUM_THREADS allows it).
 
+With --service, the auto choice through the running service too: `nexus up`'s launcher starts
+nats-server and the forecast service (--jobs executor threads) as processes; the series go in
+as one Parquet dataset (UploadDataset), are fitted by StartFit (the operation, followed to its
+end: backtests, fits, the registered version) and forecast by Predict from that version. Its
+row ("auto (service)") times all three calls, over real gRPC, beside the in-process row.
+
 Usage: python bench/forecast_m4.py [--models seasonal_naive,auto_theta,auto_ets,mstl,lightgbm,
        xgboost,prophet,lstm,transformer,auto,statsforecast_auto_arima] [--series N]
-       [--arima-series N] [--jobs N] [--windows 2] [--candidates ...] [--data DIR]
-Writes bench/results/forecast_m4.json. Data: ../shared/data/forecasting/m4/ beside the
+       [--arima-series N] [--jobs N] [--windows 2] [--candidates ...] [--data DIR] [--every N]
+       [--service]
+Writes bench/results/forecast_m4.json (or --out). Data: ../shared/data/forecasting/m4/ beside the
 repository (Hourly-train.csv, Hourly-test.csv, m4_published_point_scores_by_frequency.csv).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
+import io
 import json
 import os
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pandas as pd
 
+from nexus.api.forecast.v1 import forecast_service_pb2 as pb
+from nexus.api.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
+from nexus.api.operations.v1 import operations_pb2 as ops_pb
+from nexus.api.operations.v1 import operations_pb2_grpc as ops_grpc
+from nexus.common.auth import open_key_store
+from nexus.common.launcher import Platform
+from nexus.common.settings import NexusSettings
+from nexus.forecast import converters
 from nexus.forecast.forecasting import (
     GLOBAL,
     Errors,
+    FittedSeries,
     ModelKind,
     Plan,
     Prepared,
@@ -50,7 +70,6 @@ from nexus.forecast.forecasting import (
     applicable,
     choose_and_fit,
     fit_globals,
-    fit_series,
     forecast_once,
     global_backtests,
     mase,
@@ -120,22 +139,27 @@ Work = tuple[str, str, np.ndarray, int, tuple[ModelKind, ...], dict[ModelKind, E
 """Model, series id, values, backtest windows, candidates, the global candidates' errors."""
 
 
-def forecast_service(work: Work) -> tuple[np.ndarray | None, str]:
+Done = tuple[str, np.ndarray | None, str, FittedSeries | None]
+"""Series id, forecast, the model, the fitted series when it needs a global model."""
+
+
+def forecast_service(work: Work) -> tuple[np.ndarray | None, str, FittedSeries | None]:
     """The service's path for one series: prepare, then one model, or the backtest choice
-    (blocking). A global winner's forecast comes later (None here)."""
+    (blocking). A winner that needs a global model (itself, or an ensemble's member) is
+    forecast later, in the main process (no forecast here: the fitted series instead)."""
     model, series_id, y, windows, kinds, known = work
     prepared = _prepared(series_id, y)
     if model != "auto":
         kind = ModelKind(model)
         dates = prepared.grid(len(prepared.y) + HORIZON)  # Prophet's
-        mean = forecast_once(kind, prepared.seasons, prepared.y, HORIZON, (), dates=dates).mean
-        return mean, kind.value
+        found = forecast_once(kind, prepared.seasons, prepared.y, HORIZON, (), dates=dates).mean
+        return found, kind.value, None
     plan = Plan(horizon=HORIZON, windows=windows)
     choice, fitted = choose_and_fit(prepared, kinds, plan, known)
-    if fitted.shared:
-        return None, choice.model.value
-    _, forecast = fitted.forecast(HORIZON, (), {}, series_id)
-    return forecast.mean, choice.model.value
+    if fitted.shared_keys():
+        return None, choice.model.value, fitted
+    _, forecast = fitted.forecast_with(HORIZON, (), {}, series_id, {})
+    return forecast.mean, choice.model.value, None
 
 
 def forecast_statsforecast_arima(y: np.ndarray) -> np.ndarray:
@@ -145,12 +169,11 @@ def forecast_statsforecast_arima(y: np.ndarray) -> np.ndarray:
     return np.asarray(AutoARIMA(season_length=SEASON).forecast(y=y, h=HORIZON)["mean"])
 
 
-def _one(work: Work) -> tuple[str, np.ndarray | None, str]:
+def _one(work: Work) -> Done:
     model, series_id, y = work[:3]
     if model == ARIMA:
-        return series_id, forecast_statsforecast_arima(y), "auto_arima"
-    mean, chosen = forecast_service(work)
-    return series_id, mean, chosen
+        return series_id, forecast_statsforecast_arima(y), "auto_arima", None
+    return series_id, *forecast_service(work)
 
 
 def score(
@@ -186,7 +209,7 @@ def run(
         return run_auto(train, jobs, windows, kinds)
     began = time.perf_counter()
     done = _pool(jobs, [(model, s, y, windows, (), {}) for s, y in train.items()])
-    return {s: mean for s, mean, _ in done if mean is not None}, {model: len(done)}, _since(began)
+    return {s: m for s, m, _, _ in done if m is not None}, {model: len(done)}, _since(began)
 
 
 def run_global(kind: ModelKind, train: dict[str, np.ndarray]) -> Ran:
@@ -211,12 +234,10 @@ def run_auto(
     done = _pool(
         jobs, [("auto", s, y, windows, ours[s], known.get(s, {})) for s, y in train.items()]
     )
-    forecasts = {s: mean for s, mean, _ in done if mean is not None}
-    winners = {s: ModelKind(chosen) for s, _, chosen in done}
-    shared = _global_winners(prepared, ours, winners)
-    forecasts.update(shared)
+    forecasts = {s: mean for s, mean, _, _ in done if mean is not None}
+    forecasts.update(_global_winners(prepared, ours, [f for _, _, _, f in done if f]))
     wins: dict[str, int] = {}
-    for _, _, chosen in done:
+    for _, _, chosen, _ in done:
         wins[chosen] = wins.get(chosen, 0) + 1
     return {s: forecasts[s] for s in train}, wins, _since(began)
 
@@ -224,14 +245,87 @@ def run_auto(
 def _global_winners(
     prepared: list[Prepared],
     kinds: dict[str, tuple[ModelKind, ...]],
-    winners: dict[str, ModelKind],
+    fitted: list[FittedSeries],
 ) -> dict[str, np.ndarray]:
-    fitted = [fit_series(p, winners[p.id], HORIZON) for p in prepared if winners[p.id] in GLOBAL]
-    models = fit_globals(prepared, kinds, {f.shared for f in fitted}, HORIZON)
-    return {f.series_id: f.forecast(HORIZON, (), {}, "", models[f.shared])[1].mean for f in fitted}
+    """The forecasts of the series whose model needs a global one: each fitted once."""
+    models = fit_globals(prepared, kinds, set().union(*(f.shared_keys() for f in fitted)), HORIZON)
+    return {f.series_id: f.forecast_with(HORIZON, (), {}, "", models)[1].mean for f in fitted}
 
 
-def _pool(jobs: int, work: list[Work]) -> list[tuple[str, np.ndarray | None, str]]:
+def run_service(
+    train: dict[str, np.ndarray], jobs: int, windows: int, kinds: tuple[ModelKind, ...]
+) -> Ran:
+    """The auto choice through the running service (see the module's doc)."""
+    os.environ["NEXUS_FORECAST_WORKERS"] = str(jobs)
+    with tempfile.TemporaryDirectory() as folder:
+        platform = Platform(Path(folder), nats_port=0, gateway_port=0, services=["forecast"])
+        try:
+            return asyncio.run(_through(platform, train, windows, kinds))
+        finally:
+            platform.stop()
+
+
+async def _through(
+    platform: Platform,
+    train: dict[str, np.ndarray],
+    windows: int,
+    kinds: tuple[ModelKind, ...],
+) -> Ran:
+    nats_url = await platform.start_nats()
+    await platform.start_services()
+    async with open_key_store(NexusSettings(nats_url=nats_url), "bench-keys") as keys:
+        _, secret = await keys.create("bench", ["*"], rate_limit_per_minute=10_000_000)
+    md = (("authorization", f"Bearer {secret}"),)
+    big = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    (child,) = platform.children
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{child.port}", options=big) as channel:
+        stub, operations = (
+            pb_grpc.ForecastServiceStub(channel),
+            ops_grpc.OperationsServiceStub(channel),
+        )
+        began = time.perf_counter()
+        upload = pb.UploadDatasetRequest(
+            name="m4-hourly", data=_parquet(train), format=pb.DATASET_FORMAT_PARQUET
+        )
+        dataset = (await stub.UploadDataset(upload, metadata=md)).dataset
+        options = pb.SeriesOptions(season_length=SEASON, extra_seasonalities=SEASONS[1:])
+        fit = pb.FitRequest(
+            name="m4-hourly",
+            data=pb.SeriesData(dataset_id=dataset.id, options=options),
+            horizon=HORIZON,
+            models=[converters.KINDS[k] for k in kinds],
+            backtest=pb.BacktestConfig(windows=windows),
+        )
+        started = await stub.StartFit(pb.StartFitRequest(fit=fit), metadata=md)
+        watched = operations.WatchOperation(
+            ops_pb.WatchOperationRequest(name=started.operation.name), metadata=md
+        )
+        done = [reply.operation async for reply in watched][-1]
+        if done.state != ops_pb.OPERATION_STATE_SUCCEEDED:
+            sys.exit(f"the fit through the service failed: {done.error}")
+        request = pb.PredictRequest(name="m4-hourly", version="1", series_ids=list(train))
+        predicted = await stub.Predict(request, metadata=md)
+        seconds = _since(began)
+    forecasts = {f.series_id: np.array(f.mean) for f in predicted.forecasts}
+    wins: dict[str, int] = {}
+    for f in predicted.forecasts:
+        name = converters.MODELS[f.model].value
+        wins[name] = wins.get(name, 0) + 1
+    return forecasts, wins, seconds
+
+
+def _parquet(train: dict[str, np.ndarray]) -> bytes:
+    """The series in the service's long format, as Parquet."""
+    frame = pd.concat(
+        pd.DataFrame({"unique_id": s, "ds": _series(s, y).timestamps, "y": y})
+        for s, y in train.items()
+    )
+    out = io.BytesIO()
+    frame.to_parquet(out, index=False)
+    return out.getvalue()
+
+
+def _pool(jobs: int, work: list[Work]) -> list[Done]:
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
             return list(pool.map(_one, work, chunksize=max(1, len(work) // (jobs * 8))))
@@ -251,22 +345,42 @@ def main() -> None:
     total = len(train)
     if args.series:
         train = dict(list(train.items())[: args.series])
+    if args.every > 1:
+        train = dict(list(train.items())[:: args.every])
     arima_ids = list(train)[: args.arima_series] if args.arima_series else list(train)
     kinds = tuple(ModelKind(k) for k in args.candidates.split(",") if k)
-    check_scorer(train, test, args.series)
-    print(f"series: {_subset(len(train), total)}; {args.jobs} worker processes", flush=True)
+    check_scorer(train, test, args.series or int(args.every > 1))
+    print(
+        f"series: {_subset(len(train), total, args.every)}; {args.jobs} worker processes",
+        flush=True,
+    )
     rows, forecasts = [], {}
     for model in [m for m in args.models.split(",") if m]:
         ids = arima_ids if model == ARIMA else list(train)
         ran, wins, seconds = run(model, {s: train[s] for s in ids}, args.jobs, args.windows, kinds)
         forecasts[model] = ran
-        rows.append(_row(model, train, test, ran, seconds, wins, _subset(len(ids), total)))
+        rows.append(
+            _row(model, train, test, ran, seconds, wins, _subset(len(ids), total, args.every))
+        )
     if len(arima_ids) < len(train) and ARIMA in forecasts:
         print(f"\non the AutoARIMA subset ({_subset(len(arima_ids), total)}):")
         for model, ran in forecasts.items():
             _row(model, train, test, {s: ran[s] for s in arima_ids}, float("nan"), {}, "")
+    if args.service:
+        ran, wins, seconds = run_service(train, args.jobs, args.windows, kinds)
+        rows.append(
+            _row(
+                "auto (service)",
+                train,
+                test,
+                ran,
+                seconds,
+                wins,
+                _subset(len(train), total, args.every),
+            )
+        )
     print_published(args.data)
-    out = ROOT / "bench" / "results" / "forecast_m4.json"
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = {
         "series": len(train),
@@ -292,6 +406,9 @@ def _arguments() -> argparse.Namespace:
         "--series", "--limit", type=int, default=0, help="the first N series only (0: all 414)"
     )
     parser.add_argument(
+        "--every", type=int, default=1, help="every Nth of those series only (quick looks)"
+    )
+    parser.add_argument(
         "--arima-series",
         type=int,
         default=0,
@@ -302,10 +419,16 @@ def _arguments() -> argparse.Namespace:
         "--windows", type=int, default=2, help="backtest windows of the auto choice"
     )
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "forecast_m4.json")
+    parser.add_argument(
+        "--service", action="store_true", help="the auto choice through the running service too"
+    )
     return parser.parse_args()
 
 
-def _subset(n: int, total: int) -> str:
+def _subset(n: int, total: int, every: int = 1) -> str:
+    if every > 1:
+        return f"{n} of {total} (every {every}th)"
     return f"all {total}" if n == total else f"the first {n} of {total}"
 
 

@@ -100,16 +100,25 @@ def proto_series(
     return pb.Series(id=series_id, timestamps=stamps, values=[float(values[i]) for i in keep])
 
 
-def packed(
+def slowing_growth(n: int, season: int, rng: np.random.Generator) -> np.ndarray:
+    """Growth that slows (a logarithm at a random rate) plus a sine season and a little noise:
+    seasonal naive falls behind it and a linear drift (AutoTheta) overshoots it, so their errors
+    have opposite signs and their mean forecasts better than either."""
+    t = np.arange(n)
+    growth = 30 * rng.uniform(0.5, 1.5) * np.log1p(t / 10)
+    return 100 + growth + 5 * np.sin(2 * np.pi * t / season) + rng.normal(0, 0.3, n)
+
+
+def round_trip(
     horizon: int, fitted: Sequence[FittedSeries], models: Mapping[str, SharedModel]
 ) -> FittedSet:
-    """A fitted set of these series and global models, through pickle and back (as the
-    registry stores it)."""
-    found = FittedSet(horizon)
+    """A fitted set packed from these series and shared models, pickled and read back as the
+    registry stores it."""
+    packed = FittedSet(horizon)
     for f in fitted:
-        found.add(f)
+        packed.add(f)
     for key, model in models.items():
-        found.add_shared(key, model)
-    loaded = pickle.loads(pickle.dumps(found))
+        packed.add_shared(key, model)
+    loaded = pickle.loads(pickle.dumps(packed))
     assert isinstance(loaded, FittedSet)
     return loaded

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from forecast_testing import hourly, logistic_map, packed, seasonal_ar
+from forecast_testing import hourly, logistic_map, round_trip, seasonal_ar
 
 from nexus.common.errors import InvalidArgument
 from nexus.forecast.forecasting import (
@@ -81,7 +81,7 @@ def test_a_fitted_set_serves_a_global_model_as_fitted() -> None:
     fitted = [fit_series(s, ModelKind.XGBOOST, 6) for s in series]
     models = fit_globals(series, kinds, {f.shared for f in fitted}, 6)
 
-    loaded = packed(6, fitted, models)
+    loaded = round_trip(6, fitted, models)
     one = loaded.unpack("m2")
     index, forecast = one.forecast(6, (90.0,), {}, "x", loaded.unpack_shared(one.shared))
     direct = models[one.shared].forecast(["m2"], 6, (90.0,))["m2"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from forecast_testing import hourly, logistic_map, packed, seasonal_ar
+from forecast_testing import hourly, logistic_map, round_trip, seasonal_ar
 
 from nexus.api.forecast.v1 import forecast_service_pb2 as pb
 from nexus.common.errors import InvalidArgument
@@ -69,7 +69,7 @@ def test_a_fitted_set_serves_a_network_as_fitted_and_training_is_reproducible() 
     fitted = [fit_series(s, ModelKind.LSTM, 8) for s in series]
     models = fit_globals(series, kinds, {f.shared for f in fitted}, 8, params)
 
-    loaded = packed(8, fitted, models)
+    loaded = round_trip(8, fitted, models)
     one = loaded.unpack("n1")
     index, forecast = one.forecast(8, (90.0,), {}, "x", loaded.unpack_shared(one.shared))
     direct = models[one.shared].forecast(["n1"], 8, (90.0,))["n1"]

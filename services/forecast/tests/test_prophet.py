@@ -142,7 +142,7 @@ def test_a_fitted_set_serves_prophet_with_its_regressor() -> None:
     y = 20 + 4 * x[:n] + rng.normal(0, 0.3, n)
     series = prepare(_daily(y, {"price": x[:n]}), SeriesOptions(season_length=7), 0)
     packed = FittedSet(14)
-    packed.add(fit_series(series, ModelKind.PROPHET, 14, ProphetOptions()))
+    packed.add(fit_series(series, ModelKind.PROPHET, 14, prophet=ProphetOptions()))
 
     one = pickle.loads(pickle.dumps(packed)).unpack("p")
     index, forecast = one.forecast(14, (90.0,), {"price": x[n:]}, "futures[0]")
@@ -153,7 +153,7 @@ def test_a_fitted_set_serves_prophet_with_its_regressor() -> None:
     with pytest.raises(InvalidArgument) as missing:
         one.forecast(14, (), {}, "futures[0]")
     assert missing.value.violations[0].field == "futures[0]"
-    alone = fit_series(series, ModelKind.PROPHET, 14, ProphetOptions(regressors=False))
+    alone = fit_series(series, ModelKind.PROPHET, 14, prophet=ProphetOptions(regressors=False))
     assert alone.exogenous == ()
     assert len(alone.forecast(14, (), {}, "futures[0]")[1].mean) == 14
 

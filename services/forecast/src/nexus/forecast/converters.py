@@ -57,6 +57,7 @@ MODELS = {
     pb.MODEL_PROPHET: ModelKind.PROPHET,
     pb.MODEL_LSTM: ModelKind.LSTM,
     pb.MODEL_TRANSFORMER: ModelKind.TRANSFORMER,
+    pb.MODEL_ENSEMBLE: ModelKind.ENSEMBLE,
 }
 KINDS = {kind: value for value, kind in MODELS.items()}
 METRICS = {

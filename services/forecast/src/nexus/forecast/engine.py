@@ -31,6 +31,7 @@ from nexus.forecast import datasets
 from nexus.forecast.charts import Chart, ChartSpec, Image, Line, render
 from nexus.forecast.datasets import DatasetInfo, DatasetStore, Format, Limits
 from nexus.forecast.forecasting import (
+    ENSEMBLE,
     GLOBAL,
     Choice,
     Errors,
@@ -49,6 +50,7 @@ from nexus.forecast.forecasting import (
     check_fit_length,
     check_length,
     choose_and_fit,
+    ensembles,
     fit_globals,
     fit_series,
     forecast_once,
@@ -357,7 +359,12 @@ class ForecastEngine:
         found = await self._map(choose, prepared)
         choices = dict(zip([s.id for s in prepared], found, strict=True))
         winners = {s.id: c.model if (c := choices[s.id]) else kinds[s.id][0] for s in prepared}
-        shared = await self._run(partial(_forecast_globals, prepared, kinds, winners, job))
+        members = {
+            sid: ensembles.members(c.scores, plan.metric)
+            for sid, c in choices.items()
+            if c is not None and c.model is ENSEMBLE
+        }
+        shared = await self._run(partial(_forecast_globals, prepared, kinds, winners, members, job))
         done = await self._map(
             lambda s: shared.get(s.id) or _forecast(s, winners[s.id], job),
             prepared,
@@ -383,9 +390,16 @@ class ForecastEngine:
         drawn = min(spec.history or len(series.y), len(series.y))
         if drawn > self.settings.max_chart_points:
             raise ResourceExhausted.too_large("history", drawn, self.settings.max_chart_points)
-        (result,) = (await self._forecast(job, [series])).forecasts
+        forecasted = await self._forecast(job, [series])
+        (result,) = forecasted.forecasts
+        plan = job.plan()
+        chosen = (
+            ensembles.members(forecasted.choices[0].scores, plan.metric)
+            if (result.model is ENSEMBLE)
+            else ()
+        )
         windows = (
-            await self._run(partial(window_forecasts, series, result.model, job.plan()))
+            await self._run(partial(window_forecasts, series, result.model, plan, chosen))
             if show_backtest
             else []
         )
@@ -448,7 +462,7 @@ class ForecastEngine:
             for choice, series in (pair for part in parts for pair in part):
                 choices.append(choice)
                 fitted.add(series)
-                wanted.update([series.shared] if series.shared else [])
+                wanted.update(series.shared_keys())
             count = len(choices)
             elapsed = time.monotonic() - began
             await progress.report(
@@ -629,21 +643,27 @@ def _forecast_globals(
     prepared: list[Prepared],
     kinds: Mapping[str, tuple[ModelKind, ...]],
     winners: Mapping[str, ModelKind],
+    members: Mapping[str, tuple[ModelKind, ...]],
     job: Job,
 ) -> dict[str, SeriesResult]:
-    """Forecasts of the series whose model is a global one: each model fitted once across its
-    group (blocking, CPU).
+    """Forecasts of the series whose model is a global one or an ensemble (of `members`): each
+    global model fitted once across its group (blocking, CPU).
 
     Raises:
-        InvalidArgument: A series too short for the global model.
+        InvalidArgument: A series too short for the global model; future exogenous values
+            missing for an ensemble's member that uses them.
     """
-    ours = [s for s in prepared if winners[s.id] in GLOBAL]
-    fitted = [fit_series(s, winners[s.id], job.horizon) for s in ours]
-    models = fit_globals(prepared, kinds, {f.shared for f in fitted}, job.horizon, job.params)
+    ours = [s for s in prepared if winners[s.id] in GLOBAL or winners[s.id] is ENSEMBLE]
+    fitted = [
+        fit_series(s, winners[s.id], job.horizon, members.get(s.id, ()), job.prophet)
+        for s in ours
+    ]
+    wanted = set().union(*(f.shared_keys() for f in fitted))
+    models = fit_globals(prepared, kinds, wanted, job.horizon, job.params)
     found = {}
     for s, f in zip(ours, fitted, strict=True):
         where = f"{s.field}.future_exogenous"
-        index, forecast = f.forecast(job.horizon, job.levels, s.future, where, models[f.shared])
+        index, forecast = f.forecast_with(job.horizon, job.levels, s.future, where, models)
         found[f.series_id] = SeriesResult(f.series_id, f.kind, index, forecast)
     return found
 

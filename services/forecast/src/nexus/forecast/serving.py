@@ -1,6 +1,7 @@
 """A fitted set as the model runtime serves it: the signed set loads whole, each series' model
 is unpacked on first use and kept (least recently used first out); a global model several series
-share is unpacked on the first of them and kept while the set is loaded."""
+share is unpacked on the first of them and kept while the set is loaded; an ensemble's members
+forecast as the series' own models do, and their forecasts are combined (ADR 0044)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from nexus.forecast.forecasting import (
     Forecast,
     ModelKind,
     SharedModel,
+    ensembles,
     future_matrix,
 )
 
@@ -98,19 +100,27 @@ class ServedSet(Model[Request, list[Result]]):
             return self._shared.setdefault(key, model)
 
     def predict(self, inputs: Request) -> list[Result]:
-        """Forecasts the series asked for, in order (those of one global model in one call)."""
+        """Forecasts the series asked for, in order (those of one global model in one call, an
+        ensemble's global members among them)."""
         series_ids, horizon, levels, futures = inputs
         fitted = [self.series(series_id) for series_id in series_ids]
         wheres = [_where(series_id, i, futures) for i, series_id in enumerate(series_ids)]
-        shared = [(f, w) for f, w in zip(fitted, wheres, strict=True) if f.shared]
+        shared = [
+            (p, w)
+            for f, w in zip(fitted, wheres, strict=True)
+            for p in f.members or (f,)
+            if p.shared
+        ]
         pooled = self._pooled(shared, horizon, levels, futures)
         results = []
         for series_id, one, where in zip(series_ids, fitted, wheres, strict=True):
-            if series_id in pooled:
-                index, forecast = one.horizon_index(horizon), pooled[series_id]
-            else:
-                index, forecast = one.forecast(horizon, levels, futures.get(series_id, {}), where)
-            results.append((series_id, one.kind, index, forecast))
+            future = futures.get(series_id, {})
+            found = [
+                pooled.get((p.shared, series_id)) or p.forecast(horizon, levels, future, where)[1]
+                for p in one.members or (one,)
+            ]
+            forecast = ensembles.combine(found) if one.members else found[0]
+            results.append((series_id, one.kind, one.horizon_index(horizon), forecast))
         return results
 
     def _pooled(
@@ -119,18 +129,20 @@ class ServedSet(Model[Request, list[Result]]):
         horizon: int,
         levels: Sequence[float],
         futures: Futures,
-    ) -> dict[str, Forecast]:
-        """Forecasts of series of global models, one call per model; each series' future
-        exogenous values checked first (`where`: its field in the request)."""
+    ) -> dict[tuple[str, str], Forecast]:
+        """Forecasts of series of global models (an ensemble's members among them) by (model,
+        series id), one call per model; each series' future exogenous values checked first
+        (`where`: its field in the request)."""
         by_key: dict[str, dict[str, np.ndarray | None]] = {}
         for f, where in fitted:
             given = futures.get(f.series_id, {})
             x = future_matrix(f.exogenous, given, horizon, where, f.kind)
             by_key.setdefault(f.shared, {})[f.series_id] = x
-        found: dict[str, Forecast] = {}
+        found: dict[tuple[str, str], Forecast] = {}
         for key, xs in by_key.items():
             known = {i: x for i, x in xs.items() if x is not None}
-            found.update(self.shared(key).forecast(list(xs), horizon, levels, known))
+            forecasts = self.shared(key).forecast(list(xs), horizon, levels, known)
+            found.update({(key, series_id): f for series_id, f in forecasts.items()})
         return found
 
     def count(self, inputs: Request) -> int:

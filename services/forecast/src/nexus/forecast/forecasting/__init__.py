@@ -27,7 +27,13 @@ from nexus.forecast.forecasting.fitting import (
 )
 from nexus.forecast.forecasting.learners import GlobalModel
 from nexus.forecast.forecasting.metrics import Errors, average, mase, mase_scale, smape
-from nexus.forecast.forecasting.models import DEFAULT_CANDIDATES, GLOBAL, ModelKind, candidates
+from nexus.forecast.forecasting.models import (
+    DEFAULT_CANDIDATES,
+    ENSEMBLE,
+    GLOBAL,
+    ModelKind,
+    candidates,
+)
 from nexus.forecast.forecasting.predicting import Forecast, forecast_once
 from nexus.forecast.forecasting.series import (
     Prepared,
@@ -41,6 +47,7 @@ from nexus.forecast.forecasting.series import (
 
 __all__ = [
     "DEFAULT_CANDIDATES",
+    "ENSEMBLE",
     "GLOBAL",
     "Choice",
     "Errors",

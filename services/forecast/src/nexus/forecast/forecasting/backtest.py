@@ -5,19 +5,20 @@ candidate is fitted on the series up to an origin and forecasts `horizon` steps 
 series' errors are the mean over its windows; the winner has the lowest selection error (ties:
 the earlier candidate, simpler first). A global model (LightGBM, XGBoost) is backtested on all
 series of a group at once: per window, one model fitted on every series cut at its own origin.
+The ensemble is scored from its members' forecasts of the same windows (ADR 0044).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nexus.common.errors import InvalidArgument
-from nexus.forecast.forecasting import learners, neural
+from nexus.forecast.forecasting import ensembles, learners, neural
 from nexus.forecast.forecasting.metrics import (
     Errors,
     average,
@@ -27,7 +28,14 @@ from nexus.forecast.forecasting.metrics import (
     rmse,
     smape,
 )
-from nexus.forecast.forecasting.models import GLOBAL, NEURAL, ModelKind, candidates, min_length
+from nexus.forecast.forecasting.models import (
+    ENSEMBLE,
+    GLOBAL,
+    NEURAL,
+    ModelKind,
+    candidates,
+    min_length,
+)
 from nexus.forecast.forecasting.predicting import Forecast, forecast_once
 from nexus.forecast.forecasting.series import Prepared
 
@@ -154,11 +162,30 @@ def backtest(
 ) -> Choice:
     """Backtests each candidate on one series and chooses (blocking, CPU). A global candidate
     takes its errors from `known` (see `global_backtests`), else it is fitted on this series
-    alone."""
+    alone. The ensemble, when a candidate, is scored from the others' window forecasts."""
     check_length(series, kinds, plan)
     known = known or {}
-    scores = {kind: known.get(kind) or _score(series, kind, plan) for kind in kinds}
-    return choose(series.id, scores, plan.metric)
+    keep = ENSEMBLE in kinds
+    scores = {
+        kind: known.get(kind) or _score(series, kind, plan, keep)
+        for kind in kinds
+        if kind is not ENSEMBLE
+    }
+    if keep:
+        scores[ENSEMBLE] = _ensemble(series, scores, plan)
+    return choose(series.id, {k: replace(scores[k], windows=()) for k in kinds}, plan.metric)
+
+
+def _ensemble(series: Prepared, scores: Mapping[ModelKind, Errors], plan: Plan) -> Errors:
+    """The ensemble's errors: in each window, its members' forecasts combined."""
+    chosen = ensembles.members(scores, plan.metric)
+    if not chosen or any(len(scores[k].windows) != plan.windows for k in chosen):
+        return FAILED
+    found = [
+        _errors_at(series, plan, origin, ensembles.combine([scores[k].windows[i] for k in chosen]))
+        for i, origin in enumerate(plan.origins(len(series.y)))
+    ]
+    return average(found)
 
 
 def global_backtests(
@@ -166,12 +193,14 @@ def global_backtests(
 ) -> dict[str, dict[ModelKind, Errors]]:
     """Backtests each global model on the series that have it among their candidates `kinds`
     (by id) and are long enough for the backtest; one model per group and window (blocking,
-    CPU)."""
+    CPU). Where a series has the ensemble among its candidates, its errors keep the window
+    forecasts."""
     found: dict[str, dict[ModelKind, Errors]] = {}
     for kind in sorted(GLOBAL, key=lambda k: k.value):
         members = [s for s in series if kind in kinds[s.id] and _fits(s, kinds[s.id], plan)]
         for part in learners.groups(members).values():
-            for series_id, err in global_scores(kind, part, plan).items():
+            keep = any(ENSEMBLE in kinds[s.id] for s in part)
+            for series_id, err in global_scores(kind, part, plan, keep=keep).items():
                 found.setdefault(series_id, {})[kind] = err
     return found
 
@@ -189,10 +218,12 @@ def global_scores(
     series: Sequence[Prepared],
     plan: Plan,
     params: learners.Params | None = None,
+    keep: bool = False,
 ) -> dict[str, Errors]:
     """One global model's backtest errors on series of one group, with learner parameters
-    `params` over the defaults (blocking, CPU)."""
+    `params` over the defaults, with the window forecasts when `keep` (blocking, CPU)."""
     windows: dict[str, list[Errors]] = {s.id: [] for s in series}
+    kept: dict[str, list[Forecast]] = {s.id: [] for s in series}
     params = params if params is not None else plan.params.get(kind)
     for k in range(plan.windows):
         origins = {s.id: plan.origins(len(s.y))[k] for s in series}
@@ -206,10 +237,13 @@ def global_scores(
             log.warning("%s failed on %d series: %s", kind.value, len(series), err)
             return {s.id: FAILED for s in series}
         for s in series:
-            o = origins[s.id]
-            actual, scale = s.y[o : o + plan.horizon], mase_scale(s.y[:o], s.season)
-            windows[s.id].append(errors(actual, forecasts[s.id], scale))
-    return {series_id: average(found) for series_id, found in windows.items()}
+            windows[s.id].append(_errors_at(s, plan, origins[s.id], forecasts[s.id]))
+            kept[s.id].append(forecasts[s.id])
+    return {sid: _kept(average(found), kept[sid], keep) for sid, found in windows.items()}
+
+
+def _kept(found: Errors, forecasts: Sequence[Forecast], keep: bool) -> Errors:
+    return replace(found, windows=tuple(forecasts)) if keep else found
 
 
 def window_futures(
@@ -239,20 +273,22 @@ def _margin(
     return 100.0 * (b - a) / b
 
 
-def _score(series: Prepared, kind: ModelKind, plan: Plan) -> Errors:
+def _score(series: Prepared, kind: ModelKind, plan: Plan, keep: bool = False) -> Errors:
     if kind in GLOBAL:
-        return global_scores(kind, [series], plan)[series.id]
+        return global_scores(kind, [series], plan, keep=keep)[series.id]
+    origins = plan.origins(len(series.y))
     try:
-        windows = [_window(series, kind, plan, origin) for origin in plan.origins(len(series.y))]
+        forecasts = [_window_forecast(series, kind, plan, o, plan.levels) for o in origins]
     except (ValueError, ArithmeticError, np.linalg.LinAlgError) as err:
         log.warning("%s failed on series %r: %s", kind.value, series.id, err)
         return FAILED
-    return average(windows)
+    found = [_errors_at(series, plan, o, f) for o, f in zip(origins, forecasts, strict=True)]
+    return _kept(average(found), forecasts, keep)
 
 
-def _window(series: Prepared, kind: ModelKind, plan: Plan, origin: int) -> Errors:
+def _errors_at(series: Prepared, plan: Plan, origin: int, forecast: Forecast) -> Errors:
+    """The errors of a forecast from `origin` against what followed."""
     actual = series.y[origin : origin + plan.horizon]
-    forecast = _window_forecast(series, kind, plan, origin, plan.levels)
     return errors(actual, forecast, mase_scale(series.y[:origin], series.season))
 
 
@@ -269,13 +305,19 @@ def errors(actual: np.ndarray, forecast: Forecast, scale: float) -> Errors:
     )
 
 
-def window_forecasts(series: Prepared, kind: ModelKind, plan: Plan) -> list[tuple[int, Forecast]]:
-    """The forecast of each backtest window of `kind` on one series, with its origin, oldest
-    first (blocking, CPU); for a chart.
+def window_forecasts(
+    series: Prepared, kind: ModelKind, plan: Plan, members: Sequence[ModelKind] = ()
+) -> list[tuple[int, Forecast]]:
+    """The forecast of each backtest window of `kind` (the ensemble: of `members`) on one
+    series, with its origin, oldest first (blocking, CPU); for a chart.
 
     Raises:
         InvalidArgument: The series is too short for the backtest.
     """
+    if kind is ENSEMBLE:
+        parts = [window_forecasts(series, k, plan) for k in members]
+        together = zip(*parts, strict=True)
+        return [(found[0][0], ensembles.combine([f for _, f in found])) for found in together]
     check_length(series, [kind], plan)
     origins = plan.origins(len(series.y))
     if kind in GLOBAL:

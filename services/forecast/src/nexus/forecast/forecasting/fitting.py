@@ -1,7 +1,7 @@
 """Fitted sets: the model each series won, fitted on all of its history, packed per series so
 that a served set unpacks a series' model only when it is first asked for. A global model
 (LightGBM, XGBoost) is packed once per group in the set's `shared` models; the series that won
-with it name it."""
+with it name it. An ensemble is packed as its members' fitted models (ADR 0044)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from nexus.common.errors import InvalidArgument
-from nexus.forecast.forecasting import learners
+from nexus.forecast.forecasting import ensembles, learners
 from nexus.forecast.forecasting.backtest import (
     Choice,
     Plan,
@@ -27,7 +27,7 @@ from nexus.forecast.forecasting.backtest import (
 )
 from nexus.forecast.forecasting.learners import GlobalModel
 from nexus.forecast.forecasting.metrics import Errors, average
-from nexus.forecast.forecasting.models import GLOBAL, USES_EXOGENOUS, ModelKind
+from nexus.forecast.forecasting.models import ENSEMBLE, GLOBAL, USES_EXOGENOUS, ModelKind
 from nexus.forecast.forecasting.neural import NeuralModel
 from nexus.forecast.forecasting.predicting import Forecast, fit, predict
 from nexus.forecast.forecasting.series import Prepared
@@ -52,6 +52,13 @@ class FittedSeries:
     shared: str = ""
     """The key of the set's shared global model this series forecasts with ("" for a model
     of its own)."""
+    members: tuple[FittedSeries, ...] = ()
+    """An ensemble's members, fitted on the same series (() for any other model)."""
+
+    def shared_keys(self) -> set[str]:
+        """The shared global models this series forecasts with (its own, or its members')."""
+        own = {self.shared} if self.shared else set()
+        return own.union(*(m.shared_keys() for m in self.members))
 
     def horizon_index(self, horizon: int) -> pd.DatetimeIndex:
         """The timestamps of the next `horizon` steps."""
@@ -78,6 +85,21 @@ class FittedSeries:
             found = shared.forecast([self.series_id], horizon, levels, futures)
             return index, found[self.series_id]
         return index, predict(self.kind, self.model, horizon, levels, x_future)
+
+    def forecast_with(
+        self,
+        horizon: int,
+        levels: Sequence[float],
+        future: Mapping[str, np.ndarray],
+        where: str,
+        models: Mapping[str, GlobalModel],
+    ) -> tuple[pd.DatetimeIndex, Forecast]:
+        """Like `forecast`, any model: `models` holds the shared global models by key (see
+        `shared_keys`); an ensemble combines its members' forecasts (blocking)."""
+        if not self.members:
+            return self.forecast(horizon, levels, future, where, models.get(self.shared))
+        parts = [m.forecast_with(horizon, levels, future, where, models)[1] for m in self.members]
+        return self.horizon_index(horizon), ensembles.combine(parts)
 
 
 @dataclass
@@ -145,7 +167,8 @@ def choose_and_fit(
         choice = backtest(series, kinds, plan, known)
     else:
         choice = _only(series, kinds, plan, known)
-    return choice, fit_series(series, choice.model, plan.horizon, plan.prophet)
+    chosen = ensembles.members(choice.scores, plan.metric) if choice.model is ENSEMBLE else ()
+    return choice, fit_series(series, choice.model, plan.horizon, chosen, plan.prophet)
 
 
 def _only(
@@ -171,14 +194,26 @@ def shared_key(kind: ModelKind, group: learners.Group) -> str:
 
 
 def fit_series(
-    series: Prepared, kind: ModelKind, horizon: int = 0, prophet: ProphetOptions | None = None
+    series: Prepared,
+    kind: ModelKind,
+    horizon: int = 0,
+    members: Sequence[ModelKind] = (),
+    prophet: ProphetOptions | None = None,
 ) -> FittedSeries:
     """`kind` fitted on all of the series (Prophet with `prophet`); for a global model, a
-    reference to the shared model its group gets (`fit_globals`).
+    reference to the shared model its group gets (`fit_globals`); for the ensemble, its
+    `members` fitted so.
 
     Raises:
-        InvalidArgument: The series is too short for the model.
+        InvalidArgument: The series is too short for the model; an ensemble of fewer than two.
     """
+    if kind is ENSEMBLE:
+        if len(members) < ensembles.MIN_MEMBERS:
+            raise InvalidArgument.for_field("models", "an ensemble needs two members or more")
+        fitted = tuple(fit_series(series, m, horizon, prophet=prophet) for m in members)
+        return FittedSeries(
+            series.id, kind, None, series.last, series.frequency, (), members=fitted
+        )
     check_fit_length(series, kind, horizon)
     if kind in GLOBAL:
         group = learners.group_of(series)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,9 @@ class Errors:
     rmse: float
     coverage: Mapping[float, float] = field(default_factory=dict)
     """Share of actual values inside the interval of each level."""
+    windows: tuple[Any, ...] = field(default=(), compare=False, repr=False)
+    """The forecasts of the backtest windows these errors come from, oldest first: kept while
+    a backtest scores an ensemble from its members (ADR 0044), else ()."""
 
     def value(self, metric: str) -> float:
         """The error named `metric` ("mase", "smape" or "rmse")."""

@@ -32,7 +32,7 @@ class _ModelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Model.ValueType
     DESCRIPTOR: _descriptor.EnumDescriptor
     MODEL_UNSPECIFIED: _Model.ValueType  # 0
     """Not set: in a list of candidates, the automatic choice (seasonal naive, AutoTheta, AutoETS,
-    MSTL, and LightGBM where the series is long enough for its backtest).
+    MSTL, LightGBM where the series is long enough for its backtest, and the ensemble).
     """
     MODEL_AUTO_ARIMA: _Model.ValueType  # 1
     """AutoARIMA (statsforecast): ARIMA orders chosen by AICc; uses exogenous columns (so do the
@@ -62,13 +62,18 @@ class _ModelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Model.ValueType
     """
     MODEL_TRANSFORMER: _Model.ValueType  # 10
     """A Transformer encoder over patches of the window, like MODEL_LSTM otherwise."""
+    MODEL_ENSEMBLE: _Model.ValueType  # 16
+    """The ensemble: per series, the mean of its best three other candidates by backtest error
+    (intervals: the means of their bounds); named with at least two other candidates. Numbered
+    apart from the single models, which take the numbers after 7.
+    """
 
 class Model(_Model, metaclass=_ModelEnumTypeWrapper):
     """A forecasting model."""
 
 MODEL_UNSPECIFIED: Model.ValueType  # 0
 """Not set: in a list of candidates, the automatic choice (seasonal naive, AutoTheta, AutoETS,
-MSTL, and LightGBM where the series is long enough for its backtest).
+MSTL, LightGBM where the series is long enough for its backtest, and the ensemble).
 """
 MODEL_AUTO_ARIMA: Model.ValueType  # 1
 """AutoARIMA (statsforecast): ARIMA orders chosen by AICc; uses exogenous columns (so do the
@@ -98,6 +103,11 @@ the horizon out at once; conformal intervals from held-out windows.
 """
 MODEL_TRANSFORMER: Model.ValueType  # 10
 """A Transformer encoder over patches of the window, like MODEL_LSTM otherwise."""
+MODEL_ENSEMBLE: Model.ValueType  # 16
+"""The ensemble: per series, the mean of its best three other candidates by backtest error
+(intervals: the means of their bounds); named with at least two other candidates. Numbered
+apart from the single models, which take the numbers after 7.
+"""
 Global___Model: _TypeAlias = Model  # noqa: Y015
 
 class _SelectionMetric:
