@@ -655,8 +655,7 @@ def _forecast_globals(
     """
     ours = [s for s in prepared if winners[s.id] in GLOBAL or winners[s.id] is ENSEMBLE]
     fitted = [
-        fit_series(s, winners[s.id], job.horizon, members.get(s.id, ()), job.prophet)
-        for s in ours
+        fit_series(s, winners[s.id], job.horizon, members.get(s.id, ()), job.prophet) for s in ours
     ]
     wanted = set().union(*(f.shared_keys() for f in fitted))
     models = fit_globals(prepared, kinds, wanted, job.horizon, job.params)

@@ -92,7 +92,7 @@ class FittedSeries:
         levels: Sequence[float],
         future: Mapping[str, np.ndarray],
         where: str,
-        models: Mapping[str, GlobalModel],
+        models: Mapping[str, SharedModel],
     ) -> tuple[pd.DatetimeIndex, Forecast]:
         """Like `forecast`, any model: `models` holds the shared global models by key (see
         `shared_keys`); an ensemble combines its members' forecasts (blocking)."""
