@@ -24,15 +24,20 @@ from nexus.common.testing.waiting import eventually
 pytestmark = pytest.mark.timeout(300)
 
 
-def slow_training(name: str) -> pb.StartTrainDetectorRequest:
-    """A training that runs for seconds (many trees), long enough to be killed in."""
-    training = pb.TrainDetectorRequest(
+def training(name: str, rows: int, columns: int, trees: int) -> pb.StartTrainDetectorRequest:
+    """An isolation forest of `trees` trees trained on `rows` points of `columns` values."""
+    request = pb.TrainDetectorRequest(
         name=name,
         algorithm=pb.ALGORITHM_ISOLATION_FOREST,
-        points=points(cloud(3000, 8)),
-        parameters={"n_estimators": "1500"},
+        points=points(cloud(rows, columns)),
+        parameters={"n_estimators": str(trees)},
     )
-    return pb.StartTrainDetectorRequest(training=training)
+    return pb.StartTrainDetectorRequest(training=request)
+
+
+def slow_training(name: str) -> pb.StartTrainDetectorRequest:
+    """A training that runs for seconds (many trees), long enough to be killed in."""
+    return training(name, 3000, 8, 1500)
 
 
 async def test_a_training_whose_replica_is_killed_completes_on_another_with_one_version(
@@ -117,13 +122,7 @@ ENDED = frozenset(
 
 
 def quick_training(name: str) -> pb.StartTrainDetectorRequest:
-    training = pb.TrainDetectorRequest(
-        name=name,
-        algorithm=pb.ALGORITHM_ISOLATION_FOREST,
-        points=points(cloud(500, 4)),
-        parameters={"n_estimators": "200"},
-    )
-    return pb.StartTrainDetectorRequest(training=training)
+    return training(name, 500, 4, 200)
 
 
 def model_request(name: str) -> models_pb.GetModelRequest:
