@@ -335,15 +335,15 @@ def _blocker_fit() -> forecast_pb.StartFitRequest:
 
 @dataclass
 class Night:
-    """A run of nightly-refit-and-forecast whose fit waits behind another model's (`blocker`),
-    and clients of the services."""
+    """A run of nightly-refit-and-forecast (`run_id`, once started) for `model`, clients of the
+    services, and the fit it waits behind, if any (`blocker`)."""
 
     model: str
-    run_id: str
-    blocker: str
     key: Metadata
     orchestrator: pb_grpc.OrchestratorServiceStub
     operations: ops_grpc.OperationsServiceStub
+    run_id: str = ""
+    blocker: str = ""
 
     async def operation(self, name: str) -> ops_pb.Operation:
         request = ops_pb.GetOperationRequest(name=name)
@@ -389,7 +389,7 @@ async def night_behind_another_fit(
         stub = pb_grpc.OrchestratorServiceStub(channel)
         blocker = (await forecasts.StartFit(_blocker_fit(), metadata=key)).operation.name
         operations = ops_grpc.OperationsServiceStub(forecast_channel)
-        night = Night(model, "", blocker, key, stub, operations)
+        night = Night(model, key, stub, operations, blocker=blocker)
 
         async def blocking() -> bool:
             return (await night.operation(blocker)).state == ops_pb.OPERATION_STATE_RUNNING
@@ -459,7 +459,7 @@ async def test_the_single_nightly_workflow_alerts_when_its_fit_fails(
         grpc.aio.insecure_channel(f"127.0.0.1:{orchestrator.port}") as channel,
     ):
         stub = pb_grpc.OrchestratorServiceStub(channel)
-        night = Night(model, "", "", key, stub, ops_grpc.OperationsServiceStub(forecast_channel))
+        night = Night(model, key, stub, ops_grpc.OperationsServiceStub(forecast_channel))
         _, night.run_id = await start_nightly(
             stub,
             key,
