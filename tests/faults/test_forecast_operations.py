@@ -4,8 +4,6 @@ finds the version of an operation's call, ADR 0028)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import grpc
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from nexus.api.forecast.v1 import forecast_service_pb2 as pb
 from nexus.api.models.v1 import model_registry_pb2 as models_pb
 from nexus.api.operations.v1 import operations_pb2 as ops_pb
 from nexus.common.launcher import Platform
+from nexus.common.testing.launcher import StartPlatform
 
 pytestmark = pytest.mark.timeout(240)
 SERIES = 60
@@ -47,31 +46,24 @@ async def kill_when_fitting(platform: Platform, client: Client, operation: str) 
 
 
 async def test_a_fit_whose_replica_is_killed_ends_on_another_with_one_version(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start_platform: StartPlatform,
 ) -> None:
-    monkeypatch.setenv("NEXUS_AUTH_ENABLED", "false")
-    monkeypatch.setenv("NEXUS_FORECAST_OPERATIONS_ACK_WAIT_S", "2")
-    platform = Platform(tmp_path, nats_port=0, gateway_port=0, services=["forecast"])
+    platform = await start_platform("forecast", NEXUS_FORECAST_OPERATIONS_ACK_WAIT_S="2")
     name = unique()
-    try:
-        await platform.start_nats()
-        await platform.start_services()
-        first = platform.children[0]
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
-            client = Client(channel, "")
-            started = await client.forecast.StartFit(slow_fit(name))
-            operation = started.operation.name
-            killed_at = await kill_when_fitting(platform, client, operation)
-        await platform.start_services()  # replica B
-        second = platform.children[0]
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
-            client = Client(channel, "")
-            done = (await watch(client, operation))[-1]
-            model = await client.models.GetModel(
-                models_pb.GetModelRequest(service="forecast", name=name)
-            )
-    finally:
-        platform.stop()
+    first = platform.children[0]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+        client = Client(channel, "")
+        started = await client.forecast.StartFit(slow_fit(name))
+        operation = started.operation.name
+        killed_at = await kill_when_fitting(platform, client, operation)
+    await platform.start_services()  # replica B
+    second = platform.children[0]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
+        client = Client(channel, "")
+        done = (await watch(client, operation))[-1]
+        model = await client.models.GetModel(
+            models_pb.GetModelRequest(service="forecast", name=name)
+        )
     assert 0 < killed_at < SERIES  # killed mid-fit
     assert done.state == ops_pb.OPERATION_STATE_SUCCEEDED, done.error
     assert done.attempt == 2

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import grpc
 import nats
@@ -22,6 +21,7 @@ from nexus.api.orchestrator.v1 import orchestrator_service_pb2 as pb
 from nexus.api.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from nexus.common.events import DAY_S, MIB, EventBus, Stream
 from nexus.common.launcher import Platform
+from nexus.common.testing.launcher import StartPlatform
 from nexus.common.testing.waiting import eventually
 
 pytestmark = pytest.mark.timeout(300)
@@ -51,35 +51,24 @@ RETRAIN = {
 
 
 async def test_a_run_whose_orchestrator_is_killed_twice_applies_each_effect_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start_platform: StartPlatform,
 ) -> None:
-    monkeypatch.setenv("NEXUS_AUTH_ENABLED", "false")
-    monkeypatch.setenv("NEXUS_ORCHESTRATOR_ACK_WAIT_S", "2")
-    platform = Platform(tmp_path, nats_port=0, gateway_port=0, services=["anomaly"])
+    platform = await start_platform("anomaly", NEXUS_ORCHESTRATOR_ACK_WAIT_S="2")
     name = unique()
-    try:
-        await platform.start_nats()
-        await platform.start_services()
-        anomaly = platform.children[0]
-        backends = {"anomaly": f"127.0.0.1:{anomaly.port}"}
-        monkeypatch.setenv("NEXUS_ORCHESTRATOR_BACKENDS", json.dumps(backends))
-        platform.services = ["orchestrator"]
-        run_id = await start_run(platform, name)
-        for step in ("first", "second"):
-            await kill_during(platform, run_id, step)
-        done = await finished(platform, run_id)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{anomaly.port}") as channel:
-            model = await models_grpc.ModelRegistryServiceStub(channel).GetModel(
-                models_pb.GetModelRequest(service="anomaly", name=name)
-            )
-        assert platform.nats is not None
-        nc = await nats.connect(platform.nats.url)
-        info = await nc.jetstream().stream_info(
-            "ANOMALY", subjects_filter="nexus.anomaly.retrained"
+    anomaly = platform.children[0]
+    platform.services = ["orchestrator"]  # its backends: the anomaly service running
+    run_id = await start_run(platform, name)
+    for step in ("first", "second"):
+        await kill_during(platform, run_id, step)
+    done = await finished(platform, run_id)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{anomaly.port}") as channel:
+        model = await models_grpc.ModelRegistryServiceStub(channel).GetModel(
+            models_pb.GetModelRequest(service="anomaly", name=name)
         )
-        await nc.close()
-    finally:
-        platform.stop()
+    assert platform.nats is not None
+    nc = await nats.connect(platform.nats.url)
+    info = await nc.jetstream().stream_info("ANOMALY", subjects_filter="nexus.anomaly.retrained")
+    await nc.close()
     assert done.run.state == pb.RUN_STATE_SUCCEEDED, done.run.error
     assert [(s.step_id, s.attempts) for s in done.steps] == [
         ("first", 1),
@@ -149,49 +138,40 @@ FANNED = {
 
 
 async def test_a_map_whose_orchestrator_is_killed_trains_each_item_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start_platform: StartPlatform,
 ) -> None:
-    monkeypatch.setenv("NEXUS_AUTH_ENABLED", "false")
-    monkeypatch.setenv("NEXUS_ORCHESTRATOR_ACK_WAIT_S", "2")
-    platform = Platform(tmp_path, nats_port=0, gateway_port=0, services=["anomaly"])
+    platform = await start_platform("anomaly", NEXUS_ORCHESTRATOR_ACK_WAIT_S="2")
     names = [unique() for _ in range(4)]
-    try:
-        await platform.start_nats()
-        await platform.start_services()
-        anomaly = platform.children[0]
-        backends = {"anomaly": f"127.0.0.1:{anomaly.port}"}
-        monkeypatch.setenv("NEXUS_ORCHESTRATOR_BACKENDS", json.dumps(backends))
-        platform.services = ["orchestrator"]
-        await platform.start_services()
-        inputs = Struct()
-        rows = [json_format.MessageToDict(p) for p in points(cloud(1000, 8))]
-        inputs.update({"names": names, "points": rows})
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.children[-1].port}") as ch:
-            stub = pb_grpc.OrchestratorServiceStub(ch)
-            await stub.RegisterWorkflow(pb.RegisterWorkflowRequest(definition=json.dumps(FANNED)))
-            started = await stub.StartRun(pb.StartRunRequest(workflow="fanned", inputs=inputs))
+    anomaly = platform.children[0]
+    platform.services = ["orchestrator"]  # its backends: the anomaly service running
+    await platform.start_services()
+    inputs = Struct()
+    rows = [json_format.MessageToDict(p) for p in points(cloud(1000, 8))]
+    inputs.update({"names": names, "points": rows})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.children[-1].port}") as ch:
+        stub = pb_grpc.OrchestratorServiceStub(ch)
+        await stub.RegisterWorkflow(pb.RegisterWorkflowRequest(definition=json.dumps(FANNED)))
+        started = await stub.StartRun(pb.StartRunRequest(workflow="fanned", inputs=inputs))
 
-            async def items_training() -> bool:
-                listed = await stub.ListRuns(pb.ListRunsRequest(workflow="fanned"))
-                return any(r.current_step == "train_item" for r in listed.runs)
+        async def items_training() -> bool:
+            listed = await stub.ListRuns(pb.ListRunsRequest(workflow="fanned"))
+            return any(r.current_step == "train_item" for r in listed.runs)
 
-            await eventually(items_training, timeout_s=120)
-        orchestrator = platform.children[-1]
-        orchestrator.process.kill()  # items in flight: their calls, and the parent waiting
-        orchestrator.process.wait(10)
-        platform.children.remove(orchestrator)
-        await platform.start_services()
-        done = await finished(platform, started.run.run_id)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{anomaly.port}") as channel:
-            registry = models_grpc.ModelRegistryServiceStub(channel)
-            versions = [
-                sorted(v.version for v in (await registry.GetModel(
-                    models_pb.GetModelRequest(service="anomaly", name=name)
-                )).model.versions)
-                for name in names
-            ]  # fmt: skip
-    finally:
-        platform.stop()
+        await eventually(items_training, timeout_s=120)
+    orchestrator = platform.children[-1]
+    orchestrator.process.kill()  # items in flight: their calls, and the parent waiting
+    orchestrator.process.wait(10)
+    platform.children.remove(orchestrator)
+    await platform.start_services()
+    done = await finished(platform, started.run.run_id)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{anomaly.port}") as channel:
+        registry = models_grpc.ModelRegistryServiceStub(channel)
+        versions = [
+            sorted(v.version for v in (await registry.GetModel(
+                models_pb.GetModelRequest(service="anomaly", name=name)
+            )).model.versions)
+            for name in names
+        ]  # fmt: skip
     assert done.run.state == pb.RUN_STATE_SUCCEEDED, done.run.error
     outputs = json_format.MessageToDict(done.run.outputs) if done.run.outputs else {}
     assert versions == [["1"]] * len(names), outputs  # each item trained once
@@ -213,54 +193,50 @@ CONFIRM = {
 
 
 async def test_a_wait_for_an_event_survives_a_sigkill_and_a_nats_restart(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start_platform: StartPlatform,
 ) -> None:
     """The orchestrator is SIGKILLed while its run waits, NATS restarts, and the events come
     while no orchestrator runs: the restarted one completes the step with that event (when it
     starts: no poll comes in the test's time)."""
-    monkeypatch.setenv("NEXUS_AUTH_ENABLED", "false")
-    monkeypatch.setenv("NEXUS_ORCHESTRATOR_ACK_WAIT_S", "2")
-    monkeypatch.setenv("NEXUS_ORCHESTRATOR_WAIT_EVENT_POLL_S", "3600")
-    platform = Platform(tmp_path, nats_port=0, gateway_port=0, services=["orchestrator"])
-    try:
-        url = await platform.start_nats()
-        nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
-        bus = EventBus(nc, "test")
-        await bus.ensure_streams(WAITS)
-        await platform.start_services()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.children[-1].port}") as ch:
-            stub = pb_grpc.OrchestratorServiceStub(ch)
-            await stub.RegisterWorkflow(pb.RegisterWorkflowRequest(definition=json.dumps(CONFIRM)))
-            inputs = Struct()
-            inputs.update({"source": "cpu"})
-            started = await stub.StartRun(pb.StartRunRequest(workflow="confirm", inputs=inputs))
-            run_id = started.run.run_id
+    platform = await start_platform(
+        "orchestrator",
+        NEXUS_ORCHESTRATOR_ACK_WAIT_S="2",
+        NEXUS_ORCHESTRATOR_WAIT_EVENT_POLL_S="3600",
+    )
+    assert platform.nats is not None
+    nc = await nats.connect(platform.nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    bus = EventBus(nc, "test")
+    await bus.ensure_streams(WAITS)  # before the workflow that waits on it is registered
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.children[-1].port}") as ch:
+        stub = pb_grpc.OrchestratorServiceStub(ch)
+        await stub.RegisterWorkflow(pb.RegisterWorkflowRequest(definition=json.dumps(CONFIRM)))
+        inputs = Struct()
+        inputs.update({"source": "cpu"})
+        started = await stub.StartRun(pb.StartRunRequest(workflow="confirm", inputs=inputs))
+        run_id = started.run.run_id
 
-            async def waiting() -> bool:
-                run = (await stub.GetRun(pb.GetRunRequest(run_id=run_id))).run
-                return bool(run.state == pb.RUN_STATE_WAITING)
+        async def waiting() -> bool:
+            run = (await stub.GetRun(pb.GetRunRequest(run_id=run_id))).run
+            return bool(run.state == pb.RUN_STATE_WAITING)
 
-            await eventually(waiting, timeout_s=60)
+        await eventually(waiting, timeout_s=60)
 
-        async def advance_acknowledged() -> bool:  # else its redelivery would find the event
-            info = await nc.jetstream().consumer_info("ORCHESTRATOR", "orchestrator-advance")
-            return bool(info.num_ack_pending == 0 and info.num_pending == 0)
+    async def advance_acknowledged() -> bool:  # else its redelivery would find the event
+        info = await nc.jetstream().consumer_info("ORCHESTRATOR", "orchestrator-advance")
+        return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
-        await eventually(advance_acknowledged, timeout_s=30)
-        orchestrator = platform.children.pop()
-        orchestrator.process.kill()
-        orchestrator.process.wait(10)
-        assert platform.nats is not None
-        # Stopped, not killed: a SIGKILL may lose the advance's acknowledgement, whose
-        # redelivery would then find the event before the restarted replica looks by itself.
-        await asyncio.to_thread(platform.nats.restart)
-        await bus.publish("nexus.testwaits.seen", AnomalyDetected(source="disk", score=1))
-        wanted = await bus.publish("nexus.testwaits.seen", AnomalyDetected(source="cpu", score=1))
-        await platform.start_services()
-        done = await finished(platform, run_id)
-        await nc.close()
-    finally:
-        platform.stop()
+    await eventually(advance_acknowledged, timeout_s=30)
+    orchestrator = platform.children.pop()
+    orchestrator.process.kill()
+    orchestrator.process.wait(10)
+    # Stopped, not killed: a SIGKILL may lose the advance's acknowledgement, whose
+    # redelivery would then find the event before the restarted replica looks by itself.
+    await asyncio.to_thread(platform.nats.restart)
+    await bus.publish("nexus.testwaits.seen", AnomalyDetected(source="disk", score=1))
+    wanted = await bus.publish("nexus.testwaits.seen", AnomalyDetected(source="cpu", score=1))
+    await platform.start_services()
+    done = await finished(platform, run_id)
+    await nc.close()
     assert done.run.state == pb.RUN_STATE_SUCCEEDED, done.run.error
     assert json_format.MessageToDict(done.run.outputs) == {"event": wanted}
     assert [(s.step_id, s.attempts) for s in done.steps] == [("confirmed", 0)]

@@ -14,7 +14,7 @@ from vision_testing import Client
 from nexus.api.models.v1 import model_registry_pb2 as models_pb
 from nexus.api.operations.v1 import operations_pb2 as ops_pb
 from nexus.api.vision.v1 import vision_service_pb2 as pb
-from nexus.common.launcher import Platform
+from nexus.common.testing.launcher import StartPlatform
 from nexus.common.testing.waiting import eventually
 
 pytestmark = pytest.mark.timeout(400)
@@ -29,47 +29,39 @@ def training(dataset_id: str) -> pb.StartTrainingRequest:
 
 
 async def test_a_training_whose_replica_is_killed_ends_on_the_other_with_one_version(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start_platform: StartPlatform, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("NEXUS_AUTH_ENABLED", "false")
-    monkeypatch.setenv("NEXUS_VISION_OPERATIONS_ACK_WAIT_S", "2")
-    monkeypatch.setenv("NEXUS_VISION_DEVICE", "cpu")
-    platform = Platform(tmp_path, nats_port=0, gateway_port=0, services=["vision"])
-    try:
-        await platform.start_nats()
-        await platform.start_services()
-        first = platform.children[0]
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
-            client = Client(channel, "")
-            archive = zip_of(dataset_files(tmp_path / "d", train=16, val=4, size=64))
-            dataset = await upload(client, archive)
-            started = await client.vision.StartTraining(training(dataset.id))
-            operation = started.operation.name
+    platform = await start_platform(
+        "vision", NEXUS_VISION_OPERATIONS_ACK_WAIT_S="2", NEXUS_VISION_DEVICE="cpu"
+    )
+    first = platform.children[0]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+        client = Client(channel, "")
+        archive = zip_of(dataset_files(tmp_path / "d", train=16, val=4, size=64))
+        dataset = await upload(client, archive)
+        started = await client.vision.StartTraining(training(dataset.id))
+        operation = started.operation.name
 
-            async def training_on_first() -> bool:
-                got = await client.operations.GetOperation(
-                    ops_pb.GetOperationRequest(name=operation)
-                )
-                return got.operation.progress.metrics.get("epoch", 0) >= 1
+        async def training_on_first() -> bool:
+            got = await client.operations.GetOperation(ops_pb.GetOperationRequest(name=operation))
+            return got.operation.progress.metrics.get("epoch", 0) >= 1
 
-            await eventually(training_on_first, timeout_s=120)
-        await platform.start_services()  # the second replica, while the first trains
-        second = platform.children[1]
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
-            client = Client(channel, "")
-            request = ops_pb.GetOperationRequest(name=operation)
-            before = (await client.operations.GetOperation(request)).operation
-            first.process.kill()  # SIGKILL mid-training: no goodbye, no heartbeat, no ack
-            first.process.wait(10)
-            stream = client.operations.WatchOperation(
-                ops_pb.WatchOperationRequest(name=operation), timeout=300
-            )
-            done = [reply.operation async for reply in stream][-1]
-            model = await client.models.GetModel(
-                models_pb.GetModelRequest(service="vision", name="killed")
-            )
-    finally:
-        platform.stop()
+        await eventually(training_on_first, timeout_s=120)
+    await platform.start_services()  # the second replica, while the first trains
+    second = platform.children[1]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
+        client = Client(channel, "")
+        request = ops_pb.GetOperationRequest(name=operation)
+        before = (await client.operations.GetOperation(request)).operation
+        first.process.kill()  # SIGKILL mid-training: no goodbye, no heartbeat, no ack
+        first.process.wait(10)
+        stream = client.operations.WatchOperation(
+            ops_pb.WatchOperationRequest(name=operation), timeout=300
+        )
+        done = [reply.operation async for reply in stream][-1]
+        model = await client.models.GetModel(
+            models_pb.GetModelRequest(service="vision", name="killed")
+        )
     assert before.state == ops_pb.OPERATION_STATE_RUNNING  # the first was still training
     assert before.attempt == 1
     assert done.state == ops_pb.OPERATION_STATE_SUCCEEDED, done.error

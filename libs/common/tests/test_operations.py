@@ -22,6 +22,7 @@ from nexus.common.operations import (
     Operations,
     Progress,
     State,
+    current_operation,
 )
 from nexus.common.server import ServiceHost
 from nexus.common.settings import NexusSettings, ServiceSettings
@@ -50,6 +51,8 @@ async def steps(request: StringValue, progress: Progress) -> StringValue:
         raise InvalidArgument.for_field("value", "refused")
     elif what == "flaky":
         raise Unavailable("the backend is down")
+    elif what == "name":
+        return StringValue(value=current_operation())
     for epoch in range(1, 4):
         await progress.stage("training", 25.0 * epoch)
         await progress.report(metrics={"epoch": float(epoch)})
@@ -141,6 +144,17 @@ async def test_a_started_operation_is_watched_until_it_is_done_with_its_result(
     assert {op.progress.stage for op in seen} >= {"training"}
     assert all(not op.done for op in seen[:-1])
     assert (await replica.get(name)) == seen[-1]
+
+
+async def test_the_work_knows_the_name_of_the_operation_it_runs(start_replica: object) -> None:
+    replica = await start_replica(service())  # type: ignore[operator]
+    name = await replica.start("name")
+    done = (await replica.watch(name))[-1]
+
+    result = StringValue()
+    assert done.response.Unpack(result)
+    assert result.value == name
+    assert current_operation() == ""  # outside any operation's work
 
 
 async def test_progress_carries_metrics_and_an_eta_while_running(start_replica: object) -> None:

@@ -161,6 +161,7 @@ async def test_a_fit_runs_as_an_operation_registers_a_version_and_serves_predict
     last = await nats_client.jetstream().get_last_msg(STREAM.name, FITTED)
     event = events_pb2.FitCompleted.FromString(last.data or b"")
     assert (event.model.name, event.model.version, event.series) == (name, "1", 6)
+    assert (event.operation, event.promoted_to) == (started.operation.name, "production")
 
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
         await client.forecast.Predict(

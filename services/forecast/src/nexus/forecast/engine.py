@@ -24,7 +24,7 @@ from nexus.api.common.v1 import common_pb2
 from nexus.api.forecast.v1 import events_pb2
 from nexus.common.errors import InvalidArgument, NexusError, ResourceExhausted
 from nexus.common.events import DAY_S, MIB, EventBus, Stream
-from nexus.common.operations import NO_PROGRESS, Progress
+from nexus.common.operations import NO_PROGRESS, Progress, current_operation
 from nexus.common.registry import ModelRegistry, ModelVersionInfo, Resolved, Selector
 from nexus.common.runtime import ModelRuntime, Served
 from nexus.forecast import datasets
@@ -558,6 +558,7 @@ class ForecastEngine:
             model=common_pb2.ModelRef(name=version.name, version=version.version),
             series=series,
             horizon=spec.job.horizon,
+            operation=current_operation(),
             promoted_to=spec.promote_to,
         )
         await self._publish(FITTED, event, f"fitted-{version.name}-{version.version}", version.name)

@@ -14,6 +14,7 @@ from nexus.common.operations._operations import (
     OperationKind,
     Operations,
     OperationsConfig,
+    current_operation,
 )
 from nexus.common.operations._progress import (
     NO_PROGRESS,
@@ -47,6 +48,7 @@ __all__ = [
     "Progress",
     "Result",
     "State",
+    "current_operation",
     "estimate_eta",
     "operation_name",
     "parse_name",

@@ -37,7 +37,7 @@ from nexus.common.errors import (
     ResourceExhausted,
 )
 from nexus.common.events import GIB, MIB, Consumer, Event, EventBus, Stream
-from nexus.common.idempotency import new_id, running_as
+from nexus.common.idempotency import idempotent_call, new_id, running_as
 from nexus.common.names import check_name
 from nexus.common.operations._progress import OperationCancelled, Progress, Snapshot, Tracker
 from nexus.common.operations._records import (
@@ -60,6 +60,17 @@ RETRYABLE = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.ABORTED, ErrorCode.DEADL
 """Errors another attempt may not meet; any other NexusError ends the operation at once."""
 INTERNAL = "INTERNAL"
 CANCELLED = "CANCELLED"
+
+_RUNNING = "operation:"
+"""The idempotent call an operation's work runs as: this, then the operation's name."""
+
+
+def current_operation() -> str:
+    """The name of the operation whose work runs in this context; "" outside one (so an event
+    that announces what the work made can name the operation that made it)."""
+    call = idempotent_call()
+    return call.removeprefix(_RUNNING) if call.startswith(_RUNNING) else ""
+
 
 Req = TypeVar("Req", bound=Message)
 Res = TypeVar("Res", bound=Message)
@@ -331,7 +342,7 @@ class Operations:
         if not request.Unpack(message):
             raise InvalidArgument(f"queued {request.type_url}, {kind.name} runs on another type")
         try:
-            with running_as(f"operation:{record.name}"):
+            with running_as(f"{_RUNNING}{record.name}"):
                 reply = await kind.work(message, tracker)
         except OperationCancelled:
             return Failure(CANCELLED, "cancelled")

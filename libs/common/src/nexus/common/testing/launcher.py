@@ -1,5 +1,6 @@
 """`nexus up` as a test runs it: a real subprocess, in a session of its own as a terminal would
-start it, its output collected while it runs."""
+start it, its output collected while it runs. And its `Platform` as tests that kill its children
+start it (`running_platform`): NATS and services as child processes, on free ports."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
-from nexus.common.launcher import RunInfo, read_run_file, running_platform
+from nexus.common.launcher import Platform, RunInfo, read_run_file, running_platform
 
 NEXUS = Path(sys.executable).parent / "nexus"
 
@@ -123,3 +125,35 @@ class NexusUp:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child["pid"], signal.SIGKILL)
         self.process.wait()
+
+
+class StartPlatform(Protocol):
+    """Starts a test's platform: `await start_platform("anomaly", NEXUS_X="2")`."""
+
+    async def __call__(self, *services: str, **env: str) -> Platform: ...
+
+
+@contextlib.asynccontextmanager
+async def started_platforms(
+    data_dir: Path, setenv: Callable[[str, str], None]
+) -> AsyncIterator[StartPlatform]:
+    """A starter of one `Platform` in `data_dir`: NATS on a free port, then `services` (each a
+    child process, SERVING when it returns; none: NATS alone), auth off and `env` set with
+    `setenv` (a test's `monkeypatch.setenv`: the children inherit this process's environment).
+    The test may kill, restart or add children; whatever runs is stopped when the block ends."""
+    platform = Platform(data_dir, nats_port=0, gateway_port=0, services=[])
+
+    async def start(*services: str, **env: str) -> Platform:
+        assert platform.nats is None, "one platform per block"
+        for name, value in {"NEXUS_AUTH_ENABLED": "false", **env}.items():
+            setenv(name, value)
+        platform.services = list(services)
+        await platform.start_nats()
+        if services:
+            await platform.start_services()
+        return platform
+
+    try:
+        yield start
+    finally:
+        platform.stop()
