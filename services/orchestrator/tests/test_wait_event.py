@@ -236,3 +236,70 @@ async def test_an_event_larger_than_a_step_output_may_be_fails_the_step(
 
     assert done.state == pb.RUN_STATE_FAILED
     assert done.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+
+
+SINCE = """\
+name: {name}
+steps:
+  - id: gate
+    wait_signal: {{name: go, timeout_s: 60}}
+  - id: confirmed
+    wait_event:
+      subject: {subject}
+      type: nexus.anomaly.v1.AnomalyDetected
+      condition: "event.data.source == 'cpu'"
+      timeout_s: 1
+{since}outputs:
+  score: "${{steps.confirmed.output.data.score}}"
+"""
+
+
+@pytest.mark.parametrize(
+    ("since", "score"), [("gate", 0.5), ("run", 0.5), ("step", None), ("", None)]
+)
+async def test_since_reads_the_events_stored_from_an_earlier_step_or_the_runs_start(
+    orchestrator: Connected, since: str, score: float | None
+) -> None:
+    # The event comes while the run waits at `gate`, before `confirmed` begins: only a wait
+    # reading from `gate` (or the run's start) sees it; an event before the run is never seen.
+    stub, key, bus = orchestrator
+    subject = f"nexus.testwaits.{uuid.uuid4().hex}"
+    name = f"w{uuid.uuid4().hex[:8]}"
+    text = SINCE.format(
+        name=name, subject=subject, since=f"      since: {since}\n" if since else ""
+    )
+    await stub.RegisterWorkflow(pb.RegisterWorkflowRequest(definition=text), metadata=key)
+    await bus.publish(subject, detected("cpu", 0.1))  # before the run
+    started = await stub.StartRun(pb.StartRunRequest(workflow=name), metadata=key)
+    run_id = str(started.run.run_id)
+
+    async def gated() -> bool:
+        run = (await stub.GetRun(pb.GetRunRequest(run_id=run_id), metadata=key)).run
+        return bool(run.state == pb.RUN_STATE_WAITING and run.current_step == "gate")
+
+    await eventually(gated)
+    await bus.publish(subject, detected("cpu", 0.5))  # after `gate` began
+    await stub.SignalRun(pb.SignalRunRequest(run_id=run_id, signal="go"), metadata=key)
+    done = await finished(stub, key, run_id)
+
+    if score is None:
+        assert done.state == pb.RUN_STATE_FAILED
+        assert done.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    else:
+        assert done.state == pb.RUN_STATE_SUCCEEDED, done.error.message
+        assert json_format.MessageToDict(done.outputs) == {"score": score}
+
+
+@pytest.mark.parametrize("since", ["confirmed", "later", "nowhere"])
+def test_since_must_name_the_run_or_a_step_before_the_wait(since: str) -> None:
+    text = SINCE.format(name="w", subject="nexus.a", since=f"      since: {since}\n")
+    text = text.replace("outputs:", "  - id: later\n    sleep: {seconds: 0}\noutputs:")
+
+    with pytest.raises(InvalidArgument) as caught:
+        parse_definition(text)
+
+    found = [(v.field, v.description) for v in caught.value.violations]
+    assert (
+        "steps[1].wait_event.since",
+        f"since {since!r}: 'step', 'run' or the id of a step before this one",
+    ) in [(f, d.split(" (line")[0]) for f, d in found], found

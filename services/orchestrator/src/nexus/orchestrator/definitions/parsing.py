@@ -169,6 +169,7 @@ def _semantic_violations(
             yield _violation(
                 (*path, "id"), f"duplicate step id {step['id']!r} (first at {first})", lines
             )
+        yield from (_violation(p, d, lines) for p, d in _since_problems(path, step, seen))
         seen.setdefault(step["id"], path)
         yield from (_violation(p, d, lines) for p, d in _step_problems(path, step))
     if count > MAX_STEPS:
@@ -300,6 +301,18 @@ def _wait_event_problems(path: Path, wait: dict[str, Any]) -> Iterator[tuple[Pat
     if "condition" in wait:
         yield from _expression_problems(
             (*path, "condition"), wait["condition"], WAIT_EVENT_VARIABLES, "a wait_event step"
+        )
+
+
+def _since_problems(
+    path: Path, step: dict[str, Any], earlier: dict[str, Path]
+) -> Iterator[tuple[Path, str]]:
+    """A `wait_event`'s `since` names `step` (the default), `run`, or a step before it."""
+    since = step.get("wait_event", {}).get("since", "step")
+    if since not in ("step", "run") and since not in earlier:
+        yield (
+            (*path, "wait_event", "since"),
+            f"since {since!r}: 'step', 'run' or the id of a step before this one",
         )
 
 

@@ -109,7 +109,10 @@ _KINDS: dict[str, Any] = {
         "required": ["name"],
         "properties": {"name": _NAME, "timeout_s": _SECONDS},
     },
-    "wait_event": {**_EVENT, "properties": {**_EVENT["properties"], "timeout_s": _SECONDS}},
+    "wait_event": {
+        **_EVENT,
+        "properties": {**_EVENT["properties"], "timeout_s": _SECONDS, "since": _NAME},
+    },
     "fail": {
         "type": "object",
         "additionalProperties": False,

@@ -506,7 +506,12 @@ class Engine:
         subject = step.spec["subject"]
         stream = await self._bus.stream_of(subject)
         input_ = {"subject": subject, "stream": stream}
-        input_["from_seq"] = await self._events.start_seq(stream)
+        since = step.spec.get("since", "step")
+        if since == "step":
+            input_["from_seq"] = await self._events.start_seq(stream)
+        else:
+            when = await self._since_time(run, since)
+            input_["from_seq"] = await self._events.seq_since(stream, subject, when)
         timeout = float(step.spec.get("timeout_s", 0.0))
         until = now + timeout if timeout else 0.0
         poll = now + self._settings.wait_event_poll_s
@@ -516,6 +521,20 @@ class Engine:
         if began is not None:
             self._hints.note(began)
         return began
+
+    async def _since_time(self, run: RunRecord, since: str) -> float:
+        """When the run (`run`) or its latest execution of step `since` began.
+
+        Raises:
+            FailedPrecondition: The run has not executed that step.
+        """
+        if since == "run":
+            return run.created
+        history = (await self.runs.expanded(run)).history
+        for execution in reversed(history):
+            if execution.step_id == since:
+                return execution.started
+        raise FailedPrecondition(f"since {since!r}: this run has not executed that step")
 
     async def _look_for_event(self, run: RunRecord, step: Step, definition: Definition) -> None:
         current = run.current

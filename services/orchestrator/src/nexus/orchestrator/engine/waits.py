@@ -94,6 +94,30 @@ class EventLog:
             raise Unavailable(f"cannot read the stream {stream}: {err!r}") from err
         return int(info.state.last_seq) + 1
 
+    async def seq_since(self, stream: str, subject: str, when: float) -> int:
+        """The sequence to read `subject`'s events in `stream` from so that none stored at or
+        after `when` (epoch seconds, this replica's clock against nats-server's) is passed:
+        a binary search over the stored messages, whose times grow with their sequences.
+
+        Raises:
+            Unavailable: NATS does not answer.
+        """
+        try:
+            state = (await self._js.stream_info(stream)).state
+        except (NatsError, TimeoutError) as err:
+            raise Unavailable(f"cannot read the stream {stream}: {err!r}") from err
+        low, high = int(state.first_seq), int(state.last_seq) + 1
+        while low < high:
+            middle = (low + high) // 2
+            raw = await self._next(stream, subject, middle)
+            if raw is None:
+                high = middle  # nothing on the subject from here on
+            elif raw.time is not None and raw.time.timestamp() >= when:
+                high = middle
+            else:
+                low = int(raw.seq or middle) + 1
+        return low
+
     async def scan(
         self,
         wait: dict[str, Any],
