@@ -21,7 +21,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
-from dataclasses import replace
 from typing import Any
 
 from nexus.api.orchestrator.v1 import events_pb2
@@ -45,6 +44,7 @@ from nexus.orchestrator.engine.records import (
     WAITING,
     RunRecord,
     error_of,
+    replace,
 )
 from nexus.orchestrator.engine.store import RunStore
 from nexus.orchestrator.engine.waits import EventHints, EventLog, condition_of, waiting_on
@@ -697,7 +697,8 @@ class Engine:
         applied: list[tuple[RunRecord, RunRecord]] = []
 
         driven = _DRIVEN.get()
-        await self.runs.load_chunks(run)  # the sealed history in memory, for the outputs
+        if len(run.pending) <= 1:  # a write that may end the run: its outputs read every step
+            await self.runs.load_chunks(run)  # (the sealed history in memory for `_finish`)
 
         def fenced(current: RunRecord) -> RunRecord | None:
             applied.clear()  # only what the last (written) attempt made counts

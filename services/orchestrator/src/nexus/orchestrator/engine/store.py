@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 
 from nats.aio.client import Client
 from nats.js import api
@@ -26,7 +25,13 @@ from nats.js.kv import KeyValue
 from nexus.common.errors import NotFound
 from nexus.common.events import DAY_S, MIB
 from nexus.common.kv import KvRecords, nats_unavailable, open_key_value
-from nexus.orchestrator.engine.records import RunRecord, StepRecord, decode_steps, encode_steps
+from nexus.orchestrator.engine.records import (
+    RunRecord,
+    StepRecord,
+    decode_steps,
+    encode_steps,
+    replace,
+)
 
 BUCKET = "nexus_orchestrator_runs"
 RETENTION_S = 30 * DAY_S
