@@ -697,6 +697,7 @@ class Engine:
         applied: list[tuple[RunRecord, RunRecord]] = []
 
         driven = _DRIVEN.get()
+        sealed = await self.runs.seal(run)  # its finished head dropped by this write, if 16
         if len(run.pending) <= 1:  # a write that may end the run: its outputs read every step
             await self.runs.load_chunks(run)  # (the sealed history in memory for `_finish`)
 
@@ -715,6 +716,8 @@ class Engine:
             if new is not None and driven is not None:
                 new = replace(new, driver=driven[0])
             if new is not None:
+                new = sealed(new)
+            if new is not None:
                 applied.append((current, new))
             return new
 
@@ -723,9 +726,7 @@ class Engine:
             return None
         before, written = applied[-1]
         metrics.changed(before, written)
-        if not written.done:
-            written = await self.runs.seal(written)
-        elif written.parent:
+        if written.done and written.parent:
             await self._notify_parent(written)
         if written.tick != run.tick and not written.done:
             if driven is not None:
