@@ -12,9 +12,13 @@ Workloads, the same for every engine:
 Nexus: embedded NATS and the orchestrator as separate processes, as `nexus up` runs them, auth on;
 a trivial step is a `publish` step (a durable effect: the attempt is recorded, a JetStream publish
 made, the result recorded). `nexus2` is the same with a second orchestrator replica on the same
-NATS. The event is a JetStream message on `nexus.bench.orchestrator.event` that a workflow's event
-trigger turns into a run; its latency is read from the run's history (the step's start time)
-against the publish time, on the same clock.
+NATS; the client spreads the runs over the replicas (run i started, watched and read through
+replica i mod n), as a balancer in front of them would. Beside each Nexus workload's wall figures:
+the CPU milliseconds per step of nats-server, each replica and the client (from /proc; on a
+shared machine the figure that varies least) and the load average. The event is a JetStream
+message on `nexus.bench.orchestrator.event` that a workflow's event trigger turns into a run; its
+latency is read from the run's history (the step's start time) against the publish time, on the
+same clock.
 
 DBOS 3 (SQLite system database) and Prefect 3 (its ephemeral local server, PREFECT_HOME of its
 own) run `bench/engines/*_workloads.py` in venvs of their own (`make bench-venvs`); a trivial step
