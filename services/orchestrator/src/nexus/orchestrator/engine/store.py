@@ -235,7 +235,7 @@ class RunStore:
                 change = await changes.get()
                 if change is None:
                     return
-                if change.record.updated >= current.updated and change.record != current:
+                if _newer(change.record, current):
                     current = change.record
                     yield current
 
@@ -298,6 +298,14 @@ def _finished_head(history: tuple[StepRecord, ...]) -> int:
         if not step.done:
             return index
     return len(history)
+
+
+def _newer(record: RunRecord, than: RunRecord) -> bool:
+    """Whether a watched change is one to send: written later, or at the same time and not the
+    same (compared only then: comparing two records is O(steps) of a long run)."""
+    if record.updated != than.updated:
+        return record.updated > than.updated
+    return record != than
 
 
 def _as_it_is(run: RunRecord) -> RunRecord:
