@@ -72,6 +72,7 @@ import numpy as np
 from nats.js.client import JetStreamContext
 from sklearn.ensemble import IsolationForest
 
+from bench.proc_cpu import cpu_seconds
 from nexus.anomaly.detectors import Algorithm, AnomalyModel
 from nexus.anomaly.settings import AnomalySettings
 from nexus.anomaly.streamconfig import default_config
@@ -651,7 +652,6 @@ def report_stream(runs: dict[str, Any], in_process_rate: float) -> dict[str, Any
 
 # The load generator of the small-request workload: cheap, since it shares the cores it loads.
 
-_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 Send = Callable[[], Awaitable[None]]
 """One request, answered and checked (raises when it failed)."""
@@ -712,17 +712,7 @@ async def closed_loop(
 
 def _cpu_now(pids: Mapping[str, int]) -> dict[str, float]:
     """CPU seconds used so far by this process and by each named process."""
-    return {"loadgen": time.process_time(), **{n: _cpu_seconds(p) for n, p in pids.items()}}
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (0 when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+    return {"loadgen": time.process_time(), **{n: cpu_seconds(p) for n, p in pids.items()}}
 
 
 def http_request(

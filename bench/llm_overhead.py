@@ -59,6 +59,7 @@ import httpx
 import numpy as np
 import yaml
 
+from bench.proc_cpu import cpu_seconds
 from nexus.api.llm.v1 import llm_service_pb2 as pb
 from nexus.api.llm.v1 import llm_service_pb2_grpc as pb_grpc
 from nexus.common.auth import open_key_store
@@ -83,7 +84,6 @@ LOG_TAIL_CHARS = 1_500
 SETTLE_S = 0.02
 """Pause after each block: the background work of its calls (litellm's logging, the llm
 service's usage accounting) runs then, and counts toward its contender's CPU time."""
-_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -193,16 +193,7 @@ class ProcessSet:
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds (user + system) used so far, by name; a process gone counts as 0."""
-        return {name: sum(_cpu_seconds(pid) for pid in pids) for name, pids in self.pids.items()}
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+        return {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.pids.items()}
 
 
 def _children() -> dict[int, list[int]]:

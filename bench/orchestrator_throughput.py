@@ -12,9 +12,13 @@ Workloads, the same for every engine:
 Nexus: embedded NATS and the orchestrator as separate processes, as `nexus up` runs them, auth on;
 a trivial step is a `publish` step (a durable effect: the attempt is recorded, a JetStream publish
 made, the result recorded). `nexus2` is the same with a second orchestrator replica on the same
-NATS. The event is a JetStream message on `nexus.bench.orchestrator.event` that a workflow's event
-trigger turns into a run; its latency is read from the run's history (the step's start time)
-against the publish time, on the same clock.
+NATS; the client spreads the runs over the replicas (run i started, watched and read through
+replica i mod n), as a balancer in front of them would. Beside each Nexus workload's wall figures:
+the CPU milliseconds per step of nats-server, each replica and the client (from /proc; on a
+shared machine the figure that varies least) and the load average. The event is a JetStream
+message on `nexus.bench.orchestrator.event` that a workflow's event trigger turns into a run; its
+latency is read from the run's history (the step's start time) against the publish time, on the
+same clock.
 
 DBOS 3 (SQLite system database) and Prefect 3 (its ephemeral local server, PREFECT_HOME of its
 own) run `bench/engines/*_workloads.py` in venvs of their own (`make bench-venvs`); a trivial step
@@ -48,6 +52,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.model_runtime import percentiles
+from bench.proc_cpu import cpu_seconds
 from nexus.api.orchestrator.v1 import events_pb2
 from nexus.api.orchestrator.v1 import orchestrator_service_pb2 as pb
 from nexus.api.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
@@ -71,6 +76,26 @@ EVENT_TYPE = "nexus.orchestrator.v1.RunAdvance"  # any message type of the API w
 FIVE = 5
 
 Metadata = tuple[tuple[str, str], ...]
+
+
+class CpuMeter:
+    """CPU seconds each process (and this one, the client) used since the meter was made."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._start = self._now()
+
+    def _now(self) -> dict[str, float]:
+        return {"client": time.process_time(), **{n: cpu_seconds(p) for n, p in self.pids.items()}}
+
+    def used(self) -> dict[str, float]:
+        now = self._now()
+        return {name: now[name] - self._start[name] for name in now}
+
+
+def load() -> dict[str, float]:
+    """The machine's load average over the last minute, and its cores (a shared machine)."""
+    return {"load_1m": os.getloadavg()[0], "cores": float(os.cpu_count() or 0)}
 
 
 def sequential(name: str, steps: int, trigger: str = "") -> str:
@@ -109,10 +134,12 @@ def summary(raw: dict[str, Any]) -> dict[str, Any]:
         long = raw["long"]
         out["long_steps_per_s"] = long["steps"] / long["wall_s"]
         out["long_wall_s"] = long["wall_s"]
+        out.update(_cpu_figures("long", long))
     if "concurrent" in raw:
         concurrent = raw["concurrent"]
         out["concurrent_runs_per_s"] = len(concurrent["runs"]) / concurrent["wall_s"]
         out["concurrent_step"] = percentiles(step_latencies(concurrent["runs"]))
+        out.update(_cpu_figures("concurrent", concurrent))
     if "events" in raw:
         out["event_to_first_step"] = percentiles(raw["events"]["latencies_s"])
     if "failed" in raw:
@@ -120,18 +147,50 @@ def summary(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _cpu_figures(workload: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """CPU milliseconds per step by process, their sum, and the load (when measured)."""
+    if "cpu_s" not in raw:
+        return {}
+    steps = raw["steps"]
+    by_process = {name: 1000 * seconds / steps for name, seconds in raw["cpu_s"].items()}
+    return {
+        f"{workload}_cpu_ms_per_step": by_process,
+        f"{workload}_cpu_ms_per_step_total": sum(by_process.values()),
+        f"{workload}_load_1m": raw["load_1m"],
+    }
+
+
 # Nexus.
 
 
 class Nexus:
-    """The platform's orchestrator (one replica or more) over the real API."""
+    """The platform's orchestrator (one replica or more) over the real API.
+
+    With several replicas the client spreads the runs over them, as a load balancer in front of
+    them or several clients would: run i is started, watched and read through replica i mod n
+    (one client connection per replica), so no replica serves every RPC alone.
+    """
 
     def __init__(self, platform: Platform, key: str) -> None:
         self.platform = platform
         self.key: Metadata = (("authorization", f"Bearer {key}"),)
-        child = next(c for c in platform.children if c.name == "orchestrator")
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{child.port}")
-        self.stub = pb_grpc.OrchestratorServiceStub(self.channel)
+        replicas = [c for c in platform.children if c.name.startswith("orchestrator")]
+        self.channels = [grpc.aio.insecure_channel(f"127.0.0.1:{c.port}") for c in replicas]
+        self.stubs = [pb_grpc.OrchestratorServiceStub(channel) for channel in self.channels]
+        self.stub = self.stubs[0]
+        self._via: dict[str, pb_grpc.OrchestratorServiceStub] = {}
+        self._next = itertools.cycle(self.stubs)
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+
+    def processes(self) -> dict[str, int]:
+        """The pids of NATS and of each replica, by name."""
+        nats = self.platform.nats
+        pids = {"nats-server": nats.pid or 0} if nats is not None else {}
+        pids.update({c.name: c.process.pid for c in self.platform.children})
+        return pids
 
     async def register(self, definition: str) -> None:
         await self.stub.RegisterWorkflow(
@@ -139,14 +198,17 @@ class Nexus:
         )
 
     async def start(self, workflow: str) -> str:
-        reply = await self.stub.StartRun(
+        stub = next(self._next)
+        reply = await stub.StartRun(
             pb.StartRunRequest(workflow=workflow, inputs=Struct()), metadata=self.key
         )
+        self._via[reply.run.run_id] = stub
         return str(reply.run.run_id)
 
     async def finished(self, run_id: str) -> pb.Run:
         last: pb.Run | None = None
-        async for change in self.stub.WatchRun(
+        stub = self._via.get(run_id, self.stub)
+        async for change in stub.WatchRun(
             pb.WatchRunRequest(run_id=run_id), metadata=self.key, timeout=600
         ):
             last = change.run
@@ -156,7 +218,7 @@ class Nexus:
 
     async def timeline(self, run_id: str) -> dict[str, Any]:
         """The run's step start times and its end (epoch seconds)."""
-        history = await self.stub.GetRunHistory(
+        history = await self._via.get(run_id, self.stub).GetRunHistory(
             pb.GetRunHistoryRequest(run_id=run_id, page_size=1000), metadata=self.key
         )
         steps = sorted(history.steps, key=lambda s: s.start_time.ToNanoseconds())
@@ -166,18 +228,23 @@ class Nexus:
     async def long(self, steps: int) -> dict[str, Any]:
         name = f"long-{uuid.uuid4().hex[:6]}"
         await self.register(sequential(name, steps))
+        cpu = CpuMeter(self.processes())
         began = time.perf_counter()
         await self.finished(await self.start(name))
-        return {"steps": steps, "wall_s": time.perf_counter() - began}
+        wall = time.perf_counter() - began
+        return {"steps": steps, "wall_s": wall, "cpu_s": cpu.used(), **load()}
 
     async def concurrent(self, runs: int) -> dict[str, Any]:
         name = f"five-{uuid.uuid4().hex[:6]}"
         await self.register(sequential(name, FIVE))
+        cpu = CpuMeter(self.processes())
         began = time.perf_counter()
         ids = await asyncio.gather(*(self.start(name) for _ in range(runs)))
         await asyncio.gather(*(self.finished(run_id) for run_id in ids))
         wall = time.perf_counter() - began
-        return {"wall_s": wall, "runs": [await self.timeline(run_id) for run_id in ids]}
+        used = cpu.used()
+        timelines = [await self.timeline(run_id) for run_id in ids]
+        return {"wall_s": wall, "runs": timelines, "cpu_s": used, "steps": runs * FIVE, **load()}
 
     async def events(self, count: int, bus: EventBus) -> dict[str, Any]:
         name = f"evented-{uuid.uuid4().hex[:6]}"
@@ -261,7 +328,7 @@ async def nexus(args: argparse.Namespace, replicas: int) -> dict[str, Any]:
             }
             if args.events:
                 raw["events"] = await engine.events(args.events, bus)
-            await engine.channel.close()
+            await engine.close()
             await nc.close()
             return raw
         finally:

@@ -1,8 +1,9 @@
-"""Run records as stored: a round trip, and records written by a newer version."""
+"""Run records as stored: a round trip, records written by a newer version, and copies."""
 
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from nexus.orchestrator.engine.records import (
     SUCCEEDED,
@@ -10,6 +11,7 @@ from nexus.orchestrator.engine.records import (
     StepRecord,
     decode_steps,
     encode_steps,
+    replace,
 )
 
 
@@ -55,3 +57,19 @@ def test_a_record_from_before_seals_reads_as_unsealed() -> None:
     decoded = RunRecord.decode(orjson.dumps(raw))
 
     assert (decoded.seals, decoded.driver) == ((), 0)
+
+
+def test_a_copy_changes_only_what_it_names_and_refuses_unknown_names() -> None:
+    run = _run()
+
+    copy = replace(run, tick=5, pending=("c",))
+    step = replace(run.history[0], attempts=2)
+
+    assert (copy.tick, copy.pending, run.tick, run.pending) == (5, ("c",), 0, ("b", "c"))
+    assert copy == RunRecord.decode(copy.encode())
+    assert replace(copy, tick=0, pending=("b", "c")) == run
+    assert (step.attempts, step.step_id, run.history[0].attempts) == (2, "a", 0)
+    with pytest.raises(TypeError, match="no field 'ticks'"):
+        replace(run, ticks=1)
+    with pytest.raises(TypeError, match="no field 'pending'"):
+        replace(run.history[0], pending=())

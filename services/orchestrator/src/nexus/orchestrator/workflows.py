@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ _CONFIG = api.KeyValueConfig(
     max_value_size=MIB,
     storage=api.StorageType.FILE,
 )
+_KEEP_VERSIONS = 256
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class WorkflowStore:
         self._check = check
         self._kv: KeyValue | None = None
         self._parsed: dict[tuple[str, int], Definition] = {}
+        self._versions: OrderedDict[tuple[str, int], WorkflowVersion] = OrderedDict()
 
     @property
     def kv(self) -> KeyValue:
@@ -145,7 +148,8 @@ class WorkflowStore:
         return int(entry.value)
 
     async def get(self, name: str, version: int = 0) -> WorkflowVersion:
-        """One version of a workflow (0: the latest).
+        """One version of a workflow (0: the latest). Versions are immutable, so each is read
+        from the bucket once per process (the latest version's number is read every time).
 
         Raises:
             NotFound: No such workflow or version (a deleted workflow's versions are read only
@@ -153,6 +157,10 @@ class WorkflowStore:
         """
         with nats_unavailable("read a workflow"):
             number = version or await self._latest(name)
+            known = self._versions.get((name, number))
+            if known is not None:
+                self._versions.move_to_end((name, number))
+                return known
             try:
                 entry = await self.kv.get(f"{name}.v{number}") if number else None
             except KeyNotFoundError:
@@ -160,7 +168,11 @@ class WorkflowStore:
         if entry is None or not entry.value:
             what = f"workflow {name!r}" + (f" version {version}" if version else "")
             raise NotFound(f"{what} not found")
-        return WorkflowVersion.decode(entry.value)
+        stored = WorkflowVersion.decode(entry.value)
+        self._versions[(name, number)] = stored
+        if len(self._versions) > _KEEP_VERSIONS:
+            self._versions.popitem(last=False)
+        return stored
 
     async def stored_at(self, workflow: WorkflowVersion) -> datetime:
         """When NATS stored the version, by the server's clock (what a consumer's start time

@@ -21,7 +21,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
-from dataclasses import replace
 from typing import Any
 
 from nexus.api.orchestrator.v1 import events_pb2
@@ -45,6 +44,7 @@ from nexus.orchestrator.engine.records import (
     WAITING,
     RunRecord,
     error_of,
+    replace,
 )
 from nexus.orchestrator.engine.store import RunStore
 from nexus.orchestrator.engine.waits import EventHints, EventLog, condition_of, waiting_on
@@ -716,7 +716,9 @@ class Engine:
         applied: list[tuple[RunRecord, RunRecord]] = []
 
         driven = _DRIVEN.get()
-        await self.runs.load_chunks(run)  # the sealed history in memory, for the outputs
+        sealed = await self.runs.seal(run)  # its finished head dropped by this write, if 16
+        if len(run.pending) <= 1:  # a write that may end the run: its outputs read every step
+            await self.runs.load_chunks(run)  # (the sealed history in memory for `_finish`)
 
         def fenced(current: RunRecord) -> RunRecord | None:
             applied.clear()  # only what the last (written) attempt made counts
@@ -733,6 +735,8 @@ class Engine:
             if new is not None and driven is not None:
                 new = replace(new, driver=driven[0])
             if new is not None:
+                new = sealed(new)
+            if new is not None:
                 applied.append((current, new))
             return new
 
@@ -741,9 +745,7 @@ class Engine:
             return None
         before, written = applied[-1]
         metrics.changed(before, written)
-        if not written.done:
-            written = await self.runs.seal(written)
-        elif written.parent:
+        if written.done and written.parent:
             await self._notify_parent(written)
         if written.tick != run.tick and not written.done:
             if driven is not None:

@@ -4,7 +4,6 @@ next record, and the effects (a call, a publish) that the engine performs betwee
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Any
 
 from nexus.orchestrator import expressions
@@ -21,6 +20,7 @@ from nexus.orchestrator.engine.records import (
     RunRecord,
     StepRecord,
     error_of,
+    replace,
 )
 
 RUN_TIMED_OUT = "DEADLINE_EXCEEDED"

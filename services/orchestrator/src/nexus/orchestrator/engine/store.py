@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 
 from nats.aio.client import Client
 from nats.js import api
@@ -26,7 +25,13 @@ from nats.js.kv import KeyValue
 from nexus.common.errors import NotFound
 from nexus.common.events import DAY_S, MIB
 from nexus.common.kv import KvRecords, nats_unavailable, open_key_value
-from nexus.orchestrator.engine.records import RunRecord, StepRecord, decode_steps, encode_steps
+from nexus.orchestrator.engine.records import (
+    RunRecord,
+    StepRecord,
+    decode_steps,
+    encode_steps,
+    replace,
+)
 
 BUCKET = "nexus_orchestrator_runs"
 RETENTION_S = 30 * DAY_S
@@ -157,17 +162,19 @@ class RunStore:
             return None
         return _with_sealed(run, [chunk for chunk in sealed if chunk is not None])
 
-    async def seal(self, run: RunRecord) -> RunRecord:
-        """Seals the finished executions that lead the run's history once there are
-        `SEAL_STEPS` of them: stored as a chunk, then dropped from the record with
-        compare-and-set. Returns the record as stored (`run` when there was nothing to seal).
+    async def seal(self, run: RunRecord) -> Callable[[RunRecord], RunRecord]:
+        """Stores the finished executions that lead the run's history as one chunk once there
+        are `SEAL_STEPS` of them, and returns what drops them from the record the next write
+        makes (inside its compare-and-set: sealing costs no write of its own); that does
+        nothing to a record whose head is no longer that chunk (sealed meanwhile) or that is
+        done. Nothing is stored, and nothing dropped, while there are fewer.
 
         Raises:
             Unavailable: NATS does not answer.
         """
         count = _finished_head(run.history)
         if count < SEAL_STEPS:
-            return run
+            return _as_it_is
         chunk = run.history[:count]
         key = _chunk_key(run.run_id, run.sealed, count)
         assert self._chunks is not None, "start() first"
@@ -175,12 +182,12 @@ class RunStore:
             await self._chunks.put(key, encode_steps(chunk))
         self._keep(key, chunk)
 
-        def sealed(current: RunRecord) -> RunRecord | None:
-            if current.seals != run.seals or current.history[:count] != chunk:
-                return None  # sealed meanwhile, or not the same run any more
-            return replace(current, history=current.history[count:], seals=(*current.seals, count))
+        def sealed(record: RunRecord) -> RunRecord:
+            if record.done or record.seals != run.seals or record.history[:count] != chunk:
+                return record
+            return replace(record, history=record.history[count:], seals=(*record.seals, count))
 
-        return await self.update(run.run_id, sealed)
+        return sealed
 
     async def _chunk(self, key: str) -> tuple[StepRecord, ...]:
         known = self._read.get(key)
@@ -228,7 +235,7 @@ class RunStore:
                 change = await changes.get()
                 if change is None:
                     return
-                if change.record.updated >= current.updated and change.record != current:
+                if _newer(change.record, current):
                     current = change.record
                     yield current
 
@@ -291,6 +298,18 @@ def _finished_head(history: tuple[StepRecord, ...]) -> int:
         if not step.done:
             return index
     return len(history)
+
+
+def _newer(record: RunRecord, than: RunRecord) -> bool:
+    """Whether a watched change is one to send: written later, or at the same time and not the
+    same (compared only then: comparing two records is O(steps) of a long run)."""
+    if record.updated != than.updated:
+        return record.updated > than.updated
+    return record != than
+
+
+def _as_it_is(run: RunRecord) -> RunRecord:
+    return run
 
 
 def _newest_first(run: RunRecord) -> tuple[float, str]:
