@@ -375,6 +375,36 @@ def test_a_metric_point_under_its_former_anomaly_type_is_accepted() -> None:
         parse_event(_FakeMsg(former, data), AnomalyDetected)
 
 
+def test_parse_event_sets_every_field_of_a_frozen_event() -> None:
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "e1",
+        "ce-source": "nexus/test",
+        "ce-type": "nexus.metrics.v1.MetricPoint",
+        "ce-time": "2026-12-04T01:19:41.386Z",
+        "ce-subject": "cpu",
+    }
+    msg = _FakeMsg(headers, MetricPoint(source="cpu", values=[2.0]).SerializeToString())
+    msg.reply = "$JS.ACK.METRICS.c.3.41.7.1764811181386000000.0"
+    event = parse_event(msg, MetricPoint)
+    expected = Event(
+        id="e1",
+        type="nexus.metrics.v1.MetricPoint",
+        source="nexus/test",
+        subject="s",
+        time=datetime(2026, 12, 4, 1, 19, 41, 386000, tzinfo=UTC),
+        data=MetricPoint(source="cpu", values=[2.0]),
+        headers=headers,
+        delivery=3,
+        subject_hint="cpu",
+        sequence=41,
+    )
+    assert event == expected
+    assert vars(event).keys() == vars(expected).keys()
+    with pytest.raises(AttributeError):
+        event.id = "e2"  # type: ignore[misc]
+
+
 def test_parse_event_checks_the_type_and_headers() -> None:
     headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s"}
     data = MetricPoint(source="cpu").SerializeToString()

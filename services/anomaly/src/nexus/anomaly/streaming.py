@@ -24,6 +24,7 @@ import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from nats.errors import Error as NatsError
@@ -55,9 +56,9 @@ the one before it learns on the executor (StreamStates learns one batch at a tim
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Point:
-    """A valid point of a fetched batch: its place in the batch, event, source and values."""
+class Point(NamedTuple):
+    """A valid point of a fetched batch: its place in the batch, event, source and values (a
+    named tuple: one is built per point, at a third of a frozen dataclass's cost)."""
 
     index: int
     event: Event[MetricPoint]
