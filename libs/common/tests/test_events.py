@@ -4,6 +4,7 @@ letters."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -331,6 +332,32 @@ async def test_publish_many_stores_each_event_once_and_says_which_failed(
     nowhere = f"nowhere.{uuid.uuid4().hex}"  # no stream takes it: every one fails, none raises
     outcomes = await bus.publish_many(nowhere, events[:3], timeout_s=0.2, retries=1)
     assert [type(outcome) for outcome in outcomes] == [Unavailable] * 3
+
+
+async def test_publish_many_across_a_crash_writes_what_was_not_acknowledged_again_together(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    nc = await connect(NexusSettings(nats_url=nats_server.url), "crash")
+    bus = EventBus(nc, "nexus/test")
+    await bus.ensure_streams(STREAM)
+    subject = f"nexus.eventstest.{uuid.uuid4().hex[:8]}"
+    events = [(anomaly(f"p{i}"), f"id-{uuid.uuid4().hex}") for i in range(200)]
+    nats_server.kill()  # the writes go nowhere, or wait in the client until it reconnects
+
+    async def restart() -> None:
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(nats_server.start)
+
+    restarting = asyncio.create_task(restart())
+    with caplog.at_level(logging.INFO, logger="nexus.common.events._bus"):
+        outcomes = await bus.publish_many(subject, events, timeout_s=0.5, retries=30)
+    await restarting
+    info = await bus.js.stream_info(STREAM.name, subjects_filter=subject)
+    await nc.close()
+    assert outcomes == [None] * 200
+    assert info.state.subjects == {subject: 200}  # written more than once, stored once
+    rounds = [r.getMessage() for r in caplog.records if "writing them again" in r.getMessage()]
+    assert 1 <= len(rounds) < 30  # the unacknowledged go again together: a round each time
 
 
 async def test_consume_on_missing_stream_is_a_failed_precondition(bus: EventBus) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import datetime
+from typing import cast
 
 from google.protobuf.message import Message
 from nats.aio.client import Client
@@ -19,6 +20,7 @@ from nexus.common.errors import FailedPrecondition, Unavailable
 from nexus.common.events._consumer import BatchHandler, Consumer, Handler
 from nexus.common.events._envelope import M, build_headers, new_event_id
 from nexus.common.events._follower import WatchConsumer
+from nexus.common.events import _publish
 from nexus.common.events._publish import RETRYABLE, publish_retrying
 from nexus.common.events._streams import Stream, ensure_stream
 from nexus.common.events._work import BatchWorkConsumer, WorkConsumer
@@ -117,13 +119,16 @@ class EventBus:
     ) -> list[Exception | None]:
         """Publishes `(message, event_id)` pairs as `publish` would, all written before any
         acknowledgement is awaited (one span for them all); each one's outcome: None once
-        JetStream stored it, else the `Unavailable` that `publish` would have raised.
+        JetStream stored it, else the error that `publish` would have raised (`Unavailable`
+        after the retries).
 
         `publish` awaits each acknowledgement with a timer and a span of its own, which was
         the largest cost of a batch of detections on the anomaly stream
         (docs/adr/0047-anomaly-stream-throughput.md). What was not acknowledged within
-        `timeout_s` (a lost write, a restarting server) is published again through `publish`'s
-        retries: the event id makes JetStream store it once.
+        `timeout_s` (a lost write, a restarting server) is written again, all of it together,
+        after `publish`'s backoff, up to `retries` times: the event id makes JetStream store it
+        once. So the whole call waits at most `(retries + 1) * timeout_s` plus the backoffs
+        however many events there are (docs/adr/0049-anomaly-stream-io.md).
         """
         attributes: dict[str, str | int] = {
             "messaging.system": "nats",
@@ -132,27 +137,33 @@ class EventBus:
         with _tracer.start_as_current_span(
             f"publish {subject}", kind=trace.SpanKind.PRODUCER, attributes=attributes
         ):
-            sent = [await self._publish_async(subject, m, i) for m, i in events]
-            again = await _unacknowledged(sent, timeout_s)
-            retried = await asyncio.gather(
-                *(
-                    self.publish(
-                        subject,
-                        events[i][0],
-                        event_id=events[i][1],
-                        timeout_s=timeout_s,
-                        retries=retries,
-                    )
-                    for i in again
-                ),
-                return_exceptions=True,
-            )
+            return await self._publish_rounds(subject, events, timeout_s, retries)
+
+    async def _publish_rounds(
+        self, subject: str, events: Sequence[tuple[Message, str]], timeout_s: float, retries: int
+    ) -> list[Exception | None]:
+        """Writes the events, then again those whose acknowledgement did not come or came as
+        an error worth retrying (`RETRYABLE`), with backoff; each one's outcome."""
         outcomes: list[Exception | None] = [None] * len(events)
-        for index, result in zip(again, retried, strict=True):
-            if isinstance(result, Exception):
-                outcomes[index] = result
-            elif isinstance(result, BaseException):
-                raise result
+        missing = list(range(len(events)))
+        for attempt in range(retries + 1):
+            if attempt:
+                log.info(
+                    "publish to %s: %d of %d events not acknowledged; writing them again"
+                    " (attempt %d)", subject, len(missing), len(events), attempt + 1,
+                )  # fmt: skip
+                await asyncio.sleep(_publish.publish_backoff_s(attempt))
+            sent = [await self._publish_async(subject, *events[i]) for i in missing]
+            failed = await _acknowledgements(sent, timeout_s)
+            for index, error in zip(missing, failed, strict=True):
+                outcomes[index] = error
+            missing = [i for i in missing if isinstance(outcomes[i], RETRYABLE)]
+            if not missing:
+                return outcomes
+        for index in missing:
+            last = outcomes[index]
+            why = f"could not publish to {subject} after {retries + 1} attempts: {last!r}"
+            outcomes[index] = Unavailable(why)
         return outcomes
 
     async def _publish_async(
@@ -341,11 +352,12 @@ async def _started(consumer: Consumer, stream: str) -> Consumer:
     return consumer
 
 
-async def _unacknowledged(
+async def _acknowledgements(
     sent: Sequence[asyncio.Future[api.PubAck] | None], timeout_s: float
-) -> list[int]:
+) -> list[Exception | None]:
     """Waits up to `timeout_s` for the acknowledgements of what was written (None: not even
-    written); the indexes of those that did not come, or came as errors (the rest cancelled)."""
+    written); for each, None when it came, else why not (a `TimeoutError` when it did not come
+    in time or was never written; those still waited on are cancelled)."""
     pending = [future for future in sent if future is not None]
     if pending:
         try:
@@ -354,13 +366,12 @@ async def _unacknowledged(
             for waiting in pending:
                 waiting.cancel()
             raise
-    missing = []
-    for index, future in enumerate(sent):
-        if future is None or future.cancelled():
-            missing.append(index)
-        elif not future.done():
-            future.cancel()
-            missing.append(index)
-        elif future.exception() is not None:
-            missing.append(index)
-    return missing
+    errors: list[Exception | None] = []
+    for future in sent:
+        if future is None or future.cancelled() or not future.done():
+            if future is not None:
+                future.cancel()
+            errors.append(TimeoutError("no acknowledgement in time"))
+        else:
+            errors.append(cast(Exception | None, future.exception()))
+    return errors
