@@ -17,10 +17,10 @@ from nats.js.errors import NotFoundError
 from opentelemetry import propagate, trace
 
 from nexus.common.errors import FailedPrecondition, Unavailable
+from nexus.common.events import _publish
 from nexus.common.events._consumer import BatchHandler, Consumer, Handler
 from nexus.common.events._envelope import M, build_headers, new_event_id
 from nexus.common.events._follower import WatchConsumer
-from nexus.common.events import _publish
 from nexus.common.events._publish import RETRYABLE, publish_retrying
 from nexus.common.events._streams import Stream, ensure_stream
 from nexus.common.events._work import BatchWorkConsumer, WorkConsumer
