@@ -36,7 +36,7 @@ from nexus.common.events import (
     parse_event,
 )
 from nexus.common.events._consumer import HEARTBEAT_S
-from nexus.common.nats import NexusClient, connect
+from nexus.common.nats import NexusClient, close, connect
 from nexus.common.natsserver import NatsServer
 from nexus.common.settings import NexusSettings
 from nexus.common.testing.events import Recorder as EventRecorder
@@ -358,6 +358,20 @@ async def test_publish_many_across_a_crash_writes_what_was_not_acknowledged_agai
     assert info.state.subjects == {subject: 200}  # written more than once, stored once
     rounds = [r.getMessage() for r in caplog.records if "writing them again" in r.getMessage()]
     assert 1 <= len(rounds) < 30  # the unacknowledged go again together: a round each time
+
+
+async def test_publish_many_of_more_than_the_client_holds_unacknowledged_ends_with_no_server(
+    nats_server: NatsServer,
+) -> None:
+    nc = await connect(NexusSettings(nats_url=nats_server.url), "stalled")
+    bus = EventBus(nc, "nexus/test")
+    await bus.ensure_streams(STREAM)
+    events = [(anomaly(f"p{i}"), f"id-{uuid.uuid4().hex}") for i in range(4_100)]
+    nats_server.kill()  # nats-py holds 4,000 writes unacknowledged, then waits for room
+    outcomes = await bus.publish_many("nexus.eventstest.x", events, timeout_s=0.3, retries=1)
+    await close(nc)
+    nats_server.start()
+    assert [type(outcome) for outcome in outcomes] == [Unavailable] * 4_100
 
 
 async def test_consume_on_missing_stream_is_a_failed_precondition(bus: EventBus) -> None:

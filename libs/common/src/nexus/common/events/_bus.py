@@ -13,7 +13,7 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js import api
 from nats.js.client import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, TooManyStalledMsgsError
 from opentelemetry import propagate, trace
 
 from nexus.common.errors import FailedPrecondition, Unavailable
@@ -127,8 +127,9 @@ class EventBus:
         (docs/adr/0047-anomaly-stream-throughput.md). What was not acknowledged within
         `timeout_s` (a lost write, a restarting server) is written again, all of it together,
         after `publish`'s backoff, up to `retries` times: the event id makes JetStream store it
-        once. So the whole call waits at most `(retries + 1) * timeout_s` plus the backoffs
-        however many events there are (docs/adr/0049-anomaly-stream-io.md).
+        once. So the whole call waits at most `(retries + 1) * 2 * timeout_s` plus the backoffs
+        however many events there are (a round may also wait `timeout_s` for room to write:
+        `_write`; docs/adr/0049-anomaly-stream-io.md).
         """
         attributes: dict[str, str | int] = {
             "messaging.system": "nats",
@@ -153,7 +154,7 @@ class EventBus:
                     " (attempt %d)", subject, len(missing), len(events), attempt + 1,
                 )  # fmt: skip
                 await asyncio.sleep(_publish.publish_backoff_s(attempt))
-            sent = [await self._publish_async(subject, *events[i]) for i in missing]
+            sent = await self._write(subject, [events[i] for i in missing], timeout_s)
             failed = await _acknowledgements(sent, timeout_s)
             for index, error in zip(missing, failed, strict=True):
                 outcomes[index] = error
@@ -166,19 +167,42 @@ class EventBus:
             outcomes[index] = Unavailable(why)
         return outcomes
 
+    async def _write(
+        self, subject: str, events: Sequence[tuple[Message, str]], stall_s: float
+    ) -> list[asyncio.Future[api.PubAck] | None]:
+        """Writes events without awaiting their acknowledgements: each one's future, None for
+        one not written. nats-py holds at most 4,000 writes unacknowledged and, without a
+        limit, waits for room forever: with the server gone, a batch larger than that would
+        never finish. So once a write found no room for `stall_s`, the rest are not written
+        (None: the next round writes them, after these were given up on)."""
+        sent: list[asyncio.Future[api.PubAck] | None] = []
+        for message, event_id in events:
+            try:
+                sent.append(await self._publish_async(subject, message, event_id, stall_s))
+            except TooManyStalledMsgsError:
+                log.debug("publish to %s: no room for unacknowledged writes", subject)
+                break
+        return sent + [None] * (len(events) - len(sent))
+
     async def _publish_async(
-        self, subject: str, message: Message, event_id: str
+        self, subject: str, message: Message, event_id: str, stall_s: float
     ) -> asyncio.Future[api.PubAck] | None:
         """Writes one event without awaiting its acknowledgement; None when it could not even
-        be written (it is then published again the slow way)."""
+        be written (it is written again in the next round).
+
+        Raises:
+            TooManyStalledMsgsError: No room for another unacknowledged write for `stall_s`.
+        """
         headers = build_headers(message, event_id=event_id, source=self._source, subject_hint=None)
         propagate.inject(headers)
         try:
             return await self._js.publish_async(
-                subject, message.SerializeToString(), headers=headers
+                subject, message.SerializeToString(), wait_stall=stall_s, headers=headers
             )
+        except TooManyStalledMsgsError:
+            raise
         except (NatsError, *RETRYABLE) as err:
-            log.debug("async publish to %s failed (%r); publishing again", subject, err)
+            log.debug("async publish to %s failed (%r); writing it again", subject, err)
             return None
 
     async def consume(
