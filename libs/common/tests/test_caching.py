@@ -94,6 +94,21 @@ def test_hits_and_misses_reach_prometheus() -> None:
     assert (cache.hits, cache.misses) == (2, 1)
 
 
+def test_contains_many_finds_what_get_finds_and_counts_each_key(clock: FakeClock) -> None:
+    name = _name()
+    cache: TTLCache[str, int] = TTLCache(name, maxsize=3, ttl_s=10)
+    cache.set("a", 1)
+    cache.set("b", 2, ttl_s=1)
+    cache.set("c", 3)
+    clock.now += 5  # "b" expired
+    assert cache.contains_many(["a", "b", "x", "c", "a"]) == [True, False, False, True, True]
+    assert (cache.hits, cache.misses) == (3, 2)
+    hits = {"cache": name, "result": "hit"}
+    assert REGISTRY.get_sample_value("nexus_cache_requests_total", hits) == 3
+    cache.set("d", 4)  # "a" and "c" were refreshed by the look-up: "b" is gone, nothing evicted
+    assert cache.contains_many(["a", "c", "d"]) == [True, True, True]
+
+
 async def test_concurrent_loads_of_one_key_call_the_loader_once() -> None:
     cache: TTLCache[str, int] = TTLCache(_name())
     calls = 0

@@ -4,6 +4,7 @@ letters."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ from nexus.common.events import (
     parse_event,
 )
 from nexus.common.events._consumer import HEARTBEAT_S
-from nexus.common.nats import NexusClient, connect
+from nexus.common.nats import NexusClient, close, connect
 from nexus.common.natsserver import NatsServer
 from nexus.common.settings import NexusSettings
 from nexus.common.testing.events import Recorder as EventRecorder
@@ -333,6 +334,46 @@ async def test_publish_many_stores_each_event_once_and_says_which_failed(
     assert [type(outcome) for outcome in outcomes] == [Unavailable] * 3
 
 
+async def test_publish_many_across_a_crash_writes_what_was_not_acknowledged_again_together(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    nc = await connect(NexusSettings(nats_url=nats_server.url), "crash")
+    bus = EventBus(nc, "nexus/test")
+    await bus.ensure_streams(STREAM)
+    subject = f"nexus.eventstest.{uuid.uuid4().hex[:8]}"
+    events = [(anomaly(f"p{i}"), f"id-{uuid.uuid4().hex}") for i in range(200)]
+    nats_server.kill()  # the writes go nowhere, or wait in the client until it reconnects
+
+    async def restart() -> None:
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(nats_server.start)
+
+    restarting = asyncio.create_task(restart())
+    with caplog.at_level(logging.INFO, logger="nexus.common.events._bus"):
+        outcomes = await bus.publish_many(subject, events, timeout_s=0.5, retries=30)
+    await restarting
+    info = await bus.js.stream_info(STREAM.name, subjects_filter=subject)
+    await nc.close()
+    assert outcomes == [None] * 200
+    assert info.state.subjects == {subject: 200}  # written more than once, stored once
+    rounds = [r.getMessage() for r in caplog.records if "writing them again" in r.getMessage()]
+    assert 1 <= len(rounds) < 30  # the unacknowledged go again together: a round each time
+
+
+async def test_publish_many_of_more_than_the_client_holds_unacknowledged_ends_with_no_server(
+    nats_server: NatsServer,
+) -> None:
+    nc = await connect(NexusSettings(nats_url=nats_server.url), "stalled")
+    bus = EventBus(nc, "nexus/test")
+    await bus.ensure_streams(STREAM)
+    events = [(anomaly(f"p{i}"), f"id-{uuid.uuid4().hex}") for i in range(4_100)]
+    nats_server.kill()  # nats-py holds 4,000 writes unacknowledged, then waits for room
+    outcomes = await bus.publish_many("nexus.eventstest.x", events, timeout_s=0.3, retries=1)
+    await close(nc)
+    nats_server.start()
+    assert [type(outcome) for outcome in outcomes] == [Unavailable] * 4_100
+
+
 async def test_consume_on_missing_stream_is_a_failed_precondition(bus: EventBus) -> None:
     with pytest.raises(FailedPrecondition, match="does not exist"):
         await bus.consume(
@@ -373,6 +414,36 @@ def test_a_metric_point_under_its_former_anomaly_type_is_accepted() -> None:
     )
     with pytest.raises(InvalidArgument, match="ce-type"):
         parse_event(_FakeMsg(former, data), AnomalyDetected)
+
+
+def test_parse_event_sets_every_field_of_a_frozen_event() -> None:
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "e1",
+        "ce-source": "nexus/test",
+        "ce-type": "nexus.metrics.v1.MetricPoint",
+        "ce-time": "2026-12-04T01:19:41.386Z",
+        "ce-subject": "cpu",
+    }
+    msg = _FakeMsg(headers, MetricPoint(source="cpu", values=[2.0]).SerializeToString())
+    msg.reply = "$JS.ACK.METRICS.c.3.41.7.1764811181386000000.0"
+    event = parse_event(msg, MetricPoint)
+    expected = Event(
+        id="e1",
+        type="nexus.metrics.v1.MetricPoint",
+        source="nexus/test",
+        subject="s",
+        time=datetime(2026, 12, 4, 1, 19, 41, 386000, tzinfo=UTC),
+        data=MetricPoint(source="cpu", values=[2.0]),
+        headers=headers,
+        delivery=3,
+        subject_hint="cpu",
+        sequence=41,
+    )
+    assert event == expected
+    assert vars(event).keys() == vars(expected).keys()
+    with pytest.raises(AttributeError):
+        event.id = "e2"  # type: ignore[misc]
 
 
 def test_parse_event_checks_the_type_and_headers() -> None:

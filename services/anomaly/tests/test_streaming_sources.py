@@ -26,6 +26,7 @@ from anomaly_testing import (
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
+from pydantic import ValidationError
 
 from nexus.anomaly.converters import streaming_of
 from nexus.anomaly.detectors.online import MAX_STATE_BYTES, WindowedGaussian, decode_state
@@ -312,3 +313,11 @@ async def test_a_state_over_what_kv_holds_is_given_back_and_counted(nats_client:
     assert isinstance(outcome, ResourceExhausted)
     assert TOO_LARGE._value.get() == before + 1
     assert states.held("s") is None
+
+
+def test_a_state_remembers_enough_points_for_the_batches_in_hand() -> None:
+    assert AnomalySettings(stream_batch=2500, stream_recent_points=10_000).stream_batch == 2500
+    with pytest.raises(ValidationError, match=r"stream_recent_points \(10000\) must be at least"):
+        AnomalySettings(stream_batch=4096)  # 4 batches in hand: 16,384 points to remember
+    with pytest.raises(ValidationError, match="stream_batch"):
+        AnomalySettings(stream_batch=100_001, stream_recent_points=1_000_000)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from nexus.common.settings import ServiceSettings
+
+BATCHES_IN_FLIGHT = 4
+"""Batches of points a replica may have learnt and not yet seen under the ack floor."""
 
 
 class AnomalySettings(ServiceSettings):
@@ -35,9 +40,11 @@ class AnomalySettings(ServiceSettings):
     stream_durable: str = "anomaly-stream"
     """Durable consumer name on nexus.metrics.>; replicas with the same name share the work."""
 
-    stream_batch: int = Field(default=1024, gt=0)
+    stream_batch: int = Field(default=2048, gt=0, le=100_000)
     """Metric points fetched from the stream at a time and scored together: each source's
-    streaming detector learns its points of a batch, and saves its state, once per batch."""
+    streaming detector learns its points of a batch, and saves its state, once per batch (the
+    save costs about the same for any batch: docs/adr/0049-anomaly-stream-io.md). At most a
+    quarter of `stream_recent_points`."""
 
     stream_ack_wait_s: float = Field(default=30.0, gt=0)
     """Seconds before a point delivered to a replica that did not acknowledge it (it stopped,
@@ -66,3 +73,16 @@ class AnomalySettings(ServiceSettings):
     batch_max_wait_ms: float = Field(default=2.0, ge=0)
     """Micro-batcher: longest a request waits for others to batch with. While a batch runs,
     the next one fills up whatever this is."""
+
+    @model_validator(mode="after")
+    def _recent_points_cover_the_batches_in_hand(self) -> Self:
+        """A source's state remembers the points it learnt above the ack floor; the batches in
+        hand (one learning, one publishing, one fetched) and the floor read a batch late must
+        fit, or a point still unacknowledged would count as learnt and, redelivered, not be
+        answered again."""
+        if self.stream_recent_points < BATCHES_IN_FLIGHT * self.stream_batch:
+            raise ValueError(
+                f"stream_recent_points ({self.stream_recent_points}) must be at least"
+                f" {BATCHES_IN_FLIGHT} x stream_batch ({self.stream_batch})"
+            )
+        return self

@@ -6,16 +6,18 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import datetime
+from typing import cast
 
 from google.protobuf.message import Message
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js import api
 from nats.js.client import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, TooManyStalledMsgsError
 from opentelemetry import propagate, trace
 
 from nexus.common.errors import FailedPrecondition, Unavailable
+from nexus.common.events import _publish
 from nexus.common.events._consumer import BatchHandler, Consumer, Handler
 from nexus.common.events._envelope import M, build_headers, new_event_id
 from nexus.common.events._follower import WatchConsumer
@@ -117,13 +119,17 @@ class EventBus:
     ) -> list[Exception | None]:
         """Publishes `(message, event_id)` pairs as `publish` would, all written before any
         acknowledgement is awaited (one span for them all); each one's outcome: None once
-        JetStream stored it, else the `Unavailable` that `publish` would have raised.
+        JetStream stored it, else the error that `publish` would have raised (`Unavailable`
+        after the retries).
 
         `publish` awaits each acknowledgement with a timer and a span of its own, which was
         the largest cost of a batch of detections on the anomaly stream
         (docs/adr/0047-anomaly-stream-throughput.md). What was not acknowledged within
-        `timeout_s` (a lost write, a restarting server) is published again through `publish`'s
-        retries: the event id makes JetStream store it once.
+        `timeout_s` (a lost write, a restarting server) is written again, all of it together,
+        after `publish`'s backoff, up to `retries` times: the event id makes JetStream store it
+        once. So the whole call waits at most `(retries + 1) * 2 * timeout_s` plus the backoffs
+        however many events there are (a round may also wait `timeout_s` for room to write:
+        `_write`; docs/adr/0049-anomaly-stream-io.md).
         """
         attributes: dict[str, str | int] = {
             "messaging.system": "nats",
@@ -132,42 +138,71 @@ class EventBus:
         with _tracer.start_as_current_span(
             f"publish {subject}", kind=trace.SpanKind.PRODUCER, attributes=attributes
         ):
-            sent = [await self._publish_async(subject, m, i) for m, i in events]
-            again = await _unacknowledged(sent, timeout_s)
-            retried = await asyncio.gather(
-                *(
-                    self.publish(
-                        subject,
-                        events[i][0],
-                        event_id=events[i][1],
-                        timeout_s=timeout_s,
-                        retries=retries,
-                    )
-                    for i in again
-                ),
-                return_exceptions=True,
-            )
+            return await self._publish_rounds(subject, events, timeout_s, retries)
+
+    async def _publish_rounds(
+        self, subject: str, events: Sequence[tuple[Message, str]], timeout_s: float, retries: int
+    ) -> list[Exception | None]:
+        """Writes the events, then again those whose acknowledgement did not come or came as
+        an error worth retrying (`RETRYABLE`), with backoff; each one's outcome."""
         outcomes: list[Exception | None] = [None] * len(events)
-        for index, result in zip(again, retried, strict=True):
-            if isinstance(result, Exception):
-                outcomes[index] = result
-            elif isinstance(result, BaseException):
-                raise result
+        missing = list(range(len(events)))
+        for attempt in range(retries + 1):
+            if attempt:
+                log.info(
+                    "publish to %s: %d of %d events not acknowledged; writing them again"
+                    " (attempt %d)", subject, len(missing), len(events), attempt + 1,
+                )  # fmt: skip
+                await asyncio.sleep(_publish.publish_backoff_s(attempt))
+            sent = await self._write(subject, [events[i] for i in missing], timeout_s)
+            failed = await _acknowledgements(sent, timeout_s)
+            for index, error in zip(missing, failed, strict=True):
+                outcomes[index] = error
+            missing = [i for i in missing if isinstance(outcomes[i], RETRYABLE)]
+            if not missing:
+                return outcomes
+        for index in missing:
+            last = outcomes[index]
+            why = f"could not publish to {subject} after {retries + 1} attempts: {last!r}"
+            outcomes[index] = Unavailable(why)
         return outcomes
 
+    async def _write(
+        self, subject: str, events: Sequence[tuple[Message, str]], stall_s: float
+    ) -> list[asyncio.Future[api.PubAck] | None]:
+        """Writes events without awaiting their acknowledgements: each one's future, None for
+        one not written. nats-py holds at most 4,000 writes unacknowledged and, without a
+        limit, waits for room forever: with the server gone, a batch larger than that would
+        never finish. So once a write found no room for `stall_s`, the rest are not written
+        (None: the next round writes them, after these were given up on)."""
+        sent: list[asyncio.Future[api.PubAck] | None] = []
+        for message, event_id in events:
+            try:
+                sent.append(await self._publish_async(subject, message, event_id, stall_s))
+            except TooManyStalledMsgsError:
+                log.debug("publish to %s: no room for unacknowledged writes", subject)
+                break
+        return sent + [None] * (len(events) - len(sent))
+
     async def _publish_async(
-        self, subject: str, message: Message, event_id: str
+        self, subject: str, message: Message, event_id: str, stall_s: float
     ) -> asyncio.Future[api.PubAck] | None:
         """Writes one event without awaiting its acknowledgement; None when it could not even
-        be written (it is then published again the slow way)."""
+        be written (it is written again in the next round).
+
+        Raises:
+            TooManyStalledMsgsError: No room for another unacknowledged write for `stall_s`.
+        """
         headers = build_headers(message, event_id=event_id, source=self._source, subject_hint=None)
         propagate.inject(headers)
         try:
             return await self._js.publish_async(
-                subject, message.SerializeToString(), headers=headers
+                subject, message.SerializeToString(), wait_stall=stall_s, headers=headers
             )
+        except TooManyStalledMsgsError:
+            raise
         except (NatsError, *RETRYABLE) as err:
-            log.debug("async publish to %s failed (%r); publishing again", subject, err)
+            log.debug("async publish to %s failed (%r); writing it again", subject, err)
             return None
 
     async def consume(
@@ -341,11 +376,12 @@ async def _started(consumer: Consumer, stream: str) -> Consumer:
     return consumer
 
 
-async def _unacknowledged(
+async def _acknowledgements(
     sent: Sequence[asyncio.Future[api.PubAck] | None], timeout_s: float
-) -> list[int]:
+) -> list[Exception | None]:
     """Waits up to `timeout_s` for the acknowledgements of what was written (None: not even
-    written); the indexes of those that did not come, or came as errors (the rest cancelled)."""
+    written); for each, None when it came, else why not (a `TimeoutError` when it did not come
+    in time or was never written; those still waited on are cancelled)."""
     pending = [future for future in sent if future is not None]
     if pending:
         try:
@@ -354,13 +390,12 @@ async def _unacknowledged(
             for waiting in pending:
                 waiting.cancel()
             raise
-    missing = []
-    for index, future in enumerate(sent):
-        if future is None or future.cancelled():
-            missing.append(index)
-        elif not future.done():
-            future.cancel()
-            missing.append(index)
-        elif future.exception() is not None:
-            missing.append(index)
-    return missing
+    errors: list[Exception | None] = []
+    for future in sent:
+        if future is None or future.cancelled() or not future.done():
+            if future is not None:
+                future.cancel()
+            errors.append(TimeoutError("no acknowledgement in time"))
+        else:
+            errors.append(cast(Exception | None, future.exception()))
+    return errors

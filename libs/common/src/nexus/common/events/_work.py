@@ -108,6 +108,10 @@ class DurableConsumer(Consumer, Generic[M]):
             self.duplicates += 1
             await settle(msg.ack)
             return None
+        return await self._within_deliveries(event, msg)
+
+    async def _within_deliveries(self, event: Event[M], msg: Msg) -> Event[M] | None:
+        """The event, unless it is past its deliveries (then dead-lettered here: None)."""
         if event.delivery > self._max_deliver:
             # Its dead letter could not be stored last time, or no handler call ever finished
             # (the process stopped, or the handler outlasted the ack wait).
@@ -137,6 +141,30 @@ class DurableConsumer(Consumer, Generic[M]):
         self.processed += 1
         self._seen.set(event.id, True)
         self._errors.delete(event.id)
+
+    async def _admit_batch(self, msgs: Sequence[Msg]) -> list[tuple[Event[M], Msg]]:
+        """The events of a batch's messages that are to be handled, as `_admit` decides for
+        each, with one look-up of the batch's ids among those processed; duplicates are
+        acknowledged together."""
+        parsed: list[tuple[Event[M], Msg]] = []
+        for msg in msgs:
+            try:
+                parsed.append((parse_event(msg, self._type), msg))
+            except InvalidArgument as err:
+                await self._dead_letter(msg, DeadLetterReason.POISON, str(err))
+        seen = self._seen.contains_many([event.id for event, _ in parsed])
+        admitted: list[tuple[Event[M], Msg]] = []
+        duplicates: list[Msg] = []
+        for (event, msg), was_seen in zip(parsed, seen, strict=True):
+            if was_seen:
+                duplicates.append(msg)
+            elif event.delivery <= self._max_deliver:
+                admitted.append((event, msg))
+            else:
+                await self._within_deliveries(event, msg)
+        self.duplicates += len(duplicates)
+        await acknowledge(self._nc, duplicates)
+        return admitted
 
     async def _dead_letter(self, msg: Msg, reason: DeadLetterReason, why: str) -> None:
         """Stores the message in the dead-letter stream, then terminates it; when the store
@@ -275,11 +303,7 @@ class BatchWorkConsumer(DurableConsumer[M]):
         if self._stopping:
             await self._release(msgs)
             return
-        admitted: list[tuple[Event[M], Msg]] = []
-        for msg in msgs:
-            event = await self._admit(msg)
-            if event is not None:
-                admitted.append((event, msg))
+        admitted = await self._admit_batch(msgs)
         if not admitted:
             return
         try:

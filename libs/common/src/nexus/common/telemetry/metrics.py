@@ -147,9 +147,9 @@ def set_models_loaded(service: str, count: int, size_bytes: int) -> None:
     _child(MODEL_BYTES, service).set(size_bytes)
 
 
-def record_cache_request(cache: str, hit: bool) -> None:
-    """Counts one cache lookup as a hit or a miss."""
-    _child(CACHE_REQUESTS, cache, "hit" if hit else "miss").inc()
+def record_cache_request(cache: str, hit: bool, n: int = 1) -> None:
+    """Counts `n` cache lookups as hits or as misses."""
+    _child(CACHE_REQUESTS, cache, "hit" if hit else "miss").inc(n)
 
 
 def record_event(subject: str, result: str) -> None:
