@@ -47,6 +47,8 @@ def compiled(function: F) -> F:
 
 
 def inlined(function: F) -> F:
-    """`function` compiled into each compiled caller (numba's own inlining): a small helper
-    called for every value, whose call would cost more than its work."""
+    """`function` compiled into each compiled caller (numba's own inlining): for a small helper
+    called for every value, whose call (arrays passed field by field) would cost more than its
+    work. Each inlined copy is compiled again, so keep it to the hot, small ones: compiling
+    takes longer where there is no cache."""
     return numba.njit(nogil=True, cache=CACHE, inline="always")(function)  # type: ignore[return-value]

@@ -236,7 +236,7 @@ def _new_period(
         meta[RESIDUAL, _LEARNING] = max(learning, RESIDUAL_PERIODS * found)
 
 
-@inlined
+@compiled
 def _learn(
     view: int,
     x: float,
@@ -350,7 +350,7 @@ def _below(row: FloatArray, m: int, x: float, right: bool) -> int:  # pragma: no
     return count
 
 
-@inlined
+@compiled
 def _rank(
     blocks: FloatArray,
     sizes: np.ndarray,
@@ -393,7 +393,7 @@ def _at(
     return float(blocks[block, place])
 
 
-@inlined
+@compiled
 def _sum_ranks(
     blocks: FloatArray,
     sizes: np.ndarray,
@@ -457,7 +457,7 @@ def _remove(
         _even_out(blocks, sizes, n - 1, scratch)
 
 
-@inlined
+@compiled
 def _even_out(
     blocks: FloatArray,
     sizes: np.ndarray,
