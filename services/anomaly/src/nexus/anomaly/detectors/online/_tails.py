@@ -54,7 +54,7 @@ PERIOD_TOLERANCE = 0.02
 """A period found within this share of the current one is the same period (kept, not relearnt)."""
 BLOCK = 64
 """Sorted values a block holds after the blocks are evened out; they are evened out again when
-one fills (2 * BLOCK) or empties, so finding a place and shifting cost tens of steps."""
+one fills (1.5 * BLOCK) or empties, so finding a place and shifting cost tens of steps."""
 _REL_FLOOR = 1e-3  # of the window's span: the smallest excess scale and spread considered
 _ABS_FLOOR = 1e-12
 
@@ -99,7 +99,7 @@ class ExtremeTails(OnlineDetector):
         self._every = int(self.params["period_every"])
         self._rings = np.zeros((3, self._size))
         # per view: its sorted values in blocks; the blocks' sizes, then how many are in use
-        self._blocks = np.zeros((3, self._size // BLOCK + 2, 2 * BLOCK))
+        self._blocks = np.zeros((3, self._size // BLOCK + 2, BLOCK + BLOCK // 2))
         self._sizes = np.zeros((3, self._size // BLOCK + 3), dtype=np.int64)
         self._sizes[:, -1] = 1
         self._scratch = np.zeros(self._size + 1)
