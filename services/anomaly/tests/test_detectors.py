@@ -518,14 +518,33 @@ def test_autoencoder_auto_device_trains_where_it_can(train: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize(
-    ("max_features", "max_samples"), [(1.0, "auto"), (0.5, "auto"), (0.7, 64), (1.0, 0.3)]
+    "options",
+    [
+        {},
+        {"max_features": 0.5},
+        {"max_features": 0.7, "max_samples": 64},
+        {"max_samples": 0.3, "contamination": 0.05},
+        {"bootstrap": True, "contamination": 0.2, "n_estimators": 37},
+        {"bootstrap": True, "max_features": 0.4, "max_samples": 1.0},
+        {"max_samples": 1},  # one sample: every score 1, as sklearn sets it
+    ],
 )
-def test_path_length_tables_score_as_sklearn_does(
-    max_features: float, max_samples: str | int | float
-) -> None:
+def test_path_length_tables_score_exactly_as_sklearn_does(options: dict[str, Any]) -> None:
     rng = np.random.default_rng(0)
-    train, probe = rng.normal(size=(2000, 6)), 2 * rng.normal(size=(300, 6))
-    forest = IsolationForest(
-        random_state=1, max_features=max_features, max_samples=max_samples, n_jobs=1
-    ).fit(train)
-    assert PathLengths(forest).anomaly_scores(probe) == pytest.approx(-forest.score_samples(probe))
+    train = rng.normal(size=(2000, 6)) * [1, 10, 0.1, 1, 1, 1000]
+    probe = np.vstack(
+        [2 * rng.normal(size=(300, 6)) * [1, 10, 0.1, 1, 1, 1000], train[:50], 1e30 * train[:3]]
+    )
+    forest = IsolationForest(random_state=1, n_jobs=1, **options).fit(train)
+    np.testing.assert_array_equal(
+        PathLengths(forest).anomaly_scores(probe), -forest.score_samples(probe)
+    )
+
+
+def test_a_loaded_forest_scores_as_the_one_saved() -> None:
+    rng = np.random.default_rng(2)
+    detector = IsolationForestDetector({"max_features": 0.5})
+    detector.fit(rng.normal(size=(500, 4)))
+    probe = rng.normal(size=(40, 4))
+    loaded = pickle.loads(pickle.dumps(detector))
+    np.testing.assert_array_equal(loaded.score(probe), detector.score(probe))

@@ -44,3 +44,11 @@ if getattr(numba.config, "CACHE_DIR", None) != CACHE_DIR:  # imported before: re
 def compiled(function: F) -> F:
     """`function` compiled to machine code, releasing the GIL while it runs."""
     return numba.njit(nogil=True, cache=CACHE)(function)  # type: ignore[return-value]
+
+
+def inlined(function: F) -> F:
+    """`function` compiled into each compiled caller (numba's own inlining): for a small helper
+    called for every value, whose call (arrays passed field by field) would cost more than its
+    work. Each inlined copy is compiled again, so keep it to the hot, small ones: compiling
+    takes longer where there is no cache."""
+    return numba.njit(nogil=True, cache=CACHE, inline="always")(function)  # type: ignore[return-value]

@@ -18,8 +18,10 @@ chance that any of them is this extreme by chance). Nothing is flagged during th
 period.
 
 The windows are numpy arrays (each a ring of its views in arrival order, and the same views
-sorted), stepped through by a compiled loop (`_run`) that gives the same likelihoods as the
-straightforward Python it replaced (tests/test_online_compiled.py holds that reference).
+sorted, in blocks of about BLOCK values: a view comes and goes with a shift within one block,
+not of a third of the window), stepped through by a compiled loop (`_run`) that gives the same
+likelihoods as the straightforward Python it replaced (tests/test_online_compiled.py holds
+that reference): the sorted values are the same, and the tails are summed in the same order.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from nexus.anomaly.detectors.online._base import (
     State,
     state_bytes,
 )
-from nexus.anomaly.detectors.online._jit import compiled
+from nexus.anomaly.detectors.online._jit import compiled, inlined
 from nexus.anomaly.detectors.online._periods import dominant_periods
 
 SPREAD_SPAN = 12
@@ -50,6 +52,9 @@ MIN_TAIL = 10
 """The fewest extreme views a tail is fitted on."""
 PERIOD_TOLERANCE = 0.02
 """A period found within this share of the current one is the same period (kept, not relearnt)."""
+BLOCK = 64
+"""Sorted values a block holds after the blocks are evened out; they are evened out again when
+one fills (1.5 * BLOCK) or empties, so finding a place and shifting cost tens of steps."""
 _REL_FLOOR = 1e-3  # of the window's span: the smallest excess scale and spread considered
 _ABS_FLOOR = 1e-12
 
@@ -93,7 +98,11 @@ class ExtremeTails(OnlineDetector):
         self._fixed_period = int(self.params["period"])
         self._every = int(self.params["period_every"])
         self._rings = np.zeros((3, self._size))
-        self._sorted = np.zeros((3, self._size + 1))
+        # per view: its sorted values in blocks; the blocks' sizes, then how many are in use
+        self._blocks = np.zeros((3, self._size // BLOCK + 2, BLOCK + BLOCK // 2))
+        self._sizes = np.zeros((3, self._size // BLOCK + 3), dtype=np.int64)
+        self._sizes[:, -1] = 1
+        self._scratch = np.zeros(self._size + 1)
         self._meta = np.zeros((3, 3), dtype=np.int64)
         self._meta[:, _LEARNING] = self._learning
         self._counters = np.array([0, self._fixed_period], dtype=np.int64)
@@ -109,8 +118,9 @@ class ExtremeTails(OnlineDetector):
             due, windows = self.period_searches(values)
             periods = due, dominant_periods(windows)
         _run(
-            values, out, self._rings, self._sorted, self._meta, self._counters, self._bounds,
-            self._share, self._learning, periods[0], periods[1], 2.0,
+            values, out, self._rings, (self._blocks, self._sizes, self._scratch),
+            self._meta, self._counters, self._bounds, self._share, self._learning,
+            periods[0], periods[1], 2.0,
         )  # fmt: skip
         return out
 
@@ -163,7 +173,7 @@ class ExtremeTails(OnlineDetector):
         for view, values in enumerate(tails):  # VALUE, RESIDUAL, SPREAD
             count = len(values)
             self._rings[view, :count] = values
-            self._sorted[view, :count] = np.sort(values)
+            _fill(self._blocks[view], self._sizes[view], np.sort(values))
             self._meta[view, _START] = 0
             self._meta[view, _COUNT] = count
         self._counters[:] = (int(seen), int(period))
@@ -175,7 +185,7 @@ def _run(
     values: FloatArray,
     out: FloatArray,
     rings: FloatArray,
-    ordered: FloatArray,
+    ordered: tuple[FloatArray, np.ndarray, FloatArray],
     meta: np.ndarray,
     counters: np.ndarray,
     bounds: FloatArray,
@@ -228,86 +238,257 @@ def _new_period(
 
 @compiled
 def _learn(
-    view: int, x: float, rings: FloatArray, ordered: FloatArray, meta: np.ndarray, share: float
+    view: int,
+    x: float,
+    rings: FloatArray,
+    ordered: tuple[FloatArray, np.ndarray, FloatArray],
+    meta: np.ndarray,
+    share: float,
 ) -> float:  # pragma: no cover - compiled
     """Two-sided tail probability of `x` against a view's window (1.0 while learning), then
-    learns `x` (the oldest view leaves a full window)."""
+    learns `x` (the oldest view leaves a full window). `ordered`: the sorted blocks of every
+    view, their sizes and how many each view uses, and room for evening them out."""
+    all_blocks, all_sizes, scratch = ordered
+    blocks, sizes = all_blocks[view], all_sizes[view]
     size = rings.shape[1]
-    s = ordered[view]
     n = meta[view, _COUNT]
-    position = _bisect_right(s, n, x)  # where `x` goes, which the probability needs too
-    p = _probability(s, n, x, position, share) if n >= meta[view, _LEARNING] else 1.0
+    if n == 0:  # a new window, or the residuals' started over
+        sizes[-1] = 1
+        sizes[0] = 0
+    # where `x` goes (after its equals), which the probability needs too: its block, its place
+    block, right = _blocks_below(blocks, sizes, x, True) if n else (0, 0)
+    place = 0
+    if block == sizes[-1]:  # above every value: at the end of the last block
+        block -= 1
+        place = sizes[block]
+    elif n:
+        place = _below(blocks[block], sizes[block], x, True)
+        right += place
+    p = 1.0
+    if n >= meta[view, _LEARNING]:
+        p = _probability(blocks, sizes, n, x, right, share)
+    _insert(blocks, sizes, n, x, block, place, scratch)
     start = meta[view, _START]
     if n < size:
-        s[position + 1 : n + 1] = s[position:n]  # numba copies an overlapping source first
-        s[position] = x
         rings[view, (start + n) % size] = x
         meta[view, _COUNT] = n + 1
         return p
-    # full: the oldest view leaves as `x` comes, one shift of what lies between them
+    # full: the oldest view leaves as `x` came
     oldest = rings[view, start]
     rings[view, start] = x
     meta[view, _START] = (start + 1) % size
-    gone = _bisect_left(s, n, oldest)
-    if position <= gone:
-        s[position + 1 : gone + 1] = s[position:gone]
-        s[position] = x
-    else:
-        s[gone : position - 1] = s[gone + 1 : position]
-        s[position - 1] = x
+    _remove(blocks, sizes, n + 1, oldest, scratch)
     return p
 
 
-@compiled
+@inlined
 def _probability(
-    s: FloatArray, n: int, x: float, right: int, share: float
+    blocks: FloatArray,
+    sizes: np.ndarray,
+    n: int,
+    x: float,
+    right: int,
+    share: float,
 ) -> float:  # pragma: no cover - compiled
-    """The two-sided tail probability of `x` against the sorted `s[:n]`; `right` is
-    `_bisect_right(s, n, x)`."""
+    """The two-sided tail probability of `x` against a view's `n` sorted values; `right` is
+    their bisect right of `x`."""
     k = max(MIN_TAIL, int(share * n))
-    floor = max(_REL_FLOOR * (s[n - 1] - s[0]), _ABS_FLOOR * max(abs(s[n - 1]), abs(s[0])), 1e-300)
-    upper, lower = s[n - k], s[k - 1]
+    first, last = (
+        _at(blocks, sizes, n, 0),
+        _at(blocks, sizes, n, n - 1),
+    )
+    floor = max(_REL_FLOOR * (last - first), _ABS_FLOOR * max(abs(last), abs(first)), 1e-300)
+    upper, lower = (
+        _at(blocks, sizes, n, n - k),
+        _at(blocks, sizes, n, k - 1),
+    )
     if x > upper:
-        total = 0.0
-        for j in range(n - k, n):
-            total += s[j]
+        total = _sum_ranks(blocks, sizes, n, n - k, k)
         scale = max(total / k - upper, floor)
         fitted = (k / n) * math.exp(-(x - upper) / scale)
-        p = max(fitted, (n - _bisect_left(s, n, x)) / n)
+        p = max(fitted, (n - _rank(blocks, sizes, n, x, False)) / n)
     elif x < lower:
-        total = 0.0
-        for j in range(k):
-            total += s[j]
+        total = _sum_ranks(blocks, sizes, n, 0, k)
         scale = max(lower - total / k, floor)
         fitted = (k / n) * math.exp(-(lower - x) / scale)
         p = max(fitted, right / n)
     else:
-        p = min(n - _bisect_left(s, n, x), right) / n
+        p = min(n - _rank(blocks, sizes, n, x, False), right) / n
     return min(1.0, 2.0 * p)
 
 
-@compiled
-def _bisect_left(s: FloatArray, n: int, x: float) -> int:  # pragma: no cover - compiled
-    low, high = 0, n
-    while low < high:
-        middle = (low + high) // 2
-        if s[middle] < x:
-            low = middle + 1
-        else:
-            high = middle
-    return low
+@inlined
+def _blocks_below(
+    blocks: FloatArray, sizes: np.ndarray, x: float, right: bool
+) -> tuple[int, int]:  # pragma: no cover - compiled
+    """The blocks whose values are all below `x` (at or below it, `right`), which come first,
+    and the values they hold: counted, not searched, so that no branch is mispredicted."""
+    count = before = 0
+    if right:
+        for block in range(sizes[-1]):
+            below = blocks[block, sizes[block] - 1] <= x
+            count += below
+            before += sizes[block] * below
+    else:
+        for block in range(sizes[-1]):
+            below = blocks[block, sizes[block] - 1] < x
+            count += below
+            before += sizes[block] * below
+    return count, before
+
+
+@inlined
+def _below(row: FloatArray, m: int, x: float, right: bool) -> int:  # pragma: no cover - compiled
+    """The sorted `row[:m]`'s values below `x` (at or below it, `right`), counted: its bisect."""
+    count = 0
+    if right:
+        for j in range(m):
+            count += row[j] <= x
+    else:
+        for j in range(m):
+            count += row[j] < x
+    return count
 
 
 @compiled
-def _bisect_right(s: FloatArray, n: int, x: float) -> int:  # pragma: no cover - compiled
-    low, high = 0, n
-    while low < high:
-        middle = (low + high) // 2
-        if x < s[middle]:
-            high = middle
-        else:
-            low = middle + 1
-    return low
+def _rank(
+    blocks: FloatArray,
+    sizes: np.ndarray,
+    n: int,
+    x: float,
+    right: bool,
+) -> int:  # pragma: no cover - compiled
+    """The sorted values' bisect of `x`: right (values at or below it) or left (below it)."""
+    block, before = _blocks_below(blocks, sizes, x, right)
+    if block == sizes[-1]:
+        return n
+    return before + _below(blocks[block], sizes[block], x, right)
+
+
+@inlined
+def _locate(
+    blocks: FloatArray, sizes: np.ndarray, n: int, rank: int
+) -> tuple[int, int]:  # pragma: no cover - compiled
+    """The block and place of the `rank`-th sorted value, counted from the nearer end."""
+    if 2 * rank < n:
+        block = 0
+        while rank >= sizes[block]:
+            rank -= sizes[block]
+            block += 1
+        return block, rank
+    rank = n - 1 - rank
+    block = sizes[-1] - 1
+    while rank >= sizes[block]:
+        rank -= sizes[block]
+        block -= 1
+    return block, sizes[block] - 1 - rank
+
+
+@inlined
+def _at(
+    blocks: FloatArray, sizes: np.ndarray, n: int, rank: int
+) -> float:  # pragma: no cover - compiled
+    """The `rank`-th sorted value (0: the smallest)."""
+    block, place = _locate(blocks, sizes, n, rank)
+    return float(blocks[block, place])
+
+
+@compiled
+def _sum_ranks(
+    blocks: FloatArray,
+    sizes: np.ndarray,
+    n: int,
+    rank: int,
+    count: int,
+) -> float:  # pragma: no cover - compiled
+    """The sum of `count` sorted values from the `rank`-th up, added smallest first (as the
+    sorted window always summed them)."""
+    block, place = _locate(blocks, sizes, n, rank)
+    total = 0.0
+    while count > 0:
+        take = min(sizes[block] - place, count)
+        for j in range(place, place + take):
+            total += blocks[block, j]
+        count -= take
+        block += 1
+        place = 0
+    return total
+
+
+@inlined
+def _insert(
+    blocks: FloatArray,
+    sizes: np.ndarray,
+    n: int,
+    x: float,
+    block: int,
+    place: int,
+    scratch: FloatArray,
+) -> None:  # pragma: no cover - compiled
+    """Adds `x` to `n` sorted values at `place` in `block`."""
+    row = blocks[block]
+    m = sizes[block]
+    for j in range(m, place, -1):  # a loop: a slice would copy its overlapping source first
+        row[j] = row[j - 1]
+    row[place] = x
+    sizes[block] = m + 1
+    if m + 1 == blocks.shape[1]:
+        _even_out(blocks, sizes, n + 1, scratch)
+
+
+@inlined
+def _remove(
+    blocks: FloatArray,
+    sizes: np.ndarray,
+    n: int,
+    x: float,
+    scratch: FloatArray,
+) -> None:  # pragma: no cover - compiled
+    """Takes one `x` (held) out of `n` sorted values: from the first block whose last value
+    is at or above it, which holds the first of its equals."""
+    block = _blocks_below(blocks, sizes, x, False)[0]
+    row = blocks[block]
+    m = sizes[block]
+    place = _below(row, m, x, False)
+    for j in range(place, m - 1):
+        row[j] = row[j + 1]
+    sizes[block] = m - 1
+    if m == 1:
+        _even_out(blocks, sizes, n - 1, scratch)
+
+
+@compiled
+def _even_out(
+    blocks: FloatArray,
+    sizes: np.ndarray,
+    n: int,
+    scratch: FloatArray,
+) -> None:  # pragma: no cover - compiled
+    """Spreads a view's `n` sorted values evenly over blocks of at most BLOCK."""
+    at = 0
+    for block in range(sizes[-1]):
+        m = sizes[block]
+        scratch[at : at + m] = blocks[block, :m]
+        at += m
+    _fill(blocks, sizes, scratch[:n])
+
+
+@compiled
+def _fill(
+    blocks: FloatArray, sizes: np.ndarray, values: FloatArray
+) -> None:  # pragma: no cover - compiled
+    """A view's blocks holding the sorted `values`, spread evenly over as few blocks of at
+    most BLOCK as hold them (one, empty, for none)."""
+    n = len(values)
+    count = max(1, (n + BLOCK - 1) // BLOCK)
+    base, extra = n // count, n % count
+    at = 0
+    for block in range(count):
+        m = base + (1 if block < extra else 0)
+        blocks[block, :m] = values[at : at + m]
+        sizes[block] = m
+        at += m
+    sizes[-1] = count
 
 
 @compiled
