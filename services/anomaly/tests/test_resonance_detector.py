@@ -18,6 +18,7 @@ from nexus.anomaly.detectors.online import (
     encode_state,
     online_factory,
 )
+from nexus.anomaly.streamconfig import config_from_json, streaming_config
 from nexus.common.errors import InvalidArgument
 
 
@@ -137,3 +138,22 @@ def test_a_source_of_the_ensemble_with_resonance_resumes_exactly() -> None:
     second = SourceDetector(online_factory("ensemble_resonance"), 0.9999, 20)
     second.set_state(decode_state(encoded))
     assert head + second.update_many(points[700:]) == expected
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "field"),
+    [
+        ("resonance", {"vigilance": "2"}, "streaming.parameters.vigilance"),
+        ("ensemble_resonance", {"resonance.rate": "0"}, "streaming.parameters.resonance.rate"),
+    ],
+)
+def test_a_source_binds_the_resonance_kinds_with_parameters(
+    kind: str, params: dict[str, str], field: str
+) -> None:
+    chosen = streaming_config(kind, dict.fromkeys(params, "0.5"), None, None)
+    assert chosen.detector_name == f"streaming:{kind}"
+    assert chosen.threshold == KINDS[kind].DEFAULT_THRESHOLD
+    assert config_from_json(chosen.to_json()) == chosen
+    with pytest.raises(InvalidArgument) as caught:
+        streaming_config(kind, params, None, None)
+    assert [v.field for v in caught.value.violations] == [field]
