@@ -113,6 +113,10 @@ def test_refuses_a_state_of_other_parameters() -> None:
         AdaptiveResonance({"window": 4}).set_state(detector.get_state())
     with pytest.raises(ValueError, match="not a resonance detector's state"):
         AdaptiveResonance().set_state({"categories": detector.get_state()["categories"]})
+    broken = detector.get_state()
+    broken["mismatches"][0] = np.nan
+    with pytest.raises(ValueError, match="not finite"):
+        AdaptiveResonance({"learning": 50}).set_state(broken)
 
 
 def test_the_ensemble_with_resonance_is_the_noisy_or_of_its_members() -> None:

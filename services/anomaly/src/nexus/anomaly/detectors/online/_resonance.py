@@ -143,6 +143,9 @@ class AdaptiveResonance(OnlineDetector):
             mismatches = np.asarray(state["mismatches"], dtype=np.float64).ravel()
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"not a resonance detector's state: {err}") from None
+        arrays = (weights, used, recent, mismatches)
+        if not all(np.all(np.isfinite(a)) for a in arrays) or not math.isfinite(seen):
+            raise ValueError("a resonance detector's state that is not finite")
         count = int(seen)
         if (
             weights.ndim != 2
