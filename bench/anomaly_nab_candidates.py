@@ -31,6 +31,15 @@ halves; what wins on one only was fitted to that half's series.
   on its 4,032-row series (15%: about 600 values), for both members or `tails` only.
 - `tails_window_1000`, `tails_window_4000`: `tails`' memory half a week or two weeks at
   five-minute steps instead of one.
+- `resonance` (ADR 0051): a third member in the noisy-OR that sees the shape of the last values:
+  the `resonance` kind (fuzzy adaptive resonance over the last 8 values, vigilance 0.95, as
+  the kind `ensemble_resonance` runs it); `resonance_window_4`, `resonance_window_16`,
+  `resonance_vigilance_0.9`, `resonance_vigilance_0.98`: the same with one parameter moved.
+- `predictor`: a third member that predicts each value from the 12 before it (an hour at
+  five-minute steps): an autoregression learnt online by recursive least squares (forgetting
+  factor 0.999, values scaled by the range seen), its absolute error's upper tail probability
+  among the last 2,000 errors (the share at least as large, an exponential fit beyond the 2%
+  largest), 0 in the first 150 values.
 
 Usage: python -m bench.anomaly_nab_candidates [--split alternate|family] [--workers 2]
 Prints the table; writes bench/results/anomaly_nab_candidates.json.
@@ -64,6 +73,11 @@ RUNS: dict[str, tuple[str, Params]] = {  # what each candidate needs run over th
     "tails_warm_up_600": ("ensemble", {"tails.learning": 600}),
     "tails_window_1000": ("ensemble", {"tails.window": 1000}),
     "tails_window_4000": ("ensemble", {"tails.window": 4000}),
+    "resonance": ("resonance", {}),
+    "resonance_window_4": ("resonance", {"window": 4}),
+    "resonance_window_16": ("resonance", {"window": 16}),
+    "resonance_vigilance_0.9": ("resonance", {"vigilance": 0.9}),
+    "resonance_vigilance_0.98": ("resonance", {"vigilance": 0.98}),
 }
 Runs = dict[str, list[np.ndarray]]
 
@@ -76,6 +90,7 @@ def main() -> int:
         runs = {name: _run(kind, params, corpus, pool) for name, (kind, params) in RUNS.items()}
         runs["knn"] = list(pool.map(_knn_cad, [s.values for s in corpus]))
         runs["differences"] = list(pool.map(_tails_of_differences, [s.values for s in corpus]))
+        runs["predictor"] = list(pool.map(_predictor, [s.values for s in corpus]))
     whole = ScoredCorpus(corpus)
     rows = []
     for name, candidate in CANDIDATES.items():
@@ -181,6 +196,54 @@ def _knn_loop(
     return out
 
 
+def _predictor(values: np.ndarray) -> np.ndarray:
+    return _predictor_loop(np.asarray(values, dtype=np.float64), 12, 0.999, 150, 2000)
+
+
+@compiled
+def _predictor_loop(
+    x: np.ndarray, order: int, forgetting: float, learning: int, memory: int
+) -> np.ndarray:  # pragma: no cover - compiled
+    out = np.zeros(len(x))
+    weights = np.zeros(order + 1)
+    inverse = np.eye(order + 1) * 1000.0  # recursive least squares: the inverse covariance
+    errors = np.zeros(memory)
+    held = head = 0
+    low, high = np.inf, -np.inf
+    inputs = np.empty(order + 1)
+    for t in range(len(x)):
+        low, high = min(low, x[t]), max(high, x[t])
+        if t < order:
+            continue
+        span = max(high - low, 1e-12)
+        inputs[0] = 1.0
+        for j in range(order):
+            inputs[j + 1] = (x[t - 1 - j] - low) / span
+        target = (x[t] - low) / span
+        predicted = np.dot(weights, inputs)
+        error = abs(target - predicted)
+        if t >= learning and held >= 100:
+            out[t] = 1.0 - _upper_tail(np.sort(errors[:held]), error)
+        errors[head] = error
+        head, held = (head + 1) % memory, min(held + 1, memory)
+        gain = inverse @ inputs
+        gain = gain / (forgetting + inputs @ gain)
+        weights = weights + gain * (target - predicted)
+        inverse = (inverse - np.outer(gain, inputs @ inverse)) / forgetting
+    return out
+
+
+@compiled
+def _upper_tail(s: np.ndarray, x: float) -> float:  # pragma: no cover - compiled
+    n = len(s)
+    k = max(10, int(0.02 * n))
+    at_least = (n - np.searchsorted(s, x)) / n
+    if x <= s[n - k]:
+        return at_least
+    scale = max(s[n - k :].mean() - s[n - k], 1e-12 + 1e-3 * (s[n - 1] - s[0]))
+    return min(1.0, max((k / n) * math.exp(-(x - s[n - k]) / scale), at_least))
+
+
 def _noisy_or(*parts: np.ndarray) -> np.ndarray:
     normal = np.ones_like(parts[0])
     for part in parts:
@@ -205,6 +268,13 @@ def _as_run(name: str) -> Candidate:
     return lambda runs, corpus: runs[name]
 
 
+def _third(name: str) -> Candidate:
+    """The candidate that is the run `name` as a third member of the default's noisy-OR."""
+    return lambda runs, corpus: [
+        _noisy_or(e, m) for e, m in zip(runs["ensemble"], runs[name], strict=True)
+    ]
+
+
 CANDIDATES: dict[str, Candidate] = {
     "ensemble": lambda r, c: r["ensemble"],
     "anomaly_likelihood": lambda r, c: [anomaly_likelihood(e) for e in r["ensemble"]],
@@ -215,24 +285,24 @@ CANDIDATES: dict[str, Candidate] = {
         1.0 - (1.0 - t) * conformal(x) for t, x in zip(r["tails"], r["context"], strict=True)
     ],
     "conformal_ensemble": lambda r, c: [1.0 - conformal(e) for e in r["ensemble"]],
-    "knn_cad": lambda r, c: [_noisy_or(e, k) for e, k in zip(r["ensemble"], r["knn"], strict=True)],
-    "differences": lambda r, c: [
-        _noisy_or(e, d) for e, d in zip(r["ensemble"], r["differences"], strict=True)
-    ],
+    "knn_cad": _third("knn"),
+    "differences": _third("differences"),
     "spatial": lambda r, c: [
         np.maximum(e, _spatial(s.values)) for e, s in zip(r["ensemble"], c, strict=True)
     ],
-    **{name: _as_run(name) for name in list(RUNS)[3:]},
+    **{name: _as_run(name) for name in list(RUNS)[3:] if not name.startswith("resonance")},
+    **{name: _third(name) for name in RUNS if name.startswith("resonance")},
+    "predictor": _third("predictor"),
 }
 
 
 def _print(split: str, rows: list[dict[str, Any]]) -> None:
     print(f"split by {split}; standard / low FP / low FN, NAB's protocol; FPs on the whole")
-    print(f"{'candidate':22} {'first half':>23} {'second half':>23} {'whole':>23} {'FPs':>5}")
+    print(f"{'candidate':26} {'first half':>23} {'second half':>23} {'whole':>23} {'FPs':>5}")
     for row in rows:
         first, second = (_figures(h["scores"]) for h in row["halves"])
         print(
-            f"{row['candidate']:22} {first} {second} {_figures(row['whole'])}"
+            f"{row['candidate']:26} {first} {second} {_figures(row['whole'])}"
             f" {row['false_positives']:5d}"
         )
 

@@ -26,13 +26,22 @@ from nexus.anomaly.detectors.online._base import (
     state_bytes,
 )
 from nexus.anomaly.detectors.online._context import ContextNovelty
-from nexus.anomaly.detectors.online._ensemble import TailsAndContext
+from nexus.anomaly.detectors.online._ensemble import TailsAndContext, TailsContextResonance
 from nexus.anomaly.detectors.online._gaussian import WindowedGaussian
+from nexus.anomaly.detectors.online._resonance import AdaptiveResonance
 from nexus.anomaly.detectors.online._tails import ExtremeTails
 from nexus.common.errors import InvalidArgument
 
 KINDS: dict[str, type[OnlineDetector]] = {
-    kind.KIND: kind for kind in (TailsAndContext, ExtremeTails, ContextNovelty, WindowedGaussian)
+    kind.KIND: kind
+    for kind in (
+        TailsAndContext,
+        ExtremeTails,
+        ContextNovelty,
+        AdaptiveResonance,
+        TailsContextResonance,
+        WindowedGaussian,
+    )
 }
 """Every streaming detector by the name users select it with."""
 
@@ -104,6 +113,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "KINDS",
     "MAX_STATE_BYTES",
+    "AdaptiveResonance",
     "ContextNovelty",
     "ExtremeTails",
     "OnlineDetector",
@@ -111,6 +121,7 @@ __all__ = [
     "SourceDetector",
     "State",
     "TailsAndContext",
+    "TailsContextResonance",
     "WindowedGaussian",
     "check_threshold",
     "decode_state",

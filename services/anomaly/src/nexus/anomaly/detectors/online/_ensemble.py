@@ -17,10 +17,9 @@ import numpy as np
 from nexus.anomaly.detectors._types import FloatArray, Params, ParamValue
 from nexus.anomaly.detectors.online._base import OnlineDetector, Periods, Searches, State
 from nexus.anomaly.detectors.online._context import ContextNovelty
+from nexus.anomaly.detectors.online._resonance import AdaptiveResonance
 from nexus.anomaly.detectors.online._tails import ExtremeTails
 from nexus.common.errors import InvalidArgument
-
-MEMBERS: tuple[type[OnlineDetector], ...] = (ExtremeTails, ContextNovelty)
 
 
 class TailsAndContext(OnlineDetector):
@@ -30,6 +29,8 @@ class TailsAndContext(OnlineDetector):
     DEFAULT_THRESHOLD = 0.9999
     DESCRIPTION = "Noisy-OR of the extreme-value tails and the contextual novelty (the default)"
     PARAMS = ()
+    MEMBERS: tuple[type[OnlineDetector], ...] = (ExtremeTails, ContextNovelty)
+    """The members, `tails` first (the one that searches for periods)."""
 
     def __init__(
         self,
@@ -39,19 +40,20 @@ class TailsAndContext(OnlineDetector):
         state_budget: int | None = None,
     ) -> None:
         super().__init__({}, field=field, state_budget=state_budget)
-        own = _by_member(params or {}, field)
+        members = self.MEMBERS
+        own = _by_member(members, params or {}, field)
         self.params = {f"{m}.{k}": v for m, values in own.items() for k, v in values.items()}
-        fields = [f"{field}.{member.KIND}" for member in MEMBERS]
+        fields = [f"{field}.{member.KIND}" for member in members]
         alone = [  # each member's parameters checked on their own
             member(own.get(member.KIND), field=name)
-            for member, name in zip(MEMBERS, fields, strict=True)
+            for member, name in zip(members, fields, strict=True)
         ]
         # The budget shared: each member in turn gets what the later ones' smallest states
         # leave, and the next what it takes (a fixed state takes its size; the context memory
         # fills what is left).
         left = self.state_budget
         self._members = []
-        for at, (member, name) in enumerate(zip(MEMBERS, fields, strict=True)):
+        for at, (member, name) in enumerate(zip(members, fields, strict=True)):
             later = sum(other.smallest_state() for other in alone[at + 1 :])
             built = member(own.get(member.KIND), field=name, state_budget=left - later)
             left -= built.state_bound()
@@ -93,8 +95,19 @@ class TailsAndContext(OnlineDetector):
             )
 
 
-def _by_member(params: Params, field: str) -> dict[str, dict[str, ParamValue]]:
-    kinds = {member.KIND for member in MEMBERS}
+class TailsContextResonance(TailsAndContext):
+    """The default's two members and `resonance` (the shape of the last values against the
+    learnt ones, ADR 0051) as a third, in the same noisy-OR."""
+
+    KIND = "ensemble_resonance"
+    DESCRIPTION = "Noisy-OR of the tails, the contextual novelty and the adaptive resonance"
+    MEMBERS = (ExtremeTails, ContextNovelty, AdaptiveResonance)
+
+
+def _by_member(
+    members: tuple[type[OnlineDetector], ...], params: Params, field: str
+) -> dict[str, dict[str, ParamValue]]:
+    kinds = {member.KIND for member in members}
     grouped: dict[str, dict[str, ParamValue]] = {}
     for name, value in params.items():
         member, _, param = name.partition(".")
