@@ -16,7 +16,7 @@ The likelihood is 1 - the upper tail probability of the mismatch against the las
 mismatches: the share at least as large, and beyond the `tail_share` largest an exponential fit
 to their excesses (peaks over threshold, as `tails` judges its views), never below that share.
 Nothing is scored during the learning period. The categories, the last values, the mismatches
-(a ring in arrival order and the same sorted, learnt by the loop that keeps `tails`' windows)
+(a ring in arrival order and the same sorted)
 are numpy arrays stepped through by a compiled loop (`_run`).
 """
 
@@ -31,7 +31,6 @@ from nexus.anomaly.detectors._params import ParamSpec, integer, number
 from nexus.anomaly.detectors._types import FloatArray, Params
 from nexus.anomaly.detectors.online._base import OnlineDetector, Periods, State, state_bytes
 from nexus.anomaly.detectors.online._jit import compiled
-from nexus.anomaly.detectors.online._tails import _learn as _learn_sorted
 
 MIN_TAIL = 10
 """The fewest mismatches an exponential tail is fitted on."""
@@ -43,8 +42,7 @@ _REL_FLOOR = 1e-3  # of the mismatches' span: the smallest excess scale consider
 _ABS_FLOOR = 1e-12
 
 _SEEN, _HELD = 0, 1  # meta: values seen, categories held
-_START, _COUNT, _LEARNING = 0, 1, 2  # window[0]: the mismatch ring's start, held, learning
-_NEVER = 1 << 62  # `tails`' windows compute no probability while learning: never here
+_START, _COUNT = 0, 1  # window: the mismatch ring's start, how many it holds
 _LOW, _HIGH = 0, 1  # bounds
 
 
@@ -94,10 +92,11 @@ class AdaptiveResonance(OnlineDetector):
         self._weights = np.ones((self._most, 2 * self._width))
         self._used = np.zeros(self._most)
         self._recent = np.zeros(self._width)
-        # the mismatches: a window as `tails` keeps its views' (one view), learnt by its loop
-        self._ring = np.zeros((1, self._memory))
-        self._sorted = np.zeros((1, self._memory + 1))
-        self._window = np.array([[0, 0, _NEVER]], dtype=np.int64)
+        # the mismatches: a ring in arrival order, the same sorted, where the ring starts and
+        # how many it holds
+        self._ring = np.zeros(self._memory)
+        self._sorted = np.zeros(self._memory)
+        self._window = np.zeros(2, dtype=np.int64)
         self._meta = np.zeros(2, dtype=np.int64)
         self._bounds = np.array([math.inf, -math.inf])
 
@@ -125,12 +124,12 @@ class AdaptiveResonance(OnlineDetector):
     def get_state(self) -> State:
         seen, held = int(self._meta[_SEEN]), int(self._meta[_HELD])
         recent = [self._recent[i % self._width] for i in range(max(0, seen - self._width), seen)]
-        start, count = int(self._window[0, _START]), int(self._window[0, _COUNT])
+        start, count = int(self._window[_START]), int(self._window[_COUNT])
         return {
             "categories": self._weights[:held].copy(),
             "used": self._used[:held].copy(),
             "recent": np.array(recent, dtype=np.float64),
-            "mismatches": np.roll(self._ring[0], -start)[:count],
+            "mismatches": np.roll(self._ring, -start)[:count],
             "scalars": np.array([seen, *self._bounds.tolist()]),
         }
 
@@ -163,9 +162,9 @@ class AdaptiveResonance(OnlineDetector):
         self._used[:held], self._used[held:] = used, 0.0
         for at, value in enumerate(recent.tolist(), start=count - len(recent)):
             self._recent[at % self._width] = value
-        self._ring[0, : len(mismatches)] = mismatches
-        self._sorted[0, : len(mismatches)] = np.sort(mismatches)
-        self._window[0, :2] = (0, len(mismatches))
+        self._ring[: len(mismatches)] = mismatches
+        self._sorted[: len(mismatches)] = np.sort(mismatches)
+        self._window[:] = (0, len(mismatches))
         self._meta[:] = (count, held)
         self._bounds[:] = (low, high)
 
@@ -204,10 +203,10 @@ def _run(
             pattern[j] = scaled
             pattern[width + j] = 1.0 - scaled
         mismatch = _resonate(pattern, weights, used, meta, vigilance, rate, float(seen))
-        n = window[0, _COUNT]
+        n = window[_COUNT]
         if seen + 1 > learning and n >= MIN_SCORES:
-            out[i] = 1.0 - _upper_tail(ordered[0], n, mismatch, share)
-        _learn_sorted(0, mismatch, ring, ordered, window, share)
+            out[i] = 1.0 - _upper_tail(ordered, n, mismatch, share)
+        _remember(mismatch, ring, ordered, window)
 
 
 @compiled
@@ -252,6 +251,31 @@ def _resonate(
         weights[winner] = pattern
     used[winner] = now
     return 1.0 - best_match
+
+
+@compiled
+def _remember(
+    x: float, ring: FloatArray, ordered: FloatArray, window: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """Learns the mismatch `x` into the ring and its sorted copy; in a full ring the oldest
+    leaves."""
+    size = len(ring)
+    start, n = window[_START], window[_COUNT]
+    if n == size:
+        oldest = ring[start]
+        ring[start] = x
+        window[_START] = (start + 1) % size
+        at = np.searchsorted(ordered[:n], oldest)
+        for j in range(at, n - 1):
+            ordered[j] = ordered[j + 1]
+        n -= 1
+    else:
+        ring[(start + n) % size] = x
+    at = np.searchsorted(ordered[:n], x, side="right")
+    for j in range(n, at, -1):
+        ordered[j] = ordered[j - 1]
+    ordered[at] = x
+    window[_COUNT] = n + 1
 
 
 @compiled
