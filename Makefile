@@ -120,10 +120,10 @@ BENCH_ENGINES := .venv-bench-dbos/.installed .venv-bench-prefect/.installed
 bench: install $(BENCH_STAMP) $(BENCH_ENGINES)
 	$(PY) bench/anomaly_odds.py
 	$(PY) bench/anomaly_nab.py
-	$(PY) bench/anomaly_throughput.py
+	$(PY) -m bench.anomaly_throughput
 	$(PY) bench/model_runtime.py
 	$(PY) bench/orchestrator_triggers.py
-	$(PY) bench/llm_overhead.py --proxy-bin $(BENCH_VENV)/bin/litellm
+	$(PY) -m bench.llm_overhead --proxy-bin $(BENCH_VENV)/bin/litellm
 	$(PY) -m bench.orchestrator_throughput
 
 bench-venvs: $(BENCH_STAMP) $(BENCH_ENGINES)

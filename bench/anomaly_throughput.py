@@ -53,7 +53,7 @@ call, and the points of as many requests as the most clients in one call, which 
 micro-batching could reach) and, as the transport ceiling, `ListSources` (auth, interceptors,
 transcoding, no model) over both paths.
 
-Usage: python bench/anomaly_throughput.py [--workload all|batch|small] [--batch 1024]
+Usage: python -m bench.anomaly_throughput [--workload all|batch|small] [--batch 1024]
        [--seconds 5] [--concurrency 4] [--clients 16,64] [--small-seconds 5]
 Writes bench/results/anomaly_throughput.json (each workload under its own key).
 """

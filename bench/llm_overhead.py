@@ -28,7 +28,7 @@ called with the same httpx.AsyncClient (keep-alive) and the same request bodies.
 fails is reported as failed; the run still writes its results, exits 0 and stops every process
 it started.
 
-Usage: python bench/llm_overhead.py [-n 300] [--warmup 30] [--block 10] [--concurrency 16]
+Usage: python -m bench.llm_overhead [-n 300] [--warmup 30] [--block 10] [--concurrency 16]
        [--requests 800] [--skip router,proxy] [--proxy-bin .venv-bench/bin/litellm]
 Writes bench/results/llm_overhead.json.
 """
