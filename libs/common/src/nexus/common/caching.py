@@ -57,16 +57,7 @@ class TTLCache(Generic[K, V]):
         as a look-up, and refreshed when found), with one metric update per outcome rather
         than one per key: for a batch's keys on a hot path."""
         now = time.monotonic()
-        entries = self._entries
-        found = []
-        for key in keys:
-            entry = entries.get(key)
-            if entry is not None and entry[0] <= now:
-                del entries[key]
-                entry = None
-            elif entry is not None:
-                entries.move_to_end(key)
-            found.append(entry is not None)
+        found = [self._live(key, now) is not None for key in keys]
         hits = sum(found)
         self._count_many(hits, len(found) - hits)
         return found
@@ -119,15 +110,21 @@ class TTLCache(Generic[K, V]):
                 del self._loads[key]
 
     def _lookup(self, key: K) -> V | object:
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] <= time.monotonic():
-            del self._entries[key]
-            entry = None
+        entry = self._live(key, time.monotonic())
         self._count(entry is not None)
+        return _MISSING if entry is None else entry[1]
+
+    def _live(self, key: K, now: float) -> tuple[float, V] | None:
+        """`key`'s entry when it has not expired by `now` (then made the most recently used);
+        an expired one is dropped."""
+        entry = self._entries.get(key)
         if entry is None:
-            return _MISSING
+            return None
+        if entry[0] <= now:
+            del self._entries[key]
+            return None
         self._entries.move_to_end(key)
-        return entry[1]
+        return entry
 
     def _count(self, hit: bool) -> None:
         if hit:

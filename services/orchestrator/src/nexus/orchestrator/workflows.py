@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from nats.js import api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
+from nexus.common.caching import TTLCache
 from nexus.common.errors import Aborted, NotFound
 from nexus.common.events import MIB
 from nexus.common.kv import (
@@ -86,7 +86,9 @@ class WorkflowStore:
         self._check = check
         self._kv: KeyValue | None = None
         self._parsed: dict[tuple[str, int], Definition] = {}
-        self._versions: OrderedDict[tuple[str, int], WorkflowVersion] = OrderedDict()
+        self._versions: TTLCache[tuple[str, int], WorkflowVersion] = TTLCache(
+            "orchestrator_workflow_versions", maxsize=_KEEP_VERSIONS
+        )
 
     @property
     def kv(self) -> KeyValue:
@@ -159,7 +161,6 @@ class WorkflowStore:
             number = version or await self._latest(name)
             known = self._versions.get((name, number))
             if known is not None:
-                self._versions.move_to_end((name, number))
                 return known
             try:
                 entry = await self.kv.get(f"{name}.v{number}") if number else None
@@ -169,9 +170,7 @@ class WorkflowStore:
             what = f"workflow {name!r}" + (f" version {version}" if version else "")
             raise NotFound(f"{what} not found")
         stored = WorkflowVersion.decode(entry.value)
-        self._versions[(name, number)] = stored
-        if len(self._versions) > _KEEP_VERSIONS:
-            self._versions.popitem(last=False)
+        self._versions.set((name, number), stored)
         return stored
 
     async def stored_at(self, workflow: WorkflowVersion) -> datetime:

@@ -158,10 +158,8 @@ class DurableConsumer(Consumer, Generic[M]):
         for (event, msg), was_seen in zip(parsed, seen, strict=True):
             if was_seen:
                 duplicates.append(msg)
-            elif event.delivery <= self._max_deliver:
+            elif await self._within_deliveries(event, msg) is not None:
                 admitted.append((event, msg))
-            else:
-                await self._within_deliveries(event, msg)
         self.duplicates += len(duplicates)
         await acknowledge(self._nc, duplicates)
         return admitted

@@ -1,6 +1,6 @@
 """`nexus up` as a test runs it: a real subprocess, in a session of its own as a terminal would
 start it, its output collected while it runs. And its `Platform` as tests that kill its children
-start it (`running_platform`): NATS and services as child processes, on free ports."""
+start it (`started_platforms`): NATS and services as child processes, on free ports."""
 
 from __future__ import annotations
 
