@@ -40,6 +40,13 @@ halves; what wins on one only was fitted to that half's series.
   factor 0.999, values scaled by the range seen), its absolute error's upper tail probability
   among the last 2,000 errors (the share at least as large, an exponential fit beyond the 2%
   largest), 0 in the first 150 values.
+- `own_rate` (ADR 0055): a per-source threshold from the source's own events: the ensemble's
+  likelihood with its complement (how normal the value is) multiplied by 1 + the events the
+  source had in its last 2,000 values (`tails`' window). An event starts at a likelihood of at
+  least 0.999 (`tails`' "1 in 1,000") more than 20 values (the default suppression) after the
+  last such likelihood. A source that keeps producing rare values needs rarer ones to be flagged;
+  `own_rate_1e-4` counts likelihoods of at least 0.9999 (the ensemble's default threshold),
+  `own_rate_forever` every event since the start.
 
 Usage: python -m bench.anomaly_nab_candidates [--split alternate|family] [--workers 2]
 Prints the table; writes bench/results/anomaly_nab_candidates.json.
@@ -61,7 +68,7 @@ from scipy.special import erfc
 
 from bench.anomaly_nab import DATA, RESULTS, SPLITS, _split_scores
 from nexus.anomaly.detectors._types import Params
-from nexus.anomaly.detectors.online import KINDS
+from nexus.anomaly.detectors.online import DEFAULT_SUPPRESS, KINDS
 from nexus.anomaly.detectors.online._jit import compiled
 from nexus.anomaly.evaluation import PROFILES, LabelledSeries, ScoredCorpus, load_corpus
 
@@ -244,6 +251,28 @@ def _upper_tail(s: np.ndarray, x: float) -> float:  # pragma: no cover - compile
     return min(1.0, max((k / n) * math.exp(-(x - s[n - k]) / scale), at_least))
 
 
+def own_rate(
+    likelihood: np.ndarray,
+    level: float = 1e-3,
+    memory: int | None = 2000,
+    gap: int = DEFAULT_SUPPRESS,
+) -> np.ndarray:
+    """`likelihood` with each value's complement multiplied by 1 + the events before it in the
+    last `memory` values (None: all of them), at least 0; see the module docstring."""
+    out = np.empty(len(likelihood))
+    events: list[int] = []
+    last = -gap - 1
+    for t, x in enumerate(likelihood.tolist()):
+        while memory is not None and events and events[0] <= t - memory:
+            events.pop(0)
+        out[t] = max(0.0, 1.0 - (1.0 - x) * (1 + len(events)))
+        if 1.0 - x <= level:
+            if t - last >= gap:
+                events.append(t)
+            last = t
+    return out
+
+
 def _noisy_or(*parts: np.ndarray) -> np.ndarray:
     normal = np.ones_like(parts[0])
     for part in parts:
@@ -293,6 +322,9 @@ CANDIDATES: dict[str, Candidate] = {
     **{name: _as_run(name) for name in list(RUNS)[3:] if not name.startswith("resonance")},
     **{name: _third(name) for name in RUNS if name.startswith("resonance")},
     "predictor": _third("predictor"),
+    "own_rate": lambda r, c: [own_rate(e) for e in r["ensemble"]],
+    "own_rate_1e-4": lambda r, c: [own_rate(e, level=1e-4) for e in r["ensemble"]],
+    "own_rate_forever": lambda r, c: [own_rate(e, memory=None) for e in r["ensemble"]],
 }
 
 
