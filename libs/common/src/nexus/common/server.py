@@ -330,7 +330,7 @@ def freeze_heap() -> None:
     of them (the anomaly service's full collection took 130 to 160 ms), and a replica draining
     the anomaly stream made one about twice a second, holding the GIL throughout (its messages,
     events and points live for a batch, long enough to reach the oldest generation and start
-    one; docs/adr/0054-anomaly-drain-gc-and-inbox.md). Frozen objects are still freed when no
+    one; docs/adr/0054-anomaly-drain-gc-and-writes.md). Frozen objects are still freed when no
     longer referenced; only a cycle among them would never be, so only a process's entry point
     (`serve`) freezes, never a `create` called in tests or in a shared process.
     """
