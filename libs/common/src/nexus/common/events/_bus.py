@@ -49,6 +49,7 @@ class EventBus:
         self._nc = nc
         self._source = source
         self._js = nc.jetstream(publish_async_max_pending=MAX_UNACKNOWLEDGED)
+        self._replies_ready = False  # nats-py subscribes its reply inbox on the first write
 
     @property
     def js(self) -> JetStreamContext:
@@ -201,15 +202,18 @@ class EventBus:
         propagate.inject(headers)
         # nats-py waits for room with `asyncio.wait_for`, which with a timeout runs the wait as
         # a task of its own: a turn of the event loop per write, and the flusher's socket write
-        # with it. Where there is room the wait returns at once, so it is given no timeout.
-        room = self._js.publish_async_pending() < MAX_UNACKNOWLEDGED
+        # with it. Where there is room the wait returns at once, so it is given no timeout; but
+        # not on the first write, whose inbox subscription lets other writes take the room.
+        room = self._replies_ready and self._js.publish_async_pending() < MAX_UNACKNOWLEDGED
         try:
-            return await self._js.publish_async(
+            sent = await self._js.publish_async(
                 subject,
                 message.SerializeToString(),
                 wait_stall=None if room else stall_s,
                 headers=headers,
             )
+            self._replies_ready = True
+            return sent
         except TooManyStalledMsgsError:
             raise
         except (NatsError, *RETRYABLE) as err:
