@@ -41,6 +41,13 @@ before, load 1.4 to 2.9: drain 14,449 against 11,061 (medians; more in three pai
 drain_light 17,645 against 15,974, stream 6,225 against 5,200; CPU a point in an in-process
 drain: the service 78 us against 86, its event loop 38 against 49, nats-server 10.7 against
 11.4.
+After a service's process froze its start heap out of the garbage collector's reach and a
+batch's detections were written in one turn of the loop
+(docs/adr/0054-anomaly-drain-gc-and-writes.md), ten pairs alternating with the code before,
+load 0.5 to 3.9: drain 18,562 and 22,177 against 15,012 and 15,262 in the two quietest (more in
+eight pairs of ten; 9,359 to 23,882 in all), drain_light 1.35 to 3.0 times the base's; CPU a point
+in an in-process drain: the service 61 us against 75, its event loop 32 against 42,
+nats-server 8 against 12 (that drain 23,467 against 16,441 points/s).
 
 Small-request workload (`--workload small`): N concurrent clients (`--clients 16,64`), each
 sending `ScorePoints` requests of `--small-points` (2) points in a loop for `--small-seconds`,

@@ -334,6 +334,21 @@ async def test_publish_many_stores_each_event_once_and_says_which_failed(
     assert [type(outcome) for outcome in outcomes] == [Unavailable] * 3
 
 
+async def test_publish_many_writes_a_batch_without_a_turn_of_the_loop_each(
+    bus: EventBus, subject: str
+) -> None:
+    """With room for them all, the writes take no turn of the event loop each: the batch is
+    written before anything else runs (and the flusher writes it to the socket at once)."""
+    events = [(anomaly(f"p{i}"), f"id-{uuid.uuid4().hex}") for i in range(500)]
+    assert await bus.publish_many(subject, events[:1]) == [None]  # the reply inbox exists now
+    before = bus.nc.stats["out_msgs"]
+    publishing = asyncio.create_task(bus.publish_many(subject, events))
+    await asyncio.sleep(0)  # the task runs until it first waits
+    written = bus.nc.stats["out_msgs"] - before
+    assert await publishing == [None] * 500
+    assert written == 500
+
+
 async def test_publish_many_across_a_crash_writes_what_was_not_acknowledged_again_together(
     nats_server: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:

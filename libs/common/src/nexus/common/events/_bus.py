@@ -26,6 +26,10 @@ from nexus.common.events._streams import Stream, ensure_stream
 from nexus.common.events._work import BatchWorkConsumer, WorkConsumer
 
 log = logging.getLogger(__name__)
+
+MAX_UNACKNOWLEDGED = 4000
+"""Writes a bus holds unacknowledged (`publish_many`); one more waits for room (nats-py's
+default, said here because `_publish_async` reads it)."""
 _tracer = trace.get_tracer("nexus.events")
 
 
@@ -44,7 +48,8 @@ class EventBus:
     def __init__(self, nc: Client, source: str) -> None:
         self._nc = nc
         self._source = source
-        self._js = nc.jetstream()
+        self._js = nc.jetstream(publish_async_max_pending=MAX_UNACKNOWLEDGED)
+        self._replies_ready = False  # nats-py subscribes its reply inbox on the first write
 
     @property
     def js(self) -> JetStreamContext:
@@ -195,10 +200,20 @@ class EventBus:
         """
         headers = build_headers(message, event_id=event_id, source=self._source, subject_hint=None)
         propagate.inject(headers)
+        # nats-py waits for room with `asyncio.wait_for`, which with a timeout runs the wait as
+        # a task of its own: a turn of the event loop per write, and the flusher's socket write
+        # with it. Where there is room the wait returns at once, so it is given no timeout; but
+        # not on the first write, whose inbox subscription lets other writes take the room.
+        room = self._replies_ready and self._js.publish_async_pending() < MAX_UNACKNOWLEDGED
         try:
-            return await self._js.publish_async(
-                subject, message.SerializeToString(), wait_stall=stall_s, headers=headers
+            sent = await self._js.publish_async(
+                subject,
+                message.SerializeToString(),
+                wait_stall=None if room else stall_s,
+                headers=headers,
             )
+            self._replies_ready = True
+            return sent
         except TooManyStalledMsgsError:
             raise
         except (NatsError, *RETRYABLE) as err:
