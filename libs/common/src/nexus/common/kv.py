@@ -185,9 +185,18 @@ class KvFollower:
         bucket: The bucket (open it first, with `open_key_value`).
         on_entry: Awaited for each entry, in order; what it raises is logged and skipped.
         keys: A key filter (NATS wildcards: "svc.>").
+        gather_s: How long to let changes gather between batches (see `Follower`).
     """
 
-    def __init__(self, nc: Client, bucket: str, on_entry: EntryHandler, *, keys: str = ">"):
+    def __init__(
+        self,
+        nc: Client,
+        bucket: str,
+        on_entry: EntryHandler,
+        *,
+        keys: str = ">",
+        gather_s: float = 0.0,
+    ):
         self._js = nc.jetstream()
         self._stream = kv_stream(bucket)
         self._subject = kv_subject(bucket, keys)
@@ -199,6 +208,7 @@ class KvFollower:
             self._subject,
             self._on_message,
             deliver=api.DeliverPolicy.LAST_PER_SUBJECT,
+            gather_s=gather_s,
         )
         self._revision = 0
         self._progress = asyncio.Condition()
@@ -299,6 +309,8 @@ class KvRecords(Generic[R]):
         config: The bucket's configuration.
         decode: A stored value -> its record.
         keys: The keys followed (NATS wildcards: "svc.>").
+        gather_s: How long the mirror lets changes gather between batches (see `Follower`);
+            a key's watchers get this process's own writes at once all the same.
     """
 
     _SYNC_TIMEOUT_S = 5.0
@@ -311,8 +323,10 @@ class KvRecords(Generic[R]):
         decode: Callable[[bytes], R],
         *,
         keys: str = ">",
+        gather_s: float = 0.0,
     ) -> None:
         self._nc = nc
+        self._gather_s = gather_s
         self._written: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
         self._config = config
         self._decode = decode
@@ -337,7 +351,9 @@ class KvRecords(Generic[R]):
         bucket = self._config.bucket or ""
         with nats_unavailable(f"open the bucket {bucket}"):
             self._kv = await open_key_value(self._nc.jetstream(), self._config)
-        follower = KvFollower(self._nc, bucket, self._apply, keys=self._keys)
+        follower = KvFollower(
+            self._nc, bucket, self._apply, keys=self._keys, gather_s=self._gather_s
+        )
         await follower.start()
         self._follower = follower
 
@@ -376,7 +392,12 @@ class KvRecords(Generic[R]):
         with nats_unavailable(action):
             raw, revision = await update_entry(self._kv, key, change, known=self._written.get(key))
         self._remember_written(key, raw, revision)
-        return self._decode(raw) if raw is not None else None
+        if raw is None:
+            return None
+        record = self._decode(raw)
+        if key in self._watchers:  # its watchers see the write now, not when the mirror does
+            self._notify(key, Versioned(record, revision))
+        return record
 
     def _remember_written(self, key: str, raw: bytes | None, revision: int) -> None:
         """The value last written or read back by an update: the next update of the key tries
