@@ -309,8 +309,10 @@ class KvRecords(Generic[R]):
         config: The bucket's configuration.
         decode: A stored value -> its record.
         keys: The keys followed (NATS wildcards: "svc.>").
-        gather_s: How long the mirror lets changes gather between batches (see `Follower`);
-            a key's watchers get this process's own writes at once all the same.
+        gather_s: How long the mirror lets changes gather between batches (see `Follower`).
+            When set, this process's own writes are in its mirror (and sent to the key's
+            watchers and the listeners) as soon as written, not a batch later; the follower's
+            copy of them is then skipped.
     """
 
     _SYNC_TIMEOUT_S = 5.0
@@ -335,6 +337,7 @@ class KvRecords(Generic[R]):
         self._follower: KvFollower | None = None
         self._mirror: dict[str, R] = {}
         self._undecoded: dict[str, bytes] = {}  # key -> its latest value, decoded when read
+        self._revisions: dict[str, int] = {}  # gathering: key -> the revision mirrored
         self._watchers: dict[str, set[asyncio.Queue[Versioned[R] | None]]] = {}
         self._listeners: list[Callable[[R], None]] = []
 
@@ -395,8 +398,8 @@ class KvRecords(Generic[R]):
         if raw is None:
             return None
         record = self._decode(raw)
-        if key in self._watchers:  # its watchers see the write now, not when the mirror does
-            self._notify(key, Versioned(record, revision))
+        if self._gather_s and revision > self._revisions.get(key, 0):
+            self._mirrored(key, record, revision)  # now, not when its follower brings it
         return record
 
     def _remember_written(self, key: str, raw: bytes | None, revision: int) -> None:
@@ -445,20 +448,31 @@ class KvRecords(Generic[R]):
                 self._watchers.pop(key, None)
 
     async def _apply(self, entry: KvEntry) -> None:
+        if self._revisions and entry.revision <= self._revisions.get(entry.key, 0):
+            return  # applied already, from this process's own write
         self._undecoded.pop(entry.key, None)
         if entry.removed or not entry.value:
+            self._revisions.pop(entry.key, None)
             self._mirror.pop(entry.key, None)
             self._notify(entry.key, None)
             return
+        if self._gather_s:
+            self._revisions[entry.key] = entry.revision
         if not self._listeners and entry.key not in self._watchers:
             # Decoded when read: a record written many times between two reads of the mirror
             # (a run advanced step after step by another replica) is decoded once.
             self._mirror.pop(entry.key, None)
             self._undecoded[entry.key] = entry.value
             return
-        record = self._decode(entry.value)
-        self._mirror[entry.key] = record
-        self._notify(entry.key, Versioned(record, entry.revision))
+        self._mirrored(entry.key, self._decode(entry.value), entry.revision)
+
+    def _mirrored(self, key: str, record: R, revision: int) -> None:
+        """Puts a decoded record in the mirror; tells the key's watchers and the listeners."""
+        self._undecoded.pop(key, None)
+        self._mirror[key] = record
+        if self._gather_s:
+            self._revisions[key] = revision
+        self._notify(key, Versioned(record, revision))
         for listener in self._listeners:
             listener(record)
 

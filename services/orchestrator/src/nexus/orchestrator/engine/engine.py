@@ -847,17 +847,14 @@ class Engine:
     async def _wake_due(self) -> None:
         await self._hints.refresh()
         now = s.now()
-        for run in self.runs.due(now):
+        for run in self.runs.live():  # one pass over the mirror: due, or its driver stopped
             try:
-                await self._wake(run, now)
-            except Exception:  # the next scan tries again
-                log.exception("cannot wake run %s", run.run_id)
-        for run in self.runs.live():
-            if run.driven_by and not self._replicas.alive(run.driven_by):
-                try:
+                if 0 < run.wake_at <= now:
+                    await self._wake(run, now)
+                elif run.driven_by and not self._replicas.alive(run.driven_by):
                     await self._take_over(run, now)
-                except Exception:  # the next scan tries again
-                    log.exception("cannot take run %s over", run.run_id)
+            except Exception:  # the next scan tries again
+                log.exception("cannot wake or take over run %s", run.run_id)
 
     async def _take_over(self, run: RunRecord, now: float) -> None:
         """Hands a run whose driving replica stopped beating to the queue."""

@@ -223,10 +223,6 @@ class RunStore:
         """The runs not done, as the mirror holds them (in no particular order)."""
         return [r for r in self._records.mirrored() if not r.done]
 
-    def due(self, now: float) -> list[RunRecord]:
-        """The live runs whose `wake_at` passed, as the mirror holds them."""
-        return [r for r in self._records.mirrored() if not r.done and 0 < r.wake_at <= now]
-
     async def watch(self, run_id: str) -> AsyncIterator[RunRecord]:
         """The run as it is now, then each change, until it is done.
 
