@@ -3,9 +3,12 @@
 Workloads, the same for every engine:
 
 - long: one sequential workflow of `--steps` (1,000) trivial steps: durable steps per second;
-- concurrent: `--runs` (200) five-step runs started at once: runs per second, and the latency of
-  a step (from one step's start to the next one's, or to the run's end for the last: what one
-  durable step adds to a run), p50 / p99;
+- concurrent: `--runs` (200) five-step runs started at once: runs per second (and steps per
+  second, five a run), and the latency of a step (from one step's start to the next one's, or to
+  the run's end for the last: what one durable step adds to a run), p50 / p99;
+- many (Nexus only): `--many` (4) sequential runs of `--steps` trivial steps at once: the durable
+  steps per second of the platform when it has more than one run (a run's steps are ordered, so
+  a second replica adds steps per second only over several runs);
 - events: `--events` (200) events, one at a time, each starting a run: the time from the event
   to its run's first step, p50 / p99.
 
@@ -26,7 +29,7 @@ is a step / task that returns its argument. An event for them is an in-process c
 workflow (neither takes NATS events): their best case.
 
 Usage: python -m bench.orchestrator_throughput [--steps 1000] [--runs 200] [--events 200]
-       [--engines nexus,nexus2,dbos,prefect]
+       [--many 4] [--engines nexus,nexus2,dbos,prefect]
 Writes bench/results/orchestrator_throughput.json.
 """
 
@@ -138,8 +141,14 @@ def summary(raw: dict[str, Any]) -> dict[str, Any]:
     if "concurrent" in raw:
         concurrent = raw["concurrent"]
         out["concurrent_runs_per_s"] = len(concurrent["runs"]) / concurrent["wall_s"]
+        out["concurrent_steps_per_s"] = FIVE * out["concurrent_runs_per_s"]
         out["concurrent_step"] = percentiles(step_latencies(concurrent["runs"]))
         out.update(_cpu_figures("concurrent", concurrent))
+    if "many" in raw:
+        many = raw["many"]
+        out["many_steps_per_s"] = many["steps"] / many["wall_s"]
+        out["many_wall_s"] = many["wall_s"]
+        out.update(_cpu_figures("many", many))
     if "events" in raw:
         out["event_to_first_step"] = percentiles(raw["events"]["latencies_s"])
     if "failed" in raw:
@@ -246,6 +255,17 @@ class Nexus:
         timelines = [await self.timeline(run_id) for run_id in ids]
         return {"wall_s": wall, "runs": timelines, "cpu_s": used, "steps": runs * FIVE, **load()}
 
+    async def many(self, runs: int, steps: int) -> dict[str, Any]:
+        """`runs` sequential runs of `steps` steps at once (spread over the replicas)."""
+        name = f"many-{uuid.uuid4().hex[:6]}"
+        await self.register(sequential(name, steps))
+        cpu = CpuMeter(self.processes())
+        began = time.perf_counter()
+        ids = await asyncio.gather(*(self.start(name) for _ in range(runs)))
+        await asyncio.gather(*(self.finished(run_id) for run_id in ids))
+        wall = time.perf_counter() - began
+        return {"steps": runs * steps, "wall_s": wall, "cpu_s": cpu.used(), **load()}
+
     async def events(self, count: int, bus: EventBus) -> dict[str, Any]:
         name = f"evented-{uuid.uuid4().hex[:6]}"
         subject = f"{EVENT_SUBJECT}.{name}"
@@ -326,6 +346,8 @@ async def nexus(args: argparse.Namespace, replicas: int) -> dict[str, Any]:
                 "long": await engine.long(args.steps),
                 "concurrent": await engine.concurrent(args.runs),
             }
+            if args.many:
+                raw["many"] = await engine.many(args.many, args.steps)
             if args.events:
                 raw["events"] = await engine.events(args.events, bus)
             await engine.close()
@@ -366,8 +388,8 @@ def other(engine: str, args: argparse.Namespace) -> dict[str, Any]:
 def table(figures: dict[str, dict[str, Any]]) -> None:
     """Prints one row per engine."""
     print(
-        f"{'engine':<9} {'long steps/s':>12} {'runs/s':>8} {'step p50':>9} {'step p99':>9} "
-        f"{'event p50':>10} {'event p99':>10}   (ms)"
+        f"{'engine':<9} {'long steps/s':>12} {'runs/s':>8} {'steps/s':>8} {'many steps/s':>12} "
+        f"{'step p50':>9} {'step p99':>9} {'event p50':>10} {'event p99':>10}   (ms)"
     )
     nan = float("nan")
     for name, f in figures.items():
@@ -375,7 +397,9 @@ def table(figures: dict[str, dict[str, Any]]) -> None:
         event = f.get("event_to_first_step", {})
         print(
             f"{name:<9} {f.get('long_steps_per_s', nan):>12.1f} "
-            f"{f.get('concurrent_runs_per_s', nan):>8.1f} {step.get('p50_ms', nan):>9.2f} "
+            f"{f.get('concurrent_runs_per_s', nan):>8.1f} "
+            f"{f.get('concurrent_steps_per_s', nan):>8.1f} {f.get('many_steps_per_s', nan):>12.1f} "
+            f"{step.get('p50_ms', nan):>9.2f} "
             f"{step.get('p99_ms', nan):>9.2f} {event.get('p50_ms', nan):>10.2f} "
             f"{event.get('p99_ms', nan):>10.2f}"
         )
@@ -388,6 +412,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--many", type=int, default=4, help="runs of --steps at once (0: none)")
     parser.add_argument("--engines", default="nexus,nexus2,dbos,prefect")
     args = parser.parse_args()
     figures: dict[str, dict[str, Any]] = {}

@@ -55,12 +55,34 @@ async def test_a_run_whose_orchestrator_is_killed_twice_applies_each_effect_once
 ) -> None:
     platform = await start_platform("anomaly", NEXUS_ORCHESTRATOR_ACK_WAIT_S="2")
     name = unique()
-    anomaly = platform.children[0]
     platform.services = ["orchestrator"]  # its backends: the anomaly service running
     run_id = await start_run(platform, name)
     for step in ("first", "second"):
         await kill_during(platform, run_id, step)
-    done = await finished(platform, run_id)
+    await check_each_effect_once(platform, name, await finished(platform, run_id))
+
+
+async def test_a_run_whose_replica_is_killed_is_taken_over_by_the_other(
+    start_platform: StartPlatform,
+) -> None:
+    """Two replicas: the one that started the run (and drives it, ADR 0053) is SIGKILLed in
+    the middle of a call and not restarted; the other takes the run over once its beats stop,
+    and the run completes with each effect applied once."""
+    platform = await start_platform("anomaly", NEXUS_ORCHESTRATOR_ACK_WAIT_S="2")
+    name = unique()
+    platform.services = ["orchestrator"]
+    await platform.start_services()  # the replica that goes on
+    run_id = await start_run(platform, name)  # through a second replica, which drives it
+    await kill_during(platform, run_id, "first", restart=False)
+    await check_each_effect_once(platform, name, await finished(platform, run_id))
+    survivor = platform.children[-1].log_path.read_text()
+    assert f"run {run_id}: its replica" in survivor
+    assert "taken over" in survivor
+
+
+async def check_each_effect_once(platform: Platform, name: str, done: Finished) -> None:
+    """Two trainings (one model version each) and one event: no effect applied twice."""
+    anomaly = platform.children[0]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{anomaly.port}") as channel:
         model = await models_grpc.ModelRegistryServiceStub(channel).GetModel(
             models_pb.GetModelRequest(service="anomaly", name=name)
@@ -92,8 +114,9 @@ async def start_run(platform: Platform, name: str) -> str:
     return str(started.run.run_id)
 
 
-async def kill_during(platform: Platform, run_id: str, step: str) -> None:
-    """SIGKILLs the orchestrator once `step`'s call is in flight, and starts another."""
+async def kill_during(platform: Platform, run_id: str, step: str, *, restart: bool = True) -> None:
+    """SIGKILLs the newest orchestrator once `step`'s call is in flight, and starts another
+    (unless not `restart`)."""
     orchestrator = platform.children[-1]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{orchestrator.port}") as channel:
         stub = pb_grpc.OrchestratorServiceStub(channel)
@@ -106,7 +129,8 @@ async def kill_during(platform: Platform, run_id: str, step: str) -> None:
     orchestrator.process.kill()  # mid-call: no ack, no record written after the call
     orchestrator.process.wait(10)
     platform.children.remove(orchestrator)
-    await platform.start_services()
+    if restart:
+        await platform.start_services()
 
 
 class Finished:

@@ -219,3 +219,25 @@ async def test_the_mirror_decodes_a_record_written_many_times_once_when_read(
     assert sorted(mirrored) == [7, 10]
     assert peeked == 10
     assert decoded == [b"7", b"10"]
+
+
+async def test_a_gathering_mirror_shows_its_own_process_write_at_once(
+    nats_client: Client,
+) -> None:
+    config = api.KeyValueConfig(bucket=_bucket(), history=1)
+    records = KvRecords(nats_client, config, lambda raw: int(raw), gather_s=60.0)
+    await records.start()
+    try:
+        await records.update("w", lambda _raw: b"1", "first")
+        mirrored = await records.synced("read")  # then the mirror gathers for a minute
+        with records.watching("w") as changes:
+            await records.update("w", lambda _raw: b"2", "watched")
+            own = changes.get_nowait()  # from the write itself, not from the follower
+            peeked = records.peek("w")
+    finally:
+        await records.stop()
+
+    assert mirrored == [1]
+    assert own is not None
+    assert own.record == 2
+    assert peeked == 2

@@ -59,6 +59,16 @@ def test_a_record_from_before_seals_reads_as_unsealed() -> None:
     assert (decoded.seals, decoded.driver) == ((), 0)
 
 
+def test_a_record_of_the_version_before_replicas_drove_their_own_runs_reads_as_the_queues() -> None:
+    raw = orjson.loads(replace(_run(), driven_by="r1").encode())
+    del raw["driven_by"]  # as the version before ADR 0053 writes it
+
+    decoded = RunRecord.decode(orjson.dumps(raw))
+
+    assert decoded == _run()
+    assert decoded.driven_by == ""  # driven through the queue, as that version drove it
+
+
 def test_a_copy_changes_only_what_it_names_and_refuses_unknown_names() -> None:
     run = _run()
 

@@ -185,9 +185,18 @@ class KvFollower:
         bucket: The bucket (open it first, with `open_key_value`).
         on_entry: Awaited for each entry, in order; what it raises is logged and skipped.
         keys: A key filter (NATS wildcards: "svc.>").
+        gather_s: How long to let changes gather between batches (see `Follower`).
     """
 
-    def __init__(self, nc: Client, bucket: str, on_entry: EntryHandler, *, keys: str = ">"):
+    def __init__(
+        self,
+        nc: Client,
+        bucket: str,
+        on_entry: EntryHandler,
+        *,
+        keys: str = ">",
+        gather_s: float = 0.0,
+    ):
         self._js = nc.jetstream()
         self._stream = kv_stream(bucket)
         self._subject = kv_subject(bucket, keys)
@@ -199,6 +208,7 @@ class KvFollower:
             self._subject,
             self._on_message,
             deliver=api.DeliverPolicy.LAST_PER_SUBJECT,
+            gather_s=gather_s,
         )
         self._revision = 0
         self._progress = asyncio.Condition()
@@ -299,6 +309,10 @@ class KvRecords(Generic[R]):
         config: The bucket's configuration.
         decode: A stored value -> its record.
         keys: The keys followed (NATS wildcards: "svc.>").
+        gather_s: How long the mirror lets changes gather between batches (see `Follower`).
+            When set, this process's own writes are in its mirror (and sent to the key's
+            watchers and the listeners) as soon as written, not a batch later; the follower's
+            copy of them is then skipped.
     """
 
     _SYNC_TIMEOUT_S = 5.0
@@ -311,8 +325,10 @@ class KvRecords(Generic[R]):
         decode: Callable[[bytes], R],
         *,
         keys: str = ">",
+        gather_s: float = 0.0,
     ) -> None:
         self._nc = nc
+        self._gather_s = gather_s
         self._written: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
         self._config = config
         self._decode = decode
@@ -321,6 +337,7 @@ class KvRecords(Generic[R]):
         self._follower: KvFollower | None = None
         self._mirror: dict[str, R] = {}
         self._undecoded: dict[str, bytes] = {}  # key -> its latest value, decoded when read
+        self._revisions: dict[str, int] = {}  # gathering: key -> the revision mirrored
         self._watchers: dict[str, set[asyncio.Queue[Versioned[R] | None]]] = {}
         self._listeners: list[Callable[[R], None]] = []
 
@@ -337,7 +354,9 @@ class KvRecords(Generic[R]):
         bucket = self._config.bucket or ""
         with nats_unavailable(f"open the bucket {bucket}"):
             self._kv = await open_key_value(self._nc.jetstream(), self._config)
-        follower = KvFollower(self._nc, bucket, self._apply, keys=self._keys)
+        follower = KvFollower(
+            self._nc, bucket, self._apply, keys=self._keys, gather_s=self._gather_s
+        )
         await follower.start()
         self._follower = follower
 
@@ -376,7 +395,12 @@ class KvRecords(Generic[R]):
         with nats_unavailable(action):
             raw, revision = await update_entry(self._kv, key, change, known=self._written.get(key))
         self._remember_written(key, raw, revision)
-        return self._decode(raw) if raw is not None else None
+        if raw is None:
+            return None
+        record = self._decode(raw)
+        if self._gather_s and revision > self._revisions.get(key, 0):
+            self._mirrored(key, record, revision)  # now, not when its follower brings it
+        return record
 
     def _remember_written(self, key: str, raw: bytes | None, revision: int) -> None:
         """The value last written or read back by an update: the next update of the key tries
@@ -424,20 +448,31 @@ class KvRecords(Generic[R]):
                 self._watchers.pop(key, None)
 
     async def _apply(self, entry: KvEntry) -> None:
+        if self._revisions and entry.revision <= self._revisions.get(entry.key, 0):
+            return  # applied already, from this process's own write
         self._undecoded.pop(entry.key, None)
         if entry.removed or not entry.value:
+            self._revisions.pop(entry.key, None)
             self._mirror.pop(entry.key, None)
             self._notify(entry.key, None)
             return
+        if self._gather_s:
+            self._revisions[entry.key] = entry.revision
         if not self._listeners and entry.key not in self._watchers:
             # Decoded when read: a record written many times between two reads of the mirror
             # (a run advanced step after step by another replica) is decoded once.
             self._mirror.pop(entry.key, None)
             self._undecoded[entry.key] = entry.value
             return
-        record = self._decode(entry.value)
-        self._mirror[entry.key] = record
-        self._notify(entry.key, Versioned(record, entry.revision))
+        self._mirrored(entry.key, self._decode(entry.value), entry.revision)
+
+    def _mirrored(self, key: str, record: R, revision: int) -> None:
+        """Puts a decoded record in the mirror; tells the key's watchers and the listeners."""
+        self._undecoded.pop(key, None)
+        self._mirror[key] = record
+        if self._gather_s:
+            self._revisions[key] = revision
+        self._notify(key, Versioned(record, revision))
         for listener in self._listeners:
             listener(record)
 

@@ -23,7 +23,8 @@ class OrchestratorSettings(ServiceSettings):
     use are those of the key that registered the workflow, checked here before each call."""
 
     step_workers: int = Field(default=64, gt=0)
-    """Runs one replica advances at once."""
+    """Runs one replica advances at once from the queue, and as many of those it started and
+    drives itself (ADR 0053)."""
 
     steps_in_place: int = Field(default=100, gt=0)
     """Steps a replica takes a run on by itself, each written before the next, before handing
@@ -41,7 +42,8 @@ class OrchestratorSettings(ServiceSettings):
     subject wakes it at once; the poll covers a hint lost while replicas or NATS restarted)."""
 
     ack_wait_s: float = Field(default=30.0, gt=0)
-    """Silence after which a step whose replica died goes to another."""
+    """Silence after which a step whose replica died goes to another (an advance not
+    acknowledged, or the beats of the replica that drives a run it started)."""
 
     default_step_timeout_s: float = Field(default=60.0, gt=0)
     """Limit of one attempt of a call step that sets no timeout_s."""

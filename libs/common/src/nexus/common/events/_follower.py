@@ -49,6 +49,10 @@ class Follower(Consumer):
         on_message: Awaited for each message, in stream order; what it raises is logged.
         deliver: Where to start: NEW (what comes from now on) or LAST_PER_SUBJECT (the latest
             message of each subject first, as a KV watcher does).
+        gather_s: Once caught up, how long to let messages gather after each batch handled
+            (0: none): a stream written to steadily (a record rewritten at each step of a run)
+            is then handled in batches, each wake-up of the process shared by several messages,
+            at the cost of that much delay.
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class Follower(Consumer):
         subject: str,
         on_message: RawHandler,
         deliver: api.DeliverPolicy = api.DeliverPolicy.NEW,
+        gather_s: float = 0.0,
     ) -> None:
         config = api.ConsumerConfig(
             name=_follower_name(),
@@ -70,6 +75,7 @@ class Follower(Consumer):
         )
         super().__init__(nc, stream, config, batch=256)
         self._on_message = on_message
+        self._gather_s = gather_s
         self._last_seq: int | None = None  # stream sequence of the last message handled
         self._last_cseq = 0  # its consumer sequence, which counts up by one per message
         self._suspect = False  # the server fell silent: messages may have been lost on the way
@@ -136,6 +142,12 @@ class Follower(Consumer):
                 return
             self._last_cseq = meta.sequence.consumer
             await self._handle(msg)
+        if self._gather_s and self.caught_up.is_set() and not self._stopping:
+            self._cancellable = True  # every message in hand handled: stop() may cancel
+            try:
+                await asyncio.sleep(self._gather_s)
+            finally:
+                self._cancellable = False
 
     async def _handle(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream

@@ -10,10 +10,16 @@ back after the ack wait, and the next replica calls again with the same key, whi
 answers with the first outcome (ADR 0019). Every replica mirrors the runs and re-drives each run
 whose `wake_at` passed (timers, backoffs, signal timeouts, the run's deadline, and a lost
 advance), bumping its tick with compare-and-set so that one advance is published per wake.
+
+A run is first driven by the replica that started it, without an advance on the queue (no
+publish, delivery, read and ack; its watch, usually on that replica, decodes nothing another
+wrote: ADR 0053): its writes name that replica (`driven_by`), and once the replica's beats stop
+(`engine.replicas`) any replica bumps the run's tick and publishes its advance, as a timer does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -46,6 +52,7 @@ from nexus.orchestrator.engine.records import (
     error_of,
     replace,
 )
+from nexus.orchestrator.engine.replicas import Replicas
 from nexus.orchestrator.engine.store import RunStore
 from nexus.orchestrator.engine.waits import EventHints, EventLog, condition_of, waiting_on
 from nexus.orchestrator.periodic import Periodic
@@ -61,8 +68,9 @@ DURABLE = "orchestrator-advance"
 WORKFLOW_EVENTS = Stream("WORKFLOWS", ("nexus.workflows.>",), max_age_s=30 * DAY_S, max_bytes=GIB)
 """What workflows publish for people and other systems (`nexus.orchestrator.v1.WorkflowEvent`
 on `nexus.workflows.<topic>`, such as the alerts of docs/orchestrator/examples)."""
-_DRIVEN: ContextVar[tuple[int, list[RunRecord]] | None] = ContextVar("driven", default=None)
-"""In an advance's handler: its tick, and the record due next that it goes on with."""
+_DRIVEN: ContextVar[tuple[int, list[RunRecord], str] | None] = ContextVar("driven", default=None)
+"""In an advance's handler or a drive here: its tick, the record due next that it goes on with,
+and the replica that drives it without the queue ("": the queue's advance)."""
 _RERUNNABLE = frozenset({FAILED, TIMED_OUT, CANCELLED})
 
 
@@ -99,6 +107,9 @@ class Engine:
         )
         self._events = EventLog(bus.nc)
         self._hints = EventHints(bus.nc, runs.live, self._wake_for_event)
+        self._replicas = Replicas(bus.nc, settings.ack_wait_s)
+        self._slots = asyncio.Semaphore(settings.step_workers)  # runs driven here at once
+        self._here: set[asyncio.Task[None]] = set()
 
     @property
     def _redrive_s(self) -> float:
@@ -107,6 +118,7 @@ class Engine:
 
     async def start(self) -> None:
         await self._bus.ensure_streams(STREAM, WORKFLOW_EVENTS)
+        await self._replicas.start()
         self._consumer = await self._bus.consume(
             f"{STREAM.subjects[0][:-1]}>",
             events_pb2.RunAdvance,
@@ -123,6 +135,10 @@ class Engine:
 
     async def stop(self) -> None:
         await self._timer.stop()
+        for task in list(self._here):
+            task.cancel()
+        await asyncio.gather(*self._here, return_exceptions=True)
+        await self._replicas.stop()  # its runs driven here: taken over by the others now
         await self._hints.stop()
         if self._consumer is not None:
             await self._consumer.stop()
@@ -186,12 +202,13 @@ class Engine:
             owner_key_id=stored.owner_key_id,
             trigger_kind=trigger[0],
             trigger_detail=trigger[1],
+            driven_by=self._replicas.id,
         )
         stored_run = await self.runs.create(run)
         made = stored_run.created == run.created and stored_run.trigger_detail == run.trigger_detail
         if made:
             metrics.started(stored_run)
-            await self._publish(stored_run)
+            self._drive_here(stored_run)
         return stored_run, made
 
     async def cancel(self, run_id: str) -> RunRecord:
@@ -275,17 +292,42 @@ class Engine:
             return
         if run.done or (run.tick != tick and run.driver != tick):
             return  # stale: the run moved on (its current advance is in the queue or timed)
-        await self._drive(run, tick)
-
-    async def _drive(self, run: RunRecord, tick: int) -> None:
-        """Advances the run, then goes on in place while its next advance is due at once, up to
-        `steps_in_place` steps and a quarter of the ack wait; then hands the run back to the
-        queue. Each step is still written before the next begins, and each write names `tick`
-        as the run's driver: if this replica dies, the advance of `tick` is delivered again (it
-        was never acknowledged) and goes on from the last write, as an advance of the run's
-        own tick would."""
         due: list[RunRecord] = []
-        token = _DRIVEN.set((tick, due))
+        try:
+            await self._drive(run, tick, due, "")
+        finally:
+            if due:  # handed back to the queue
+                await self._publish(due[-1])
+
+    def _drive_here(self, run: RunRecord) -> None:
+        """Drives a run this replica wrote as `driven_by` it, in a task of its own."""
+        task = asyncio.create_task(self._driving_here(run), name=f"run-{run.run_id}")
+        self._here.add(task)
+        task.add_done_callback(self._here.discard)
+
+    async def _driving_here(self, run: RunRecord) -> None:
+        """Drives the run here, `step_workers` runs at once, a chunk of steps per turn (as an
+        advance's handler would) until it waits or ends. A failure hands it to the queue."""
+        due: list[RunRecord] = [run]
+        try:
+            while due:
+                async with self._slots:
+                    run = due.pop()
+                    await self._drive(run, run.tick, due, self._replicas.id)
+        except Exception:
+            log.exception("run %s: driving it here failed; handing it to the queue", run.run_id)
+            with contextlib.suppress(NexusError):
+                await self._publish((due or [run])[-1])
+
+    async def _drive(self, run: RunRecord, tick: int, due: list[RunRecord], here: str) -> None:
+        """Advances the run, then goes on in place while its next advance is due at once, up to
+        `steps_in_place` steps and a quarter of the ack wait, leaving in `due` the record due
+        next. Each step is still written before the next begins, and each write names `tick`
+        as the run's driver (and `here`, the replica that drives it without the queue): if this
+        replica dies, the advance of `tick` is delivered again (it was never acknowledged) and
+        goes on from the last write, as an advance of the run's own tick would (driven here:
+        another replica takes the run over once this one's beats stop)."""
+        token = _DRIVEN.set((tick, due, here))
         budget = time.monotonic() + self._settings.ack_wait_s / 4
         try:
             await self._advance(run)
@@ -296,8 +338,6 @@ class Engine:
                 await self._advance(run)
         finally:
             _DRIVEN.reset(token)
-            if due:
-                await self._publish(due[-1])
 
     async def _advance(self, run: RunRecord) -> None:
         now = s.now()
@@ -733,7 +773,7 @@ class Engine:
             if new is not None and new.done and new.state != CANCELLED and not new.outputs:
                 new = self._finish(new)
             if new is not None and driven is not None:
-                new = replace(new, driver=driven[0])
+                new = replace(new, driver=driven[0], driven_by=driven[2])
             if new is not None:
                 new = sealed(new)
             if new is not None:
@@ -807,11 +847,29 @@ class Engine:
     async def _wake_due(self) -> None:
         await self._hints.refresh()
         now = s.now()
-        for run in self.runs.due(now):
+        for run in self.runs.live():  # one pass over the mirror: due, or its driver stopped
             try:
-                await self._wake(run, now)
+                if 0 < run.wake_at <= now:
+                    await self._wake(run, now)
+                elif run.driven_by and not self._replicas.alive(run.driven_by):
+                    await self._take_over(run, now)
             except Exception:  # the next scan tries again
-                log.exception("cannot wake run %s", run.run_id)
+                log.exception("cannot wake or take over run %s", run.run_id)
+
+    async def _take_over(self, run: RunRecord, now: float) -> None:
+        """Hands a run whose driving replica stopped beating to the queue."""
+
+        def change(current: RunRecord) -> RunRecord | None:
+            if current.done or current.tick != run.tick or current.driven_by != run.driven_by:
+                return None
+            return replace(
+                current, tick=current.tick + 1, driven_by="", wake_at=now + self._redrive_s
+            )
+
+        taken = await self.runs.update(run.run_id, change)
+        if taken.tick != run.tick and not taken.done:
+            log.info("run %s: its replica %s stopped; taken over", run.run_id, run.driven_by)
+            await self._publish(taken)
 
     async def _wake(self, run: RunRecord, now: float) -> None:
         def change(current: RunRecord) -> RunRecord | None:

@@ -66,6 +66,9 @@ class RunRecord:
             steps when it started) and, for an item of a `map`, `item`.
         driver: The tick of the advance whose handler took the run on in place since (0: none):
             that advance, delivered again because its replica died, goes on from where it was.
+        driven_by: The replica that drives the run without an advance on the queue (the one
+            that started it, ADR 0053; "": the queue's). Any replica takes the run over once
+            that replica's beats stop (see `engine.replicas`).
     """
 
     run_id: str
@@ -97,6 +100,7 @@ class RunRecord:
     parent_step: str = ""
     depth: int = 0
     seed: dict[str, Any] = field(default_factory=dict)
+    driven_by: str = ""
 
     @property
     def sealed(self) -> int:

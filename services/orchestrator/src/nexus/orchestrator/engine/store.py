@@ -53,6 +53,11 @@ _HISTORY_CONFIG = api.KeyValueConfig(
     max_value_size=MIB,
     storage=api.StorageType.FILE,
 )
+MIRROR_GATHER_S = 0.02
+"""How long each replica's mirror of the runs lets their writes gather between batches: every
+replica receives every write of every run, one a step; handled in batches, one wake-up serves
+several (ADR 0053). Watches of a run see this replica's own writes at once; lists and the
+writes of other replicas' runs come up to this much later."""
 SEAL_STEPS = 16
 """Finished executions at the head of a record's history that are sealed into one chunk."""
 _KEEP_CHUNKS = 4096
@@ -71,7 +76,7 @@ class RunStore:
     def __init__(self, nc: Client) -> None:
         self._nc = nc
         self._codec = _Codec()
-        self._records = KvRecords(nc, _CONFIG, self._codec.decode)
+        self._records = KvRecords(nc, _CONFIG, self._codec.decode, gather_s=MIRROR_GATHER_S)
         self._chunks: KeyValue | None = None
         self._read: OrderedDict[str, tuple[StepRecord, ...]] = OrderedDict()
 
@@ -217,10 +222,6 @@ class RunStore:
     def live(self) -> list[RunRecord]:
         """The runs not done, as the mirror holds them (in no particular order)."""
         return [r for r in self._records.mirrored() if not r.done]
-
-    def due(self, now: float) -> list[RunRecord]:
-        """The live runs whose `wake_at` passed, as the mirror holds them."""
-        return [r for r in self._records.mirrored() if not r.done and 0 < r.wake_at <= now]
 
     async def watch(self, run_id: str) -> AsyncIterator[RunRecord]:
         """The run as it is now, then each change, until it is done.
