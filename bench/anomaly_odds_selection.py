@@ -34,7 +34,10 @@ with the seed the ensemble gives them, and every rule turns their unlabelled tra
 - `consensus_max`: weights from each member's Spearman correlation with the others' mean rank,
   weighted maximum (ADR 0022 compared it as a weighting);
 - `pseudo_label_member`: the member of the best ROC-AUC on pseudo-labels from the others (the
-  top tenth of their mean surprise).
+  top tenth of their mean surprise);
+- `lscp_factor`: LSCP with `factor_max`'s training scores as the pseudo ground truth;
+- `grouped_factor_max`: `factor_max` with the pair of members of most dependent errors merged
+  into one before the factor is fitted (after Jaffe et al., AISTATS 2016).
 
 Only the test labels score the rules. The tables give each member's and each rule's ROC-AUC per
 set, each rule's mean, its mean and worst gap to the set's best member, and on how many sets it
@@ -72,6 +75,7 @@ from nexus.anomaly.detectors._ensemble import (
     DEFAULT_MEMBERS,
     TAIL_SHARE,
     TailSurprise,
+    _one_factor,
     agreement_weights,
 )
 from nexus.anomaly.detectors._model import Standardizer
@@ -419,6 +423,35 @@ def _consensus_max(split: Split) -> FloatArray:
     return np.asarray((weights[:, None] * split.test).max(axis=0))
 
 
+def _lscp_factor(split: Split) -> FloatArray:
+    """LSCP with the default combination (`factor_max` on the training rows) as the pseudo
+    ground truth."""
+    pseudo = _weighted_max(split.raw_train, split.train)
+    correlations = _local_correlations(_local_regions(split), pseudo, split.train)
+    chosen = np.argmax(correlations, axis=1)
+    return np.asarray(split.test[chosen, np.arange(split.test.shape[1])])
+
+
+def _grouped_factor_max(split: Split) -> FloatArray:
+    """ADR 0022's factor weights with the pair of members whose errors are most dependent
+    merged first (after Jaffe et al., "Unsupervised ensemble learning with dependent
+    classifiers", AISTATS 2016): the pair with the largest residual correlation under the
+    one-factor model becomes one member (its mean rank), the factor is fitted to the rest and
+    the pair, and both members of the pair take the pair's weight."""
+    ranks = np.vstack([rankdata(r) for r in split.raw_train])
+    correlations = np.corrcoef(ranks)
+    loadings = _one_factor(correlations)
+    residual = correlations - np.outer(loadings, loadings)
+    np.fill_diagonal(residual, -np.inf)
+    i, j = np.unravel_index(int(np.argmax(residual)), residual.shape)
+    others = [k for k in range(len(ranks)) if k not in (i, j)]
+    merged = np.vstack([ranks[others], ranks[[i, j]].mean(axis=0)])
+    weights = agreement_weights(merged)
+    full = np.empty(len(ranks))
+    full[others], full[[i, j]] = weights[:-1], weights[-1]
+    return np.asarray((full[:, None] * split.test).max(axis=0))
+
+
 def _pseudo_label_member(split: Split) -> FloatArray:
     """The member that best ranks pseudo-labels it had no part in: for each member, the rows
     in the top `TAIL_SHARE` of the other members' mean surprise are its pseudo-outliers, and
@@ -449,6 +482,8 @@ RULES: dict[str, Rule] = {
     "hits_member": _hits_member,
     "consensus_max": _consensus_max,
     "pseudo_label_member": _pseudo_label_member,
+    "lscp_factor": _lscp_factor,
+    "grouped_factor_max": _grouped_factor_max,
 }
 
 
