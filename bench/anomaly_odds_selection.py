@@ -349,7 +349,7 @@ def _weighted_pearson(a: FloatArray, b: FloatArray, weights: FloatArray) -> floa
 
 
 def _greedy(
-    train: FloatArray, quality: Callable[[FloatArray], float], order: FloatArray
+    train: FloatArray, quality: Callable[[FloatArray], float], order: np.ndarray
 ) -> list[int]:
     """SELECT's sequential selection: start from the first member in `order`, add each next one
     if the mean of the chosen members' scores gets a better `quality`, else drop it."""
