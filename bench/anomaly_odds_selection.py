@@ -374,9 +374,10 @@ def _select_vertical(split: Split) -> FloatArray:
 
 
 def _select_horizontal(split: Split) -> FloatArray:
-    """SelectH: each member flags its top `1 - TAIL_SHARE`... rows (surprise beyond the tail's
-    start); rows flagged by a majority of members are the pseudo-outliers; members are taken
-    in order of their average precision on those and kept while they raise the combination's."""
+    """SelectH: each member flags the rows beyond its tail's start (its top `TAIL_SHARE` of
+    training rows); rows flagged by a majority of members are the pseudo-outliers; members
+    are taken in order of their average precision on those and kept while they raise the
+    combination's."""
     flags = split.train > -np.log(TAIL_SHARE)
     votes = flags.sum(axis=0)
     pseudo = votes > len(flags) / 2
