@@ -19,13 +19,34 @@ with the seed the ensemble gives them, and every rule turns their unlabelled tra
   evaluation rows' bounding box, and above `SUB_FEATURES` features, the average over `DRAWS`
   random subsets of that many features, each with its own fit (members refitted on up to
   `SUB_ROWS` training rows, the autoencoder for `SUB_EPOCHS` epochs; evaluated on other
-  training rows). Expensive: tens of seconds per split.
+  training rows). Expensive: tens of seconds per split;
+- `lscp_max`, `lscp_mean`: LSCP (Zhao et al., SDM 2019) on the surprises: per test row, its local
+  region is the training rows among its `LOCAL_NEIGHBOURS` nearest in more than half of
+  `LOCAL_BAGS` random feature subspaces; the member whose training surprises correlate best
+  there with the pseudo ground truth (the members' maximum, or mean) scores the row;
+  `lscp_max_z`: the same on z-scores, as the paper; `lscp_pyod`: PyOD's reference rule (z-scores,
+  maximum, mean of the members in the most populated of four correlation bins);
+- `select_v`, `select_h`: SELECT (Rayana and Akoglu, TKDD 2016), the mean of the members it keeps:
+  vertically, by weighted correlation with the mean of all members (weight 1/rank); horizontally,
+  by average precision on the rows that a majority of members puts in its top tenth;
+- `hits_member`: the member of the largest authority when rows and members reinforce each other
+  (HITS on rank-normalised training scores, as in Ma et al. 2023);
+- `consensus_max`: weights from each member's Spearman correlation with the others' mean rank,
+  weighted maximum (ADR 0022 compared it as a weighting);
+- `pseudo_label_member`: the member of the best ROC-AUC on pseudo-labels from the others (the
+  top tenth of their mean surprise);
+- `lscp_factor`: LSCP with `factor_max`'s training scores as the pseudo ground truth;
+- `grouped_factor_max`: `factor_max` with the pair of members of most dependent errors merged
+  into one before the factor is fitted (after Jaffe et al., AISTATS 2016).
 
-Only the test labels score the rules. The table gives each member and each rule per set and each
-rule's gap to the set's best member; then the means, the mean gap and the worst gap.
+Only the test labels score the rules. The tables give each member's and each rule's ROC-AUC per
+set, each rule's mean, its mean and worst gap to the set's best member, and on how many sets it
+is within `NEAR` (0.01) of that member or above it.
 
 Usage: python -m bench.anomaly_odds_selection [--runs 10] [--datasets cardio,vowels] [--volume]
-    [--data DIR]
+    [--rules factor_max,lscp_max] [--data DIR] [--cache DIR] [--jobs N]
+`--cache` keeps each split's member scores (`<set>-<run>.npz`), so that rules can be compared
+again without refitting the members; `--jobs` runs splits in parallel processes.
 By default the design sets only (`DESIGN_SETS`): the held-out sets are for reporting, once.
 """
 
@@ -35,17 +56,28 @@ import argparse
 import sys
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+from scipy import sparse
 from scipy.stats import rankdata
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
+from sklearn.neighbors import NearestNeighbors
 
 from bench.anomaly_odds import DATA, DESIGN_SETS, TEST_SIZE, _load, _names
 from nexus.anomaly.detectors import make_detector
-from nexus.anomaly.detectors._ensemble import DEFAULT_MEMBERS, TailSurprise, agreement_weights
+from nexus.anomaly.detectors._ensemble import (
+    DEFAULT_MEMBERS,
+    TAIL_SHARE,
+    TailSurprise,
+    _one_factor,
+    agreement_weights,
+)
 from nexus.anomaly.detectors._model import Standardizer
 from nexus.anomaly.detectors._types import FloatArray
 
@@ -56,6 +88,9 @@ SUB_EPOCHS = 20
 UNIFORM = 20_000
 MASSES = np.arange(0.9, 0.999, 0.0001)
 SHORT = ("IF", "LOF", "SVM", "AE")
+LOCAL_NEIGHBOURS = 30
+LOCAL_BAGS = 20
+NEAR = 0.01
 
 
 @dataclass
@@ -67,6 +102,9 @@ class Split:
     test: FloatArray
     x_train: FloatArray
     seed: int
+    x_test: FloatArray
+    test_raw: FloatArray
+    regions: sparse.csr_matrix | None = None
 
 
 Rule = Callable[[Split], FloatArray]
@@ -78,14 +116,22 @@ def main() -> int:
     if not args.data.is_dir():
         print(f"ODDS data not found at {args.data}; nothing to compare.", file=sys.stderr)
         return 1
-    rules = dict(RULES) | (VOLUME_RULES if args.volume else {})
-    table: dict[str, FloatArray] = {}
-    for name in args.datasets or list(DESIGN_SETS):
-        x, y = _load(name, args.data)
-        runs = [_aucs(x, y, run, rules) for run in range(args.runs)]
-        table[name] = np.mean(runs, axis=0)
-        print(f"  {name} done", file=sys.stderr, flush=True)
-    _print(table, list(rules))
+    known = dict(RULES) | VOLUME_RULES
+    names = args.rules or list(RULES) + (list(VOLUME_RULES) if args.volume else [])
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        print(f"unknown rules {unknown}; rules are {', '.join(known)}", file=sys.stderr)
+        return 1
+    sets = args.datasets or list(DESIGN_SETS)
+    jobs = [(name, run) for name in sets for run in range(args.runs)]
+    work = partial(_job, rules=names, data=args.data, cache=args.cache)
+    with ProcessPoolExecutor(args.jobs) if args.jobs > 1 else nullcontext() as pool:
+        found = list(pool.map(work, jobs) if pool else map(work, jobs))
+    table = {
+        name: np.mean([a for (n, _), a in zip(jobs, found, strict=True) if n == name], axis=0)
+        for name in sets
+    }
+    _print(table, names)
     return 0
 
 
@@ -93,17 +139,47 @@ def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=10, help="random splits per set")
     parser.add_argument("--datasets", type=_names, default=[], help="comma-separated set names")
+    parser.add_argument("--rules", type=_names, default=[], help="comma-separated rule names")
     parser.add_argument("--volume", action="store_true", help="add the Excess-Mass/MV rules")
     parser.add_argument("--data", type=Path, default=DATA, help="folder of the ODDS .mat files")
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="folder to keep the members' scores per split in"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="splits computed in parallel")
     return parser.parse_args()
 
 
-def _aucs(x: FloatArray, y: np.ndarray, run: int, rules: dict[str, Rule]) -> list[float]:
-    """The members' test ROC-AUC, then each rule's."""
+def _job(job: tuple[str, int], rules: list[str], data: Path, cache: Path | None) -> list[float]:
+    name, run = job
+    x, y = _load(name, data)
+    known = dict(RULES) | VOLUME_RULES
+    aucs = _aucs(x, y, run, {r: known[r] for r in rules}, _cached(cache, name, run))
+    print(f"  {name} split {run} done", file=sys.stderr, flush=True)
+    return aucs
+
+
+def _cached(cache: Path | None, name: str, run: int) -> Path | None:
+    if cache is None:
+        return None
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache / f"{name}-{run}.npz"
+
+
+def _aucs(
+    x: FloatArray, y: np.ndarray, run: int, rules: dict[str, Rule], cached: Path | None = None
+) -> list[float]:
+    """The members' test ROC-AUC, then each rule's. The members' scores come from `cached`
+    when it exists (and are written there when it does not)."""
     x_train, x_test, _, y_test = train_test_split(x, y, test_size=TEST_SIZE, random_state=run)
     standardizer = Standardizer.fit(x_train)
     train, test = standardizer.transform(x_train), standardizer.transform(x_test)
-    raw_train, raw_test = _member_scores(train, test, run)
+    if cached is not None and cached.exists():
+        with np.load(cached) as stored:
+            raw_train, raw_test = stored["train"], stored["test"]
+    else:
+        raw_train, raw_test = _member_scores(train, test, run)
+        if cached is not None:
+            np.savez(cached, train=raw_train, test=raw_test)
     calibrations = [TailSurprise(r) for r in raw_train]
     split = Split(
         raw_train,
@@ -111,6 +187,8 @@ def _aucs(x: FloatArray, y: np.ndarray, run: int, rules: dict[str, Rule]) -> lis
         np.vstack([c(r) for c, r in zip(calibrations, raw_test, strict=True)]),
         train,
         run,
+        test,
+        raw_test,
     )
     scores = [*raw_test, *(rule(split) for rule in rules.values())]
     return [float(roc_auc_score(y_test, s)) for s in scores]
@@ -163,12 +241,250 @@ def _central_candidate(split: Split) -> FloatArray:
     return np.asarray(test[int(np.argmax(_centrality(split.raw_train, train)))])
 
 
+# Locally selective combination (LSCP: Zhao, Nasrullah, Hryniewicki and Li, SDM 2019)
+
+
+def _local_regions(split: Split) -> sparse.csr_matrix:
+    """The split's local regions (`_find_local_regions`), found once."""
+    if split.regions is None:
+        split.regions = _find_local_regions(split)
+    return split.regions
+
+
+def _find_local_regions(split: Split) -> sparse.csr_matrix:
+    """Per test row, its local region among the training rows, as a 0/1 matrix: the training
+    rows that are among its `LOCAL_NEIGHBOURS` nearest in more than half of `LOCAL_BAGS` random
+    feature subspaces (half to all of the features each), as LSCP (and PyOD's reference) does."""
+    rng = np.random.default_rng(split.seed)
+    rows, width = split.x_train.shape
+    tests = split.x_test.shape[0]
+    k = min(LOCAL_NEIGHBOURS, rows)
+    columns = []
+    for _ in range(LOCAL_BAGS):
+        features = rng.choice(
+            width, int(rng.integers(max(1, width // 2), width + 1)), replace=False
+        )
+        index = NearestNeighbors(n_neighbors=k).fit(split.x_train[:, features])
+        columns.append(index.kneighbors(split.x_test[:, features], return_distance=False))
+    hits = np.hstack(columns)
+    counts = sparse.coo_matrix(
+        (np.ones(hits.size), (np.repeat(np.arange(tests), hits.shape[1]), hits.ravel())),
+        shape=(tests, rows),
+    ).tocsr()
+    counts.data = (counts.data > LOCAL_BAGS // 2).astype(float)
+    counts.eliminate_zeros()
+    return counts
+
+
+def _local_correlations(
+    region: sparse.csr_matrix, target: FloatArray, scores: FloatArray
+) -> FloatArray:
+    """Pearson correlation, per test row (rows) and member (columns), of the members' training
+    scores with the target over the test row's local region; where the region holds fewer
+    than three rows, over all training rows."""
+    size = np.asarray(region.sum(axis=1)).ravel()
+    small = size < 3
+    if small.any():
+        region = sparse.vstack([region[~small], sparse.csr_matrix(np.ones((1, region.shape[1])))])
+        order = np.where(small, region.shape[0] - 1, np.cumsum(~small) - 1)
+    else:
+        order = np.arange(region.shape[0])
+    n = np.asarray(region.sum(axis=1))
+    members = scores.T
+    mean_t = (region @ target)[:, None] / n
+    mean_s = (region @ members) / n
+    cov = (region @ (members * target[:, None])) / n - mean_t * mean_s
+    var_t = (region @ target**2)[:, None] / n - mean_t**2
+    var_s = (region @ members**2) / n - mean_s**2
+    denominator = np.sqrt(np.clip(var_t, 0.0, None) * np.clip(var_s, 0.0, None))
+    correlations = np.where(
+        denominator > 1e-12, cov / np.where(denominator > 0, denominator, 1.0), 0.0
+    )
+    return np.asarray(correlations[order])
+
+
+def _lscp(pseudo: Callable[[FloatArray], FloatArray], zscores: bool = False) -> Rule:
+    """LSCP with one member per test row: the one whose training scores correlate best with
+    the pseudo ground truth (`pseudo` of the members' normalised training scores) over the
+    test row's local region. Normalised: the tail surprises, or (`zscores`) z-scores of the
+    training scores, as LSCP's paper and PyOD."""
+
+    def rule(split: Split) -> FloatArray:
+        train, test = _zscored(split) if zscores else (split.train, split.test)
+        correlations = _local_correlations(_local_regions(split), pseudo(train), train)
+        chosen = np.argmax(correlations, axis=1)
+        return np.asarray(test[chosen, np.arange(test.shape[1])])
+
+    return rule
+
+
+def _lscp_pyod(split: Split) -> FloatArray:
+    """PyOD's LSCP: z-scores, the maximum as pseudo ground truth, and per test row the mean
+    z-score of the members in the most populated of `len(members)` correlation bins."""
+    train, test = _zscored(split)
+    correlations = _local_correlations(_local_regions(split), train.max(axis=0), train)
+    scores = np.empty(test.shape[1])
+    for i, row in enumerate(correlations):
+        counts, edges = np.histogram(row, bins=len(row))
+        top = int(np.argmax(counts))
+        inside = (row >= edges[top]) & (row <= edges[top + 1])
+        scores[i] = test[inside, i].mean()
+    return scores
+
+
+def _zscored(split: Split) -> tuple[FloatArray, FloatArray]:
+    mean = split.raw_train.mean(axis=1, keepdims=True)
+    std = np.maximum(split.raw_train.std(axis=1, keepdims=True), 1e-12)
+    return (split.raw_train - mean) / std, (split.test_raw - mean) / std
+
+
+# SELECT (Rayana and Akoglu, "Less is more: building selective anomaly ensembles", TKDD 2016)
+
+
+def _weighted_pearson(a: FloatArray, b: FloatArray, weights: FloatArray) -> float:
+    w = weights / weights.sum()
+    da, db = a - (w * a).sum(), b - (w * b).sum()
+    denominator = np.sqrt((w * da * da).sum() * (w * db * db).sum())
+    return float((w * da * db).sum() / denominator) if denominator > 0 else 0.0
+
+
+def _greedy(
+    train: FloatArray, quality: Callable[[FloatArray], float], order: np.ndarray
+) -> list[int]:
+    """SELECT's sequential selection: start from the first member in `order`, add each next one
+    if the mean of the chosen members' scores gets a better `quality`, else drop it."""
+    chosen = [int(order[0])]
+    best = quality(train[chosen].mean(axis=0))
+    for member in order[1:]:
+        trial = quality(train[[*chosen, int(member)]].mean(axis=0))
+        if trial > best:
+            chosen, best = [*chosen, int(member)], trial
+    return chosen
+
+
+def _select_vertical(split: Split) -> FloatArray:
+    """SelectV: the target is the mean of all members' (normalised) scores; members are taken
+    in order of weighted correlation with it (weight 1/rank in the target, so the top rows
+    count most) and kept while they raise the combination's weighted correlation."""
+    target = split.train.mean(axis=0)
+    weights = 1.0 / rankdata(-target)
+    quality = partial(_weighted_pearson, b=target, weights=weights)
+    order = np.argsort([-quality(row) for row in split.train])
+    return np.asarray(split.test[_greedy(split.train, quality, order)].mean(axis=0))
+
+
+def _select_horizontal(split: Split) -> FloatArray:
+    """SelectH: each member flags the rows beyond its tail's start (its top `TAIL_SHARE` of
+    training rows); rows flagged by a majority of members are the pseudo-outliers; members
+    are taken in order of their average precision on those and kept while they raise the
+    combination's."""
+    flags = split.train > -np.log(TAIL_SHARE)
+    votes = flags.sum(axis=0)
+    pseudo = votes > len(flags) / 2
+    if not pseudo.any() or pseudo.all():
+        pseudo = votes >= max(1, votes.max())
+    if pseudo.all():
+        return np.asarray(split.test.mean(axis=0))
+    quality = partial(_average_precision, pseudo)
+    order = np.argsort([-quality(row) for row in split.train])
+    return np.asarray(split.test[_greedy(split.train, quality, order)].mean(axis=0))
+
+
+def _average_precision(labels: np.ndarray, scores: FloatArray) -> float:
+    return float(average_precision_score(labels, scores))
+
+
+# Consensus on the training rows, by other means than ADR 0022's factor
+
+
+def _hits_member(split: Split) -> FloatArray:
+    """HITS (as in Ma et al. 2023): rows and members reinforce each other (a row is anomalous
+    if good members rank it high, a member good if it ranks anomalous rows high); the member
+    of the largest authority, on rank-normalised training scores."""
+    ranks = np.vstack([rankdata(r) / r.size for r in split.raw_train]).T
+    authority = np.ones(ranks.shape[1])
+    for _ in range(100):
+        hubs = ranks @ authority
+        authority = ranks.T @ (hubs / np.linalg.norm(hubs))
+        authority /= np.linalg.norm(authority)
+    return np.asarray(split.test[int(np.argmax(authority))])
+
+
+def _consensus_max(split: Split) -> FloatArray:
+    """Weights from each member's Spearman correlation with the mean rank of the others
+    (clipped at 0, over the largest), weighted maximum (ADR 0022 compared it as weights)."""
+    ranks = np.vstack([rankdata(r) for r in split.raw_train])
+    agreement = np.array(
+        [
+            np.corrcoef(ranks[i], np.delete(ranks, i, axis=0).mean(axis=0))[0, 1]
+            for i in range(len(ranks))
+        ]
+    )
+    weights = np.clip(agreement, 0.0, None) / max(float(agreement.max()), 1e-12)
+    return np.asarray((weights[:, None] * split.test).max(axis=0))
+
+
+def _lscp_factor(split: Split) -> FloatArray:
+    """LSCP with the default combination (`factor_max` on the training rows) as the pseudo
+    ground truth."""
+    pseudo = _weighted_max(split.raw_train, split.train)
+    correlations = _local_correlations(_local_regions(split), pseudo, split.train)
+    chosen = np.argmax(correlations, axis=1)
+    return np.asarray(split.test[chosen, np.arange(split.test.shape[1])])
+
+
+def _grouped_factor_max(split: Split) -> FloatArray:
+    """ADR 0022's factor weights with the pair of members whose errors are most dependent
+    merged first (after Jaffe et al., "Unsupervised ensemble learning with dependent
+    classifiers", AISTATS 2016): the pair with the largest residual correlation under the
+    one-factor model becomes one member (its mean rank), the factor is fitted to the rest and
+    the pair, and both members of the pair take the pair's weight."""
+    ranks = np.vstack([rankdata(r) for r in split.raw_train])
+    correlations = np.corrcoef(ranks)
+    loadings = _one_factor(correlations)
+    residual = correlations - np.outer(loadings, loadings)
+    np.fill_diagonal(residual, -np.inf)
+    i, j = np.unravel_index(int(np.argmax(residual)), residual.shape)
+    others = [k for k in range(len(ranks)) if k not in (i, j)]
+    merged = np.vstack([ranks[others], ranks[[i, j]].mean(axis=0)])
+    weights = agreement_weights(merged)
+    full = np.empty(len(ranks))
+    full[others], full[[i, j]] = weights[:-1], weights[-1]
+    return np.asarray((full[:, None] * split.test).max(axis=0))
+
+
+def _pseudo_label_member(split: Split) -> FloatArray:
+    """The member that best ranks pseudo-labels it had no part in: for each member, the rows
+    in the top `TAIL_SHARE` of the other members' mean surprise are its pseudo-outliers, and
+    the member of the highest ROC-AUC on them is chosen."""
+    count = len(split.train)
+    aucs = []
+    for i in range(count):
+        others = np.delete(split.train, i, axis=0).mean(axis=0)
+        pseudo = others >= np.quantile(others, 1.0 - TAIL_SHARE)
+        aucs.append(
+            roc_auc_score(pseudo, split.train[i]) if 0 < pseudo.sum() < pseudo.size else 0.5
+        )
+    return np.asarray(split.test[int(np.argmax(aucs))])
+
+
 RULES: dict[str, Rule] = {
     "factor_max": _factor_max,
     "equal_max": lambda s: np.asarray(s.test.max(axis=0)),
     "equal_mean": lambda s: np.asarray(s.test.mean(axis=0)),
     "central_member": _central_member,
     "central_candidate": _central_candidate,
+    "lscp_max": _lscp(lambda t: t.max(axis=0)),
+    "lscp_mean": _lscp(lambda t: t.mean(axis=0)),
+    "lscp_max_z": _lscp(lambda t: t.max(axis=0), zscores=True),
+    "lscp_pyod": _lscp_pyod,
+    "select_v": _select_vertical,
+    "select_h": _select_horizontal,
+    "hits_member": _hits_member,
+    "consensus_max": _consensus_max,
+    "pseudo_label_member": _pseudo_label_member,
+    "lscp_factor": _lscp_factor,
+    "grouped_factor_max": _grouped_factor_max,
 }
 
 
@@ -235,23 +551,35 @@ VOLUME_RULES: dict[str, Rule] = {"excess_mass": _by_volume(0), "mass_volume": _b
 
 
 def _print(table: dict[str, FloatArray], rules: list[str]) -> None:
+    """Per set the members' ROC-AUC; then per rule its ROC-AUC on each set, its mean, its gap
+    to each set's best member (mean and worst) and on how many sets it is within `NEAR` of the
+    best member or above it."""
     members = len(SHORT)
-    print(f"{'set':<13}" + "".join(f"{s:>7}" for s in SHORT) + "".join(f"{r:>19}" for r in rules))
-    for name, aucs in table.items():
-        best = aucs[:members].max()
-        cells = "".join(f"{a:>11.4f} ({a - best:+.3f})" for a in aucs[members:])
-        print(f"{name:<13}" + "".join(f"{a:>7.4f}" for a in aucs[:members]) + cells)
-    matrix = np.array(list(table.values()))
-    gaps = matrix[:, members:] - matrix[:, :members].max(axis=1, keepdims=True)
-    means = matrix.mean(axis=0)
+    sets = list(table)
+    matrix = np.array([table[s] for s in sets])
+    best = matrix[:, :members].max(axis=1)
+    print(f"{'member':<19}" + "".join(f"{s[:9]:>10}" for s in sets) + f"{'mean':>8}")
+    for i, short in enumerate(SHORT):
+        print(
+            f"{short:<19}"
+            + "".join(f"{a:>10.4f}" for a in matrix[:, i])
+            + f"{matrix[:, i].mean():>8.4f}"
+        )
+    print(f"{'best (oracle)':<19}" + "".join(f"{a:>10.4f}" for a in best) + f"{best.mean():>8.4f}")
     print(
-        f"{'mean':<13}"
-        + "".join(f"{a:>7.4f}" for a in means[:members])
-        + "".join(f"{a:>19.4f}" for a in means[members:])
+        f"\n{'rule':<19}"
+        + "".join(f"{s[:9]:>10}" for s in sets)
+        + f"{'mean':>8}{'gap':>8}{'worst':>8}  near"
     )
-    for label, values in (("mean gap", gaps.mean(axis=0)), ("worst gap", gaps.min(axis=0))):
-        print(f"{label:<13}" + " " * 7 * members + "".join(f"{g:>+19.4f}" for g in values))
-    print(f"{'best member':<13}{matrix[:, :members].max(axis=1).mean():>7.4f} (mean per set)")
+    for j, rule in enumerate(rules):
+        aucs = matrix[:, members + j]
+        gaps = aucs - best
+        near = int((gaps >= -NEAR).sum())
+        print(
+            f"{rule:<19}"
+            + "".join(f"{a:>10.4f}" for a in aucs)
+            + f"{aucs.mean():>8.4f}{gaps.mean():>+8.4f}{gaps.min():>+8.4f}  {near}/{len(sets)}"
+        )
 
 
 if __name__ == "__main__":
