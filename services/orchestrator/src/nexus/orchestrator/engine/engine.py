@@ -279,7 +279,7 @@ class Engine:
         return run
 
     async def watch(self, run_id: str) -> AsyncIterator[RunRecord]:
-        async for run in self.runs.watch(run_id):
+        async for run in self.runs.watch(run_id, here=self._replicas.id):
             yield run
 
     # Advancing.
@@ -291,7 +291,10 @@ class Engine:
         except NotFound:
             return
         if run.done or (run.tick != tick and run.driver != tick):
-            return  # stale: the run moved on (its current advance is in the queue or timed)
+            # Stale: the run moved on (its current advance is in the queue or timed). A drive
+            # whose replica died may have left the run's view behind: published again.
+            await self.runs.publish_view(run.run_id)
+            return
         due: list[RunRecord] = []
         try:
             await self._drive(run, tick, due, "")
@@ -338,6 +341,8 @@ class Engine:
                 await self._advance(run)
         finally:
             _DRIVEN.reset(token)
+            with contextlib.suppress(NexusError):  # else the next reader of the run does it
+                await self.runs.publish_view(run.run_id)  # the drive's last write, to every replica
 
     async def _advance(self, run: RunRecord) -> None:
         now = s.now()
@@ -606,9 +611,7 @@ class Engine:
             return replace(current, tick=current.tick + 1, wake_at=s.now() + self._redrive_s)
 
         with contextlib.suppress(NotFound):
-            woken = await self.runs.update(run.run_id, change)
-            if woken.tick != run.tick and not woken.done:
-                await self._publish(woken)
+            await self._bump(run.run_id, change)
 
     async def _fan_out(self, run: RunRecord, step: Step, definition: Definition) -> None:
         """A `parallel`, `map` or `workflow` step: starts its child runs (no more than its
@@ -780,7 +783,7 @@ class Engine:
                 applied.append((current, new))
             return new
 
-        await self.runs.update(run.run_id, fenced)
+        await self.runs.update(run.run_id, fenced, quiet=driven is not None)
         if not applied:
             return None
         before, written = applied[-1]
@@ -845,6 +848,7 @@ class Engine:
     # Timers.
 
     async def _wake_due(self) -> None:
+        await self.runs.follow_writes(self._replicas.older_alive())
         await self._hints.refresh()
         now = s.now()
         for run in self.runs.live():  # one pass over the mirror: due, or its driver stopped
@@ -860,16 +864,16 @@ class Engine:
         """Hands a run whose driving replica stopped beating to the queue."""
 
         def change(current: RunRecord) -> RunRecord | None:
-            if current.done or current.tick != run.tick or current.driven_by != run.driven_by:
+            # Not fenced by the tick: the mirror may show a view of the run some steps behind
+            # (ADR 0056); the stopped replica's own next write is fenced by the new tick.
+            if current.done or current.driven_by != run.driven_by:
                 return None
             return replace(
                 current, tick=current.tick + 1, driven_by="", wake_at=now + self._redrive_s
             )
 
-        taken = await self.runs.update(run.run_id, change)
-        if taken.tick != run.tick and not taken.done:
+        if await self._bump(run.run_id, change):
             log.info("run %s: its replica %s stopped; taken over", run.run_id, run.driven_by)
-            await self._publish(taken)
 
     async def _wake(self, run: RunRecord, now: float) -> None:
         def change(current: RunRecord) -> RunRecord | None:
@@ -879,9 +883,24 @@ class Engine:
                 return None
             return replace(current, tick=current.tick + 1, wake_at=now + self._redrive_s)
 
-        woken = await self.runs.update(run.run_id, change)
-        if woken.tick != run.tick and not woken.done:
-            await self._publish(woken)
+        await self._bump(run.run_id, change)
+
+    async def _bump(self, run_id: str, change: Callable[[RunRecord], RunRecord | None]) -> bool:
+        """Applies `change` (a new tick) and publishes the run's advance when it was applied.
+        Whether it was: the mirror that `change` was made from may show a view of the run some
+        steps behind (ADR 0056), and then the run read back is not one to advance from here."""
+        made: list[bool] = []
+
+        def tracked(current: RunRecord) -> RunRecord | None:
+            new = change(current)
+            made[:] = [new is not None]  # only the last (written) attempt counts
+            return new
+
+        bumped = await self.runs.update(run_id, tracked)
+        if made and made[0] and not bumped.done:
+            await self._publish(bumped)
+            return True
+        return False
 
 
 _KINDS: dict[str, Callable[[Engine, RunRecord, Step, Definition], Any]] = {
