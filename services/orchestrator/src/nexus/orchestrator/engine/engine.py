@@ -400,7 +400,7 @@ class Engine:
                 return s.open_attempt(began, began.current, now, lease)
 
             if open_first:
-                opened = await self._write(run, opening)
+                opened = await self._write(run, opening, seen_at_once=True)
                 if opened is None:
                     return
                 run = opened
@@ -752,10 +752,16 @@ class Engine:
         await self._write(run, change)
 
     async def _write(
-        self, run: RunRecord, change: Callable[[RunRecord], RunRecord | None]
+        self,
+        run: RunRecord,
+        change: Callable[[RunRecord], RunRecord | None],
+        *,
+        seen_at_once: bool = False,
     ) -> RunRecord | None:
         """Applies `change` when the run is still at `run`'s tick; publishes the advance that
-        follows. None when another replica (or a cancel) moved the run on first."""
+        follows. None when another replica (or a cancel) moved the run on first. A write of a
+        drive goes to the run's view at most every `view_every_s` (ADR 0056), unless
+        `seen_at_once` (what the run will stay at for a while, such as a call in flight)."""
         applied: list[tuple[RunRecord, RunRecord]] = []
 
         driven = _DRIVEN.get()
@@ -783,7 +789,7 @@ class Engine:
                 applied.append((current, new))
             return new
 
-        await self.runs.update(run.run_id, fenced, quiet=driven is not None)
+        await self.runs.update(run.run_id, fenced, quiet=driven is not None and not seen_at_once)
         if not applied:
             return None
         before, written = applied[-1]

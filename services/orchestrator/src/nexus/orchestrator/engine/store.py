@@ -177,7 +177,10 @@ class RunStore:
             await self._views.create(record.run_id, _view(0, self._codec.encode(record)))
             fresh = True
             self._viewed_at[record.run_id] = time.monotonic()
-        return await self.update(record.run_id, _as_stored, missing=record, quiet=fresh)
+        stored = await self.update(record.run_id, _as_stored, missing=record, quiet=fresh)
+        if fresh and stored.created != record.created:  # it was there, with no view
+            await self.publish_view(record.run_id)
+        return stored
 
     async def get(self, run_id: str) -> RunRecord:
         """The run as stored now.
