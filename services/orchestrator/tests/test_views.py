@@ -147,43 +147,76 @@ async def _state(stub: Any, metadata: Metadata, run_id: str, state: int) -> bool
     return bool(run.state == state)
 
 
+@contextlib.asynccontextmanager
+async def beating(nats_client: Client, beat: str) -> AsyncIterator[str]:
+    """Beats as a replica that is not there (`beat`: what follows the time), until the block
+    ends; then its key is deleted, as a graceful stop does."""
+    beats = await nats_client.jetstream().key_value(REPLICAS_BUCKET)
+    replica_id = uuid.uuid4().hex
+
+    async def beat_on() -> None:
+        while True:
+            await beats.put(replica_id, f"{time.time():.3f}{beat}".encode())
+            await asyncio.sleep(0.2)
+
+    task = asyncio.create_task(beat_on())
+    try:
+        await asyncio.sleep(0.5)  # two of its beats seen
+        yield replica_id
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await beats.delete(replica_id)
+
+
+async def _written_without_view(nats_client: Client, workflow: str, driven_by: str) -> str:
+    """A run stored as a replica leaves it that wrote no view of it, its advance not published."""
+    now = time.time()
+    record = RunRecord(
+        run_id=uuid.uuid4().hex,
+        workflow=workflow,
+        version=1,
+        inputs={},
+        created=now,
+        updated=now,
+        pending=("s0", "s1"),
+        tick=1,
+        wake_at=now + 60,
+        driven_by=driven_by,
+    )
+    runs = await nats_client.jetstream().key_value(BUCKET)
+    await runs.create(record.run_id, record.encode())
+    return record.run_id
+
+
 async def test_while_an_older_replica_beats_the_runs_it_writes_are_followed_and_woken(
     start_service: StartService, nexus_settings: NexusSettings, nats_client: Client
 ) -> None:
     key, _, host = await _one_second_ack_wait(start_service, nexus_settings)
-    beats = await nats_client.jetstream().key_value(REPLICAS_BUCKET)
-    older = f"older{uuid.uuid4().hex[:8]}"
+    async with replica(host, key) as (stub, metadata):
+        await stub.RegisterWorkflow(
+            pb.RegisterWorkflowRequest(definition=_published("olders", 2)), metadata=metadata
+        )
+        async with beating(nats_client, "") as older:
+            run_id = await _written_without_view(nats_client, "olders", older)
+            await eventually(lambda: _listed_ids(stub, metadata, "olders", [run_id]))
+        # Its beats stop: the run it drove is taken over.
+        await eventually(lambda: _state(stub, metadata, run_id, pb.RUN_STATE_SUCCEEDED))
 
-    async def beat_as_an_older_version() -> None:  # the time alone, no views mark
-        while True:
-            await beats.put(older, f"{time.time():.3f}".encode())
-            await asyncio.sleep(0.2)
 
-    beating = asyncio.create_task(beat_as_an_older_version())
-    try:
-        async with replica(host, key) as (stub, metadata):
-            await stub.RegisterWorkflow(
-                pb.RegisterWorkflowRequest(definition=_published("olders", 2)), metadata=metadata
-            )
-            await asyncio.sleep(0.5)  # two of its beats seen
-            now = time.time()
-            run_id = uuid.uuid4().hex
-            record = RunRecord(  # as an older replica leaves a run whose advance it lost
-                run_id=run_id,
-                workflow="olders",
-                version=1,
-                inputs={},
-                created=now,
-                updated=now,
-                pending=("s0", "s1"),
-                tick=1,
-                wake_at=now,
-            )
-            runs = await nats_client.jetstream().key_value(BUCKET)
-            await runs.create(run_id, record.encode())
-            await eventually(lambda: _state(stub, metadata, run_id, pb.RUN_STATE_SUCCEEDED))
-    finally:
-        beating.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beating
-        await beats.delete(older)
+async def _listed_ids(stub: Any, metadata: Metadata, workflow: str, ids: list[str]) -> bool:
+    return [run.run_id for run in await _listed(stub, metadata, workflow)] == ids
+
+
+async def test_a_run_whose_replica_stopped_before_publishing_its_view_is_taken_over(
+    start_service: StartService, nexus_settings: NexusSettings, nats_client: Client
+) -> None:
+    key, _, host = await _one_second_ack_wait(start_service, nexus_settings)
+    async with replica(host, key) as (stub, metadata):
+        await stub.RegisterWorkflow(
+            pb.RegisterWorkflowRequest(definition=_published("orphans", 2)), metadata=metadata
+        )
+        async with beating(nats_client, " views") as dying:
+            run_id = await _written_without_view(nats_client, "orphans", dying)
+        await eventually(lambda: _state(stub, metadata, run_id, pb.RUN_STATE_SUCCEEDED))

@@ -204,7 +204,7 @@ class Engine:
             trigger_detail=trigger[1],
             driven_by=self._replicas.id,
         )
-        stored_run = await self.runs.create(run)
+        stored_run = await self.runs.create(run, driven_here=True)
         made = stored_run.created == run.created and stored_run.trigger_detail == run.trigger_detail
         if made:
             metrics.started(stored_run)
@@ -855,6 +855,8 @@ class Engine:
 
     async def _wake_due(self) -> None:
         await self.runs.follow_writes(self._replicas.older_alive())
+        if self._replicas.newly_silent():  # the runs it created and had not published yet
+            await self.runs.catch_up()
         await self._hints.refresh()
         now = s.now()
         for run in self.runs.live():  # one pass over the mirror: due, or its driver stopped

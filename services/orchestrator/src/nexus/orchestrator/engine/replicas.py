@@ -57,6 +57,7 @@ class Replicas:
         self._seen: dict[str, float] = {}  # replica id -> when its last beat was (monotonic)
         self._beating_since = float("inf")  # since when this replica's own beats succeed
         self._older: set[str] = set()  # replicas whose beats carry no VIEWS_MARK
+        self._silent: set[str] = set()  # as of the last `newly_silent`
 
     async def start(self) -> None:
         """Opens the bucket, writes the first beat, follows the others'.
@@ -97,6 +98,13 @@ class Replicas:
         if replica == self.id or now - self._beating_since < self._silence_s:
             return True
         return now - self._seen.setdefault(replica, now) < self._silence_s
+
+    def newly_silent(self) -> bool:
+        """Whether a replica went silent, or stopped, since the last call."""
+        silent = {replica for replica in self._seen if not self.alive(replica)}
+        new = bool(silent - self._silent)
+        self._silent = silent
+        return new
 
     def older_alive(self) -> bool:
         """Whether a replica of a version that publishes no views beat within the silence

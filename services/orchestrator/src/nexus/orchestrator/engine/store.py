@@ -4,14 +4,17 @@
 Every change is a compare-and-set (`nexus.common.kv.update_entry`): a replica advancing a run,
 a cancel and a signal never overwrite each other. No replica follows the runs' bucket, which
 takes a write at every step of every run: each follows the views (ADR 0056). A run's view is
-its record as of a recent write, with that write's revision. A write outside a drive (a start,
-cancel, signal, wake, take-over) is published as the view at once; the writes of a drive (the
-steps that a replica takes one after another) are published at most every `view_every_s` (0.1 s),
-and the drive's last one at its end (the run then waits, ends or goes to the queue). A
-replica's own writes are in its mirror at once, so its timers and watches see the runs it
-drives exactly; a watch of a run driven elsewhere reads that run's writes from the runs'
-bucket while it lasts. Views only ever move a run forward (by revision), and a view behind its
-run is published again by whichever replica next reads the run (its lease, a take-over).
+its record as of a recent write, with that write's revision. A write outside a drive (a cancel,
+signal, wake, take-over, a child run's start) is published as the view at once; the writes of
+a drive (the steps that a replica takes one after another, from the start of a run it drives
+itself) at most every `view_every_s` (0.1 s), a call in flight at once, and the drive's last
+one at its end (the run then waits, ends or goes to the queue). A replica's own writes are in
+its mirror at once, so its timers and watches see the runs it drives exactly; a watch of a run
+driven elsewhere reads that run's writes from the runs' bucket while it lasts. Views only ever
+move a run forward (by revision). A view behind its run is published again by whichever
+replica next reads the run (its lease, a take-over), and every replica reads all runs once at
+start and when another replica goes silent (`catch_up`): the runs that one created and had
+not published yet.
 
 A run's record is rewritten at each step, so it must not grow with the run: once `SEAL_STEPS`
 finished executions lead its history, they are stored as one chunk in KV
@@ -26,11 +29,10 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from contextlib import suppress
 
 from nats.aio.client import Client
 from nats.js import api
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from nexus.common.errors import NotFound
@@ -116,7 +118,7 @@ class RunStore:
             self._kv = await open_key_value(js, _CONFIG)
             self._views = await open_key_value(js, _VIEWS_CONFIG)
         await self._follower.start()
-        await self._catch_up_views()
+        await self.catch_up()
 
     async def stop(self) -> None:
         """Stops following; open watches end."""
@@ -138,7 +140,7 @@ class RunStore:
         if self._writes is not None:
             await self._writes.stop()
             self._writes = None
-            await self._catch_up_views()
+            await self.catch_up()
             return
 
         async def written(entry: KvEntry) -> None:
@@ -149,9 +151,14 @@ class RunStore:
         await writes.start()
         self._writes = writes
 
-    async def _catch_up_views(self) -> None:
+    async def catch_up(self) -> None:
         """Reads every run once and publishes the views that are behind: runs that a version
-        without views wrote (an upgrade), or whose replica died before it published them."""
+        without views wrote (an upgrade), or whose replica died before it published them (at
+        start, and when a replica goes silent).
+
+        Raises:
+            Unavailable: NATS does not answer.
+        """
 
         async def seen(entry: KvEntry) -> None:
             if not entry.removed and entry.value and entry.revision > self._viewed_rev(entry.key):
@@ -162,23 +169,18 @@ class RunStore:
         await runs.start()
         await runs.stop()
 
-    async def create(self, record: RunRecord) -> RunRecord:
-        """Stores a new run (a run of that id already stored is returned as it is). Its view
-        is created first: a replica that dies before it publishes another leaves the run
-        seen by the others, who take it over.
+    async def create(self, record: RunRecord, *, driven_here: bool = False) -> RunRecord:
+        """Stores a new run (a run of that id already stored is returned as it is). A run
+        `driven_here` is published by its drive, as any drive's writes: if this replica dies
+        first, the others publish it once they find it silent (`catch_up`), then take it over.
 
         Raises:
             Unavailable: NATS does not answer.
         """
-        assert self._views is not None, "start() first"
-        fresh = True
-        with nats_unavailable("create a run"), suppress(KeyWrongLastSequenceError):
-            fresh = False  # a view of that run exists: that run exists, or is being created
-            await self._views.create(record.run_id, _view(0, self._codec.encode(record)))
-            fresh = True
+        if driven_here:
             self._viewed_at[record.run_id] = time.monotonic()
-        stored = await self.update(record.run_id, _as_stored, missing=record, quiet=fresh)
-        if fresh and stored.created != record.created:  # it was there, with no view
+        stored = await self.update(record.run_id, _as_stored, missing=record, quiet=driven_here)
+        if stored.created != record.created:  # it was there: its view, if it has none
             await self.publish_view(record.run_id)
         return stored
 
