@@ -299,6 +299,7 @@ class Engine:
         try:
             await self._drive(run, tick, due, "")
         finally:
+            await self._drive_ended(run.run_id)
             if due:  # handed back to the queue
                 await self._publish(due[-1])
 
@@ -321,6 +322,12 @@ class Engine:
             log.exception("run %s: driving it here failed; handing it to the queue", run.run_id)
             with contextlib.suppress(NexusError):
                 await self._publish((due or [run])[-1])
+        await self._drive_ended(run.run_id)  # out of the slot: another run goes on meanwhile
+
+    async def _drive_ended(self, run_id: str) -> None:
+        """Publishes the view of the drive's last write to every replica (ADR 0056)."""
+        with contextlib.suppress(NexusError):  # else the next reader of the run does it
+            await self.runs.publish_view(run_id)
 
     async def _drive(self, run: RunRecord, tick: int, due: list[RunRecord], here: str) -> None:
         """Advances the run, then goes on in place while its next advance is due at once, up to
@@ -341,8 +348,6 @@ class Engine:
                 await self._advance(run)
         finally:
             _DRIVEN.reset(token)
-            with contextlib.suppress(NexusError):  # else the next reader of the run does it
-                await self.runs.publish_view(run.run_id)  # the drive's last write, to every replica
 
     async def _advance(self, run: RunRecord) -> None:
         now = s.now()
