@@ -16,7 +16,8 @@ Nexus: embedded NATS and the orchestrator as separate processes, as `nexus up` r
 a trivial step is a `publish` step (a durable effect: the attempt is recorded, a JetStream publish
 made, the result recorded). `nexus2` is the same with a second orchestrator replica on the same
 NATS; the client spreads the runs over the replicas (run i started, watched and read through
-replica i mod n), as a balancer in front of them would. Beside each Nexus workload's wall figures:
+replica i mod n), as a balancer in front of them would (what the second replica costs, and why:
+docs/adr/0052, 0053 and 0056). Beside each Nexus workload's wall figures:
 the CPU milliseconds per step of nats-server, each replica and the client (from /proc; on a
 shared machine the figure that varies least) and the load average. The event is a JetStream
 message on `nexus.bench.orchestrator.event` that a workflow's event trigger turns into a run; its

@@ -28,7 +28,7 @@ async def create(settings: OrchestratorSettings, common: NexusSettings) -> Servi
     await store_service_key(host.keys, settings.service_key.get_secret_value())
     streams = EventStreams(host.nc, own=frozenset({STREAM.name}))
     workflows = await host.manage(WorkflowStore(host.nc, check=streams.check))
-    runs = await host.manage(RunStore(host.nc))
+    runs = await host.manage(RunStore(host.nc, settings.view_every_s))
     caller = Caller(settings.backends, settings.service_key.get_secret_value())
     engine = await host.manage(Engine(host.bus, runs, workflows, caller, settings, host.keys))
     triggers = Triggers(host.nc, host.bus, workflows, engine, host.keys, streams, settings)

@@ -31,6 +31,11 @@ class OrchestratorSettings(ServiceSettings):
     it back to the queue (1: every step goes through the queue, which spreads the steps of one
     run over the replicas but costs a publish, a delivery and a read each)."""
 
+    view_every_s: float = Field(default=0.1, gt=0, le=60)
+    """How often at most a replica publishes the view of a run it is driving step after step
+    (every replica follows the views, not each step's write; the drive's end is published at
+    once): how far behind the others' lists may show such a run (ADR 0056)."""
+
     trigger_concurrency: int = Field(default=32, gt=0, le=1000)
     """Events of one event trigger that one replica handles at once."""
 

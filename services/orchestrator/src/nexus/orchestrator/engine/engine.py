@@ -204,7 +204,7 @@ class Engine:
             trigger_detail=trigger[1],
             driven_by=self._replicas.id,
         )
-        stored_run = await self.runs.create(run)
+        stored_run = await self.runs.create(run, driven_here=True)
         made = stored_run.created == run.created and stored_run.trigger_detail == run.trigger_detail
         if made:
             metrics.started(stored_run)
@@ -279,7 +279,7 @@ class Engine:
         return run
 
     async def watch(self, run_id: str) -> AsyncIterator[RunRecord]:
-        async for run in self.runs.watch(run_id):
+        async for run in self.runs.watch(run_id, here=self._replicas.id):
             yield run
 
     # Advancing.
@@ -291,11 +291,15 @@ class Engine:
         except NotFound:
             return
         if run.done or (run.tick != tick and run.driver != tick):
-            return  # stale: the run moved on (its current advance is in the queue or timed)
+            # Stale: the run moved on (its current advance is in the queue or timed). A drive
+            # whose replica died may have left the run's view behind: published again.
+            await self.runs.publish_view(run.run_id)
+            return
         due: list[RunRecord] = []
         try:
             await self._drive(run, tick, due, "")
         finally:
+            await self._drive_ended(run.run_id)
             if due:  # handed back to the queue
                 await self._publish(due[-1])
 
@@ -318,6 +322,12 @@ class Engine:
             log.exception("run %s: driving it here failed; handing it to the queue", run.run_id)
             with contextlib.suppress(NexusError):
                 await self._publish((due or [run])[-1])
+        await self._drive_ended(run.run_id)  # out of the slot: another run goes on meanwhile
+
+    async def _drive_ended(self, run_id: str) -> None:
+        """Publishes the view of the drive's last write to every replica (ADR 0056)."""
+        with contextlib.suppress(NexusError):  # else the next reader of the run does it
+            await self.runs.publish_view(run_id)
 
     async def _drive(self, run: RunRecord, tick: int, due: list[RunRecord], here: str) -> None:
         """Advances the run, then goes on in place while its next advance is due at once, up to
@@ -395,7 +405,7 @@ class Engine:
                 return s.open_attempt(began, began.current, now, lease)
 
             if open_first:
-                opened = await self._write(run, opening)
+                opened = await self._write(run, opening, seen_at_once=True)
                 if opened is None:
                     return
                 run = opened
@@ -606,9 +616,7 @@ class Engine:
             return replace(current, tick=current.tick + 1, wake_at=s.now() + self._redrive_s)
 
         with contextlib.suppress(NotFound):
-            woken = await self.runs.update(run.run_id, change)
-            if woken.tick != run.tick and not woken.done:
-                await self._publish(woken)
+            await self._bump(run.run_id, change)
 
     async def _fan_out(self, run: RunRecord, step: Step, definition: Definition) -> None:
         """A `parallel`, `map` or `workflow` step: starts its child runs (no more than its
@@ -749,10 +757,16 @@ class Engine:
         await self._write(run, change)
 
     async def _write(
-        self, run: RunRecord, change: Callable[[RunRecord], RunRecord | None]
+        self,
+        run: RunRecord,
+        change: Callable[[RunRecord], RunRecord | None],
+        *,
+        seen_at_once: bool = False,
     ) -> RunRecord | None:
         """Applies `change` when the run is still at `run`'s tick; publishes the advance that
-        follows. None when another replica (or a cancel) moved the run on first."""
+        follows. None when another replica (or a cancel) moved the run on first. A write of a
+        drive goes to the run's view at most every `view_every_s` (ADR 0056), unless
+        `seen_at_once` (what the run will stay at for a while, such as a call in flight)."""
         applied: list[tuple[RunRecord, RunRecord]] = []
 
         driven = _DRIVEN.get()
@@ -780,7 +794,7 @@ class Engine:
                 applied.append((current, new))
             return new
 
-        await self.runs.update(run.run_id, fenced)
+        await self.runs.update(run.run_id, fenced, quiet=driven is not None and not seen_at_once)
         if not applied:
             return None
         before, written = applied[-1]
@@ -845,6 +859,9 @@ class Engine:
     # Timers.
 
     async def _wake_due(self) -> None:
+        await self.runs.follow_writes(self._replicas.older_alive())
+        if self._replicas.newly_silent():  # the runs it created and had not published yet
+            await self.runs.catch_up()
         await self._hints.refresh()
         now = s.now()
         for run in self.runs.live():  # one pass over the mirror: due, or its driver stopped
@@ -860,16 +877,16 @@ class Engine:
         """Hands a run whose driving replica stopped beating to the queue."""
 
         def change(current: RunRecord) -> RunRecord | None:
-            if current.done or current.tick != run.tick or current.driven_by != run.driven_by:
+            # Not fenced by the tick: the mirror may show a view of the run some steps behind
+            # (ADR 0056); the stopped replica's own next write is fenced by the new tick.
+            if current.done or current.driven_by != run.driven_by:
                 return None
             return replace(
                 current, tick=current.tick + 1, driven_by="", wake_at=now + self._redrive_s
             )
 
-        taken = await self.runs.update(run.run_id, change)
-        if taken.tick != run.tick and not taken.done:
+        if await self._bump(run.run_id, change):
             log.info("run %s: its replica %s stopped; taken over", run.run_id, run.driven_by)
-            await self._publish(taken)
 
     async def _wake(self, run: RunRecord, now: float) -> None:
         def change(current: RunRecord) -> RunRecord | None:
@@ -879,9 +896,24 @@ class Engine:
                 return None
             return replace(current, tick=current.tick + 1, wake_at=now + self._redrive_s)
 
-        woken = await self.runs.update(run.run_id, change)
-        if woken.tick != run.tick and not woken.done:
-            await self._publish(woken)
+        await self._bump(run.run_id, change)
+
+    async def _bump(self, run_id: str, change: Callable[[RunRecord], RunRecord | None]) -> bool:
+        """Applies `change` (a new tick) and publishes the run's advance when it was applied.
+        Whether it was: the mirror that `change` was made from may show a view of the run some
+        steps behind (ADR 0056), and then the run read back is not one to advance from here."""
+        made: list[bool] = []
+
+        def tracked(current: RunRecord) -> RunRecord | None:
+            new = change(current)
+            made[:] = [new is not None]  # only the last (written) attempt counts
+            return new
+
+        bumped = await self.runs.update(run_id, tracked)
+        if made and made[0] and not bumped.done:
+            await self._publish(bumped)
+            return True
+        return False
 
 
 _KINDS: dict[str, Callable[[Engine, RunRecord, Step, Definition], Any]] = {

@@ -4,6 +4,10 @@ bucket. A run driven by the replica that started it (no advance on the queue, AD
 that replica (`driven_by`); when the replica's beats stop for an ack wait (a SIGKILL), or its key
 is deleted (a graceful stop), any replica takes the run over through the queue: as promptly as
 an advance whose replica died comes back from the queue.
+
+A beat is the time, then `VIEWS_MARK`: a replica of a version before ADR 0056 writes the time
+alone, and publishes no views of the runs it writes, so while one of those beats the others
+follow the runs' writes too (`older_alive`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ _CONFIG = api.KeyValueConfig(
 )
 
 
+VIEWS_MARK = "views"
+"""After the time in the beat of a replica that publishes the runs' views (ADR 0056)."""
+
+
 class Replicas:
     """This replica's beat, and the beats of the others.
 
@@ -48,6 +56,8 @@ class Replicas:
         self._beat = Periodic("orchestrator-beat", silence_s / 3, self.beat)
         self._seen: dict[str, float] = {}  # replica id -> when its last beat was (monotonic)
         self._beating_since = float("inf")  # since when this replica's own beats succeed
+        self._older: set[str] = set()  # replicas whose beats carry no VIEWS_MARK
+        self._silent: set[str] = set()  # as of the last `newly_silent`
 
     async def start(self) -> None:
         """Opens the bucket, writes the first beat, follows the others'.
@@ -73,7 +83,7 @@ class Replicas:
         assert self._kv is not None, "start() first"
         try:
             with nats_unavailable("write the replica's beat"):
-                await self._kv.put(self.id, f"{time.time():.3f}".encode())
+                await self._kv.put(self.id, f"{time.time():.3f} {VIEWS_MARK}".encode())
         except Exception:
             self._beating_since = float("inf")
             raise
@@ -89,12 +99,31 @@ class Replicas:
             return True
         return now - self._seen.setdefault(replica, now) < self._silence_s
 
+    def newly_silent(self) -> bool:
+        """Whether a replica went silent, or stopped, since the last call."""
+        silent = {replica for replica in self._seen if not self.alive(replica)}
+        new = bool(silent - self._silent)
+        self._silent = silent
+        return new
+
+    def older_alive(self) -> bool:
+        """Whether a replica of a version that publishes no views beat within the silence
+        allowed."""
+        now = time.monotonic()
+        return any(now - self._seen.get(r, float("-inf")) < self._silence_s for r in self._older)
+
     async def _seen_entry(self, entry: KvEntry) -> None:
         if entry.removed:
             self._seen[entry.key] = float("-inf")
+            self._older.discard(entry.key)
             return
+        beat, _, mark = entry.value.decode(errors="replace").partition(" ")
+        if mark == VIEWS_MARK:
+            self._older.discard(entry.key)
+        else:
+            self._older.add(entry.key)
         now = time.monotonic()
         if entry.initial:  # a beat from before this replica started: as old as it says
             with contextlib.suppress(ValueError):
-                now -= max(0.0, time.time() - float(entry.value))
+                now -= max(0.0, time.time() - float(beat))
         self._seen[entry.key] = now
