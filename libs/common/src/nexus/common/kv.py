@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
@@ -300,6 +300,135 @@ class Versioned(Generic[R]):
     revision: int
 
 
+class Mirror(Generic[R]):
+    """Records by key as one process holds them in memory, each the one of the highest KV
+    revision put, with per-key change feeds (watches) and listeners. A stored value is decoded
+    when read, unless a watch of its key or a listener waits for it: a key written many times
+    between two reads (a run advanced step after step elsewhere) is decoded once.
+
+    Args:
+        decode: A stored value -> its record.
+    """
+
+    def __init__(self, decode: Callable[[bytes], R]) -> None:
+        self._decode = decode
+        self._records: dict[str, R] = {}
+        self._undecoded: dict[str, bytes] = {}  # key -> its latest value, decoded when read
+        self._revisions: dict[str, int] = {}
+        self._watchers: dict[str, set[asyncio.Queue[Versioned[R] | None]]] = {}
+        self._listeners: list[Callable[[R], None]] = []
+
+    def on_change(self, listener: Callable[[R], None]) -> None:
+        """Calls `listener` with every record put from now on (on the event loop)."""
+        self._listeners.append(listener)
+
+    def revision(self, key: str) -> int:
+        """The revision of the record held for `key` (0: none)."""
+        return self._revisions.get(key, 0)
+
+    def put(self, key: str, record: R, revision: int) -> None:
+        """Holds `record` unless one of `revision` or later is held; tells the key's watchers
+        and the listeners."""
+        if revision <= self.revision(key):
+            return
+        self._revisions[key] = revision
+        self._undecoded.pop(key, None)
+        self._records[key] = record
+        self._notify(key, Versioned(record, revision))
+        for listener in self._listeners:
+            listener(record)
+
+    def put_raw(self, key: str, raw: bytes, revision: int) -> None:
+        """`put` of a stored value, decoded when read (at once when it is waited for)."""
+        if revision <= self.revision(key):
+            return
+        if self._listeners or key in self._watchers:
+            self.put(key, self._decode(raw), revision)
+            return
+        self._revisions[key] = revision
+        self._records.pop(key, None)
+        self._undecoded[key] = raw
+
+    def remove(self, key: str) -> None:
+        """Drops the key's record; its watches end."""
+        self._revisions.pop(key, None)
+        self._records.pop(key, None)
+        self._undecoded.pop(key, None)
+        self._notify(key, None)
+
+    def peek(self, key: str) -> R | None:
+        """The record of `key` held now (None: none)."""
+        raw = self._undecoded.pop(key, None)
+        if raw is not None:
+            self._records[key] = self._decode(raw)
+        return self._records.get(key)
+
+    def records(self) -> list[R]:
+        """Every record held now (in no particular order)."""
+        for key, raw in self._undecoded.items():
+            self._records[key] = self._decode(raw)
+        self._undecoded.clear()
+        return list(self._records.values())
+
+    def close(self) -> None:
+        """Ends every watch."""
+        for key in list(self._watchers):
+            self._notify(key, None)
+
+    @contextmanager
+    def watching(self, key: str) -> Iterator[asyncio.Queue[Versioned[R] | None]]:
+        """A queue of every newer record of `key` put from now on; None once the record is
+        removed or the mirror closed."""
+        queue: asyncio.Queue[Versioned[R] | None] = asyncio.Queue()
+        self._watchers.setdefault(key, set()).add(queue)
+        try:
+            yield queue
+        finally:
+            queues = self._watchers.get(key, set())
+            queues.discard(queue)
+            if not queues:
+                self._watchers.pop(key, None)
+
+    def _notify(self, key: str, change: Versioned[R] | None) -> None:
+        for queue in self._watchers.get(key, ()):
+            queue.put_nowait(change)
+
+
+class LastWritten:
+    """The latest value and revision of each key that this process wrote or read, for the
+    `keep` keys used last: `update_entry(known=...)` tries it first, without a read, so a key
+    changed again and again by one process (a run advanced step after step) costs one round
+    trip a change.
+
+    Args:
+        keep: How many keys are remembered.
+        forgotten: Called with each key dropped to make room.
+    """
+
+    def __init__(self, keep: int = 4096, forgotten: Callable[[str], None] | None = None) -> None:
+        self._keep = keep
+        self._forgotten = forgotten
+        self._values: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
+
+    def get(self, key: str) -> tuple[bytes, int] | None:
+        return self._values.get(key)
+
+    def remember(self, key: str, raw: bytes | None, revision: int) -> None:
+        """Keeps `raw` as the key's value at `revision` unless a later one is kept; forgets
+        the key when there is no value (`raw` None or no revision)."""
+        if raw is None or not revision:
+            self._values.pop(key, None)
+            return
+        known = self._values.pop(key, None)
+        if known is not None and revision < known[1]:
+            raw, revision = known
+        self._values[key] = (raw, revision)
+        if len(self._values) > self._keep:
+            dropped, _ = self._values.popitem(last=False)
+            if self._forgotten is not None:
+                self._forgotten(dropped)
+
+
 class KvRecords(Generic[R]):
     """Records in a KV bucket, each changed only by compare-and-set, mirrored in memory by every
     replica: the mirror serves lists, per-key change feeds (watches) and listeners.
@@ -316,7 +445,6 @@ class KvRecords(Generic[R]):
     """
 
     _SYNC_TIMEOUT_S = 5.0
-    _KEEP_WRITTEN = 4096
 
     def __init__(
         self,
@@ -329,21 +457,17 @@ class KvRecords(Generic[R]):
     ) -> None:
         self._nc = nc
         self._gather_s = gather_s
-        self._written: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
+        self._written = LastWritten()
         self._config = config
         self._decode = decode
         self._keys = keys
         self._kv: KeyValue | None = None
         self._follower: KvFollower | None = None
-        self._mirror: dict[str, R] = {}
-        self._undecoded: dict[str, bytes] = {}  # key -> its latest value, decoded when read
-        self._revisions: dict[str, int] = {}  # gathering: key -> the revision mirrored
-        self._watchers: dict[str, set[asyncio.Queue[Versioned[R] | None]]] = {}
-        self._listeners: list[Callable[[R], None]] = []
+        self._mirror = Mirror(decode)
 
     def on_change(self, listener: Callable[[R], None]) -> None:
         """Calls `listener` with every record the mirror applies (on the event loop)."""
-        self._listeners.append(listener)
+        self._mirror.on_change(listener)
 
     async def start(self) -> None:
         """Opens the bucket and loads the mirror.
@@ -364,9 +488,7 @@ class KvRecords(Generic[R]):
         """Stops following; open change feeds end."""
         if self._follower is not None:
             await self._follower.stop()
-        for queues in self._watchers.values():
-            for queue in queues:
-                queue.put_nowait(None)
+        self._mirror.close()
 
     async def get(self, key: str, action: str) -> Versioned[R] | None:
         """The record stored now under `key` (None: none); `action` names it in errors.
@@ -394,23 +516,13 @@ class KvRecords(Generic[R]):
         assert self._kv is not None, "start() first"
         with nats_unavailable(action):
             raw, revision = await update_entry(self._kv, key, change, known=self._written.get(key))
-        self._remember_written(key, raw, revision)
+        self._written.remember(key, raw, revision)
         if raw is None:
             return None
         record = self._decode(raw)
-        if self._gather_s and revision > self._revisions.get(key, 0):
-            self._mirrored(key, record, revision)  # now, not when its follower brings it
+        if self._gather_s:
+            self._mirror.put(key, record, revision)  # now, not when its follower brings it
         return record
-
-    def _remember_written(self, key: str, raw: bytes | None, revision: int) -> None:
-        """The value last written or read back by an update: the next update of the key tries
-        it first, without a read (a record changed again and again by one replica, such as a
-        run advanced step after step, then costs one round trip a change)."""
-        self._written.pop(key, None)
-        if raw is not None and revision:
-            self._written[key] = (raw, revision)
-            if len(self._written) > self._KEEP_WRITTEN:
-                self._written.popitem(last=False)
 
     async def synced(self, action: str) -> list[R]:
         """Every record, as every replica wrote it so far."""
@@ -421,61 +533,19 @@ class KvRecords(Generic[R]):
 
     def peek(self, key: str) -> R | None:
         """The record of `key` as the mirror holds it now (None: none, or not yet)."""
-        raw = self._undecoded.pop(key, None)
-        if raw is not None:
-            self._mirror[key] = self._decode(raw)
-        return self._mirror.get(key)
+        return self._mirror.peek(key)
 
     def mirrored(self) -> list[R]:
         """What the mirror holds now (in no particular order)."""
-        for key, raw in self._undecoded.items():
-            self._mirror[key] = self._decode(raw)
-        self._undecoded.clear()
-        return list(self._mirror.values())
+        return self._mirror.records()
 
-    @contextmanager
-    def watching(self, key: str) -> Iterator[asyncio.Queue[Versioned[R] | None]]:
+    def watching(self, key: str) -> AbstractContextManager[asyncio.Queue[Versioned[R] | None]]:
         """A queue of every change of `key` the mirror applies from now on; None once the
         record is removed or the mirror stops."""
-        queue: asyncio.Queue[Versioned[R] | None] = asyncio.Queue()
-        self._watchers.setdefault(key, set()).add(queue)
-        try:
-            yield queue
-        finally:
-            queues = self._watchers.get(key, set())
-            queues.discard(queue)
-            if not queues:
-                self._watchers.pop(key, None)
+        return self._mirror.watching(key)
 
     async def _apply(self, entry: KvEntry) -> None:
-        if self._revisions and entry.revision <= self._revisions.get(entry.key, 0):
-            return  # applied already, from this process's own write
-        self._undecoded.pop(entry.key, None)
         if entry.removed or not entry.value:
-            self._revisions.pop(entry.key, None)
-            self._mirror.pop(entry.key, None)
-            self._notify(entry.key, None)
-            return
-        if self._gather_s:
-            self._revisions[entry.key] = entry.revision
-        if not self._listeners and entry.key not in self._watchers:
-            # Decoded when read: a record written many times between two reads of the mirror
-            # (a run advanced step after step by another replica) is decoded once.
-            self._mirror.pop(entry.key, None)
-            self._undecoded[entry.key] = entry.value
-            return
-        self._mirrored(entry.key, self._decode(entry.value), entry.revision)
-
-    def _mirrored(self, key: str, record: R, revision: int) -> None:
-        """Puts a decoded record in the mirror; tells the key's watchers and the listeners."""
-        self._undecoded.pop(key, None)
-        self._mirror[key] = record
-        if self._gather_s:
-            self._revisions[key] = revision
-        self._notify(key, Versioned(record, revision))
-        for listener in self._listeners:
-            listener(record)
-
-    def _notify(self, key: str, change: Versioned[R] | None) -> None:
-        for queue in self._watchers.get(key, ()):
-            queue.put_nowait(change)
+            self._mirror.remove(entry.key)
+        else:  # skipped when applied already, from this process's own write
+            self._mirror.put_raw(entry.key, entry.value, entry.revision)

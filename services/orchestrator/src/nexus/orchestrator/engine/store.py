@@ -37,8 +37,15 @@ from nats.js.kv import KeyValue
 
 from nexus.common.errors import NotFound
 from nexus.common.events import DAY_S, MIB
-from nexus.common.kv import KvEntry, KvFollower, nats_unavailable, open_key_value, update_entry
-from nexus.orchestrator.engine.mirror import RunMirror
+from nexus.common.kv import (
+    KvEntry,
+    KvFollower,
+    LastWritten,
+    Mirror,
+    nats_unavailable,
+    open_key_value,
+    update_entry,
+)
 from nexus.orchestrator.engine.records import (
     RunRecord,
     StepRecord,
@@ -95,13 +102,13 @@ class RunStore:
         self._nc = nc
         self._view_every_s = view_every_s
         self._codec = _Codec()
-        self._mirror = RunMirror(self._codec.decode)
+        self._mirror = Mirror(self._codec.decode)  # each run as views and own writes show it
         self._follower = KvFollower(nc, VIEWS_BUCKET, self._on_view, gather_s=MIRROR_GATHER_S)
         self._kv: KeyValue | None = None
         self._views: KeyValue | None = None
         self._chunks: KeyValue | None = None
         self._read: OrderedDict[str, tuple[StepRecord, ...]] = OrderedDict()
-        self._written: OrderedDict[str, tuple[bytes, int]] = OrderedDict()  # latest known
+        self._written = LastWritten(_KEEP_WRITTEN, forgotten=self._forget)  # latest known
         self._viewed: dict[str, int] = {}  # run -> the revision its view shows
         self._viewed_at: dict[str, float] = {}  # run -> when this replica last published it
         self._writes: KvFollower | None = None  # every run's writes, while an older replica runs
@@ -412,13 +419,10 @@ class RunStore:
     def _known(self, run_id: str, raw: bytes, revision: int) -> None:
         """The latest value of the run this replica wrote or read: the next update tries it
         first, without a read (a run advanced step after step costs one round trip a step)."""
-        if revision < self._written.get(run_id, (b"", -1))[1]:
-            return
-        self._written.pop(run_id, None)
-        self._written[run_id] = (raw, revision)
-        if len(self._written) > _KEEP_WRITTEN:
-            dropped, _ = self._written.popitem(last=False)
-            self._viewed_at.pop(dropped, None)
+        self._written.remember(run_id, raw, revision)
+
+    def _forget(self, run_id: str) -> None:
+        self._viewed_at.pop(run_id, None)
 
 
 class _Codec:
