@@ -181,10 +181,13 @@ async def test_anomalies_stream_as_server_sent_events(
             async for line in stream.aiter_lines():
                 if line.startswith("data:"):
                     anomaly = json.loads(line[5:])["anomaly"]
-                    break
+                    assert anomaly["source"] == source
+                    # A warm-up point may be flagged after the watch opened (the detector has
+                    # seen too few values then): read on until a spike's anomaly arrives.
+                    if anomaly["point_id"].startswith("spike-"):
+                        break
     finally:
         spiker.cancel()
-    assert anomaly["source"] == source
     assert anomaly["point_id"].startswith("spike-")
 
 

@@ -90,8 +90,9 @@ async def test_a_ten_thousand_series_fit_streams_progress_and_is_cancelled_midwa
 
 
 async def watch_and_cancel(client: Client, operation: str) -> list[ops_pb.Operation]:
-    """Every state of the operation until it is done, cancelling it after UPDATES_SEEN progress
-    updates of the fitting stage with series done."""
+    """Every state of the operation until it is done, cancelling it once UPDATES_SEEN counts
+    of series done were seen (a record may be written again with the same count, such as its
+    lease renewed while a slow machine fits)."""
     stream = client.operations.WatchOperation(
         ops_pb.WatchOperationRequest(name=operation), metadata=client.metadata
     )
@@ -99,7 +100,7 @@ async def watch_and_cancel(client: Client, operation: str) -> list[ops_pb.Operat
     cancelled = False
     async for reply in stream:
         seen.append(reply.operation)
-        updates = [o for o in seen if o.progress.metrics.get("series_done", 0) > 0]
+        updates = {o.progress.metrics.get("series_done", 0) for o in seen} - {0}
         if len(updates) >= UPDATES_SEEN and not cancelled:
             cancelled = True
             await client.operations.CancelOperation(
